@@ -1,0 +1,451 @@
+"""The gateway's configuration: one frozen object, validated once at start-up.
+
+The YAML file (SPEC section 3) is read here and nowhere else; so is the environment
+(`${VAR}` / `${VAR:-default}` expansion, `GATEWAY_CONFIG`, `REDIS_URL`). Every mistake is
+refused with one `ConfigError` line that names the file, the path inside it and the fix.
+
+Deliberately not here: hot reload. A changed config takes a restart (a rolling one behind
+nginx or Kubernetes costs no stream, see the graceful shutdown in `gateway.server`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+ProviderType = Literal["openai", "anthropic", "mock"]
+BackendFailure = Literal["open", "closed"]
+
+DEMO_KEY = "sk-gateway-demo"
+"""The key of the embedded default. It exists only when no config file is given."""
+
+
+class ConfigError(Exception):
+    """A config mistake, worded for the person who made it."""
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = problem
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    type: ProviderType
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    max_retries: int = 2
+    """Retries on connect errors, 429 and 5xx, only before the first byte reaches the client."""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The mock provider's pace: a realistic model, no network.
+    first_token_ms: float = 250.0
+    token_ms: float = 25.0
+    reply_tokens: int = 60
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    provider: str
+    upstream_model: str = ""
+    fallbacks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    id: str
+    key_sha256: str = field(repr=False)
+    models: tuple[str, ...] | None = None
+    """None: every configured model."""
+    limits: Limits = field(default_factory=Limits)
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    first_token: float = 60.0
+    idle: float = 30.0
+    total: float = 600.0
+    keepalive: float = 15.0
+    """Seconds of upstream silence after which an SSE comment keeps proxies open."""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    file: str = ""
+    """Empty: JSON lines on stdout."""
+    queue_size: int = 10_000
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    providers: tuple[ProviderConfig, ...]
+    models: tuple[ModelConfig, ...]
+    keys: tuple[KeyConfig, ...]
+    redis_url: str = ""
+    limits_backend_failure: BackendFailure = "open"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    log_bodies: bool = False
+    max_body_bytes: int = 8 * 1024 * 1024
+    default_max_tokens: int = 4096
+    """Tokens reserved for a request that names no max_tokens."""
+    admin_key_sha256: str = field(default="", repr=False)
+    """sha256 of the key that may read /admin/usage; empty: the admin route is off."""
+    cors_origins: tuple[str, ...] = ()
+    shutdown_grace: float = 30.0
+    """Seconds open streams may run after SIGTERM before they get an error event."""
+    stream_buffer_bytes: int = 256 * 1024
+    """Per-stream bytes queued towards a slow client before the stream is ended."""
+    source: str = "<embedded default>"
+    embedded_default: bool = False
+
+    def provider(self, name: str) -> ProviderConfig:
+        return next(p for p in self.providers if p.name == name)
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def hash_key(secret: str) -> str:
+    """The sha256 hex of a client key, as the config's `key_sha256` wants it."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def embedded_default(redis_url: str = "") -> GatewayConfig:
+    """No file, no keys, no Redis: the mock provider and one demo key."""
+    return GatewayConfig(
+        providers=(ProviderConfig(name="demo", type="mock"),),
+        models=(
+            ModelConfig(name="mock-gpt", provider="demo", upstream_model="mock-gpt"),
+            ModelConfig(name="mock-embed", provider="demo", upstream_model="mock-embed"),
+        ),
+        keys=(
+            KeyConfig(
+                id="demo",
+                key_sha256=hash_key(DEMO_KEY),
+                limits=Limits(rpm=600, max_concurrent=20),
+            ),
+        ),
+        redis_url=redis_url,
+        source="<embedded default>",
+        embedded_default=True,
+    )
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: str, env: Mapping[str, str], source: str, path: str) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            source,
+            path,
+            f"${{{name}}} is not set; export {name}=... or write ${{{name}:-default}}",
+        )
+
+    return _VAR.sub(sub, value)
+
+
+def _expand_tree(node: Any, env: Mapping[str, str], source: str, path: str) -> Any:
+    if isinstance(node, str):
+        return _expand(node, env, source, path)
+    if isinstance(node, list):
+        return [_expand_tree(v, env, source, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, dict):
+        return {
+            k: _expand_tree(v, env, source, f"{path}.{k}" if path else str(k))
+            for k, v in node.items()
+        }
+    return node
+
+
+class _Reader:
+    """Walks one mapping of the YAML tree, refusing unknown keys and wrong types."""
+
+    def __init__(self, source: str, path: str, node: Any) -> None:
+        if not isinstance(node, dict):
+            raise ConfigError(source, path or "(top level)", "expected a mapping of key: value")
+        self.source, self.path, self.node = source, path, dict(node)
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.at(key), problem)
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if key not in self.node or self.node[key] is None:
+            self.node.pop(key, None)
+            return default
+        value = self.node.pop(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise self.fail(key, f"expected {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def require(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in self.node or self.node[key] in (None, ""):
+            raise self.fail(key, "is required")
+        return self.take(key, kind)
+
+    def choice(self, key: str, options: tuple[str, ...], default: str | None = None) -> str:
+        value = self.take(key, str, default)
+        if value is None:
+            raise self.fail(key, f"is required: one of {', '.join(options)}")
+        if value not in options:
+            raise self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    def positive(self, key: str, kind: type, default: Any = None) -> Any:
+        value = self.take(key, kind, default)
+        if value is not None and value <= 0:
+            raise self.fail(key, f"must be greater than 0, got {value!r}")
+        return value
+
+    def done(self) -> None:
+        for key in self.node:
+            raise self.fail(str(key), "unknown key; check the spelling against config/example.yaml")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    names |= {list: "a list", dict: "a mapping"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _str_list(r: _Reader, key: str) -> tuple[str, ...] | None:
+    value = r.take(key, list)
+    if value is None:
+        return None
+    if not all(isinstance(v, str) for v in value):
+        raise r.fail(key, "expected a list of strings")
+    return tuple(value)
+
+
+def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
+    r = _Reader(source, path, node)
+    name = r.require("name", str)
+    ptype = r.choice("type", get_args(ProviderType))
+    base_url = r.take("base_url", str, "")
+    if ptype != "mock" and not base_url:
+        raise r.fail("base_url", f"is required for a provider of type {ptype}")
+    headers = r.take("headers", dict, {})
+    defaults = ProviderConfig(name="", type="mock")
+    provider = ProviderConfig(
+        name=name,
+        type=ptype,  # type: ignore[arg-type]
+        base_url=base_url.rstrip("/"),
+        api_key=r.take("api_key", str, ""),
+        max_retries=r.take("max_retries", int, defaults.max_retries),
+        headers={str(k): str(v) for k, v in headers.items()},
+        first_token_ms=r.take("first_token_ms", float, defaults.first_token_ms),
+        token_ms=r.take("token_ms", float, defaults.token_ms),
+        reply_tokens=r.positive("reply_tokens", int, defaults.reply_tokens),
+    )
+    r.done()
+    return provider
+
+
+def _read_model(source: str, path: str, node: Any) -> ModelConfig:
+    r = _Reader(source, path, node)
+    name = r.require("name", str)
+    model = ModelConfig(
+        name=name,
+        provider=r.require("provider", str),
+        upstream_model=r.take("upstream_model", str, name),
+        fallbacks=_str_list(r, "fallbacks") or (),
+    )
+    r.done()
+    return model
+
+
+def _read_limits(source: str, path: str, node: Any) -> Limits:
+    r = _Reader(source, path, node)
+    limits = Limits(**{f.name: r.positive(f.name, int) for f in fields(Limits)})
+    r.done()
+    return limits
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _read_sha256(r: _Reader, key: str, required: bool) -> str:
+    value = (r.require(key, str) if required else r.take(key, str, "")).lower()
+    if value and not _SHA256.fullmatch(value):
+        raise r.fail(key, "expected 64 hex digits; `gateway hash-key SECRET` prints them")
+    return str(value)
+
+
+def _read_key(source: str, path: str, node: Any) -> KeyConfig:
+    r = _Reader(source, path, node)
+    key = KeyConfig(
+        id=r.require("id", str),
+        key_sha256=_read_sha256(r, "key_sha256", required=True),
+        models=_str_list(r, "models"),
+        limits=_read_limits(source, r.at("limits"), r.take("limits", dict, {})),
+    )
+    r.done()
+    return key
+
+
+def _read_section(cls: type, source: str, path: str, node: Any) -> Any:
+    r = _Reader(source, path, node)
+    defaults = cls()
+    values = {f.name: r.take(f.name, type(getattr(defaults, f.name))) for f in fields(cls)}
+    r.done()
+    return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _read_list(r: _Reader, key: str, read: Any) -> list[Any]:
+    items = r.take(key, list, [])
+    return [read(r.source, f"{r.at(key)}[{i}]", item) for i, item in enumerate(items)]
+
+
+def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfig:
+    """Build a validated config from a parsed YAML tree."""
+    if data is None:
+        data = {}
+    data = _expand_tree(data, env, source, "")
+    r = _Reader(source, "", data)
+    redis_url = r.take("redis_url", str, "") or env.get("REDIS_URL", "")
+    providers = _read_list(r, "providers", _read_provider)
+    models = _read_list(r, "models", _read_model)
+    keys = _read_list(r, "keys", _read_key)
+    config = GatewayConfig(
+        providers=tuple(providers),
+        models=tuple(models),
+        keys=tuple(keys),
+        redis_url=redis_url,
+        limits_backend_failure=r.choice(  # type: ignore[arg-type]
+            "limits_backend_failure", get_args(BackendFailure), "open"
+        ),
+        timeouts=_read_section(Timeouts, source, "timeouts", r.take("timeouts", dict, {})),
+        logging=_read_section(LoggingConfig, source, "logging", r.take("logging", dict, {})),
+        log_bodies=r.take("log_bodies", bool, False),
+        max_body_bytes=r.positive("max_body_bytes", int, GatewayConfig.max_body_bytes),
+        default_max_tokens=r.positive(
+            "default_max_tokens", int, GatewayConfig.default_max_tokens
+        ),
+        admin_key_sha256=_read_sha256(r, "admin_key_sha256", required=False),
+        cors_origins=_str_list(r, "cors_origins") or (),
+        shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
+        stream_buffer_bytes=r.positive(
+            "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
+        ),
+        source=source,
+    )
+    r.done()
+    _check_references(config)
+    return config
+
+
+def _check_references(config: GatewayConfig) -> None:
+    src = config.source
+    seen: set[str] = set()
+    for i, p in enumerate(config.providers):
+        if p.name in seen:
+            raise ConfigError(src, f"providers[{i}].name", f"duplicate provider {p.name!r}")
+        seen.add(p.name)
+    model_names: set[str] = set()
+    for i, m in enumerate(config.models):
+        if m.name in model_names:
+            raise ConfigError(src, f"models[{i}].name", f"duplicate model {m.name!r}")
+        model_names.add(m.name)
+        if m.provider not in seen:
+            raise ConfigError(
+                src,
+                f"models[{i}].provider",
+                f"names provider {m.provider!r}, which is not in providers: "
+                f"add it there or use one of {sorted(seen) or 'none'}",
+            )
+    for i, m in enumerate(config.models):
+        for j, fb in enumerate(m.fallbacks):
+            if fb not in model_names or fb == m.name:
+                raise ConfigError(
+                    src,
+                    f"models[{i}].fallbacks[{j}]",
+                    f"{fb!r} is not another model in models",
+                )
+    ids: set[str] = set()
+    hashes: set[str] = set()
+    for i, k in enumerate(config.keys):
+        if k.id in ids:
+            raise ConfigError(src, f"keys[{i}].id", f"duplicate key id {k.id!r}")
+        if k.key_sha256 in hashes:
+            raise ConfigError(src, f"keys[{i}].key_sha256", "the same secret is used twice")
+        ids.add(k.id)
+        hashes.add(k.key_sha256)
+        for j, name in enumerate(k.models or ()):
+            if name not in model_names:
+                raise ConfigError(
+                    src, f"keys[{i}].models[{j}]", f"{name!r} is not a model in models"
+                )
+    if not config.models:
+        raise ConfigError(src, "models", "at least one model is required")
+    if not config.keys:
+        raise ConfigError(src, "keys", "at least one key is required (gateway hash-key SECRET)")
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, expand and validate a YAML config file."""
+    env = os.environ if env is None else env
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(source, line, f"not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_config(data, source, env)
+
+
+def resolve_config(path: str | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The config `gateway serve` runs: --config, else $GATEWAY_CONFIG, else the default."""
+    env = os.environ if env is None else env
+    path = path or env.get("GATEWAY_CONFIG") or None
+    if path:
+        return load_config(path, env)
+    return embedded_default(redis_url=env.get("REDIS_URL", ""))

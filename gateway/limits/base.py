@@ -1,0 +1,103 @@
+"""The seam between the request path and the limit store (in memory or Redis).
+
+The request path asks one question at admission, `admit()`, and reports once at the end,
+`settle()`. Both backends implement the same semantics, so a test written against one runs
+against the other:
+
+- `rpm` / `tpm`: at most that many requests / tokens in any rolling 60 s window, counted in
+  one-second buckets. A denied request counts nothing.
+- `daily_tokens` / `monthly_tokens`: fixed UTC periods (a day from 00:00 UTC, a calendar
+  month from the 1st 00:00 UTC).
+- `max_concurrent`: open requests, each holding a lease that expires by itself unless the
+  process holding it renews it (so a killed process frees its slots).
+- Token limits admit while the used count (reservations included) is below the limit, then
+  reserve the whole estimate; so concurrent requests overshoot a limit by at most one
+  reservation, and `settle()` replaces the reservation with the real usage.
+
+Usage is counted for every key, limited or not, so `gateway usage` can show it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from gateway.config import KeyConfig
+
+LimitName = Literal["rpm", "tpm", "max_concurrent", "daily_tokens", "monthly_tokens"]
+
+
+@dataclass(frozen=True)
+class RateState:
+    """What the `x-ratelimit-*` headers say. None: that limit is not configured."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float = 0.0
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float = 0.0
+
+
+@dataclass
+class Reservation:
+    """A granted admission; handed back to `settle()` exactly once."""
+
+    key_id: str
+    request_id: str
+    tokens: int
+    """Tokens reserved against tpm and the quotas."""
+    admitted_at: float
+    """Unix time of admission: settle() corrects the same rpm/tpm bucket and quota period."""
+    lease: bool = False
+    """True when a max_concurrent slot is held."""
+    degraded: bool = False
+    """True when the backend was unreachable and `limits_backend_failure: open` admitted it."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    allowed: bool
+    state: RateState
+    reservation: Reservation | None = None
+    denied: LimitName | None = None
+    retry_after: float = 0.0
+    """Seconds until a retry can succeed (for `retry-after`), when denied."""
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    key_id: str
+    requests_minute: int
+    tokens_minute: int
+    tokens_day: int
+    tokens_month: int
+    concurrent: int
+    limits: dict[str, int | None] = field(default_factory=dict)
+    remaining: dict[str, int | None] = field(default_factory=dict)
+
+
+class LimiterUnavailable(Exception):
+    """The backend cannot be reached and `limits_backend_failure` is `closed`."""
+
+
+class Limiter(Protocol):
+    async def start(self) -> None:
+        """Open connections, start the lease-renewal task."""
+
+    async def aclose(self) -> None:
+        """Stop background tasks, close connections."""
+
+    async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
+        """Check every limit of `key` and, if all pass, count the request and reserve
+        `tokens` in one atomic step. Raises LimiterUnavailable only in `closed` mode."""
+
+    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        """Replace the reservation with the real usage and free the concurrency slot.
+        Never raises: a backend failure here is counted, not thrown at the client."""
+
+    async def usage(self, keys: tuple[KeyConfig, ...]) -> list[KeyUsage]:
+        """Per key: requests and tokens this minute / day / month, limits, remaining."""
+
+    async def ready(self) -> bool:
+        """True when the backend answers (always, in memory)."""

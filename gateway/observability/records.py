@@ -1,0 +1,67 @@
+"""The one record each request leaves behind, for metrics and the request log alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.errors import Outcome
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    route: str
+    """chat.completions, completions, embeddings, models, ..."""
+    key_id: str = ""
+    model: str = ""
+    """The configured model name the client asked for ("" when unknown or not given)."""
+    provider: str = ""
+    """The provider that answered (a fallback's, when one was used)."""
+    status: int = 0
+    outcome: Outcome = "completed"
+    stream: bool = False
+    ttft_s: float | None = None
+    """Request arrival to the first byte of the answer sent to the client."""
+    duration_s: float = 0.0
+    overhead_s: float = 0.0
+    """Time spent in the gateway rather than upstream: admission (arrival to upstream
+    request sent) plus relaying the first event (received to sent)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_reported: bool = False
+    """True when the token counts come from the provider's usage, False when estimated."""
+    inter_token_s: list[float] = field(default_factory=list)
+    """Gaps between successive upstream reads carrying events (metrics only, not logged)."""
+    error: str = ""
+    attempts: int = 1
+    request_body: bytes | None = None
+    """Only kept when `log_bodies: true`."""
+    response_text: str | None = None
+    """Only kept when `log_bodies: true`."""
+
+    def log_fields(self) -> dict[str, object]:
+        """The JSON fields of the request log line (SPEC section 7)."""
+        fields: dict[str, object] = {
+            "request_id": self.request_id,
+            "route": self.route,
+            "key_id": self.key_id,
+            "model": self.model,
+            "provider": self.provider,
+            "status": self.status,
+            "outcome": self.outcome,
+            "stream": self.stream,
+            "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 2),
+            "duration_ms": round(self.duration_s * 1000, 2),
+            "overhead_ms": round(self.overhead_s * 1000, 3),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_reported": self.usage_reported,
+            "attempts": self.attempts,
+        }
+        if self.error:
+            fields["error"] = self.error
+        if self.request_body is not None:
+            fields["request_body"] = self.request_body.decode("utf-8", "replace")
+        if self.response_text is not None:
+            fields["response_text"] = self.response_text
+        return fields

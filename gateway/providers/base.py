@@ -1,0 +1,190 @@
+"""The provider seam: one small Protocol, one module per provider.
+
+A provider turns an `UpstreamCall` (the client's OpenAI-shaped request, already validated)
+into either an `EventStream` (streaming) or a `Completion` (not), speaking whatever the
+upstream speaks. Everything the client sees is OpenAI's format; a provider whose upstream
+speaks something else translates (see `anthropic`).
+
+Upstream client-library exceptions are translated into `gateway.errors` here, in one place
+(`upstream_errors`), the way httpx maps httpcore's exceptions: nothing above this layer
+catches an httpx exception, and no message carries a URL with credentials or a header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+import orjson
+
+from gateway.config import ModelConfig, ProviderConfig
+from gateway.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout
+
+Route = Literal["chat.completions", "completions", "embeddings"]
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    route: Route
+    body: dict[str, Any]
+    """The client's JSON body as parsed; providers copy before changing it."""
+    model: ModelConfig
+    """The model being tried (a fallback's when falling back)."""
+    stream: bool
+    include_usage: bool
+    """The client asked for the usage-only chunk (`stream_options.include_usage`)."""
+    request_id: str
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class StreamState:
+    """What a stream learned on its way through; read by the relay at the end."""
+
+    usage: Usage | None = None
+    """From the provider's own usage report; None if the stream ended before it."""
+    finished: bool = False
+    """A finish reason (or `[DONE]`) arrived: the answer is whole."""
+    done_sent: bool = False
+    """`data: [DONE]` was already part of the relayed bytes."""
+    completion_estimate: int = 0
+    """Content-bearing deltas relayed so far: the charge when no usage arrives."""
+    text: list[str] = field(default_factory=list)
+    """Relayed text, kept only when `log_bodies` asks for it."""
+
+
+class EventStream(Protocol):
+    """An open upstream stream. Iterating yields bytes ready for the client: one or more
+    whole SSE events per upstream read, in order, never an empty chunk. Raises a
+    `GatewayError` for an upstream failure (error event, malformed bytes, broken
+    connection). Ends when the upstream body ends."""
+
+    state: StreamState
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None:
+        """Close the upstream response (and its connection, if not read to the end)."""
+
+
+@dataclass
+class Completion:
+    """A non-streaming answer, OpenAI-shaped."""
+
+    body: bytes
+    usage: Usage | None
+    status: int = 200
+    content_type: str = "application/json"
+
+
+class Provider(Protocol):
+    config: ProviderConfig
+
+    async def open_stream(self, call: UpstreamCall) -> EventStream:
+        """Send the request and return once the upstream answered 200 with a stream.
+        Raises UpstreamError (retryable or not) or UpstreamRejected otherwise."""
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        """Send a non-streaming request and return the OpenAI-shaped answer."""
+
+    async def aclose(self) -> None: ...
+
+
+# --- translating upstream failures, in one place --------------------------------------------
+
+
+@contextlib.contextmanager
+def upstream_errors(provider: str) -> Iterator[None]:
+    """Map httpx's exceptions to the gateway's own tree. Messages name the provider, never
+    its URL (which may carry credentials) or any header."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except httpx.TimeoutException as exc:
+        kind = "connect_timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+        raise UpstreamTimeout(
+            f"provider {provider!r} timed out ({type(exc).__name__})", kind=kind, retryable=True
+        ) from None
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        kind = "connect" if isinstance(exc, httpx.ConnectError) else "connection"
+        raise UpstreamError(
+            f"provider {provider!r} is unreachable or dropped the connection "
+            f"({type(exc).__name__})",
+            kind=kind,
+            retryable=True,
+        ) from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError(
+            f"provider {provider!r} failed ({type(exc).__name__})", kind="transport"
+        ) from None
+
+
+def error_from_status(provider: str, status: int, body: bytes) -> GatewayError:
+    """The gateway error for a non-2xx upstream answer (OpenAI-compatible error bodies).
+
+    4xx the client caused (bad parameter, context too long) pass through with the upstream's
+    own message; the provider rejecting *our* credentials is a gateway fault (502), never
+    shown as the client's 401; 429 and 5xx are retryable and become 429 / 502 / 503.
+    """
+    message = _error_message(body)
+    if status in (401, 403):
+        return UpstreamError(
+            f"provider {provider!r} rejected the gateway's credentials ({status}); "
+            "check its api_key in the gateway config",
+            kind="auth",
+        )
+    if status == 429:
+        return UpstreamRejected(
+            message or f"provider {provider!r} is rate limiting the gateway",
+            status=429,
+            raw=_openai_shaped(body),
+            headers={"retry-after": "1"},
+        )
+    if 400 <= status < 500:
+        return UpstreamRejected(
+            message or f"provider {provider!r} refused the request ({status})",
+            status=status,
+            raw=_openai_shaped(body),
+        )
+    code = 503 if status in (503, 529) else 502
+    return UpstreamError(
+        f"provider {provider!r} answered {status}" + (f": {message}" if message else ""),
+        kind=f"http_{status // 100}xx",
+        retryable=True,
+        status=code,
+    )
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])[:500]
+        if isinstance(err, str):
+            return err[:500]
+    return ""
+
+
+def _openai_shaped(body: bytes) -> bytes | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        err = data["error"]
+        if isinstance(err.get("message"), str) and "type" in err:
+            return body
+    return None

@@ -1,0 +1,102 @@
+"""Incremental Server-Sent Events framing: bytes in, whole events out.
+
+Built for the hot path: an upstream read is split into complete events with one `find`
+per event in the common case (`\\n\\n`-separated, one `data:` line), and each event keeps
+its original bytes so a pass-through provider relays them untouched. CR and CRLF line ends
+are handled too. A partial event stays buffered until its end arrives; an event that grows
+past `max_event_bytes` without ending is an upstream fault (`SSEError`), never unbounded
+memory.
+
+Deliberately not here: `id:` / `retry:` handling (LLM providers do not use them for the
+single-shot streams a gateway relays), and decoding JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEError(Exception):
+    """The upstream byte stream is not valid SSE (an event without end, not UTF-8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    data: bytes
+    """The `data:` lines joined by `\\n`, without the field name; b"" for comment-only events."""
+    event: str | None
+    """The `event:` field, when given (Anthropic names every event; OpenAI names none)."""
+    raw: bytes
+    """The event as it came, including its terminating blank line."""
+
+    @property
+    def is_comment(self) -> bool:
+        return not self.data and self.event is None
+
+
+def _parse_block(block: bytes, raw: bytes) -> SSEEvent:
+    # Fast path: the one-line `data: ...` event every OpenAI-compatible server sends.
+    if block.startswith(b"data: ") and b"\n" not in block and b"\r" not in block:
+        return SSEEvent(data=block[6:], event=None, raw=raw)
+    data: list[bytes] = []
+    event: str | None = None
+    for line in _LINE_END.split(block):
+        if not line or line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            try:
+                event = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SSEError("an SSE event name is not valid UTF-8") from None
+    return SSEEvent(data=b"\n".join(data), event=event, raw=raw)
+
+
+class SSEDecoder:
+    """Feed upstream reads, get the events they complete."""
+
+    __slots__ = ("_buffer", "max_event_bytes")
+
+    def __init__(self, max_event_bytes: int = 1024 * 1024) -> None:
+        self._buffer = b""
+        self.max_event_bytes = max_event_bytes
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an event whose end has not arrived yet."""
+        return len(self._buffer)
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[SSEEvent] = []
+        start = 0
+        if b"\r" not in buffer:
+            while True:
+                end = buffer.find(b"\n\n", start)
+                if end < 0:
+                    break
+                block = buffer[start:end]
+                start = end + 2
+                if block:
+                    events.append(_parse_block(block, buffer[start - len(block) - 2 : start]))
+        else:
+            for match in _BOUNDARY.finditer(buffer):
+                block = buffer[start : match.start()]
+                raw = buffer[start : match.end()]
+                start = match.end()
+                if block:
+                    events.append(_parse_block(block, raw))
+        self._buffer = buffer[start:]
+        if len(self._buffer) > self.max_event_bytes:
+            raise SSEError(
+                f"an upstream SSE event passed {self.max_event_bytes} bytes without ending"
+            )
+        return events
