@@ -122,8 +122,6 @@ class GatewayConfig:
     cors_origins: tuple[str, ...] = ()
     shutdown_grace: float = 30.0
     """Seconds open streams may run after SIGTERM before they get an error event."""
-    stream_buffer_bytes: int = 256 * 1024
-    """Per-stream bytes queued towards a slow client before the stream is ended."""
     source: str = "<embedded default>"
     embedded_default: bool = False
 
@@ -362,15 +360,10 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         logging=_read_section(LoggingConfig, source, "logging", r.take("logging", dict, {})),
         log_bodies=r.take("log_bodies", bool, False),
         max_body_bytes=r.positive("max_body_bytes", int, GatewayConfig.max_body_bytes),
-        default_max_tokens=r.positive(
-            "default_max_tokens", int, GatewayConfig.default_max_tokens
-        ),
+        default_max_tokens=r.positive("default_max_tokens", int, GatewayConfig.default_max_tokens),
         admin_key_sha256=_read_sha256(r, "admin_key_sha256", required=False),
         cors_origins=_str_list(r, "cors_origins") or (),
         shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
-        stream_buffer_bytes=r.positive(
-            "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
-        ),
         source=source,
     )
     r.done()
@@ -425,7 +418,9 @@ def _check_references(config: GatewayConfig) -> None:
         raise ConfigError(src, "keys", "at least one key is required (gateway hash-key SECRET)")
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Read, expand and validate a YAML config file."""
     env = os.environ if env is None else env
     source = str(path)
@@ -438,7 +433,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(source, line, f"not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(
+            source, line, f"not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
     return parse_config(data, source, env)
 
 

@@ -151,7 +151,11 @@ class UpstreamRejected(GatewayError):
         super().__init__(message, status=status, **kw)  # type: ignore[arg-type]
         self.raw = raw
         if status == 429:
-            self.type, self.code, self.outcome = "rate_limit_error", "rate_limit_exceeded", "rate_limited"
+            self.type, self.code, self.outcome = (
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                "rate_limited",
+            )
 
     def json(self) -> bytes:
         return self.raw if self.raw is not None else super().json()

@@ -1,0 +1,25 @@
+"""Providers: one module per upstream kind, behind `gateway.providers.base.Provider`."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.config import GatewayConfig, ProviderConfig
+from gateway.providers.base import Provider
+
+
+def build_provider(
+    config: ProviderConfig, client: httpx.AsyncClient, gateway: GatewayConfig
+) -> Provider:
+    keep_text = gateway.log_bodies
+    if config.type == "openai":
+        from gateway.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(config, client, gateway.timeouts, keep_text=keep_text)
+    if config.type == "anthropic":
+        from gateway.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(config, client, gateway.timeouts, keep_text=keep_text)
+    from gateway.providers.mock import MockProvider
+
+    return MockProvider(config, gateway.timeouts)

@@ -71,6 +71,8 @@ class EventStream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
+    async def __anext__(self) -> bytes: ...
+
     async def aclose(self) -> None:
         """Close the upstream response (and its connection, if not read to the end)."""
 

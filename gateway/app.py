@@ -1,0 +1,155 @@
+"""`create_app(config)`: the ASGI application. Importing this module builds nothing.
+
+The relayed routes are plain ASGI endpoints (no middleware on the token path); the small
+routes use Starlette's Request/Response. Shared resources (HTTP client, providers, limiter,
+request log) are built in the lifespan and closed on exit, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.config import GatewayConfig, resolve_config
+from gateway.edge.completions import RelayEndpoint
+from gateway.edge.routes import Routes
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.limits import build_limiter
+from gateway.observability.metrics import Metrics
+from gateway.observability.requestlog import RequestLog
+from gateway.providers import build_provider
+from gateway.state import GatewayState
+
+log = structlog.get_logger("gateway")
+
+
+def build_http_client(config: GatewayConfig) -> httpx.AsyncClient:
+    """One pooled client for every provider. Timeouts are set per request by providers."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
+    transport = _transport(limits)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(config.timeouts.connect, read=config.timeouts.first_token),
+        limits=limits,
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def _transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+    # See README "Performance": aiohttp's connection handling behind httpx's API holds up
+    # better under many concurrent streams than httpx's default pool.
+    if os.environ.get("GATEWAY_UPSTREAM_TRANSPORT", "aiohttp") == "httpx":
+        return httpx.AsyncHTTPTransport(limits=limits)
+    from httpx_aiohttp import AiohttpTransport
+
+    return AiohttpTransport()
+
+
+def create_app(config: GatewayConfig) -> Starlette:
+    state = GatewayState(
+        config=config,
+        metrics=Metrics(
+            models=[m.name for m in config.models],
+            providers=[p.name for p in config.providers],
+            key_ids=[k.id for k in config.keys],
+        ),
+    )
+    routes = Routes(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            http = build_http_client(config)
+            stack.push_async_callback(http.aclose)
+            state.http = http
+            for p in config.providers:
+                provider = build_provider(p, http, config)
+                stack.push_async_callback(provider.aclose)
+                state.providers[p.name] = provider
+            limiter = build_limiter(config, state.metrics.limiter_backend_error)
+            await limiter.start()
+            stack.push_async_callback(limiter.aclose)
+            state.limiter = limiter
+            request_log = RequestLog(config.logging, state.metrics, log_bodies=config.log_bodies)
+            await request_log.start()
+            stack.push_async_callback(request_log.aclose)
+            state.request_log = request_log
+            stack.push_async_callback(_finish_background, state)
+            yield
+
+    middleware = []
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+                expose_headers=["x-request-id", "retry-after", "x-ratelimit-remaining-requests"],
+            )
+        )
+    app = Starlette(
+        routes=[
+            Route(
+                "/v1/chat/completions", RelayEndpoint(state, "chat.completions"), methods=["POST"]
+            ),
+            Route("/v1/completions", RelayEndpoint(state, "completions"), methods=["POST"]),
+            Route("/v1/embeddings", RelayEndpoint(state, "embeddings"), methods=["POST"]),
+            Route("/v1/models", routes.models, methods=["GET"]),
+            Route("/v1/models/{name:path}", routes.model, methods=["GET"]),
+            Route("/healthz", routes.healthz, methods=["GET"]),
+            Route("/readyz", routes.readyz, methods=["GET"]),
+            Route("/metrics", routes.metrics, methods=["GET"]),
+            Route("/admin/usage", routes.admin_usage, methods=["GET"]),
+            Route("/", routes.playground, methods=["GET"]),
+        ],
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.gateway = state
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    error = InvalidRequest(
+        f"{request.method} {request.url.path[:200]}: {exc.detail}",
+        status=status,
+        code="not_found" if status == 404 else "method_not_allowed" if status == 405 else None,
+    )
+    return Response(error.json(), status_code=status, media_type="application/json")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the gateway's log, never into the response.
+    log.error("unhandled error", path=request.url.path, exc_info=exc)
+    error = GatewayError("the gateway failed to handle this request; it was logged")
+    return Response(error.json(), status_code=500, media_type="application/json")
+
+
+async def _finish_background(state: GatewayState) -> None:
+    """Let settles and other off-path work finish before the limiter closes."""
+    for watch in list(state.watches):
+        watch.end("shutdown")
+    if state.background:
+        await asyncio.wait(set(state.background), timeout=5)
+
+
+def app_from_env() -> Starlette:
+    """The factory `gateway serve --workers N` gives uvicorn (each worker builds its own)."""
+    return create_app(resolve_config(None))

@@ -1,0 +1,173 @@
+"""The `gateway` command: serve, hash-key, usage, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from gateway.config import DEMO_KEY, ConfigError, GatewayConfig, hash_key, resolve_config
+
+
+def _banner(config: GatewayConfig, host: str, port: int, workers: int) -> str:
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    base = f"http://{shown}:{port}"
+    lines = [
+        f"gateway: listening on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}), "
+        f"config {config.source}, limits {'redis' if config.redis_url else 'in memory'}",
+        f"gateway: metrics at {base}/metrics, playground at {base}/",
+    ]
+    if config.embedded_default:
+        model = config.models[0].name
+        lines += [
+            "",
+            "Embedded default: the built-in mock model streams a simulated reply; no provider key "
+            "needed.",
+            f"Demo key: {DEMO_KEY}",
+            "",
+            "Try it:",
+            f"  curl -N {base}/v1/chat/completions \\",
+            f"    -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' \\",
+            f'    -d \'{{"model": "{model}", "stream": true, '
+            '"messages": [{"role": "user", "content": "Hello!"}]}\'',
+            "",
+            "Or with the OpenAI SDK:",
+            "  from openai import OpenAI",
+            f"  client = OpenAI(base_url='{base}/v1', api_key='{DEMO_KEY}')",
+            f"  for chunk in client.chat.completions.create(model='{model}', stream=True,",
+            "          messages=[{'role': 'user', 'content': 'Hello!'}]):",
+            "      print(chunk.choices[0].delta.content or '' if chunk.choices else '', end='')",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = resolve_config(args.config)
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.config:
+        os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
+    from gateway.server import serve
+
+    print(_banner(config, args.host, args.port, args.workers), flush=True)
+    if args.workers > 1:
+        # Workers are separate processes: metrics go through prometheus-client's
+        # multiprocess files, and each worker builds its app from the same config.
+        from gateway.observability.metrics import prepare_multiprocess_dir
+
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+            prefix="gateway-metrics-"
+        )
+        prepare_multiprocess_dir(path)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        app: object = "gateway.app:app_from_env"
+    else:
+        from gateway.app import create_app
+
+        app = create_app(config)
+    serve(
+        app,  # type: ignore[arg-type]
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        grace=config.shutdown_grace,
+    )
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    secret = args.secret if args.secret is not None else sys.stdin.readline().rstrip("\n")
+    if not secret:
+        print("gateway: hash-key needs a secret (argument or one line on stdin)", file=sys.stderr)
+        return 2
+    print(hash_key(secret))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = resolve_config(args.config)
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{config.source}: ok ({len(config.providers)} providers, {len(config.models)} models, "
+        f"{len(config.keys)} keys, limits {'redis' if config.redis_url else 'in memory'})"
+    )
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import httpx
+
+    from gateway.limits.base import KeyUsage
+    from gateway.limits.report import format_usage_table
+
+    admin_key = args.admin_key or os.environ.get("GATEWAY_ADMIN_KEY", "")
+    if not admin_key:
+        print("gateway: usage needs --admin-key or GATEWAY_ADMIN_KEY", file=sys.stderr)
+        return 2
+    try:
+        response = httpx.get(
+            args.url.rstrip("/") + "/admin/usage",
+            headers={"authorization": f"Bearer {admin_key}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        print(f"gateway: cannot reach {args.url} ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(
+            f"gateway: {args.url} answered {response.status_code}: {response.text[:300]}",
+            file=sys.stderr,
+        )
+        return 1
+    rows = response.json()["data"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    usages = [KeyUsage(**row) for row in rows]
+    print(format_usage_table(usages))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Streaming LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config (default: $GATEWAY_CONFIG, else embedded)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=_serve)
+
+    hk = sub.add_parser("hash-key", help="print the sha256 of a client key for the config")
+    hk.add_argument("secret", nargs="?", help="the key (omit to read one line from stdin)")
+    hk.set_defaults(func=_hash_key)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config")
+    check.set_defaults(func=_check_config)
+
+    usage = sub.add_parser("usage", help="per-key usage and limits of a running gateway")
+    usage.add_argument("--url", default="http://127.0.0.1:8000")
+    usage.add_argument("--admin-key", help="default: $GATEWAY_ADMIN_KEY")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=_usage)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The three relayed routes: /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+One ASGI endpoint per route, in the order every request meets the gateway: key, body,
+model, limits, then the relay. Each step's failure is a `GatewayError`, answered here with
+OpenAI's error shape while the response has not started. Whatever happens, the request
+leaves one record (metrics and the request log) and settles its reservation, both off the
+request path.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.config import KeyConfig
+from gateway.edge.http import ClientGone, Headers, read_body, request_id, send_error
+from gateway.edge.requests import ClientRequest, parse_request
+from gateway.errors import (
+    GatewayError,
+    ModelNotAllowed,
+    ModelNotFound,
+    QuotaExceeded,
+    RateLimited,
+    ServiceUnavailable,
+)
+from gateway.limits.base import LimiterUnavailable, Reservation
+from gateway.limits.headers import rate_limit_headers, retry_after_header
+from gateway.observability.records import RequestRecord
+from gateway.providers.base import Route
+from gateway.relay.stream import RelayContext, relay_completion, relay_stream
+from gateway.state import GatewayState
+
+_QUOTAS = frozenset({"daily_tokens", "monthly_tokens"})
+
+
+class RelayEndpoint:
+    def __init__(self, state: GatewayState, route: Route) -> None:
+        self.state = state
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        st = self.state
+        started_at = perf_counter()
+        rid = request_id(scope)
+        rec = RequestRecord(request_id=rid.decode(), route=self.route)
+        headers: Headers = [(b"x-request-id", rid)]
+        reservation: Reservation | None = None
+        try:
+            if st.draining:
+                raise ServiceUnavailable(
+                    "the gateway is shutting down; retry and another replica will answer",
+                    headers={"retry-after": "1", "connection": "close"},
+                )
+            key = st.authenticate(scope)
+            rec.key_id = key.id
+            raw = await read_body(scope, receive, st.config.max_body_bytes)
+            req = parse_request(self.route, raw)
+            rec.stream = req.stream
+            if st.config.log_bodies:
+                rec.request_body = raw
+            model = st.models.get(req.model)
+            if model is None:
+                raise ModelNotFound(
+                    f"The model '{req.model[:200]}' does not exist "
+                    "or you do not have access to it.",
+                    param="model",
+                )
+            if not key.may_use(model.name):
+                raise ModelNotAllowed(
+                    f"The key '{key.id}' may not use the model '{model.name}'.", param="model"
+                )
+            rec.model, rec.provider = model.name, model.provider
+            reservation = await self._admit(key, req, rid.decode(), headers)
+            ctx = RelayContext(
+                request=req,
+                models=[model, *(st.models[name] for name in model.fallbacks)],
+                request_id=rec.request_id,
+                record=rec,
+                headers=headers,
+                started_at=started_at,
+            )
+            if req.stream:
+                await relay_stream(st, ctx, receive, send)
+            else:
+                await relay_completion(st, ctx, receive, send)
+        except GatewayError as exc:
+            rec.status, rec.outcome, rec.error = exc.status, exc.outcome, exc.message
+            await send_error(send, exc, headers)
+        except ClientGone:
+            rec.status, rec.outcome = 499, "client_cancelled"
+        finally:
+            rec.duration_s = perf_counter() - started_at
+            if reservation is not None:
+                used = rec.prompt_tokens + rec.completion_tokens
+                st.spawn(st.limiter.settle(reservation, used))  # type: ignore[union-attr]
+            st.metrics.record(rec)
+            if st.request_log is not None:
+                st.request_log.submit(rec)
+
+    async def _admit(
+        self, key: KeyConfig, req: ClientRequest, rid: str, headers: Headers
+    ) -> Reservation | None:
+        st = self.state
+        limiter = st.limiter
+        assert limiter is not None
+        tokens = req.prompt_estimate
+        if req.route != "embeddings":
+            tokens += req.max_tokens or st.config.default_max_tokens
+        try:
+            admission = await limiter.admit(key, tokens, rid)
+        except LimiterUnavailable:
+            raise ServiceUnavailable(
+                "rate limits cannot be checked right now (limits backend unreachable); retry",
+                headers={"retry-after": "1"},
+            ) from None
+        headers.extend(rate_limit_headers(admission.state))
+        if admission.allowed:
+            return admission.reservation
+        limit = admission.denied or "rpm"
+        st.metrics.rate_limited(key.id, limit)
+        name, value = retry_after_header(admission.retry_after)
+        headers.append((name, value))
+        cls = QuotaExceeded if limit in _QUOTAS else RateLimited
+        what = {
+            "rpm": "requests per minute",
+            "tpm": "tokens per minute",
+            "max_concurrent": "concurrent requests",
+            "daily_tokens": "daily token quota",
+            "monthly_tokens": "monthly token quota",
+        }[limit]
+        raise cls(
+            f"Rate limit reached for key '{key.id}' on {what}. Retry after {value.decode()} s."
+            if cls is RateLimited
+            else f"Key '{key.id}' has used its {what}. It resets at the start of the next "
+            f"{'day' if limit == 'daily_tokens' else 'month'} (UTC)."
+        )

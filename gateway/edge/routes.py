@@ -1,0 +1,101 @@
+"""The small routes: models, health, readiness, metrics, admin usage, the playground."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from gateway.errors import GatewayError, InvalidApiKey, InvalidRequest
+from gateway.limits.report import usage_rows
+from gateway.state import GatewayState
+
+
+def _error(exc: GatewayError) -> Response:
+    return Response(exc.json(), status_code=exc.status, media_type="application/json")
+
+
+class Routes:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self._created = int(time.time())
+
+    async def models(self, request: Request) -> Response:
+        try:
+            key = self.state.authenticate(request.scope)
+        except GatewayError as exc:
+            return _error(exc)
+        data = [
+            {"id": m.name, "object": "model", "created": self._created, "owned_by": m.provider}
+            for m in self.state.config.models
+            if key.may_use(m.name)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def model(self, request: Request) -> Response:
+        try:
+            key = self.state.authenticate(request.scope)
+        except GatewayError as exc:
+            return _error(exc)
+        name = request.path_params["name"]
+        model = self.state.models.get(name)
+        if model is None or not key.may_use(name):
+            err = InvalidRequest(
+                f"The model '{name[:200]}' does not exist or you do not have access to it.",
+                status=404,
+                code="model_not_found",
+                param="model",
+            )
+            return _error(err)
+        return JSONResponse(
+            {
+                "id": model.name,
+                "object": "model",
+                "created": self._created,
+                "owned_by": model.provider,
+            }
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        st = self.state
+        if st.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if st.limiter is None or not await st.limiter.ready():
+            return JSONResponse({"status": "limits backend unreachable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(self, request: Request) -> Response:
+        body, content_type = self.state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def admin_usage(self, request: Request) -> Response:
+        st = self.state
+        expected = st.config.admin_key_sha256
+        auth = request.headers.get("authorization", "")
+        secret = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        secret = secret or request.headers.get("x-api-key", "")
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        if not expected:
+            return _error(
+                InvalidRequest(
+                    "the admin route is off: set admin_key_sha256 in the config",
+                    status=404,
+                    code="not_found",
+                )
+            )
+        if not secret or not hmac.compare_digest(digest, expected):
+            return _error(InvalidApiKey("The admin route needs the admin key."))
+        assert st.limiter is not None
+        usages = await st.limiter.usage(st.config.keys)
+        return JSONResponse({"object": "list", "data": usage_rows(usages)})
+
+    async def playground(self, request: Request) -> Response:
+        page = resources.files("gateway.playground").joinpath("index.html").read_text("utf-8")
+        return HTMLResponse(page)

@@ -1,0 +1,366 @@
+"""Anthropic's Messages API behind the OpenAI chat.completions interface.
+
+The client's request is rewritten as a Messages request (`anthropic_format`), sent to
+`{base_url}/v1/messages`, and the answer translated back: each Anthropic stream event
+becomes at most one `chat.completion.chunk` event, written the moment it is translated
+(no coalescing), so the client's SDK sees an OpenAI stream: a role chunk, content and
+`tool_calls` deltas (tool blocks numbered 0, 1, 2... as OpenAI does), a finish chunk, the
+usage-only chunk when the client asked for it, then `data: [DONE]`. A non-streaming answer
+becomes a `chat.completion`. Anthropic's error bodies are rewritten in OpenAI's shape, so a
+400 reaches the client with Anthropic's own words; a 529 (overloaded) is a retryable 503.
+
+Deliberately dropped: `thinking` / `redacted_thinking` blocks and their deltas (OpenAI's
+chat format has no place for them), signature and citation deltas, server-tool blocks
+(`server_tool_use`, web search results: the upstream ran them, the client has nothing to
+call), `ping` events (the relay sends its own keep-alives), and event types this module
+does not know (Anthropic adds them; ignoring them is forward compatible). Only the
+chat.completions route is served: Anthropic has no completions or embeddings API.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import ProviderConfig, Timeouts
+from gateway.errors import InvalidRequest, UpstreamError
+from gateway.providers.anthropic_format import (
+    INPUT_KEYS,
+    as_int,
+    chat_completion,
+    finish_reason,
+    messages_body,
+    openai_error_body,
+)
+from gateway.providers.base import (
+    Completion,
+    UpstreamCall,
+    Usage,
+    error_from_status,
+    upstream_errors,
+)
+from gateway.providers.streams import SSEUpstream, malformed
+from gateway.relay.sse import SSEEvent
+
+ANTHROPIC_VERSION = "2023-06-01"
+_DONE = b"data: [DONE]\n\n"
+_ERROR_BODY_LIMIT = 64 * 1024
+# Error events Anthropic documents as transient: worth another attempt while nothing has
+# reached the client yet (the relay never retries after the first byte).
+_TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error"})
+
+
+class AnthropicStream(SSEUpstream):
+    """Anthropic stream events in, OpenAI `chat.completion.chunk` events out."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        provider: str,
+        *,
+        include_usage: bool,
+        keep_text: bool = False,
+        max_event_bytes: int = 1024 * 1024,
+        model: str = "",
+    ) -> None:
+        super().__init__(
+            response,
+            provider,
+            include_usage=include_usage,
+            keep_text=keep_text,
+            max_event_bytes=max_event_bytes,
+        )
+        # Replaced at message_start; these only name chunks of a stream that skipped it.
+        self._id = "chatcmpl-anthropic"
+        self._model = model
+        self._created = int(time.time())
+        self._head = self._chunk_head()
+        # Content block index -> OpenAI tool_calls index: tool blocks only, counted from 0.
+        self._tool_index: dict[int, int] = {}
+        # The latest count of each kind of input token; prompt_tokens is their sum.
+        self._input_tokens: dict[str, int] = {}
+        self._usage_final = False
+
+    def _chunk_head(self) -> bytes:
+        # Every chunk of a stream shares id, created and model: serialise them once.
+        return (
+            b'data: {"id":'
+            + orjson.dumps(self._id)
+            + b',"object":"chat.completion.chunk","created":'
+            + str(self._created).encode()
+            + b',"model":'
+            + orjson.dumps(self._model)
+        )
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return (
+            self._head
+            + b',"choices":[{"index":0,"delta":'
+            + orjson.dumps(delta)
+            + b',"logprobs":null,"finish_reason":'
+            + orjson.dumps(finish_reason)
+            + b"}]}\n\n"
+        )
+
+    def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        for event in events:
+            if not event.data:
+                continue  # comments: the relay sends its own keep-alives
+            try:
+                payload = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                raise malformed(self.provider, "an event that is not JSON") from None
+            if not isinstance(payload, dict):
+                raise malformed(self.provider, "an event that is not a JSON object")
+            kind = payload.get("type") or event.event
+            if kind == "content_block_delta":
+                self._on_delta(payload, out)
+            elif kind == "content_block_start":
+                self._on_block_start(payload, out)
+            elif kind == "message_start":
+                self._on_message_start(payload, out)
+            elif kind == "message_delta":
+                self._on_message_delta(payload, out)
+            elif kind == "message_stop":
+                self._on_message_stop(out)
+            elif kind == "error":
+                raise _error_event(self.provider, payload.get("error"))
+            # ping, content_block_stop and types added after this was written: nothing to say
+
+    def _on_message_start(self, payload: dict[str, Any], out: list[bytes]) -> None:
+        message = payload.get("message")
+        message = message if isinstance(message, dict) else {}
+        if isinstance(message.get("id"), str):
+            self._id = "chatcmpl-" + message["id"]
+        if isinstance(message.get("model"), str):
+            self._model = message["model"]
+        self._created = int(time.time())
+        self._head = self._chunk_head()
+        self.state.usage = Usage(prompt_tokens=self._count_input(message.get("usage")))
+        out.append(self._chunk({"role": "assistant", "content": ""}))
+
+    def _count_input(self, usage: Any) -> int:
+        if isinstance(usage, dict):
+            for key in INPUT_KEYS:
+                value = usage.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    self._input_tokens[key] = value
+        return sum(self._input_tokens.values())
+
+    def _on_block_start(self, payload: dict[str, Any], out: list[bytes]) -> None:
+        block = payload.get("content_block")
+        if not isinstance(block, dict):
+            return
+        kind = block.get("type")
+        if kind == "text":
+            text = block.get("text")
+            if text and isinstance(text, str):
+                self._emit_text(text, out)
+        elif kind == "tool_use":
+            index = len(self._tool_index)
+            self._tool_index[as_int(payload.get("index"))] = index
+            call = {
+                "index": index,
+                "id": block.get("id"),
+                "type": "function",
+                "function": {"name": block.get("name"), "arguments": ""},
+            }
+            out.append(self._chunk({"tool_calls": [call]}))
+
+    def _on_delta(self, payload: dict[str, Any], out: list[bytes]) -> None:
+        delta = payload.get("delta")
+        if not isinstance(delta, dict):
+            return
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text")
+            if text and isinstance(text, str):
+                self._emit_text(text, out)
+        elif kind == "input_json_delta":
+            index = self._tool_index.get(as_int(payload.get("index")))
+            partial = delta.get("partial_json")
+            # Server-tool blocks stream their input too: not the client's to call.
+            if index is None or not partial or not isinstance(partial, str):
+                return
+            self._count_delta()
+            call = {"index": index, "function": {"arguments": partial}}
+            out.append(self._chunk({"tool_calls": [call]}))
+        # thinking_delta, signature_delta, citations_delta: no place in OpenAI's format
+
+    def _emit_text(self, text: str, out: list[bytes]) -> None:
+        self._count_delta()
+        if self.keep_text:
+            self.state.text.append(text)
+        out.append(self._chunk({"content": text}))
+
+    def _count_delta(self) -> None:
+        state = self.state
+        state.completion_estimate += 1
+        # Until message_delta reports the real count, the usage set at message_start carries
+        # the estimate: a stream cut short is then charged what it relayed, never zero.
+        if state.usage is not None and not self._usage_final:
+            state.usage.completion_tokens = state.completion_estimate
+
+    def _on_message_delta(self, payload: dict[str, Any], out: list[bytes]) -> None:
+        state = self.state
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            if state.usage is None:
+                state.usage = Usage()
+            # message_delta's counts are cumulative; input counts there (when server tools
+            # read more input) replace message_start's.
+            state.usage.prompt_tokens = self._count_input(usage)
+            output = usage.get("output_tokens")
+            if isinstance(output, int):
+                state.usage.completion_tokens = output
+                self._usage_final = True
+        delta = payload.get("delta")
+        stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+        if stop_reason:
+            state.finished = True
+        out.append(self._chunk({}, finish_reason(stop_reason)))
+
+    def _on_message_stop(self, out: list[bytes]) -> None:
+        state = self.state
+        usage = state.usage
+        if self.include_usage and usage is not None:
+            total = usage.prompt_tokens + usage.completion_tokens
+            out.append(
+                self._head
+                + b',"choices":[],"usage":'
+                + orjson.dumps(
+                    {
+                        "prompt_tokens": usage.prompt_tokens,
+                        "completion_tokens": usage.completion_tokens,
+                        "total_tokens": total,
+                    }
+                )
+                + b"}\n\n"
+            )
+        state.finished = True
+        state.done_sent = True
+        out.append(_DONE)
+
+
+def _error_event(provider: str, error: Any) -> UpstreamError:
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    text = f"{kind}: {message}" if kind and message else str(kind or message or "an error event")
+    return UpstreamError(
+        f"provider {provider!r} failed mid-stream: {text[:500]}",
+        kind="error_event",
+        retryable=kind in _TRANSIENT_ERRORS,
+    )
+
+
+class AnthropicProvider:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        client: httpx.AsyncClient,
+        timeouts: Timeouts,
+        *,
+        keep_text: bool = False,
+        max_event_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.config = config
+        self._client = client
+        self._keep_text = keep_text
+        self._max_event_bytes = max_event_bytes
+        # Configured headers come after the version, so a config can pin another one.
+        headers = {
+            "content-type": "application/json",
+            "anthropic-version": ANTHROPIC_VERSION,
+            **config.headers,
+        }
+        if config.api_key:
+            headers["x-api-key"] = config.api_key
+        self._headers = headers
+        self._stream_headers = {
+            **headers,
+            "accept": "text/event-stream",
+            "accept-encoding": "identity",
+        }
+        # A base_url written with or without Anthropic's /v1 both work.
+        base = config.base_url.rstrip("/")
+        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        # Streams are timed by the relay (first token, idle, total); a plain call by httpx.
+        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None)
+        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token)
+
+    def _request(self, call: UpstreamCall, *, stream: bool) -> httpx.Request:
+        if call.route != "chat.completions":
+            path = "/v1/" + call.route.replace(".", "/")
+            raise InvalidRequest(
+                f"model {call.model.name!r} is served by provider {self.config.name!r} of "
+                f"type anthropic, which does not serve {path}; use /v1/chat/completions",
+                status=400,
+            )
+        model = call.model.upstream_model or call.model.name
+        body = messages_body(call.body, model, stream=stream)
+        return self._client.build_request(
+            "POST",
+            self._url,
+            content=orjson.dumps(body),
+            headers=self._stream_headers if stream else self._headers,
+            timeout=self._stream_timeout if stream else self._call_timeout,
+        )
+
+    async def open_stream(self, call: UpstreamCall) -> AnthropicStream:
+        name = self.config.name
+        request = self._request(call, stream=True)
+        with upstream_errors(name):
+            response = await self._client.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                with upstream_errors(name):
+                    body = await _read_limited(response)
+                raise error_from_status(name, response.status_code, openai_error_body(body))
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise malformed(
+                    name, f"a 200 answer of type {content_type or 'none'!r}, not a stream"
+                )
+        except BaseException:
+            await response.aclose()
+            raise
+        return AnthropicStream(
+            response,
+            name,
+            include_usage=call.include_usage,
+            keep_text=self._keep_text,
+            max_event_bytes=self._max_event_bytes,
+            model=call.model.upstream_model or call.model.name,
+        )
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        name = self.config.name
+        request = self._request(call, stream=False)
+        with upstream_errors(name):
+            response = await self._client.send(request)
+        if response.status_code != 200:
+            raise error_from_status(name, response.status_code, openai_error_body(response.content))
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise malformed(name, "an answer that is not JSON") from None
+        if not isinstance(data, dict):
+            raise malformed(name, "an answer that is not a JSON object")
+        body, usage = chat_completion(data)
+        return Completion(body=orjson.dumps(body), usage=usage)
+
+    async def aclose(self) -> None:
+        """The shared HTTP client belongs to the app; nothing of its own to close."""
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    """An error body, read no further than 64 KiB (a hostile upstream may send gigabytes)."""
+    body = b""
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    return body[:_ERROR_BODY_LIMIT]

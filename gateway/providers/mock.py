@@ -1,0 +1,266 @@
+"""The built-in simulated model: deterministic replies at a realistic pace, no network.
+
+It is what the embedded default runs on, so a new user sees tokens stream before they have
+any provider key, and what the playground page talks to. Replies are derived from the
+prompt (same prompt, same reply), paced by `first_token_ms` and `token_ms`, cut at
+`max_tokens` (finish reason `length`) and followed by a usage report like a real provider.
+It serves chat completions, completions and embeddings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.config import ProviderConfig, Timeouts
+from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
+
+_WORDS = [
+    "the",
+    "gateway",
+    "relays",
+    "each",
+    "token",
+    "as",
+    "it",
+    "arrives",
+    "so",
+    "your",
+    "reader",
+    "sees",
+    "the",
+    "answer",
+    "grow",
+    "instead",
+    "of",
+    "waiting",
+    "for",
+    "the",
+    "whole",
+    "reply",
+    "streaming",
+    "keeps",
+    "latency",
+    "low",
+    "and",
+    "lets",
+    "a",
+    "client",
+    "stop",
+    "early",
+    "when",
+    "it",
+    "has",
+    "seen",
+    "enough",
+    "every",
+    "chunk",
+    "is",
+    "an",
+    "event",
+    "of",
+    "its",
+    "own",
+    "limits",
+    "and",
+    "quotas",
+    "are",
+    "checked",
+    "before",
+    "the",
+    "first",
+    "byte",
+    "and",
+    "settled",
+    "with",
+    "real",
+    "usage",
+]
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, as OpenAI's rule of thumb has it."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _prompt_text(call: UpstreamCall) -> str:
+    body = call.body
+    if call.route == "chat.completions":
+        parts: list[str] = []
+        for message in body.get("messages") or []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return "\n".join(parts)
+    value = body.get("prompt") if call.route == "completions" else body.get("input")
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _reply_words(prompt: str, count: int) -> list[str]:
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
+    start = seed % len(_WORDS)
+    words = [_WORDS[(start + i) % len(_WORDS)] for i in range(count)]
+    return [("" if i == 0 else " ") + w for i, w in enumerate(words)]
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class MockStream:
+    def __init__(self, provider: MockProvider, call: UpstreamCall) -> None:
+        self.state = StreamState()
+        self._chunks = self._generate(provider, call)
+
+    def __aiter__(self) -> MockStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._chunks.__anext__()
+
+    async def _generate(self, provider: MockProvider, call: UpstreamCall) -> AsyncIterator[bytes]:
+        cfg = provider.config
+        prompt = _prompt_text(call)
+        limit = _max_tokens(call.body)
+        count = cfg.reply_tokens if limit is None else min(limit, cfg.reply_tokens)
+        words = _reply_words(prompt, count)
+        finish = "length" if limit is not None and limit < cfg.reply_tokens else "stop"
+        chat = call.route == "chat.completions"
+        base = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": call.model.upstream_model or call.model.name,
+        }
+
+        def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+            body: dict[str, Any] = {**base, "choices": choices}
+            if usage is not None:
+                body["usage"] = usage
+            return b"data: " + orjson.dumps(body) + b"\n\n"
+
+        def choice(delta: dict[str, Any] | str, finish_reason: str | None) -> dict[str, Any]:
+            if chat:
+                return {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            return {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish_reason}
+
+        await asyncio.sleep(cfg.first_token_ms / 1000)
+        if chat:
+            yield event([choice({"role": "assistant", "content": ""}, None)])
+        state = self.state
+        for i, word in enumerate(words):
+            if i:
+                await asyncio.sleep(cfg.token_ms / 1000)
+            state.completion_estimate += 1
+            yield event([choice({"content": word} if chat else word, None)])
+        prompt_tokens = estimate_tokens(prompt)
+        state.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words))
+        state.finished = True
+        tail = event([choice({} if chat else "", finish)])
+        if call.include_usage:
+            tail += event(
+                [],
+                {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt_tokens + len(words),
+                },
+            )
+        state.done_sent = True
+        yield tail + b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+class MockProvider:
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts) -> None:
+        self.config = config
+
+    async def open_stream(self, call: UpstreamCall) -> MockStream:
+        return MockStream(self, call)
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        if call.route == "embeddings":
+            return self._embeddings(call)
+        stream = MockStream(self, call)
+        # Same words and pace as the stream, gathered: a non-streaming call takes as long.
+        text: list[str] = []
+        async for chunk in stream:
+            for line in chunk.split(b"\n\n"):
+                if line.startswith(b"data: {"):
+                    for c in orjson.loads(line[6:]).get("choices", []):
+                        piece = c.get("delta", {}).get("content") if "delta" in c else c.get("text")
+                        if piece:
+                            text.append(piece)
+        usage = stream.state.usage or Usage()
+        finish = "length" if len(text) < self.config.reply_tokens else "stop"
+        content = "".join(text)
+        model = call.model.upstream_model or call.model.name
+        totals = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }
+        if call.route == "chat.completions":
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            kind, prefix = "chat.completion", "chatcmpl"
+        else:
+            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish}
+            kind, prefix = "text_completion", "cmpl"
+        body = {
+            "id": f"{prefix}-{uuid.uuid4().hex[:24]}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": totals,
+        }
+        return Completion(body=orjson.dumps(body), usage=usage)
+
+    def _embeddings(self, call: UpstreamCall) -> Completion:
+        raw = call.body.get("input")
+        inputs = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else []
+        dims = call.body.get("dimensions")
+        size = dims if isinstance(dims, int) and 0 < dims <= 3072 else 64
+        data = []
+        tokens = 0
+        for i, item in enumerate(inputs):
+            text = item if isinstance(item, str) else orjson.dumps(item).decode()
+            tokens += estimate_tokens(text)
+            digest = hashlib.sha256(text.encode()).digest()
+            vector = [((digest[j % 32] + j) % 256) / 127.5 - 1.0 for j in range(size)]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            data.append(
+                {"object": "embedding", "index": i, "embedding": [v / norm for v in vector]}
+            )
+        body = {
+            "object": "list",
+            "data": data,
+            "model": call.model.upstream_model or call.model.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Completion(body=orjson.dumps(body), usage=Usage(prompt_tokens=tokens))
+
+    async def aclose(self) -> None:
+        """No connections to close."""

@@ -1,0 +1,204 @@
+"""Any OpenAI-compatible server (OpenAI, vLLM, Ollama, another gateway): a pass-through.
+
+The request body is the client's, with two changes: `model` becomes the configured
+upstream model and, for streams, `stream_options.include_usage` is forced on so every
+stream is metered. The answer's events are relayed as the upstream's own bytes: each one
+is decoded only to learn what the gateway must know (usage, a finish reason, an error) and
+never re-serialised. The usage-only chunk (`"choices": []`) is dropped when the client did
+not ask for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import ProviderConfig, Timeouts
+from gateway.errors import UpstreamError
+from gateway.providers.base import (
+    Completion,
+    UpstreamCall,
+    Usage,
+    error_from_status,
+    upstream_errors,
+)
+from gateway.providers.streams import SSEUpstream, malformed
+from gateway.relay.sse import SSEEvent
+
+_PATHS = {
+    "chat.completions": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+_DONE = b"data: [DONE]\n\n"
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class OpenAIStream(SSEUpstream):
+    def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        state = self.state
+        for event in events:
+            data = event.data
+            if not data:
+                continue  # comments and pings: the relay sends its own keep-alives
+            if data == b"[DONE]":
+                state.done_sent = True
+                out.append(_DONE)
+                continue
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise malformed(self.provider, "an event that is not JSON") from None
+            if not isinstance(chunk, dict):
+                raise malformed(self.provider, "an event that is not a JSON object")
+            error = chunk.get("error")
+            if error:
+                raise _error_event(self.provider, error)
+            choices = chunk.get("choices")
+            usage = chunk.get("usage")
+            if usage:
+                state.usage = _usage(usage)
+            if not choices:
+                if usage and not self.include_usage:
+                    continue
+            else:
+                _scan_choices(choices, state, self.keep_text)
+            raw = event.raw
+            out.append(raw if raw.endswith(b"\n\n") else b"data: " + data + b"\n\n")
+
+
+def _scan_choices(choices: Any, state: Any, keep_text: bool) -> None:
+    if not isinstance(choices, list):
+        return
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason"):
+            state.finished = True
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if content or delta.get("tool_calls") or delta.get("reasoning_content"):
+                state.completion_estimate += 1
+            if keep_text and isinstance(content, str):
+                state.text.append(content)
+        elif isinstance(choice.get("text"), str):  # /v1/completions
+            state.completion_estimate += 1
+            if keep_text:
+                state.text.append(choice["text"])
+
+
+def _usage(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) else 0,
+        completion_tokens=completion if isinstance(completion, int) else 0,
+    )
+
+
+def _error_event(provider: str, error: Any) -> UpstreamError:
+    message = error.get("message") if isinstance(error, dict) else error
+    text = str(message)[:500] if message else "an error event"
+    return UpstreamError(f"provider {provider!r} failed mid-stream: {text}", kind="error_event")
+
+
+class OpenAIProvider:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        client: httpx.AsyncClient,
+        timeouts: Timeouts,
+        *,
+        keep_text: bool = False,
+        max_event_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.config = config
+        self._client = client
+        self._keep_text = keep_text
+        self._max_event_bytes = max_event_bytes
+        headers = {"content-type": "application/json", **config.headers}
+        if config.api_key:
+            headers["authorization"] = f"Bearer {config.api_key}"
+        self._headers = headers
+        self._stream_headers = {
+            **headers,
+            "accept": "text/event-stream",
+            "accept-encoding": "identity",
+        }
+        # Streams are timed by the relay (first token, idle, total); a plain call by httpx.
+        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None)
+        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token)
+
+    def _request(self, call: UpstreamCall) -> httpx.Request:
+        body = dict(call.body)
+        body["model"] = call.model.upstream_model or call.model.name
+        if call.stream:
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        return self._client.build_request(
+            "POST",
+            self.config.base_url + _PATHS[call.route],
+            content=orjson.dumps(body),
+            headers=self._stream_headers if call.stream else self._headers,
+            timeout=self._stream_timeout if call.stream else self._call_timeout,
+        )
+
+    async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
+        name = self.config.name
+        request = self._request(call)
+        with upstream_errors(name):
+            response = await self._client.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                with upstream_errors(name):
+                    body = await _read_limited(response)
+                raise error_from_status(name, response.status_code, body)
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise malformed(
+                    name, f"a 200 answer of type {content_type or 'none'!r}, not a stream"
+                )
+        except BaseException:
+            await response.aclose()
+            raise
+        return OpenAIStream(
+            response,
+            name,
+            include_usage=call.include_usage,
+            keep_text=self._keep_text,
+            max_event_bytes=self._max_event_bytes,
+        )
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        name = self.config.name
+        with upstream_errors(name):
+            response = await self._client.send(self._request(call))
+        if response.status_code != 200:
+            raise error_from_status(name, response.status_code, response.content)
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise malformed(name, "an answer that is not JSON") from None
+        if not isinstance(data, dict):
+            raise malformed(name, "an answer that is not a JSON object")
+        return Completion(body=response.content, usage=_usage(data.get("usage")))
+
+    async def aclose(self) -> None:
+        """The shared HTTP client belongs to the app; nothing of its own to close."""
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    """An error body, read no further than 64 KiB (a hostile upstream may send gigabytes)."""
+    body = b""
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    return body[:_ERROR_BODY_LIMIT]

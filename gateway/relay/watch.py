@@ -1,0 +1,138 @@
+"""The race around one open request: client disconnect, timeouts, keep-alive, shutdown.
+
+A stream is a race between relaying, keep-alive, disconnect and shutdown (sse-starlette's
+picture). Here the relay is the request's own task, and everything else watches it from the
+side at almost no cost per chunk:
+
+- one task waits on ASGI `receive()` for `http.disconnect`;
+- one timer (re-armed lazily, about once per keep-alive interval) checks the idle, total and
+  slow-client deadlines and sends `: keep-alive` comments during long upstream silence;
+- shutdown calls `end("shutdown")` when the grace period runs out.
+
+Whoever wins calls `end(outcome)`, which cancels the request task once; the relay catches
+that cancellation, asks `ended` why, and finishes the stream with that outcome. A
+cancellation the watch did not cause (the server's own) is re-raised untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from time import perf_counter
+
+from starlette.types import Receive, Send
+
+from gateway.config import Timeouts
+from gateway.errors import Outcome
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class StreamWatch:
+    __slots__ = (
+        "_disconnect_task",
+        "_keepalive_task",
+        "_last_keepalive",
+        "_loop",
+        "_send",
+        "_timeouts",
+        "_timer",
+        "deadline",
+        "ended",
+        "last_read",
+        "relaying",
+        "sending_since",
+        "task",
+    )
+
+    def __init__(self, send: Send, timeouts: Timeouts) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self._loop = asyncio.get_running_loop()
+        self._send = send
+        self._timeouts = timeouts
+        now = perf_counter()
+        self.deadline = now + timeouts.total
+        self.last_read = now
+        self._last_keepalive = now
+        self.sending_since = 0.0
+        """perf_counter() when a send to the client started and has not finished; 0 if none."""
+        self.relaying = False
+        """True once the response started: idle and keep-alive rules apply from then."""
+        self.ended: Outcome | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._disconnect_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+
+    def start(self, receive: Receive) -> None:
+        self._disconnect_task = self._loop.create_task(self._watch_disconnect(receive))
+        self._arm(self.deadline)
+
+    def start_relaying(self) -> None:
+        self.relaying = True
+        self.last_read = self._last_keepalive = perf_counter()
+        self._arm(self.last_read + min(self._timeouts.keepalive, self._timeouts.idle))
+
+    def end(self, outcome: Outcome) -> None:
+        if self.ended is None:
+            self.ended = outcome
+            self.task.cancel()
+
+    def stop(self) -> None:
+        """Stand down. Call before the relay's first await after its loop ended, so no
+        cancellation can arrive after the outcome was decided."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in (self._disconnect_task, self._keepalive_task):
+            if task is not None and not task.done():
+                task.cancel()
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(max(when - perf_counter(), 0.0), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.ended is not None:
+            return
+        now = perf_counter()
+        if now >= self.deadline:
+            self.end("upstream_error")  # total time ran out; the relay words it as a timeout
+            return
+        if not self.relaying:
+            self._arm(self.deadline)
+            return
+        t = self._timeouts
+        if self.sending_since and now - self.sending_since >= t.idle:
+            self.end("slow_client")
+            return
+        silent = now - self.last_read
+        if silent >= t.idle:
+            self.end("idle_timeout")
+            return
+        if silent >= t.keepalive and now - self._last_keepalive >= t.keepalive:
+            self._last_keepalive = now
+            if self._keepalive_task is None or self._keepalive_task.done():
+                self._keepalive_task = self._loop.create_task(self._keepalive())
+        next_at = min(
+            self.deadline,
+            self.last_read + t.idle,
+            max(self.last_read, self._last_keepalive) + t.keepalive,
+        )
+        if self.sending_since:
+            next_at = min(next_at, self.sending_since + t.idle)
+        self._arm(max(next_at, now + 0.01))
+
+    async def _keepalive(self) -> None:
+        with contextlib.suppress(OSError):
+            await self._send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.end("client_cancelled")
+                return

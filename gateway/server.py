@@ -1,0 +1,143 @@
+"""Running the app under uvicorn, with a shutdown that lets answers finish.
+
+uvicorn's own shutdown stops accepting connections at once. A rolling deploy wants more:
+on SIGTERM (or the first Ctrl-C) the gateway keeps its socket open, answers `/readyz` with
+503 and new API requests with 503 + `connection: close` (so load balancers move on), lets
+open streams run to their end for up to `shutdown_grace` seconds, then ends the rest with
+an SSE error event. Only then does uvicorn's shutdown run (the request log drains in the
+app's lifespan) and the process exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn._subprocess import get_subprocess
+
+from gateway.state import GatewayState
+
+
+def find_state(app: Any) -> GatewayState | None:
+    """The gateway state under uvicorn's middleware wrappers (each keeps the next in .app)."""
+    for _ in range(10):
+        state = getattr(getattr(app, "state", None), "gateway", None)
+        if isinstance(state, GatewayState):
+            return state
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+class GatewayServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._drain_since: float | None = None
+        self._signals = 0
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._drain_since = time.monotonic()
+
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)
+        if self._drain_since is None or should_exit:
+            return should_exit
+        state = find_state(self.config.loaded_app)
+        if state is None:
+            self.should_exit = True
+            return True
+        if not state.draining:
+            state.draining = True
+            print(f"[gateway pid {os.getpid()}] draining: {len(state.watches)} open request(s)")
+        waited = time.monotonic() - self._drain_since
+        if waited >= state.config.shutdown_grace:
+            for watch in list(state.watches):
+                watch.end("shutdown")
+        if not self.server_state.tasks or waited >= state.config.shutdown_grace + 5:
+            self.should_exit = True
+            return True
+        return False
+
+
+def serve(
+    app: Starlette | str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    grace: float,
+    fd: int | None = None,
+) -> None:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        fd=fd,
+        workers=workers,
+        factory=isinstance(app, str),
+        access_log=False,
+        log_level=os.environ.get("GATEWAY_UVICORN_LOG_LEVEL", "warning"),
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=int(grace) + 10,
+        lifespan="on",
+    )
+    if workers > 1:
+        sys.exit(_supervise(config, workers))
+    GatewayServer(config).run()
+
+
+def _supervise(config: uvicorn.Config, workers: int) -> int:
+    """Run `workers` processes on one listening socket; pass SIGTERM/SIGINT on to them.
+
+    uvicorn's own supervisor builds plain `uvicorn.Server`s in its workers, which would lose
+    the draining shutdown above; this one is small enough to own. A worker that dies
+    unexpectedly is replaced.
+    """
+    sock = config.bind_socket()
+    stopping = threading.Event()
+
+    def start() -> SpawnProcess:
+        process = get_subprocess(config, target=GatewayServer(config).run, sockets=[sock])
+        process.start()
+        return process
+
+    processes = [start() for _ in range(workers)]
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        stopping.set()
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    while not stopping.wait(0.5):
+        for i, process in enumerate(processes):
+            if not process.is_alive() and not stopping.is_set():
+                print(f"[gateway] worker {process.pid} exited ({process.exitcode}); restarting")
+                processes[i] = start()
+    for process in processes:
+        process.join()
+    sock.close()
+    return max((abs(p.exitcode or 0) for p in processes), default=0)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,80 @@
+"""The one object that holds everything a running gateway shares.
+
+Built by `create_app()` (config, keys, models) and filled in by the app's lifespan (HTTP
+client, providers, limiter, metrics, request log), closed on exit. Nothing here is
+module-level: two apps in one process share nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.types import Scope
+
+from gateway.config import GatewayConfig, KeyConfig, ModelConfig
+from gateway.errors import InvalidApiKey
+from gateway.limits.base import Limiter
+from gateway.observability.metrics import Metrics
+from gateway.observability.requestlog import RequestLog
+from gateway.providers.base import Provider
+from gateway.relay.watch import StreamWatch
+
+
+@dataclass
+class GatewayState:
+    config: GatewayConfig
+    metrics: Metrics
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    keys_by_hash: dict[str, KeyConfig] = field(default_factory=dict)
+    providers: dict[str, Provider] = field(default_factory=dict)
+    limiter: Limiter | None = None
+    request_log: RequestLog | None = None
+    http: httpx.AsyncClient | None = None
+    watches: set[StreamWatch] = field(default_factory=set)
+    """Every open request's watch: shutdown ends them, tests check none is left."""
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    draining: bool = False
+    """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
+
+    def __post_init__(self) -> None:
+        self.models = {m.name: m for m in self.config.models}
+        self.keys_by_hash = {k.key_sha256: k for k in self.config.keys}
+
+    def authenticate(self, scope: Scope) -> KeyConfig:
+        """The key of `Authorization: Bearer KEY` or `x-api-key: KEY`.
+
+        The presented secret is hashed and looked up by its sha256; the lookup's timing
+        depends only on the hash, which the caller already knows, and the final comparison
+        is constant-time. The secret itself is never stored, logged or echoed.
+        """
+        secret = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = bytes(value).partition(b" ")
+                if scheme.lower() == b"bearer":
+                    secret = token.strip()
+                    break
+            elif name == b"x-api-key":
+                secret = bytes(value).strip()
+                break
+        if not secret:
+            raise InvalidApiKey(
+                "Missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'."
+            )
+        digest = hashlib.sha256(secret).hexdigest()
+        key = self.keys_by_hash.get(digest)
+        if key is None or not hmac.compare_digest(digest, key.key_sha256):
+            raise InvalidApiKey("Incorrect API key provided.")
+        return key
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run work off the request path, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)

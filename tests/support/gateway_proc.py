@@ -1,0 +1,150 @@
+"""Run the real `gateway serve` in a subprocess on a free port, as users run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from gateway.config import hash_key
+
+KEY_A = "sk-test-team-a"
+KEY_B = "sk-test-team-b"
+ADMIN_KEY = "sk-test-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    """A config in front of the fake upstream: one model per scripted scenario."""
+    openai_models = {
+        "gpt-test": "text?n=12",
+        "gpt-tools": "tools",
+        "gpt-midstream": "midstream_error?at=5",
+        "gpt-truncate": "truncate?at=5",
+        "gpt-garbage": "garbage?at=3",
+        "gpt-500": "status?code=500",
+        "gpt-400": "status?code=400",
+        "gpt-401": "status?code=401",
+        "gpt-html": "html",
+        "gpt-paced": "text?n=40&pace_ms=50",
+        "gpt-slow-first": "text?ttft_ms=3000",
+        "gpt-stall": "stall?at=3&stall_s=5",
+    }
+    models: list[dict[str, Any]] = [
+        {"name": name, "provider": "fake", "upstream_model": upstream}
+        for name, upstream in openai_models.items()
+    ]
+    models += [
+        {"name": "claude-test", "provider": "fake-anthropic", "upstream_model": "text?n=12"},
+        {"name": "claude-tools", "provider": "fake-anthropic", "upstream_model": "tools"},
+        {"name": "claude-error", "provider": "fake-anthropic", "upstream_model": "midstream_error"},
+        {"name": "gpt-fallback", "provider": "fake", "upstream_model": "status?code=503",
+         "fallbacks": ["claude-test"]},
+        {"name": "mock-gpt", "provider": "demo"},
+    ]
+    config: dict[str, Any] = {
+        "providers": [
+            {"name": "fake", "type": "openai", "base_url": upstream_url + "/v1",
+             "api_key": "${FAKE_UPSTREAM_SECRET:-sk-upstream-secret-value}", "max_retries": 1},
+            {"name": "fake-anthropic", "type": "anthropic", "base_url": upstream_url,
+             "api_key": "sk-ant-upstream-secret-value", "max_retries": 1},
+            {"name": "demo", "type": "mock", "first_token_ms": 20, "token_ms": 5},
+        ],
+        "models": models,
+        "keys": [
+            {"id": "team-a", "key_sha256": hash_key(KEY_A)},
+            {"id": "team-b", "key_sha256": hash_key(KEY_B), "models": ["gpt-test"]},
+        ],
+        "admin_key_sha256": hash_key(ADMIN_KEY),
+        "timeouts": {"connect": 2, "first_token": 10, "idle": 10, "total": 60},
+    }
+    config.update(overrides)
+    return config
+
+
+class GatewayProcess:
+    """`gateway serve --config FILE --port N`, started and stopped like a user would."""
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None,
+        tmp: Path,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.tmp = tmp
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = tmp / f"gateway-{self.port}.yaml"
+            self.config_path.write_text(yaml.safe_dump(config))
+        self.stdout_path = tmp / f"gateway-{self.port}.out"
+        self.workers = workers
+        self.env = {**os.environ, **(env or {})}
+        self.env.pop("GATEWAY_CONFIG", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
+        self._out = open(self.stdout_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not become healthy:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._out.close()
+        return code
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
