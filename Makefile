@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(VENV)/bin/gateway serve
 
 test: $(STAMP)
+	bash .ci/system-deps
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

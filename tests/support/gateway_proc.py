@@ -75,6 +75,9 @@ def test_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+test_config.__test__ = False  # type: ignore[attr-defined]  # a builder, not a test
+
+
 class GatewayProcess:
     """`gateway serve --config FILE --port N`, started and stopped like a user would."""
 

@@ -1,0 +1,64 @@
+"""SSE framing: events split anywhere, every line ending, bounded buffering."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.relay.sse import SSEDecoder, SSEError
+
+STREAM = (
+    b'data: {"a": 1}\n\n'
+    b"event: ping\ndata: {}\n\n"
+    b": keep-alive\n\n"
+    b"data: line1\ndata: line2\n\n"
+    b"data: [DONE]\n\n"
+)
+
+
+def decode_all(chunks: list[bytes]) -> list[tuple[bytes, str | None]]:
+    decoder = SSEDecoder()
+    events = []
+    for chunk in chunks:
+        events += [(e.data, e.event) for e in decoder.feed(chunk)]
+    assert decoder.pending == 0
+    return events
+
+
+EXPECTED = [
+    (b'{"a": 1}', None),
+    (b"{}", "ping"),
+    (b"", None),
+    (b"line1\nline2", None),
+    (b"[DONE]", None),
+]
+
+
+def test_whole_stream() -> None:
+    assert decode_all([STREAM]) == EXPECTED
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    chunks = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
+    assert decode_all(chunks) == EXPECTED
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\r"])
+def test_cr_line_endings(newline: bytes) -> None:
+    stream = STREAM.replace(b"\n", newline)
+    assert decode_all([stream[:7], stream[7:]]) == EXPECTED
+
+
+def test_raw_bytes_are_kept_for_pass_through() -> None:
+    events = SSEDecoder().feed(b'data: {"x":1}\n\ndata: {"y":2}\n\n')
+    assert [e.raw for e in events] == [b'data: {"x":1}\n\n', b'data: {"y":2}\n\n']
+
+
+def test_an_event_that_never_ends_is_refused_not_buffered_forever() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    decoder.feed(b"data: " + b"x" * 900)
+    with pytest.raises(SSEError):
+        decoder.feed(b"x" * 200)

@@ -1,0 +1,102 @@
+"""The config loader: expansion, defaults, and one clear line per mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, hash_key, load_config, parse_config, resolve_config
+
+ROOT = Path(__file__).resolve().parent.parent
+HASH = hash_key("secret")
+
+
+def minimal(**extra: object) -> dict[str, object]:
+    return {
+        "providers": [{"name": "p", "type": "openai", "base_url": "http://x/v1", "api_key": "k"}],
+        "models": [{"name": "m", "provider": "p"}],
+        "keys": [{"id": "a", "key_sha256": HASH}],
+        **extra,
+    }
+
+
+def test_example_configs_load() -> None:
+    env = {"OPENAI_API_KEY": "sk-1", "ANTHROPIC_API_KEY": "sk-2"}
+    config = load_config(ROOT / "config" / "example.yaml", env)
+    assert config.provider("openai").api_key == "sk-1"
+    assert config.model("gpt-4o-mini").fallbacks == ("claude-haiku",)  # type: ignore[union-attr]
+    assert config.keys[0].limits.rpm == 60
+    assert config.timeouts.first_token == 60
+    assert load_config(ROOT / "config" / "minimal.yaml", {"OPENAI_API_KEY": "x"}).models
+
+
+def test_variables_expand_with_defaults() -> None:
+    data = minimal(redis_url="${REDIS_URL:-redis://localhost:6379/0}")
+    data["providers"][0]["api_key"] = "${KEY}"  # type: ignore[index]
+    config = parse_config(data, "c.yaml", {"KEY": "sk-env"})
+    assert config.redis_url == "redis://localhost:6379/0"
+    assert config.providers[0].api_key == "sk-env"
+    assert "sk-env" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "words"),
+    [
+        ({"surprise": 1}, "surprise", "unknown key"),
+        ({"models": [{"name": "m", "provider": "nope"}]}, "models[0].provider", "not in providers"),
+        ({"limits_backend_failure": "maybe"}, "limits_backend_failure", "one of open, closed"),
+        ({"timeouts": {"idle": "soon"}}, "timeouts.idle", "expected a number"),
+        ({"keys": [{"id": "a", "key_sha256": "abc"}]}, "keys[0].key_sha256", "64 hex digits"),
+        ({"keys": [{"id": "a", "key_sha256": HASH, "limits": {"rpm": 0}}]}, "keys[0].limits.rpm",
+         "greater than 0"),
+        ({"keys": [{"id": "a", "key_sha256": HASH, "models": ["x"]}]}, "keys[0].models[0]",
+         "not a model"),
+        ({"redis_url": "${NOPE}"}, "redis_url", "${NOPE} is not set"),
+    ],
+)
+def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(**change), "gw.yaml", {})
+    message = str(info.value)
+    assert message.startswith(f"gw.yaml: {path}: ")
+    assert words in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path / "none.yaml", {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, {})
+
+
+def test_embedded_default_needs_nothing() -> None:
+    config = resolve_config(None, {})
+    assert config.embedded_default
+    assert config.providers[0].type == "mock"
+    assert not config.redis_url
+
+
+def test_cli_refuses_a_bad_config_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "gw.yaml"
+    bad.write_text("providers: []\nmodels: []\nkeys: []\nnope: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(bad)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "nope: unknown key" in result.stderr
+
+
+def test_hash_key_prints_the_sha256() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "hash-key", "secret"], capture_output=True, text=True,
+        timeout=30,
+    )
+    assert result.stdout.strip() == HASH
