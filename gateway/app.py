@@ -72,6 +72,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(state.metrics.close)  # last: after the request log has drained
             http = build_http_client(config)
             stack.push_async_callback(http.aclose)
             state.http = http

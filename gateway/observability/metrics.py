@@ -1,0 +1,429 @@
+"""The gateway's Prometheus metrics (SPEC section 7), built once per app.
+
+`Metrics` owns every metric object and the registry they are exposed from; the request
+path calls its small synchronous methods (`record`, `stream_opened`, ...) and GET /metrics
+calls `render()`. Label values stay bounded whatever a client sends: model, provider and
+key id only take configured names ("other" for anything else, "none" for empty), status is
+the HTTP status as a string, outcome and the other enumerations are capped to known sets.
+
+Two modes, chosen by prometheus_client's own switch, the PROMETHEUS_MULTIPROC_DIR
+environment variable:
+
+- single process: each `Metrics` owns a private `CollectorRegistry`, so several apps can be
+  built in one process (tests) without "Duplicated timeseries" errors;
+- multiprocess (`gateway serve --workers N`): values live in per-process mmap files in that
+  directory and `render()` merges every worker's files with `MultiProcessCollector`. Gauges
+  use `livesum`, so a dead worker's streams and queue drop out of the totals (after
+  `mark_process_dead`), while its counters keep counting towards the sums.
+
+Deliberately not here: timing. Callers measure with `perf_counter()` and hand over the
+durations in a `RequestRecord`; prometheus `.time()` is never used (it mis-times coroutines).
+Nor is there any module-level registry: importing this module registers nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple, get_args
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+from prometheus_client import values as _values
+
+from gateway.errors import Outcome
+from gateway.limits.base import LimitName
+from gateway.observability.records import RequestRecord
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (to an emptied directory) before the workers start to switch multiprocess mode on."""
+
+OTHER = "other"
+"""The label value of anything outside the configured or known set."""
+NONE = "none"
+"""The label value of an empty model, provider or key id (e.g. a request refused early)."""
+
+TTFT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0,
+    20.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+INTER_TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
+)  # fmt: skip
+DURATION_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+)  # fmt: skip
+
+UPSTREAM_ERROR_KINDS = frozenset(
+    {
+        "connect",
+        "connect_timeout",
+        "connection",
+        "timeout",
+        "idle_timeout",
+        "transport",
+        "auth",
+        "http_error",
+        "http_4xx",
+        "http_429",
+        "http_5xx",
+        "malformed",
+        "error_event",
+        "truncated",
+    }
+)
+"""The `kind` values gateway_upstream_errors_total keeps; anything else counts as "other"."""
+
+_OUTCOMES = frozenset(get_args(Outcome))
+_LIMITS = frozenset(get_args(LimitName))
+
+
+class _Timings(NamedTuple):
+    """The per-(model, provider) histogram children, looked up once per record."""
+
+    ttft: Histogram
+    inter_token: Histogram
+    duration: Histogram
+    batch_inter_token: bool
+
+
+class _Tokens(NamedTuple):
+    prompt: Counter
+    completion: Counter
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when that mode is on, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Create `path` and remove the metric files a previous run left in it.
+
+    Call it in the parent before the workers start (then export MULTIPROC_ENV=path): stale
+    files from an old run would otherwise be summed into the new run's counters.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (active streams, log queue depth) from the sums."""
+    path = multiprocess_dir()
+    if path is not None:
+        _multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _use_value_class(multiprocess: bool) -> None:
+    """Make prometheus_client store values the way this process's mode needs.
+
+    prometheus_client picks in-memory or mmap-backed values once, when it is first imported,
+    from the environment at that moment. A process that imported it before the CLI exported
+    MULTIPROC_ENV (or that unset it since) would otherwise keep the wrong kind: values that
+    never reach the files render() reads, or files written to a directory that is gone.
+    """
+    current: Any = _values.ValueClass
+    if bool(getattr(current, "_multiprocess", False)) == multiprocess:
+        return
+    chosen: Any = _values.MultiProcessValue() if multiprocess else _values.MutexValue  # type: ignore[no-untyped-call]
+    _values.ValueClass = chosen
+
+
+def _bounded(names: Iterable[str]) -> dict[str, str]:
+    # name -> the same str object: one dict lookup maps a raw value to its label.
+    return {name: name for name in names if name}
+
+
+class Metrics:
+    """Every gateway metric, for one app (one worker process).
+
+    In multiprocess mode build one per process: two instances in one process would share
+    the same mmap entries, each overwriting the other's counts.
+    """
+
+    def __init__(
+        self, models: Iterable[str], providers: Iterable[str], key_ids: Iterable[str]
+    ) -> None:
+        self._models = _bounded(models)
+        self._providers = _bounded(providers)
+        self._key_ids = _bounded(key_ids)
+        self._multiproc_dir = multiprocess_dir()
+        _use_value_class(self._multiproc_dir is not None)
+        # In multiprocess mode nothing is registered here: render() reads the files.
+        self._registry = CollectorRegistry() if self._multiproc_dir is None else None
+        reg = self._registry
+
+        self._requests = Counter(
+            "gateway_requests",
+            "Requests by how they ended.",
+            ("model", "provider", "status", "outcome"),
+            registry=reg,
+        )
+        self._ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Request arrival to the first byte of the answer sent to the client.",
+            ("model", "provider"),
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self._inter_token = Histogram(
+            "gateway_inter_token_latency_seconds",
+            "Gaps between successive upstream reads carrying events.",
+            ("model", "provider"),
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=reg,
+        )
+        self._duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Request arrival to the end of the response.",
+            ("model", "provider"),
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self._overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time spent in the gateway rather than upstream.",
+            buckets=OVERHEAD_BUCKETS,
+            registry=reg,
+        )
+        self._tokens = Counter(
+            "gateway_tokens",
+            "Tokens by model, key and direction (prompt | completion).",
+            ("model", "key_id", "direction"),
+            registry=reg,
+        )
+        self._active = Gauge(
+            "gateway_active_streams",
+            "Streams being relayed right now.",
+            ("model",),
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self._rate_limited = Counter(
+            "gateway_rate_limited",
+            "Requests refused by a per-key limit or quota.",
+            ("key_id", "limit"),
+            registry=reg,
+        )
+        self._upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Upstream failures by provider and kind.",
+            ("provider", "kind"),
+            registry=reg,
+        )
+        self._limiter_errors = Counter(
+            "gateway_limiter_backend_errors",
+            "Calls to the limit store (Redis) that failed.",
+            registry=reg,
+        )
+        self._log_depth = Gauge(
+            "gateway_log_queue_depth",
+            "Request log records waiting to be written.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self._log_dropped = Counter(
+            "gateway_log_records_dropped",
+            "Request log records dropped (queue full or sink failure).",
+            registry=reg,
+        )
+
+        # Labelled children, created on first use and kept: labels() costs a lock, a tuple
+        # and a dict lookup per call; these caches cost one dict lookup. Keys are label
+        # values already bounded, so the caches are bounded too.
+        self._requests_by: dict[tuple[str, str, int, str], Counter] = {}
+        self._timings_by: dict[tuple[str, str], _Timings] = {}
+        self._tokens_by: dict[tuple[str, str], _Tokens] = {}
+        self._active_by: dict[str, Gauge] = {}
+        self._rate_limited_by: dict[tuple[str, str], Counter] = {}
+        self._upstream_errors_by: dict[tuple[str, str], Counter] = {}
+        for model in self._models:
+            # Configured models show 0 active streams rather than no series.
+            self._active_by[model] = self._active.labels(model)
+
+    # --- label bounding --------------------------------------------------------------------
+
+    def _model(self, value: str) -> str:
+        return self._models.get(value) or (OTHER if value else NONE)
+
+    def _provider(self, value: str) -> str:
+        return self._providers.get(value) or (OTHER if value else NONE)
+
+    def _key_id(self, value: str) -> str:
+        return self._key_ids.get(value) or (OTHER if value else NONE)
+
+    # --- the request path ------------------------------------------------------------------
+
+    def stream_opened(self, model: str) -> None:
+        self._active_child(model).inc()
+
+    def stream_closed(self, model: str) -> None:
+        self._active_child(model).dec()
+
+    def _active_child(self, model: str) -> Gauge:
+        label = self._model(model)
+        child = self._active_by.get(label)
+        if child is None:
+            child = self._active_by[label] = self._active.labels(label)
+        return child
+
+    def record(self, rec: RequestRecord) -> None:
+        """Count one finished request: status and outcome, latencies, tokens."""
+        model = self._model(rec.model)
+        provider = self._provider(rec.provider)
+        status = rec.status if 0 <= rec.status <= 599 else -1
+        outcome: str = rec.outcome if rec.outcome in _OUTCOMES else OTHER
+
+        key = (model, provider, status, outcome)
+        requests = self._requests_by.get(key)
+        if requests is None:
+            status_label = str(status) if status >= 0 else OTHER
+            requests = self._requests_by[key] = self._requests.labels(
+                model, provider, status_label, outcome
+            )
+        requests.inc()
+
+        timings = self._timings_by.get((model, provider))
+        if timings is None:
+            inter_token = self._inter_token.labels(model, provider)
+            timings = self._timings_by[(model, provider)] = _Timings(
+                self._ttft.labels(model, provider),
+                inter_token,
+                self._duration.labels(model, provider),
+                _can_observe_in_batch(inter_token),
+            )
+        if rec.ttft_s is not None:
+            timings.ttft.observe(rec.ttft_s)
+        timings.duration.observe(rec.duration_s)
+        if rec.inter_token_s:
+            if timings.batch_inter_token and len(rec.inter_token_s) >= 8:
+                _observe_in_batch(timings.inter_token, rec.inter_token_s)
+            else:
+                for gap in rec.inter_token_s:
+                    timings.inter_token.observe(gap)
+        self._overhead.observe(rec.overhead_s)
+
+        if rec.prompt_tokens > 0 or rec.completion_tokens > 0:
+            key_id = self._key_id(rec.key_id)
+            tokens = self._tokens_by.get((model, key_id))
+            if tokens is None:
+                tokens = self._tokens_by[(model, key_id)] = _Tokens(
+                    self._tokens.labels(model, key_id, "prompt"),
+                    self._tokens.labels(model, key_id, "completion"),
+                )
+            if rec.prompt_tokens > 0:
+                tokens.prompt.inc(rec.prompt_tokens)
+            if rec.completion_tokens > 0:
+                tokens.completion.inc(rec.completion_tokens)
+
+    def rate_limited(self, key_id: str, limit: str) -> None:
+        key = (self._key_id(key_id), limit if limit in _LIMITS else OTHER)
+        child = self._rate_limited_by.get(key)
+        if child is None:
+            child = self._rate_limited_by[key] = self._rate_limited.labels(*key)
+        child.inc()
+
+    def upstream_error(self, provider: str, kind: str) -> None:
+        key = (self._provider(provider), kind if kind in UPSTREAM_ERROR_KINDS else OTHER)
+        child = self._upstream_errors_by.get(key)
+        if child is None:
+            child = self._upstream_errors_by[key] = self._upstream_errors.labels(*key)
+        child.inc()
+
+    def limiter_backend_error(self) -> None:
+        self._limiter_errors.inc()
+
+    def set_log_queue_depth(self, depth: int) -> None:
+        self._log_depth.set(depth)
+
+    def log_record_dropped(self, count: int = 1) -> None:
+        if count > 0:
+            self._log_dropped.inc(count)
+
+    def close(self) -> None:
+        """Last step of a worker's shutdown: in multiprocess mode its live gauges (active
+        streams, log queue depth) leave the sums; its counters keep counting. A worker that
+        dies without this (SIGKILL) leaves its gauges until the parent's mark_process_dead.
+        """
+        if self._multiproc_dir is not None:
+            _multiprocess.mark_process_dead(os.getpid(), self._multiproc_dir)  # type: ignore[no-untyped-call]
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def multiprocess(self) -> bool:
+        return self._multiproc_dir is not None
+
+    def active_streams_total(self) -> float:
+        """Streams open in this process, over all models (tests, graceful shutdown)."""
+        return sum(
+            sample.value
+            for metric in self._active.collect()
+            for sample in metric.samples
+            if sample.name == "gateway_active_streams"
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition for GET /metrics: (body, content type)."""
+        if self._registry is not None:
+            return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry, self._multiproc_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _can_observe_in_batch(child: Histogram) -> bool:
+    """Whether prometheus_client's histogram internals are the ones the batch path uses.
+
+    Checked once at start-up so a future prometheus_client that reshapes them falls back to
+    plain observe() instead of miscounting.
+    """
+    internals: Any = child
+    bounds = getattr(internals, "_upper_bounds", None)
+    buckets = getattr(internals, "_buckets", None)
+    total = getattr(internals, "_sum", None)
+    return (
+        bounds is not None
+        and list(bounds) == [*INTER_TOKEN_BUCKETS, float("inf")]
+        and isinstance(buckets, list)
+        and len(buckets) == len(bounds)
+        and all(hasattr(b, "inc") for b in buckets)
+        and hasattr(total, "inc")
+    )
+
+
+def _observe_in_batch(child: Histogram, gaps: list[float]) -> None:
+    """observe() every gap, adding to each bucket once.
+
+    A long stream brings thousands of gaps and observe() takes a lock (an mmap write in
+    multiprocess mode) per call; counting per bucket first gives the same numbers for a
+    fraction of the cost.
+    """
+    bounds = INTER_TOKEN_BUCKETS
+    counts = [0] * (len(bounds) + 1)
+    for gap in gaps:
+        if gap == gap:  # NaN lands in no bucket, as with observe()
+            counts[bisect_left(bounds, gap)] += 1
+    internals: Any = child
+    internals._sum.inc(sum(gaps))
+    buckets = internals._buckets
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)

@@ -1,0 +1,371 @@
+"""The request log: one JSON line per request, written off the request path.
+
+The request path calls `RequestLog.submit(record)`, which only puts the record on a bounded
+asyncio queue and returns; it never awaits and never blocks. One background task takes up
+to `logging.batch_size` records at a time, renders them through a locally built structlog
+logger (timestamp, level, event="request", then `RequestRecord.log_fields()`) and writes
+the batch to the sink in a worker thread. A sink that blocks (a full pipe, a slow disk)
+therefore stalls only that task: records pile up in the queue, and once it is full new
+ones are dropped and counted in gateway_log_records_dropped_total. `aclose()` (lifespan
+shutdown, SIGTERM) drains what is queued, then flushes and closes the sink.
+
+Secrets: records carry none by construction; a processor still drops any field named like
+a credential. Prompts and completions are written only with `log_bodies: true`.
+
+Deliberately not here: log shipping, rotation (use logrotate with copytruncate, or stdout
+and the container runtime), and structlog's global configuration (`structlog.configure` is
+never called; importing this module configures nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import select
+import sys
+import time
+from collections.abc import MutableMapping, Sequence
+from datetime import UTC, datetime
+from typing import IO, Any, Protocol, TextIO
+
+import orjson
+import structlog
+
+from gateway.config import LoggingConfig
+from gateway.observability.metrics import Metrics
+from gateway.observability.records import RequestRecord
+
+_log = logging.getLogger("gateway.requestlog")
+
+BODY_FIELDS = ("request_body", "response_text")
+
+_SECRET_NAMES = frozenset(
+    {
+        "authorization",
+        "proxy_authorization",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "api_secret",
+        "secret",
+        "password",
+        "cookie",
+        "set_cookie",
+        "token",
+        "access_token",
+        "bearer",
+    }
+)
+
+# One write() of at most PIPE_BUF bytes to a pipe is atomic, so lines from several workers
+# sharing one stdout never interleave mid-line (a longer single line still may).
+_ATOMIC_WRITE = getattr(select, "PIPE_BUF", 4096)
+
+
+class Sink(Protocol):
+    """Where rendered lines go. Both methods run in a worker thread and may block."""
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        """Write the lines (each ends with a newline) and flush them."""
+
+    def close(self) -> None:
+        """Flush and release the sink."""
+
+
+class StreamSink:
+    """Lines to a binary stream, flushed per batch, written in pipe-atomic chunks."""
+
+    def __init__(self, stream: IO[bytes], *, close_stream: bool) -> None:
+        self._stream = stream
+        self._close_stream = close_stream
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        stream = self._stream
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > _ATOMIC_WRITE:
+                stream.write(b"".join(chunk))
+                stream.flush()
+                chunk.clear()
+                size = 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            stream.write(b"".join(chunk))
+            stream.flush()
+
+    def close(self) -> None:
+        if self._close_stream:
+            self._stream.close()
+        else:
+            self._stream.flush()
+
+
+def stdout_sink() -> StreamSink:
+    """The process's stdout (left open on close)."""
+    return StreamSink(sys.stdout.buffer, close_stream=False)
+
+
+def file_sink(path: str) -> StreamSink:
+    """An append-mode file: O_APPEND keeps several workers' lines whole."""
+    return StreamSink(open(path, "ab"), close_stream=True)
+
+
+# --- structlog processors ------------------------------------------------------------------
+
+EventDict = MutableMapping[str, Any]
+
+
+class DropSecrets:
+    """Defence in depth: no field named like a credential reaches the log.
+
+    The verdict per field name is remembered (the names repeat on every line); the memo
+    stops growing at a bound so odd names cannot grow it without limit.
+    """
+
+    _MEMO_LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._secret: dict[str, bool] = {}
+
+    def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
+        memo = self._secret
+        doomed: list[str] | None = None
+        for name in event_dict:
+            secret = memo.get(name)
+            if secret is None:
+                secret = is_secret_name(name)
+                if len(memo) < self._MEMO_LIMIT:
+                    memo[name] = secret
+            if secret:
+                doomed = [name] if doomed is None else [*doomed, name]
+        for name in doomed or ():
+            del event_dict[name]
+        return event_dict
+
+
+def is_secret_name(name: str) -> bool:
+    normalized = name.lower().replace("-", "_")
+    return (
+        normalized in _SECRET_NAMES
+        or "authorization" in normalized
+        or "api_key" in normalized
+        or normalized.endswith("_secret")
+    )
+
+
+def drop_bodies(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
+    """Without `log_bodies: true` prompts and completions never reach the log."""
+    for name in BODY_FIELDS:
+        event_dict.pop(name, None)
+    return event_dict
+
+
+def add_header(_logger: object, method: str, event_dict: EventDict) -> EventDict:
+    """timestamp (when the request ended, ISO 8601 UTC), level and event first: a person
+    reading the raw file sees them where they expect them."""
+    ended = event_dict.pop("_ended_at", None)
+    stamp = datetime.fromtimestamp(ended if ended is not None else time.time(), UTC)
+    return {
+        "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": method,
+        "event": event_dict.pop("event", None),
+        **event_dict,
+    }
+
+
+class _LineCollector:
+    """The structlog "logger" at the end of the chain: keeps rendered lines for the sink."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def _keep(self, line: bytes) -> None:
+        self.lines.append(line + b"\n")
+
+    info = warning = error = _keep
+
+
+def request_logger(*, log_bodies: bool) -> tuple[Any, _LineCollector]:
+    """A structlog logger whose output lands in the returned collector."""
+    processors: list[Any] = [DropSecrets()]
+    if not log_bodies:
+        processors.append(drop_bodies)
+    processors += [add_header, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+    collector = _LineCollector()
+    # Built directly rather than via structlog.configure(): no global state is touched.
+    bound_class: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    return bound_class(collector, processors=processors, context={}), collector
+
+
+# --- the log ----------------------------------------------------------------------------------
+
+_Item = tuple[float, RequestRecord]
+
+
+class RequestLog:
+    """A bounded queue of finished requests and the one task that writes them out."""
+
+    def __init__(
+        self,
+        config: LoggingConfig,
+        metrics: Metrics,
+        *,
+        log_bodies: bool,
+        sink: Sink | None = None,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._batch_size = max(1, config.batch_size)
+        self._queue_size = max(1, config.queue_size)
+        # None wakes the consumer at shutdown when the queue is empty.
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(self._queue_size)
+        self._sink = sink
+        self._logger, self._lines = request_logger(log_bodies=log_bodies)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        if self._sink is None:
+            if self._config.file:
+                self._sink = await asyncio.to_thread(file_sink, self._config.file)
+            else:
+                self._sink = stdout_sink()
+        self._task = asyncio.get_running_loop().create_task(
+            self._consume(self._sink), name="request-log"
+        )
+
+    def submit(self, rec: RequestRecord) -> None:
+        """Queue a finished request's record; drop and count it when the queue is full."""
+        if self._closed:
+            self._metrics.log_record_dropped()
+            return
+        try:
+            self._queue.put_nowait((time.time(), rec))
+        except asyncio.QueueFull:
+            self._metrics.log_record_dropped()
+            self._metrics.set_log_queue_depth(self._queue_size)
+
+    # The drain deadline belongs to the log (it knows what it drops when it passes).
+    async def aclose(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Write everything queued, then close the sink. Records submitted from now on are
+        dropped. After `timeout` seconds the rest is dropped (and counted) instead."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._task = self._task, None
+        if task is None:
+            self._drop_queued()
+            await self._close_sink()
+            return
+        if self._queue.empty():
+            self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._drop_queued()
+            # The sink is stuck in a write on another thread; closing it under that write
+            # could corrupt the file, so it is left to the process exit.
+            _log.warning("request log: sink still blocked after %.1fs, records dropped", timeout)
+            return
+        await self._close_sink()
+        self._metrics.set_log_queue_depth(0)
+
+    async def _close_sink(self) -> None:
+        if self._sink is None:
+            return
+        try:
+            await asyncio.to_thread(self._sink.close)
+        except OSError as exc:  # the last flush failed (disk full, pipe gone): say so, go on
+            _log.warning("request log: closing the sink failed (%s)", exc)
+
+    def _drop_queued(self) -> None:
+        dropped = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is not None:
+                dropped += 1
+        self._metrics.log_record_dropped(dropped)
+        self._metrics.set_log_queue_depth(0)
+
+    async def _consume(self, sink: Sink) -> None:
+        queue = self._queue
+        while not (self._closed and queue.empty()):
+            first = await queue.get()
+            batch: list[_Item] = [] if first is None else [first]
+            while len(batch) < self._batch_size:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is not None:
+                    batch.append(item)
+            self._metrics.set_log_queue_depth(queue.qsize())
+            if not batch:
+                continue
+            try:
+                # Rendering runs in the thread too: it is the costly part of a batch.
+                await asyncio.to_thread(self._write_batch, sink, batch)
+            except Exception:
+                # A broken sink costs this batch, never the log: the next batch is tried.
+                _log.exception("request log: batch of %d records lost", len(batch))
+                self._metrics.log_record_dropped(len(batch))
+
+    def _write_batch(self, sink: Sink, batch: list[_Item]) -> None:
+        """Render and write one batch (in a worker thread; one batch at a time)."""
+        logger = self._logger
+        lines = self._lines.lines = []
+        failed = 0
+        for ended_at, rec in batch:
+            method = logger.error if rec.status >= 500 else logger.info
+            try:
+                method("request", _ended_at=ended_at, **rec.log_fields())
+            except TypeError:  # a field orjson cannot encode: lose the line, not the batch
+                failed += 1
+        try:
+            sink.write(lines)
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream
+            failed += len(lines)
+            _log.warning("request log: sink write failed (%s), records dropped", exc)
+        self._metrics.log_record_dropped(failed)
+
+
+# --- the gateway's own logs -----------------------------------------------------------------
+
+
+def configure_process_logging(
+    *, level: str = "INFO", json: bool = True, stream: TextIO | None = None
+) -> logging.Handler:
+    """Route the stdlib loggers (the gateway's own, uvicorn's) through structlog's
+    formatter: JSON lines, or a console layout for humans. Call it once from the CLI; it
+    replaces the root logger's handlers and returns the new one (tests remove it again).
+    """
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    return handler

@@ -1,0 +1,359 @@
+"""The request log: one JSON line per record, off the request path, drained on close."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import structlog
+
+from gateway.config import LoggingConfig
+from gateway.observability.metrics import Metrics
+from gateway.observability.records import RequestRecord
+from gateway.observability.requestlog import (
+    DropSecrets,
+    RequestLog,
+    StreamSink,
+    configure_process_logging,
+)
+from tests.observability.obs_support import make_record, value
+
+HEADER = ("timestamp", "level", "event")
+
+
+class ListSink:
+    """Keeps every line; optionally blocks each write until released."""
+
+    def __init__(self, *, blocked: bool = False) -> None:
+        self.lines: list[bytes] = []
+        self.writes = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not blocked:
+            self.release.set()
+        self.closed = False
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        self.entered.set()
+        self.release.wait()
+        self.writes += 1
+        self.lines.extend(lines)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def records(self) -> list[dict[str, object]]:
+        return [orjson.loads(line) for line in self.lines]
+
+
+def dropped(metrics: Metrics) -> float | None:
+    return value(metrics.render()[0], "gateway_log_records_dropped_total")
+
+
+def numbered(n: int, **overrides: object) -> list[RequestRecord]:
+    return [make_record("completed", request_id=f"r{i}", **overrides) for i in range(n)]
+
+
+def test_every_submitted_record_becomes_one_json_line_in_the_file(
+    metrics: Metrics, tmp_path: Path
+) -> None:
+    path = tmp_path / "requests.log"
+    path.write_bytes(b'{"earlier": "line"}\n')
+    records = numbered(1000, request_body=b'{"messages": []}', response_text="hello")
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(file=str(path), batch_size=64), metrics, log_bodies=False)
+        await log.start()
+        for rec in records:
+            log.submit(rec)
+        await log.aclose()
+
+    asyncio.run(scenario())
+    lines = path.read_bytes().splitlines()
+    assert lines[0] == b'{"earlier": "line"}'  # appended, not truncated
+    written = [orjson.loads(line) for line in lines[1:]]
+    assert len(written) == len(records)
+    for line, rec in zip(written, records, strict=True):
+        assert list(line)[:3] == list(HEADER)
+        assert line["event"] == "request"
+        assert line["level"] == "info"
+        assert datetime.fromisoformat(str(line["timestamp"])).utcoffset() is not None
+        expected = rec.log_fields()
+        del expected["request_body"], expected["response_text"]
+        assert {k: v for k, v in line.items() if k not in HEADER} == expected
+    assert not dropped(metrics)
+
+
+def test_bodies_are_logged_only_with_log_bodies(metrics: Metrics) -> None:
+    def run(log_bodies: bool) -> dict[str, object]:
+        sink = ListSink()
+
+        async def scenario() -> None:
+            log = RequestLog(LoggingConfig(), metrics, log_bodies=log_bodies, sink=sink)
+            await log.start()
+            log.submit(make_record(request_body=b'{"prompt": "hi"}', response_text="hello"))
+            await log.aclose()
+
+        asyncio.run(scenario())
+        (line,) = sink.records()
+        return line
+
+    with_bodies = run(log_bodies=True)
+    assert with_bodies["request_body"] == '{"prompt": "hi"}'
+    assert with_bodies["response_text"] == "hello"
+    without = run(log_bodies=False)
+    assert "request_body" not in without
+    assert "response_text" not in without
+
+
+class LeakyRecord(RequestRecord):
+    def log_fields(self) -> dict[str, object]:
+        return {
+            **super().log_fields(),
+            "Authorization": "Bearer sk-leak-1",
+            "x-api-key": "sk-leak-2",
+            "upstream_api_key": "sk-leak-3",
+        }
+
+
+def test_fields_named_like_credentials_never_reach_the_log(metrics: Metrics) -> None:
+    sink = ListSink()
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(), metrics, log_bodies=True, sink=sink)
+        await log.start()
+        log.submit(LeakyRecord(request_id="r1", route="chat.completions", key_id="team-a"))
+        await log.aclose()
+
+    asyncio.run(scenario())
+    assert b"sk-leak" not in b"".join(sink.lines)
+    assert sink.records()[0]["key_id"] == "team-a"
+
+    event = {k: "x" for k in ("authorization", "API_KEY", "X-Api-Key", "provider_secret")}
+    event |= {"key_id": "team-a", "prompt_tokens": "3", "completion_tokens": "4"}
+    assert DropSecrets()(None, "info", event) == {
+        "key_id": "team-a",
+        "prompt_tokens": "3",
+        "completion_tokens": "4",
+    }
+
+
+def test_server_errors_are_logged_at_error_level(metrics: Metrics) -> None:
+    sink = ListSink()
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(), metrics, log_bodies=False, sink=sink)
+        await log.start()
+        log.submit(make_record("upstream_error"))
+        log.submit(make_record("rate_limited"))
+        await log.aclose()
+
+    asyncio.run(scenario())
+    assert [line["level"] for line in sink.records()] == ["error", "info"]
+
+
+def test_a_blocked_sink_never_blocks_submit_and_the_overflow_is_counted(
+    metrics: Metrics,
+) -> None:
+    sink = ListSink(blocked=True)
+    config = LoggingConfig(queue_size=1000, batch_size=100)
+    first_batch = numbered(config.batch_size)
+    flood = numbered(20_000)
+
+    async def scenario() -> None:
+        log = RequestLog(config, metrics, log_bodies=False, sink=sink)
+        await log.start()
+        for rec in first_batch:
+            log.submit(rec)
+        # The consumer takes the first batch and hangs in the sink's write.
+        assert await asyncio.to_thread(sink.entered.wait, 10)
+
+        for rec in flood:
+            log.submit(rec)
+        # All 20k calls returned while the sink stayed stuck: submit waited for nothing.
+        assert sink.writes == 0
+        assert log.depth == config.queue_size
+        assert dropped(metrics) == len(flood) - config.queue_size
+        body, _ = metrics.render()
+        assert value(body, "gateway_log_queue_depth") == config.queue_size
+
+        sink.release.set()
+        await log.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sink.release.set()
+    written = [line["request_id"] for line in sink.records()]
+    expected = [r.request_id for r in first_batch + flood[: config.queue_size]]
+    assert written == expected
+    assert sink.closed
+    assert value(metrics.render()[0], "gateway_log_queue_depth") == 0
+
+
+def test_aclose_drains_everything_queued_through_a_slow_sink(metrics: Metrics) -> None:
+    class SlowSink(ListSink):
+        def write(self, lines: Sequence[bytes]) -> None:
+            threading.Event().wait(0.005)
+            super().write(lines)
+
+    sink = SlowSink()
+    records = numbered(2000)
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(batch_size=50), metrics, log_bodies=False, sink=sink)
+        await log.start()
+        for rec in records:
+            log.submit(rec)
+        await asyncio.sleep(0)
+        await log.aclose()
+        log.submit(make_record())  # after close: dropped, counted
+
+    asyncio.run(scenario())
+    assert len(sink.lines) == len(records)
+    assert sink.writes >= len(records) // 50
+    assert sink.closed
+    assert dropped(metrics) == 1
+
+
+def test_aclose_gives_up_on_a_stuck_sink_after_its_timeout(metrics: Metrics) -> None:
+    sink = ListSink(blocked=True)
+    config = LoggingConfig(batch_size=10)
+
+    async def scenario() -> None:
+        log = RequestLog(config, metrics, log_bodies=False, sink=sink)
+        await log.start()
+        for rec in numbered(35):
+            log.submit(rec)
+        assert await asyncio.to_thread(sink.entered.wait, 10)
+        await log.aclose(timeout=0.2)
+        # What never left the queue is counted; the batch stuck in the sink is not lost yet.
+        assert dropped(metrics) == 25
+        sink.release.set()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sink.release.set()
+    assert len(sink.lines) == 10
+
+
+def test_a_failing_sink_loses_one_batch_and_the_log_carries_on(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakySink(ListSink):
+        failed: threading.Event
+
+        def write(self, lines: Sequence[bytes]) -> None:
+            if not self.failed.is_set():
+                self.failed.set()
+                raise OSError(28, "No space left on device")
+            super().write(lines)
+
+    sink = FlakySink()
+    sink.failed = threading.Event()
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(batch_size=5), metrics, log_bodies=False, sink=sink)
+        await log.start()
+        for rec in numbered(5):
+            log.submit(rec)
+        assert await asyncio.to_thread(sink.failed.wait, 10)
+        for rec in numbered(3):
+            log.submit(rec)
+        await log.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="gateway.requestlog"):
+        asyncio.run(scenario())
+    assert len(sink.lines) == 3
+    assert dropped(metrics) == 5
+    assert "No space left" in caplog.text
+
+
+def test_records_submitted_before_start_are_written_once_started(metrics: Metrics) -> None:
+    sink = ListSink()
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(), metrics, log_bodies=False, sink=sink)
+        log.submit(make_record())
+        await log.start()
+        await log.aclose()
+
+    asyncio.run(scenario())
+    assert len(sink.lines) == 1
+
+
+def test_stdout_is_the_default_sink(
+    metrics: Metrics, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(), metrics, log_bodies=False)
+        await log.start()
+        log.submit(make_record(request_id="to-stdout"))
+        await log.aclose()
+
+    asyncio.run(scenario())
+    (line,) = capsysbinary.readouterr().out.splitlines()
+    assert orjson.loads(line)["request_id"] == "to-stdout"
+
+
+def test_stream_sink_writes_whole_lines_in_pipe_atomic_chunks() -> None:
+    class Recorder(io.BytesIO):
+        chunks: list[bytes]
+
+        def write(self, data: object) -> int:
+            assert isinstance(data, bytes)
+            self.chunks.append(data)
+            return super().write(data)
+
+    stream = Recorder()
+    stream.chunks = []
+    lines = [(b"%d" % i) * 300 + b"\n" for i in range(1, 40)]
+    StreamSink(stream, close_stream=False).write(lines)
+
+    assert stream.getvalue() == b"".join(lines)
+    assert len(stream.chunks) > 1
+    assert all(len(c) <= 4096 and c.endswith(b"\n") for c in stream.chunks)
+
+
+def test_structlog_global_configuration_is_left_alone(metrics: Metrics) -> None:
+    before = (structlog.is_configured(), structlog.get_config())
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(), metrics, log_bodies=False, sink=ListSink())
+        await log.start()
+        log.submit(make_record())
+        await log.aclose()
+
+    asyncio.run(scenario())
+    assert (structlog.is_configured(), structlog.get_config()) == before
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_process_logging_writes_the_gateways_own_logs_as_json(
+    root_logger: logging.Logger,
+) -> None:
+    out = io.StringIO()
+    configure_process_logging(level="info", json=True, stream=out)
+    logging.getLogger("gateway.server").warning("listening on %s", "127.0.0.1:8080")
+
+    line = orjson.loads(out.getvalue())
+    assert line["event"] == "listening on 127.0.0.1:8080"
+    assert line["level"] == "warning"
+    assert line["logger"] == "gateway.server"
+    assert "timestamp" in line
