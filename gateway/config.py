@@ -111,6 +111,8 @@ class GatewayConfig:
     keys: tuple[KeyConfig, ...]
     redis_url: str = ""
     limits_backend_failure: BackendFailure = "open"
+    concurrency_lease_ttl: float = 15.0
+    """Seconds a concurrency slot outlives a process that stopped renewing it (Redis)."""
     timeouts: Timeouts = field(default_factory=Timeouts)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     log_bodies: bool = False
@@ -355,6 +357,9 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         redis_url=redis_url,
         limits_backend_failure=r.choice(  # type: ignore[arg-type]
             "limits_backend_failure", get_args(BackendFailure), "open"
+        ),
+        concurrency_lease_ttl=r.positive(
+            "concurrency_lease_ttl", float, GatewayConfig.concurrency_lease_ttl
         ),
         timeouts=_read_section(Timeouts, source, "timeouts", r.take("timeouts", dict, {})),
         logging=_read_section(LoggingConfig, source, "logging", r.take("logging", dict, {})),
