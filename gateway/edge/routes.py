@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
+import secrets
 import time
 from importlib import resources
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from gateway.config import DEMO_KEY
 from gateway.errors import GatewayError, InvalidApiKey, InvalidRequest
 from gateway.limits.report import usage_rows
 from gateway.state import GatewayState
@@ -97,5 +100,24 @@ class Routes:
         return JSONResponse({"object": "list", "data": usage_rows(usages)})
 
     async def playground(self, request: Request) -> Response:
+        """The playground page, with the demo key filled in only on the embedded default.
+
+        Its inline CSS and JS run under a per-response nonce; the CSP also keeps the page
+        from loading or sending anything anywhere but this gateway.
+        """
         page = resources.files("gateway.playground").joinpath("index.html").read_text("utf-8")
-        return HTMLResponse(page)
+        nonce = secrets.token_urlsafe(16)
+        demo_key = DEMO_KEY if self.state.config.embedded_default else ""
+        page = page.replace("__CSP_NONCE__", nonce).replace("__DEMO_KEY__", html.escape(demo_key))
+        csp = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
+        )
+        headers = {
+            "content-security-policy": csp,
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+        }
+        return HTMLResponse(page, headers=headers)

@@ -69,7 +69,9 @@ def replicas(
             proc.stop()
 
 
-def chat(gateway: GatewayProcess, key: str, model: str = "gpt-test", **extra: Any) -> httpx.Response:
+def chat(
+    gateway: GatewayProcess, key: str, model: str = "gpt-test", **extra: Any
+) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
     with httpx.Client(timeout=30) as client:
         return client.post(
@@ -101,13 +103,15 @@ def test_rpm_10_admits_exactly_10_of_30(replicas: list[GatewayProcess]) -> None:
     assert denied.headers["x-ratelimit-remaining-requests"] == "0"
     assert denied.json()["error"]["code"] == "rate_limit_exceeded"
     with pytest.raises(openai.RateLimitError):
-        openai.OpenAI(base_url=replicas[-1].url + "/v1", api_key=key, max_retries=0).chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "hi"}]
-        )
+        openai.OpenAI(
+            base_url=replicas[-1].url + "/v1", api_key=key, max_retries=0
+        ).chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
 
 
 def max_overlap(seen: list[Seen]) -> int:
-    edges = sorted([(s.started, 1) for s in seen] + [(s.ended or time.monotonic(), -1) for s in seen])
+    edges = sorted(
+        [(s.started, 1) for s in seen] + [(s.ended or time.monotonic(), -1) for s in seen]
+    )
     open_now = peak = 0
     for _, delta in edges:
         open_now += delta
@@ -162,14 +166,23 @@ def test_a_disconnected_client_is_charged_what_it_received(replicas: list[Gatewa
     gateway = replicas[0]
     before = usage(gateway, "free")["tokens_day"]
     received = 0
-    with httpx.Client(timeout=10) as client, client.stream(
-        "POST",
-        gateway.url + "/v1/chat/completions",
-        headers={"authorization": f"Bearer {KEYS['free'][0]}"},
-        json={"model": "gpt-long", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-    ) as response:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST",
+            gateway.url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEYS['free'][0]}"},
+            json={
+                "model": "gpt-long",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        ) as response,
+    ):
         for line in response.iter_lines():
-            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get(
+                "content"
+            ):
                 received += 1
             if received == 5:
                 break
@@ -221,7 +234,9 @@ def test_a_killed_gateway_does_not_hold_its_slots_forever(
     upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     config = limits_config(upstream, redis_server.url, concurrency_lease_ttl=2)
-    config["keys"] = [{"id": "one", "key_sha256": hash_key("sk-one"), "limits": {"max_concurrent": 1}}]
+    config["keys"] = [
+        {"id": "one", "key_sha256": hash_key("sk-one"), "limits": {"max_concurrent": 1}}
+    ]
     victim = GatewayProcess(config, tmp_path).start()
     survivor = GatewayProcess(config, tmp_path).start()
     try:
@@ -230,7 +245,11 @@ def test_a_killed_gateway_does_not_hold_its_slots_forever(
             "POST",
             victim.url + "/v1/chat/completions",
             headers={"authorization": "Bearer sk-one"},
-            json={"model": "gpt-long", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            json={
+                "model": "gpt-long",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
         )
         response = stream.__enter__()
         assert response.status_code == 200

@@ -22,7 +22,10 @@ def client(gateway: GatewayProcess, key: str = KEY_A) -> openai.OpenAI:
 def stream_text(gateway: GatewayProcess, model: str, **kwargs: object) -> tuple[str, list]:
     chunks = list(
         client(gateway).chat.completions.create(
-            model=model, messages=MESSAGES, stream=True, **kwargs  # type: ignore[arg-type]
+            model=model,
+            messages=MESSAGES,
+            stream=True,
+            **kwargs,  # type: ignore[arg-type]
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -52,8 +55,19 @@ def test_usage_chunk_only_when_asked(gateway: GatewayProcess, model: str) -> Non
 
 @pytest.mark.parametrize("model", ["gpt-tools", "claude-tools"])
 def test_tool_call_deltas_reassemble_into_valid_json(gateway: GatewayProcess, model: str) -> None:
-    _, chunks = stream_text(gateway, model, tools=[{"type": "function", "function": {
-        "name": "get_weather", "parameters": {"type": "object", "properties": {}}}}])
+    _, chunks = stream_text(
+        gateway,
+        model,
+        tools=[
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": {"type": "object", "properties": {}},
+                },
+            }
+        ],
+    )
     calls: dict[int, dict[str, str]] = {}
     for chunk in chunks:
         for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
@@ -75,7 +89,9 @@ def test_async_client_streams(gateway: GatewayProcess) -> None:
             base_url=gateway.url + "/v1", api_key=KEY_A, max_retries=0
         ) as aclient:
             stream = await aclient.chat.completions.create(
-                model="claude-test", messages=MESSAGES, stream=True  # type: ignore[arg-type]
+                model="claude-test",
+                messages=MESSAGES,
+                stream=True,  # type: ignore[arg-type]
             )
             return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
@@ -117,7 +133,9 @@ def test_errors_raise_the_sdks_exception_classes(
 ) -> None:
     with pytest.raises(exception) as info:
         client(gateway, key).chat.completions.create(
-            model=model, messages=MESSAGES, stream=True  # type: ignore[arg-type]
+            model=model,
+            messages=MESSAGES,
+            stream=True,  # type: ignore[arg-type]
         )
     assert info.value.status_code == status  # type: ignore[attr-defined]
     assert "secret" not in str(info.value)
@@ -128,7 +146,9 @@ def test_mid_stream_failure_makes_the_sdk_raise(gateway: GatewayProcess, model: 
     received: list[str] = []
     with pytest.raises(openai.APIError):
         for chunk in client(gateway).chat.completions.create(
-            model=model, messages=MESSAGES, stream=True  # type: ignore[arg-type]
+            model=model,
+            messages=MESSAGES,
+            stream=True,  # type: ignore[arg-type]
         ):
             if chunk.choices and chunk.choices[0].delta.content:
                 received.append(chunk.choices[0].delta.content)
@@ -173,7 +193,8 @@ def test_models_lists_only_what_the_key_may_use(gateway: GatewayProcess) -> None
 def test_completions_and_embeddings_are_relayed(gateway: GatewayProcess) -> None:
     c = client(gateway)
     text = "".join(
-        ch.choices[0].text for ch in c.completions.create(model="gpt-test", prompt="hi", stream=True)
+        ch.choices[0].text
+        for ch in c.completions.create(model="gpt-test", prompt="hi", stream=True)
         if ch.choices
     )
     assert text == "".join(text_tokens(12))

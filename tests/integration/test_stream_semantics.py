@@ -18,7 +18,12 @@ AUTH = {"authorization": f"Bearer {KEY_A}"}
 
 
 def body(model: str, **extra: object) -> dict[str, object]:
-    return {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}], **extra}
+    return {
+        "model": model,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    }
 
 
 def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
@@ -39,9 +44,12 @@ def last_request(upstream: FakeUpstream, marker: str):  # type: ignore[no-untype
 def test_client_disconnect_cancels_the_upstream_within_a_second(
     gateway: GatewayProcess, upstream: FakeUpstream
 ) -> None:
-    with httpx.Client(timeout=10) as client, client.stream(
-        "POST", gateway.url + "/v1/chat/completions", headers=AUTH, json=body("gpt-paced")
-    ) as response:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", gateway.url + "/v1/chat/completions", headers=AUTH, json=body("gpt-paced")
+        ) as response,
+    ):
         assert response.status_code == 200
         events = 0
         for line in response.iter_lines():
@@ -63,7 +71,9 @@ def test_client_disconnect_cancels_the_upstream_within_a_second(
 
 
 @pytest.fixture(scope="module")
-def strict_gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def strict_gateway(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     """A gateway with short timeouts, to meet them in a test's time."""
     config = test_config(
         upstream.url,
@@ -79,7 +89,9 @@ def test_first_token_timeout_is_a_status_before_the_first_byte(
 ) -> None:
     started = time.monotonic()
     r = httpx.post(
-        strict_gateway.url + "/v1/chat/completions", headers=AUTH, json=body("gpt-slow-first"),
+        strict_gateway.url + "/v1/chat/completions",
+        headers=AUTH,
+        json=body("gpt-slow-first"),
         timeout=10,
     )
     assert r.status_code == 504
@@ -92,7 +104,10 @@ def test_idle_timeout_after_the_first_byte_is_an_error_event_with_keepalives_bef
 ) -> None:
     lines: list[str] = []
     with httpx.stream(
-        "POST", strict_gateway.url + "/v1/chat/completions", headers=AUTH, json=body("gpt-stall"),
+        "POST",
+        strict_gateway.url + "/v1/chat/completions",
+        headers=AUTH,
+        json=body("gpt-stall"),
         timeout=10,
     ) as response:
         assert response.status_code == 200
@@ -101,7 +116,11 @@ def test_idle_timeout_after_the_first_byte_is_an_error_event_with_keepalives_bef
     assert "data: [DONE]" not in lines
     assert data[-1]["error"]["code"] == "idle_timeout"
     assert sum(1 for line in lines if line == ": keep-alive") >= 2
-    tokens = [d for d in data if "choices" in d and d["choices"] and d["choices"][0]["delta"].get("content")]
+    tokens = [
+        d
+        for d in data
+        if "choices" in d and d["choices"] and d["choices"][0]["delta"].get("content")
+    ]
     assert len(tokens) == 3
 
 
@@ -146,7 +165,9 @@ def test_streaming_headers(gateway: GatewayProcess) -> None:
     assert response.headers["x-accel-buffering"] == "no"
 
 
-def test_unknown_routes_and_methods_are_openai_shaped(gateway: GatewayProcess, tmp_path: Path) -> None:
+def test_unknown_routes_and_methods_are_openai_shaped(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
     r = httpx.get(gateway.url + "/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["message"]
     r = httpx.get(gateway.url + "/v1/chat/completions")

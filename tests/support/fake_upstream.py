@@ -141,8 +141,14 @@ class FakeUpstream:
             if anthropic:
                 err = {"type": "error", "error": {"type": "api_error", "message": f"fake {code}"}}
             else:
-                err = {"error": {"message": f"fake {code}", "type": "server_error", "param": None,
-                                 "code": None}}
+                err = {
+                    "error": {
+                        "message": f"fake {code}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
             self._write_full(writer, code, orjson.dumps(err), "application/json")
             await writer.drain()
             seen.ended = time.monotonic()
@@ -163,8 +169,7 @@ class FakeUpstream:
     @staticmethod
     def _write_full(writer: asyncio.StreamWriter, code: int, body: bytes, ctype: str) -> None:
         writer.write(
-            f"HTTP/1.1 {code} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n\r\n"
-            .encode()
+            f"HTTP/1.1 {code} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
             + body
         )
 
@@ -231,14 +236,21 @@ class FakeUpstream:
 
     def _openai_events(self, seen: Seen, scenario: str, params: dict[str, str]) -> Any:
         n = int(params.get("n", "12"))
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                "model": seen.body.get("model")}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": seen.body.get("model"),
+        }
         completions = seen.path.endswith("/completions") and "chat" not in seen.path
 
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
             if completions:
-                choice: dict[str, Any] = {"index": 0, "text": (delta or {}).get("content", ""),
-                                          "finish_reason": finish}
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "text": (delta or {}).get("content", ""),
+                    "finish_reason": finish,
+                }
             else:
                 choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
             return b"data: " + orjson.dumps({**base, "choices": [choice], **extra}) + b"\n\n"
@@ -247,10 +259,22 @@ class FakeUpstream:
         yield chunk({"role": "assistant", "content": ""})
         if scenario == "tools":
             args = orjson.dumps(tool_arguments()).decode()
-            yield chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                         "function": {"name": "get_weather", "arguments": ""}}]})
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ]
+                }
+            )
             for i in range(0, len(args), 7):
-                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 7]}}]})
+                yield chunk(
+                    {"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 7]}}]}
+                )
             finish = "tool_calls"
             count = len(args) // 7 + 1
         else:
@@ -271,8 +295,21 @@ class FakeUpstream:
             count = n
         yield chunk({}, finish)
         if usage_wanted:
-            yield b"data: " + orjson.dumps({**base, "choices": [], "usage": {
-                "prompt_tokens": 11, "completion_tokens": count, "total_tokens": 11 + count}}) + b"\n\n"
+            yield (
+                b"data: "
+                + orjson.dumps(
+                    {
+                        **base,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": 11,
+                            "completion_tokens": count,
+                            "total_tokens": 11 + count,
+                        },
+                    }
+                )
+                + b"\n\n"
+            )
         yield b"data: [DONE]\n\n"
 
     def _complete(self, seen: Seen, scenario: str, params: dict[str, str], anthropic: bool) -> Any:
@@ -280,26 +317,54 @@ class FakeUpstream:
         if seen.path.endswith("/embeddings"):
             inputs = seen.body.get("input")
             items = inputs if isinstance(inputs, list) else [inputs]
-            return {"object": "list", "model": seen.body.get("model"),
-                    "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
-                             for i in range(len(items))],
-                    "usage": {"prompt_tokens": 5, "total_tokens": 5}}
+            return {
+                "object": "list",
+                "model": seen.body.get("model"),
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                    for i in range(len(items))
+                ],
+                "usage": {"prompt_tokens": 5, "total_tokens": 5},
+            }
         text = "".join(text_tokens(n))
         if anthropic:
             content: list[dict[str, Any]] = [{"type": "text", "text": text}]
             stop = "end_turn"
             if scenario == "tools":
-                content = [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
-                            "input": tool_arguments()}]
+                content = [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": tool_arguments(),
+                    }
+                ]
                 stop = "tool_use"
-            return {"id": "msg_fake", "type": "message", "role": "assistant",
-                    "model": seen.body.get("model"), "content": content, "stop_reason": stop,
-                    "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": n}}
-        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
+            return {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
                 "model": seen.body.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "logprobs": None, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}}
+                "content": content,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 11, "output_tokens": n},
+            }
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1,
+            "model": seen.body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n},
+        }
 
     # --- Anthropic format ---------------------------------------------------------------
 
@@ -309,44 +374,106 @@ class FakeUpstream:
         def ev(name: str, data: dict[str, Any]) -> bytes:
             return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-        yield ev("message_start", {"type": "message_start", "message": {
-            "id": "msg_fake", "type": "message", "role": "assistant", "content": [],
-            "model": seen.body.get("model"), "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 11, "output_tokens": 1}}})
+        yield ev(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": seen.body.get("model"),
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 11, "output_tokens": 1},
+                },
+            },
+        )
         yield ev("ping", {"type": "ping"})
         if scenario == "tools":
-            yield ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                             "content_block": {"type": "text", "text": ""}})
-            yield ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                             "delta": {"type": "text_delta", "text": "Checking."}})
+            yield ev(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            yield ev(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": "Checking."},
+                },
+            )
             yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
-            yield ev("content_block_start", {"type": "content_block_start", "index": 1,
-                                             "content_block": {"type": "tool_use", "id": "toolu_1",
-                                                               "name": "get_weather", "input": {}}})
+            yield ev(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": {},
+                    },
+                },
+            )
             args = orjson.dumps(tool_arguments()).decode()
             for i in range(0, len(args), 9):
-                yield ev("content_block_delta", {"type": "content_block_delta", "index": 1,
-                                                 "delta": {"type": "input_json_delta",
-                                                           "partial_json": args[i:i + 9]}})
+                yield ev(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": args[i : i + 9]},
+                    },
+                )
             yield ev("content_block_stop", {"type": "content_block_stop", "index": 1})
             stop, out = "tool_use", 20
         else:
-            yield ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                             "content_block": {"type": "text", "text": ""}})
+            yield ev(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
             for i, tok in enumerate(text_tokens(n)):
                 if scenario == "midstream_error" and i == int(params.get("at", "5")):
-                    yield ev("error", {"type": "error", "error": {"type": "overloaded_error",
-                                                                  "message": "Overloaded"}})
+                    yield ev(
+                        "error",
+                        {
+                            "type": "error",
+                            "error": {"type": "overloaded_error", "message": "Overloaded"},
+                        },
+                    )
                     return
                 if scenario == "truncate" and i == int(params.get("at", "5")):
                     yield _CLOSE
                     return
-                yield ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                 "delta": {"type": "text_delta", "text": tok}})
+                yield ev(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": tok},
+                    },
+                )
             yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
             stop, out = "end_turn", n
-        yield ev("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": out}})
+        yield ev(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": out},
+            },
+        )
         yield ev("message_stop", {"type": "message_stop"})
 
 

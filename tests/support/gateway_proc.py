@@ -51,16 +51,30 @@ def test_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
         {"name": "claude-test", "provider": "fake-anthropic", "upstream_model": "text?n=12"},
         {"name": "claude-tools", "provider": "fake-anthropic", "upstream_model": "tools"},
         {"name": "claude-error", "provider": "fake-anthropic", "upstream_model": "midstream_error"},
-        {"name": "gpt-fallback", "provider": "fake", "upstream_model": "status?code=503",
-         "fallbacks": ["claude-test"]},
+        {
+            "name": "gpt-fallback",
+            "provider": "fake",
+            "upstream_model": "status?code=503",
+            "fallbacks": ["claude-test"],
+        },
         {"name": "mock-gpt", "provider": "demo"},
     ]
     config: dict[str, Any] = {
         "providers": [
-            {"name": "fake", "type": "openai", "base_url": upstream_url + "/v1",
-             "api_key": "${FAKE_UPSTREAM_SECRET:-sk-upstream-secret-value}", "max_retries": 1},
-            {"name": "fake-anthropic", "type": "anthropic", "base_url": upstream_url,
-             "api_key": "sk-ant-upstream-secret-value", "max_retries": 1},
+            {
+                "name": "fake",
+                "type": "openai",
+                "base_url": upstream_url + "/v1",
+                "api_key": "${FAKE_UPSTREAM_SECRET:-sk-upstream-secret-value}",
+                "max_retries": 1,
+            },
+            {
+                "name": "fake-anthropic",
+                "type": "anthropic",
+                "base_url": upstream_url,
+                "api_key": "sk-ant-upstream-secret-value",
+                "max_retries": 1,
+            },
             {"name": "demo", "type": "mock", "first_token_ms": 20, "token_ms": 5},
         ],
         "models": models,
