@@ -50,10 +50,16 @@ def test_variables_expand_with_defaults() -> None:
         ({"limits_backend_failure": "maybe"}, "limits_backend_failure", "one of open, closed"),
         ({"timeouts": {"idle": "soon"}}, "timeouts.idle", "expected a number"),
         ({"keys": [{"id": "a", "key_sha256": "abc"}]}, "keys[0].key_sha256", "64 hex digits"),
-        ({"keys": [{"id": "a", "key_sha256": HASH, "limits": {"rpm": 0}}]}, "keys[0].limits.rpm",
-         "greater than 0"),
-        ({"keys": [{"id": "a", "key_sha256": HASH, "models": ["x"]}]}, "keys[0].models[0]",
-         "not a model"),
+        (
+            {"keys": [{"id": "a", "key_sha256": HASH, "limits": {"rpm": 0}}]},
+            "keys[0].limits.rpm",
+            "greater than 0",
+        ),
+        (
+            {"keys": [{"id": "a", "key_sha256": HASH, "models": ["x"]}]},
+            "keys[0].models[0]",
+            "not a model",
+        ),
         ({"redis_url": "${NOPE}"}, "redis_url", "${NOPE} is not set"),
     ],
 )
@@ -87,7 +93,9 @@ def test_cli_refuses_a_bad_config_with_one_line(tmp_path: Path) -> None:
     bad.write_text("providers: []\nmodels: []\nkeys: []\nnope: 1\n")
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--config", str(bad)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
@@ -96,7 +104,9 @@ def test_cli_refuses_a_bad_config_with_one_line(tmp_path: Path) -> None:
 
 def test_hash_key_prints_the_sha256() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "hash-key", "secret"], capture_output=True, text=True,
+        [sys.executable, "-m", "gateway", "hash-key", "secret"],
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert result.stdout.strip() == HASH
