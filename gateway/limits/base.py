@@ -50,7 +50,8 @@ class Reservation:
     admitted_at: float
     """Unix time of admission: settle() corrects the same rpm/tpm bucket and quota period."""
     lease: bool = False
-    """True when a max_concurrent slot is held."""
+    """True when a concurrency lease is held (both backends take one for every key, so
+    usage shows open requests of unlimited keys too); settle() releases it."""
     degraded: bool = False
     """True when the backend was unreachable and `limits_backend_failure: open` admitted it."""
 

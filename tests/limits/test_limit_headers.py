@@ -1,0 +1,80 @@
+"""OpenAI's rate-limit headers, rendered from a RateState."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.limits.base import RateState
+from gateway.limits.headers import format_duration, rate_limit_headers, retry_after_header
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (-3, "0s"),
+        (0.02, "20ms"),
+        (0.0001, "1ms"),
+        (0.9994, "1s"),
+        (0.9999999, "1s"),
+        (1, "1s"),
+        (1.1, "1.1s"),
+        (8.64, "8.64s"),
+        (59.75, "59.75s"),
+        (60, "1m0s"),
+        (90.5, "1m30.5s"),
+        (360, "6m0s"),
+        (3600, "1h0m0s"),
+        (86399.999, "23h59m59.999s"),
+    ],
+)
+def test_durations_are_written_the_way_openai_writes_them(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_headers_for_both_limits() -> None:
+    state = RateState(
+        limit_requests=60,
+        remaining_requests=59,
+        reset_requests_s=1.0,
+        limit_tokens=150_000,
+        remaining_tokens=149_984,
+        reset_tokens_s=0.006,
+    )
+    assert rate_limit_headers(state) == [
+        (b"x-ratelimit-limit-requests", b"60"),
+        (b"x-ratelimit-remaining-requests", b"59"),
+        (b"x-ratelimit-reset-requests", b"1s"),
+        (b"x-ratelimit-limit-tokens", b"150000"),
+        (b"x-ratelimit-remaining-tokens", b"149984"),
+        (b"x-ratelimit-reset-tokens", b"6ms"),
+    ]
+
+
+def test_only_configured_limits_get_headers() -> None:
+    requests_only = RateState(limit_requests=10, remaining_requests=0, reset_requests_s=30)
+    assert [name for name, _ in rate_limit_headers(requests_only)] == [
+        b"x-ratelimit-limit-requests",
+        b"x-ratelimit-remaining-requests",
+        b"x-ratelimit-reset-requests",
+    ]
+    tokens_only = RateState(limit_tokens=100, remaining_tokens=5, reset_tokens_s=90)
+    assert dict(rate_limit_headers(tokens_only))[b"x-ratelimit-reset-tokens"] == b"1m30s"
+    assert len(rate_limit_headers(tokens_only)) == 3
+    # A degraded admission (Redis away, open mode) carries no headers at all.
+    assert rate_limit_headers(RateState()) == []
+
+
+def test_remaining_is_never_negative() -> None:
+    state = RateState(limit_tokens=100, remaining_tokens=-40)
+    assert dict(rate_limit_headers(state))[b"x-ratelimit-remaining-tokens"] == b"0"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "value"),
+    [(0, b"1"), (0.2, b"1"), (1.0, b"1"), (1.01, b"2"), (29.75, b"30"), (3600, b"3600")],
+)
+def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one(
+    seconds: float, value: bytes
+) -> None:
+    assert retry_after_header(seconds) == (b"retry-after", value)

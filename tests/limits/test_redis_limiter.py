@@ -1,0 +1,332 @@
+"""What only the Redis backend promises: shared limits across processes, one atomic round
+trip per call, Cluster-ready key names, lease expiry, and behaviour when Redis is away."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from gateway.config import BackendFailure
+from gateway.limits.base import LimiterUnavailable, RateState
+from gateway.limits.redis_store import RedisLimiter, key_names
+from tests.limits.limits_support import FakeClock, key, run_with, running, utc
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _limiter(url: str, errors: list[str] | None = None, **options: object) -> RedisLimiter:
+    sink = [] if errors is None else errors
+    return RedisLimiter(url, on_backend_error=lambda: sink.append("error"), **options)  # type: ignore[arg-type]
+
+
+def test_two_limiters_share_one_limit_exactly(redis_url: str) -> None:
+    async def scenario() -> None:
+        a, b = _limiter(redis_url), _limiter(redis_url)
+        async with running(a, b):
+            k = key(rpm=10, max_concurrent=8)
+            results = await asyncio.gather(
+                *(lim.admit(k, 1, f"{n}{i}") for i in range(15) for n, lim in (("a", a), ("b", b)))
+            )
+            assert sum(r.allowed for r in results) == 8  # max_concurrent binds first
+            assert {r.denied for r in results if not r.allowed} == {"max_concurrent"}
+            for r in results:
+                if r.reservation is not None:
+                    owner = a if r.reservation.request_id.startswith("a") else b
+                    await owner.settle(r.reservation, 1)
+            more = await asyncio.gather(*(b.admit(k, 1, f"c{i}") for i in range(5)))
+            assert sum(r.allowed for r in more) == 2  # rpm 10: 8 + 2
+            (usage_a,) = await a.usage((k,))
+            (usage_b,) = await b.usage((k,))
+            assert usage_a == usage_b
+            assert usage_a.requests_minute == 10 and usage_a.concurrent == 2
+
+    run_with(scenario())
+
+
+_WORKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from gateway.config import KeyConfig, Limits
+    from gateway.limits.redis_store import RedisLimiter
+
+    async def main(url, name):
+        limiter = RedisLimiter(url, on_backend_error=lambda: None)
+        await limiter.start()
+        key = KeyConfig(id="shared", key_sha256="0" * 64, limits=Limits(rpm=25))
+        try:
+            results = await asyncio.gather(
+                *(limiter.admit(key, 1, f"{name}-{i}") for i in range(20))
+            )
+            for r in results:
+                if r.reservation is not None:
+                    await limiter.settle(r.reservation, 1)
+        finally:
+            await limiter.aclose()
+        print(sum(r.allowed for r in results))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+def test_processes_share_one_limit_exactly(redis_url: str) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, redis_url, f"p{n}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    admitted = 0
+    for worker in workers:
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        admitted += int(out.strip())
+    assert admitted == 25
+
+
+def test_admit_and_settle_are_one_script_call_each(redis_url: str) -> None:
+    async def scenario() -> None:
+        limiter = _limiter(redis_url)
+        async with running(limiter):
+            k = key(rpm=10, tpm=1000, max_concurrent=2, daily_tokens=10**6, monthly_tokens=10**7)
+            await limiter.admit(k, 1, "warm-up")
+            client = limiter._client
+            sent: list[object] = []
+            execute = client.execute_command
+
+            async def counting(*args: object, **options: object) -> object:
+                sent.append(args[0])
+                return await execute(*args, **options)  # type: ignore[no-untyped-call]
+
+            client.execute_command = counting  # type: ignore[method-assign]
+            with redis.Redis.from_url(redis_url) as probe:
+                before = probe.info("commandstats")
+                admission = await limiter.admit(k, 100, "r1")
+                assert admission.reservation is not None
+                await limiter.settle(admission.reservation, 42)
+                after = probe.info("commandstats")
+            assert sent == ["EVALSHA", "EVALSHA"]
+            evalsha = after["cmdstat_evalsha"]["calls"] - before["cmdstat_evalsha"]["calls"]
+            assert evalsha == 2
+            assert "cmdstat_eval" not in after  # never fell back to sending the script
+
+    run_with(scenario())
+
+
+def test_every_key_of_an_api_key_is_hash_tagged_into_one_slot(redis_url: str) -> None:
+    async def scenario() -> None:
+        clock = FakeClock(utc(2024, 2, 29, 12, 0, 0) + 0.5)
+        limiter = _limiter(redis_url, clock=clock)
+        async with running(limiter):
+            k = key("team-a", rpm=5)
+            admission = await limiter.admit(k, 7, "req-1")
+            with redis.Redis.from_url(redis_url, decode_responses=True) as probe:
+                names = sorted(probe.keys("*"))
+                assert names == sorted(key_names("gw", "team-a"))
+                assert all("{team-a}" in n for n in names)
+                assert len({key_slot(n.encode()) for n in names}) == 1
+                quota = probe.hgetall("gw:{team-a}:quota")
+                assert quota == {"day:2024-02-29": "7", "month:2024-02": "7"}
+                assert probe.hgetall("gw:{team-a}:rpm") == {str(int(clock.now)): "1"}
+                assert probe.hgetall("gw:{team-a}:tpm") == {str(int(clock.now)): "7"}
+                (lease,) = probe.zrange("gw:{team-a}:leases", 0, -1)
+                assert lease.endswith(":req-1") and f":{os.getpid()}:" in lease
+                # Expiries: window 61 s, quota a day beyond the month, lease ttl + 1 s.
+                assert 60 <= probe.ttl("gw:{team-a}:rpm") <= 61
+                month_left = utc(2024, 3, 2) - clock.now
+                assert abs(probe.ttl("gw:{team-a}:quota") - month_left) <= 2
+                assert 15_000 <= probe.pttl("gw:{team-a}:leases") <= 16_000
+            assert admission.reservation is not None
+            await limiter.settle(admission.reservation, 3)
+            with redis.Redis.from_url(redis_url, decode_responses=True) as probe:
+                assert probe.zcard("gw:{team-a}:leases") == 0
+                assert probe.hgetall("gw:{team-a}:quota") == {
+                    "day:2024-02-29": "3",
+                    "month:2024-02": "3",
+                }
+
+    run_with(scenario())
+
+
+def test_old_quota_periods_are_pruned(redis_url: str) -> None:
+    async def scenario() -> None:
+        clock = FakeClock(utc(2025, 1, 30, 12))
+        limiter = _limiter(redis_url, clock=clock)
+        async with running(limiter):
+            k = key()
+            for _ in range(5):  # Jan 30, Jan 31, Feb 1, Feb 2, Feb 3
+                admission = await limiter.admit(k, 1, "r")
+                assert admission.reservation is not None
+                await limiter.settle(admission.reservation, 1)
+                clock.advance(86400)
+            with redis.Redis.from_url(redis_url, decode_responses=True) as probe:
+                fields = set(probe.hkeys("gw:{team-a}:quota"))
+            assert fields == {"day:2025-02-02", "day:2025-02-03", "month:2025-02", "month:2025-01"}
+
+    run_with(scenario())
+
+
+def test_a_dead_process_frees_its_slots_when_its_leases_expire(redis_url: str) -> None:
+    async def scenario() -> None:
+        alive = _limiter(redis_url, lease_ttl=1.0)
+        dying = _limiter(redis_url, lease_ttl=1.0)
+        async with running(alive):
+            await dying.start()
+            k = key(max_concurrent=1)
+            held = await dying.admit(k, 1, "held")
+            assert held.allowed
+            # Renewal keeps the lease past its TTL while its process lives.
+            await asyncio.sleep(1.5)
+            assert (await alive.admit(k, 1, "early")).denied == "max_concurrent"
+            # The process dies: no more renewals, no settle.
+            await dying.aclose()
+            started = time.monotonic()
+            while not (admission := await alive.admit(k, 1, "after")).allowed:
+                assert time.monotonic() - started < 2.5, "the dead process's lease never expired"
+                await asyncio.sleep(0.05)
+            assert time.monotonic() - started <= 1.2
+            assert admission.reservation is not None
+            await alive.settle(admission.reservation, 1)
+
+    run_with(scenario())
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, free to be killed and restarted."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_an_outage_is_counted_obeys_the_failure_mode_and_heals_by_itself(
+    own_redis: RedisServer, mode: BackendFailure
+) -> None:
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter = _limiter(own_redis.url, errors, failure_mode=mode, failure_backoff=0.2)
+        async with running(limiter):
+            k = key(rpm=100, max_concurrent=5)
+            before = await limiter.admit(k, 10, "before")
+            assert before.allowed and before.reservation and not before.reservation.degraded
+            assert await limiter.ready()
+
+            own_redis.stop()
+            # The first admit finds Redis gone; the next two are within the back-off.
+            for attempt in range(3):
+                started = time.monotonic()
+                if mode == "open":
+                    admission = await limiter.admit(k, 10, f"during-{attempt}")
+                    assert admission.allowed
+                    assert admission.reservation is not None
+                    assert admission.reservation.degraded
+                    assert admission.state == RateState()
+                    await limiter.settle(admission.reservation, 10)  # a no-op
+                else:
+                    with pytest.raises(LimiterUnavailable):
+                        await limiter.admit(k, 10, f"during-{attempt}")
+                assert time.monotonic() - started < 0.6
+            # The settle of a request admitted before the outage never raises.
+            await limiter.settle(before.reservation, 10)
+            assert errors == ["error"] * 4
+            assert not await limiter.ready()
+            # Past the back-off Redis is tried again, still down, still counted.
+            await asyncio.sleep(0.25)
+            if mode == "open":
+                assert (await limiter.admit(k, 10, "still-down")).reservation.degraded  # type: ignore[union-attr]
+            else:
+                with pytest.raises(LimiterUnavailable):
+                    await limiter.admit(k, 10, "still-down")
+            assert len(errors) == 5
+
+            own_redis.start()
+            await asyncio.sleep(0.25)  # past the back-off
+            after = await limiter.admit(k, 10, "after")
+            assert after.allowed and after.reservation and not after.reservation.degraded
+            assert after.state.limit_requests == 100
+            assert await limiter.ready()
+            await limiter.settle(after.reservation, 10)
+            assert len(errors) == 5
+            (usage,) = await limiter.usage((k,))
+            # A fresh Redis (no persistence): only what came after the outage.
+            assert usage.requests_minute == 1 and usage.concurrent == 0
+
+    run_with(scenario())
+
+
+def test_a_hung_redis_costs_one_short_timeout_then_nothing(unused_tcp_listener: int) -> None:
+    async def scenario() -> None:
+        errors: list[str] = []
+        url = f"redis://127.0.0.1:{unused_tcp_listener}/0"
+        limiter = _limiter(url, errors, socket_timeout=0.3, failure_backoff=5.0)
+        async with running(limiter):
+            started = time.monotonic()
+            first = await limiter.admit(key(rpm=1), 1, "a")
+            assert 0.25 <= time.monotonic() - started < 0.8
+            started = time.monotonic()
+            second = await limiter.admit(key(rpm=1), 1, "b")
+            assert time.monotonic() - started < 0.01
+            assert first.reservation and first.reservation.degraded
+            assert second.reservation and second.reservation.degraded
+            assert len(errors) == 2
+
+    run_with(scenario())
+
+
+@pytest.fixture
+def unused_tcp_listener() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def test_usage_raises_when_redis_is_away(own_redis: RedisServer) -> None:
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter = _limiter(own_redis.url, errors)
+        async with running(limiter):
+            own_redis.stop()
+            with pytest.raises(LimiterUnavailable):
+                await limiter.usage((key(),))
+            assert errors == ["error"]
+
+    run_with(scenario())
+
+
+def test_start_with_redis_down_still_serves_in_open_mode(own_redis: RedisServer) -> None:
+    async def scenario() -> None:
+        own_redis.stop()
+        errors: list[str] = []
+        limiter = _limiter(own_redis.url, errors, failure_backoff=0.0)
+        async with running(limiter):
+            admission = await limiter.admit(key(rpm=1), 1, "r")
+            assert admission.allowed and admission.reservation and admission.reservation.degraded
+            assert errors == ["error"]
+            own_redis.start()
+            assert (await limiter.admit(key(rpm=1), 1, "r2")).reservation.degraded is False  # type: ignore[union-attr]
+
+    run_with(scenario())
