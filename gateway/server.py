@@ -46,6 +46,10 @@ class GatewayServer(uvicorn.Server):
         self._signals = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # One stop can arrive twice: Ctrl-C or systemd signal the whole process group, and
+        # the supervisor forwards its copy too. Only a signal after the first second forces.
+        if self._drain_since is not None and time.monotonic() - self._drain_since < 1.0:
+            return
         self._signals += 1
         if self._signals > 1:
             self.force_exit = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
@@ -64,7 +65,16 @@ class Routes:
         )
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # Open requests and event-loop tasks: what a soak run watches for leaks.
+        st = self.state
+        return JSONResponse(
+            {
+                "status": "ok",
+                "open_requests": len(st.watches),
+                "tasks": len(asyncio.all_tasks()),
+                "background": len(st.background),
+            }
+        )
 
     async def readyz(self, request: Request) -> Response:
         st = self.state

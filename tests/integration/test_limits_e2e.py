@@ -264,3 +264,42 @@ def test_a_killed_gateway_does_not_hold_its_slots_forever(
     finally:
         victim.stop()
         survivor.stop()
+
+
+def test_redis_restart_during_streams_leaks_nothing(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Redis (no persistence) restarts under two open streams: the streams finish, their
+    settles neither fail nor drive counts negative, and no concurrency slot leaks."""
+    with RedisServer() as server:
+        server.start()
+        config = limits_config(upstream, server.url, concurrency_lease_ttl=2)
+        config["keys"] = [
+            {
+                "id": "two",
+                "key_sha256": hash_key("sk-two"),
+                "limits": {"max_concurrent": 2, "daily_tokens": 100_000},
+            }
+        ]
+        with GatewayProcess(config, tmp_path) as gw, ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(chat, gw, "sk-two", "gpt-long", stream=True) for _ in range(2)]
+            time.sleep(0.5)
+            assert chat(gw, "sk-two").status_code == 429  # both slots taken
+            server.stop()
+            time.sleep(0.3)
+            server.start()
+            assert [f.result().status_code for f in futures] == [200, 200]
+            time.sleep(0.5)
+            row = usage(gw, "two")
+            assert row["concurrent"] == 0
+            assert row["tokens_day"] >= 0 and row["tokens_minute"] >= 0
+            before = row["tokens_day"]
+            # Both slots are free again, exactly two.
+            with ThreadPoolExecutor(3) as burst:
+                statuses = sorted(
+                    burst.map(
+                        lambda _: chat(gw, "sk-two", "gpt-long", stream=True).status_code, range(3)
+                    )
+                )
+            assert statuses == [200, 200, 429]
+            time.sleep(0.5)
+            # Charged once each: 11 prompt + 20 completion tokens per finished stream.
+            assert usage(gw, "two")["tokens_day"] - before == 2 * 31
