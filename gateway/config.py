@@ -122,6 +122,10 @@ class GatewayConfig:
     admin_key_sha256: str = field(default="", repr=False)
     """sha256 of the key that may read /admin/usage; empty: the admin route is off."""
     cors_origins: tuple[str, ...] = ()
+    stream_buffer_bytes: int = 64 * 1024
+    """High-water mark of bytes queued towards one client. Past it the relay stops reading
+    the upstream until the client catches up (backpressure); a client that reads nothing
+    for `timeouts.idle` seconds ends its stream with the outcome `slow_client`."""
     shutdown_grace: float = 30.0
     """Seconds open streams may run after SIGTERM before they get an error event."""
     source: str = "<embedded default>"
@@ -369,6 +373,9 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         admin_key_sha256=_read_sha256(r, "admin_key_sha256", required=False),
         cors_origins=_str_list(r, "cors_origins") or (),
         shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
+        stream_buffer_bytes=r.positive(
+            "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
+        ),
         source=source,
     )
     r.done()

@@ -10,6 +10,7 @@ app's lifespan) and the process exits 0. A second signal exits at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.state import GatewayState
 
@@ -37,6 +39,23 @@ def find_state(app: Any) -> GatewayState | None:
         if app is None:
             return None
     return None
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with the config's per-connection write high-water mark.
+
+    uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
+    the relay awaits that send before reading the upstream again, so this number bounds what
+    a slow client can make the gateway hold (plus one upstream read), and the upstream feels
+    the backpressure through TCP.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        state = find_state(self.app)
+        if state is not None:
+            high = state.config.stream_buffer_bytes
+            transport.set_write_buffer_limits(high=high, low=high // 4)
 
 
 class GatewayServer(uvicorn.Server):
@@ -99,6 +118,7 @@ def serve(
         timeout_keep_alive=75,
         timeout_graceful_shutdown=int(grace) + 10,
         lifespan="on",
+        http=BoundedHttpToolsProtocol,
     )
     if workers > 1:
         sys.exit(_supervise(config, workers))

@@ -36,6 +36,7 @@ from gateway.state import GatewayState
 
 _DONE = b"data: [DONE]\n\n"
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
+_FINAL_SEND_TIMEOUT = 5.0
 
 
 @dataclass
@@ -199,9 +200,10 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
 
     assert outcome is not None and stream is not None
     rec.outcome = outcome
+    tail = b""
     if outcome == "completed":
         if not stream.state.done_sent:
-            await send({"type": "http.response.body", "body": _DONE, "more_body": True})
+            tail = _DONE
     elif outcome != "client_cancelled":
         if error is None:
             if outcome == "truncated":
@@ -214,9 +216,17 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
         if isinstance(error, UpstreamError):
             st.metrics.upstream_error(rec.provider, error.kind)
         rec.error = error.message
-        await send({"type": "http.response.body", "body": error.sse(), "more_body": True})
-    if outcome != "client_cancelled":
-        await send(_END)
+        tail = error.sse()
+    if outcome in ("client_cancelled", "slow_client"):
+        return  # nobody reads: uvicorn closes the connection of an unfinished response
+    try:
+        # A client that stops reading right now must not pin this task on a full buffer.
+        async with asyncio.timeout(_FINAL_SEND_TIMEOUT):
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+            await send(_END)
+    except TimeoutError:
+        rec.outcome = "slow_client"
 
 
 async def relay_completion(
