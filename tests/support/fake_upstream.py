@@ -7,7 +7,8 @@ connection is closed under a stream.
 
 The behaviour is chosen by the request's model, query-string style:
 `text?n=30&pace_ms=20&ttft_ms=0` streams 30 tokens 20 ms apart. Scenarios: text, tools,
-midstream_error, truncate, stall, html, status (with code=500), garbage.
+midstream_error, truncate, stall, html, status (with code=500), garbage; and the hostile
+ones of `HOSTILE_SCENARIOS` (see `_hostile`).
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ class FakeUpstream:
         model = str(seen.body.get("model", "text"))
         scenario, params = parse_model(model)
         anthropic = seen.path.startswith("/v1/messages")
+        if scenario in HOSTILE_SCENARIOS:
+            return await self._hostile(seen, scenario, params, anthropic, reader, writer)
         if scenario == "status":
             code = int(params.get("code", "500"))
             if anthropic:
@@ -225,12 +228,18 @@ class FakeUpstream:
                     return False
             writer.write(b"0\r\n\r\n")
             await writer.drain()
-            return True
+            # The watcher may already hold the first byte of the client's next request on
+            # this connection; then the connection cannot be reused.
+            return not gone.done()
         finally:
             self.open_streams -= 1
             seen.ended = time.monotonic()
             if not gone.done():
                 gone.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gone
+            elif not gone.cancelled():
+                gone.exception()  # a reset while watching: retrieved, so asyncio stays quiet
 
     # --- OpenAI format ------------------------------------------------------------------
 
@@ -475,6 +484,236 @@ class FakeUpstream:
             },
         )
         yield ev("message_stop", {"type": "message_stop"})
+
+    # --- hostile upstreams (tests/hostile) -------------------------------------------------
+
+    async def _hostile(
+        self,
+        seen: Seen,
+        scenario: str,
+        params: dict[str, str],
+        anthropic: bool,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """A provider that breaks the protocol, in either format.
+
+        `at=N` first sends N well-formed stream events (the text scenario's), so the fault
+        comes after the gateway's first byte; `at=0` (the default) puts it before. Returns
+        whether the connection may be kept alive.
+        """
+        stream = bool(seen.body.get("stream"))
+        try:
+            if scenario == "bigerror":
+                self._big_error(writer, params, anthropic)
+            elif scenario == "hugejson":
+                size = int(params.get("kb", "10240")) * 1024
+                body = self._complete(seen, "text", {"n": "1"}, anthropic)
+                if anthropic:
+                    body["content"] = [{"type": "text", "text": "y" * size}]
+                else:
+                    body["choices"][0]["message"]["content"] = "y" * size
+                self._write_full(writer, 200, orjson.dumps(body), "application/json")
+            elif scenario == "hangup":
+                return await self._hangup(seen, params, anthropic, stream, writer)
+            elif scenario == "liechunk" and not stream:
+                body = orjson.dumps(self._complete(seen, "text", {"n": "3"}, anthropic))
+                head = (
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                )
+                await self._lie(seen, params, reader, writer, head, body)
+                return False
+            elif not stream:
+                # Answers that are not a chat.completion at all, with a JSON content type.
+                broken = {
+                    "notobject": b"[1, 2, 3]",
+                    "badjson": b'{"id": "chatcmpl-fake", "choices": [',
+                    "badutf8": b'{"id": "chatcmpl-\xff\xfe", "choices": []}',
+                }.get(scenario, b"null")
+                self._write_full(writer, 200, broken, "application/json")
+            else:
+                return await self._hostile_stream(seen, scenario, params, anthropic, reader, writer)
+            await writer.drain()
+            return True
+        except ConnectionError:
+            seen.disconnected = True
+            return False
+        finally:
+            seen.ended = time.monotonic()
+
+    @staticmethod
+    def _big_error(writer: asyncio.StreamWriter, params: dict[str, str], anthropic: bool) -> None:
+        """A 4xx/5xx whose body is megabytes: a JSON error with a huge message, or junk."""
+        code = int(params.get("code", "500"))
+        size = int(params.get("kb", "4096")) * 1024
+        if params.get("shape", "json") == "json":
+            message = "x" * size
+            err: dict[str, Any] = (
+                {"type": "error", "error": {"type": "api_error", "message": message}}
+                if anthropic
+                else {"error": {"message": message, "type": "server_error", "param": None}}
+            )
+            FakeUpstream._write_full(writer, code, orjson.dumps(err), "application/json")
+        else:
+            FakeUpstream._write_full(writer, code, b"<html>" + b"E" * size, "text/html")
+
+    def _good_events(self, seen: Seen, params: dict[str, str], anthropic: bool) -> list[bytes]:
+        text = {"n": params.get("n", "12")}
+        events = (
+            self._anthropic_events(seen, "text", text)
+            if anthropic
+            else self._openai_events(seen, "text", text)
+        )
+        return list(events)
+
+    @staticmethod
+    async def _write_chunks(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+
+    @staticmethod
+    async def _wait_gone(seen: Seen, reader: asyncio.StreamReader, wait_s: float) -> None:
+        """Hold the connection open, silent, until the client closes it or `wait_s` passed."""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            if await asyncio.wait_for(reader.read(1), wait_s) == b"":
+                seen.disconnected = True
+
+    async def _lie(
+        self,
+        seen: Seen,
+        params: dict[str, str],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+        payload: bytes,
+    ) -> None:
+        """`head` (response headers, or b"" when sent already), then one chunk of a chunked
+        body whose framing lies (`mode`), then the end of it. With `together=1` the lie goes
+        out in the same write as the headers, so the client meets it while parsing them."""
+        mode = params.get("mode", "short")
+        if mode == "short":  # declares more bytes than it sends, then hangs up
+            lie = b"%x\r\n%s" % (len(payload) + 4096, payload)
+        elif mode == "badhex":  # a chunk size that is not hexadecimal
+            lie = b"zz\r\n%s\r\n0\r\n\r\n" % payload
+        else:  # "long": sends more bytes than the chunk size says
+            lie = b"%x\r\n%s\r\n0\r\n\r\n" % (4, payload)
+        if params.get("together"):
+            writer.write(head + lie)
+        else:
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the headers reach the client on their own
+            writer.write(lie)
+        await writer.drain()
+        if mode != "short":
+            # The framing error is the gateway's to notice: it should hang up.
+            await self._wait_gone(seen, reader, float(params.get("stall_s", "10")))
+
+    async def _hangup(
+        self,
+        seen: Seen,
+        params: dict[str, str],
+        anthropic: bool,
+        stream: bool,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Headers, then (after `at` events) the TCP connection closes; with `when=request`,
+        it closes before any byte of an answer."""
+        if params.get("when") == "request":
+            return False
+        if not stream:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+            )
+            await writer.drain()
+            return False
+        writer.write(_SSE_HEAD)
+        at = int(params.get("at", "0"))
+        await self._write_chunks(writer, self._good_events(seen, params, anthropic)[:at])
+        return False
+
+    async def _hostile_stream(
+        self,
+        seen: Seen,
+        scenario: str,
+        params: dict[str, str],
+        anthropic: bool,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        at = int(params.get("at", "0"))
+        good = self._good_events(seen, params, anthropic)
+        name = b"event: content_block_delta\n" if anthropic else b""
+        # Half an event: nothing of it may reach the client.
+        half = name + b'data: {"choices": ['
+        if scenario == "liechunk" and params.get("together"):
+            await self._lie(seen, params, reader, writer, _SSE_HEAD, half)
+            return False
+        writer.write(_SSE_HEAD)
+        await self._write_chunks(writer, good[:at])
+        if at:
+            # Let the good events reach the gateway on their own read, before the fault.
+            await asyncio.sleep(0.05)
+        rest = good[at:]
+        if scenario == "singlelf":
+            # Events separated by a single newline: one endless event by the SSE rules.
+            await self._write_chunks(writer, [e[:-1] for e in rest])
+        elif scenario == "oversize":
+            # One event that grows past any sane size and never ends.
+            await self._write_chunks(writer, [name + b'data: {"x": "'])
+            size = int(params.get("kb", "1100")) * 1024
+            piece = b"a" * 65536
+            for _ in range(size // len(piece)):
+                await self._write_chunks(writer, [piece])
+            await self._wait_gone(seen, reader, float(params.get("stall_s", "10")))
+            return False
+        elif scenario == "liechunk":
+            await self._lie(seen, params, reader, writer, b"", half)
+            return False
+        elif scenario == "hush":
+            # Silence, connection open: a provider that stopped sending without closing.
+            await self._wait_gone(seen, reader, float(params.get("stall_s", "30")))
+            if seen.disconnected:
+                return False
+            await self._write_chunks(writer, rest)
+        else:
+            bad = {
+                "notobject": b"data: [1, 2, 3]\n\n",
+                "badjson": b"data: {not json\n\n",
+                "badutf8": b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n',
+                "badname": b"event: \xff\xfe\ndata: {}\n\n",
+            }[scenario]
+            await self._write_chunks(
+                writer, [(b"" if scenario == "badname" else name) + bad, *rest]
+            )
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+HOSTILE_SCENARIOS = frozenset(
+    {
+        "bigerror",  # code=500&kb=4096&shape=json|text: a status with a body of megabytes
+        "hugejson",  # kb=10240: a valid non-stream answer of megabytes
+        "hangup",  # at=N: headers (and N events), then the TCP connection closes; when=request
+        "notobject",  # a JSON answer / stream event that is not an object
+        "badjson",  # an answer / stream event that is not JSON
+        "badutf8",  # non-UTF-8 bytes inside the JSON of an answer / stream event
+        "badname",  # stream: an SSE `event:` name that is not UTF-8
+        "singlelf",  # stream: events separated by one newline, never a blank line
+        "oversize",  # kb=1100: stream: one event that grows past 1 MiB and never ends
+        "liechunk",  # mode=short|badhex|long, together=1: chunked encoding that lies
+        "hush",  # stall_s=S: stream: silence with the connection open, then the rest
+    }
+)
+"""Scenarios of `_hostile`; all take `at=N` (well-formed events sent before the fault)."""
+
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+)
 
 
 class _Marker:
