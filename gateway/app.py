@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 
-import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,32 +28,10 @@ from gateway.limits import build_limiter
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
 from gateway.providers import build_provider
+from gateway.providers.transport import build_http_client
 from gateway.state import GatewayState
 
 log = structlog.get_logger("gateway")
-
-
-def build_http_client(config: GatewayConfig) -> httpx.AsyncClient:
-    """One pooled client for every provider. Timeouts are set per request by providers."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
-    transport = _transport(limits)
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(config.timeouts.connect, read=config.timeouts.first_token),
-        limits=limits,
-        transport=transport,
-        follow_redirects=False,
-        trust_env=False,
-    )
-
-
-def _transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
-    # See README "Performance": aiohttp's connection handling behind httpx's API holds up
-    # better under many concurrent streams than httpx's default pool.
-    if os.environ.get("GATEWAY_UPSTREAM_TRANSPORT", "aiohttp") == "httpx":
-        return httpx.AsyncHTTPTransport(limits=limits)
-    from httpx_aiohttp import AiohttpTransport
-
-    return AiohttpTransport()
 
 
 def create_app(config: GatewayConfig) -> Starlette:

@@ -22,6 +22,7 @@ import yaml
 
 ProviderType = Literal["openai", "anthropic", "mock"]
 BackendFailure = Literal["open", "closed"]
+Transport = Literal["aiohttp", "httpx"]
 
 DEMO_KEY = "sk-gateway-demo"
 """The key of the embedded default. It exists only when no config file is given."""
@@ -122,6 +123,8 @@ class GatewayConfig:
     admin_key_sha256: str = field(default="", repr=False)
     """sha256 of the key that may read /admin/usage; empty: the admin route is off."""
     cors_origins: tuple[str, ...] = ()
+    upstream_transport: Transport = "aiohttp"
+    """What carries httpx's requests upstream (README, "Performance")."""
     stream_buffer_bytes: int = 64 * 1024
     """High-water mark of bytes queued towards one client. Past it the relay stops reading
     the upstream until the client catches up (backpressure); a client that reads nothing
@@ -372,6 +375,9 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         default_max_tokens=r.positive("default_max_tokens", int, GatewayConfig.default_max_tokens),
         admin_key_sha256=_read_sha256(r, "admin_key_sha256", required=False),
         cors_origins=_str_list(r, "cors_origins") or (),
+        upstream_transport=r.choice(  # type: ignore[arg-type]
+            "upstream_transport", get_args(Transport), "aiohttp"
+        ),
         shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
         stream_buffer_bytes=r.positive(
             "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes

@@ -18,6 +18,8 @@ from gateway.providers.base import Route
 from gateway.providers.mock import estimate_tokens
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_MAX_DEPTH = 254
+"""orjson.dumps's recursion limit: the deepest body a provider can send on."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ def parse_request(route: Route, raw: bytes) -> ClientRequest:
         raise _bad(f"the request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
+    _check_depth(raw, body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required and must be a non-empty string", "model")
@@ -106,6 +109,21 @@ def parse_request(route: Route, raw: bytes) -> ClientRequest:
     )
 
 
+def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
+    """Refuse nesting the gateway could not forward.
+
+    orjson reads up to 1024 levels but writes at most 254, and every provider re-serialises
+    the body; Python's own recursion (a prompt's estimate) gives out near 1000. Only a body
+    with that many brackets at all can nest that deep, so the common case costs two counts.
+    """
+    if raw.count(b"[") + raw.count(b"{") < _MAX_DEPTH:
+        return
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise _bad(f"the request body nests more than {_MAX_DEPTH} levels deep") from None
+
+
 def _check_messages(body: dict[str, Any]) -> int:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -116,7 +134,7 @@ def _check_messages(body: dict[str, Any]) -> int:
         if not isinstance(message, dict):
             raise _bad(f"'{param}' must be an object", param)
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad(
                 f"'{param}.role' must be one of {', '.join(sorted(_ROLES))}", f"{param}.role"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import html
 import secrets
 import time
@@ -70,6 +71,7 @@ class Routes:
         return JSONResponse(
             {
                 "status": "ok",
+                "pid": os.getpid(),
                 "open_requests": len(st.watches),
                 "tasks": len(asyncio.all_tasks()),
                 "background": len(st.background),

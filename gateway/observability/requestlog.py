@@ -203,6 +203,7 @@ def request_logger(*, log_bodies: bool) -> tuple[Any, _LineCollector]:
 # --- the log ----------------------------------------------------------------------------------
 
 _Item = tuple[float, RequestRecord]
+_LINGER_S = 0.05
 
 
 class RequestLog:
@@ -307,6 +308,11 @@ class RequestLog:
         while not (self._closed and queue.empty()):
             first = await queue.get()
             batch: list[_Item] = [] if first is None else [first]
+            if first is not None and not self._closed and queue.qsize() < self._batch_size:
+                # Linger a moment so a trickle of requests is written in batches: each batch
+                # is one hand-off to the writer thread, whose GIL time lands on whatever
+                # request arrives next.
+                await asyncio.sleep(_LINGER_S)
             while len(batch) < self._batch_size:
                 try:
                     item = queue.get_nowait()

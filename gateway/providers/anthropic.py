@@ -301,10 +301,18 @@ class AnthropicProvider:
             )
         model = call.model.upstream_model or call.model.name
         body = messages_body(call.body, model, stream=stream)
+        try:
+            content = orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            # Tool-call arguments arrive as JSON strings, parsed only here: the client's body
+            # passed the edge's depth check, what its strings held did not.
+            raise InvalidRequest(
+                "a tool call's `arguments` nest too deeply to forward", status=400
+            ) from None
         return self._client.build_request(
             "POST",
             self._url,
-            content=orjson.dumps(body),
+            content=content,
             headers=self._stream_headers if stream else self._headers,
             timeout=self._stream_timeout if stream else self._call_timeout,
         )

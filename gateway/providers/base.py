@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import aiohttp
 import httpx
 import orjson
 
@@ -105,29 +106,50 @@ class Provider(Protocol):
 
 @contextlib.contextmanager
 def upstream_errors(provider: str) -> Iterator[None]:
-    """Map httpx's exceptions to the gateway's own tree. Messages name the provider, never
-    its URL (which may carry credentials) or any header."""
+    """Map the HTTP client's exceptions to the gateway's own tree. Messages name the provider,
+    never its URL (which may carry credentials) or any header."""
     try:
         yield
     except GatewayError:
         raise
-    except httpx.TimeoutException as exc:
-        kind = "connect_timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
-        raise UpstreamTimeout(
-            f"provider {provider!r} timed out ({type(exc).__name__})", kind=kind, retryable=True
-        ) from None
-    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        kind = "connect" if isinstance(exc, httpx.ConnectError) else "connection"
-        raise UpstreamError(
-            f"provider {provider!r} is unreachable or dropped the connection "
-            f"({type(exc).__name__})",
-            kind=kind,
+    except (httpx.HTTPError, aiohttp.ClientError) as exc:
+        raise _translate(provider, exc) from None
+
+
+def _translate(provider: str, exc: Exception) -> UpstreamError:
+    # The aiohttp transport (httpx_aiohttp) maps some aiohttp errors to the wrong httpx class
+    # (an upstream that hangs up becomes ConnectTimeout) and lets others through unmapped (a
+    # malformed response, a lying chunked encoding): judge by the original error.
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    name = type(cause).__name__
+    if isinstance(cause, httpx.TimeoutException | aiohttp.ServerTimeoutError):
+        connect = isinstance(cause, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError)
+        return UpstreamTimeout(
+            f"provider {provider!r} timed out ({name})",
+            kind="connect_timeout" if connect else "timeout",
             retryable=True,
-        ) from None
-    except httpx.HTTPError as exc:
-        raise UpstreamError(
-            f"provider {provider!r} failed ({type(exc).__name__})", kind="transport"
-        ) from None
+        )
+    if isinstance(cause, aiohttp.ClientResponseError):
+        return UpstreamError(
+            f"provider {provider!r} sent a malformed HTTP response ({name})",
+            kind="malformed",
+            retryable=True,
+        )
+    if isinstance(
+        cause,
+        httpx.ConnectError
+        | httpx.RemoteProtocolError
+        | httpx.ReadError
+        | aiohttp.ClientConnectionError
+        | aiohttp.ClientPayloadError,
+    ):
+        connect = isinstance(cause, httpx.ConnectError | aiohttp.ClientConnectorError)
+        return UpstreamError(
+            f"provider {provider!r} is unreachable or dropped the connection ({name})",
+            kind="connect" if connect else "connection",
+            retryable=True,
+        )
+    return UpstreamError(f"provider {provider!r} failed ({name})", kind="transport")
 
 
 def error_from_status(provider: str, status: int, body: bytes) -> GatewayError:

@@ -10,6 +10,7 @@ handed on, so the client receives everything up to the failure, then the error.
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
 
 from gateway.errors import GatewayError, UpstreamError
@@ -34,7 +35,13 @@ class SSEUpstream:
         self.include_usage = include_usage
         self.keep_text = keep_text
         self._response = response
-        self._raw = response.aiter_raw()
+        # The response's own byte stream rather than `aiter_raw()`: that wrapper adds an
+        # async generator and a re-chunker per read and does nothing a relay needs (the
+        # stream is closed by `aclose`, and the bytes are counted by nobody).
+        stream = response.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("an upstream stream needs an async httpx response")
+        self._raw = stream.__aiter__()
         self._decoder = SSEDecoder(max_event_bytes)
         self._pending_error: GatewayError | None = None
 
@@ -46,8 +53,13 @@ class SSEUpstream:
             error, self._pending_error = self._pending_error, None
             raise error
         while True:
-            with upstream_errors(self.provider):
+            try:
                 chunk = await self._raw.__anext__()
+            except (httpx.HTTPError, aiohttp.ClientError):
+                # Mapped here rather than under a `with` around the read: a context manager
+                # per read costs more than the read's own bookkeeping.
+                with upstream_errors(self.provider):
+                    raise
             try:
                 events = self._decoder.feed(chunk)
             except SSEError as exc:

@@ -129,12 +129,16 @@ class GatewayProcess:
         self._out = open(self.stdout_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
+        pids: set[int] = set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
-                    return self
+                health = httpx.get(self.url + "/healthz", timeout=0.5)
+                if health.status_code == 200:
+                    pids.add(health.json()["pid"])
+                    if len(pids) >= self.workers:  # every worker answers, not just the first
+                        return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)

@@ -1,0 +1,1 @@
+"""The gateway's benchmark: `make bench` / `python -m bench` (see `bench.run`)."""

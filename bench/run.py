@@ -1,0 +1,451 @@
+"""`python -m bench`: the gateway against a direct connection and a bare relay, one table.
+
+One command, loopback only, bounded in time. It starts a fast fake upstream
+(`bench.upstream`), a throwaway redis-server, the floor (`bench.floor`: a bare aiohttp
+byte relay) and `gateway serve` with everything on (a key whose limits run through Redis's
+Lua path on every request, metrics, a request log file): one per upstream transport
+compared (aiohttp, httpx) plus one on asyncio + h11 instead of uvloop + httptools. Then, for
+each scenario and target, a load generator process (`bench.client`) runs the streams and
+checks every one of them, while this process reads the relay's CPU time (user + system,
+psutil) around the measured window and samples its RSS every 100 ms.
+
+Scenarios (the issue's): `latency` (1 stream at a time, 300 streams of 20 chunks),
+`throughput` (64 concurrent streams of 200 chunks, 10 rounds), `paced` (500 concurrent
+streams of 50 chunks 20 ms apart, each on a new connection). "Chunks" are SSE events as
+the client receives them: content chunks plus the finish, usage and [DONE] events.
+
+Each scenario runs `--repeat` times (3), going round the targets each time so that a noisy
+moment on a shared machine hits them all; the table shows medians (latencies) and totals
+(rates, CPU per chunk). The "others CPU" column is what the rest of the machine used
+meanwhile: when it is high, the numbers are noisy. `--candidate DIR` runs another
+checkout's `gateway` package side by side (A/B of a change); `--profile SCENARIO` records
+the judged gateway with py-spy.
+
+Deliberately not here: saving results between runs or plotting; the table is the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil  # type: ignore[import-untyped]  # no stubs in the dev dependencies
+
+from bench import report
+from bench.procs import (
+    BENCH_KEY,
+    REPO,
+    PeakRSS,
+    Service,
+    free_port,
+    gateway_config,
+    python_service,
+    redis_command,
+    redis_service,
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: str
+    streams: int
+    concurrency: int
+    fresh: bool
+    warmup: int
+    what: str
+
+
+def scenarios(rounds: int) -> dict[str, Scenario]:
+    """The issue's three scenarios; `rounds` sets how many streams each throughput worker
+    runs back to back (more rounds, a longer and steadier measurement)."""
+    latency = Scenario(
+        name="latency",
+        model="bench-n20-p0",
+        streams=300,
+        concurrency=1,
+        fresh=False,
+        warmup=20,
+        what="1 stream at a time, 300 streams of 20 chunks, no upstream delay",
+    )
+    throughput = Scenario(
+        name="throughput",
+        model="bench-n200-p0",
+        streams=64 * rounds,
+        concurrency=64,
+        fresh=False,
+        warmup=64,
+        what=f"64 concurrent streams of 200 chunks ({rounds} rounds), no upstream delay",
+    )
+    paced = Scenario(
+        name="paced",
+        model="bench-n50-p20",
+        streams=500,
+        concurrency=500,
+        fresh=True,
+        warmup=20,
+        what="500 concurrent streams of 50 chunks 20 ms apart, a new connection each",
+    )
+    return {s.name: s for s in (latency, throughput, paced)}
+
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    service: Service | None
+    """The relay process measured; None for direct access (the upstream itself)."""
+    url: str
+
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    client: dict[str, Any]
+    relay_cpu_s: float | None
+    upstream_cpu_s: float
+    peak_rss: int | None
+    others_cpu_s: float
+    """CPU time the rest of the machine used in the window (other processes' noise)."""
+
+    @property
+    def events(self) -> int:
+        return int(self.client["events"])
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.events / self.client["wall_s"] if self.client["wall_s"] else 0.0
+
+    @property
+    def cpu_ms_per_1k(self) -> float | None:
+        if self.relay_cpu_s is None or not self.events:
+            return None
+        return self.relay_cpu_s * 1e6 / self.events
+
+
+def run_client(
+    target: Target,
+    scenario: Scenario,
+    upstream: Service,
+    services: list[Service],
+    tmp: Path,
+    timeout: float,
+    profile: Path | None = None,
+) -> Result:
+    cmd = [
+        sys.executable, "-m", "bench.client",
+        "--url", target.url,
+        "--key", BENCH_KEY,
+        "--model", scenario.model,
+        "--streams", str(scenario.streams),
+        "--concurrency", str(scenario.concurrency),
+        "--warmup", str(scenario.warmup),
+        "--wait-go",
+    ]  # fmt: skip
+    if scenario.fresh:
+        cmd.append("--fresh")
+    errlog = tmp / f"client-{target.name}-{scenario.name}.err"
+    with open(errlog, "wb") as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=REPO
+        )
+    assert proc.stdin is not None and proc.stdout is not None
+    # The client bounds its own run (--deadline); this is the backstop if it hangs anyway.
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        line = proc.stdout.readline().strip()
+        if line != b"ready":
+            raise RuntimeError(
+                f"client for {target.name}/{scenario.name} failed its warm-up: "
+                f"{line.decode(errors='replace')[:1000]} {errlog.read_text()[-1000:]}"
+            )
+        relay = target.service
+        with PeakRSS(relay) as rss:
+            relay_cpu = relay.cpu_seconds() if relay else 0.0
+            upstream_cpu = upstream.cpu_seconds()
+            ours = sum(s.cpu_seconds() for s in services)
+            machine = _busy_seconds()
+            spy = _start_profiler(relay, profile) if profile else None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            out = proc.stdout.readline()
+            if spy is not None:
+                _stop_profiler(spy)
+            if not out:
+                raise RuntimeError(f"client for {target.name}/{scenario.name} gave no result")
+            # Work the requests left behind (request log batches, Redis settles) belongs
+            # to them; it finishes within a few event-loop turns.
+            time.sleep(0.25)
+            relay_cpu = relay.cpu_seconds() - relay_cpu if relay else 0.0
+            upstream_cpu = upstream.cpu_seconds() - upstream_cpu
+            ours = sum(s.cpu_seconds() for s in services) - ours
+            machine = _busy_seconds() - machine
+        proc.wait(10)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    client = orjson.loads(out)
+    return Result(
+        target=target.name,
+        scenario=scenario.name,
+        client=client,
+        relay_cpu_s=relay_cpu if relay else None,
+        upstream_cpu_s=upstream_cpu,
+        peak_rss=rss.peak if relay else None,
+        others_cpu_s=max(0.0, machine - ours - client["client_cpu_s"]),
+    )
+
+
+def combine(runs: list[Result]) -> Result:
+    """One row for repeated runs: latency percentiles are the runs' medians, rates and CPU
+    per chunk come from the totals, RSS is the highest seen, problems add up."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    client: dict[str, Any] = {}
+    for key in ("streams", "ok", "errors", "integrity", "events", "wall_s", "client_cpu_s"):
+        client[key] = sum(r.client[key] for r in runs)
+    for key in ("ttft_p50", "ttft_p99", "gap_p50", "gap_p99"):
+        values = [r.client[key] for r in runs if r.client[key] is not None]
+        client[key] = statistics.median(values) if values else None
+    client["samples"] = [s for r in runs for s in r.client["samples"]][:5]
+    cpus = [r.relay_cpu_s for r in runs]
+    rss = [r.peak_rss for r in runs]
+    return Result(
+        target=first.target,
+        scenario=first.scenario,
+        client=client,
+        relay_cpu_s=None if None in cpus else sum(c or 0.0 for c in cpus),
+        upstream_cpu_s=sum(r.upstream_cpu_s for r in runs),
+        peak_rss=None if None in rss else max(r or 0 for r in rss),
+        others_cpu_s=sum(r.others_cpu_s for r in runs),
+    )
+
+
+def _busy_seconds() -> float:
+    """CPU time the whole machine spent not idle, over all cores."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _start_profiler(relay: Service | None, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the relay (without pausing it) until stopped with SIGINT."""
+    assert relay is not None and relay.ps is not None
+    spy = Path(sys.executable).parent / "py-spy"
+    cmd = [str(spy), "record", "--nonblocking", "--format", "raw", "--rate", "250"]
+    cmd += ["--pid", str(relay.ps.pid), "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # py-spy attaches before the measured streams start
+    return proc
+
+
+def _stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--scenario",
+        default="latency,throughput,paced",
+        help="comma-separated: latency, throughput, paced (default: all)",
+    )
+    parser.add_argument(
+        "--targets",
+        default="direct,floor,gateway",
+        help="comma-separated: direct, floor, gateway (default: all)",
+    )
+    parser.add_argument(
+        "--transport",
+        default="aiohttp,httpx",
+        help="the gateway's upstream transports, comma-separated; the first is the one "
+        "judged against the targets, the others are compared (default: aiohttp,httpx)",
+    )
+    parser.add_argument(
+        "--server-variants",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the gateway on asyncio + h11 instead of uvloop + httptools (default on)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="throughput: streams per worker (default 10)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="run each scenario this many times per target and report medians (default 3)",
+    )
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="keep the processes up this many seconds after the runs (for profiling)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="SCENARIO",
+        help="record the judged gateway with py-spy during this scenario and print its "
+        "top functions (the raw profile is kept in the run's directory)",
+    )
+    parser.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also run the gateway package of another checkout (DIR/gateway), side by side; "
+        "may be given more than once",
+    )
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the logs and configs")
+    args = parser.parse_args(argv)
+    args.scenario = [s for s in args.scenario.split(",") if s]
+    args.targets = [t for t in args.targets.split(",") if t]
+    args.transport = [t for t in args.transport.split(",") if t]
+    for name in args.scenario:
+        if name not in ("latency", "throughput", "paced"):
+            parser.error(f"--scenario: {name!r} is not latency, throughput or paced")
+    for name in args.targets:
+        if name not in ("direct", "floor", "gateway"):
+            parser.error(f"--targets: {name!r} is not direct, floor or gateway")
+    for transport in args.transport:
+        if transport not in ("aiohttp", "httpx"):
+            parser.error(f"--transport: {transport!r} is not aiohttp or httpx")
+    return args
+
+
+def start_targets(
+    args: argparse.Namespace, tmp: Path, upstream: Service, redis_url: str, models: list[str]
+) -> list[Target]:
+    targets: list[Target] = []
+    if "direct" in args.targets:
+        targets.append(Target("direct", "direct (no relay)", None, upstream.url))
+    if "floor" in args.targets:
+        port = free_port()
+        floor = python_service(
+            "floor", "bench.floor", ["--port", str(port), "--upstream", upstream.url], tmp, port
+        ).start()
+        targets.append(Target("floor", "floor (bare aiohttp relay)", floor, floor.url))
+    if "gateway" not in args.targets:
+        return targets
+
+    @dataclass
+    class Variant:
+        name: str
+        transport: str
+        server_args: list[str] | None = None
+        tree: Path = REPO
+
+    variants = [Variant(f"gateway-{t}", t) for t in args.transport]
+    first = args.transport[0]
+    if args.server_variants:
+        variants.append(
+            Variant(f"gateway-{first}-asyncio-h11", first, ["--loop", "asyncio", "--http", "h11"])
+        )
+    for tree in args.candidate:
+        variants.append(Variant(f"candidate-{tree.name}", first, tree=tree.resolve()))
+    for v in variants:
+        port = free_port()
+        config = gateway_config(tmp, v.name, upstream.url, redis_url, models, v.transport)
+        env: dict[str, str] = {}
+        if v.tree != REPO:
+            # `-m` imports from the working directory first; `bench` still comes from here.
+            env["PYTHONPATH"] = str(REPO)
+        if v.server_args is None:
+            module, cmd = "gateway", ["serve", "--config", str(config), "--port", str(port)]
+            how = "uvloop+httptools"
+        else:
+            module = "bench.serve_variant"
+            cmd = ["--config", str(config), "--port", str(port), *v.server_args]
+            how = "asyncio+h11"
+        where = "" if v.tree == REPO else f", from {v.tree}"
+        service = python_service(
+            v.name, module, cmd, tmp, port, env=env, health="/healthz", cwd=v.tree
+        ).start()
+        label = f"gateway, {v.transport} transport, {how}{where}"
+        targets.append(Target(v.name, label, service, service.url))
+    return targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    all_scenarios = scenarios(args.rounds)
+    chosen = [all_scenarios[name] for name in args.scenario]
+    started = time.monotonic()
+    judged = f"gateway-{args.transport[0]}"
+    tmpdir = tempfile.mkdtemp(prefix="gateway-bench-")
+    tmp = Path(tmpdir)
+    services: list[Service] = []
+    results: list[Result] = []
+    try:
+        redis = redis_service(tmp).start()
+        services.append(redis)
+        port = free_port()
+        upstream = python_service("upstream", "bench.upstream", ["--port", str(port)], tmp, port)
+        services.append(upstream.start())
+        targets = start_targets(
+            args, tmp, upstream, f"redis://127.0.0.1:{redis.port}/0", [s.model for s in chosen]
+        )
+        services += [t.service for t in targets if t.service is not None]
+        print(report.header(targets), flush=True)
+        for scenario in chosen:
+            runs: dict[str, list[Result]] = {t.name: [] for t in targets}
+            # Repeats go round the targets, so a noisy moment on the machine hits each one.
+            for rep in range(args.repeat):
+                for target in targets:
+                    profile = None
+                    if args.profile == scenario.name and target.name == judged and rep == 0:
+                        profile = tmp / f"profile-{target.name}-{scenario.name}.txt"
+                    result = run_client(target, scenario, upstream, services, tmp, 300, profile)
+                    runs[target.name].append(result)
+                    time.sleep(0.5)  # let closed connections and background work settle
+            rows = [combine(runs[t.name]) for t in targets]
+            results += rows
+            print(report.scenario_table(scenario.name, scenario.what, rows), flush=True)
+            raw = tmp / f"profile-{judged}-{scenario.name}.txt"
+            if raw.exists():
+                print(report.profile_summary(raw), flush=True)
+        print(report.sanity(targets, redis.port, redis_command), flush=True)
+        print(report.verdicts(results, args.transport), flush=True)
+        print(report.transport_comparison(results, args.transport), flush=True)
+        kept = f"; logs in {tmp}" if args.keep_tmp or args.profile else ""
+        print(f"total time {time.monotonic() - started:.0f} s{kept}", flush=True)
+        if args.hold:
+            print(f"holding the processes for {args.hold:g} s", flush=True)
+            time.sleep(args.hold)
+        # Errors of a compared variant (httpx's pool timing out under 500 streams) are a
+        # finding, printed above; a lost, duplicated or reordered chunk anywhere, or an
+        # error of the judged gateway, the floor or direct access, fails the run.
+        compared = {r.target for r in results if r.target.startswith(("gateway-", "candidate-"))}
+        compared.discard(judged)
+        failed = any(
+            r.client["integrity"] or (r.client["errors"] and r.target not in compared)
+            for r in results
+        )
+        return 1 if failed else 0
+    finally:
+        for service in reversed(services):
+            service.stop()
+        if not (args.keep_tmp or args.profile):
+            import shutil
+
+            shutil.rmtree(tmpdir, ignore_errors=True)
