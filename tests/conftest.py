@@ -19,7 +19,9 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="session")
-def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     """One gateway for the tests that do not change its config."""
     tmp = tmp_path_factory.mktemp("gateway")
     with GatewayProcess(test_config(upstream.url), tmp) as proc:

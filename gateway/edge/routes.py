@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
 import html
+import os
 import secrets
 import time
 from importlib import resources
