@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import GatewayConfig, resolve_config
 from gateway.edge.completions import RelayEndpoint
@@ -34,7 +35,7 @@ from gateway.state import GatewayState
 log = structlog.get_logger("gateway")
 
 
-def create_app(config: GatewayConfig) -> Starlette:
+def create_app(config: GatewayConfig) -> ASGIApp:
     state = GatewayState(
         config=config,
         metrics=Metrics(
@@ -78,13 +79,14 @@ def create_app(config: GatewayConfig) -> Starlette:
                 expose_headers=["x-request-id", "retry-after", "x-ratelimit-remaining-requests"],
             )
         )
+    relay = {
+        "/v1/chat/completions": RelayEndpoint(state, "chat.completions"),
+        "/v1/completions": RelayEndpoint(state, "completions"),
+        "/v1/embeddings": RelayEndpoint(state, "embeddings"),
+    }
     app = Starlette(
         routes=[
-            Route(
-                "/v1/chat/completions", RelayEndpoint(state, "chat.completions"), methods=["POST"]
-            ),
-            Route("/v1/completions", RelayEndpoint(state, "completions"), methods=["POST"]),
-            Route("/v1/embeddings", RelayEndpoint(state, "embeddings"), methods=["POST"]),
+            *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relay.items()),
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/models/{name:path}", routes.model, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
@@ -98,7 +100,31 @@ def create_app(config: GatewayConfig) -> Starlette:
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.gateway = state
-    return app
+    if config.cors_origins:
+        return app  # CORS answers must wrap the relayed routes too
+    return GatewayApp(app, relay)
+
+
+class GatewayApp:
+    """The relayed routes straight to their endpoints, everything else to Starlette.
+
+    Starlette's middleware stack wraps `send` in two closures per message; on a token stream
+    that is every event. The relay endpoints answer their own errors (OpenAI-shaped, 500s
+    included), so they need none of it.
+    """
+
+    def __init__(self, app: Starlette, relay: dict[str, RelayEndpoint]) -> None:
+        self.app = app
+        self.state = app.state
+        self._relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self._relay.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -127,6 +153,6 @@ async def _finish_background(state: GatewayState) -> None:
         await asyncio.wait(set(state.background), timeout=5)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """The factory `gateway serve --workers N` gives uvicorn (each worker builds its own)."""
     return create_app(resolve_config(None))

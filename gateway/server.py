@@ -128,6 +128,9 @@ def serve(
         timeout_graceful_shutdown=int(grace) + 10,
         lifespan="on",
         http=BoundedHttpToolsProtocol,
+        # The gateway reads no client address; uvicorn's X-Forwarded-For middleware would
+        # only add a layer to every request.
+        proxy_headers=False,
     )
     if workers > 1:
         sys.exit(_supervise(config, workers))

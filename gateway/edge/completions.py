@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from time import perf_counter
 
+import structlog
 from starlette.types import Receive, Scope, Send
 
 from gateway.config import KeyConfig
@@ -30,6 +31,8 @@ from gateway.observability.records import RequestRecord
 from gateway.providers.base import Route
 from gateway.relay.stream import RelayContext, relay_completion, relay_stream
 from gateway.state import GatewayState
+
+log = structlog.get_logger("gateway")
 
 _QUOTAS = frozenset({"daily_tokens", "monthly_tokens"})
 
@@ -89,6 +92,15 @@ class RelayEndpoint:
             await send_error(send, exc, headers)
         except ClientGone:
             rec.status, rec.outcome = 499, "client_cancelled"
+        except Exception as exc:
+            # A gateway bug: logged with its traceback, answered in OpenAI's shape if the
+            # answer has not started (a started stream is closed by uvicorn).
+            log.error("unhandled error", route=self.route, exc_info=exc)
+            rec.outcome, rec.error = "upstream_error", f"internal error ({type(exc).__name__})"
+            if rec.status == 0:
+                rec.status = 500
+                error = GatewayError("the gateway failed to handle this request; it was logged")
+                await send_error(send, error, headers)
         finally:
             rec.duration_s = perf_counter() - started_at
             if reservation is not None:

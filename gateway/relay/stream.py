@@ -154,6 +154,7 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
             rec.status = 200
             st.metrics.stream_opened(model_label)
             watch.start_relaying()
+            watch.sending_since = watch.last_read
             await send({"type": "http.response.body", "body": first, "more_body": True})
             last = perf_counter()
             rec.ttft_s = last - ctx.started_at
@@ -172,7 +173,6 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
             watch.task.uncancel()
             outcome = watch.ended
             if not started:
-                watch.stop()
                 if outcome == "client_cancelled":
                     raise ClientGone() from None
                 raise _ended_error(outcome, ctx, st.config.timeouts.idle) from None
@@ -235,6 +235,7 @@ async def relay_completion(
     rec = ctx.record
     watch = StreamWatch(send, st.config.timeouts)
     watch.start(receive)
+    st.watches.add(watch)
     rec.overhead_s = perf_counter() - ctx.started_at
 
     async def attempt(provider: Provider, call: UpstreamCall) -> Completion:
@@ -248,12 +249,12 @@ async def relay_completion(
         if watch.ended is None:
             raise
         watch.task.uncancel()
-        watch.stop()
         if watch.ended == "client_cancelled":
             raise ClientGone() from None
         raise _ended_error(watch.ended, ctx, st.config.timeouts.idle) from None
     finally:
         watch.stop()
+        st.watches.discard(watch)
     _account(rec, ctx, result.usage, 0, True)
     rec.status = result.status
     if st.config.log_bodies:
