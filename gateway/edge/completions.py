@@ -9,6 +9,7 @@ request path.
 
 from __future__ import annotations
 
+import asyncio
 from time import perf_counter
 
 import structlog
@@ -19,6 +20,7 @@ from gateway.edge.http import ClientGone, Headers, read_body, request_id, send_e
 from gateway.edge.requests import ClientRequest, parse_request
 from gateway.errors import (
     GatewayError,
+    InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
     QuotaExceeded,
@@ -57,7 +59,16 @@ class RelayEndpoint:
                 )
             key = st.authenticate(scope)
             rec.key_id = key.id
-            raw = await read_body(scope, receive, st.config.max_body_bytes)
+            try:
+                # A client that declares a body and stalls must not hold its request forever.
+                async with asyncio.timeout(st.config.timeouts.idle):
+                    raw = await read_body(scope, receive, st.config.max_body_bytes)
+            except TimeoutError:
+                raise InvalidRequest(
+                    f"the request body did not arrive within {st.config.timeouts.idle:g} s",
+                    status=408,
+                    code="request_timeout",
+                ) from None
             req = parse_request(self.route, raw)
             rec.stream = req.stream
             if st.config.log_bodies:

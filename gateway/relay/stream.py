@@ -156,6 +156,7 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
             watch.start_relaying()
             watch.sending_since = watch.last_read
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            watch.sending_since = 0.0
             last = perf_counter()
             rec.ttft_s = last - ctx.started_at
             rec.overhead_s += last - received_at

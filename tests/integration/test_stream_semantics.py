@@ -172,3 +172,19 @@ def test_unknown_routes_and_methods_are_openai_shaped(
     assert r.status_code == 404 and r.json()["error"]["message"]
     r = httpx.get(gateway.url + "/v1/chat/completions")
     assert r.status_code == 405 and r.json()["error"]["message"]
+
+
+def test_a_body_that_stalls_gets_a_408(strict_gateway: GatewayProcess) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", strict_gateway.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"authorization: Bearer {KEY_A}\r\ncontent-length: 500\r\n\r\n".encode()
+            + b'{"model": "gpt-test",'
+        )
+        started = time.monotonic()
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"request_timeout"' in answer
+    assert time.monotonic() - started < 5
