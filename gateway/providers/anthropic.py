@@ -39,15 +39,12 @@ from gateway.providers.base import (
     Completion,
     UpstreamCall,
     Usage,
-    error_from_status,
-    upstream_errors,
 )
-from gateway.providers.streams import SSEUpstream, malformed
+from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
 from gateway.relay.sse import SSEEvent
 
 ANTHROPIC_VERSION = "2023-06-01"
 _DONE = b"data: [DONE]\n\n"
-_ERROR_BODY_LIMIT = 64 * 1024
 # Error events Anthropic documents as transient: worth another attempt while nothing has
 # reached the client yet (the relay never retries after the first byte).
 _TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error"})
@@ -318,26 +315,13 @@ class AnthropicProvider:
         )
 
     async def open_stream(self, call: UpstreamCall) -> AnthropicStream:
-        name = self.config.name
         request = self._request(call, stream=True)
-        with upstream_errors(name):
-            response = await self._client.send(request, stream=True)
-        try:
-            if response.status_code != 200:
-                with upstream_errors(name):
-                    body = await _read_limited(response)
-                raise error_from_status(name, response.status_code, openai_error_body(body))
-            content_type = response.headers.get("content-type", "")
-            if not content_type.startswith("text/event-stream"):
-                raise malformed(
-                    name, f"a 200 answer of type {content_type or 'none'!r}, not a stream"
-                )
-        except BaseException:
-            await response.aclose()
-            raise
+        response = await open_event_stream(
+            self._client, request, self.config.name, openai_error_body
+        )
         return AnthropicStream(
             response,
-            name,
+            self.config.name,
             include_usage=call.include_usage,
             keep_text=self._keep_text,
             max_event_bytes=self._max_event_bytes,
@@ -345,30 +329,10 @@ class AnthropicProvider:
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        name = self.config.name
         request = self._request(call, stream=False)
-        with upstream_errors(name):
-            response = await self._client.send(request)
-        if response.status_code != 200:
-            raise error_from_status(name, response.status_code, openai_error_body(response.content))
-        try:
-            data = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise malformed(name, "an answer that is not JSON") from None
-        if not isinstance(data, dict):
-            raise malformed(name, "an answer that is not a JSON object")
+        _, data = await fetch_json(self._client, request, self.config.name, openai_error_body)
         body, usage = chat_completion(data)
         return Completion(body=orjson.dumps(body), usage=usage)
 
     async def aclose(self) -> None:
         """The shared HTTP client belongs to the app; nothing of its own to close."""
-
-
-async def _read_limited(response: httpx.Response) -> bytes:
-    """An error body, read no further than 64 KiB (a hostile upstream may send gigabytes)."""
-    body = b""
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) >= _ERROR_BODY_LIMIT:
-            break
-    return body[:_ERROR_BODY_LIMIT]

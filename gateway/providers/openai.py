@@ -21,10 +21,8 @@ from gateway.providers.base import (
     Completion,
     UpstreamCall,
     Usage,
-    error_from_status,
-    upstream_errors,
 )
-from gateway.providers.streams import SSEUpstream, malformed
+from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
 from gateway.relay.sse import SSEEvent
 
 _PATHS = {
@@ -33,7 +31,6 @@ _PATHS = {
     "embeddings": "/embeddings",
 }
 _DONE = b"data: [DONE]\n\n"
-_ERROR_BODY_LIMIT = 64 * 1024
 
 
 class OpenAIStream(SSEUpstream):
@@ -158,54 +155,18 @@ class OpenAIProvider:
         )
 
     async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
-        name = self.config.name
-        request = self._request(call)
-        with upstream_errors(name):
-            response = await self._client.send(request, stream=True)
-        try:
-            if response.status_code != 200:
-                with upstream_errors(name):
-                    body = await _read_limited(response)
-                raise error_from_status(name, response.status_code, body)
-            content_type = response.headers.get("content-type", "")
-            if not content_type.startswith("text/event-stream"):
-                raise malformed(
-                    name, f"a 200 answer of type {content_type or 'none'!r}, not a stream"
-                )
-        except BaseException:
-            await response.aclose()
-            raise
+        response = await open_event_stream(self._client, self._request(call), self.config.name)
         return OpenAIStream(
             response,
-            name,
+            self.config.name,
             include_usage=call.include_usage,
             keep_text=self._keep_text,
             max_event_bytes=self._max_event_bytes,
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        name = self.config.name
-        with upstream_errors(name):
-            response = await self._client.send(self._request(call))
-        if response.status_code != 200:
-            raise error_from_status(name, response.status_code, response.content)
-        try:
-            data = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise malformed(name, "an answer that is not JSON") from None
-        if not isinstance(data, dict):
-            raise malformed(name, "an answer that is not a JSON object")
-        return Completion(body=response.content, usage=_usage(data.get("usage")))
+        body, data = await fetch_json(self._client, self._request(call), self.config.name)
+        return Completion(body=body, usage=_usage(data.get("usage")))
 
     async def aclose(self) -> None:
         """The shared HTTP client belongs to the app; nothing of its own to close."""
-
-
-async def _read_limited(response: httpx.Response) -> bytes:
-    """An error body, read no further than 64 KiB (a hostile upstream may send gigabytes)."""
-    body = b""
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) >= _ERROR_BODY_LIMIT:
-            break
-    return body[:_ERROR_BODY_LIMIT]

@@ -10,11 +10,15 @@ handed on, so the client receives everything up to the failure, then the error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import aiohttp
 import httpx
+import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.providers.base import StreamState, upstream_errors
+from gateway.providers.base import StreamState, error_from_status, upstream_errors
 from gateway.relay.sse import SSEDecoder, SSEError, SSEEvent
 
 
@@ -89,3 +93,79 @@ class SSEUpstream:
 
 def malformed(provider: str, what: str) -> UpstreamError:
     return UpstreamError(f"provider {provider!r} sent {what}", kind="malformed")
+
+
+# --- answers that are not a stream yet: the checks every HTTP provider makes -------------------
+
+_ERROR_BODY_LIMIT = 64 * 1024
+ANSWER_LIMIT = 64 * 1024 * 1024
+"""A non-streaming answer larger than this is refused rather than held in memory."""
+
+
+def _same(body: bytes) -> bytes:
+    return body
+
+
+async def read_limited(response: httpx.Response, limit: int) -> bytes | None:
+    """The decoded body, or None past `limit` bytes (a hostile upstream may send gigabytes)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def open_event_stream(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    provider: str,
+    error_body: Callable[[bytes], bytes] = _same,
+) -> httpx.Response:
+    """Send a streaming request; the response once it is a 200 SSE stream, else the
+    gateway error (`error_body` turns the provider's error body into OpenAI's shape)."""
+    with upstream_errors(provider):
+        response = await client.send(request, stream=True)
+    try:
+        if response.status_code != 200:
+            with upstream_errors(provider):
+                body = await read_limited(response, _ERROR_BODY_LIMIT) or b""
+            raise error_from_status(provider, response.status_code, error_body(body))
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            raise malformed(
+                provider, f"a 200 answer of type {content_type or 'none'!r}, not a stream"
+            )
+    except BaseException:
+        await response.aclose()
+        raise
+    return response
+
+
+async def fetch_json(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    provider: str,
+    error_body: Callable[[bytes], bytes] = _same,
+) -> tuple[bytes, dict[str, Any]]:
+    """Send a plain request; the body and the object of a 200 JSON answer, else the error."""
+    with upstream_errors(provider):
+        response = await client.send(request, stream=True)
+        try:
+            ok = response.status_code == 200
+            body = await read_limited(response, ANSWER_LIMIT if ok else _ERROR_BODY_LIMIT)
+        finally:
+            await response.aclose()
+    if not ok:
+        raise error_from_status(provider, response.status_code, error_body(body or b""))
+    if body is None:
+        raise malformed(provider, f"an answer larger than {ANSWER_LIMIT >> 20} MiB")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise malformed(provider, "an answer that is not JSON") from None
+    if not isinstance(data, dict):
+        raise malformed(provider, "an answer that is not a JSON object")
+    return body, data
