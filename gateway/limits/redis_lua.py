@@ -1,0 +1,224 @@
+"""The Lua scripts behind `RedisLimiter`: each one check-and-update, atomic in Redis.
+
+Kept apart from the Python that calls them so each side reads on its own. `ADMIT` checks
+every limit of one API key and, only if all pass, counts, reserves and leases; `SETTLE`
+corrects a reservation to real usage and drops the lease; `USAGE` reads the counts;
+`RENEW` extends this process's live leases. All keys of one API key carry the same
+`{key id}` hash tag, so every script touches one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+# Shared by the scripts. Numbers are Lua doubles: unix ms (1.7e12) and token counts are far
+# below 2^53. Fractions go back to Python as strings, since Redis truncates Lua numbers in
+# replies to integers.
+PRELUDE = """
+local function clock(override)
+  if override ~= nil and override ~= '' then return tonumber(override) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- days since 1970-01-01 <-> proleptic Gregorian date (H. Hinnant's civil algorithms)
+local function civil(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- the UTC day and month containing unix time t: field names, and when each ends
+local function periods(t)
+  local day = math.floor(t / 86400)
+  local y, m, d = civil(day)
+  local ny, nm = y, m + 1
+  if nm == 13 then ny, nm = y + 1, 1 end
+  return string.format('day:%04d-%02d-%02d', y, m, d), (day + 1) * 86400,
+         string.format('month:%04d-%02d', y, m), days_from_civil(ny, nm, 1) * 86400
+end
+
+-- the buckets of a window hash still inside the 60 s ending at second now_s, sorted by
+-- second, and their total; buckets that left the window are deleted
+local function window(key, now_s)
+  local cutoff = now_s - 59
+  local flat = redis.call('HGETALL', key)
+  local buckets, total, stale = {}, 0, {}
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s < cutoff then
+      stale[#stale + 1] = flat[i]
+    else
+      local c = tonumber(flat[i + 1])
+      total = total + c
+      buckets[#buckets + 1] = {s, c}
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  return buckets, total
+end
+"""
+
+ADMIT = (
+    PRELUDE
+    + """
+-- KEYS: rpm, tpm, quota, leases
+-- ARGV: rpm, tpm, max_concurrent, daily, monthly (-1: not limited), tokens, lease id,
+--       lease ttl ms, time override ('' : the server's TIME)
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local daily, monthly = tonumber(ARGV[4]), tonumber(ARGV[5])
+local tokens, lease, ttl = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local now = clock(ARGV[9])
+local now_s = math.floor(now)
+local now_ms = now * 1000
+
+-- seconds until the window's total is below threshold
+local function wait_below(buckets, total, threshold)
+  if total < threshold then return 0 end
+  local left = total
+  for i = 1, #buckets do
+    left = left - buckets[i][2]
+    if left < threshold then return buckets[i][1] + 60 - now end
+  end
+  return 0
+end
+
+-- seconds until the allowance grows (see MemoryLimiter's _Window.reset)
+local function reset(buckets, total, limit)
+  if limit < 0 or total <= 0 then return 0 end
+  return wait_below(buckets, total, math.min(limit, total))
+end
+
+local function add(buckets, s, n)
+  for i = 1, #buckets do
+    if buckets[i][1] == s then buckets[i][2] = buckets[i][2] + n; return end
+  end
+  buckets[#buckets + 1] = {s, n}
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+end
+
+local denied, wait = '', 0
+-- the binding limit keeps the caller out longest; on a tie the first checked wins
+local function deny(name, seconds)
+  if denied == '' or seconds > wait then denied, wait = name, seconds end
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
+local open = redis.call('ZCARD', KEYS[4])
+if conc >= 0 and open >= conc then deny('max_concurrent', 1) end
+local rb, rt = window(KEYS[1], now_s)
+if rpm >= 0 and rt >= rpm then deny('rpm', wait_below(rb, rt, rpm)) end
+local tb, tt = window(KEYS[2], now_s)
+if tpm >= 0 and tt >= tpm then deny('tpm', wait_below(tb, tt, tpm)) end
+local day_f, day_end, month_f, month_end = periods(now)
+local used = redis.call('HMGET', KEYS[3], day_f, month_f)
+if daily >= 0 and (tonumber(used[1]) or 0) >= daily then deny('daily_tokens', day_end - now) end
+if monthly >= 0 and (tonumber(used[2]) or 0) >= monthly then
+  deny('monthly_tokens', month_end - now)
+end
+
+if denied == '' then
+  local second = string.format('%d', now_s)
+  redis.call('HINCRBY', KEYS[1], second, 1)
+  redis.call('EXPIRE', KEYS[1], 61)
+  add(rb, now_s, 1); rt = rt + 1
+  redis.call('HINCRBY', KEYS[2], second, tokens)
+  redis.call('EXPIRE', KEYS[2], 61)
+  add(tb, now_s, tokens); tt = tt + tokens
+  redis.call('HINCRBY', KEYS[3], day_f, tokens)
+  redis.call('HINCRBY', KEYS[3], month_f, tokens)
+  if redis.call('HLEN', KEYS[3]) > 4 then
+    -- keep this and the previous day and month, for settles that straddle midnight
+    local prev_day = periods(now - 86400)
+    local y, m = civil(math.floor(now / 86400))
+    local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
+    local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true}
+    local old = {}
+    for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+      if not keep[field] then old[#old + 1] = field end
+    end
+    if #old > 0 then redis.call('HDEL', KEYS[3], unpack(old)) end
+  end
+  -- relative, so a test's clock override gets the same lifetime as the server's TIME
+  redis.call('EXPIRE', KEYS[3], string.format('%d', math.ceil(month_end + 86400 - now)))
+  redis.call('ZADD', KEYS[4], string.format('%.3f', now_ms + ttl), lease)
+  redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl + 1000))
+end
+
+return {denied == '' and 1 or 0, denied, string.format('%.6f', wait),
+        string.format('%.6f', now), rt, string.format('%.6f', reset(rb, rt, rpm)),
+        tt, string.format('%.6f', reset(tb, tt, tpm))}
+"""
+)
+
+SETTLE = (
+    PRELUDE
+    + """
+-- KEYS: tpm, quota, leases
+-- ARGV: admission unix time, used - reserved tokens, lease id
+redis.call('ZREM', KEYS[3], ARGV[3])
+local delta = tonumber(ARGV[2])
+if delta ~= 0 then
+  local at = tonumber(ARGV[1])
+  -- only buckets and periods that still exist: one the window or the TTL already dropped
+  -- counts nothing any more, and must not come back
+  local function adjust(key, field)
+    if redis.call('HEXISTS', key, field) == 1 then
+      if redis.call('HINCRBY', key, field, delta) < 0 then redis.call('HSET', key, field, 0) end
+    end
+  end
+  adjust(KEYS[1], string.format('%d', math.floor(at)))
+  local day_f, _, month_f = periods(at)
+  adjust(KEYS[2], day_f)
+  adjust(KEYS[2], month_f)
+end
+return 1
+"""
+)
+
+USAGE = (
+    PRELUDE
+    + """
+-- KEYS: rpm, tpm, quota, leases; ARGV: time override ('' : the server's TIME)
+local now = clock(ARGV[1])
+local _, rt = window(KEYS[1], math.floor(now))
+local _, tt = window(KEYS[2], math.floor(now))
+local day_f, _, month_f = periods(now)
+local used = redis.call('HMGET', KEYS[3], day_f, month_f)
+local open = redis.call('ZCOUNT', KEYS[4], '(' .. string.format('%.3f', now * 1000), '+inf')
+return {rt, tt, tonumber(used[1]) or 0, tonumber(used[2]) or 0, open}
+"""
+)
+
+RENEW = (
+    PRELUDE
+    + """
+-- KEYS: leases; ARGV: lease ttl ms, time override, lease ids...
+local ttl = tonumber(ARGV[1])
+local expiry = string.format('%.3f', clock(ARGV[2]) * 1000 + ttl)
+for i = 3, #ARGV do
+  -- XX: a lease settled (removed) meanwhile must stay removed
+  redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl + 1000))
+return 1
+"""
+)
