@@ -26,6 +26,19 @@ from gateway.providers.base import Provider
 from gateway.relay.watch import StreamWatch
 
 
+def presented_secret(scope: Scope) -> bytes:
+    """The key a request presents: `Authorization: Bearer KEY` or `x-api-key: KEY`,
+    whichever comes first; b"" when there is none."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer":
+                return token.strip()
+        elif name == b"x-api-key":
+            return bytes(value).strip()
+    return b""
+
+
 @dataclass
 class GatewayState:
     config: GatewayConfig
@@ -53,16 +66,7 @@ class GatewayState:
         depends only on the hash, which the caller already knows, and the final comparison
         is constant-time. The secret itself is never stored, logged or echoed.
         """
-        secret = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = bytes(value).partition(b" ")
-                if scheme.lower() == b"bearer":
-                    secret = token.strip()
-                    break
-            elif name == b"x-api-key":
-                secret = bytes(value).strip()
-                break
+        secret = presented_secret(scope)
         if not secret:
             raise InvalidApiKey(
                 "Missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'."

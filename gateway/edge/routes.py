@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from gateway.config import DEMO_KEY
 from gateway.errors import GatewayError, InvalidApiKey, InvalidRequest
 from gateway.limits.report import usage_rows
-from gateway.state import GatewayState
+from gateway.state import GatewayState, presented_secret
 
 
 def _error(exc: GatewayError) -> Response:
@@ -93,10 +93,8 @@ class Routes:
     async def admin_usage(self, request: Request) -> Response:
         st = self.state
         expected = st.config.admin_key_sha256
-        auth = request.headers.get("authorization", "")
-        secret = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        secret = secret or request.headers.get("x-api-key", "")
-        digest = hashlib.sha256(secret.encode()).hexdigest()
+        secret = presented_secret(request.scope)
+        digest = hashlib.sha256(secret).hexdigest()
         if not expected:
             return _error(
                 InvalidRequest(
