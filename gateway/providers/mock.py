@@ -117,6 +117,15 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _plan(cfg: ProviderConfig, call: UpstreamCall) -> tuple[str, list[str], str]:
+    """The prompt, the reply's words and its finish reason: one plan for both answer forms."""
+    prompt = _prompt_text(call)
+    limit = _max_tokens(call.body)
+    count = cfg.reply_tokens if limit is None else min(limit, cfg.reply_tokens)
+    finish = "length" if limit is not None and limit < cfg.reply_tokens else "stop"
+    return prompt, _reply_words(prompt, count), finish
+
+
 class MockStream:
     def __init__(self, provider: MockProvider, call: UpstreamCall) -> None:
         self.state = StreamState()
@@ -130,11 +139,7 @@ class MockStream:
 
     async def _generate(self, provider: MockProvider, call: UpstreamCall) -> AsyncIterator[bytes]:
         cfg = provider.config
-        prompt = _prompt_text(call)
-        limit = _max_tokens(call.body)
-        count = cfg.reply_tokens if limit is None else min(limit, cfg.reply_tokens)
-        words = _reply_words(prompt, count)
-        finish = "length" if limit is not None and limit < cfg.reply_tokens else "stop"
+        prompt, words, finish = _plan(cfg, call)
         chat = call.route == "chat.completions"
         base = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
@@ -198,19 +203,12 @@ class MockProvider:
     async def complete(self, call: UpstreamCall) -> Completion:
         if call.route == "embeddings":
             return self._embeddings(call)
-        stream = MockStream(self, call)
-        # Same words and pace as the stream, gathered: a non-streaming call takes as long.
-        text: list[str] = []
-        async for chunk in stream:
-            for line in chunk.split(b"\n\n"):
-                if line.startswith(b"data: {"):
-                    for c in orjson.loads(line[6:]).get("choices", []):
-                        piece = c.get("delta", {}).get("content") if "delta" in c else c.get("text")
-                        if piece:
-                            text.append(piece)
-        usage = stream.state.usage or Usage()
-        finish = "length" if len(text) < self.config.reply_tokens else "stop"
-        content = "".join(text)
+        cfg = self.config
+        prompt, words, finish = _plan(cfg, call)
+        # The stream's pace, gathered: a non-streaming call takes as long.
+        await asyncio.sleep((cfg.first_token_ms + cfg.token_ms * max(len(words) - 1, 0)) / 1000)
+        usage = Usage(prompt_tokens=estimate_tokens(prompt), completion_tokens=len(words))
+        content = "".join(words)
         model = call.model.upstream_model or call.model.name
         totals = {
             "prompt_tokens": usage.prompt_tokens,
