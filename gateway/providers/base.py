@@ -159,25 +159,21 @@ def error_from_status(provider: str, status: int, body: bytes) -> GatewayError:
     own message; the provider rejecting *our* credentials is a gateway fault (502), never
     shown as the client's 401; 429 and 5xx are retryable and become 429 / 502 / 503.
     """
-    message = _error_message(body)
+    message, shaped = _read_error(body)
     if status in (401, 403):
         return UpstreamError(
             f"provider {provider!r} rejected the gateway's credentials ({status}); "
             "check its api_key in the gateway config",
             kind="auth",
         )
-    if status == 429:
-        return UpstreamRejected(
-            message or f"provider {provider!r} is rate limiting the gateway",
-            status=429,
-            raw=_openai_shaped(body),
-            headers={"retry-after": "1"},
-        )
     if 400 <= status < 500:
+        limited = status == 429
+        fallback = "is rate limiting the gateway" if limited else f"refused the request ({status})"
         return UpstreamRejected(
-            message or f"provider {provider!r} refused the request ({status})",
+            message or f"provider {provider!r} {fallback}",
             status=status,
-            raw=_openai_shaped(body),
+            raw=body if shaped else None,
+            headers={"retry-after": "1"} if limited else None,
         )
     code = 503 if status in (503, 529) else 502
     return UpstreamError(
@@ -188,27 +184,16 @@ def error_from_status(provider: str, status: int, body: bytes) -> GatewayError:
     )
 
 
-def _error_message(body: bytes) -> str:
+def _read_error(body: bytes) -> tuple[str, bool]:
+    """The error body's message, and whether it is already OpenAI's shape (then it is
+    passed on as it came)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return ""
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])[:500]
-        if isinstance(err, str):
-            return err[:500]
-    return ""
-
-
-def _openai_shaped(body: bytes) -> bytes | None:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        err = data["error"]
-        if isinstance(err.get("message"), str) and "type" in err:
-            return body
-    return None
+        return "", False
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return str(err["message"])[:500], "type" in err
+    if isinstance(err, str):
+        return err[:500], False
+    return "", False
