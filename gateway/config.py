@@ -354,6 +354,15 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
     data = _expand_tree(data, env, source, "")
     r = _Reader(source, "", data)
     redis_url = r.take("redis_url", str, "") or env.get("REDIS_URL", "")
+    if redis_url:
+        # Imported here: gateway.limits imports this module.
+        from gateway.limits.resp import Address
+
+        try:
+            Address.from_url(redis_url)
+        except ValueError as exc:
+            # The message names the problem, never the URL (it may hold a password).
+            raise r.fail("redis_url", str(exc).removeprefix("redis_url: ")) from None
     providers = _read_list(r, "providers", _read_provider)
     models = _read_list(r, "models", _read_model)
     keys = _read_list(r, "keys", _read_key)

@@ -61,6 +61,8 @@ def test_variables_expand_with_defaults() -> None:
             "not a model",
         ),
         ({"redis_url": "${NOPE}"}, "redis_url", "${NOPE} is not set"),
+        ({"redis_url": "http://:pw@h"}, "redis_url", "scheme 'http' is not redis"),
+        ({"redis_url": "redis://h/zero"}, "redis_url", "database 'zero' is not a number"),
     ],
 )
 def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, words: str) -> None:

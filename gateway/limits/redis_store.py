@@ -1,7 +1,8 @@
 """Per-key limits and quotas in Redis, shared by any number of gateway processes and hosts.
 
-Each call is one round trip running one Lua script, so check-and-reserve is atomic
-across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the monthly
+Each call is one round trip running one Lua script (over `gateway.limits.resp`: one
+pipelined connection, so concurrent admissions share writes), so check-and-reserve is
+atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the monthly
 quota and, only if all pass, counts the request, reserves the tokens and takes a lease;
 `settle` corrects the reserved tokens in the admission's own tpm bucket and quota periods
 and drops the lease. Time comes from the Redis server (`TIME` inside the script), so hosts
@@ -50,10 +51,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.config import BackendFailure, KeyConfig, Limits
@@ -67,6 +64,7 @@ from gateway.limits.base import (
     Reservation,
 )
 from gateway.limits.report import key_usage
+from gateway.limits.resp import RespClient, Script
 
 _log = logging.getLogger(__name__)
 
@@ -106,8 +104,7 @@ class RedisLimiter:
     `gateway_limiter_backend_errors_total` with it. `failure_mode`: `open` admits when
     Redis is unreachable, `closed` raises `LimiterUnavailable`. `lease_ttl`: seconds a
     concurrency slot outlives its process. `socket_timeout`: connect and per-command
-    timeout. `max_connections`: Redis calls in flight at once (more wait their turn).
-    `failure_backoff`: seconds Redis is skipped after a failure. `prefix`: first part of
+    timeout. `failure_backoff`: seconds Redis is skipped after a failure. `prefix`: first part of
     every key name. `clock`: None uses the Redis server's clock (production); tests pass a
     callable returning unix time to drive the window and period arithmetic.
     """
@@ -120,7 +117,6 @@ class RedisLimiter:
         failure_mode: BackendFailure = "open",
         lease_ttl: float = 15.0,
         socket_timeout: float = 0.5,
-        max_connections: int = 64,
         failure_backoff: float = 1.0,
         prefix: str = "gw",
         clock: Callable[[], float] | None = None,
@@ -132,22 +128,13 @@ class RedisLimiter:
         self._failure_backoff = failure_backoff
         self._prefix = prefix
         self._clock = clock
-        # No retries: a dead Redis must cost one short timeout, not several; the pool
-        # replaces connections a restarted Redis closed when it hands them out.
-        self._client = aioredis.Redis.from_url(
-            url,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        # Calls queue here rather than in the pool: an exhausted pool raises (which would
-        # read as an outage), and redis-py's blocking pool wakes every waiter per release.
-        self._slots = asyncio.Semaphore(max_connections)
-        self._admit_script = self._client.register_script(redis_lua.ADMIT)
-        self._settle_script = self._client.register_script(redis_lua.SETTLE)
-        self._usage_script = self._client.register_script(redis_lua.USAGE)
-        self._renew_script = self._client.register_script(redis_lua.RENEW)
+        # One pipelined connection (gateway.limits.resp); no retries: a dead Redis must
+        # cost one short timeout, not several.
+        self._client = RespClient(url, timeout=socket_timeout)
+        self._admit_script = Script(self._client, redis_lua.ADMIT)
+        self._settle_script = Script(self._client, redis_lua.SETTLE)
+        self._usage_script = Script(self._client, redis_lua.USAGE)
+        self._renew_script = Script(self._client, redis_lua.RENEW)
         self._lease_prefix = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}:"
         self._leases: dict[str, set[str]] = {}
         """key id -> lease ids this process holds (what the renewal task renews)."""
@@ -164,9 +151,8 @@ class RedisLimiter:
             )
         try:
             # Loading the scripts now spares the first requests a NOSCRIPT round trip.
-            async with self._slots:
-                for script in (self._admit_script, self._settle_script, self._renew_script):
-                    await self._client.script_load(script.script)
+            scripts = (self._admit_script, self._settle_script, self._usage_script)
+            await asyncio.gather(*(s.load() for s in (*scripts, self._renew_script)))
         except BACKEND_ERRORS as exc:
             # Not fatal: `open` mode serves without Redis, and readiness reports it.
             _log.warning("limits backend unreachable at start-up: %s", _describe(exc))
@@ -181,8 +167,7 @@ class RedisLimiter:
 
     async def ready(self) -> bool:
         try:
-            async with self._slots:
-                return bool(await self._client.ping())
+            return bool(await self._client.call("PING") == "PONG")
         except BACKEND_ERRORS:
             return False
 
@@ -265,14 +250,10 @@ class RedisLimiter:
         """Raises LimiterUnavailable when Redis cannot be read (there is no usage to
         report without it), whatever `limits_backend_failure` says."""
         try:
-            async with self._slots, self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    await self._usage_script(
-                        keys=key_names(self._prefix, key.id),
-                        args=(self._time_override(),),
-                        client=pipe,
-                    )
-                replies: list[Sequence[int]] = await pipe.execute()
+            override = self._time_override()
+            replies: list[Sequence[int]] = await asyncio.gather(
+                *(self._usage_script(key_names(self._prefix, k.id), (override,)) for k in keys)
+            )
         except BACKEND_ERRORS as exc:
             self._failed(exc, "usage")
             self._on_backend_error()
@@ -294,16 +275,12 @@ class RedisLimiter:
     def _backing_off(self) -> bool:
         return self._skip_until != 0.0 and time.monotonic() < self._skip_until
 
-    async def _call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script call (one round trip), at most `max_connections` at a time. Raises
-        _Skipped within the back-off after a failure."""
+    async def _call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call (one round trip, pipelined with the calls of the same event-loop
+        turn). Raises _Skipped within the back-off after a failure."""
         if self._backing_off():
             raise _Skipped
-        async with self._slots:
-            # An outage may have begun while this call waited its turn.
-            if self._backing_off():
-                raise _Skipped
-            return await script(keys=keys, args=args)
+        return await script(keys, args)
 
     def _time_override(self) -> str:
         return "" if self._clock is None else f"{self._clock():.6f}"
@@ -362,14 +339,14 @@ class RedisLimiter:
     async def _renew_once(self) -> None:
         snapshot = [(key_id, list(ids)) for key_id, ids in self._leases.items() if ids]
         override = self._time_override()
-        async with self._slots, self._client.pipeline(transaction=False) as pipe:
-            for key_id, ids in snapshot:
-                await self._renew_script(
-                    keys=(key_names(self._prefix, key_id)[3],),
-                    args=(self._lease_ttl_ms, override, *ids),
-                    client=pipe,
+        await asyncio.gather(
+            *(
+                self._renew_script(
+                    (key_names(self._prefix, key_id)[3],), (self._lease_ttl_ms, override, *ids)
                 )
-            await pipe.execute()
+                for key_id, ids in snapshot
+            )
+        )
 
 
 def _rate_state(

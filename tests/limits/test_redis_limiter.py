@@ -114,13 +114,13 @@ def test_admit_and_settle_are_one_script_call_each(redis_url: str) -> None:
             await limiter.admit(k, 1, "warm-up")
             client = limiter._client
             sent: list[object] = []
-            execute = client.execute_command
+            call = client.call
 
-            async def counting(*args: object, **options: object) -> object:
+            async def counting(*args: bytes | str | int | float) -> object:
                 sent.append(args[0])
-                return await execute(*args, **options)  # type: ignore[no-untyped-call]
+                return await call(*args)
 
-            client.execute_command = counting  # type: ignore[method-assign]
+            client.call = counting  # type: ignore[method-assign]
             with redis.Redis.from_url(redis_url) as probe:
                 before = probe.info("commandstats")
                 admission = await limiter.admit(k, 100, "r1")

@@ -40,7 +40,8 @@ def _pings(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            # NOAUTH: up, and asking for the password it was started with.
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -48,7 +49,7 @@ def _pings(port: int) -> bool:
 class RedisServer:
     """One redis-server process; `url` stays valid across stop() / start()."""
 
-    def __init__(self, binary: str = REDIS_SERVER) -> None:
+    def __init__(self, binary: str = REDIS_SERVER, **options: str) -> None:
         if shutil.which(binary) is None:
             pytest.fail(
                 f"{binary} not found: the limits tests need a real Redis. Install it "
@@ -56,6 +57,8 @@ class RedisServer:
                 pytrace=False,
             )
         self.binary = binary
+        self.extra = options
+        """More redis-server options, e.g. requirepass="secret"."""
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="gateway-redis-")
@@ -78,6 +81,7 @@ class RedisServer:
             "dir": self._dir.name,
             "logfile": self._log,
             "loglevel": "warning",
+            **self.extra,
         }
         args = [self.binary]
         for name, value in options.items():

@@ -1,0 +1,218 @@
+"""The limiter's own Redis client (`gateway.limits.resp`) against a real redis-server:
+replies matched to their callers under pipelining, one write per event-loop turn, failures
+that fail every call in flight and heal on the next call, scripts after a SCRIPT FLUSH,
+passwords, databases and Unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.limits import resp
+from gateway.limits.resp import Address, RespClient, Script, pack, parse
+from tests.limits.limits_support import run_with
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+def test_concurrent_calls_get_their_own_replies_in_one_write(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    flush = resp._Connection._flush
+
+    def counting(self: resp._Connection) -> None:
+        writes.append(len(self._out))
+        flush(self)
+
+    monkeypatch.setattr(resp._Connection, "_flush", counting)
+
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        try:
+            await client.call("PING")
+            writes.clear()
+            # Each caller's reply names its caller: a mix-up would show.
+            replies = await asyncio.gather(
+                *(client.call("ECHO", f"caller-{i}") for i in range(300))
+            )
+            assert replies == [f"caller-{i}".encode() for i in range(300)]
+            assert writes == [300]  # one write for the whole turn
+            counters = await asyncio.gather(*(client.call("INCR", "n") for _ in range(50)))
+            assert counters == list(range(1, 51))
+        finally:
+            await client.aclose()
+
+    run_with(scenario())
+
+
+def test_reply_types_and_a_command_error_that_leaves_the_connection_usable(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        try:
+            assert await client.call("SET", "k", b"\x00binary\r\nvalue") == "OK"
+            assert await client.call("GET", "k") == b"\x00binary\r\nvalue"
+            assert await client.call("GET", "missing") is None
+            assert await client.call("RPUSH", "l", 1, 2.5, "three") == 3
+            assert await client.call("LRANGE", "l", 0, -1) == [b"1", b"2.5", b"three"]
+            with pytest.raises(ResponseError, match="WRONGTYPE"):
+                await client.call("INCR", "l")
+            assert await client.call("PING") == "PONG"
+        finally:
+            await client.aclose()
+
+    run_with(scenario())
+
+
+def test_partial_replies_are_reassembled_byte_by_byte() -> None:
+    wire = b"*3\r\n:42\r\n$5\r\nhe\r\no\r\n*2\r\n$-1\r\n+OK\r\n-ERR bad\r\n"
+    for cut in range(len(wire) - len(b"-ERR bad\r\n")):
+        with pytest.raises(resp._Incomplete):
+            parse(wire[:cut], 0)
+    value, pos = parse(wire, 0)
+    assert value == [42, b"he\r\no", [None, "OK"]]
+    error, end = parse(wire, pos)
+    assert isinstance(error, ResponseError) and str(error) == "ERR bad"
+    assert end == len(wire)
+
+    async def scenario() -> None:
+        conn = resp._Connection(asyncio.get_running_loop(), timeout=5)
+        first, second = conn.call(pack(["A"])), conn.call(pack(["B"]))
+        for byte in wire:
+            conn.data_received(bytes([byte]))
+        assert first.result() == [42, b"he\r\no", [None, "OK"]]
+        with pytest.raises(ResponseError, match="ERR bad"):
+            second.result()
+
+    run_with(scenario())
+
+
+def test_a_cancelled_caller_does_not_shift_the_others_replies(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        try:
+            await client.call("PING")
+            slow = asyncio.ensure_future(client.call("BLPOP", "never", "0.3"))
+            after = asyncio.ensure_future(client.call("ECHO", "mine"))
+            await asyncio.sleep(0.05)
+            slow.cancel()
+            assert await after == b"mine"
+            assert await client.call("ECHO", "next") == b"next"
+        finally:
+            await client.aclose()
+
+    run_with(scenario())
+
+
+def test_scripts_survive_a_script_flush(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = RespClient(redis_url)
+        script = Script(client, "return {KEYS[1], ARGV[1] + 1}")
+        try:
+            await script.load()
+            assert await script(["k"], [41]) == [b"k", 42]
+            await client.call("SCRIPT", "FLUSH")
+            assert await script(["k"], [1]) == [b"k", 2]  # NOSCRIPT, then EVAL
+            assert await client.call("SCRIPT", "EXISTS", script.sha) == [1]
+        finally:
+            await client.aclose()
+
+    run_with(scenario())
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def test_an_unanswered_call_times_out_with_every_call_in_flight(silent_port: int) -> None:
+    async def scenario() -> None:
+        client = RespClient(f"redis://127.0.0.1:{silent_port}", timeout=0.3)
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(client.call("PING") for _ in range(5)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+        assert 0.25 <= elapsed < 0.8
+
+    run_with(scenario())
+
+
+def test_a_lost_connection_fails_its_calls_at_once_and_the_next_call_reconnects() -> None:
+    async def scenario(server: RedisServer) -> None:
+        client = RespClient(server.url, timeout=5)
+        try:
+            await client.call("SET", "k", "v")
+            blocked = asyncio.ensure_future(client.call("BLPOP", "never", "0"))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            server.stop()
+            with pytest.raises(RedisConnectionError):
+                await blocked
+            assert time.monotonic() - started < 1.0  # not the 5 s timeout
+            with pytest.raises(OSError):  # refused while it is down
+                await client.call("PING")
+            server.start()
+            assert await client.call("PING") == "PONG"
+            assert await client.call("GET", "k") is None  # a fresh server
+        finally:
+            await client.aclose()
+
+    with RedisServer() as server:
+        run_with(scenario(server))
+
+
+def test_password_database_and_unix_socket_from_the_url() -> None:
+    directory = tempfile.mkdtemp(prefix="gw-resp-")
+    sock = str(Path(directory) / "redis.sock")
+
+    async def scenario(url: str, probe: redis.Redis) -> None:
+        for address in (url, f"unix://:s3cret@{sock}?db=5"):
+            client = RespClient(address)
+            try:
+                await client.call("SET", "where", address[:4])
+            finally:
+                await client.aclose()
+        assert probe.get("where") == b"unix"  # db 5 via the socket, last
+        probe.select(3)
+        assert probe.get("where") == b"redi"
+        with pytest.raises(ResponseError, match=r"WRONGPASS|invalid password"):
+            bad = RespClient(url.replace("s3cret", "wrong"))
+            try:
+                await bad.call("PING")
+            finally:
+                await bad.aclose()
+
+    with RedisServer(requirepass="s3cret", unixsocket=sock, unixsocketperm="700") as server:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        with redis.Redis(unix_socket_path=sock, password="s3cret", db=5) as probe:
+            run_with(scenario(url, probe))
+
+
+def test_addresses() -> None:
+    assert Address.from_url("redis://h:7000/2") == Address(host="h", port=7000, db=2)
+    assert Address.from_url("rediss://u:p%40ss@h") == Address(
+        host="h", tls=True, username="u", password="p@ss"
+    )
+    assert Address.from_url("unix:///run/redis.sock?db=4") == Address(path="/run/redis.sock", db=4)
+    for bad in ("http://h", "redis://h/x"):
+        with pytest.raises(ValueError, match="redis_url"):
+            Address.from_url(bad)
