@@ -55,32 +55,50 @@ local function periods(t)
          string.format('month:%04d-%02d', y, m), days_from_civil(ny, nm, 1) * 86400
 end
 
--- the buckets of a window hash still inside the 60 s ending at second now_s, sorted by
--- second, and their total; buckets that left the window are deleted
-local function window(key, now_s)
-  local cutoff = now_s - 59
-  local flat = redis.call('HGETALL', key)
-  local buckets, total, stale = {}, 0, {}
-  for i = 1, #flat, 2 do
-    local s = tonumber(flat[i])
-    if s < cutoff then
-      stale[#stale + 1] = flat[i]
-    else
-      local c = tonumber(flat[i + 1])
-      total = total + c
-      buckets[#buckets + 1] = {s, c}
-    end
+-- rpm / tpm windows: a hash each (unix second -> count, 'sum' -> the count of the whole
+-- window) and one sorted set of the seconds that have buckets (both windows get theirs
+-- together, at admission). Moving the window on reads only the buckets that left it, and
+-- the totals are one field each, so a busy key (60 buckets) costs no more than an idle one.
+local function slide(seconds_key, window_keys, now_s)
+  local edge = '(' .. (now_s - 59)
+  local gone = redis.call('ZRANGEBYSCORE', seconds_key, '-inf', edge)
+  if #gone == 0 then return end
+  for _, key in ipairs(window_keys) do
+    local counts = redis.call('HMGET', key, unpack(gone))
+    local total = 0
+    for i = 1, #counts do total = total + (tonumber(counts[i]) or 0) end
+    redis.call('HDEL', key, unpack(gone))
+    if total ~= 0 then redis.call('HINCRBY', key, 'sum', -total) end
   end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
-  return buckets, total
+  redis.call('ZREMRANGEBYSCORE', seconds_key, '-inf', edge)
+end
+
+local function total(key)
+  return tonumber(redis.call('HGET', key, 'sum')) or 0
+end
+
+-- seconds from now until the window's total is below threshold: walks the buckets from
+-- the oldest, a few at a time (the answer is nearly always among the first)
+local function wait_below(seconds_key, key, total, threshold, now)
+  if total < threshold then return 0 end
+  local left, from = total, 0
+  while true do
+    local seconds = redis.call('ZRANGE', seconds_key, from, from + 7)
+    if #seconds == 0 then return 0 end
+    local counts = redis.call('HMGET', key, unpack(seconds))
+    for i = 1, #seconds do
+      left = left - (tonumber(counts[i]) or 0)
+      if left < threshold then return tonumber(seconds[i]) + 60 - now end
+    end
+    from = from + 8
+  end
 end
 """
 
 ADMIT = (
     PRELUDE
     + """
--- KEYS: rpm, tpm, quota, leases
+-- KEYS: rpm, tpm, quota, leases, seconds
 -- ARGV: rpm, tpm, max_concurrent, daily, monthly (-1: not limited), tokens, lease id,
 --       lease ttl ms, time override ('' : the server's TIME)
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -90,29 +108,10 @@ local now = clock(ARGV[9])
 local now_s = math.floor(now)
 local now_ms = now * 1000
 
--- seconds until the window's total is below threshold
-local function wait_below(buckets, total, threshold)
-  if total < threshold then return 0 end
-  local left = total
-  for i = 1, #buckets do
-    left = left - buckets[i][2]
-    if left < threshold then return buckets[i][1] + 60 - now end
-  end
-  return 0
-end
-
 -- seconds until the allowance grows (see MemoryLimiter's _Window.reset)
-local function reset(buckets, total, limit)
-  if limit < 0 or total <= 0 then return 0 end
-  return wait_below(buckets, total, math.min(limit, total))
-end
-
-local function add(buckets, s, n)
-  for i = 1, #buckets do
-    if buckets[i][1] == s then buckets[i][2] = buckets[i][2] + n; return end
-  end
-  buckets[#buckets + 1] = {s, n}
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+local function reset(key, count, limit)
+  if limit < 0 or count <= 0 then return 0 end
+  return wait_below(KEYS[5], key, count, math.min(limit, count), now)
 end
 
 local denied, wait = '', 0
@@ -124,10 +123,10 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
 local open = redis.call('ZCARD', KEYS[4])
 if conc >= 0 and open >= conc then deny('max_concurrent', 1) end
-local rb, rt = window(KEYS[1], now_s)
-if rpm >= 0 and rt >= rpm then deny('rpm', wait_below(rb, rt, rpm)) end
-local tb, tt = window(KEYS[2], now_s)
-if tpm >= 0 and tt >= tpm then deny('tpm', wait_below(tb, tt, tpm)) end
+slide(KEYS[5], {KEYS[1], KEYS[2]}, now_s)
+local rt, tt = total(KEYS[1]), total(KEYS[2])
+if rpm >= 0 and rt >= rpm then deny('rpm', wait_below(KEYS[5], KEYS[1], rt, rpm, now)) end
+if tpm >= 0 and tt >= tpm then deny('tpm', wait_below(KEYS[5], KEYS[2], tt, tpm, now)) end
 local day_f, day_end, month_f, month_end = periods(now)
 local used = redis.call('HMGET', KEYS[3], day_f, month_f)
 if daily >= 0 and (tonumber(used[1]) or 0) >= daily then deny('daily_tokens', day_end - now) end
@@ -137,35 +136,42 @@ end
 
 if denied == '' then
   local second = string.format('%d', now_s)
-  redis.call('HINCRBY', KEYS[1], second, 1)
-  redis.call('EXPIRE', KEYS[1], 61)
-  add(rb, now_s, 1); rt = rt + 1
+  local new_second = redis.call('HINCRBY', KEYS[1], second, 1) == 1
+  redis.call('HINCRBY', KEYS[1], 'sum', 1)
   redis.call('HINCRBY', KEYS[2], second, tokens)
-  redis.call('EXPIRE', KEYS[2], 61)
-  add(tb, now_s, tokens); tt = tt + tokens
-  redis.call('HINCRBY', KEYS[3], day_f, tokens)
-  redis.call('HINCRBY', KEYS[3], month_f, tokens)
-  if redis.call('HLEN', KEYS[3]) > 4 then
-    -- keep this and the previous day and month, for settles that straddle midnight
-    local prev_day = periods(now - 86400)
-    local y, m = civil(math.floor(now / 86400))
-    local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
-    local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true}
-    local old = {}
-    for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
-      if not keep[field] then old[#old + 1] = field end
-    end
-    if #old > 0 then redis.call('HDEL', KEYS[3], unpack(old)) end
+  redis.call('HINCRBY', KEYS[2], 'sum', tokens)
+  rt, tt = rt + 1, tt + tokens
+  if new_second then
+    -- the first admission of a second: the 61 s lifetimes start from the newest second
+    redis.call('ZADD', KEYS[5], now_s, second)
+    for i = 1, 2 do redis.call('EXPIRE', KEYS[i], 61) end
+    redis.call('EXPIRE', KEYS[5], 61)
   end
-  -- relative, so a test's clock override gets the same lifetime as the server's TIME
-  redis.call('EXPIRE', KEYS[3], string.format('%d', math.ceil(month_end + 86400 - now)))
+  redis.call('HINCRBY', KEYS[3], month_f, tokens)
+  if redis.call('HINCRBY', KEYS[3], day_f, tokens) == tokens then
+    -- the first admission of a day (or of a settle-emptied one; either way harmless)
+    if redis.call('HLEN', KEYS[3]) > 4 then
+      -- keep this and the previous day and month, for settles that straddle midnight
+      local prev_day = periods(now - 86400)
+      local y, m = civil(math.floor(now / 86400))
+      local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
+      local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true}
+      local old = {}
+      for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+        if not keep[field] then old[#old + 1] = field end
+      end
+      if #old > 0 then redis.call('HDEL', KEYS[3], unpack(old)) end
+    end
+    -- relative, so a test's clock override gets the same lifetime as the server's TIME
+    redis.call('EXPIRE', KEYS[3], string.format('%d', math.ceil(month_end + 86400 - now)))
+  end
   redis.call('ZADD', KEYS[4], string.format('%.3f', now_ms + ttl), lease)
   redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl + 1000))
 end
 
 return {denied == '' and 1 or 0, denied, string.format('%.6f', wait),
-        string.format('%.6f', now), rt, string.format('%.6f', reset(rb, rt, rpm)),
-        tt, string.format('%.6f', reset(tb, tt, tpm))}
+        string.format('%.6f', now), rt, string.format('%.6f', reset(KEYS[1], rt, rpm)),
+        tt, string.format('%.6f', reset(KEYS[2], tt, tpm))}
 """
 )
 
@@ -180,12 +186,16 @@ if delta ~= 0 then
   local at = tonumber(ARGV[1])
   -- only buckets and periods that still exist: one the window or the TTL already dropped
   -- counts nothing any more, and must not come back
+  -- returns what the field changed by (a count never goes below 0)
   local function adjust(key, field)
-    if redis.call('HEXISTS', key, field) == 1 then
-      if redis.call('HINCRBY', key, field, delta) < 0 then redis.call('HSET', key, field, 0) end
-    end
+    if redis.call('HEXISTS', key, field) == 0 then return 0 end
+    local new = redis.call('HINCRBY', key, field, delta)
+    if new >= 0 then return delta end
+    redis.call('HSET', key, field, 0)
+    return delta - new
   end
-  adjust(KEYS[1], string.format('%d', math.floor(at)))
+  local change = adjust(KEYS[1], string.format('%d', math.floor(at)))
+  if change ~= 0 then redis.call('HINCRBY', KEYS[1], 'sum', change) end
   local day_f, _, month_f = periods(at)
   adjust(KEYS[2], day_f)
   adjust(KEYS[2], month_f)
@@ -197,10 +207,10 @@ return 1
 USAGE = (
     PRELUDE
     + """
--- KEYS: rpm, tpm, quota, leases; ARGV: time override ('' : the server's TIME)
+-- KEYS: rpm, tpm, quota, leases, seconds; ARGV: time override ('' : the server's TIME)
 local now = clock(ARGV[1])
-local _, rt = window(KEYS[1], math.floor(now))
-local _, tt = window(KEYS[2], math.floor(now))
+slide(KEYS[5], {KEYS[1], KEYS[2]}, math.floor(now))
+local rt, tt = total(KEYS[1]), total(KEYS[2])
 local day_f, _, month_f = periods(now)
 local used = redis.call('HMGET', KEYS[3], day_f, month_f)
 local open = redis.call('ZCOUNT', KEYS[4], '(' .. string.format('%.3f', now * 1000), '+inf')

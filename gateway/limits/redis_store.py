@@ -12,9 +12,14 @@ with skewed clocks agree on buckets, periods and lease expiry. The semantics are
 Key layout, all of one API key in one Redis Cluster slot thanks to the `{key id}` hash tag
 (`gw` is the configurable prefix):
 
-- `gw:{team-a}:rpm`    HASH unix second -> requests admitted in it; fields older than the
-  60 s window are deleted by the script, the key expires 61 s after its last write.
-- `gw:{team-a}:tpm`    HASH unix second -> tokens reserved (then settled) in it; same.
+- `gw:{team-a}:rpm`    HASH unix second -> requests admitted in it, and `sum` -> their
+  total over the 60 s window; buckets are deleted (and taken off `sum`) as they leave it,
+  the key expires 61 s after the first admission of its newest second.
+- `gw:{team-a}:tpm`    HASH unix second -> tokens reserved (then settled) in it, and `sum`;
+  same.
+- `gw:{team-a}:seconds` ZSET the seconds that have rpm / tpm buckets (both windows get
+  theirs together), so moving the window on reads only the buckets that left it; same
+  expiry.
 - `gw:{team-a}:quota`  HASH `day:2025-01-31` / `month:2025-01` -> tokens in that UTC
   period; the current and the previous period are kept (late settles land in the period
   of their admission), older fields are deleted; the key expires a day after the month.
@@ -86,10 +91,11 @@ class _Skipped(Exception):
     """Redis is not tried: the back-off after a failure is still running."""
 
 
-def key_names(prefix: str, key_id: str) -> tuple[str, str, str, str]:
-    """The rpm, tpm, quota and leases keys of one API key, all in one Cluster slot."""
+def key_names(prefix: str, key_id: str) -> tuple[str, str, str, str, str]:
+    """The rpm, tpm, quota, leases and seconds keys of one API key, all in one Cluster
+    slot."""
     base = f"{prefix}:{{{key_id}}}:"
-    return base + "rpm", base + "tpm", base + "quota", base + "leases"
+    return base + "rpm", base + "tpm", base + "quota", base + "leases", base + "seconds"
 
 
 def _limit(value: int | None) -> int:
@@ -230,7 +236,7 @@ class RedisLimiter:
             held.discard(lease)
             if not held:
                 del self._leases[reservation.key_id]
-        _, tpm_key, quota_key, leases_key = key_names(self._prefix, reservation.key_id)
+        _, tpm_key, quota_key, leases_key, _ = key_names(self._prefix, reservation.key_id)
         try:
             await self._call(
                 self._settle_script,

@@ -149,12 +149,15 @@ def test_every_key_of_an_api_key_is_hash_tagged_into_one_slot(redis_url: str) ->
                 assert len({key_slot(n.encode()) for n in names}) == 1
                 quota = probe.hgetall("gw:{team-a}:quota")
                 assert quota == {"day:2024-02-29": "7", "month:2024-02": "7"}
-                assert probe.hgetall("gw:{team-a}:rpm") == {str(int(clock.now)): "1"}
-                assert probe.hgetall("gw:{team-a}:tpm") == {str(int(clock.now)): "7"}
+                second = str(int(clock.now))
+                assert probe.hgetall("gw:{team-a}:rpm") == {second: "1", "sum": "1"}
+                assert probe.hgetall("gw:{team-a}:tpm") == {second: "7", "sum": "7"}
+                assert probe.zrange("gw:{team-a}:seconds", 0, -1) == [second]
                 (lease,) = probe.zrange("gw:{team-a}:leases", 0, -1)
                 assert lease.endswith(":req-1") and f":{os.getpid()}:" in lease
                 # Expiries: window 61 s, quota a day beyond the month, lease ttl + 1 s.
-                assert 60 <= probe.ttl("gw:{team-a}:rpm") <= 61
+                for window in ("rpm", "tpm", "seconds"):
+                    assert 60 <= probe.ttl(f"gw:{{team-a}}:{window}") <= 61
                 month_left = utc(2024, 3, 2) - clock.now
                 assert abs(probe.ttl("gw:{team-a}:quota") - month_left) <= 2
                 assert 15_000 <= probe.pttl("gw:{team-a}:leases") <= 16_000
@@ -166,6 +169,7 @@ def test_every_key_of_an_api_key_is_hash_tagged_into_one_slot(redis_url: str) ->
                     "day:2024-02-29": "3",
                     "month:2024-02": "3",
                 }
+                assert probe.hgetall("gw:{team-a}:tpm") == {second: "3", "sum": "3"}
 
     run_with(scenario())
 
