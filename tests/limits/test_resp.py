@@ -9,25 +9,35 @@ import asyncio
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.limits import resp
 from gateway.limits.resp import Address, RespClient, Script, pack, parse
-from tests.limits.limits_support import run_with
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
+Run = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """Each test on both event loops: the server runs uvloop, whose transports differ."""
+    runner: Run = asyncio.run if request.param == "asyncio" else uvloop.run
+    return runner
+
 
 def test_concurrent_calls_get_their_own_replies_in_one_write(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    run: Run, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[int] = []
     flush = resp._Connection._flush
@@ -54,10 +64,11 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
         finally:
             await client.aclose()
 
-    run_with(scenario())
+    run(scenario())
 
 
 def test_reply_types_and_a_command_error_that_leaves_the_connection_usable(
+    run: Run,
     redis_url: str,
 ) -> None:
     async def scenario() -> None:
@@ -74,10 +85,10 @@ def test_reply_types_and_a_command_error_that_leaves_the_connection_usable(
         finally:
             await client.aclose()
 
-    run_with(scenario())
+    run(scenario())
 
 
-def test_partial_replies_are_reassembled_byte_by_byte() -> None:
+def test_partial_replies_are_reassembled_byte_by_byte(run: Run) -> None:
     wire = b"*3\r\n:42\r\n$5\r\nhe\r\no\r\n*2\r\n$-1\r\n+OK\r\n-ERR bad\r\n"
     for cut in range(len(wire) - len(b"-ERR bad\r\n")):
         with pytest.raises(resp._Incomplete):
@@ -97,10 +108,10 @@ def test_partial_replies_are_reassembled_byte_by_byte() -> None:
         with pytest.raises(ResponseError, match="ERR bad"):
             second.result()
 
-    run_with(scenario())
+    run(scenario())
 
 
-def test_a_cancelled_caller_does_not_shift_the_others_replies(redis_url: str) -> None:
+def test_a_cancelled_caller_does_not_shift_the_others_replies(run: Run, redis_url: str) -> None:
     async def scenario() -> None:
         client = RespClient(redis_url)
         try:
@@ -114,10 +125,10 @@ def test_a_cancelled_caller_does_not_shift_the_others_replies(redis_url: str) ->
         finally:
             await client.aclose()
 
-    run_with(scenario())
+    run(scenario())
 
 
-def test_scripts_survive_a_script_flush(redis_url: str) -> None:
+def test_scripts_survive_a_script_flush(run: Run, redis_url: str) -> None:
     async def scenario() -> None:
         client = RespClient(redis_url)
         script = Script(client, "return {KEYS[1], ARGV[1] + 1}")
@@ -130,7 +141,7 @@ def test_scripts_survive_a_script_flush(redis_url: str) -> None:
         finally:
             await client.aclose()
 
-    run_with(scenario())
+    run(scenario())
 
 
 @pytest.fixture
@@ -142,7 +153,7 @@ def silent_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def test_an_unanswered_call_times_out_with_every_call_in_flight(silent_port: int) -> None:
+def test_an_unanswered_call_times_out_with_every_call_in_flight(run: Run, silent_port: int) -> None:
     async def scenario() -> None:
         client = RespClient(f"redis://127.0.0.1:{silent_port}", timeout=0.3)
         started = time.monotonic()
@@ -153,10 +164,10 @@ def test_an_unanswered_call_times_out_with_every_call_in_flight(silent_port: int
         assert all(isinstance(r, RedisTimeoutError) for r in results), results
         assert 0.25 <= elapsed < 0.8
 
-    run_with(scenario())
+    run(scenario())
 
 
-def test_a_lost_connection_fails_its_calls_at_once_and_the_next_call_reconnects() -> None:
+def test_a_lost_connection_fails_its_calls_at_once_and_the_next_call_reconnects(run: Run) -> None:
     async def scenario(server: RedisServer) -> None:
         client = RespClient(server.url, timeout=5)
         try:
@@ -177,10 +188,10 @@ def test_a_lost_connection_fails_its_calls_at_once_and_the_next_call_reconnects(
             await client.aclose()
 
     with RedisServer() as server:
-        run_with(scenario(server))
+        run(scenario(server))
 
 
-def test_password_database_and_unix_socket_from_the_url() -> None:
+def test_password_database_and_unix_socket_from_the_url(run: Run) -> None:
     directory = tempfile.mkdtemp(prefix="gw-resp-")
     sock = str(Path(directory) / "redis.sock")
 
@@ -204,7 +215,7 @@ def test_password_database_and_unix_socket_from_the_url() -> None:
     with RedisServer(requirepass="s3cret", unixsocket=sock, unixsocketperm="700") as server:
         url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
         with redis.Redis(unix_socket_path=sock, password="s3cret", db=5) as probe:
-            run_with(scenario(url, probe))
+            run(scenario(url, probe))
 
 
 def test_addresses() -> None:
