@@ -1,7 +1,7 @@
 """`create_app(config)`: the ASGI application. Importing this module builds nothing.
 
 The relayed routes are plain ASGI endpoints (no middleware on the token path); the small
-routes use Starlette's Request/Response. Shared resources (HTTP client, providers, limiter,
+routes use Starlette's Request/Response. Shared resources (HTTP transport, providers, limiter,
 request log) are built in the lifespan and closed on exit, in reverse order.
 """
 
@@ -29,7 +29,7 @@ from gateway.limits import build_limiter
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
 from gateway.providers import build_provider
-from gateway.providers.transport import build_http_client
+from gateway.providers.transport import build_transport
 from gateway.state import GatewayState
 
 log = structlog.get_logger("gateway")
@@ -50,11 +50,11 @@ def create_app(config: GatewayConfig) -> ASGIApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(state.metrics.close)  # last: after the request log has drained
-            http = build_http_client(config)
-            stack.push_async_callback(http.aclose)
-            state.http = http
+            transport = build_transport(config)
+            stack.push_async_callback(transport.aclose)
+            state.transport = transport
             for p in config.providers:
-                provider = build_provider(p, http, config)
+                provider = build_provider(p, transport, config)
                 stack.push_async_callback(provider.aclose)
                 state.providers[p.name] = provider
             limiter = build_limiter(config, state.metrics.limiter_backend_error)

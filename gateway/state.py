@@ -48,7 +48,8 @@ class GatewayState:
     providers: dict[str, Provider] = field(default_factory=dict)
     limiter: Limiter | None = None
     request_log: RequestLog | None = None
-    http: httpx.AsyncClient | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    """The upstream HTTP transport all providers share."""
     watches: set[StreamWatch] = field(default_factory=set)
     """Every open request's watch: shutdown ends them, tests check none is left."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)

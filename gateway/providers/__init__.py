@@ -9,17 +9,17 @@ from gateway.providers.base import Provider
 
 
 def build_provider(
-    config: ProviderConfig, client: httpx.AsyncClient, gateway: GatewayConfig
+    config: ProviderConfig, transport: httpx.AsyncBaseTransport, gateway: GatewayConfig
 ) -> Provider:
     keep_text = gateway.log_bodies
     if config.type == "openai":
         from gateway.providers.openai import OpenAIProvider
 
-        return OpenAIProvider(config, client, gateway.timeouts, keep_text=keep_text)
+        return OpenAIProvider(config, transport, gateway.timeouts, keep_text=keep_text)
     if config.type == "anthropic":
         from gateway.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider(config, client, gateway.timeouts, keep_text=keep_text)
+        return AnthropicProvider(config, transport, gateway.timeouts, keep_text=keep_text)
     from gateway.providers.mock import MockProvider
 
     return MockProvider(config, gateway.timeouts)

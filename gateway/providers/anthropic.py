@@ -41,6 +41,7 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
+from gateway.providers.transport import UPSTREAM_HEADERS
 from gateway.relay.sse import SSEEvent
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -257,36 +258,38 @@ class AnthropicProvider:
     def __init__(
         self,
         config: ProviderConfig,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         timeouts: Timeouts,
         *,
         keep_text: bool = False,
         max_event_bytes: int = 1024 * 1024,
     ) -> None:
         self.config = config
-        self._client = client
+        self._transport = transport
         self._keep_text = keep_text
         self._max_event_bytes = max_event_bytes
         # Configured headers come after the version, so a config can pin another one.
         headers = {
+            **UPSTREAM_HEADERS,
             "content-type": "application/json",
             "anthropic-version": ANTHROPIC_VERSION,
             **config.headers,
         }
         if config.api_key:
             headers["x-api-key"] = config.api_key
-        self._headers = headers
-        self._stream_headers = {
-            **headers,
-            "accept": "text/event-stream",
-            "accept-encoding": "identity",
-        }
+        # Headers encoded once, the URL parsed on first use (as the OpenAI provider does).
+        self._headers = httpx.Headers(headers)
+        self._stream_headers = httpx.Headers(
+            {**headers, "accept": "text/event-stream", "accept-encoding": "identity"}
+        )
         # A base_url written with or without Anthropic's /v1 both work.
         base = config.base_url.rstrip("/")
-        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        self._url_text = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        self._url: httpx.URL | None = None
         # Streams are timed by the relay (first token, idle, total); a plain call by httpx.
-        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None)
-        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token)
+        # The transports read a request's timeouts as this dict; made once, not per request.
+        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
+        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
 
     def _request(self, call: UpstreamCall, *, stream: bool) -> httpx.Request:
         if call.route != "chat.completions":
@@ -306,18 +309,21 @@ class AnthropicProvider:
             raise InvalidRequest(
                 "a tool call's `arguments` nest too deeply to forward", status=400
             ) from None
-        return self._client.build_request(
+        url = self._url
+        if url is None:
+            url = self._url = httpx.URL(self._url_text)
+        return httpx.Request(
             "POST",
-            self._url,
+            url,
             content=content,
             headers=self._stream_headers if stream else self._headers,
-            timeout=self._stream_timeout if stream else self._call_timeout,
+            extensions={"timeout": self._stream_timeout if stream else self._call_timeout},
         )
 
     async def open_stream(self, call: UpstreamCall) -> AnthropicStream:
         request = self._request(call, stream=True)
         response = await open_event_stream(
-            self._client, request, self.config.name, openai_error_body
+            self._transport, request, self.config.name, openai_error_body
         )
         return AnthropicStream(
             response,
@@ -330,9 +336,9 @@ class AnthropicProvider:
 
     async def complete(self, call: UpstreamCall) -> Completion:
         request = self._request(call, stream=False)
-        _, data = await fetch_json(self._client, request, self.config.name, openai_error_body)
+        _, data = await fetch_json(self._transport, request, self.config.name, openai_error_body)
         body, usage = chat_completion(data)
         return Completion(body=orjson.dumps(body), usage=usage)
 
     async def aclose(self) -> None:
-        """The shared HTTP client belongs to the app; nothing of its own to close."""
+        """The shared transport belongs to the app; nothing of its own to close."""

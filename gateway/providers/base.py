@@ -119,8 +119,10 @@ def upstream_errors(provider: str) -> Iterator[None]:
 def _translate(provider: str, exc: Exception) -> UpstreamError:
     # The aiohttp transport (httpx_aiohttp) maps some aiohttp errors to the wrong httpx class
     # (an upstream that hangs up becomes ConnectTimeout) and lets others through unmapped (a
-    # malformed response, a lying chunked encoding): judge by the original error.
-    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    # malformed response, a lying chunked encoding): judge by the original error. Body reads
+    # raise aiohttp's errors as they are (`_FailFastBody`); those are judged as they come.
+    mapped = isinstance(exc, httpx.HTTPError) and isinstance(exc.__cause__, aiohttp.ClientError)
+    cause = exc.__cause__ if mapped else exc
     name = type(cause).__name__
     if isinstance(cause, httpx.TimeoutException | aiohttp.ServerTimeoutError):
         connect = isinstance(cause, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError)

@@ -23,6 +23,7 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
+from gateway.providers.transport import UPSTREAM_HEADERS
 from gateway.relay.sse import SSEEvent
 
 _PATHS = {
@@ -109,17 +110,17 @@ class OpenAIProvider:
     def __init__(
         self,
         config: ProviderConfig,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         timeouts: Timeouts,
         *,
         keep_text: bool = False,
         max_event_bytes: int = 1024 * 1024,
     ) -> None:
         self.config = config
-        self._client = client
+        self._transport = transport
         self._keep_text = keep_text
         self._max_event_bytes = max_event_bytes
-        headers = {"content-type": "application/json", **config.headers}
+        headers = {**UPSTREAM_HEADERS, "content-type": "application/json", **config.headers}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
         # URLs and headers are parsed once (URLs on first use, so a bad base_url fails the
@@ -131,8 +132,9 @@ class OpenAIProvider:
             {**headers, "accept": "text/event-stream", "accept-encoding": "identity"}
         )
         # Streams are timed by the relay (first token, idle, total); a plain call by httpx.
-        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None)
-        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token)
+        # The transports read a request's timeouts as this dict; made once, not per request.
+        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
+        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
 
     def _request(self, call: UpstreamCall) -> httpx.Request:
         body = dict(call.body)
@@ -146,16 +148,16 @@ class OpenAIProvider:
         url = self._urls.get(call.route)
         if url is None:
             url = self._urls[call.route] = httpx.URL(self.config.base_url + _PATHS[call.route])
-        return self._client.build_request(
+        return httpx.Request(
             "POST",
             url,
             content=orjson.dumps(body),
             headers=self._stream_headers if call.stream else self._headers,
-            timeout=self._stream_timeout if call.stream else self._call_timeout,
+            extensions={"timeout": self._stream_timeout if call.stream else self._call_timeout},
         )
 
     async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
-        response = await open_event_stream(self._client, self._request(call), self.config.name)
+        response = await open_event_stream(self._transport, self._request(call), self.config.name)
         return OpenAIStream(
             response,
             self.config.name,
@@ -165,8 +167,8 @@ class OpenAIProvider:
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        body, data = await fetch_json(self._client, self._request(call), self.config.name)
+        body, data = await fetch_json(self._transport, self._request(call), self.config.name)
         return Completion(body=body, usage=_usage(data.get("usage")))
 
     async def aclose(self) -> None:
-        """The shared HTTP client belongs to the app; nothing of its own to close."""
+        """The shared transport belongs to the app; nothing of its own to close."""

@@ -119,7 +119,7 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes | None:
 
 
 async def open_event_stream(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     request: httpx.Request,
     provider: str,
     error_body: Callable[[bytes], bytes] = _same,
@@ -127,7 +127,7 @@ async def open_event_stream(
     """Send a streaming request; the response once it is a 200 SSE stream, else the
     gateway error (`error_body` turns the provider's error body into OpenAI's shape)."""
     with upstream_errors(provider):
-        response = await client.send(request, stream=True)
+        response = await transport.handle_async_request(request)
     try:
         if response.status_code != 200:
             with upstream_errors(provider):
@@ -145,14 +145,14 @@ async def open_event_stream(
 
 
 async def fetch_json(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     request: httpx.Request,
     provider: str,
     error_body: Callable[[bytes], bytes] = _same,
 ) -> tuple[bytes, dict[str, Any]]:
     """Send a plain request; the body and the object of a 200 JSON answer, else the error."""
     with upstream_errors(provider):
-        response = await client.send(request, stream=True)
+        response = await transport.handle_async_request(request)
         try:
             ok = response.status_code == 200
             body = await read_limited(response, ANSWER_LIMIT if ok else _ERROR_BODY_LIMIT)

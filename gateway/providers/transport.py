@@ -1,4 +1,12 @@
-"""The one HTTP client every provider shares: httpx's API over aiohttp's connections.
+"""The one HTTP transport every provider shares: httpx's types over aiohttp's connections.
+
+Providers build their `httpx.Request`s and hand them straight to the transport (httpx's
+public `AsyncBaseTransport` API), without an `httpx.AsyncClient` in between. A gateway that
+only passes requests through needs none of what the client does per request (merging
+default headers, cookies and params, extracting cookies, auth and redirect wrappers, a
+bound stream), and must keep no state between requests: a shared cookie jar would store an
+upstream's `Set-Cookie` (OpenAI's Cloudflare sets `__cf_bm`) and send it on every tenant's
+later requests. aiohttp's session has a jar of its own; it gets a dummy one.
 
 httpx's own pool re-checks every open connection on each request (encode/httpx#3215): at
 500 concurrent streams it spent most of the gateway's CPU and timed streams out, where the
@@ -22,37 +30,53 @@ from httpx_aiohttp.transport import AiohttpResponseStream
 
 from gateway.config import GatewayConfig
 
+UPSTREAM_HEADERS = {
+    "accept": "*/*",
+    "accept-encoding": "gzip, deflate",
+    "connection": "keep-alive",
+    "user-agent": f"python-httpx/{httpx.__version__}",
+}
+"""httpx.AsyncClient's default headers, set by the providers themselves: left out, each
+transport adds its own or none (aiohttp offers br and zstd when their libraries are
+installed, which httpx may not decode)."""
 
-def build_http_client(config: GatewayConfig) -> httpx.AsyncClient:
-    """One pooled client for every provider. Timeouts are set per request by providers."""
+
+def build_transport(config: GatewayConfig) -> httpx.AsyncBaseTransport:
+    """One pooled transport for every provider; the app closes it. It has no default
+    timeouts: providers set them on each request (`extensions={"timeout": ...}`)."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
-    transport: httpx.AsyncBaseTransport
     if config.upstream_transport == "httpx":
-        transport = httpx.AsyncHTTPTransport(limits=limits)
-    else:
+        return _HTTPXTransport(limits=limits)
 
-        def session() -> aiohttp.ClientSession:
-            # Built on first use, inside the running loop. limit=0: no cap on open upstream
-            # connections, as `max_connections=None` says; aiohttp's default cap of 100 would
-            # queue the 101st concurrent stream until another one ends.
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=limits.keepalive_expiry)
-            return aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    def session() -> aiohttp.ClientSession:
+        # Built on first use, inside the running loop. limit=0: no cap on open upstream
+        # connections, as `max_connections=None` says; aiohttp's default cap of 100 would
+        # queue the 101st concurrent stream until another one ends. The dummy jar: the
+        # default one keeps an upstream's cookies (for host names, not IP addresses).
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=limits.keepalive_expiry)
+        return aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
 
-        transport = _FailFastTransport(client=session)
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(config.timeouts.connect, read=config.timeouts.first_token),
-        limits=limits,
-        transport=transport,
-        follow_redirects=False,
-        trust_env=False,
-    )
+    return _FailFastTransport(client=session)
+
+
+class _HTTPXTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport, its responses knowing their request as the aiohttp one's do."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        response.request = request
+        return response
 
 
 class _FailFastBody(httpx.AsyncByteStream):
     """aiohttp's response body, failing instead of hanging when the connection dies mid-body.
 
-    The connection's loss fails the reader with ClientPayloadError (httpx_aiohttp maps it to
-    httpx.ReadError). One callback per response; reads go straight to aiohttp's iterator.
+    The connection's loss fails the reader with ClientPayloadError. One callback per
+    response; reads are aiohttp's own `iter_any` (what has arrived, one await per read), not
+    httpx_aiohttp's async generator re-chunking into 16 KiB. Its errors are aiohttp's, which
+    the providers map with `upstream_errors` as they do httpx's.
     """
 
     def __init__(self, inner: AiohttpResponseStream) -> None:
@@ -78,7 +102,7 @@ class _FailFastBody(httpx.AsyncByteStream):
             )
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._inner.__aiter__()
+        return self._content.iter_any()
 
     async def aclose(self) -> None:
         if self._lost is not None:

@@ -173,9 +173,9 @@ def make_call(
     )
 
 
-def provider_for(client: httpx.AsyncClient, **kwargs: Any) -> AnthropicProvider:
+def provider_for(transport: httpx.AsyncBaseTransport, **kwargs: Any) -> AnthropicProvider:
     config = ProviderConfig(name="anthropic", type="anthropic", base_url=BASE_URL, api_key=SECRET)
-    return AnthropicProvider(config, client, Timeouts(), **kwargs)
+    return AnthropicProvider(config, transport, Timeouts(), **kwargs)
 
 
 async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
@@ -236,8 +236,8 @@ def relay(
                 route.mock(side_effect=upstream)
             else:
                 route.mock(return_value=upstream)
-            async with httpx.AsyncClient() as client:
-                provider = provider_for(client, **provider_kwargs)
+            async with httpx.AsyncHTTPTransport() as transport:
+                provider = provider_for(transport, **provider_kwargs)
                 try:
                     stream = await provider.open_stream(call or make_call())
                 except GatewayError as exc:
@@ -722,9 +722,9 @@ def complete(
                 route.mock(side_effect=upstream)
             else:
                 route.mock(return_value=upstream)
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncHTTPTransport() as transport:
                 try:
-                    result: Completion | GatewayError = await provider_for(client).complete(
+                    result: Completion | GatewayError = await provider_for(transport).complete(
                         make_call(stream=False)
                     )
                 except GatewayError as exc:
