@@ -167,14 +167,19 @@ def transport_comparison(results: Sequence[Result], transports: Sequence[str]) -
     return "== gateway variants side by side\n" + _table(headers, rows) + "\n"
 
 
-def sanity(targets: Sequence[Target], redis_port: int, redis_command: Callable[..., bytes]) -> str:
-    """Proof that limits, metrics and logging were on: request log lines, Redis keys,
-    the metrics' request count."""
+def sanity(
+    targets: Sequence[Target], redis_port: int, redis_command: Callable[..., bytes]
+) -> tuple[str, bool]:
+    """Proof that limits, metrics and logging were on: request log lines, Redis keys, the
+    metrics' request count, and no limiter backend errors (a gateway that cannot reach
+    Redis admits in degraded mode, which would measure a gateway without limits). The
+    text, and False when limits were not really on."""
     import urllib.request
 
     lines = ["== everything on, as configured"]
     keys = redis_command(redis_port, "KEYS", "*bench*").count(b"{bench}")
     lines.append(f"  redis: {keys} limit keys of the bench key")
+    ok = keys > 0
     for t in targets:
         if t.service is None or not t.name.startswith(("gateway-", "candidate-")):
             continue
@@ -185,15 +190,25 @@ def sanity(targets: Sequence[Target], redis_port: int, redis_command: Callable[.
             count = 0
         with urllib.request.urlopen(t.url + "/metrics", timeout=5) as response:
             text = response.read().decode()
-        requests = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("gateway_requests_total{")
-        )
+        requests = _metric_total(text, "gateway_requests_total")
+        backend_errors = _metric_total(text, "gateway_limiter_backend_errors_total")
+        ok = ok and backend_errors == 0
         lines.append(
-            f"  {t.name}: request log {count} lines, gateway_requests_total {requests:.0f}"
+            f"  {t.name}: request log {count} lines, gateway_requests_total {requests:.0f}, "
+            f"limiter backend errors {backend_errors:.0f}"
         )
-    return "\n".join(lines) + "\n"
+    if not ok:
+        lines.append("  LIMITS WERE NOT ON: the run measured a gateway admitting without Redis")
+    return "\n".join(lines) + "\n", ok
+
+
+def _metric_total(exposition: str, name: str) -> float:
+    """The sum of a metric's samples over all its labels, from Prometheus text."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
 
 
 def profile_summary(raw: Path, top: int = 25) -> str:
