@@ -56,6 +56,7 @@ def scenario_table(name: str, what: str, rows: Sequence[Result]) -> str:
         "client CPU",
         "upstream CPU",
         "others CPU",
+        "steal",
     ]
     body = []
     for r in rows:
@@ -76,12 +77,14 @@ def scenario_table(name: str, what: str, rows: Sequence[Result]) -> str:
                 f"{100 * c['client_cpu_s'] / wall:.0f}%",
                 f"{100 * r.upstream_cpu_s / wall:.0f}%",
                 f"{100 * r.others_cpu_s / wall:.0f}%",
+                f"{100 * r.steal_s / wall:.0f}%",
             ]
         )
     out = [
         f"== {name}: {what}",
         "(times in ms; gap = between successive content chunks; "
-        "CPU = relay process user+sys; CPU % of one core; others = the rest of the machine)",
+        "CPU = relay process user+sys; CPU % of one core; others = the rest of the machine; "
+        "steal = CPU the hypervisor gave other guests, high means noisy numbers)",
         _table(headers, body),
     ]
     for r in rows:

@@ -118,6 +118,9 @@ class Result:
     peak_rss: int | None
     others_cpu_s: float
     """CPU time the rest of the machine used in the window (other processes' noise)."""
+    steal_s: float = 0.0
+    """CPU time the hypervisor gave to other guests in the window (a virtual machine's
+    noise: the processes here ran slower by about that much)."""
 
     @property
     def events(self) -> int:
@@ -177,6 +180,7 @@ def run_client(
             upstream_cpu = upstream.cpu_seconds()
             ours = sum(s.cpu_seconds() for s in services)
             machine = _busy_seconds()
+            steal = _steal_seconds()
             spy = _start_profiler(relay, profile) if profile else None
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
@@ -192,6 +196,7 @@ def run_client(
             upstream_cpu = upstream.cpu_seconds() - upstream_cpu
             ours = sum(s.cpu_seconds() for s in services) - ours
             machine = _busy_seconds() - machine
+            steal = _steal_seconds() - steal
         proc.wait(10)
     finally:
         watchdog.cancel()
@@ -207,6 +212,7 @@ def run_client(
         upstream_cpu_s=upstream_cpu,
         peak_rss=rss.peak if relay else None,
         others_cpu_s=max(0.0, machine - ours - client["client_cpu_s"]),
+        steal_s=steal,
     )
 
 
@@ -233,6 +239,7 @@ def combine(runs: list[Result]) -> Result:
         upstream_cpu_s=sum(r.upstream_cpu_s for r in runs),
         peak_rss=None if None in rss else max(r or 0 for r in rss),
         others_cpu_s=sum(r.others_cpu_s for r in runs),
+        steal_s=sum(r.steal_s for r in runs),
     )
 
 
@@ -240,6 +247,11 @@ def _busy_seconds() -> float:
     """CPU time the whole machine spent not idle, over all cores."""
     times = psutil.cpu_times()
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _steal_seconds() -> float:
+    """CPU time stolen by the hypervisor so far, over all cores (0 outside a VM)."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
 def _start_profiler(relay: Service | None, out: Path) -> subprocess.Popen[bytes]:
