@@ -6,9 +6,10 @@ wrapper, per-command timeout, encoder) where the Lua script itself runs in under
 and under a burst of 500 new requests its pool opens dozens of connections. The limiter
 needs only a few commands, so it speaks RESP itself:
 
-- One connection, opened on first use (and again after it is lost). Calls made in the
-  same event-loop turn leave in one write and Redis answers them in order: a burst of
-  admissions is one pipeline, without any caller waiting for a batch to fill.
+- One connection, opened on first use (and again after it is lost). A call on an idle
+  connection is written at once; calls made while others are in flight leave together at
+  the end of the event-loop turn, in one write, and Redis answers them in order: a burst
+  of admissions is one pipeline, without any caller waiting for a batch to fill.
 - A call unanswered after `timeout` seconds fails its connection, and with it every call
   in flight on it (their replies could no longer be matched); one timer per connection,
   not one per call. A lost connection fails the calls in flight at once.
@@ -194,9 +195,13 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             raise self._why or RedisConnectionError("connection to Redis closed")
         future = self._loop.create_future()
-        if not self._out:
-            self._loop.call_soon(self._flush)
-        self._out.append(command)
+        if not self._waiting and self._transport is not None:
+            # Idle: nothing to batch with, so no reason to wait for the end of the turn.
+            self._transport.write(command)
+        else:
+            if not self._out:
+                self._loop.call_soon(self._flush)
+            self._out.append(command)
         self._waiting.append((future, self._loop.time() + self._timeout))
         if self._timer is None:
             self._timer = self._loop.call_at(self._loop.time() + self._timeout, self._check)
