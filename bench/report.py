@@ -171,18 +171,22 @@ def transport_comparison(results: Sequence[Result], transports: Sequence[str]) -
 
 
 def sanity(
-    targets: Sequence[Target], redis_port: int, redis_command: Callable[..., bytes]
+    targets: Sequence[Target],
+    redis_port: int,
+    redis_command: Callable[..., bytes],
+    judged: str,
 ) -> tuple[str, bool]:
     """Proof that limits, metrics and logging were on: request log lines, Redis keys, the
     metrics' request count, and no limiter backend errors (a gateway that cannot reach
     Redis admits in degraded mode, which would measure a gateway without limits). The
-    text, and False when limits were not really on."""
+    text, and False when limits were not really on for the `judged` gateway (a compared
+    variant's errors are a finding, printed: a starved event loop times its calls out)."""
     import urllib.request
 
     lines = ["== everything on, as configured"]
     keys = redis_command(redis_port, "KEYS", "*bench*").count(b"{bench}")
     lines.append(f"  redis: {keys} limit keys of the bench key")
-    ok = keys > 0
+    ok = keys > 0 or all(t.name != judged for t in targets)
     for t in targets:
         if t.service is None or not t.name.startswith(("gateway-", "candidate-")):
             continue
@@ -195,13 +199,14 @@ def sanity(
             text = response.read().decode()
         requests = _metric_total(text, "gateway_requests_total")
         backend_errors = _metric_total(text, "gateway_limiter_backend_errors_total")
-        ok = ok and backend_errors == 0
+        if t.name == judged:
+            ok = ok and backend_errors == 0
         lines.append(
             f"  {t.name}: request log {count} lines, gateway_requests_total {requests:.0f}, "
             f"limiter backend errors {backend_errors:.0f}"
         )
     if not ok:
-        lines.append("  LIMITS WERE NOT ON: the run measured a gateway admitting without Redis")
+        lines.append(f"  LIMITS WERE NOT ON: {judged} was measured admitting without Redis")
     return "\n".join(lines) + "\n", ok
 
 

@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             raw = tmp / f"profile-{judged}-{scenario.name}.txt"
             if raw.exists():
                 print(report.profile_summary(raw), flush=True)
-        checked, limits_on = report.sanity(targets, redis.port, redis_command)
+        checked, limits_on = report.sanity(targets, redis.port, redis_command, judged)
         print(checked, flush=True)
         print(report.verdicts(results, args.transport), flush=True)
         print(report.transport_comparison(results, args.transport), flush=True)
