@@ -40,6 +40,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = bytes | str | int | float
 
+_GRACE_S = 0.001
+"""How long after its deadline an unanswered call is judged again (past one I/O poll)."""
+
 
 def pack(args: Sequence[Arg]) -> bytes:
     """One command as a RESP array of bulk strings."""
@@ -212,17 +215,21 @@ class _Connection(asyncio.Protocol):
         if out and self._transport is not None and not self.closed:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
 
-    def _check(self) -> None:
+    def _check(self, suspect: asyncio.Future[Any] | None = None) -> None:
         self._timer = None
         # The oldest call decides, answered-but-cancelled callers included: their replies
         # are still due before the others'.
         if not self._waiting or self.closed:
             return
-        deadline = self._waiting[0][1]
-        if self._loop.time() >= deadline:
+        oldest, deadline = self._waiting[0]
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._check)
+        elif oldest is suspect:
             self.fail(RedisTimeoutError(f"Redis did not answer within {self._timeout:g} s"))
-            return
-        self._timer = self._loop.call_at(deadline, self._check)
+        else:
+            # Overdue, but an event loop too busy to read its sockets may have the reply
+            # waiting unread: judge again after one more round of I/O.
+            self._timer = self._loop.call_later(_GRACE_S, self._check, oldest)
 
     def fail(self, why: Exception) -> None:
         """Close the connection; every call in flight fails with `why`."""

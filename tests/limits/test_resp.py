@@ -172,6 +172,40 @@ def test_an_unanswered_call_times_out_with_every_call_in_flight(run: Run, silent
     run(scenario())
 
 
+class _Wire:
+    """A transport that keeps what is written (for _Connection alone, no server)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_an_overdue_call_gets_one_more_round_of_io_before_it_fails(run: Run) -> None:
+    async def scenario() -> None:
+        conn = resp._Connection(asyncio.get_running_loop(), timeout=0.05)
+        wire = _Wire()
+        conn.connection_made(wire)  # type: ignore[arg-type]
+        answered = conn.call(pack(["PING"]))
+        time.sleep(0.06)  # noqa: ASYNC251 (a busy loop: the deadline passes, the reply waits)
+        conn._check()  # the timer's turn comes first (uvloop runs timers before I/O)
+        assert not answered.done() and not wire.aborted
+        conn.data_received(b"+PONG\r\n")  # the next round of I/O reads it
+        assert answered.result() == "PONG"
+
+        unanswered = conn.call(pack(["PING"]))
+        with pytest.raises(RedisTimeoutError):
+            await unanswered  # past its deadline and the grace after it
+        assert wire.aborted
+
+    run(scenario())
+
+
 def test_a_lost_connection_fails_its_calls_at_once_and_the_next_call_reconnects(run: Run) -> None:
     async def scenario(server: RedisServer) -> None:
         client = RespClient(server.url, timeout=5)
