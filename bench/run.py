@@ -258,7 +258,7 @@ def _start_profiler(relay: Service | None, out: Path) -> subprocess.Popen[bytes]
     """py-spy sampling the relay (without pausing it) until stopped with SIGINT."""
     assert relay is not None and relay.ps is not None
     spy = Path(sys.executable).parent / "py-spy"
-    cmd = [str(spy), "record", "--nonblocking", "--format", "raw", "--rate", "250"]
+    cmd = [str(spy), "record", "--nonblocking", "--format", "raw", "--rate", "1000"]
     cmd += ["--pid", str(relay.ps.pid), "--output", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # py-spy attaches before the measured streams start
