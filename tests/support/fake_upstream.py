@@ -576,9 +576,15 @@ class FakeUpstream:
     @staticmethod
     async def _wait_gone(seen: Seen, reader: asyncio.StreamReader, wait_s: float) -> None:
         """Hold the connection open, silent, until the client closes it or `wait_s` passed."""
-        with contextlib.suppress(TimeoutError, ConnectionError):
+        try:
             if await asyncio.wait_for(reader.read(1), wait_s) == b"":
                 seen.disconnected = True
+        except ConnectionError:
+            # A reset is a close too: a client that closes with our bytes still unread in
+            # its buffer makes the kernel send RST instead of FIN.
+            seen.disconnected = True
+        except TimeoutError:
+            pass
 
     async def _lie(
         self,
