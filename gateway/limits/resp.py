@@ -14,7 +14,8 @@ needs only a few commands, so it speaks RESP itself:
   in flight on it (their replies could no longer be matched); one timer per connection,
   not one per call. A lost connection fails the calls in flight at once.
 - `Script` runs EVALSHA, and EVAL once when Redis answers NOSCRIPT (after a restart).
-- URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified) and
+- URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified against
+  the system's CAs, or the file named by `?ssl_ca_certs=/path/ca.pem`) and
   `unix:///path/to/socket?db=N`.
 
 Failures raise redis-py's exceptions (`ConnectionError`, `TimeoutError`, `ResponseError`),
@@ -110,6 +111,8 @@ class Address:
     username: str | None = None
     password: str | None = None
     db: int = 0
+    ca_certs: str | None = None
+    """rediss: the CA file to verify the server with, instead of the system's."""
 
     @classmethod
     def from_url(cls, url: str) -> Address:
@@ -130,6 +133,7 @@ class Address:
             port=parts.port or 6379,
             tls=parts.scheme == "rediss",
             db=db,
+            ca_certs=query.get("ssl_ca_certs", [None])[0],
             **_auth(parts),
         )
 
@@ -297,7 +301,9 @@ class RespClient:
                 if address.path is not None:
                     await loop.create_unix_connection(lambda: conn, address.path)
                 else:
-                    context = ssl.create_default_context() if address.tls else None
+                    context = (
+                        ssl.create_default_context(cafile=address.ca_certs) if address.tls else None
+                    )
                     await loop.create_connection(
                         lambda: conn, address.host, address.port, ssl=context
                     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -22,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.limits import resp
 from gateway.limits.resp import Address, RespClient, Script, pack, parse
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -257,12 +259,47 @@ def test_password_database_and_unix_socket_from_the_url(run: Run) -> None:
             run(scenario(url, probe))
 
 
+def test_tls_verified_against_the_given_ca(run: Run, tmp_path: Path) -> None:
+    ca, key = tmp_path / "ca.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(ca)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port = free_port()
+    options = {
+        "tls-port": str(tls_port),
+        "tls-cert-file": str(ca),
+        "tls-key-file": str(key),
+        "tls-ca-cert-file": str(ca),
+        "tls-auth-clients": "no",
+    }
+
+    async def scenario() -> None:
+        client = RespClient(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}")
+        try:
+            assert await client.call("ECHO", "over tls") == b"over tls"
+        finally:
+            await client.aclose()
+        untrusted = RespClient(f"rediss://127.0.0.1:{tls_port}/0")  # the system's CAs
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await untrusted.call("PING")
+        finally:
+            await untrusted.aclose()
+
+    with RedisServer(**options):
+        run(scenario())
+
+
 def test_addresses() -> None:
     assert Address.from_url("redis://h:7000/2") == Address(host="h", port=7000, db=2)
     assert Address.from_url("rediss://u:p%40ss@h") == Address(
         host="h", tls=True, username="u", password="p@ss"
     )
     assert Address.from_url("unix:///run/redis.sock?db=4") == Address(path="/run/redis.sock", db=4)
+    assert Address.from_url("rediss://h?ssl_ca_certs=/etc/ca.pem").ca_certs == "/etc/ca.pem"
     for bad in ("http://h", "redis://h/x"):
         with pytest.raises(ValueError, match="redis_url"):
             Address.from_url(bad)
