@@ -200,7 +200,7 @@ class _Connection(asyncio.Protocol):
 
     def call(self, command: bytes) -> asyncio.Future[Any]:
         if self.closed:
-            raise self._why or RedisConnectionError("connection to Redis closed")
+            raise self._failure()
         future = self._loop.create_future()
         if not self._waiting and self._transport is not None:
             # Idle: nothing to batch with, so no reason to wait for the end of the turn.
@@ -251,7 +251,13 @@ class _Connection(asyncio.Protocol):
         waiting, self._waiting = self._waiting, deque()
         for future, _ in waiting:
             if not future.done():
-                future.set_exception(self._why)
+                future.set_exception(self._failure())
+
+    def _failure(self) -> Exception:
+        """A fresh exception saying why the connection ended: one instance per caller, so
+        no two tasks share (and rewrite) one traceback."""
+        why = self._why or RedisConnectionError("connection to Redis closed")
+        return type(why)(*why.args)
 
 
 class RespClient:
