@@ -2,10 +2,10 @@
 
 Each call is one round trip running one Lua script (over `gateway.limits.resp`: one
 pipelined connection, so concurrent admissions share writes), so check-and-reserve is
-atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the monthly
-quota and, only if all pass, counts the request, reserves the tokens and takes a lease;
-`settle` corrects the reserved tokens in the admission's own tpm bucket and quota periods
-and drops the lease. Time comes from the Redis server (`TIME` inside the script), so hosts
+atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the
+monthly quota and, only if all pass, counts the request, reserves the tokens and takes a
+lease; `settle` corrects the reserved tokens in the admission's own tpm bucket and quota
+periods and drops the lease. Time comes from the Redis server (`TIME` inside the script), so hosts
 with skewed clocks agree on buckets, periods and lease expiry. The semantics are
 `gateway.limits.base`'s, number for number the same as `MemoryLimiter`'s.
 
@@ -110,8 +110,8 @@ class RedisLimiter:
     `gateway_limiter_backend_errors_total` with it. `failure_mode`: `open` admits when
     Redis is unreachable, `closed` raises `LimiterUnavailable`. `lease_ttl`: seconds a
     concurrency slot outlives its process. `socket_timeout`: connect and per-command
-    timeout. `failure_backoff`: seconds Redis is skipped after a failure. `prefix`: first part of
-    every key name. `clock`: None uses the Redis server's clock (production); tests pass a
+    timeout. `failure_backoff`: seconds Redis is skipped after a failure. `prefix`: first
+    part of every key name. `clock`: None uses the Redis server's clock (production); tests pass a
     callable returning unix time to drive the window and period arithmetic.
     """
 
@@ -157,8 +157,13 @@ class RedisLimiter:
             )
         try:
             # Loading the scripts now spares the first requests a NOSCRIPT round trip.
-            scripts = (self._admit_script, self._settle_script, self._usage_script)
-            await asyncio.gather(*(s.load() for s in (*scripts, self._renew_script)))
+            scripts = (
+                self._admit_script,
+                self._settle_script,
+                self._usage_script,
+                self._renew_script,
+            )
+            await asyncio.gather(*(script.load() for script in scripts))
         except BACKEND_ERRORS as exc:
             # Not fatal: `open` mode serves without Redis, and readiness reports it.
             _log.warning("limits backend unreachable at start-up: %s", _describe(exc))
