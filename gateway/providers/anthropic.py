@@ -41,7 +41,7 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
-from gateway.providers.transport import UPSTREAM_HEADERS
+from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -269,27 +269,16 @@ class AnthropicProvider:
         self._keep_text = keep_text
         self._max_event_bytes = max_event_bytes
         # Configured headers come after the version, so a config can pin another one.
-        headers = {
-            **UPSTREAM_HEADERS,
-            "content-type": "application/json",
-            "anthropic-version": ANTHROPIC_VERSION,
-            **config.headers,
-        }
-        if config.api_key:
-            headers["x-api-key"] = config.api_key
-        # Headers encoded once, the URL parsed on first use (as the OpenAI provider does).
-        self._headers = httpx.Headers(headers)
-        self._stream_headers = httpx.Headers(
-            {**headers, "accept": "text/event-stream", "accept-encoding": "identity"}
+        self._requests = UpstreamRequests(
+            config,
+            timeouts,
+            defaults={"anthropic-version": ANTHROPIC_VERSION},
+            auth={"x-api-key": config.api_key} if config.api_key else None,
         )
-        # A base_url written with or without Anthropic's /v1 both work.
+        # A base_url written with or without Anthropic's /v1 both work; parsed on first use.
         base = config.base_url.rstrip("/")
         self._url_text = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         self._url: httpx.URL | None = None
-        # Streams are timed by the relay (first token, idle, total); a plain call by httpx.
-        # The transports read a request's timeouts as this dict; made once, not per request.
-        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
-        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
 
     def _request(self, call: UpstreamCall, *, stream: bool) -> httpx.Request:
         if call.route != "chat.completions":
@@ -312,13 +301,7 @@ class AnthropicProvider:
         url = self._url
         if url is None:
             url = self._url = httpx.URL(self._url_text)
-        return httpx.Request(
-            "POST",
-            url,
-            content=content,
-            headers=self._stream_headers if stream else self._headers,
-            extensions={"timeout": self._stream_timeout if stream else self._call_timeout},
-        )
+        return self._requests.build(url, content, stream=stream)
 
     async def open_stream(self, call: UpstreamCall) -> AnthropicStream:
         request = self._request(call, stream=True)

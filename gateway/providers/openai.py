@@ -23,7 +23,7 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
-from gateway.providers.transport import UPSTREAM_HEADERS
+from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
 
 _PATHS = {
@@ -120,21 +120,11 @@ class OpenAIProvider:
         self._transport = transport
         self._keep_text = keep_text
         self._max_event_bytes = max_event_bytes
-        headers = {**UPSTREAM_HEADERS, "content-type": "application/json", **config.headers}
-        if config.api_key:
-            headers["authorization"] = f"Bearer {config.api_key}"
-        # URLs and headers are parsed once (URLs on first use, so a bad base_url fails the
-        # request as before, not the start-up): httpx spends about 30 µs per request parsing
-        # a URL string and encoding a header dict, more than the rest of building a request.
+        auth = {"authorization": f"Bearer {config.api_key}"} if config.api_key else None
+        self._requests = UpstreamRequests(config, timeouts, auth=auth)
+        # URLs are parsed once, on first use (so a bad base_url fails the request, not the
+        # start-up).
         self._urls: dict[str, httpx.URL] = {}
-        self._headers = httpx.Headers(headers)
-        self._stream_headers = httpx.Headers(
-            {**headers, "accept": "text/event-stream", "accept-encoding": "identity"}
-        )
-        # Streams are timed by the relay (first token, idle, total); a plain call by httpx.
-        # The transports read a request's timeouts as this dict; made once, not per request.
-        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
-        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
 
     def _request(self, call: UpstreamCall) -> httpx.Request:
         body = dict(call.body)
@@ -148,13 +138,7 @@ class OpenAIProvider:
         url = self._urls.get(call.route)
         if url is None:
             url = self._urls[call.route] = httpx.URL(self.config.base_url + _PATHS[call.route])
-        return httpx.Request(
-            "POST",
-            url,
-            content=orjson.dumps(body),
-            headers=self._stream_headers if call.stream else self._headers,
-            extensions={"timeout": self._stream_timeout if call.stream else self._call_timeout},
-        )
+        return self._requests.build(url, orjson.dumps(body), stream=call.stream)
 
     async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
         response = await open_event_stream(self._transport, self._request(call), self.config.name)

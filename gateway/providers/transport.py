@@ -21,24 +21,67 @@ timeout. `_FailFastBody` turns the lost connection into a read error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ProviderConfig, Timeouts
 
-UPSTREAM_HEADERS = {
+_DEFAULT_HEADERS = {
     "accept": "*/*",
     "accept-encoding": "gzip, deflate",
     "connection": "keep-alive",
     "user-agent": f"python-httpx/{httpx.__version__}",
 }
-"""httpx.AsyncClient's default headers, set by the providers themselves: left out, each
+"""httpx.AsyncClient's default headers, set on every request here: left out, each
 transport adds its own or none (aiohttp offers br and zstd when their libraries are
 installed, which httpx may not decode)."""
+
+
+class UpstreamRequests:
+    """How a provider builds its upstream requests: headers encoded and timeouts made once.
+
+    Header order decides who wins: the defaults, then the provider's own (`defaults`, e.g.
+    an API version a config may pin differently), then the config's `headers`, then
+    `auth` (the configured key). Streams ask for SSE, unencoded; plain calls take JSON.
+    Streams are timed by the relay (first token, idle, total); a plain call by httpx.
+    """
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        timeouts: Timeouts,
+        *,
+        defaults: Mapping[str, str] | None = None,
+        auth: Mapping[str, str] | None = None,
+    ) -> None:
+        headers = {
+            **_DEFAULT_HEADERS,
+            "content-type": "application/json",
+            **(defaults or {}),
+            **config.headers,
+            **(auth or {}),
+        }
+        # Parsing and encoding a header dict costs httpx more per request than the rest of
+        # building one; the transports read a request's timeouts as these dicts.
+        self._plain = httpx.Headers(headers)
+        self._stream = httpx.Headers(
+            {**headers, "accept": "text/event-stream", "accept-encoding": "identity"}
+        )
+        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
+        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
+
+    def build(self, url: httpx.URL, content: bytes, *, stream: bool) -> httpx.Request:
+        return httpx.Request(
+            "POST",
+            url,
+            content=content,
+            headers=self._stream if stream else self._plain,
+            extensions={"timeout": self._stream_timeout if stream else self._call_timeout},
+        )
 
 
 def build_transport(config: GatewayConfig) -> httpx.AsyncBaseTransport:
