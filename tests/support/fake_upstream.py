@@ -185,10 +185,7 @@ class FakeUpstream:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
-        )
+        writer.write(_SSE_HEAD)
         await writer.drain()
         gone = asyncio.get_running_loop().create_task(reader.read(1))
         events = (
