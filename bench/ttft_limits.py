@@ -11,36 +11,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 from gateway.config import hash_key
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway_proc import GatewayProcess, test_config
+from tests.support.gateway_proc import GatewayProcess, sequential_ttfts, test_config
 from tests.support.redis_server import RedisServer
-
-BODY = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def ttfts(url: str, key: str, model: str, n: int) -> list[float]:
-    times: list[float] = []
-    body = {**BODY, "model": model}
-    with httpx.Client(timeout=30) as client:
-        for _ in range(n + 20):
-            start = time.perf_counter()
-            with client.stream(
-                "POST", url, headers={"authorization": f"Bearer {key}"}, json=body
-            ) as response:
-                lines = response.iter_lines()
-                for line in lines:
-                    if line.startswith("data: "):
-                        times.append(time.perf_counter() - start)
-                        break
-                for _ in lines:
-                    pass
-    return times[20:]  # the first 20 warm connections and caches up
+    # The first 20 warm connections and caches up.
+    return sequential_ttfts(url, key, model, n + 20)[20:]
 
 
 def summary(name: str, values: list[float], base: float | None) -> str:

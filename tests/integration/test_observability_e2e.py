@@ -16,7 +16,7 @@ from gateway.config import hash_key
 from tests.integration.test_stream_semantics import metric
 from tests.observability.test_grafana_dashboard import load_dashboard, promql
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway_proc import KEY_A, GatewayProcess, test_config
+from tests.support.gateway_proc import KEY_A, GatewayProcess, sequential_ttfts, test_config
 
 AUTH = {"authorization": f"Bearer {KEY_A}"}
 LIMITED = "sk-limited"
@@ -100,22 +100,8 @@ def test_two_workers_add_up(upstream: FakeUpstream, tmp_path: Path) -> None:
 
 
 def ttft(gateway: GatewayProcess, n: int) -> float:
-    times = []
-    body = {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    with httpx.Client(timeout=30) as client:
-        for _ in range(n):
-            start = time.perf_counter()
-            with client.stream(
-                "POST", gateway.url + "/v1/chat/completions", headers=AUTH, json=body
-            ) as response:
-                lines = response.iter_lines()
-                for line in lines:
-                    if line.startswith("data: "):
-                        times.append(time.perf_counter() - start)
-                        break
-                for _ in lines:
-                    pass
-    return statistics.median(times)
+    url = gateway.url + "/v1/chat/completions"
+    return statistics.median(sequential_ttfts(url, KEY_A, "gpt-test", n))
 
 
 def test_a_blocking_log_sink_does_not_slow_streams(upstream: FakeUpstream, tmp_path: Path) -> None:

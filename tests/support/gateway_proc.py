@@ -169,3 +169,24 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def sequential_ttfts(url: str, key: str, model: str, n: int) -> list[float]:
+    """Seconds to the first `data:` line of `n` streams run one after another on one
+    kept-alive connection (each stream is read to its end before the next starts)."""
+    times: list[float] = []
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            with client.stream(
+                "POST", url, headers={"authorization": f"Bearer {key}"}, json=body
+            ) as response:
+                lines = response.iter_lines()
+                for line in lines:
+                    if line.startswith("data: "):
+                        times.append(time.perf_counter() - start)
+                        break
+                for _ in lines:
+                    pass
+    return times
