@@ -4,10 +4,10 @@ One command, loopback only, bounded in time. It starts a fast fake upstream
 (`bench.upstream`), a throwaway redis-server, the floor (`bench.floor`: a bare aiohttp
 byte relay) and `gateway serve` with everything on (a key whose limits run through Redis's
 Lua path on every request, metrics, a request log file): one per upstream transport
-compared (aiohttp, httpx) plus one on asyncio + h11 instead of uvloop + httptools. Then, for
-each scenario and target, a load generator process (`bench.client`) runs the streams and
-checks every one of them, while this process reads the relay's CPU time (user + system,
-psutil) around the measured window and samples its RSS every 100 ms.
+compared (native, aiohttp, httpx) plus one on asyncio + h11 instead of uvloop + httptools.
+Then, for each scenario and target, a load generator process (`bench.client`) runs the
+streams and checks every one of them, while this process reads the relay's CPU time (user +
+system, psutil) around the measured window and samples its RSS every 100 ms.
 
 Scenarios (the issue's): `latency` (1 stream at a time, 300 streams of 20 chunks),
 `throughput` (64 concurrent streams of 200 chunks, 10 rounds), `paced` (500 concurrent
@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev dependencies
@@ -53,6 +53,7 @@ from bench.procs import (
     redis_command,
     redis_service,
 )
+from gateway.config import Transport
 
 
 @dataclass(frozen=True)
@@ -288,9 +289,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--transport",
-        default="aiohttp,httpx",
+        default="native,aiohttp,httpx",
         help="the gateway's upstream transports, comma-separated; the first is the one "
-        "judged against the targets, the others are compared (default: aiohttp,httpx)",
+        "judged against the targets, the others are compared (default: native,aiohttp,httpx)",
     )
     parser.add_argument(
         "--server-variants",
@@ -340,8 +341,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name not in ("direct", "floor", "gateway"):
             parser.error(f"--targets: {name!r} is not direct, floor or gateway")
     for transport in args.transport:
-        if transport not in ("aiohttp", "httpx"):
-            parser.error(f"--transport: {transport!r} is not aiohttp or httpx")
+        if transport not in get_args(Transport):
+            parser.error(
+                f"--transport: {transport!r} is not one of {', '.join(get_args(Transport))}"
+            )
     return args
 
 

@@ -22,7 +22,7 @@ import yaml
 
 ProviderType = Literal["openai", "anthropic", "mock"]
 BackendFailure = Literal["open", "closed"]
-Transport = Literal["aiohttp", "httpx"]
+Transport = Literal["native", "aiohttp", "httpx"]
 
 DEMO_KEY = "sk-gateway-demo"
 """The key of the embedded default. It exists only when no config file is given."""
@@ -123,7 +123,7 @@ class GatewayConfig:
     admin_key_sha256: str = field(default="", repr=False)
     """sha256 of the key that may read /admin/usage; empty: the admin route is off."""
     cors_origins: tuple[str, ...] = ()
-    upstream_transport: Transport = "aiohttp"
+    upstream_transport: Transport = "native"
     """What carries httpx's requests upstream (README, "Performance")."""
     stream_buffer_bytes: int = 64 * 1024
     """High-water mark of bytes queued towards one client. Past it the relay stops reading

@@ -29,6 +29,7 @@ from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream
 
 from gateway.config import GatewayConfig, ProviderConfig, Timeouts
+from gateway.providers.native import NativeTransport
 
 _DEFAULT_HEADERS = {
     "accept": "*/*",
@@ -39,6 +40,10 @@ _DEFAULT_HEADERS = {
 """httpx.AsyncClient's default headers, set on every request here: left out, each
 transport adds its own or none (aiohttp offers br and zstd when their libraries are
 installed, which httpx may not decode)."""
+
+
+_JSON = {"content-type": "application/json"}
+_MAX_IDLE = 1024
 
 
 class UpstreamRequests:
@@ -58,36 +63,48 @@ class UpstreamRequests:
         defaults: Mapping[str, str] | None = None,
         auth: Mapping[str, str] | None = None,
     ) -> None:
-        headers = {
-            **_DEFAULT_HEADERS,
-            "content-type": "application/json",
-            **(defaults or {}),
-            **config.headers,
-            **(auth or {}),
-        }
-        # Parsing and encoding a header dict costs httpx more per request than the rest of
-        # building one; the transports read a request's timeouts as these dicts.
-        self._plain = httpx.Headers(headers)
-        self._stream = httpx.Headers(
-            {**headers, "accept": "text/event-stream", "accept-encoding": "identity"}
-        )
+        layers = [_DEFAULT_HEADERS, _JSON, defaults or {}, config.headers, auth or {}]
+        # Names are case-insensitive: a config's "Authorization" replaces the default one.
+        self._headers = {name.lower(): value for layer in layers for name, value in layer.items()}
         self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
         self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
+        self._cache: dict[tuple[httpx.URL, bool], httpx.Headers] = {}
 
     def build(self, url: httpx.URL, content: bytes, *, stream: bool) -> httpx.Request:
-        return httpx.Request(
+        # `content=` would make httpx parse, encode and complete the headers on every
+        # request (most of the cost of building one); a request given `stream=` takes its
+        # headers as they are, so they are made whole here, once per URL, and only the
+        # length is added. The body bytes are the same either way.
+        headers = self._cache.get((url, stream))
+        if headers is None:
+            headers = self._cache[url, stream] = self._headers_for(url, stream)
+        request = httpx.Request(
             "POST",
             url,
-            content=content,
-            headers=self._stream if stream else self._plain,
+            headers=headers,
+            stream=httpx.ByteStream(content),
             extensions={"timeout": self._stream_timeout if stream else self._call_timeout},
         )
+        request.headers["content-length"] = str(len(content))
+        return request
+
+    def _headers_for(self, url: httpx.URL, stream: bool) -> httpx.Headers:
+        headers = {"host": url.netloc.decode("ascii"), **self._headers}  # a config's own wins
+        if stream:
+            headers |= {"accept": "text/event-stream", "accept-encoding": "identity"}
+        return httpx.Headers(headers)
 
 
 def build_transport(config: GatewayConfig) -> httpx.AsyncBaseTransport:
     """One pooled transport for every provider; the app closes it. It has no default
     timeouts: providers set them on each request (`extensions={"timeout": ...}`)."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
+    # Idle connections are kept up to the number a burst of concurrent streams opened: one
+    # costs a socket, a new one costs a TCP and TLS handshake on the next stream's path.
+    limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=_MAX_IDLE, keepalive_expiry=30
+    )
+    if config.upstream_transport == "native":
+        return NativeTransport(max_keepalive=_MAX_IDLE, keepalive_expiry=30)
     if config.upstream_transport == "httpx":
         return _HTTPXTransport(limits=limits)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import get_args
 
 import pytest
 
@@ -69,7 +70,7 @@ async def requests_seen(upstream_transport: Transport) -> list[dict[str, str]]:
     return seen
 
 
-@pytest.mark.parametrize("upstream_transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("upstream_transport", get_args(Transport))
 def test_an_upstream_cookie_is_not_sent_back(upstream_transport: Transport) -> None:
     seen = asyncio.run(requests_seen(upstream_transport))
 

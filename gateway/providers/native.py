@@ -1,0 +1,389 @@
+"""The gateway's own HTTP/1.1 client under httpx's types: `upstream_transport: native`.
+
+A relay asks little of its HTTP client: send a POST on a kept-alive connection, hand over
+the status and headers, then each read of the body as it arrives. This transport does that
+and nothing else, on one `asyncio.Protocol` per connection with httptools (llhttp, the
+parser uvicorn uses) reading the responses. Each body read is one wakeup of the reader; the
+bytes a read carries are whatever arrived since the last one, never re-chunked.
+
+What it keeps from httpx: providers build `httpx.Request`s and get `httpx.Response`s (the
+transport API), so headers, decoding of compressed plain answers (`aiter_bytes`) and the
+exception classes are httpx's, and `upstream_errors` maps them as it maps the other
+transports'. What it leaves out, on purpose: HTTP/2, proxies, redirects, cookies (a gateway
+must keep no state between tenants' requests), `HEAD` (a response to it has no body, which
+the parser cannot be told), and `Expect: 100-continue` (an informational answer is skipped).
+
+Connections: LIFO per origin, at most `max_keepalive` idle in all, closed after
+`keepalive_expiry` seconds idle or when the server closes them. A connection goes back to the
+pool only once its response was read to the end; one closed mid-body is discarded. A reused
+connection the server closed while it was idle fails its request with RemoteProtocolError,
+as httpx's own pool does; the relay's attempts retry that.
+
+Reads pause the socket (`pause_reading`) when more than `_HIGH_WATER` bytes wait unread, so
+a slow reader holds at most that much per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from typing import cast
+
+import httptools
+import httpx
+
+_HIGH_WATER = 256 * 1024
+_Origin = tuple[bytes, str, int]
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+class NativeTransport(httpx.AsyncBaseTransport):
+    """A pooled HTTP/1.1 transport. Timeouts come from each request's `timeout` extension
+    (`connect`, and `read`: the longest wait for any read, headers included; None waits
+    for ever). `pool` and `write` do not apply: connections are not capped, and a request
+    is written in one call."""
+
+    def __init__(
+        self,
+        *,
+        max_keepalive: int = 256,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._max_keepalive = max_keepalive
+        self._expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._idle_count = 0
+        self._open: set[_Connection] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol("the native transport speaks http and https only")
+        if request.method == "HEAD":
+            raise httpx.UnsupportedProtocol("the native transport does not send HEAD requests")
+        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        timeouts = request.extensions.get("timeout") or {}
+        read_timeout = timeouts.get("read")
+        data = _encode(request, await request.aread())
+        conn = self._take(origin)
+        if conn is None:
+            conn = await self._connect(origin, timeouts.get("connect"))
+        try:
+            status, headers = await conn.send(data, read_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=_Body(conn, read_timeout),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        for conn in list(self._open):
+            conn.close(httpx.ReadError("the transport was closed"))
+        self._idle.clear()
+        self._idle_count = 0
+
+    # --- the pool ---------------------------------------------------------------------------
+
+    def _take(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        deadline = asyncio.get_running_loop().time() - self._expiry
+        while idle and idle[0].idle_since < deadline:
+            self._idle_count -= 1
+            idle.pop(0).close()
+        while idle:
+            conn = idle.pop()
+            self._idle_count -= 1
+            if conn.usable:
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        if not conn.reusable or self._idle_count >= self._max_keepalive:
+            conn.close()
+            return
+        conn.resume()
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        self._idle_count += 1
+
+    def _lost(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+            self._idle_count -= 1
+
+    async def _connect(self, origin: _Origin, seconds: float | None) -> _Connection:
+        scheme, host, port = origin
+        context = None
+        if scheme == b"https":
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            context = self._ssl
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(seconds):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, origin),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        self._open.add(conn)
+        return conn
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: one request at a time, the response parsed as it arrives."""
+
+    def __init__(self, pool: NativeTransport, origin: _Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.idle_since = 0.0
+        self.reusable = False
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._closed = False
+        self._head: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._status = 0
+        self._informational = False
+        self._started = False
+        self._has_length = False
+        self.chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self.complete = False
+        self.error: httpx.TransportError | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self._transport is not None and not self._transport.is_closing()
+
+    # --- used by the transport and the body --------------------------------------------------
+
+    async def send(
+        self, data: bytes, read_timeout: float | None
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Write one request; the response's status and headers once they arrived."""
+        assert self._transport is not None
+        self._headers = []
+        self._started = self.complete = self.reusable = self._has_length = False
+        self.error = None
+        self._head = head = self._loop.create_future()
+        self._transport.write(data)
+        await self._wait(head, read_timeout)
+        return self._status, self._headers
+
+    async def wait_body(self, read_timeout: float | None) -> None:
+        """Until more of the body arrived, it ended, or the connection failed."""
+        self.resume()
+        self._waiter = waiter = self._loop.create_future()
+        try:
+            await self._wait(waiter, read_timeout)
+        finally:
+            self._waiter = None
+
+    def resume(self) -> None:
+        """Read the socket again if unread body bytes paused it. Also on the way back to the
+        pool: the body's last read may have paused it with the answer already complete, and an
+        idle connection must read to see the server close it and to get its next answer."""
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def take(self) -> bytes:
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return data
+
+    def close(self, error: httpx.TransportError | None = None) -> None:
+        """Close the connection; a read in progress fails with `error` if one is given."""
+        if error is not None:
+            self._fail(error)
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.close()
+
+    async def _wait(self, future: asyncio.Future[None], seconds: float | None) -> None:
+        if self.error is None and self._closed:
+            self._fail(httpx.RemoteProtocolError("the server closed the connection"))
+        if self.error is not None:
+            raise self.error  # it failed before this wait began: nothing would wake the future
+        if seconds is None:
+            await future
+        else:
+            try:
+                async with asyncio.timeout(seconds):
+                    await future
+            except TimeoutError:
+                raise httpx.ReadTimeout(f"nothing arrived within {seconds:g} s") from None
+        if self.error is not None:
+            raise self.error
+
+    def _wake(self, future: asyncio.Future[None] | None) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self.reusable = False
+        self._wake(self._head)
+        self._wake(self._waiter)
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport: no isinstance here.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self.close()
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.reusable = False
+        self.pool._lost(self)
+        if self.complete:
+            return
+        if self._head is not None and self._head.done() and not self._has_length:
+            # A body without a length or chunked encoding ends where the connection does.
+            self.complete = True
+            self._wake(self._waiter)
+            return
+        if not self._started:
+            message = "the server closed the connection without sending a response"
+        elif self._head is not None and not self._head.done():
+            message = "the server closed the connection in the middle of the response headers"
+        else:
+            message = "the server closed the connection in the middle of the response body"
+        self._fail(
+            httpx.ReadError(message) if exc is not None else httpx.RemoteProtocolError(message)
+        )
+
+    def pause_writing(self) -> None:
+        pass  # requests are written in one call and are small; nothing to hold back
+
+    def resume_writing(self) -> None:
+        pass
+
+    # --- httptools callbacks (they must not raise: the parser would wrap the error) ----------
+
+    def on_message_begin(self) -> None:
+        self._started = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self._informational = True  # its end is skipped; the real answer follows
+            self._headers = []
+            return
+        self._status = status
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"content-length" or (
+                lowered == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                self._has_length = True
+        if status in (204, 304):
+            self._has_length = True
+        self._wake(self._head)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake(self._waiter)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self.complete = True
+        self.reusable = self._parser.should_keep_alive()
+        self._wake(self._head)
+        self._wake(self._waiter)
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body, read as it arrives; its connection goes back to the pool at the
+    end, or is closed if the body is closed before it ended."""
+
+    def __init__(self, conn: _Connection, read_timeout: float | None) -> None:
+        self._conn: _Connection | None = conn
+        self._read_timeout = read_timeout
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        while True:
+            if conn.chunks:
+                return conn.take()
+            if conn.complete:
+                self._conn = None
+                conn.pool._release(conn)
+                raise StopAsyncIteration
+            await conn.wait_body(self._read_timeout)
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.complete and not conn.chunks:
+            conn.pool._release(conn)
+        else:
+            conn.close()
+
+
+def _encode(request: httpx.Request, body: bytes) -> bytes:
+    url = request.url
+    target = url.raw_path
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        # A streamed body was read whole above: it goes out with its length instead.
+        lines.extend(b"%s: %s\r\n" % p for p in headers.raw if p[0].lower() != b"transfer-encoding")
+        lines.append(b"content-length: %d\r\n" % len(body))
+    else:
+        lines.extend(b"%s: %s\r\n" % pair for pair in headers.raw)
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)

@@ -1,0 +1,854 @@
+"""The native upstream transport (`gateway.providers.native`) against real sockets: a fake
+upstream on 127.0.0.1 writes crafted HTTP bytes and counts the connections it accepted and
+the ones the client closed.
+
+What is checked is what the relay relies on: bodies handed over as they arrive (never
+buffered whole), connections kept alive only when the answer allows it and closed when a body
+is abandoned, httpx's exception classes for every failure (a failure is raised, never a hang),
+requests on the wire as httpx built them, TLS, and a slow reader that pauses the socket
+without losing a byte. Every test runs on the default loop and on uvloop, whose transports
+are not asyncio's classes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import random
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import uvloop
+
+from gateway.providers import native
+from gateway.providers.native import NativeTransport
+
+pytestmark = pytest.mark.timeout(15)
+
+Run = Callable[[Coroutine[Any, Any, None]], None]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+CHUNKED_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """Each test on both event loops, within 5 s: a hang fails with TimeoutError (and the
+    test's own cleanup runs) instead of blocking the suite."""
+    runner: Callable[[Coroutine[Any, Any, None]], None] = (
+        asyncio.run if request.param == "asyncio" else uvloop.run
+    )
+
+    def guarded(scenario: Coroutine[Any, Any, None]) -> None:
+        async def within() -> None:
+            async with asyncio.timeout(5):
+                await scenario
+
+        runner(within())
+
+    return guarded
+
+
+class Upstream:
+    """A fake upstream on 127.0.0.1: each connection runs `handler`. It counts the
+    connections it accepted and those the client hung up (EOF or reset seen by the server)."""
+
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.tls = tls
+        self.accepted = 0
+        self.hung_up = 0
+        self.port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Upstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.handler(reader, writer)
+            if reader.at_eof():
+                self.hung_up += 1
+        except ConnectionError:
+            self.hung_up += 1
+        except asyncio.CancelledError:
+            pass  # __aexit__ ended it; asyncio would log a handler that ends cancelled
+        finally:
+            writer.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request's bytes, head and (content-length) body; b"" once the client hung up."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+        return b""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+async def until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
+def answering(response: bytes, seen: list[bytes] | None = None) -> Handler:
+    """Answers every request on a connection with `response` until the client hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while request := await read_request(reader):
+            if seen is not None:
+                seen.append(request)
+            writer.write(response)
+            await writer.drain()
+
+    return handle
+
+
+def post(
+    url: str, body: bytes = b'{"model":"m"}', *, read: float | None = None, connect: float = 5.0
+) -> httpx.Request:
+    """A request built the way the providers build theirs."""
+    return httpx.Request(
+        "POST",
+        url,
+        content=body,
+        headers={"content-type": "application/json"},
+        extensions={"timeout": {"connect": connect, "read": read}},
+    )
+
+
+async def fetch(transport: NativeTransport, url: str) -> tuple[int, bytes]:
+    response = await transport.handle_async_request(post(url))
+    return response.status_code, await response.aread()
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    """Until `check()` holds, giving the loop turns (the scenario's guard bounds the wait)."""
+    while not check():  # noqa: ASYNC110 (the transport's state has no event to wait on)
+        await asyncio.sleep(0.005)
+
+
+def connection_of(response: httpx.Response) -> native._Connection:
+    conn = cast(native._Body, response.stream)._conn
+    assert conn is not None
+    return conn
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+
+def test_a_content_length_body(run: Run) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(OK)) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "text/plain"
+            assert response.http_version == "HTTP/1.1"
+            assert await response.aread() == b"hello"
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_chunked_body_is_handed_over_as_it_arrives(run: Run) -> None:
+    """Each chunk is sent only once the client waits for it: a read that needed more than
+    what had arrived (the whole body, say) would never return."""
+
+    async def scenario() -> None:
+        go = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await read_request(reader):
+                writer.write(CHUNKED_HEAD)
+                for chunk in (b"5\r\nhello\r\n", b"6\r\n world\r\n", b"0\r\n\r\n"):
+                    await go.wait()
+                    go.clear()
+                    writer.write(chunk)
+                    await writer.drain()
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            for _ in range(2):
+                response = await transport.handle_async_request(post(upstream.url))
+                reads = response.aiter_raw()
+                for expected in (b"hello", b" world"):
+                    read = asyncio.ensure_future(anext(reads))
+                    await asyncio.sleep(0.01)
+                    assert not read.done()  # nothing sent yet
+                    go.set()
+                    assert await read == expected
+                go.set()
+                assert [part async for part in reads] == []
+            assert upstream.accepted == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_body_without_a_length_ends_when_the_server_closes(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"the end")
+            await writer.drain()
+            writer.close()
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            assert await response.aread() == b"until the end"
+            assert transport._idle_count == 0
+            await eventually(lambda: not transport._open)
+            await transport.aclose()
+
+    run(scenario())
+
+
+# --- the pool ----------------------------------------------------------------------------------
+
+
+def test_sequential_requests_share_one_connection(run: Run) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(OK)) as upstream:
+            for _ in range(3):
+                assert await fetch(transport, upstream.url) == (200, b"hello")
+            assert upstream.accepted == 1
+            assert transport._idle_count == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+def test_an_answer_that_does_not_keep_the_connection_alive(run: Run, answer: bytes) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(answer)) as upstream:
+            for _ in range(2):
+                assert await fetch(transport, upstream.url) == (200, b"hello")
+                assert transport._idle_count == 0
+            assert upstream.accepted == 2
+            await eventually(lambda: upstream.hung_up == 2)  # the client closed both
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_an_idle_connection_the_server_closed_is_not_handed_out(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            writer.close()  # keep-alive promised, then closed while idle
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            assert await fetch(transport, upstream.url) == (200, b"hello")
+            await eventually(lambda: not transport._open)
+            assert transport._idle_count == 0
+            assert await fetch(transport, upstream.url) == (200, b"hello")
+            assert upstream.accepted == 2
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_idle_connections_expire(run: Run) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport(keepalive_expiry=0.1)
+        async with Upstream(answering(OK)) as upstream:
+            await fetch(transport, upstream.url)
+            await fetch(transport, upstream.url)
+            assert upstream.accepted == 1
+            await asyncio.sleep(0.15)
+            assert await fetch(transport, upstream.url) == (200, b"hello")
+            assert upstream.accepted == 2
+            await eventually(lambda: upstream.hung_up == 1)  # the expired one was closed
+            assert len(transport._open) == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_at_most_max_keepalive_connections_stay_idle(run: Run) -> None:
+    async def scenario() -> None:
+        arrived = 0
+        both = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal arrived
+            while await read_request(reader):
+                arrived += 1
+                if arrived == 2:
+                    both.set()
+                await both.wait()  # answer only once both requests are in flight
+                writer.write(OK)
+                await writer.drain()
+
+        transport = NativeTransport(max_keepalive=1)
+        async with Upstream(handle) as upstream:
+            results = await asyncio.gather(*(fetch(transport, upstream.url) for _ in range(2)))
+            assert results == [(200, b"hello")] * 2
+            assert upstream.accepted == 2
+            assert transport._idle_count == 1
+            assert sum(len(idle) for idle in transport._idle.values()) == 1
+            await eventually(lambda: upstream.hung_up == 1)
+            assert len(transport._open) == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_closing_a_body_before_its_end_closes_the_connection(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await read_request(reader):
+                writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
+                await writer.drain()
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            assert await anext(response.aiter_raw()) == b"hello"
+            await response.aclose()
+            await eventually(lambda: upstream.hung_up == 1)
+            assert transport._idle_count == 0
+            await eventually(lambda: not transport._open)
+            response = await transport.handle_async_request(post(upstream.url))
+            assert upstream.accepted == 2
+            await response.aclose()
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_body_read_to_the_end_then_closed_keeps_the_connection(run: Run) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(OK)) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            assert [part async for part in response.aiter_raw()] == [b"hello"]
+            await response.aclose()
+            assert transport._idle_count == 1
+            assert await fetch(transport, upstream.url) == (200, b"hello")
+            assert upstream.accepted == 1
+            assert upstream.hung_up == 0
+            await transport.aclose()
+
+    run(scenario())
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seen", [False, True], ids=["read-while-open", "read-after-close"])
+def test_the_server_closing_mid_body_fails_the_read(run: Run, seen: bool) -> None:
+    """Whether the client already waits for the rest or only reads after the connection was
+    lost, the read fails (a body must never look complete when it was cut)."""
+
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            if seen:
+                await eventually(lambda: not transport._open)
+            reads = response.aiter_raw()
+            assert await anext(reads) == b"hello"
+            with pytest.raises(httpx.RemoteProtocolError, match="middle of the response body"):
+                async with asyncio.timeout(1):
+                    await anext(reads)
+            await response.aclose()
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_the_server_closing_before_it_answers(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.close()
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+                await transport.handle_async_request(post(upstream.url))
+            await eventually(lambda: not transport._open)
+            await transport.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"],
+    ids=["not-http", "bad-length"],
+)
+def test_a_malformed_answer(run: Run, garbage: bytes) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(garbage)) as upstream:
+            with pytest.raises(httpx.RemoteProtocolError, match="malformed"):
+                await transport.handle_async_request(post(upstream.url))
+            await eventually(lambda: upstream.hung_up == 1)
+            await eventually(lambda: not transport._open)
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_connection_refused(run: Run) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connecting is refused
+
+        async def scenario() -> None:
+            transport = NativeTransport()
+            with pytest.raises(httpx.ConnectError):
+                await transport.handle_async_request(post(f"http://127.0.0.1:{port}/"))
+            assert not transport._open
+            await transport.aclose()
+
+        run(scenario())
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A port whose accept queue is full: the kernel drops new SYNs, a connect hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):  # in progress, or never
+                    filler.connect(("127.0.0.1", port))
+            time.sleep(0.05)  # the handshakes that will complete have
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_a_connect_timeout(run: Run, full_backlog: int) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectTimeout):
+            await transport.handle_async_request(
+                post(f"http://127.0.0.1:{full_backlog}/", connect=0.2)
+            )
+        assert 0.15 < time.monotonic() - started < 1.0
+        assert not transport._open
+        await transport.aclose()
+
+    run(scenario())
+
+
+def test_no_answer_within_the_read_timeout(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            await until_eof(reader)  # never answers
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout):
+                await transport.handle_async_request(post(upstream.url, read=0.2))
+            assert 0.15 < time.monotonic() - started < 1.0
+            await eventually(lambda: upstream.hung_up == 1)  # the client closed it
+            await eventually(lambda: not transport._open)
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_stalled_body_times_out_between_reads(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
+            await writer.drain()
+            await until_eof(reader)  # and nothing more
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            response = await transport.handle_async_request(post(upstream.url, read=0.2))
+            reads = response.aiter_raw()
+            assert await anext(reads) == b"hello"
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout):
+                await anext(reads)
+            assert 0.15 < time.monotonic() - started < 1.0
+            await response.aclose()
+            await eventually(lambda: upstream.hung_up == 1)
+            assert transport._idle_count == 0
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_cancelling_the_wait_for_headers_closes_the_connection(run: Run) -> None:
+    async def scenario() -> None:
+        received = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            received.set()
+            await until_eof(reader)
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            task = asyncio.create_task(transport.handle_async_request(post(upstream.url)))
+            await received.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0)
+            assert not transport._open
+            assert transport._idle_count == 0
+            await eventually(lambda: upstream.hung_up == 1)
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_unsupported_requests(run: Run) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        for request in (
+            httpx.Request("GET", "ftp://127.0.0.1/"),
+            httpx.Request("HEAD", "http://127.0.0.1/"),
+        ):
+            with pytest.raises(httpx.UnsupportedProtocol):
+                await transport.handle_async_request(request)
+        assert not transport._open
+        await transport.aclose()
+
+    run(scenario())
+
+
+# --- requests on the wire ----------------------------------------------------------------------
+
+
+def test_the_request_goes_out_as_httpx_built_it(run: Run) -> None:
+    async def scenario() -> None:
+        seen: list[bytes] = []
+        transport = NativeTransport()
+        async with Upstream(answering(OK, seen)) as upstream:
+            body = b'{"model":"m","stream":true}'
+            request = httpx.Request(
+                "POST",
+                f"{upstream.url}/v1/messages?beta=true",
+                content=body,
+                headers={"x-api-key": "k", "content-type": "application/json"},
+                extensions={"timeout": {"connect": 5.0, "read": None}},
+            )
+            response = await transport.handle_async_request(request)
+            await response.aread()
+            await fetch(transport, upstream.url)  # and the next one on the same connection
+            assert seen == [
+                b"POST /v1/messages?beta=true HTTP/1.1\r\n"
+                b"Host: 127.0.0.1:%d\r\n"
+                b"x-api-key: k\r\n"
+                b"content-type: application/json\r\n"
+                b"Content-Length: 27\r\n"
+                b"\r\n"
+                b'{"model":"m","stream":true}' % upstream.port,
+                b"POST / HTTP/1.1\r\n"
+                b"Host: 127.0.0.1:%d\r\n"
+                b"content-type: application/json\r\n"
+                b"Content-Length: 13\r\n"
+                b"\r\n"
+                b'{"model":"m"}' % upstream.port,
+            ]
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_streamed_request_body_is_sent_with_its_length(run: Run) -> None:
+    async def scenario() -> None:
+        async def parts() -> AsyncIterator[bytes]:
+            yield b'{"model":'
+            await asyncio.sleep(0)
+            yield b'"m"}'
+
+        seen: list[bytes] = []
+        transport = NativeTransport()
+        async with Upstream(answering(OK, seen)) as upstream:
+            request = httpx.Request(
+                "POST",
+                f"{upstream.url}/v1",
+                content=parts(),
+                extensions={"timeout": {"connect": 5.0, "read": None}},
+            )
+            assert request.headers["transfer-encoding"] == "chunked"
+            response = await transport.handle_async_request(request)
+            assert await response.aread() == b"hello"
+            assert seen == [
+                b"POST /v1 HTTP/1.1\r\n"
+                b"Host: 127.0.0.1:%d\r\n"
+                b"content-length: 13\r\n"
+                b"\r\n"
+                b'{"model":"m"}' % upstream.port
+            ]
+            await transport.aclose()
+
+    run(scenario())
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+def test_informational_answers_are_skipped(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await read_request(reader):
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n" + OK)
+                await writer.drain()
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            for _ in range(2):
+                response = await transport.handle_async_request(post(upstream.url))
+                assert response.status_code == 200
+                assert "link" not in response.headers
+                assert response.headers["content-type"] == "text/plain"
+                assert await response.aread() == b"hello"
+            assert upstream.accepted == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_204_answer_completes_and_the_connection_is_reused(run: Run) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(b"HTTP/1.1 204 No Content\r\n\r\n")) as upstream:
+            for _ in range(2):
+                assert await fetch(transport, upstream.url) == (204, b"")
+            assert upstream.accepted == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_gzip_answer_is_decoded_by_aread(run: Run) -> None:
+    async def scenario() -> None:
+        plain = b'{"choices":[{"message":{"content":"hi"}}]}' * 20
+        packed = gzip.compress(plain)
+        answer = b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (
+            len(packed),
+            packed,
+        )
+        transport = NativeTransport()
+        async with Upstream(answering(answer)) as upstream:
+            assert await fetch(transport, upstream.url) == (200, plain)
+            await transport.aclose()
+
+    run(scenario())
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca, key = directory / "ca.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(ca)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return ca, key
+
+
+def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    ca, key = cert
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(ca, key)
+    return context
+
+
+def test_https_verified_against_the_given_context(run: Run, cert: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        server = server_context(cert)
+        trusting = NativeTransport(ssl_context=ssl.create_default_context(cafile=str(cert[0])))
+        # A client context with no CA at all: it trusts nothing, whatever the system has.
+        untrusting = NativeTransport(ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        async with Upstream(answering(OK), tls=server) as upstream:
+            assert upstream.url.startswith("https://")
+            for _ in range(2):
+                assert await fetch(trusting, upstream.url) == (200, b"hello")
+            assert upstream.accepted == 1
+            with pytest.raises(httpx.ConnectError):
+                await untrusting.handle_async_request(post(upstream.url))
+            assert not untrusting._open
+            await trusting.aclose()
+            await untrusting.aclose()
+
+    run(scenario())
+
+
+# --- backpressure ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["http", "https"])
+def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(
+    run: Run, secure: bool, cert: tuple[Path, Path]
+) -> None:
+    """Over TLS too: the loops' TLS transports pause and resume on their own terms."""
+
+    async def scenario() -> None:
+        payload = random.Random(7).randbytes(16 * 1024 * 1024)
+        sent = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal sent
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(payload))
+            for start in range(0, len(payload), 65536):
+                writer.write(payload[start : start + 65536])
+                await writer.drain()
+                sent = start + 65536
+            await until_eof(reader)
+
+        transport = NativeTransport(ssl_context=ssl.create_default_context(cafile=str(cert[0])))
+        async with Upstream(handle, tls=server_context(cert) if secure else None) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            conn = connection_of(response)
+            await asyncio.sleep(0.2)  # not reading: the buffer fills, then the socket pauses
+            assert conn._paused
+            assert conn._buffered <= 2 * native._HIGH_WATER
+            assert sent < len(payload)  # the server is held back, not buffered in the client
+            parts = [part async for part in response.aiter_raw()]
+            assert b"".join(parts) == payload
+            assert max(map(len, parts)) <= 2 * native._HIGH_WATER
+            assert transport._idle_count == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_body_that_paused_the_socket_leaves_a_connection_that_reads_again(run: Run) -> None:
+    """The last byte of a body takes the buffer over the mark: reading is paused with the
+    answer complete. The connection goes back to the pool and must read the next answer."""
+
+    async def scenario() -> None:
+        payload = bytes(native._HIGH_WATER + 1)
+        answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
+        transport = NativeTransport()
+        async with Upstream(answering(answer)) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            conn = connection_of(response)
+            await eventually(lambda: conn.complete)
+            assert conn._paused
+            assert await response.aread() == payload
+            response = await transport.handle_async_request(post(upstream.url, read=1.0))
+            assert await response.aread() == payload
+            assert upstream.accepted == 1
+            await transport.aclose()
+
+    run(scenario())
+
+
+# --- closing the transport ---------------------------------------------------------------------
+
+
+def test_aclose_closes_idle_and_busy_connections(run: Run) -> None:
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while request := await read_request(reader):
+                if request.startswith(b"POST /slow "):
+                    writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n")  # and the rest never
+                else:
+                    writer.write(OK)
+                await writer.drain()
+
+        transport = NativeTransport()
+        async with Upstream(handle) as upstream:
+            busy = await transport.handle_async_request(post(f"{upstream.url}/slow"))
+            assert await fetch(transport, upstream.url) == (200, b"hello")
+            assert upstream.accepted == 2
+            assert transport._idle_count == 1
+            await transport.aclose()
+            await eventually(lambda: upstream.hung_up == 2)
+            assert not transport._open
+            assert transport._idle_count == 0
+            reads = busy.aiter_raw()
+            assert await anext(reads) == b"hello"
+            with pytest.raises(httpx.TransportError):
+                await anext(reads)
+            await busy.aclose()
+
+    run(scenario())
