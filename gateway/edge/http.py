@@ -6,8 +6,8 @@ it runs for every token stream and the gateway's overhead budget is a millisecon
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 
 import orjson
@@ -43,7 +43,7 @@ def request_id(scope: Scope) -> bytes:
     given = header(scope, b"x-request-id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex.encode()
+    return os.urandom(16).hex().encode()
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
