@@ -17,11 +17,7 @@ import orjson
 
 from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import UpstreamError
-from gateway.providers.base import (
-    Completion,
-    UpstreamCall,
-    Usage,
-)
+from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
 from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
@@ -39,8 +35,7 @@ class OpenAIStream(SSEUpstream):
         # One orjson parse per event: about 1 µs for a 200-byte chunk, less than the byte
         # searches that could stand in for it, and it validates the event on the way.
         state = self.state
-        for event in events:
-            data = event.data
+        for data, _, raw in events:
             if not data:
                 continue  # comments and pings: the relay sends its own keep-alives
             if data == b"[DONE]":
@@ -48,41 +43,41 @@ class OpenAIStream(SSEUpstream):
                 out.append(_DONE)
                 continue
             try:
-                chunk = orjson.loads(data)
+                chunk = _loads(data)
             except orjson.JSONDecodeError:
                 raise malformed(self.provider, "an event that is not JSON") from None
-            if not isinstance(chunk, dict):
+            if type(chunk) is not dict:
                 raise malformed(self.provider, "an event that is not a JSON object")
             error = chunk.get("error")
             if error:
                 raise _error_event(self.provider, error)
-            choices = chunk.get("choices")
             usage = chunk.get("usage")
             if usage:
                 state.usage = _usage(usage)
-            if not choices:
-                if usage and not self.include_usage:
-                    continue
-            else:
-                _scan_choices(choices, state, self.keep_text)
-            raw = event.raw
+            choices = chunk.get("choices")
+            if choices:
+                if type(choices) is list:
+                    _scan_choices(choices, state, self.keep_text)
+            elif usage and not self.include_usage:
+                continue
             out.append(raw if raw.endswith(b"\n\n") else b"data: " + data + b"\n\n")
 
 
-def _scan_choices(choices: Any, state: Any, keep_text: bool) -> None:
-    if not isinstance(choices, list):
-        return
+_loads = orjson.loads
+
+
+def _scan_choices(choices: list[Any], state: StreamState, keep_text: bool) -> None:
     for choice in choices:
-        if not isinstance(choice, dict):
+        if type(choice) is not dict:
             continue
         if choice.get("finish_reason"):
             state.finished = True
         delta = choice.get("delta")
-        if isinstance(delta, dict):
+        if type(delta) is dict:
             content = delta.get("content")
             if content or delta.get("tool_calls") or delta.get("reasoning_content"):
                 state.completion_estimate += 1
-            if keep_text and isinstance(content, str):
+            if keep_text and type(content) is str:
                 state.text.append(content)
         elif isinstance(choice.get("text"), str):  # /v1/completions
             state.completion_estimate += 1

@@ -40,6 +40,10 @@ class SSEEvent(NamedTuple):
         return not self.data and self.event is None
 
 
+_new_event = tuple.__new__
+"""Builds an SSEEvent from a tuple without the NamedTuple's Python-level __new__."""
+
+
 def _parse_block(block: bytes, raw: bytes) -> SSEEvent:
     # Fast path: the one-line `data: ...` event every OpenAI-compatible server sends.
     if block.startswith(b"data: ") and b"\n" not in block and b"\r" not in block:
@@ -77,6 +81,16 @@ class SSEDecoder:
         return len(self._buffer)
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if (
+            not self._buffer
+            and chunk.endswith(b"\n\n")
+            and chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and b"\r" not in chunk
+        ):
+            # Fastest path: a read that is exactly one one-line event, which is what a
+            # model server's stream looks like when each token is its own network write.
+            return [_new_event(SSEEvent, (chunk[6:-2], None, chunk))]
         buffer = self._buffer + chunk if self._buffer else chunk
         events: list[SSEEvent] = []
         start = 0
