@@ -62,6 +62,20 @@ class StreamState:
     """Relayed text, kept only when `log_bodies` asks for it."""
 
 
+class Sink(Protocol):
+    """Where a pushed stream delivers (`EventStream.push`): called from the upstream
+    connection's callbacks, not from a task, so none of these may block or raise."""
+
+    ready: bool
+    """False while the sink cannot take more (a send to the client is waiting)."""
+
+    def relay(self, data: bytes) -> None:
+        """Bytes for the client: whole SSE events, as `__anext__` would have returned them."""
+
+    def end(self, error: GatewayError | None) -> None:
+        """The stream ended (None) or failed; nothing is delivered after this."""
+
+
 class EventStream(Protocol):
     """An open upstream stream. Iterating yields bytes ready for the client: one or more
     whole SSE events per upstream read, in order, never an empty chunk. Raises a
@@ -73,6 +87,13 @@ class EventStream(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def __anext__(self) -> bytes: ...
+
+    def push(self, sink: Sink) -> bool:
+        """Deliver the rest of the stream to `sink` as it arrives, with no task wakeup per
+        read; False if this stream cannot (then iterate it as before)."""
+
+    def resume_push(self) -> None:
+        """The sink is ready again: deliver what arrived meanwhile."""
 
     async def aclose(self) -> None:
         """Close the upstream response (and its connection, if not read to the end)."""

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.config import ProviderConfig, Timeouts
-from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
+from gateway.providers.base import Completion, Sink, StreamState, UpstreamCall, Usage
 
 _WORDS = [
     "the",
@@ -188,6 +188,12 @@ class MockStream:
             )
         state.done_sent = True
         yield tail + b"data: [DONE]\n\n"
+
+    def push(self, sink: Sink) -> bool:
+        return False  # a generator, paced by its own sleeps: iterated
+
+    def resume_push(self) -> None:
+        pass
 
     async def aclose(self) -> None:
         await self._chunks.aclose()  # type: ignore[attr-defined]

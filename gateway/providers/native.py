@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import httptools
@@ -80,7 +80,7 @@ class NativeTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status,
             headers=headers,
-            stream=_Body(conn, read_timeout),
+            stream=NativeBody(conn, read_timeout),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
@@ -174,6 +174,10 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self.complete = False
         self.error: httpx.TransportError | None = None
+        self.listener: Callable[[], None] | None = None
+        self._feeding = False
+        self._heard = False
+        """Push mode (`NativeBody.listen`): called instead of waking a reader."""
 
     @property
     def usable(self) -> bool:
@@ -216,6 +220,8 @@ class _Connection(asyncio.Protocol):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
+        if self._paused:
+            self.resume()
         return data
 
     def close(self, error: httpx.TransportError | None = None) -> None:
@@ -246,12 +252,23 @@ class _Connection(asyncio.Protocol):
         if future is not None and not future.done():
             future.set_result(None)
 
+    def _notify(self) -> None:
+        """Body bytes arrived, the body ended or the connection failed: tell the reader. A
+        listener hears once per socket read, after the parser is done with it, so it gets
+        all the read's body bytes at once, as a pulling reader does."""
+        if self.listener is None:
+            self._wake(self._waiter)
+        elif self._feeding:
+            self._heard = True
+        else:
+            self.listener()
+
     def _fail(self, error: httpx.TransportError) -> None:
         if self.error is None and not self.complete:
             self.error = error
         self.reusable = False
         self._wake(self._head)
-        self._wake(self._waiter)
+        self._notify()
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -260,14 +277,22 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._feeding = False
             self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
             self.close()
         except httptools.HttpParserUpgrade:
+            self._feeding = False
             self._fail(httpx.RemoteProtocolError("the server switched protocols"))
             self.close()
+        self._feeding = False
+        if self._heard:
+            self._heard = False
+            if self.listener is not None:
+                self.listener()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -278,7 +303,7 @@ class _Connection(asyncio.Protocol):
         if self._head is not None and self._head.done() and not self._has_length:
             # A body without a length or chunked encoding ends where the connection does.
             self.complete = True
-            self._wake(self._waiter)
+            self._notify()
             return
         if not self._started:
             message = "the server closed the connection without sending a response"
@@ -327,7 +352,7 @@ class _Connection(asyncio.Protocol):
         if self._buffered > _HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
-        self._wake(self._waiter)
+        self._notify()
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -336,10 +361,10 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self.reusable = self._parser.should_keep_alive()
         self._wake(self._head)
-        self._wake(self._waiter)
+        self._notify()
 
 
-class _Body(httpx.AsyncByteStream):
+class NativeBody(httpx.AsyncByteStream):
     """A response body, read as it arrives; its connection goes back to the pool at the
     end, or is closed if the body is closed before it ended."""
 
@@ -359,14 +384,41 @@ class _Body(httpx.AsyncByteStream):
                 return conn.take()
             if conn.complete:
                 self._conn = None
+                conn.listener = None
                 conn.pool._release(conn)
                 raise StopAsyncIteration
             await conn.wait_body(self._read_timeout)
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Push mode: `listener()` is called from the connection's own callbacks, with no
+        task in between, whenever body bytes arrive, the body ends or the connection fails;
+        it reads with `read_nowait()`. It must not raise. None returns to `__anext__`."""
+        if self._conn is not None:
+            self._conn.listener = listener
+
+    def read_nowait(self) -> bytes | None:
+        """What arrived since the last read (b"" if nothing did), None once the body ended;
+        raises the connection's error. Unread bytes past the high-water mark pause the
+        socket, so a listener that stops reading holds the upstream back."""
+        conn = self._conn
+        if conn is None:
+            return None
+        if conn.chunks:
+            return conn.take()
+        if conn.complete:
+            self._conn = None
+            conn.listener = None
+            conn.pool._release(conn)
+            return None
+        if conn.error is not None:
+            raise conn.error
+        return b""
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        conn.listener = None
         if conn.complete and not conn.chunks:
             conn.pool._release(conn)
         else:

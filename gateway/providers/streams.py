@@ -18,7 +18,8 @@ import httpx
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.providers.base import StreamState, error_from_status, upstream_errors
+from gateway.providers.base import Sink, StreamState, error_from_status, upstream_errors
+from gateway.providers.native import NativeBody
 from gateway.relay.sse import SSEDecoder, SSEError, SSEEvent
 
 
@@ -48,15 +49,17 @@ class SSEUpstream:
         self._raw = stream.__aiter__()
         self._decoder = SSEDecoder(max_event_bytes)
         self._pending_error: GatewayError | None = None
+        self._sink: Sink | None = None
+        self._body: NativeBody | None = None
 
     def __aiter__(self) -> SSEUpstream:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
-            raise error
         while True:
+            if self._pending_error is not None:
+                error, self._pending_error = self._pending_error, None
+                raise error
             try:
                 chunk = await self._raw.__anext__()
             except (httpx.HTTPError, aiohttp.ClientError):
@@ -64,23 +67,76 @@ class SSEUpstream:
                 # per read costs more than the read's own bookkeeping.
                 with upstream_errors(self.provider):
                     raise
-            try:
-                events = self._decoder.feed(chunk)
-            except SSEError as exc:
-                raise UpstreamError(
-                    f"provider {self.provider!r} sent malformed SSE: {exc}", kind="malformed"
-                ) from None
-            if not events:
-                continue
-            out: list[bytes] = []
-            try:
-                self.translate(events, out)
-            except GatewayError as exc:
-                if not out:
-                    raise
-                self._pending_error = exc
-            if out:
-                return b"".join(out) if len(out) > 1 else out[0]
+            data = self._client_bytes(chunk)
+            if data is not None:
+                return data
+
+    def push(self, sink: Sink) -> bool:
+        """Hand the rest of the stream to `sink` from the connection's own callbacks (native
+        transport only; False: keep iterating)."""
+        body = self._response.stream
+        if not isinstance(body, NativeBody) or self._pending_error is not None:
+            return False
+        self._sink, self._body = sink, body
+        body.listen(self.resume_push)
+        self.resume_push()
+        return True
+
+    def resume_push(self) -> None:
+        """Relay what arrived, for as long as the sink is ready (it stops being ready while
+        a send to the client waits; the relay calls this again once the send is done)."""
+        sink, body = self._sink, self._body
+        if sink is None or body is None:
+            return
+        try:
+            while sink.ready:
+                try:
+                    chunk = body.read_nowait()
+                except httpx.HTTPError:
+                    with upstream_errors(self.provider):
+                        raise
+                if chunk is None:
+                    self._end(sink, self._pending_error)
+                    return
+                if not chunk:
+                    return
+                data = self._client_bytes(chunk)
+                if data is not None:
+                    sink.relay(data)
+                if self._pending_error is not None:
+                    self._end(sink, self._pending_error)
+                    return
+        except GatewayError as exc:
+            self._end(sink, exc)
+
+    def _end(self, sink: Sink, error: GatewayError | None) -> None:
+        self._sink = None
+        self._pending_error = None
+        if self._body is not None:
+            self._body.listen(None)
+        sink.end(error)
+
+    def _client_bytes(self, chunk: bytes) -> bytes | None:
+        """The client's bytes for one upstream read; None when it completed no event that
+        is sent. An error after some events is kept in `_pending_error` for the next read."""
+        try:
+            events = self._decoder.feed(chunk)
+        except SSEError as exc:
+            raise UpstreamError(
+                f"provider {self.provider!r} sent malformed SSE: {exc}", kind="malformed"
+            ) from None
+        if not events:
+            return None
+        out: list[bytes] = []
+        try:
+            self.translate(events, out)
+        except GatewayError as exc:
+            if not out:
+                raise
+            self._pending_error = exc
+        if not out:
+            return None
+        return b"".join(out) if len(out) > 1 else out[0]
 
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
         """Append the client's bytes for one read's events to `out`; raise a GatewayError
@@ -88,6 +144,7 @@ class SSEUpstream:
         raise NotImplementedError
 
     async def aclose(self) -> None:
+        self._sink = None
         await self._response.aclose()
 
 

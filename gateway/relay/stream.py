@@ -7,6 +7,8 @@ The streaming rules (SPEC section 5), in the order a stream meets them:
    any failure is still an HTTP status the SDKs raise on.
 2. Send the headers and the first event, then each upstream read's events the moment they
    arrive (a read that carries several events is sent as one write: nothing is held back).
+   Streams on the native transport are pushed: each read is sent from the upstream
+   connection's callback, with no task wakeup per read (`pump`); others are iterated.
 3. End in exactly one outcome: `completed` (the answer finished; `[DONE]` sent), or a
    failure after the first byte: an SSE error event and a close, never a clean `[DONE]`.
 
@@ -31,6 +33,7 @@ from gateway.errors import GatewayError, Outcome, StreamEnded, UpstreamError, Up
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Completion, EventStream, Provider, UpstreamCall, Usage
 from gateway.relay.attempts import Attempt, with_fallbacks
+from gateway.relay.pump import Pump
 from gateway.relay.watch import StreamWatch
 from gateway.state import GatewayState
 
@@ -161,12 +164,16 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
             rec.ttft_s = last - ctx.started_at
             rec.overhead_s += last - received_at
             gaps = rec.inter_token_s
-            async for chunk in upstream:
-                now = perf_counter()
-                gaps.append(now - last)
-                last = watch.last_read = watch.sending_since = now
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                watch.sending_since = 0.0
+            pump = Pump(send, watch, gaps, last)
+            if upstream.push(pump):
+                await pump.run(upstream)
+            else:
+                async for chunk in upstream:
+                    now = perf_counter()
+                    gaps.append(now - last)
+                    last = watch.last_read = watch.sending_since = now
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    watch.sending_since = 0.0
             outcome = "completed" if upstream.state.finished else "truncated"
         except asyncio.CancelledError:
             if watch.ended is None:

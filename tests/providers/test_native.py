@@ -167,7 +167,7 @@ async def eventually(check: Callable[[], bool]) -> None:
 
 
 def connection_of(response: httpx.Response) -> native._Connection:
-    conn = cast(native._Body, response.stream)._conn
+    conn = cast(native.NativeBody, response.stream)._conn
     assert conn is not None
     return conn
 

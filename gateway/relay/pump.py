@@ -1,0 +1,157 @@
+"""Push-mode relaying: each upstream read goes to the client from the upstream
+connection's own callback, with no task wakeup in between.
+
+Pulling a stream costs one task wakeup per upstream read (a future resolved, the task
+stepped through four coroutine frames, then the ASGI `send` coroutine). A `Pump` is the
+`Sink` a pushed stream delivers to (`EventStream.push`): it starts the ASGI `send` at once
+(`start_send`) and, in the usual case that the server writes without waiting, that is the
+whole of it. The request's task sleeps in `run()` until something needs it:
+
+- a send had to wait (the client's buffer is full): the pump stops taking reads, which
+  holds the upstream back as pulling does; the task finishes that send, then asks the stream
+  to go on (`resume_push`);
+- the stream ended or failed: `run()` returns or raises the stream's error, exactly where
+  the pull loop would have.
+
+The watch keeps working: reads stamp `last_read`, and a waiting send sets `sending_since`;
+its cancellation reaches the task in `run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Coroutine, Generator
+from time import perf_counter
+from typing import Any
+
+from starlette.types import Send
+
+from gateway.errors import GatewayError
+from gateway.providers.base import EventStream
+from gateway.relay.watch import StreamWatch
+
+
+class Pump:
+    __slots__ = (
+        "_error",
+        "_failure",
+        "_loop",
+        "_send",
+        "_waiter",
+        "_watch",
+        "ended",
+        "gaps",
+        "last",
+        "pending",
+        "ready",
+    )
+
+    def __init__(self, send: Send, watch: StreamWatch, gaps: list[float], last: float) -> None:
+        self._send = send
+        self._watch = watch
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: GatewayError | None = None
+        self._failure: BaseException | None = None
+        self.gaps = gaps
+        self.last = last
+        """perf_counter() of the last relayed read (for the inter-token gaps)."""
+        self.ready = True
+        self.ended = False
+        self.pending: Awaitable[None] | None = None
+        """The rest of a send that had to wait; the task awaits it."""
+
+    # --- Sink: called from the upstream connection's callbacks ----------------------------------
+
+    def relay(self, data: bytes) -> None:
+        now = perf_counter()
+        self.gaps.append(now - self.last)
+        self.last = self._watch.last_read = now
+        try:
+            rest = start_send(
+                self._send, {"type": "http.response.body", "body": data, "more_body": True}
+            )
+        except BaseException as exc:  # the task re-raises it, as `await send` would have
+            self._failure = exc
+            self.ready = False
+            self._wake()
+            return
+        if rest is not None:
+            self.pending = rest
+            self.ready = False
+            self._watch.sending_since = now
+            self._wake()
+
+    def end(self, error: GatewayError | None) -> None:
+        self.ended = True
+        self._error = error
+        self.ready = False
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the request's task ---------------------------------------------------------------
+
+    async def run(self, stream: EventStream) -> None:
+        """Until the stream ended; raises its error, or what a send raised."""
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self.pending is not None:
+                pending, self.pending = self.pending, None
+                await pending
+                self._watch.sending_since = 0.0
+                if not self.ended:
+                    self.ready = True
+                    stream.resume_push()
+                continue
+            if self.ended:
+                if self._error is not None:
+                    raise self._error
+                return
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+def start_send(send: Send, message: dict[str, Any]) -> Awaitable[None] | None:
+    """Run `send(message)` up to its first wait: None if it finished (the usual case: the
+    server wrote without waiting), else an awaitable for the rest."""
+    coro = send(message)
+    try:
+        waiting_on = coro.send(None)  # type: ignore[attr-defined]
+    except StopIteration:
+        return None
+    return _Rest(coro, waiting_on)  # type: ignore[arg-type]
+
+
+class _Rest:
+    """The rest of a started coroutine: awaiting it passes what the coroutine waits on to the
+    awaiting task and resumes the coroutine after, as `await` would have (`yield from`)."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                yield waiting_on
+            except BaseException as exc:  # thrown into the task (a cancellation): pass it on
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration:
+                    return
