@@ -20,13 +20,14 @@ import threading
 import time
 from multiprocessing.context import SpawnProcess
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.edge.http import DISCONNECT, DisconnectHook, disconnect_hook
 from gateway.state import GatewayState
 
 
@@ -43,7 +44,9 @@ def find_state(app: Any) -> GatewayState | None:
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol with the config's per-connection write high-water mark.
+    """uvicorn's HTTP protocol with the config's per-connection write high-water mark, and a
+    `DisconnectHook` in every request's scope that fires when the connection is lost before
+    the response ended.
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
@@ -57,6 +60,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if state is not None:
             high = state.config.stream_buffer_bytes
             transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        scope: Any = self.scope  # uvicorn's TypedDict types extensions' values narrowly
+        scope["extensions"] = {DISCONNECT: DisconnectHook()}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:
+            hook = disconnect_hook(cast(Any, cycle.scope))
+            if hook is not None:
+                hook.fire()
 
 
 class GatewayServer(uvicorn.Server):

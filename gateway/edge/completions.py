@@ -16,7 +16,14 @@ import structlog
 from starlette.types import Receive, Scope, Send
 
 from gateway.config import KeyConfig
-from gateway.edge.http import ClientGone, Headers, read_body, request_id, send_error
+from gateway.edge.http import (
+    ClientGone,
+    Headers,
+    disconnect_hook,
+    read_body,
+    request_id,
+    send_error,
+)
 from gateway.edge.requests import ClientRequest, parse_request
 from gateway.errors import (
     GatewayError,
@@ -93,6 +100,7 @@ class RelayEndpoint:
                 record=rec,
                 headers=headers,
                 started_at=started_at,
+                disconnect=disconnect_hook(scope),
             )
             if req.stream:
                 await relay_stream(st, ctx, receive, send)

@@ -27,7 +27,7 @@ import httpx
 from starlette.types import Receive, Send
 
 from gateway.config import ModelConfig
-from gateway.edge.http import SSE_HEADERS, ClientGone, Headers, send_bytes
+from gateway.edge.http import SSE_HEADERS, ClientGone, DisconnectHook, Headers, send_bytes
 from gateway.edge.requests import ClientRequest
 from gateway.errors import GatewayError, Outcome, StreamEnded, UpstreamError, UpstreamTimeout
 from gateway.observability.records import RequestRecord
@@ -53,6 +53,8 @@ class RelayContext:
     record: RequestRecord
     headers: Headers
     started_at: float
+    disconnect: DisconnectHook | None = None
+    """The server's disconnect hook, when it offers one (`gateway serve` does)."""
 
 
 def _ended_error(outcome: Outcome, ctx: RelayContext, timeouts_idle: float) -> GatewayError:
@@ -125,7 +127,7 @@ async def _open(
 async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, send: Send) -> None:
     rec = ctx.record
     watch = StreamWatch(send, st.config.timeouts)
-    watch.start(receive)
+    watch.start(receive, ctx.disconnect)
     st.watches.add(watch)
     stream: EventStream | None = None
     outcome: Outcome | None = None
@@ -242,7 +244,7 @@ async def relay_completion(
 ) -> None:
     rec = ctx.record
     watch = StreamWatch(send, st.config.timeouts)
-    watch.start(receive)
+    watch.start(receive, ctx.disconnect)
     st.watches.add(watch)
     rec.overhead_s = perf_counter() - ctx.started_at
 

@@ -4,7 +4,8 @@ A stream is a race between relaying, keep-alive, disconnect and shutdown (sse-st
 picture). Here the relay is the request's own task, and everything else watches it from the
 side at almost no cost per chunk:
 
-- one task waits on ASGI `receive()` for `http.disconnect`;
+- the server's `DisconnectHook` (under `gateway serve`), or else one task waiting on ASGI
+  `receive()` for `http.disconnect`;
 - one timer (re-armed lazily, about once per keep-alive interval) checks the idle, total and
   slow-client deadlines and sends `: keep-alive` comments during long upstream silence;
 - shutdown calls `end("shutdown")` when the grace period runs out.
@@ -23,6 +24,7 @@ from time import perf_counter
 from starlette.types import Receive, Send
 
 from gateway.config import Timeouts
+from gateway.edge.http import DisconnectHook
 from gateway.errors import Outcome
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -31,6 +33,7 @@ KEEPALIVE = b": keep-alive\n\n"
 class StreamWatch:
     __slots__ = (
         "_disconnect_task",
+        "_hook",
         "_keepalive_task",
         "_last_keepalive",
         "_loop",
@@ -63,11 +66,21 @@ class StreamWatch:
         self.ended: Outcome | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._disconnect_task: asyncio.Task[None] | None = None
+        self._hook: DisconnectHook | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
 
-    def start(self, receive: Receive) -> None:
-        self._disconnect_task = self._loop.create_task(self._watch_disconnect(receive))
+    def start(self, receive: Receive, hook: DisconnectHook | None = None) -> None:
+        if hook is None:
+            self._disconnect_task = self._loop.create_task(self._watch_disconnect(receive))
+        elif hook.lost:
+            self._loop.call_soon(self.end, "client_cancelled")
+        else:
+            self._hook = hook
+            hook.callback = self._client_gone
         self._arm(self.deadline)
+
+    def _client_gone(self) -> None:
+        self.end("client_cancelled")
 
     def start_relaying(self) -> None:
         self.relaying = True
@@ -85,6 +98,8 @@ class StreamWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._hook is not None:
+            self._hook.callback = None
         for task in (self._disconnect_task, self._keepalive_task):
             if task is not None and not task.done():
                 task.cancel()
