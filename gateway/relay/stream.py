@@ -33,12 +33,11 @@ from gateway.errors import GatewayError, Outcome, StreamEnded, UpstreamError, Up
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Completion, EventStream, Provider, UpstreamCall, Usage
 from gateway.relay.attempts import Attempt, with_fallbacks
-from gateway.relay.pump import Pump
+from gateway.relay.pump import Pump, start_send
 from gateway.relay.watch import StreamWatch
 from gateway.state import GatewayState
 
 _DONE = b"data: [DONE]\n\n"
-_END = {"type": "http.response.body", "body": b"", "more_body": False}
 _FINAL_SEND_TIMEOUT = 5.0
 
 
@@ -229,12 +228,14 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
         tail = error.sse()
     if outcome in ("client_cancelled", "slow_client"):
         return  # nobody reads: uvicorn closes the connection of an unfinished response
+    end = {"type": "http.response.body", "body": tail, "more_body": False}
+    rest = start_send(send, end)
+    if rest is None:
+        return  # written at once, the usual case: no timer needed
     try:
         # A client that stops reading right now must not pin this task on a full buffer.
         async with asyncio.timeout(_FINAL_SEND_TIMEOUT):
-            if tail:
-                await send({"type": "http.response.body", "body": tail, "more_body": True})
-            await send(_END)
+            await rest
     except TimeoutError:
         rec.outcome = "slow_client"
 
