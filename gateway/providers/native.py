@@ -376,18 +376,14 @@ class NativeBody(httpx.AsyncByteStream):
         return self
 
     async def __anext__(self) -> bytes:
-        conn = self._conn
-        if conn is None:
-            raise StopAsyncIteration
         while True:
-            if conn.chunks:
-                return conn.take()
-            if conn.complete:
-                self._conn = None
-                conn.listener = None
-                conn.pool._release(conn)
+            data = self.read_nowait()
+            if data is None:
                 raise StopAsyncIteration
-            await conn.wait_body(self._read_timeout)
+            if data:
+                return data
+            assert self._conn is not None  # read_nowait keeps it until the body ended
+            await self._conn.wait_body(self._read_timeout)
 
     def listen(self, listener: Callable[[], None] | None) -> None:
         """Push mode: `listener()` is called from the connection's own callbacks, with no
