@@ -72,8 +72,9 @@ class Sink(Protocol):
     def relay(self, data: bytes) -> None:
         """Bytes for the client: whole SSE events, as `__anext__` would have returned them."""
 
-    def end(self, error: GatewayError | None) -> None:
-        """The stream ended (None) or failed; nothing is delivered after this."""
+    def end(self, error: Exception | None) -> None:
+        """The stream ended (None) or failed (a GatewayError; anything else is a gateway
+        bug, raised in the request's task all the same); nothing is delivered after this."""
 
 
 class EventStream(Protocol):

@@ -21,6 +21,11 @@ as httpx's own pool does; the relay's attempts retry that.
 
 Reads pause the socket (`pause_reading`) when more than `_HIGH_WATER` bytes wait unread, so
 a slow reader holds at most that much per connection.
+
+A body is read either by iterating it (a task wakes for each socket read) or, for the
+relay's push mode, by a listener the connection calls at the end of each socket read
+(`NativeBody.listen`, `read_nowait`). Host names are resolved by the event loop for each
+new connection (no cache of its own; kept-alive connections make that rare).
 """
 
 from __future__ import annotations

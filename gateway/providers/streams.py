@@ -106,10 +106,10 @@ class SSEUpstream:
                 if self._pending_error is not None:
                     self._end(sink, self._pending_error)
                     return
-        except GatewayError as exc:
+        except Exception as exc:  # a GatewayError, or a bug: the relay's task raises it
             self._end(sink, exc)
 
-    def _end(self, sink: Sink, error: GatewayError | None) -> None:
+    def _end(self, sink: Sink, error: Exception | None) -> None:
         self._sink = None
         self._pending_error = None
         if self._body is not None:

@@ -26,7 +26,6 @@ from typing import Any
 
 from starlette.types import Send
 
-from gateway.errors import GatewayError
 from gateway.providers.base import EventStream
 from gateway.relay.watch import StreamWatch
 
@@ -51,7 +50,7 @@ class Pump:
         self._watch = watch
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
-        self._error: GatewayError | None = None
+        self._error: Exception | None = None
         self._failure: BaseException | None = None
         self.gaps = gaps
         self.last = last
@@ -82,7 +81,7 @@ class Pump:
             self._watch.sending_since = now
             self._wake()
 
-    def end(self, error: GatewayError | None) -> None:
+    def end(self, error: Exception | None) -> None:
         self.ended = True
         self._error = error
         self.ready = False

@@ -1,0 +1,134 @@
+"""A stream pushed from the native transport's callbacks (`SSEUpstream.push`): what the
+sink gets, in order, and how the stream ends, over a real socket.
+
+The server writes each event as its own network write, with a pause between, so each
+arrives in its own socket read as a model server's would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+
+from gateway.errors import GatewayError, UpstreamError
+from gateway.providers.native import NativeTransport
+from gateway.providers.openai import OpenAIStream
+from gateway.relay.sse import SSEEvent
+
+CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"t%d"},"finish_reason":null}]}\n\n'
+FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.ready = True
+        self.got: list[bytes] = []
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def relay(self, data: bytes) -> None:
+        self.got.append(data)
+
+    def end(self, error: Exception | None) -> None:
+        self.ended.set_result(error)
+
+
+@contextlib.asynccontextmanager
+async def _opened(
+    events: list[bytes], stream_class: type[OpenAIStream] = OpenAIStream
+) -> AsyncIterator[OpenAIStream]:
+    """A stream from a server that sends `events`, each its own write, then ends."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
+            for event in events:
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # until the client closes its end
+        except ConnectionError:
+            pass  # the client closed first (a test that ended the stream early)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = NativeTransport()
+    try:
+        request = httpx.Request("POST", f"http://127.0.0.1:{port}/v1/chat/completions")
+        response = await transport.handle_async_request(request)
+        stream = stream_class(response, "p", include_usage=False)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+    finally:
+        await transport.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def _push(
+    events: list[bytes], stream_class: type[OpenAIStream] = OpenAIStream
+) -> tuple[Sink, Exception | None, OpenAIStream]:
+    async with _opened(events, stream_class) as stream:
+        sink = Sink()
+        assert stream.push(sink)
+        error = await asyncio.wait_for(sink.ended, 5)
+        return sink, error, stream
+
+
+def test_every_event_is_delivered_in_order_then_the_end() -> None:
+    events = [CHUNK % i for i in range(5)] + [FINISH, DONE]
+    sink, error, stream = asyncio.run(_push(events))
+    assert error is None
+    assert b"".join(sink.got) == b"".join(events)
+    assert stream.state.finished and stream.state.done_sent
+    assert stream.state.completion_estimate == 5
+
+
+def test_an_event_that_is_not_json_ends_the_stream_after_the_ones_before() -> None:
+    events = [CHUNK % 0, CHUNK % 1, b"data: {not json\n\n", CHUNK % 2]
+    sink, error, _ = asyncio.run(_push(events))
+    assert b"".join(sink.got) == CHUNK % 0 + CHUNK % 1
+    assert isinstance(error, UpstreamError) and error.kind == "malformed"
+
+
+def test_a_bug_in_translate_reaches_the_sink_instead_of_the_event_loop() -> None:
+    class Broken(OpenAIStream):
+        def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
+            raise KeyError("a bug")
+
+    _, error, _ = asyncio.run(_push([CHUNK % 0], stream_class=Broken))
+    assert isinstance(error, KeyError) and not isinstance(error, GatewayError)
+
+
+def test_a_sink_that_is_not_ready_gets_nothing_until_resumed() -> None:
+    events = [CHUNK % i for i in range(3)] + [FINISH, DONE]
+
+    async def main() -> tuple[list[bytes], list[bytes], Exception | None]:
+        async with _opened(events) as stream:
+            sink = Sink()
+            sink.ready = False
+            assert stream.push(sink)
+            await asyncio.sleep(0.2)  # the whole answer has arrived by now
+            held = list(sink.got)
+            assert not sink.ended.done()  # the end waits behind the bytes
+            sink.ready = True
+            stream.resume_push()  # what the relay does once its send is done
+            error = await asyncio.wait_for(sink.ended, 5)
+            return held, sink.got, error
+
+    held, got, error = asyncio.run(main())
+    assert held == []
+    assert error is None and b"".join(got) == b"".join(events)
