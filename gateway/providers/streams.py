@@ -3,6 +3,9 @@
 `SSEUpstream` owns the upstream `httpx.Response`: it reads raw network chunks, frames them
 into events with `SSEDecoder`, and asks its subclass to `translate` each batch of events
 into bytes for the client. Reads that complete no event yield nothing (no empty writes).
+The relay either iterates it (a task wakeup per read) or, when the response came over the
+native transport, has it push each read to a `Sink` from the connection's own callback
+(`push`, `resume_push`); both go through `_client_bytes`, so they relay the same bytes.
 
 An error event in the middle of a batch is held back until the events before it were
 handed on, so the client receives everything up to the failure, then the error.
