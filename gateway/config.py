@@ -385,7 +385,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         admin_key_sha256=_read_sha256(r, "admin_key_sha256", required=False),
         cors_origins=_str_list(r, "cors_origins") or (),
         upstream_transport=r.choice(  # type: ignore[arg-type]
-            "upstream_transport", get_args(Transport), "aiohttp"
+            "upstream_transport", get_args(Transport), GatewayConfig.upstream_transport
         ),
         shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
         stream_buffer_bytes=r.positive(

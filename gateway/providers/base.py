@@ -23,6 +23,7 @@ import orjson
 
 from gateway.config import ModelConfig, ProviderConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from gateway.providers.native import MalformedResponse
 
 Route = Literal["chat.completions", "completions", "embeddings"]
 
@@ -153,7 +154,7 @@ def _translate(provider: str, exc: Exception) -> UpstreamError:
             kind="connect_timeout" if connect else "timeout",
             retryable=True,
         )
-    if isinstance(cause, aiohttp.ClientResponseError):
+    if isinstance(cause, aiohttp.ClientResponseError | MalformedResponse):
         return UpstreamError(
             f"provider {provider!r} sent a malformed HTTP response ({name})",
             kind="malformed",

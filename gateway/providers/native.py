@@ -43,6 +43,11 @@ _Origin = tuple[bytes, str, int]
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
+class MalformedResponse(httpx.RemoteProtocolError):
+    """The server's bytes are not a valid HTTP/1.1 response (bad status line, headers or
+    chunk framing), as opposed to a connection that ended early."""
+
+
 class NativeTransport(httpx.AsyncBaseTransport):
     """A pooled HTTP/1.1 transport. Timeouts come from each request's `timeout` extension
     (`connect`, and `read`: the longest wait for any read, headers included; None waits
@@ -287,11 +292,11 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._feeding = False
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self._fail(MalformedResponse(f"malformed HTTP response: {exc}"))
             self.close()
         except httptools.HttpParserUpgrade:
             self._feeding = False
-            self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+            self._fail(MalformedResponse("the server switched protocols"))
             self.close()
         self._feeding = False
         if self._heard:

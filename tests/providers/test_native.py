@@ -446,7 +446,7 @@ def test_a_malformed_answer(run: Run, garbage: bytes) -> None:
     async def scenario() -> None:
         transport = NativeTransport()
         async with Upstream(answering(garbage)) as upstream:
-            with pytest.raises(httpx.RemoteProtocolError, match="malformed"):
+            with pytest.raises(native.MalformedResponse, match="malformed"):
                 await transport.handle_async_request(post(upstream.url))
             await eventually(lambda: upstream.hung_up == 1)
             await eventually(lambda: not transport._open)
