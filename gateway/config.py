@@ -131,6 +131,10 @@ class GatewayConfig:
     for `timeouts.idle` seconds ends its stream with the outcome `slow_client`."""
     shutdown_grace: float = 30.0
     """Seconds open streams may run after SIGTERM before they get an error event."""
+    max_requests_per_loop_turn: int | None = None
+    """At most this many requests start per event-loop turn, the rest wait in order: a
+    connection storm then delays its own first tokens instead of the running streams'
+    tokens (`gateway/edge/budget.py`). None: no limit."""
     source: str = "<embedded default>"
     embedded_default: bool = False
 
@@ -388,6 +392,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
             "upstream_transport", get_args(Transport), GatewayConfig.upstream_transport
         ),
         shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
+        max_requests_per_loop_turn=r.positive("max_requests_per_loop_turn", int, None),
         stream_buffer_bytes=r.positive(
             "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
         ),

@@ -18,6 +18,7 @@ import httpx
 from starlette.types import Scope
 
 from gateway.config import GatewayConfig, KeyConfig, ModelConfig
+from gateway.edge.budget import StartBudget
 from gateway.errors import InvalidApiKey
 from gateway.limits.base import Limiter
 from gateway.observability.metrics import Metrics
@@ -53,10 +54,15 @@ class GatewayState:
     watches: set[StreamWatch] = field(default_factory=set)
     """Every open request's watch: shutdown ends them, tests check none is left."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    start_budget: StartBudget | None = None
+    """Paces request starts (`max_requests_per_loop_turn`); None: no limit."""
     draining: bool = False
     """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
 
     def __post_init__(self) -> None:
+        per_turn = self.config.max_requests_per_loop_turn
+        if per_turn is not None:
+            self.start_budget = StartBudget(per_turn)
         self.models = {m.name: m for m in self.config.models}
         self.keys_by_hash = {k.key_sha256: k for k in self.config.keys}
 

@@ -63,6 +63,8 @@ def test_variables_expand_with_defaults() -> None:
         ({"redis_url": "${NOPE}"}, "redis_url", "${NOPE} is not set"),
         ({"redis_url": "http://:pw@h"}, "redis_url", "scheme 'http' is not redis"),
         ({"redis_url": "redis://h/zero"}, "redis_url", "database 'zero' is not a number"),
+        ({"max_requests_per_loop_turn": 0}, "max_requests_per_loop_turn", "greater than 0"),
+        ({"upstream_transport": "curl"}, "upstream_transport", "one of native, aiohttp, httpx"),
     ],
 )
 def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, words: str) -> None:
@@ -72,6 +74,18 @@ def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, wo
     assert message.startswith(f"gw.yaml: {path}: ")
     assert words in message
     assert "\n" not in message
+
+
+def test_a_file_gets_the_same_defaults_as_the_dataclass() -> None:
+    config = parse_config(minimal(), "gw.yaml", {})
+    assert config.upstream_transport == "native"
+    assert config.max_requests_per_loop_turn is None
+    assert (
+        parse_config(
+            minimal(max_requests_per_loop_turn=8), "gw.yaml", {}
+        ).max_requests_per_loop_turn
+        == 8
+    )
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

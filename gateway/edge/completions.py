@@ -54,6 +54,8 @@ class RelayEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         st = self.state
         started_at = perf_counter()
+        if st.start_budget is not None:
+            await st.start_budget.take()
         rid = request_id(scope)
         rec = RequestRecord(request_id=rid.decode(), route=self.route)
         headers: Headers = [(b"x-request-id", rid)]

@@ -1,0 +1,65 @@
+"""Pacing request starts in a connection storm: at most N new requests per event-loop turn.
+
+When hundreds of clients connect at once, every request's setup (auth, validation, a Redis
+admission, the upstream call) runs in the same few event-loop turns, and the streams
+already running wait behind it: their next tokens reach their clients tens of milliseconds
+late. `max_requests_per_loop_turn` bounds how many requests start in one turn; the others
+wait, in arrival order, for the next turns, and between turns the loop reads and relays the
+running streams' tokens (Envoy's `max_requests_per_io_cycle` does this for its workers).
+
+The price is the storm's own time to first token: a request that waits starts its Redis
+admission and upstream call later, so the last of a burst gets its first token later
+(README, "Performance"). Off by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class StartBudget:
+    """At most `per_turn` calls of `take()` return in one event-loop turn; the rest wait
+    in FIFO order. A turn's count starts over when the loop comes round again."""
+
+    def __init__(self, per_turn: int) -> None:
+        if per_turn < 1:
+            raise ValueError("per_turn must be at least 1")
+        self.per_turn = per_turn
+        self._used = 0
+        self._scheduled = False
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def take(self) -> None:
+        """Return at once while this turn has room and nobody is queued; else wait."""
+        if self._used < self.per_turn and not self._waiting:
+            self._used += 1
+            self._next_turn_soon()
+            return
+        ticket = asyncio.get_running_loop().create_future()
+        self._waiting.append(ticket)
+        self._next_turn_soon()
+        await ticket  # a cancelled waiter's ticket is cancelled too, and skipped
+
+    def _next_turn_soon(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        # Runs once per turn while there is anything to count: lets the queue's head go
+        # (their tasks run in the turn after this one, with the count at what they use).
+        self._scheduled = False
+        self._used = 0
+        waiting = self._waiting
+        while waiting and self._used < self.per_turn:
+            ticket = waiting.popleft()
+            if not ticket.done():
+                ticket.set_result(None)
+                self._used += 1
+        if waiting or self._used:
+            self._next_turn_soon()

@@ -1,0 +1,76 @@
+"""StartBudget: how many requests start per event-loop turn, and in what order.
+
+Turns are counted by a callback that re-schedules itself with `call_soon`, so it runs once
+per turn of the loop, as the budget's own bookkeeping does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from gateway.edge.budget import StartBudget
+
+
+async def _starts(budget: StartBudget, arrivals: int) -> list[tuple[int, int]]:
+    """`arrivals` requests arrive in the same turn; (turn, arrival index) of each start."""
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    started: list[tuple[int, int]] = []
+
+    async def request(i: int) -> None:
+        await budget.take()
+        started.append((turn, i))
+
+    await asyncio.gather(*(request(i) for i in range(arrivals)))
+    return started
+
+
+def test_a_burst_starts_a_few_per_turn_in_arrival_order() -> None:
+    started = asyncio.run(_starts(StartBudget(4), 20))
+    assert [i for _, i in started] == list(range(20))  # FIFO
+    per_turn = Counter(t for t, _ in started)
+    assert max(per_turn.values()) <= 4
+    assert len(per_turn) >= 5  # 20 starts needed at least 5 turns
+
+
+def test_without_contention_nothing_waits() -> None:
+    async def main() -> int:
+        budget = StartBudget(4)
+        for _ in range(4):
+            await budget.take()  # returns without suspending: same turn, no queue
+        return budget.waiting
+
+    assert asyncio.run(main()) == 0
+
+
+def test_a_cancelled_waiter_gives_its_place_to_the_next() -> None:
+    async def main() -> list[int]:
+        budget = StartBudget(1)
+        order: list[int] = []
+
+        async def request(i: int) -> None:
+            await budget.take()
+            order.append(i)
+
+        tasks = [asyncio.ensure_future(request(i)) for i in range(4)]
+        await asyncio.sleep(0)  # all four have arrived; 0 started, 1-3 queued
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return order
+
+    assert asyncio.run(main()) == [0, 2, 3]
+
+
+def test_at_least_one_per_turn() -> None:
+    with pytest.raises(ValueError):
+        StartBudget(0)
