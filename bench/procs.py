@@ -159,7 +159,7 @@ def gateway_config(
     upstream_url: str,
     redis_url: str,
     models: list[str],
-    transport: str = "aiohttp",
+    transport: str = "native",
 ) -> Path:
     """A config with everything on: a key with (never reached) limits in Redis, a request
     log file, metrics (always on)."""
