@@ -8,34 +8,24 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.limits import resp
 from gateway.limits.resp import Address, RespClient, Script, pack, parse
+from tests.support.loops import Run, self_signed
+from tests.support.loops import run as run  # the fixture, used by name
 from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
-
-Run = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Run:
-    """Each test on both event loops: the server runs uvloop, whose transports differ."""
-    runner: Run = asyncio.run if request.param == "asyncio" else uvloop.run
-    return runner
 
 
 def test_concurrent_calls_get_their_own_replies_in_one_write(
@@ -260,13 +250,7 @@ def test_password_database_and_unix_socket_from_the_url(run: Run) -> None:
 
 
 def test_tls_verified_against_the_given_ca(run: Run, tmp_path: Path) -> None:
-    ca, key = tmp_path / "ca.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(ca)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    ca, key = self_signed(tmp_path)
     tls_port = free_port()
     options = {
         "tls-port": str(tls_port),

@@ -17,46 +17,27 @@ import gzip
 import random
 import socket
 import ssl
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
-import uvloop
 
 from gateway.providers import native
 from gateway.providers.native import NativeTransport
+from tests.support.loops import Run, self_signed
+from tests.support.loops import run as run  # the fixture, used by name
 
 pytestmark = pytest.mark.timeout(15)
 
-Run = Callable[[Coroutine[Any, Any, None]], None]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
 CHUNKED_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Run:
-    """Each test on both event loops, within 5 s: a hang fails with TimeoutError (and the
-    test's own cleanup runs) instead of blocking the suite."""
-    runner: Callable[[Coroutine[Any, Any, None]], None] = (
-        asyncio.run if request.param == "asyncio" else uvloop.run
-    )
-
-    def guarded(scenario: Coroutine[Any, Any, None]) -> None:
-        async def within() -> None:
-            async with asyncio.timeout(5):
-                await scenario
-
-        runner(within())
-
-    return guarded
 
 
 class Upstream:
@@ -722,15 +703,7 @@ def test_a_gzip_answer_is_decoded_by_aread(run: Run) -> None:
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key."""
-    directory = tmp_path_factory.mktemp("tls")
-    ca, key = directory / "ca.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(ca)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return ca, key
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
