@@ -123,7 +123,6 @@ class NativeTransport(httpx.AsyncBaseTransport):
         if not conn.reusable or self._idle_count >= self._max_keepalive:
             conn.close()
             return
-        conn.resume()
         conn.idle_since = asyncio.get_running_loop().time()
         self._idle.setdefault(conn.origin, []).append(conn)
         self._idle_count += 1
@@ -185,9 +184,9 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.error: httpx.TransportError | None = None
         self.listener: Callable[[], None] | None = None
+        """Push mode (`NativeBody.listen`): called instead of waking a reader."""
         self._feeding = False
         self._heard = False
-        """Push mode (`NativeBody.listen`): called instead of waking a reader."""
 
     @property
     def usable(self) -> bool:
@@ -210,28 +209,23 @@ class _Connection(asyncio.Protocol):
 
     async def wait_body(self, read_timeout: float | None) -> None:
         """Until more of the body arrived, it ended, or the connection failed."""
-        self.resume()
         self._waiter = waiter = self._loop.create_future()
         try:
             await self._wait(waiter, read_timeout)
         finally:
             self._waiter = None
 
-    def resume(self) -> None:
-        """Read the socket again if unread body bytes paused it. Also on the way back to the
-        pool: the body's last read may have paused it with the answer already complete, and an
-        idle connection must read to see the server close it and to get its next answer."""
-        if self._paused and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
-
     def take(self) -> bytes:
+        """Every unread body byte. Reading resumes if they had paused the socket: it pauses
+        only while bytes wait unread, so a connection is never left paused once read, in the
+        pool or out of it (its next answer, and the server closing it, need the socket read)."""
         chunks = self.chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
-        if self._paused:
-            self.resume()
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
         return data
 
     def close(self, error: httpx.TransportError | None = None) -> None:
@@ -287,22 +281,21 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        error: MalformedResponse | None = None
         self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._feeding = False
-            self._fail(MalformedResponse(f"malformed HTTP response: {exc}"))
-            self.close()
+            error = MalformedResponse(f"malformed HTTP response: {exc}")
         except httptools.HttpParserUpgrade:
+            error = MalformedResponse("the server switched protocols")
+        finally:
             self._feeding = False
-            self._fail(MalformedResponse("the server switched protocols"))
-            self.close()
-        self._feeding = False
-        if self._heard:
-            self._heard = False
-            if self.listener is not None:
-                self.listener()
+        heard, self._heard = self._heard, False
+        if error is not None:
+            self.close(error)  # tells the reader, listener or not
+        elif heard and self.listener is not None:
+            self.listener()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -435,13 +428,12 @@ def _encode(request: httpx.Request, body: bytes) -> bytes:
     url = request.url
     target = url.raw_path
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
-    headers = request.headers
-    if "transfer-encoding" in headers:
+    pairs = request.headers.raw
+    if "transfer-encoding" in request.headers:
         # A streamed body was read whole above: it goes out with its length instead.
-        lines.extend(b"%s: %s\r\n" % p for p in headers.raw if p[0].lower() != b"transfer-encoding")
-        lines.append(b"content-length: %d\r\n" % len(body))
-    else:
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers.raw)
+        pairs = [p for p in pairs if p[0].lower() != b"transfer-encoding"]
+        pairs.append((b"content-length", b"%d" % len(body)))
+    lines.extend(b"%s: %s\r\n" % pair for pair in pairs)
     lines.append(b"\r\n")
     lines.append(body)
     return b"".join(lines)

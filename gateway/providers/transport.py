@@ -44,6 +44,7 @@ installed, which httpx may not decode)."""
 
 _JSON = {"content-type": "application/json"}
 _MAX_IDLE = 1024
+_KEEPALIVE_S = 30.0
 
 
 class UpstreamRequests:
@@ -100,20 +101,20 @@ def build_transport(config: GatewayConfig) -> httpx.AsyncBaseTransport:
     timeouts: providers set them on each request (`extensions={"timeout": ...}`)."""
     # Idle connections are kept up to the number a burst of concurrent streams opened: one
     # costs a socket, a new one costs a TCP and TLS handshake on the next stream's path.
-    limits = httpx.Limits(
-        max_connections=None, max_keepalive_connections=_MAX_IDLE, keepalive_expiry=30
-    )
     if config.upstream_transport == "native":
-        return NativeTransport(max_keepalive=_MAX_IDLE, keepalive_expiry=30)
+        return NativeTransport(max_keepalive=_MAX_IDLE, keepalive_expiry=_KEEPALIVE_S)
     if config.upstream_transport == "httpx":
+        limits = httpx.Limits(
+            max_connections=None, max_keepalive_connections=_MAX_IDLE, keepalive_expiry=_KEEPALIVE_S
+        )
         return _HTTPXTransport(limits=limits)
 
     def session() -> aiohttp.ClientSession:
         # Built on first use, inside the running loop. limit=0: no cap on open upstream
-        # connections, as `max_connections=None` says; aiohttp's default cap of 100 would
+        # connections, as for the other transports; aiohttp's default cap of 100 would
         # queue the 101st concurrent stream until another one ends. The dummy jar: the
         # default one keeps an upstream's cookies (for host names, not IP addresses).
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=limits.keepalive_expiry)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S)
         return aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
         )

@@ -33,7 +33,6 @@ from gateway.relay.watch import StreamWatch
 class Pump:
     __slots__ = (
         "_error",
-        "_failure",
         "_loop",
         "_send",
         "_waiter",
@@ -50,8 +49,7 @@ class Pump:
         self._watch = watch
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
-        self._error: Exception | None = None
-        self._failure: BaseException | None = None
+        self._error: BaseException | None = None
         self.gaps = gaps
         self.last = last
         """perf_counter() of the last relayed read (for the inter-token gaps)."""
@@ -71,9 +69,7 @@ class Pump:
                 self._send, {"type": "http.response.body", "body": data, "more_body": True}
             )
         except BaseException as exc:  # the task re-raises it, as `await send` would have
-            self._failure = exc
-            self.ready = False
-            self._wake()
+            self.end(exc)
             return
         if rest is not None:
             self.pending = rest
@@ -81,7 +77,9 @@ class Pump:
             self._watch.sending_since = now
             self._wake()
 
-    def end(self, error: Exception | None) -> None:
+    def end(self, error: BaseException | None) -> None:
+        if self.ended:
+            return  # the first end stands (a failed send, then the stream's own end)
         self.ended = True
         self._error = error
         self.ready = False
@@ -97,8 +95,6 @@ class Pump:
     async def run(self, stream: EventStream) -> None:
         """Until the stream ended; raises its error, or what a send raised."""
         while True:
-            if self._failure is not None:
-                raise self._failure
             if self.pending is not None:
                 pending, self.pending = self.pending, None
                 await pending

@@ -102,7 +102,8 @@ class SSEDecoder:
                 # Fast path, inlined: the one-line `data: ...` event every OpenAI-compatible
                 # server sends, sliced straight out of the buffer.
                 if buffer.startswith(b"data: ", start) and buffer.find(b"\n", start, end) < 0:
-                    events.append(SSEEvent(buffer[start + 6 : end], None, buffer[start : end + 2]))
+                    event = (buffer[start + 6 : end], None, buffer[start : end + 2])
+                    events.append(_new_event(SSEEvent, event))
                 elif end > start:
                     events.append(_parse_block(buffer[start:end], buffer[start : end + 2]))
                 start = end + 2
