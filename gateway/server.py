@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any, cast
@@ -25,7 +26,7 @@ from typing import Any, cast
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.edge.http import DISCONNECT, DisconnectHook, disconnect_hook
 from gateway.state import GatewayState
@@ -44,9 +45,9 @@ def find_state(app: Any) -> GatewayState | None:
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol with the config's per-connection write high-water mark, and a
+    """uvicorn's HTTP protocol with the config's per-connection write high-water mark, a
     `DisconnectHook` in every request's scope that fires when the connection is lost before
-    the response ended.
+    the response ended, and each response's head sent together with its first body part.
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
@@ -54,17 +55,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     the backpressure through TCP.
     """
 
+    _high_water: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+    """app -> its stream_buffer_bytes, 0 for none (found once per app, not per connection)."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        state = find_state(self.app)
-        if state is not None:
-            high = state.config.stream_buffer_bytes
+        high = self._high_water.get(self.app)
+        if high is None:
+            state = find_state(self.app)
+            high = self._high_water[self.app] = state.config.stream_buffer_bytes if state else 0
+        if high:
             transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         scope: Any = self.scope  # uvicorn's TypedDict types extensions' values narrowly
         scope["extensions"] = {DISCONNECT: DisconnectHook()}
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        # Not when the client waits for `100 Continue` (that must leave on its own), nor for
+        # HEAD (its answer has no body part to carry the head).
+        if cycle is not None and not self.expect_100_continue and self.scope["method"] != "HEAD":
+            cycle.transport = cast(asyncio.Transport, _HeadWithBody(cycle, self.transport))
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
@@ -73,6 +87,37 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             hook = disconnect_hook(cast(Any, cycle.scope))
             if hook is not None:
                 hook.fire()
+
+
+class _HeadWithBody:
+    """A response cycle's transport until its first body part: uvicorn writes the status
+    line and headers on `http.response.start`, this holds them and writes them with the
+    next write (the first body part), one syscall and one packet instead of two. Then the
+    cycle gets the real transport back, so later parts pay nothing for it. (A relayed
+    stream's head and first event are sent back to back; so are plain answers'.)"""
+
+    __slots__ = ("_cycle", "_head", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
+        self._cycle = cycle
+        self._transport = transport
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is None:
+            self._head = data
+            return
+        self._cycle.transport = self._transport
+        self._transport.write(self._head + data)
+
+    def close(self) -> None:
+        self._cycle.transport = self._transport
+        if self._head is not None:
+            self._transport.write(self._head)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class GatewayServer(uvicorn.Server):
