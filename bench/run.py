@@ -27,6 +27,7 @@ Deliberately not here: saving results between runs or plotting; the table is the
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
@@ -384,7 +385,9 @@ def start_targets(
         env: dict[str, str] = {}
         if v.tree != REPO:
             # `-m` imports from the working directory first; `bench` still comes from here.
-            env["PYTHONPATH"] = str(REPO)
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+            )
         if v.server_args is None:
             module, cmd = "gateway", ["serve", "--config", str(config), "--port", str(port)]
             how = "uvloop+httptools"
