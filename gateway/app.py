@@ -7,7 +7,6 @@ request log) are built in the lifespan and closed on exit, in reverse order.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -65,7 +64,7 @@ def create_app(config: GatewayConfig) -> ASGIApp:
             await request_log.start()
             stack.push_async_callback(request_log.aclose)
             state.request_log = request_log
-            stack.push_async_callback(_finish_background, state)
+            stack.push_async_callback(_end_open_requests, state)
             yield
 
     middleware = []
@@ -145,12 +144,11 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return Response(error.json(), status_code=500, media_type="application/json")
 
 
-async def _finish_background(state: GatewayState) -> None:
-    """Let settles and other off-path work finish before the limiter closes."""
+async def _end_open_requests(state: GatewayState) -> None:
+    """End what is still open before the request log and the limiter close (the limiter's
+    `aclose` waits for the settles on their way)."""
     for watch in list(state.watches):
         watch.end("shutdown")
-    if state.background:
-        await asyncio.wait(set(state.background), timeout=5)
 
 
 def app_from_env() -> ASGIApp:

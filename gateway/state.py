@@ -7,12 +7,9 @@ module-level: two apps in one process share nothing.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from starlette.types import Scope
@@ -53,7 +50,6 @@ class GatewayState:
     """The upstream HTTP transport all providers share."""
     watches: set[StreamWatch] = field(default_factory=set)
     """Every open request's watch: shutdown ends them, tests check none is left."""
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
     start_budget: StartBudget | None = None
     """Paces request starts (`max_requests_per_loop_turn`); None: no limit."""
     draining: bool = False
@@ -83,9 +79,3 @@ class GatewayState:
         if key is None or not hmac.compare_digest(digest, key.key_sha256):
             raise InvalidApiKey("Incorrect API key provided.")
         return key
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run work off the request path, keeping a reference until it is done."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)

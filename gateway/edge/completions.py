@@ -126,7 +126,7 @@ class RelayEndpoint:
             rec.duration_s = perf_counter() - started_at
             if reservation is not None:
                 used = rec.prompt_tokens + rec.completion_tokens
-                st.spawn(st.limiter.settle(reservation, used))  # type: ignore[union-attr]
+                st.limiter.settle_soon(reservation, used)  # type: ignore[union-attr]
             st.metrics.record(rec)
             if st.request_log is not None:
                 st.request_log.submit(rec)

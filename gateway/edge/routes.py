@@ -74,7 +74,6 @@ class Routes:
                 "pid": os.getpid(),
                 "open_requests": len(st.watches),
                 "tasks": len(asyncio.all_tasks()),
-                "background": len(st.background),
             }
         )
 

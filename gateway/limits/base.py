@@ -97,6 +97,10 @@ class Limiter(Protocol):
         """Replace the reservation with the real usage and free the concurrency slot.
         Never raises: a backend failure here is counted, not thrown at the client."""
 
+    def settle_soon(self, reservation: Reservation, used_tokens: int) -> None:
+        """`settle()` for the request path: started now, finished in the background (the
+        limiter's `aclose()` waits for what is still on its way). Never raises."""
+
     async def usage(self, keys: tuple[KeyConfig, ...]) -> list[KeyUsage]:
         """Per key: requests and tokens this minute / day / month, limits, remaining."""
 

@@ -213,6 +213,9 @@ class MemoryLimiter:
         )
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        self.settle_soon(reservation, used_tokens)
+
+    def settle_soon(self, reservation: Reservation, used_tokens: int) -> None:
         if reservation.degraded:
             return
         state = self._keys.get(reservation.key_id)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -69,7 +70,7 @@ from gateway.limits.base import (
     Reservation,
 )
 from gateway.limits.report import key_usage
-from gateway.limits.resp import RespClient, Script
+from gateway.limits.resp import RespClient, Script, is_noscript, pack_items
 
 _log = logging.getLogger(__name__)
 
@@ -87,8 +88,12 @@ _DENIED: dict[bytes, LimitName] = {
 }
 
 
-class _Skipped(Exception):
-    """Redis is not tried: the back-off after a failure is still running."""
+SETTLE_DELAY_S = 0.005
+"""How long a settle may wait to share its write to Redis with other calls. Nobody waits
+for a settle, and under load many end close together: one write (and one wakeup of Redis)
+carries them all. The next admission of this process takes waiting settles along first, so
+this process never sees its own finished requests as open; other replicas may, for at most
+this long (as if the settle had crossed a slower network)."""
 
 
 def key_names(prefix: str, key_id: str) -> tuple[str, str, str, str, str]:
@@ -147,6 +152,11 @@ class RedisLimiter:
         self._skip_until = 0.0
         """time.monotonic() before which Redis is not tried after a failure."""
         self._renewal: asyncio.Task[None] | None = None
+        self._admit_heads: dict[str, tuple[Limits, bytes]] = {}
+        self._settle_heads: dict[str, bytes] = {}
+        """key id -> the packed start of its admit / settle calls (the same every time)."""
+        self._settling: set[asyncio.Future[Any]] = set()
+        """Settles sent and not answered yet (`aclose` waits for them)."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -174,6 +184,10 @@ class RedisLimiter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._settling:
+            # Settles queued for a shared write go out now; their replies are waited for.
+            self._client.flush()
+            await asyncio.wait(set(self._settling), timeout=self._client.timeout + 0.1)
         await self._client.aclose()
 
     async def ready(self) -> bool:
@@ -187,33 +201,34 @@ class RedisLimiter:
     async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
         limits = key.limits
         lease = self._lease_prefix + request_id
-        try:
-            reply = await self._call(
-                self._admit_script,
-                key_names(self._prefix, key.id),
-                (
-                    _limit(limits.rpm),
-                    _limit(limits.tpm),
-                    _limit(limits.max_concurrent),
-                    _limit(limits.daily_tokens),
-                    _limit(limits.monthly_tokens),
-                    tokens,
-                    lease,
-                    self._lease_ttl_ms,
-                    self._time_override(),
-                ),
-            )
-        except _Skipped:
+        if self._backing_off():
             return self._unavailable(key.id, tokens, request_id)
+        cached = self._admit_heads.get(key.id)
+        if cached is None or cached[0] is not limits:
+            static = (
+                _limit(limits.rpm),
+                _limit(limits.tpm),
+                _limit(limits.max_concurrent),
+                _limit(limits.daily_tokens),
+                _limit(limits.monthly_tokens),
+                self._lease_ttl_ms,
+            )
+            head = self._admit_script.head(key_names(self._prefix, key.id), static, 3)
+            cached = self._admit_heads[key.id] = (limits, head)
+        command = cached[1] + pack_items((tokens, lease, self._time_override()))
+        try:
+            reply = await self._admit_script.run(command)
         except BACKEND_ERRORS as exc:
             self._failed(exc, "admit")
             return self._unavailable(key.id, tokens, request_id)
         self._recovered()
-        allowed, denied, wait, now, requests, reset_requests, used_tokens, reset_tokens = reply
+        allowed, denied, wait, now, requests, reset_requests, used_tokens, reset_tokens = (
+            reply.split(b" ")
+        )
         state = _rate_state(
             limits, int(requests), float(reset_requests), int(used_tokens), float(reset_tokens)
         )
-        if not allowed:
+        if allowed != b"1":
             return Admission(
                 allowed=False, state=state, denied=_DENIED[denied], retry_after=float(wait)
             )
@@ -231,31 +246,75 @@ class RedisLimiter:
         )
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        if reservation.degraded:
+        command = self._settle_command(reservation, used_tokens)
+        if command is not None:
+            await self._settle(command)
+
+    def settle_soon(self, reservation: Reservation, used_tokens: int) -> None:
+        """`settle` without a task: the call is queued on the Redis connection (leaving
+        with other calls within `SETTLE_DELAY_S`) and its reply handled by a callback."""
+        command = self._settle_command(reservation, used_tokens)
+        if command is None:
             return
+        future = self._client.send_nowait(command, SETTLE_DELAY_S)
+        if future is None:  # no connection open: the task opens one
+            task = asyncio.get_running_loop().create_task(self._settle(command))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            return
+        self._settling.add(future)
+        future.add_done_callback(functools.partial(self._settled, command))
+
+    def _settle_command(self, reservation: Reservation, used_tokens: int) -> bytes | None:
+        """The settle's EVALSHA, None when there is nothing to settle in Redis. Forgets the
+        lease first: whatever happens next, this process stops renewing it, so it expires by
+        itself if the ZREM never arrives. Counts a backend error (and gives None) during the
+        back-off after a failure."""
+        if reservation.degraded:
+            return None
         lease = self._lease_prefix + reservation.request_id
-        # Forget the lease first: whatever happens below, this process stops renewing it,
-        # so it expires by itself if the ZREM never arrives.
         held = self._leases.get(reservation.key_id)
         if held is not None:
             held.discard(lease)
             if not held:
                 del self._leases[reservation.key_id]
-        _, tpm_key, quota_key, leases_key, _ = key_names(self._prefix, reservation.key_id)
+        if self._backing_off():
+            self._on_backend_error()
+            return None
+        head = self._settle_heads.get(reservation.key_id)
+        if head is None:
+            _, tpm_key, quota_key, leases_key, _ = key_names(self._prefix, reservation.key_id)
+            head = self._settle_script.head((tpm_key, quota_key, leases_key), (), 3)
+            self._settle_heads[reservation.key_id] = head
+        delta = used_tokens - reservation.tokens
+        return head + pack_items((f"{reservation.admitted_at:.6f}", delta, lease))
+
+    async def _settle(self, command: bytes) -> None:
         try:
-            await self._call(
-                self._settle_script,
-                (tpm_key, quota_key, leases_key),
-                (f"{reservation.admitted_at:.6f}", used_tokens - reservation.tokens, lease),
-            )
-        except _Skipped:
-            self._on_backend_error()
-            return
+            await self._settle_script.run(command, SETTLE_DELAY_S)
         except BACKEND_ERRORS as exc:
-            self._failed(exc, "settle")
-            self._on_backend_error()
+            self._settle_failed(exc)
+        else:
+            self._recovered()
+
+    def _settled(self, command: bytes, future: asyncio.Future[Any]) -> None:
+        self._settling.discard(future)
+        if future.cancelled():
             return
-        self._recovered()
+        exc = future.exception()
+        if exc is None:
+            self._recovered()
+        elif is_noscript(exc):
+            # Redis lost its scripts (a restart, SCRIPT FLUSH): the task path loads it.
+            task = future.get_loop().create_task(self._settle(command))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+        elif isinstance(exc, BACKEND_ERRORS):
+            self._settle_failed(exc)
+
+    def _settle_failed(self, exc: BaseException) -> None:
+        self._failed(exc, "settle")
+        self._on_backend_error()
 
     async def usage(self, keys: tuple[KeyConfig, ...]) -> list[KeyUsage]:
         """Raises LimiterUnavailable when Redis cannot be read (there is no usage to
@@ -285,13 +344,6 @@ class RedisLimiter:
 
     def _backing_off(self) -> bool:
         return self._skip_until != 0.0 and time.monotonic() < self._skip_until
-
-    async def _call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script call (one round trip, pipelined with the calls of the same event-loop
-        turn). Raises _Skipped within the back-off after a failure."""
-        if self._backing_off():
-            raise _Skipped
-        return await script(keys, args)
 
     def _time_override(self) -> str:
         return "" if self._clock is None else f"{self._clock():.6f}"

@@ -47,18 +47,24 @@ _GRACE_S = 0.001
 
 def pack(args: Sequence[Arg]) -> bytes:
     """One command as a RESP array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + pack_items(args)
+
+
+def pack_items(args: Sequence[Arg]) -> bytes:
+    """The bulk strings of `args` without the array's header: the tail of a command whose
+    head was packed once (`Script.head`)."""
+    out = []
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
+        if isinstance(arg, str):
             data = arg.encode()
         elif isinstance(arg, int):
             data = b"%d" % arg
+        elif isinstance(arg, bytes):
+            data = arg
         else:
             data = repr(arg).encode()
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(parts)
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 class _Incomplete(Exception):
@@ -150,9 +156,12 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._loop = loop
-        self._timeout = timeout
+        self.timeout = timeout
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
+        """Commands to write at the end of this loop turn (`_soon`) or a little later."""
+        self._soon: asyncio.Handle | None = None
+        self._later: asyncio.TimerHandle | None = None
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         """Calls sent or about to be, oldest first, each with its deadline."""
         self._buf = bytearray()
@@ -198,23 +207,36 @@ class _Connection(asyncio.Protocol):
 
     # --- calls -----------------------------------------------------------------------------
 
-    def call(self, command: bytes) -> asyncio.Future[Any]:
+    def call(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any]:
+        """Queue one command; its reply's future. With a `delay`, the command may wait up
+        to that many seconds to leave together with later ones (for calls nobody waits on,
+        such as settles); a call without one takes everything queued along, in order."""
         if self.closed:
             raise self._failure()
         future = self._loop.create_future()
-        if not self._waiting and self._transport is not None:
+        now = self._loop.time()
+        if delay:
+            self._out.append(command)
+            if self._soon is None and self._later is None:
+                self._later = self._loop.call_at(now + delay, self.flush)
+        elif not self._waiting and self._transport is not None:
             # Idle: nothing to batch with, so no reason to wait for the end of the turn.
             self._transport.write(command)
         else:
-            if not self._out:
-                self._loop.call_soon(self._flush)
             self._out.append(command)
-        self._waiting.append((future, self._loop.time() + self._timeout))
+            if self._soon is None:
+                self._soon = self._loop.call_soon(self.flush)
+        self._waiting.append((future, now + delay + self.timeout))
         if self._timer is None:
-            self._timer = self._loop.call_at(self._loop.time() + self._timeout, self._check)
+            self._timer = self._loop.call_at(now + delay + self.timeout, self._check)
         return future
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued now."""
+        for handle in (self._soon, self._later):
+            if handle is not None:
+                handle.cancel()
+        self._soon = self._later = None
         out, self._out = self._out, []
         if out and self._transport is not None and not self.closed:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
@@ -229,7 +251,7 @@ class _Connection(asyncio.Protocol):
         if self._loop.time() < deadline:
             self._timer = self._loop.call_at(deadline, self._check)
         elif oldest is suspect:
-            self.fail(RedisTimeoutError(f"Redis did not answer within {self._timeout:g} s"))
+            self.fail(RedisTimeoutError(f"Redis did not answer within {self.timeout:g} s"))
         else:
             # Overdue, but an event loop too busy to read its sockets may have the reply
             # waiting unread: judge again after one more round of I/O.
@@ -245,6 +267,10 @@ class _Connection(asyncio.Protocol):
     def _close(self, why: Exception) -> None:
         self.closed = True
         self._why = self._why or why
+        for handle in (self._soon, self._later):
+            if handle is not None:
+                handle.cancel()
+        self._soon = self._later = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -269,16 +295,34 @@ class RespClient:
 
     def __init__(self, url: str, *, timeout: float = 0.5) -> None:
         self.address = Address.from_url(url)
-        self._timeout = timeout
+        self.timeout = timeout
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
-    async def call(self, *args: Arg) -> Any:
-        """Send one command; its reply (bytes, int, str, list or None)."""
+    async def call(self, *args: Arg, delay: float = 0.0) -> Any:
+        """Send one command; its reply (bytes, int, str, list or None). `delay`: how long
+        the command may wait to share a write with later ones (see `_Connection.call`)."""
+        return await self.send(pack(args), delay)
+
+    async def send(self, command: bytes, delay: float = 0.0) -> Any:
+        """`call` for a command packed already."""
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connection()
-        return await conn.call(pack(args))
+        return await conn.call(command, delay)
+
+    def send_nowait(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any] | None:
+        """`send` without a task: the reply's future, or None when no connection is open
+        (use `send` then: it opens one)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        return conn.call(command, delay)
+
+    def flush(self) -> None:
+        """Write the calls waiting to share a write (delayed ones) now."""
+        if self._conn is not None and not self._conn.closed:
+            self._conn.flush()
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
@@ -301,9 +345,9 @@ class RespClient:
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
         address = self.address
-        conn = _Connection(loop, self._timeout)
+        conn = _Connection(loop, self.timeout)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 if address.path is not None:
                     await loop.create_unix_connection(lambda: conn, address.path)
                 else:
@@ -324,7 +368,7 @@ class RespClient:
         except TimeoutError:
             conn.fail(RedisConnectionError("timed out connecting to Redis"))
             raise RedisTimeoutError(
-                f"Redis at {self._where()} did not answer within {self._timeout:g} s"
+                f"Redis at {self._where()} did not answer within {self.timeout:g} s"
             ) from None
         except BaseException:
             conn.fail(RedisConnectionError("connection setup failed"))
@@ -335,6 +379,10 @@ class RespClient:
     def _where(self) -> str:
         a = self.address
         return a.path if a.path is not None else f"{a.host}:{a.port}"
+
+
+def is_noscript(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -351,12 +399,24 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return await self.run(self.head(keys, (), len(args)) + pack_items(args))
+
+    def head(self, keys: Sequence[str], args: Sequence[Arg], more: int) -> bytes:
+        """The start of an EVALSHA of this script with `keys`, `args` and then `more`
+        arguments, packed once for many calls: each call adds `pack_items(its args)`."""
+        fixed = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        return b"*%d\r\n" % (len(fixed) + more) + pack_items(fixed)
+
+    async def run(self, command: bytes, delay: float = 0.0) -> Any:
+        """Send an EVALSHA of this script (`head` + the rest); after a NOSCRIPT (Redis
+        restarted or flushed its scripts) the script is loaded and the call sent again."""
         try:
-            return await self.client.call("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.client.send(command, delay)
         except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
+            if not is_noscript(exc):
                 raise
-        return await self.client.call("EVAL", self.source, len(keys), *keys, *args)
+        await self.load()
+        return await self.client.send(command)
 
     async def load(self) -> None:
         await self.client.call("SCRIPT", "LOAD", self.source)

@@ -19,7 +19,7 @@ from redis.crc import key_slot
 
 from gateway.config import BackendFailure
 from gateway.limits.base import LimiterUnavailable, RateState
-from gateway.limits.redis_store import RedisLimiter, key_names
+from gateway.limits.redis_store import SETTLE_DELAY_S, RedisLimiter, key_names
 from tests.limits.limits_support import FakeClock, key, run_with, running, utc
 from tests.support.redis_server import RedisServer
 
@@ -113,14 +113,14 @@ def test_admit_and_settle_are_one_script_call_each(redis_url: str) -> None:
             k = key(rpm=10, tpm=1000, max_concurrent=2, daily_tokens=10**6, monthly_tokens=10**7)
             await limiter.admit(k, 1, "warm-up")
             client = limiter._client
-            sent: list[object] = []
-            call = client.call
+            sent: list[str] = []
+            send = client.send
 
-            async def counting(*args: bytes | str | int | float) -> object:
-                sent.append(args[0])
-                return await call(*args)
+            async def counting(command: bytes, delay: float = 0.0) -> object:
+                sent.append(command.split(b"\r\n")[2].decode())  # *N, $len, the name
+                return await send(command, delay)
 
-            client.call = counting  # type: ignore[method-assign]
+            client.send = counting  # type: ignore[method-assign]
             with redis.Redis.from_url(redis_url) as probe:
                 before = probe.info("commandstats")
                 admission = await limiter.admit(k, 100, "r1")
@@ -131,6 +131,66 @@ def test_admit_and_settle_are_one_script_call_each(redis_url: str) -> None:
             evalsha = after["cmdstat_evalsha"]["calls"] - before["cmdstat_evalsha"]["calls"]
             assert evalsha == 2
             assert "cmdstat_eval" not in after  # never fell back to sending the script
+
+    run_with(scenario())
+
+
+def test_settle_soon_needs_no_task_and_this_process_never_sees_its_own_settled_slots(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, other = _limiter(redis_url, errors), _limiter(redis_url)
+        async with running(limiter, other):
+            k = key(max_concurrent=1, tpm=10_000)
+            for i in range(5):
+                # Back to back: each settle waits to share a write, and the next admission
+                # takes it along first, so the one slot is free again every time.
+                admission = await limiter.admit(k, 100, f"r{i}")
+                assert admission.allowed and admission.reservation is not None
+                tasks = len(asyncio.all_tasks())
+                limiter.settle_soon(admission.reservation, 30)
+                assert len(asyncio.all_tasks()) == tasks
+            # Another process sees the last settle once it has gone out (within the delay).
+            await asyncio.sleep(SETTLE_DELAY_S + 0.05)
+            (usage,) = await other.usage((k,))
+            assert usage.concurrent == 0
+            assert usage.tokens_minute == 5 * 30  # each reservation settled to what was used
+        assert errors == []
+
+    run_with(scenario())
+
+
+def test_close_sends_and_waits_for_queued_settles(redis_url: str) -> None:
+    async def scenario() -> None:
+        limiter, reader = _limiter(redis_url), _limiter(redis_url)
+        k = key(max_concurrent=10)
+        async with running(reader):
+            async with running(limiter):
+                admissions = [await limiter.admit(k, 100, f"r{i}") for i in range(3)]
+                for admission in admissions:
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, 1)
+            (usage,) = await reader.usage((k,))
+            assert usage.concurrent == 0 and usage.tokens_minute == 3
+
+    run_with(scenario())
+
+
+def test_settle_soon_after_redis_lost_its_scripts(redis_url: str) -> None:
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter = _limiter(redis_url, errors)
+        async with running(limiter):
+            k = key(max_concurrent=1)
+            admission = await limiter.admit(k, 10, "r1")
+            assert admission.reservation is not None
+            with redis.Redis.from_url(redis_url) as probe:
+                probe.script_flush()
+            limiter.settle_soon(admission.reservation, 10)
+            await asyncio.sleep(SETTLE_DELAY_S + 0.1)  # NOSCRIPT, loaded, sent again
+            assert (await limiter.admit(k, 10, "r2")).allowed
+        assert errors == []
 
     run_with(scenario())
 
@@ -252,9 +312,11 @@ def test_an_outage_is_counted_obeys_the_failure_mode_and_heals_by_itself(
                     with pytest.raises(LimiterUnavailable):
                         await limiter.admit(k, 10, f"during-{attempt}")
                 assert time.monotonic() - started < 0.6
-            # The settle of a request admitted before the outage never raises.
+            # The settle of a request admitted before the outage never raises, queued or
+            # awaited; each is counted.
+            limiter.settle_soon(before.reservation, 10)
             await limiter.settle(before.reservation, 10)
-            assert errors == ["error"] * 4
+            assert errors == ["error"] * 5
             assert not await limiter.ready()
             # Past the back-off Redis is tried again, still down, still counted.
             await asyncio.sleep(0.25)
@@ -263,7 +325,7 @@ def test_an_outage_is_counted_obeys_the_failure_mode_and_heals_by_itself(
             else:
                 with pytest.raises(LimiterUnavailable):
                     await limiter.admit(k, 10, "still-down")
-            assert len(errors) == 5
+            assert len(errors) == 6
 
             own_redis.start()
             await asyncio.sleep(0.25)  # past the back-off
@@ -272,7 +334,7 @@ def test_an_outage_is_counted_obeys_the_failure_mode_and_heals_by_itself(
             assert after.state.limit_requests == 100
             assert await limiter.ready()
             await limiter.settle(after.reservation, 10)
-            assert len(errors) == 5
+            assert len(errors) == 6
             (usage,) = await limiter.usage((k,))
             # A fresh Redis (no persistence): only what came after the outage.
             assert usage.requests_minute == 1 and usage.concurrent == 0

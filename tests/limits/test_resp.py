@@ -32,13 +32,13 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
     run: Run, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[int] = []
-    flush = resp._Connection._flush
+    flush = resp._Connection.flush
 
     def counting(self: resp._Connection) -> None:
         writes.append(len(self._out))
         flush(self)
 
-    monkeypatch.setattr(resp._Connection, "_flush", counting)
+    monkeypatch.setattr(resp._Connection, "flush", counting)
 
     async def scenario() -> None:
         client = RespClient(redis_url)
@@ -58,6 +58,43 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
             assert writes == []  # idle again: written at once, no end-of-turn flush
             counters = await asyncio.gather(*(client.call("INCR", "n") for _ in range(50)))
             assert counters == list(range(1, 51))
+        finally:
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_along(
+    run: Run, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    flush = resp._Connection.flush
+
+    def counting(self: resp._Connection) -> None:
+        writes.append(len(self._out))
+        flush(self)
+
+    monkeypatch.setattr(resp._Connection, "flush", counting)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        client = RespClient(redis_url)
+        try:
+            await client.call("DEL", "n")
+            # Delayed calls wait (up to their delay) and then leave in one write.
+            started = loop.time()
+            first = await asyncio.gather(*(client.call("INCR", "n", delay=0.05) for _ in range(3)))
+            assert first == [1, 2, 3]
+            assert loop.time() - started >= 0.05
+            assert writes == [3]
+            # An undelayed call does not wait for them: all leave at once, in call order.
+            writes.clear()
+            waiting = [asyncio.ensure_future(client.call("INCR", "n", delay=10)) for _ in range(2)]
+            await asyncio.sleep(0.01)
+            assert not any(w.done() for w in waiting)
+            assert await client.call("GET", "n") == b"5"
+            assert [w.result() for w in waiting] == [4, 5]
+            assert writes == [3]
         finally:
             await client.aclose()
 
