@@ -18,7 +18,6 @@ import socket
 import sys
 import threading
 import time
-import weakref
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any, cast
@@ -44,6 +43,9 @@ def find_state(app: Any) -> GatewayState | None:
     return None
 
 
+_HIGH_WATER = "_gateway_stream_buffer_bytes"
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol with the config's per-connection write high-water mark, a
     `DisconnectHook` in every request's scope that fires when the connection is lost before
@@ -55,15 +57,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     the backpressure through TCP.
     """
 
-    _high_water: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-    """app -> its stream_buffer_bytes, 0 for none (found once per app, not per connection)."""
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        high = self._high_water.get(self.app)
+        # Found once per server (its config), not per connection: 0 when the app has none.
+        high: int | None = getattr(self.config, _HIGH_WATER, None)
         if high is None:
             state = find_state(self.app)
-            high = self._high_water[self.app] = state.config.stream_buffer_bytes if state else 0
+            high = state.config.stream_buffer_bytes if state else 0
+            setattr(self.config, _HIGH_WATER, high)
         if high:
             transport.set_write_buffer_limits(high=high, low=high // 4)
 
