@@ -7,6 +7,7 @@ request log) are built in the lifespan and closed on exit, in reverse order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -64,6 +65,7 @@ def create_app(config: GatewayConfig) -> ASGIApp:
             await request_log.start()
             stack.push_async_callback(request_log.aclose)
             state.request_log = request_log
+            state.finished.handlers.append(request_log.submit)
             stack.push_async_callback(_end_open_requests, state)
             yield
 
@@ -145,10 +147,16 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 async def _end_open_requests(state: GatewayState) -> None:
-    """End what is still open before the request log and the limiter close (the limiter's
-    `aclose` waits for the settles on their way)."""
+    """End what is still open, and hand every finished request's record over, before the
+    request log and the limiter close (the limiter's `aclose` waits for the settles on their
+    way)."""
     for watch in list(state.watches):
         watch.end("shutdown")
+    for _ in range(100):  # the ended requests' tasks finish within a few loop turns
+        if not state.watches:
+            break
+        await asyncio.sleep(0.01)
+    state.finished.drain()
 
 
 def app_from_env() -> ASGIApp:

@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig, KeyConfig, ModelConfig
 from gateway.edge.budget import StartBudget
 from gateway.errors import InvalidApiKey
 from gateway.limits.base import Limiter
+from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
 from gateway.providers.base import Provider
@@ -50,12 +51,15 @@ class GatewayState:
     """The upstream HTTP transport all providers share."""
     watches: set[StreamWatch] = field(default_factory=set)
     """Every open request's watch: shutdown ends them, tests check none is left."""
+    finished: Finished = field(init=False)
+    """Finished requests' records on their way to the metrics and the request log."""
     start_budget: StartBudget | None = None
     """Paces request starts (`max_requests_per_loop_turn`); None: no limit."""
     draining: bool = False
     """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
 
     def __post_init__(self) -> None:
+        self.finished = Finished(self.metrics.record)
         per_turn = self.config.max_requests_per_loop_turn
         if per_turn is not None:
             self.start_budget = StartBudget(per_turn)

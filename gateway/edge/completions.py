@@ -10,6 +10,7 @@ request path.
 from __future__ import annotations
 
 import asyncio
+import time
 from time import perf_counter
 
 import structlog
@@ -127,9 +128,8 @@ class RelayEndpoint:
             if reservation is not None:
                 used = rec.prompt_tokens + rec.completion_tokens
                 st.limiter.settle_soon(reservation, used)  # type: ignore[union-attr]
-            st.metrics.record(rec)
-            if st.request_log is not None:
-                st.request_log.submit(rec)
+            rec.ended_at = time.time()
+            st.finished.add(rec)
 
     async def _admit(
         self, key: KeyConfig, req: ClientRequest, rid: str, headers: Headers

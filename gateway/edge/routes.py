@@ -86,6 +86,7 @@ class Routes:
         return JSONResponse({"status": "ready"})
 
     async def metrics(self, request: Request) -> Response:
+        self.state.finished.drain()  # every request that ended before the scrape counts
         body, content_type = self.state.metrics.render()
         return Response(body, media_type=content_type)
 

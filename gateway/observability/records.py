@@ -23,6 +23,8 @@ class RequestRecord:
     ttft_s: float | None = None
     """Request arrival to the first byte of the answer sent to the client."""
     duration_s: float = 0.0
+    ended_at: float = 0.0
+    """Unix time the request ended (the request log's timestamp); 0: not set."""
     overhead_s: float = 0.0
     """Time spent in the gateway rather than upstream: admission (arrival to upstream
     request sent) plus relaying the first event (received to sent)."""

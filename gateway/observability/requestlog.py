@@ -1,13 +1,16 @@
 """The request log: one JSON line per request, written off the request path.
 
-The request path calls `RequestLog.submit(record)`, which only puts the record on a bounded
-asyncio queue and returns; it never awaits and never blocks. One background task takes up
-to `logging.batch_size` records at a time, renders them through a locally built structlog
-logger (timestamp, level, event="request", then `RequestRecord.log_fields()`) and writes
-the batch to the sink in a worker thread. A sink that blocks (a full pipe, a slow disk)
-therefore stalls only that task: records pile up in the queue, and once it is full new
-ones are dropped and counted in gateway_log_records_dropped_total. `aclose()` (lifespan
-shutdown, SIGTERM) drains what is queued, then flushes and closes the sink.
+Finished requests reach `RequestLog.submit(record)` off the request path, a slice at a
+time (`gateway.observability.finished`). It renders the line through a locally built
+structlog logger (timestamp, level, event="request", then `RequestRecord.log_fields()`),
+puts it on a bounded asyncio queue and returns; it never awaits and never blocks. Rendering
+here, in the event loop's slices, rather than in the writer thread keeps a thread that
+would hold the GIL for a whole batch off the loop. One background task takes up to
+`logging.batch_size` lines at a time and writes them to the sink in a worker thread. A sink
+that blocks (a full pipe, a slow disk) therefore stalls only that task: lines pile up in the
+queue, and once it is full new records are dropped and counted in
+gateway_log_records_dropped_total. `aclose()` (lifespan shutdown, SIGTERM) drains what is
+queued, then flushes and closes the sink.
 
 Secrets: records carry none by construction; a processor still drops any field named like
 a credential. Prompts and completions are written only with `log_bodies: true`.
@@ -202,7 +205,6 @@ def request_logger(*, log_bodies: bool) -> tuple[Any, _LineCollector]:
 
 # --- the log ----------------------------------------------------------------------------------
 
-_Item = tuple[float, RequestRecord]
 _LINGER_S = 0.05
 
 
@@ -222,7 +224,7 @@ class RequestLog:
         self._batch_size = max(1, config.batch_size)
         self._queue_size = max(1, config.queue_size)
         # None wakes the consumer at shutdown when the queue is empty.
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(self._queue_size)
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(self._queue_size)
         self._sink = sink
         self._logger, self._lines = request_logger(log_bodies=log_bodies)
         self._task: asyncio.Task[None] | None = None
@@ -249,11 +251,26 @@ class RequestLog:
         if self._closed:
             self._metrics.log_record_dropped()
             return
-        try:
-            self._queue.put_nowait((time.time(), rec))
-        except asyncio.QueueFull:
+        if self._queue.full():
             self._metrics.log_record_dropped()
             self._metrics.set_log_queue_depth(self._queue_size)
+            return
+        line = self._render(rec)
+        if line is None:
+            self._metrics.log_record_dropped()
+            return
+        self._queue.put_nowait(line)
+
+    def _render(self, rec: RequestRecord) -> bytes | None:
+        """The record's line, None when a field cannot be encoded (the line is lost, not
+        the log)."""
+        method = self._logger.error if rec.status >= 500 else self._logger.info
+        lines = self._lines.lines
+        try:
+            method("request", _ended_at=rec.ended_at or time.time(), **rec.log_fields())
+        except TypeError:
+            return None
+        return lines.pop() if lines else None
 
     # The drain deadline belongs to the log (it knows what it drops when it passes).
     async def aclose(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -307,11 +324,10 @@ class RequestLog:
         queue = self._queue
         while not (self._closed and queue.empty()):
             first = await queue.get()
-            batch: list[_Item] = [] if first is None else [first]
+            batch: list[bytes] = [] if first is None else [first]
             if first is not None and not self._closed and queue.qsize() < self._batch_size:
                 # Linger a moment so a trickle of requests is written in batches: each batch
-                # is one hand-off to the writer thread, whose GIL time lands on whatever
-                # request arrives next.
+                # is one hand-off to the writer thread.
                 await asyncio.sleep(_LINGER_S)
             while len(batch) < self._batch_size:
                 try:
@@ -324,30 +340,19 @@ class RequestLog:
             if not batch:
                 continue
             try:
-                # Rendering runs in the thread too: it is the costly part of a batch.
                 await asyncio.to_thread(self._write_batch, sink, batch)
             except Exception:
                 # A broken sink costs this batch, never the log: the next batch is tried.
                 _log.exception("request log: batch of %d records lost", len(batch))
                 self._metrics.log_record_dropped(len(batch))
 
-    def _write_batch(self, sink: Sink, batch: list[_Item]) -> None:
-        """Render and write one batch (in a worker thread; one batch at a time)."""
-        logger = self._logger
-        lines = self._lines.lines = []
-        failed = 0
-        for ended_at, rec in batch:
-            method = logger.error if rec.status >= 500 else logger.info
-            try:
-                method("request", _ended_at=ended_at, **rec.log_fields())
-            except TypeError:  # a field orjson cannot encode: lose the line, not the batch
-                failed += 1
+    def _write_batch(self, sink: Sink, lines: list[bytes]) -> None:
+        """Write one batch (in a worker thread; one batch at a time)."""
         try:
             sink.write(lines)
         except (OSError, ValueError) as exc:  # ValueError: a closed stream
-            failed += len(lines)
             _log.warning("request log: sink write failed (%s), records dropped", exc)
-        self._metrics.log_record_dropped(failed)
+            self._metrics.log_record_dropped(len(lines))
 
 
 # --- the gateway's own logs -----------------------------------------------------------------

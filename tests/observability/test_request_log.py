@@ -357,3 +357,21 @@ def test_process_logging_writes_the_gateways_own_logs_as_json(
     assert line["level"] == "warning"
     assert line["logger"] == "gateway.server"
     assert "timestamp" in line
+
+
+def test_the_timestamp_is_when_the_request_ended_not_when_it_was_logged(
+    metrics: Metrics,
+) -> None:
+    sink = ListSink()
+    ended = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(), metrics, log_bodies=False, sink=sink)
+        await log.start()
+        rec = make_record()
+        rec.ended_at = ended
+        log.submit(rec)
+        await log.aclose()
+
+    asyncio.run(scenario())
+    assert sink.records()[0]["timestamp"] == "2023-11-14T22:13:20.250Z"
