@@ -9,7 +9,6 @@ request path.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from time import perf_counter
 
@@ -71,8 +70,9 @@ class RelayEndpoint:
             rec.key_id = key.id
             try:
                 # A client that declares a body and stalls must not hold its request forever.
-                async with asyncio.timeout(st.config.timeouts.idle):
-                    raw = await read_body(scope, receive, st.config.max_body_bytes)
+                raw = await read_body(
+                    scope, receive, st.config.max_body_bytes, st.config.timeouts.idle
+                )
             except TimeoutError:
                 raise InvalidRequest(
                     f"the request body did not arrive within {st.config.timeouts.idle:g} s",

@@ -6,16 +6,19 @@ it runs for every token stream and the gateway's overhead budget is a millisecon
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 Headers = list[tuple[bytes, bytes]]
+T = TypeVar("T")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
@@ -46,8 +49,10 @@ def request_id(scope: Scope) -> bytes:
     return os.urandom(16).hex().encode()
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than `limit` bytes before reading them all."""
+async def read_body(scope: Scope, receive: Receive, limit: int, stall_s: float) -> bytes:
+    """The whole request body, refusing more than `limit` bytes before reading them all;
+    TimeoutError when it takes longer than `stall_s` seconds. A body that came with the
+    headers (nearly every one) is read without arming a timer."""
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -56,10 +61,18 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise InvalidRequest("content-length is not a number") from None
         if declared > limit:
             raise _too_large(limit)
+    message = run_until_wait(cast("Coroutine[Any, Any, Message]", receive()))
+    if isinstance(message, Waiting) or message.get("more_body", False):
+        async with asyncio.timeout(stall_s):
+            return await _read_body(message, receive, limit)
+    return await _read_body(message, receive, limit)  # the one part is here: no wait
+
+
+async def _read_body(first: Message | Waiting[Message], receive: Receive, limit: int) -> bytes:
+    message = await first if isinstance(first, Waiting) else first
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()
         chunk = message.get("body", b"")
@@ -70,7 +83,47 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return b"".join(chunks)
+
+
+class Waiting(Generic[T]):
+    """The rest of a coroutine that had to wait (`run_until_wait`). Awaiting it hands what
+    the coroutine waits on to the awaiting task and resumes the coroutine after, as `await`
+    (`yield from`) would have, and gives the coroutine's result."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, None, T]:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                yield waiting_on
+            except BaseException as exc:  # thrown into the task (a cancellation): pass it on
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration as stop:
+                    return cast(T, stop.value)
+            else:
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration as stop:
+                    return cast(T, stop.value)
+
+
+def run_until_wait(coro: Coroutine[Any, Any, T]) -> T | Waiting[T]:
+    """Run `coro` up to its first wait, in the caller's task: its result if it finished
+    without waiting (then no task switch and no timer was needed), else `Waiting` for the
+    rest. A cheap start for calls that usually finish at once (an ASGI send or receive)."""
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    return Waiting(coro, waiting_on)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

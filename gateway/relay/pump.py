@@ -20,12 +20,13 @@ its cancellation reaches the task in `run()`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Coroutine
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import Send
 
+from gateway.edge.http import Waiting, run_until_wait
 from gateway.providers.base import EventStream
 from gateway.relay.watch import StreamWatch
 
@@ -117,36 +118,5 @@ class Pump:
 def start_send(send: Send, message: dict[str, Any]) -> Awaitable[None] | None:
     """Run `send(message)` up to its first wait: None if it finished (the usual case: the
     server wrote without waiting), else an awaitable for the rest."""
-    coro = send(message)
-    try:
-        waiting_on = coro.send(None)  # type: ignore[attr-defined]
-    except StopIteration:
-        return None
-    return _Rest(coro, waiting_on)  # type: ignore[arg-type]
-
-
-class _Rest:
-    """The rest of a started coroutine: awaiting it passes what the coroutine waits on to the
-    awaiting task and resumes the coroutine after, as `await` would have (`yield from`)."""
-
-    __slots__ = ("_coro", "_waiting_on")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-        self._coro = coro
-        self._waiting_on = waiting_on
-
-    def __await__(self) -> Generator[Any, None, None]:
-        coro, waiting_on = self._coro, self._waiting_on
-        while True:
-            try:
-                yield waiting_on
-            except BaseException as exc:  # thrown into the task (a cancellation): pass it on
-                try:
-                    waiting_on = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting_on = coro.send(None)
-                except StopIteration:
-                    return
+    rest = run_until_wait(cast("Coroutine[Any, Any, None]", send(message)))
+    return rest if isinstance(rest, Waiting) else None
