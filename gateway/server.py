@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway.edge.http import DISCONNECT, DisconnectHook, disconnect_hook
+from gateway.edge.http import BODY_WRITER, DISCONNECT, DisconnectHook, disconnect_hook
 from gateway.state import GatewayState
 
 
@@ -76,10 +76,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         cycle = self.cycle
+        if cycle is None:
+            return
         # Not when the client waits for `100 Continue` (that must leave on its own), nor for
         # HEAD (its answer has no body part to carry the head).
-        if cycle is not None and not self.expect_100_continue and self.scope["method"] != "HEAD":
+        if not self.expect_100_continue and self.scope["method"] != "HEAD":
             cycle.transport = cast(asyncio.Transport, _HeadWithBody(cycle, self.transport))
+        scope: Any = self.scope
+        scope["extensions"][BODY_WRITER] = _ChunkWriter(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
@@ -119,6 +123,30 @@ class _HeadWithBody:
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
+
+
+class _ChunkWriter:
+    """The `BodyWriter` of one response: a body part framed as uvicorn frames it (chunked
+    encoding) and written to the transport, when uvicorn's `send` would write it at once."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def write(self, data: bytes) -> bool:
+        cycle = self._cycle
+        if (
+            not cycle.response_started
+            or cycle.response_complete
+            or not cycle.chunked_encoding
+            or cycle.flow.write_paused
+            or cycle.disconnected
+        ):
+            return False
+        if data:  # an empty chunk would end the body
+            cycle.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
 
 
 class GatewayServer(uvicorn.Server):

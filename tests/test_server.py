@@ -11,6 +11,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
+from gateway.edge.http import body_writer
 from gateway.server import BoundedHttpToolsProtocol
 
 
@@ -122,3 +123,61 @@ def test_a_held_head_is_written_before_the_connection_closes() -> None:
     (only,) = transport.writes
     assert only.startswith(b"HTTP/1.1 200 OK\r\n") and only.endswith(b"\r\n\r\n")
     assert transport.closed
+
+
+def test_the_body_writer_writes_chunks_only_while_send_would_write_at_once() -> None:
+    seen: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        writer = body_writer(scope)
+        assert writer is not None
+        await receive()
+        seen.append(writer.write(b"early"))  # before the head: send's job
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        seen.append(writer.write(b"second"))
+        seen.append(writer.write(b""))  # nothing to write (an empty chunk would end the body)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        seen.append(writer.write(b"late"))  # after the end
+
+    writes = asyncio.run(exchange(app, POST)).writes
+    assert seen == [False, True, True, False]
+    assert writes[1:] == [b"6\r\nsecond\r\n", b"0\r\n\r\n"]
+    assert writes[0].endswith(b"\r\n\r\n5\r\nfirst\r\n")
+
+
+def test_the_body_writer_declines_while_the_client_is_slow_or_gone() -> None:
+    seen: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        writer = body_writer(scope)
+        assert writer is not None
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        protocol.pause_writing()  # the transport's buffer passed its high-water mark
+        seen.append(writer.write(b"held"))
+        protocol.resume_writing()
+        seen.append(writer.write(b"again"))
+        protocol.connection_lost(None)
+        seen.append(writer.write(b"gone"))
+
+    protocol: BoundedHttpToolsProtocol
+    transport = RecordingTransport()
+
+    async def scenario() -> None:
+        nonlocal protocol
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config.load()
+        state = ServerState()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(POST)
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if not state.tasks:
+                break
+
+    asyncio.run(scenario())
+    assert seen == [False, True, False]
+    assert b"held" not in b"".join(transport.writes)

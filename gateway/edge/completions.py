@@ -19,6 +19,7 @@ from gateway.config import KeyConfig
 from gateway.edge.http import (
     ClientGone,
     Headers,
+    body_writer,
     disconnect_hook,
     read_body,
     request_id,
@@ -104,6 +105,7 @@ class RelayEndpoint:
                 headers=headers,
                 started_at=started_at,
                 disconnect=disconnect_hook(scope),
+                writer=body_writer(scope),
             )
             if req.stream:
                 await relay_stream(st, ctx, receive, send)

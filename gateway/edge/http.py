@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
@@ -159,6 +159,26 @@ class DisconnectHook:
 def disconnect_hook(scope: Scope) -> DisconnectHook | None:
     extensions = scope.get("extensions")
     return extensions.get(DISCONNECT) if extensions else None
+
+
+BODY_WRITER = "gateway.body_writer"
+"""The scope extension under which `gateway serve` offers a `BodyWriter`."""
+
+
+class BodyWriter(Protocol):
+    """Writes one part of a streamed (chunked) response body straight to the connection,
+    without an ASGI message: under `gateway serve`, each relayed upstream read is one such
+    write (a coroutine, a message and the server's checks less per token)."""
+
+    def write(self, data: bytes) -> bool:
+        """True when `data` was written; False when it was not and the caller must `send`
+        it instead (the response has not started or is not chunked, the client's buffer is
+        full so the send must wait, or the client is gone)."""
+
+
+def body_writer(scope: Scope) -> BodyWriter | None:
+    extensions = scope.get("extensions")
+    return extensions.get(BODY_WRITER) if extensions else None
 
 
 class ClientGone(Exception):

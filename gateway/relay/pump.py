@@ -3,9 +3,10 @@ connection's own callback, with no task wakeup in between.
 
 Pulling a stream costs one task wakeup per upstream read (a future resolved, the task
 stepped through four coroutine frames, then the ASGI `send` coroutine). A `Pump` is the
-`Sink` a pushed stream delivers to (`EventStream.push`): it starts the ASGI `send` at once
-(`start_send`) and, in the usual case that the server writes without waiting, that is the
-whole of it. The request's task sleeps in `run()` until something needs it:
+`Sink` a pushed stream delivers to (`EventStream.push`): it writes each read with the
+server's `BodyWriter` when there is one (`gateway serve`), else starts the ASGI `send` at once
+(`start_send`); in the usual case that the server writes without waiting, that is the whole
+of it. The request's task sleeps in `run()` until something needs it:
 
 - a send had to wait (the client's buffer is full): the pump stops taking reads, which
   holds the upstream back as pulling does; the task finishes that send, then asks the stream
@@ -26,7 +27,7 @@ from typing import Any, cast
 
 from starlette.types import Send
 
-from gateway.edge.http import Waiting, run_until_wait
+from gateway.edge.http import BodyWriter, Waiting, run_until_wait
 from gateway.providers.base import EventStream
 from gateway.relay.watch import StreamWatch
 
@@ -38,6 +39,7 @@ class Pump:
         "_send",
         "_waiter",
         "_watch",
+        "_writer",
         "ended",
         "gaps",
         "last",
@@ -45,8 +47,16 @@ class Pump:
         "ready",
     )
 
-    def __init__(self, send: Send, watch: StreamWatch, gaps: list[float], last: float) -> None:
+    def __init__(
+        self,
+        send: Send,
+        watch: StreamWatch,
+        gaps: list[float],
+        last: float,
+        writer: BodyWriter | None = None,
+    ) -> None:
         self._send = send
+        self._writer = writer
         self._watch = watch
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
@@ -65,6 +75,9 @@ class Pump:
         now = perf_counter()
         self.gaps.append(now - self.last)
         self.last = self._watch.last_read = now
+        writer = self._writer
+        if writer is not None and writer.write(data):
+            return  # the usual case under `gateway serve`: written, nothing to wait for
         try:
             rest = start_send(
                 self._send, {"type": "http.response.body", "body": data, "more_body": True}

@@ -27,7 +27,14 @@ import httpx
 from starlette.types import Receive, Send
 
 from gateway.config import ModelConfig
-from gateway.edge.http import SSE_HEADERS, ClientGone, DisconnectHook, Headers, send_bytes
+from gateway.edge.http import (
+    SSE_HEADERS,
+    BodyWriter,
+    ClientGone,
+    DisconnectHook,
+    Headers,
+    send_bytes,
+)
 from gateway.edge.requests import ClientRequest
 from gateway.errors import GatewayError, Outcome, StreamEnded, UpstreamError, UpstreamTimeout
 from gateway.observability.records import RequestRecord
@@ -54,6 +61,8 @@ class RelayContext:
     started_at: float
     disconnect: DisconnectHook | None = None
     """The server's disconnect hook, when it offers one (`gateway serve` does)."""
+    writer: BodyWriter | None = None
+    """The server's direct body writer, when it offers one (`gateway serve` does)."""
 
 
 def _ended_error(outcome: Outcome, ctx: RelayContext, timeouts_idle: float) -> GatewayError:
@@ -165,7 +174,7 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
             rec.ttft_s = last - ctx.started_at
             rec.overhead_s += last - received_at
             gaps = rec.inter_token_s
-            pump = Pump(send, watch, gaps, last)
+            pump = Pump(send, watch, gaps, last, ctx.writer)
             if upstream.push(pump):
                 await pump.run(upstream)
             else:

@@ -158,3 +158,40 @@ def test_a_bug_in_the_callback_path_is_raised_not_swallowed() -> None:
     bug = KeyError("translate")
     _, _, _, raised = asyncio.run(_pumped([(0.01, "end", bug)]))
     assert raised is bug
+
+
+class Writer:
+    """A server's BodyWriter: writes while `open`, else declines (the pump sends instead)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.open = True
+
+    def write(self, data: bytes) -> bool:
+        if self.open:
+            self.written.append(data)
+        return self.open
+
+
+def test_reads_go_to_the_servers_writer_and_to_send_when_it_declines() -> None:
+    async def main() -> tuple[Client, Writer, BaseException | None]:
+        client, upstream, writer = Client(), Upstream(), Writer()
+        pump = Pump(client.send, StreamWatch(client.send, Timeouts()), [], 0.0, writer)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, pump.relay, b"a")
+        loop.call_later(0.02, setattr, writer, "open", False)
+        loop.call_later(0.03, pump.relay, b"b")  # declined: the ASGI send carries it
+        loop.call_later(0.04, setattr, writer, "open", True)
+        loop.call_later(0.05, pump.relay, b"c")
+        loop.call_later(0.06, pump.end, None)
+        raised: BaseException | None = None
+        try:
+            await asyncio.wait_for(pump.run(upstream), 2.0)  # type: ignore[arg-type]
+        except Exception as exc:
+            raised = exc
+        return client, writer, raised
+
+    client, writer, raised = asyncio.run(main())
+    assert raised is None
+    assert writer.written == [b"a", b"c"]
+    assert client.sent == [b"b"]
