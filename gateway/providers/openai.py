@@ -32,10 +32,19 @@ _DONE = b"data: [DONE]\n\n"
 
 class OpenAIStream(SSEUpstream):
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
-        # One orjson parse per event: about 1 µs for a 200-byte chunk, less than the byte
-        # searches that could stand in for it, and it validates the event on the way.
+        # Nearly every event is one token's delta, which tells the gateway nothing but that a
+        # token came: those are recognised by their bytes (`_plain_delta`) and relayed without
+        # being parsed; every other event (the first, the finish, usage, errors, anything
+        # unusual) is parsed. In a saturated relay the parse and walk of each delta (about 5 µs
+        # live, a sixth of an event's whole cost) showed as a longer tail of token gaps.
         state = self.state
+        fast = not self.keep_text
         for data, _, raw in events:
+            if fast and _plain_delta(data):
+                if _counts(data):
+                    state.completion_estimate += 1
+                out.append(raw if raw.endswith(b"\n\n") else b"data: " + data + b"\n\n")
+                continue
             if not data:
                 continue  # comments and pings: the relay sends its own keep-alives
             if data == b"[DONE]":
@@ -64,6 +73,46 @@ class OpenAIStream(SSEUpstream):
 
 
 _loads = orjson.loads
+
+_DELTA_END = b'"finish_reason":null}]}'
+_DELTA_END_NO_USAGE = b'"finish_reason":null}],"usage":null}'
+_CONTENT = b'"content":"'
+
+
+def _plain_delta(data: bytes) -> bool:
+    """Whether an event is a delta that tells the gateway nothing but that a token came: a
+    JSON object in valid UTF-8 that ends as OpenAI-compatible servers end a chunk whose
+    choice goes on (`"finish_reason":null}]}`, or with `"usage":null` after it).
+
+    What the gateway reads from a stream still reaches it: a finish reason set, a usage
+    object and an error each end their event otherwise (OpenAI puts `usage` after
+    `choices`, an error event is `{"error": ...}` alone, and a stream's last choice to
+    finish does so in its own chunk), so those events are parsed; a usage report ahead of a
+    delta's choices would be missed, but the usage that counts comes in the stream's last
+    chunk. Not checked on this path: that the bytes between the braces are valid JSON.
+    """
+    return (
+        (data.endswith(_DELTA_END) or data.endswith(_DELTA_END_NO_USAGE))
+        and data.startswith(b"{")
+        and (data.isascii() or _utf8(data))
+    )
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _counts(data: bytes) -> bool:
+    """A plain delta that counts towards the completion estimate, as `_scan_choices` counts:
+    one with content (not empty), tool calls or reasoning."""
+    at = data.find(_CONTENT)
+    if at >= 0 and data[at + 11 : at + 12] != b'"':
+        return True
+    return b'"tool_calls"' in data or b'"reasoning_content":"' in data
 
 
 def _scan_choices(choices: list[Any], state: StreamState, keep_text: bool) -> None:
