@@ -47,11 +47,14 @@ class RecordingTransport:
 
 
 async def exchange(app: Any, request: bytes) -> RecordingTransport:
-    """Feed one request to a fresh connection; the transport once the answer is done."""
+    """Feed one request to a fresh connection; the transport once the answer is done. The
+    app can reach the protocol as `scope["state"]["protocol"]`."""
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     config.load()
     state = ServerState()
-    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+    app_state: dict[str, Any] = {}
+    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state=app_state)
+    app_state["protocol"] = protocol
     transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(request)
@@ -152,6 +155,7 @@ def test_the_body_writer_declines_while_the_client_is_slow_or_gone() -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         writer = body_writer(scope)
         assert writer is not None
+        protocol = scope["state"]["protocol"]
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"first", "more_body": True})
@@ -162,22 +166,6 @@ def test_the_body_writer_declines_while_the_client_is_slow_or_gone() -> None:
         protocol.connection_lost(None)
         seen.append(writer.write(b"gone"))
 
-    protocol: BoundedHttpToolsProtocol
-    transport = RecordingTransport()
-
-    async def scenario() -> None:
-        nonlocal protocol
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
-        config.load()
-        state = ServerState()
-        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        protocol.data_received(POST)
-        for _ in range(100):
-            await asyncio.sleep(0)
-            if not state.tasks:
-                break
-
-    asyncio.run(scenario())
+    transport = asyncio.run(exchange(app, POST))
     assert seen == [False, True, False]
     assert b"held" not in b"".join(transport.writes)

@@ -28,17 +28,23 @@ from tests.support.redis_server import RedisServer, free_port
 pytestmark = pytest.mark.redis
 
 
-def test_concurrent_calls_get_their_own_replies_in_one_write(
-    run: Run, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes: list[int] = []
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many commands each write to Redis carried."""
+    counts: list[int] = []
     flush = resp._Connection.flush
 
     def counting(self: resp._Connection) -> None:
-        writes.append(len(self._out))
+        counts.append(len(self._out))
         flush(self)
 
     monkeypatch.setattr(resp._Connection, "flush", counting)
+    return counts
+
+
+def test_concurrent_calls_get_their_own_replies_in_one_write(
+    run: Run, redis_url: str, writes: list[int]
+) -> None:
 
     async def scenario() -> None:
         client = RespClient(redis_url)
@@ -65,16 +71,8 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
 
 
 def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_along(
-    run: Run, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    run: Run, redis_url: str, writes: list[int]
 ) -> None:
-    writes: list[int] = []
-    flush = resp._Connection.flush
-
-    def counting(self: resp._Connection) -> None:
-        writes.append(len(self._out))
-        flush(self)
-
-    monkeypatch.setattr(resp._Connection, "flush", counting)
 
     async def scenario() -> None:
         client = RespClient(redis_url)
