@@ -1,7 +1,8 @@
 """Per-key limits and quotas in Redis, shared by any number of gateway processes and hosts.
 
 Each call is one round trip running one Lua script (over `gateway.limits.resp`: one
-pipelined connection, so concurrent admissions share writes), so check-and-reserve is
+pipelined connection, so concurrent admissions share writes, and settles, which nobody waits
+for, wait up to `SETTLE_DELAY_S` to share one), so check-and-reserve is
 atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the
 monthly quota and, only if all pass, counts the request, reserves the tokens and takes a
 lease; `settle` corrects the reserved tokens in the admission's own tpm bucket and quota

@@ -9,11 +9,16 @@ needs only a few commands, so it speaks RESP itself:
 - One connection, opened on first use (and again after it is lost). A call on an idle
   connection is written at once; calls made while others are in flight leave together at
   the end of the event-loop turn, in one write, and Redis answers them in order: a burst
-  of admissions is one pipeline, without any caller waiting for a batch to fill.
+  of admissions is one pipeline, without any caller waiting for a batch to fill. A call
+  nobody waits for (a settle) may be given a `delay`: it waits up to that long for company,
+  and the next call without one takes it along.
+- Commands can be packed once and sent many times (`Script.head` + `pack_items`): the
+  limiter's calls differ per request only in their last few arguments.
 - A call unanswered after `timeout` seconds fails its connection, and with it every call
   in flight on it (their replies could no longer be matched); one timer per connection,
   not one per call. A lost connection fails the calls in flight at once.
-- `Script` runs EVALSHA, and EVAL once when Redis answers NOSCRIPT (after a restart).
+- `Script` runs EVALSHA; when Redis answers NOSCRIPT (after a restart) it loads the
+  script and sends the call again.
 - URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified against
   the system's CAs, or the file named by `?ssl_ca_certs=/path/ca.pem`) and
   `unix:///path/to/socket?db=N`.

@@ -15,6 +15,11 @@ from gateway.observability.records import RequestRecord
 from tests.observability.obs_support import make_record
 
 
+@pytest.fixture(autouse=True)
+def no_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finished, "LINGER_S", 0.0)
+
+
 def costly(seconds: float, seen: list[str]) -> finished.Handler:
     def handle(rec: RequestRecord) -> None:
         until = perf_counter() + seconds
@@ -94,7 +99,10 @@ def test_a_long_queue_is_worked_down_to_its_bound_in_one_turn(
         queue = Finished(costly(0.0002, seen))
         for rec in records(50):
             queue.add(rec)
-        await asyncio.sleep(0)  # one turn: the slice runs until 20 are left
+        for _ in range(100):  # until the first slice ran: it works until 20 are left
+            await asyncio.sleep(0)
+            if seen:
+                break
         assert len(seen) == 30 and len(queue) == 20
         queue.drain()
 
@@ -122,3 +130,19 @@ def test_a_failing_handler_is_logged_and_the_others_carry_on(
         asyncio.run(scenario())
     assert seen == ["r0", "r1", "r2", "later"]
     assert "bookkeeping of request r1 failed" in caplog.text
+
+
+def test_the_first_slice_lingers_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finished, "LINGER_S", 0.05)
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        queue = Finished(lambda rec: seen.append(rec.request_id))
+        queue.add(make_record(request_id="first"))
+        await asyncio.sleep(0.02)
+        queue.add(make_record(request_id="second"))
+        assert seen == []
+        await asyncio.sleep(0.05)
+        assert seen == ["first", "second"]
+
+    asyncio.run(scenario())
