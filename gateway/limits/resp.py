@@ -10,8 +10,8 @@ needs only a few commands, so it speaks RESP itself:
   connection is written at once; calls made while others are in flight leave together at
   the end of the event-loop turn, in one write, and Redis answers them in order: a burst
   of admissions is one pipeline, without any caller waiting for a batch to fill. A call
-  nobody waits for (a settle) may be given a `delay`: it waits up to that long for company,
-  and the next call without one takes it along.
+  nobody waits for (a settle) may be given a `delay`: made while others are in flight, it
+  waits up to that long for company, and the next call without one takes it along.
 - Commands can be packed once and sent many times (`Script.head` + `pack_items`): the
   limiter's calls differ per request only in their last few arguments.
 - A call unanswered after `timeout` seconds fails its connection, and with it every call
@@ -213,20 +213,23 @@ class _Connection(asyncio.Protocol):
     # --- calls -----------------------------------------------------------------------------
 
     def call(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any]:
-        """Queue one command; its reply's future. With a `delay`, the command may wait up
-        to that many seconds to leave together with later ones (for calls nobody waits on,
-        such as settles); a call without one takes everything queued along, in order."""
+        """Queue one command; its reply's future. With a `delay`, a command made while
+        others are in flight may wait up to that many seconds to leave together with later
+        ones (for calls nobody waits on, such as settles); a call without one takes
+        everything queued along, in order."""
         if self.closed:
             raise self._failure()
         future = self._loop.create_future()
         now = self._loop.time()
-        if delay:
+        if not self._waiting and self._transport is not None:
+            # Idle: nothing to batch with, so no reason to wait. (A settle on an idle
+            # connection leaves at once, so Redis has done it before the next admission.)
+            self._transport.write(command)
+            delay = 0.0
+        elif delay:
             self._out.append(command)
             if self._soon is None and self._later is None:
                 self._later = self._loop.call_at(now + delay, self.flush)
-        elif not self._waiting and self._transport is not None:
-            # Idle: nothing to batch with, so no reason to wait for the end of the turn.
-            self._transport.write(command)
         else:
             self._out.append(command)
             if self._soon is None:

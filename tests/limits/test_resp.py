@@ -73,25 +73,36 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
 def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_along(
     run: Run, redis_url: str, writes: list[int]
 ) -> None:
-
     async def scenario() -> None:
         client = RespClient(redis_url)
         try:
             await client.call("DEL", "n")
-            # Delayed calls wait (up to their delay) and then leave in one write.
+            # On an idle connection a delayed call leaves at once, like any other.
+            writes.clear()
+            assert await client.call("INCR", "n", delay=10) == 1
+            assert writes == []
+            # While a call is in flight, delayed calls wait (up to their delay) and then
+            # leave in one write.
+            busy = asyncio.ensure_future(client.call("BLPOP", "nothing", "0.05"))
+            await asyncio.sleep(0.01)
             started = time.perf_counter()
-            first = await asyncio.gather(*(client.call("INCR", "n", delay=0.05) for _ in range(3)))
-            assert first == [1, 2, 3]
-            assert time.perf_counter() - started >= 0.045  # uvloop's timers are in whole ms
+            assert await asyncio.gather(
+                *(client.call("INCR", "n", delay=0.1) for _ in range(3))
+            ) == [2, 3, 4]
+            assert time.perf_counter() - started >= 0.095  # uvloop's timers are in whole ms
             assert writes == [3]
+            assert await busy is None
             # An undelayed call does not wait for them: all leave at once, in call order.
             writes.clear()
+            busy = asyncio.ensure_future(client.call("BLPOP", "nothing", "0.05"))
+            await asyncio.sleep(0.01)
             waiting = [asyncio.ensure_future(client.call("INCR", "n", delay=10)) for _ in range(2)]
             await asyncio.sleep(0.01)
             assert not any(w.done() for w in waiting)
-            assert await client.call("GET", "n") == b"5"
-            assert [w.result() for w in waiting] == [4, 5]
+            assert await client.call("GET", "n") == b"6"
+            assert [w.result() for w in waiting] == [5, 6]
             assert writes == [3]
+            await busy
         finally:
             await client.aclose()
 
