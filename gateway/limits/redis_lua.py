@@ -78,12 +78,13 @@ local function total(key)
 end
 
 -- seconds from now until the window's total is below threshold: walks the buckets from
--- the oldest, a few at a time (the answer is nearly always among the first)
-local function wait_below(seconds_key, key, total, threshold, now)
+-- the oldest, a few at a time (the answer is nearly always among the first); `first`, when
+-- given, is the first few (ZRANGE seconds_key 0 7), read already
+local function wait_below(seconds_key, key, total, threshold, now, first)
   if total < threshold then return 0 end
   local left, from = total, 0
   while true do
-    local seconds = redis.call('ZRANGE', seconds_key, from, from + 7)
+    local seconds = (from == 0 and first) or redis.call('ZRANGE', seconds_key, from, from + 7)
     if #seconds == 0 then return 0 end
     local counts = redis.call('HMGET', key, unpack(seconds))
     for i = 1, #seconds do
@@ -102,17 +103,28 @@ ADMIT = (
 -- ARGV: rpm, tpm, max_concurrent, daily, monthly (-1: not limited), lease ttl ms (the
 --       key's, the same on every call), then tokens, lease id, time override ('' : the
 --       server's TIME)
+-- Every admission runs this, so it reads each hash once (HMGET) and writes it once (HSET),
+-- and one look at the oldest seconds serves the window's slide and the resets.
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local daily, monthly, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local tokens, lease = tonumber(ARGV[7]), ARGV[8]
 local now = clock(ARGV[9])
 local now_s = math.floor(now)
 local now_ms = now * 1000
+local second = string.format('%d', now_s)
+
+-- the oldest seconds that have buckets (ZRANGE seconds 0 7), read once and again only
+-- after the set changed
+local oldest = nil
+local function first_seconds()
+  if oldest == nil then oldest = redis.call('ZRANGE', KEYS[5], 0, 7) end
+  return oldest
+end
 
 -- seconds until the allowance grows (see MemoryLimiter's _Window.reset)
 local function reset(key, count, limit)
   if limit < 0 or count <= 0 then return 0 end
-  return wait_below(KEYS[5], key, count, math.min(limit, count), now)
+  return wait_below(KEYS[5], key, count, math.min(limit, count), now, first_seconds())
 end
 
 local denied, wait = '', 0
@@ -124,32 +136,37 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
 local open = redis.call('ZCARD', KEYS[4])
 if conc >= 0 and open >= conc then deny('max_concurrent', 1) end
-slide(KEYS[5], {KEYS[1], KEYS[2]}, now_s)
-local rt, tt = total(KEYS[1]), total(KEYS[2])
-if rpm >= 0 and rt >= rpm then deny('rpm', wait_below(KEYS[5], KEYS[1], rt, rpm, now)) end
-if tpm >= 0 and tt >= tpm then deny('tpm', wait_below(KEYS[5], KEYS[2], tt, tpm, now)) end
+local seconds = first_seconds()
+if #seconds > 0 and tonumber(seconds[1]) < now_s - 59 then
+  slide(KEYS[5], {KEYS[1], KEYS[2]}, now_s)
+  oldest = nil
+end
+local r = redis.call('HMGET', KEYS[1], 'sum', second)
+local t = redis.call('HMGET', KEYS[2], 'sum', second)
+local rt, tt = tonumber(r[1]) or 0, tonumber(t[1]) or 0
+if rpm >= 0 and rt >= rpm then deny('rpm', reset(KEYS[1], rt, rpm)) end
+if tpm >= 0 and tt >= tpm then deny('tpm', reset(KEYS[2], tt, tpm)) end
 local day_f, day_end, month_f, month_end = periods(now)
 local used = redis.call('HMGET', KEYS[3], day_f, month_f)
-if daily >= 0 and (tonumber(used[1]) or 0) >= daily then deny('daily_tokens', day_end - now) end
-if monthly >= 0 and (tonumber(used[2]) or 0) >= monthly then
-  deny('monthly_tokens', month_end - now)
-end
+local day_used, month_used = tonumber(used[1]) or 0, tonumber(used[2]) or 0
+if daily >= 0 and day_used >= daily then deny('daily_tokens', day_end - now) end
+if monthly >= 0 and month_used >= monthly then deny('monthly_tokens', month_end - now) end
 
+local reset_r, reset_t
 if denied == '' then
-  local second = string.format('%d', now_s)
-  local new_second = redis.call('HINCRBY', KEYS[1], second, 1) == 1
-  redis.call('HINCRBY', KEYS[1], 'sum', 1)
-  redis.call('HINCRBY', KEYS[2], second, tokens)
-  redis.call('HINCRBY', KEYS[2], 'sum', tokens)
+  local r_now, t_now = tonumber(r[2]) or 0, tonumber(t[2]) or 0
   rt, tt = rt + 1, tt + tokens
-  if new_second then
+  redis.call('HSET', KEYS[1], second, r_now + 1, 'sum', rt)
+  redis.call('HSET', KEYS[2], second, t_now + tokens, 'sum', tt)
+  if r_now == 0 then
     -- the first admission of a second: the 61 s lifetimes start from the newest second
     redis.call('ZADD', KEYS[5], now_s, second)
     for i = 1, 2 do redis.call('EXPIRE', KEYS[i], 61) end
     redis.call('EXPIRE', KEYS[5], 61)
+    oldest = nil
   end
-  redis.call('HINCRBY', KEYS[3], month_f, tokens)
-  if redis.call('HINCRBY', KEYS[3], day_f, tokens) == tokens then
+  redis.call('HSET', KEYS[3], day_f, day_used + tokens, month_f, month_used + tokens)
+  if day_used == 0 then
     -- the first admission of a day (or of a settle-emptied one; either way harmless)
     if redis.call('HLEN', KEYS[3]) > 4 then
       -- keep this and the previous day and month, for settles that straddle midnight
@@ -168,11 +185,18 @@ if denied == '' then
   end
   redis.call('ZADD', KEYS[4], string.format('%.3f', now_ms + ttl), lease)
   redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl + 1000))
+  -- rpm buckets only ever grow, so with the count within the limit the allowance grows when
+  -- the oldest second leaves the window
+  if rpm >= 0 and rt <= rpm then
+    reset_r = tonumber(first_seconds()[1]) + 60 - now
+  end
 end
+reset_r = reset_r or reset(KEYS[1], rt, rpm)
+reset_t = reset(KEYS[2], tt, tpm)
 
 -- one bulk string, space-separated (cheaper to read than an array of eight replies)
 return string.format('%d %s %.6f %.6f %d %.6f %d %.6f', denied == '' and 1 or 0, denied, wait,
-                     now, rt, reset(KEYS[1], rt, rpm), tt, reset(KEYS[2], tt, tpm))
+                     now, rt, reset_r, tt, reset_t)
 """
 )
 
