@@ -110,7 +110,7 @@ def _counts(data: bytes) -> bool:
     """A plain delta that counts towards the completion estimate, as `_scan_choices` counts:
     one with content (not empty), tool calls or reasoning."""
     at = data.find(_CONTENT)
-    if at >= 0 and data[at + 11 : at + 12] != b'"':
+    if at >= 0 and data[at + len(_CONTENT)] != 0x22:  # not `"content":""`
         return True
     return b'"tool_calls"' in data or b'"reasoning_content":"' in data
 
