@@ -78,7 +78,14 @@ class NativeTransport(httpx.AsyncBaseTransport):
         origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
         timeouts = request.extensions.get("timeout") or {}
         read_timeout = timeouts.get("read")
-        data = _encode(request, await request.aread())
+        # A body given whole (httpx.ByteStream, what the providers build) is joined as it
+        # is; aread() would run an async generator for the same bytes.
+        stream = request.stream
+        if isinstance(stream, httpx.SyncByteStream):
+            body = b"".join(stream)
+        else:
+            body = await request.aread()
+        data = _encode(request, body)
         conn = self._take(origin)
         if conn is None:
             conn = await self._connect(origin, timeouts.get("connect"))
