@@ -259,9 +259,7 @@ class RedisLimiter:
             return
         future = self._client.send_nowait(command, SETTLE_DELAY_S)
         if future is None:  # no connection open: the task opens one
-            task = asyncio.get_running_loop().create_task(self._settle(command))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._settle_in_task(command)
             return
         self._settling.add(future)
         future.add_done_callback(functools.partial(self._settled, command))
@@ -290,6 +288,11 @@ class RedisLimiter:
         delta = used_tokens - reservation.tokens
         return head + pack_items((f"{reservation.admitted_at:.6f}", delta, lease))
 
+    def _settle_in_task(self, command: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(command))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
     async def _settle(self, command: bytes) -> None:
         try:
             await self._settle_script.run(command, SETTLE_DELAY_S)
@@ -307,9 +310,7 @@ class RedisLimiter:
             self._recovered()
         elif is_noscript(exc):
             # Redis lost its scripts (a restart, SCRIPT FLUSH): the task path loads it.
-            task = future.get_loop().create_task(self._settle(command))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._settle_in_task(command)
         elif isinstance(exc, BACKEND_ERRORS):
             self._settle_failed(exc)
 

@@ -239,12 +239,15 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(now + delay + self.timeout, self._check)
         return future
 
-    def flush(self) -> None:
-        """Write what is queued now."""
+    def _cancel_flush(self) -> None:
         for handle in (self._soon, self._later):
             if handle is not None:
                 handle.cancel()
         self._soon = self._later = None
+
+    def flush(self) -> None:
+        """Write what is queued now."""
+        self._cancel_flush()
         out, self._out = self._out, []
         if out and self._transport is not None and not self.closed:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])
@@ -275,10 +278,7 @@ class _Connection(asyncio.Protocol):
     def _close(self, why: Exception) -> None:
         self.closed = True
         self._why = self._why or why
-        for handle in (self._soon, self._later):
-            if handle is not None:
-                handle.cancel()
-        self._soon = self._later = None
+        self._cancel_flush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
