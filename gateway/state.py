@@ -59,7 +59,8 @@ class GatewayState:
     """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
 
     def __post_init__(self) -> None:
-        self.finished = Finished(self.metrics.record)
+        # Another worker's scrape cannot drain this one's queue: count each request soon.
+        self.finished = Finished(self.metrics.record, linger=not self.metrics.multiprocess)
         per_turn = self.config.max_requests_per_loop_turn
         if per_turn is not None:
             self.start_budget = StartBudget(per_turn)

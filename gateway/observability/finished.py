@@ -13,7 +13,10 @@ takes as long as it needs to get back under it, so the queue stays bounded howev
 load lasts.
 
 GET /metrics and shutdown call `drain()` first: a scrape counts every request that ended
-before it, and no record is lost on exit.
+before it, and no record is lost on exit. A scrape only drains the worker that answers it,
+so with `--workers N` (metrics shared through prometheus_client's multiprocess files) the
+first slice does not linger: another worker's requests are counted in the loop turn after
+they end, not up to `LINGER_S` later.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ Handler = Callable[[RequestRecord], None]
 class Finished:
     """Records waiting for `handlers` (metrics, the request log), handed over in slices."""
 
-    def __init__(self, *handlers: Handler) -> None:
+    def __init__(self, *handlers: Handler, linger: bool = True) -> None:
         self.handlers: list[Handler] = list(handlers)
+        self._linger_s = LINGER_S if linger else 0.0
         self._queue: deque[RequestRecord] = deque()
         self._scheduled = False
 
@@ -50,7 +54,7 @@ class Finished:
         self._queue.append(rec)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_later(LINGER_S, self._slice)
+            asyncio.get_running_loop().call_later(self._linger_s, self._slice)
 
     def drain(self) -> None:
         """Hand every queued record over now."""

@@ -369,6 +369,7 @@ class Metrics:
 
     @property
     def multiprocess(self) -> bool:
+        """Values live in the files every worker writes (`--workers N`)."""
         return self._multiproc_dir is not None
 
     def active_streams_total(self) -> float:

@@ -180,7 +180,8 @@ def add_header(_logger: object, method: str, event_dict: EventDict) -> EventDict
 
 
 class _LineCollector:
-    """The structlog "logger" at the end of the chain: keeps rendered lines for the sink."""
+    """The structlog "logger" at the end of the chain: keeps the rendered line, which
+    `RequestLog._render` takes at once."""
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
@@ -247,7 +248,8 @@ class RequestLog:
         )
 
     def submit(self, rec: RequestRecord) -> None:
-        """Queue a finished request's record; drop and count it when the queue is full."""
+        """Render a finished request's line and queue it; drop and count it when the queue is
+        full (before rendering) or a field cannot be encoded."""
         if self._closed:
             self._metrics.log_record_dropped()
             return

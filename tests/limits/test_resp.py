@@ -45,7 +45,6 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_concurrent_calls_get_their_own_replies_in_one_write(
     run: Run, redis_url: str, writes: list[int]
 ) -> None:
-
     async def scenario() -> None:
         client = RespClient(redis_url)
         try:

@@ -146,3 +146,20 @@ def test_the_first_slice_lingers_for_company(monkeypatch: pytest.MonkeyPatch) ->
         assert seen == ["first", "second"]
 
     asyncio.run(scenario())
+
+
+def test_without_linger_a_record_is_handled_in_the_next_loop_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(finished, "LINGER_S", 0.05)
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        queue = Finished(lambda rec: seen.append(rec.request_id), linger=False)
+        queue.add(make_record(request_id="only"))
+        assert seen == []
+        for _ in range(3):  # call_later(0) runs within a turn or two
+            await asyncio.sleep(0)
+        assert seen == ["only"]
+
+    asyncio.run(scenario())
