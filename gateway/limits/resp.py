@@ -213,27 +213,24 @@ class _Connection(asyncio.Protocol):
     # --- calls -----------------------------------------------------------------------------
 
     def call(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any]:
-        """Queue one command; its reply's future. With a `delay`, a command made while
-        others are in flight may wait up to that many seconds to leave together with later
-        ones (for calls nobody waits on, such as settles); a call without one takes
-        everything queued along, in order."""
+        """Queue one command; its reply's future. With a `delay`, a command may wait up to
+        that many seconds to leave together with later ones (for calls nobody waits on,
+        such as settles: one client at a time has its request's settle leave with its next
+        admission); a call without one takes everything queued along, in order, and on an
+        idle connection is written at once."""
         if self.closed:
             raise self._failure()
         future = self._loop.create_future()
         now = self._loop.time()
-        if not self._waiting and self._transport is not None:
-            # Idle: nothing to batch with, so no reason to wait. (A settle on an idle
-            # connection leaves at once, so Redis has done it before the next admission.)
-            self._transport.write(command)
-            delay = 0.0
-        elif delay:
-            self._out.append(command)
+        in_flight = len(self._waiting) > len(self._out)
+        self._out.append(command)
+        if delay:
             if self._soon is None and self._later is None:
                 self._later = self._loop.call_at(now + delay, self.flush)
-        else:
-            self._out.append(command)
-            if self._soon is None:
-                self._soon = self._loop.call_soon(self.flush)
+        elif not in_flight and self._transport is not None:
+            self.flush()  # nothing to batch with: no reason to wait
+        elif self._soon is None:
+            self._soon = self._loop.call_soon(self.flush)
         self._waiting.append((future, now + delay + self.timeout))
         if self._timer is None:
             self._timer = self._loop.call_at(now + delay + self.timeout, self._check)

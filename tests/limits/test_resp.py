@@ -57,10 +57,10 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
             assert replies == [f"caller-{i}".encode() for i in range(300)]
             # The first call found the connection idle and went at once; the other 299,
             # made while it was in flight, left together at the end of the turn.
-            assert writes == [299]
+            assert writes == [1, 299]
             writes.clear()
             assert await client.call("PING") == "PONG"
-            assert writes == []  # idle again: written at once, no end-of-turn flush
+            assert writes == [1]  # idle again: written at once
             counters = await asyncio.gather(*(client.call("INCR", "n") for _ in range(50)))
             assert counters == list(range(1, 51))
         finally:
@@ -76,20 +76,31 @@ def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_al
         client = RespClient(redis_url)
         try:
             await client.call("DEL", "n")
-            # On an idle connection a delayed call leaves at once, like any other.
+            # A delayed call waits for company even on an idle connection...
             writes.clear()
-            assert await client.call("INCR", "n", delay=10) == 1
-            assert writes == []
+            started = time.perf_counter()
+            assert await client.call("INCR", "n", delay=0.05) == 1
+            assert time.perf_counter() - started >= 0.045
+            assert writes == [1]
+            # ...and the next undelayed call takes what waits along at once, in call order.
+            writes.clear()
+            waiting = [asyncio.ensure_future(client.call("INCR", "n", delay=10)) for _ in range(2)]
+            await asyncio.sleep(0.01)
+            assert not any(w.done() for w in waiting)
+            assert await client.call("PING") == "PONG"
+            assert writes == [3]
+            assert [w.result() for w in waiting] == [2, 3]
             # While a call is in flight, delayed calls wait (up to their delay) and then
             # leave in one write.
+            writes.clear()
             busy = asyncio.ensure_future(client.call("BLPOP", "nothing", "0.05"))
             await asyncio.sleep(0.01)
             started = time.perf_counter()
             assert await asyncio.gather(
                 *(client.call("INCR", "n", delay=0.1) for _ in range(3))
-            ) == [2, 3, 4]
+            ) == [4, 5, 6]
             assert time.perf_counter() - started >= 0.095  # uvloop's timers are in whole ms
-            assert writes == [3]
+            assert writes == [1, 3]
             assert await busy is None
             # An undelayed call does not wait for them: all leave at once, in call order.
             writes.clear()
@@ -98,9 +109,9 @@ def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_al
             waiting = [asyncio.ensure_future(client.call("INCR", "n", delay=10)) for _ in range(2)]
             await asyncio.sleep(0.01)
             assert not any(w.done() for w in waiting)
-            assert await client.call("GET", "n") == b"6"
-            assert [w.result() for w in waiting] == [5, 6]
-            assert writes == [3]
+            assert await client.call("GET", "n") == b"8"
+            assert [w.result() for w in waiting] == [7, 8]
+            assert writes == [1, 3]
             await busy
         finally:
             await client.aclose()
