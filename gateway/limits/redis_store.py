@@ -91,9 +91,8 @@ _DENIED: dict[bytes, LimitName] = {
 
 SETTLE_DELAY_S = 0.005
 """How long a settle may wait to share its write to Redis with other calls. Nobody waits
-for a settle: under load many end close together and one write (and one wakeup of Redis)
-carries them all; a client sending one request after another has each settle leave with
-its next admission. The next admission of this process takes waiting settles along first, so
+for a settle, and under load many end close together: one write (and one wakeup of Redis)
+carries them all. (On an idle connection a settle leaves at once.) The next admission of this process takes waiting settles along first, so
 this process never sees its own finished requests as open; other replicas may, for at most
 this long (as if the settle had crossed a slower network)."""
 

@@ -213,22 +213,27 @@ class _Connection(asyncio.Protocol):
     # --- calls -----------------------------------------------------------------------------
 
     def call(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any]:
-        """Queue one command; its reply's future. With a `delay`, a command may wait up to
-        that many seconds to leave together with later ones (for calls nobody waits on,
-        such as settles: one client at a time has its request's settle leave with its next
-        admission); a call without one takes everything queued along, in order, and on an
-        idle connection is written at once."""
+        """Queue one command; its reply's future. With a `delay`, a command made while
+        others are in flight may wait up to that many seconds to leave together with later
+        ones (for calls nobody waits on, such as settles); a call without one takes
+        everything queued along, in order. On a connection with nothing in flight every call
+        is written at once, with whatever waits."""
         if self.closed:
             raise self._failure()
         future = self._loop.create_future()
         now = self._loop.time()
         in_flight = len(self._waiting) > len(self._out)
         self._out.append(command)
-        if delay:
+        if not in_flight and self._transport is not None:
+            # Nothing to batch with, so no reason to wait. A settle leaves at once too: the
+            # slot it frees is then free for another replica's next admission as well (a
+            # client sending one request after another through two replicas of a
+            # max_concurrent 1 key would otherwise meet its own finished request).
+            self.flush()
+            delay = 0.0
+        elif delay:
             if self._soon is None and self._later is None:
                 self._later = self._loop.call_at(now + delay, self.flush)
-        elif not in_flight and self._transport is not None:
-            self.flush()  # nothing to batch with: no reason to wait
         elif self._soon is None:
             self._soon = self._loop.call_soon(self.flush)
         self._waiting.append((future, now + delay + self.timeout))

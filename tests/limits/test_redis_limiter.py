@@ -161,6 +161,26 @@ def test_settle_soon_needs_no_task_and_this_process_never_sees_its_own_settled_s
     run_with(scenario())
 
 
+def test_an_idle_settle_frees_the_slot_for_another_replica_at_once(redis_url: str) -> None:
+    """One client, one request after another, through two replicas of a max_concurrent 1
+    key: the settle of a request that ended with nothing else in flight leaves at once, so
+    the other replica's next admission (well within the settle delay) finds the slot free."""
+
+    async def scenario() -> None:
+        a, b = _limiter(redis_url), _limiter(redis_url)
+        async with running(a, b):
+            k = key(max_concurrent=1)
+            for i in range(10):
+                here, there = (a, b) if i % 2 == 0 else (b, a)
+                admission = await here.admit(k, 10, f"r{i}")
+                assert admission.allowed, (i, admission.denied)
+                assert admission.reservation is not None
+                here.settle_soon(admission.reservation, 5)
+                await asyncio.sleep(SETTLE_DELAY_S / 5)  # a client's turnaround, not the delay
+
+    run_with(scenario())
+
+
 def test_close_sends_and_waits_for_queued_settles(redis_url: str) -> None:
     async def scenario() -> None:
         limiter, reader = _limiter(redis_url), _limiter(redis_url)
