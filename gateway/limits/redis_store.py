@@ -92,9 +92,10 @@ _DENIED: dict[bytes, LimitName] = {
 SETTLE_DELAY_S = 0.005
 """How long a settle may wait to share its write to Redis with other calls. Nobody waits
 for a settle, and under load many end close together: one write (and one wakeup of Redis)
-carries them all. (On an idle connection a settle leaves at once.) The next admission of this process takes waiting settles along first, so
-this process never sees its own finished requests as open; other replicas may, for at most
-this long (as if the settle had crossed a slower network)."""
+carries them all; on an idle connection a settle leaves at once. The next admission of
+this process takes waiting settles along first, so this process never sees its own finished
+requests as open; other replicas may, for at most this long (as if the settle had crossed a
+slower network)."""
 
 
 def key_names(prefix: str, key_id: str) -> tuple[str, str, str, str, str]:

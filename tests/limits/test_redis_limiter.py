@@ -171,7 +171,7 @@ def test_an_idle_settle_frees_the_slot_for_another_replica_at_once(redis_url: st
         async with running(a, b):
             k = key(max_concurrent=1)
             for i in range(10):
-                here, there = (a, b) if i % 2 == 0 else (b, a)
+                here = a if i % 2 == 0 else b
                 admission = await here.admit(k, 10, f"r{i}")
                 assert admission.allowed, (i, admission.denied)
                 assert admission.reservation is not None
