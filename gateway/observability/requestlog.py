@@ -167,10 +167,10 @@ def drop_bodies(_logger: object, _method: str, event_dict: EventDict) -> EventDi
 
 
 def add_header(_logger: object, method: str, event_dict: EventDict) -> EventDict:
-    """timestamp (when the request ended, ISO 8601 UTC), level and event first: a person
-    reading the raw file sees them where they expect them."""
-    ended = event_dict.pop("_ended_at", None)
-    stamp = datetime.fromtimestamp(ended if ended is not None else time.time(), UTC)
+    """timestamp (when the request ended, ISO 8601 UTC; `RequestLog._render` passes it as
+    `_ended_at`), level and event first: a person reading the raw file sees them where they
+    expect them."""
+    stamp = datetime.fromtimestamp(event_dict.pop("_ended_at"), UTC)
     return {
         "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": method,
