@@ -5,9 +5,13 @@ writes the upstream's body bytes to the client as they arrive (aiohttp client ->
 `StreamResponse.write`), with no parsing, no auth, no limits, no metrics, no logging. It
 runs on uvloop, like the gateway, so the comparison is relay against relay.
 
-Its one departure from aiohttp's defaults is the connector: `limit=0` (no cap on upstream
-connections). The default cap of 100 would queue the paced scenario's 500 streams behind
-each other and make the floor measure its pool, not its relaying.
+Its two departures from aiohttp's defaults let it take the paced scenario's 500 streams the
+way the gateway does. The connector has `limit=0` (no cap on upstream connections): the
+default cap of 100 would queue the streams behind each other and make the floor measure
+its pool, not its relaying. The listening socket's backlog is 2048, uvicorn's default (so
+the gateway's): with aiohttp's 128, a burst of 500 connections overflows the accept queue,
+and the dropped ones reconnect a second later (a TTFT p99 over 1 s that is the kernel's
+retry timer, not the relay).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def main() -> None:
         port=args.port,
         access_log=None,
         print=None,
+        backlog=2048,
         loop=uvloop.new_event_loop(),
     )
 

@@ -69,8 +69,9 @@ class Scenario:
 
 
 def scenarios(rounds: int) -> dict[str, Scenario]:
-    """The issue's three scenarios; `rounds` sets how many streams each throughput worker
-    runs back to back (more rounds, a longer and steadier measurement)."""
+    """The issue's three scenarios, and `requests` (run only when named: what setting up
+    one request costs); `rounds` sets how many streams each throughput worker runs back to
+    back (more rounds, a longer and steadier measurement)."""
     latency = Scenario(
         name="latency",
         model="bench-n20-p0",
@@ -98,7 +99,17 @@ def scenarios(rounds: int) -> dict[str, Scenario]:
         warmup=20,
         what="500 concurrent streams of 50 chunks 20 ms apart, a new connection each",
     )
-    return {s.name: s for s in (latency, throughput, paced)}
+    requests = Scenario(
+        name="requests",
+        model="bench-n1-p0",
+        streams=5000,
+        concurrency=32,
+        fresh=True,
+        warmup=200,
+        what="5000 one-chunk streams, 32 at a time, a new connection each (on demand; "
+        "4 events a stream, so CPU per 1k chunks times 4 is CPU µs per request)",
+    )
+    return {s.name: s for s in (latency, throughput, paced, requests)}
 
 
 @dataclass
@@ -281,7 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenario",
         default="latency,throughput,paced",
-        help="comma-separated: latency, throughput, paced (default: all)",
+        help="comma-separated: latency, throughput, paced, requests (default: the first three)",
     )
     parser.add_argument(
         "--targets",
@@ -336,8 +347,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.targets = [t for t in args.targets.split(",") if t]
     args.transport = [t for t in args.transport.split(",") if t]
     for name in args.scenario:
-        if name not in ("latency", "throughput", "paced"):
-            parser.error(f"--scenario: {name!r} is not latency, throughput or paced")
+        if name not in scenarios(args.rounds):
+            parser.error(f"--scenario: {name!r} is not one of {', '.join(scenarios(1))}")
     for name in args.targets:
         if name not in ("direct", "floor", "gateway"):
             parser.error(f"--targets: {name!r} is not direct, floor or gateway")
