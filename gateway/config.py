@@ -131,10 +131,10 @@ class GatewayConfig:
     for `timeouts.idle` seconds ends its stream with the outcome `slow_client`."""
     shutdown_grace: float = 30.0
     """Seconds open streams may run after SIGTERM before they get an error event."""
-    max_requests_per_loop_turn: int | None = None
-    """At most this many requests start per event-loop turn, the rest wait in order: a
-    connection storm then delays its own first tokens instead of the running streams'
-    tokens (`gateway/edge/budget.py`). None: no limit."""
+    max_requests_per_loop_turn: int = 48
+    """At most this many requests start per event-loop turn, the rest wait in order, so a
+    connection storm's setup comes in slices with the running streams' tokens relayed in
+    between (`gateway/edge/budget.py`; README, "Performance"). 0: no limit."""
     source: str = "<embedded default>"
     embedded_default: bool = False
 
@@ -249,6 +249,12 @@ class _Reader:
         value = self.take(key, kind, default)
         if value is not None and value <= 0:
             raise self.fail(key, f"must be greater than 0, got {value!r}")
+        return value
+
+    def at_least(self, key: str, kind: type, least: int, default: Any) -> Any:
+        value = self.take(key, kind, default)
+        if value < least:
+            raise self.fail(key, f"must be {least} or more, got {value!r}")
         return value
 
     def done(self) -> None:
@@ -392,7 +398,9 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
             "upstream_transport", get_args(Transport), GatewayConfig.upstream_transport
         ),
         shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
-        max_requests_per_loop_turn=r.positive("max_requests_per_loop_turn", int, None),
+        max_requests_per_loop_turn=r.at_least(
+            "max_requests_per_loop_turn", int, 0, GatewayConfig.max_requests_per_loop_turn
+        ),
         stream_buffer_bytes=r.positive(
             "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
         ),

@@ -54,7 +54,7 @@ class GatewayState:
     finished: Finished = field(init=False)
     """Finished requests' records on their way to the metrics and the request log."""
     start_budget: StartBudget | None = None
-    """Paces request starts (`max_requests_per_loop_turn`); None: no limit."""
+    """Paces request starts (`max_requests_per_loop_turn`); None: no limit (0)."""
     draining: bool = False
     """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
 
@@ -62,7 +62,7 @@ class GatewayState:
         # Another worker's scrape cannot drain this one's queue: count each request soon.
         self.finished = Finished(self.metrics.record, linger=not self.metrics.multiprocess)
         per_turn = self.config.max_requests_per_loop_turn
-        if per_turn is not None:
+        if per_turn > 0:
             self.start_budget = StartBudget(per_turn)
         self.models = {m.name: m for m in self.config.models}
         self.keys_by_hash = {k.key_sha256: k for k in self.config.keys}

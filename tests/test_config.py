@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, hash_key, load_config, parse_config, resolve_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    hash_key,
+    load_config,
+    parse_config,
+    resolve_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HASH = hash_key("secret")
@@ -63,7 +70,7 @@ def test_variables_expand_with_defaults() -> None:
         ({"redis_url": "${NOPE}"}, "redis_url", "${NOPE} is not set"),
         ({"redis_url": "http://:pw@h"}, "redis_url", "scheme 'http' is not redis"),
         ({"redis_url": "redis://h/zero"}, "redis_url", "database 'zero' is not a number"),
-        ({"max_requests_per_loop_turn": 0}, "max_requests_per_loop_turn", "greater than 0"),
+        ({"max_requests_per_loop_turn": -1}, "max_requests_per_loop_turn", "must be 0 or more"),
         ({"upstream_transport": "curl"}, "upstream_transport", "one of native, aiohttp, httpx"),
     ],
 )
@@ -79,13 +86,10 @@ def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, wo
 def test_a_file_gets_the_same_defaults_as_the_dataclass() -> None:
     config = parse_config(minimal(), "gw.yaml", {})
     assert config.upstream_transport == "native"
-    assert config.max_requests_per_loop_turn is None
-    assert (
-        parse_config(
-            minimal(max_requests_per_loop_turn=8), "gw.yaml", {}
-        ).max_requests_per_loop_turn
-        == 8
-    )
+    assert config.max_requests_per_loop_turn == GatewayConfig.max_requests_per_loop_turn == 48
+    for given in (8, 0):
+        parsed = parse_config(minimal(max_requests_per_loop_turn=given), "gw.yaml", {})
+        assert parsed.max_requests_per_loop_turn == given
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

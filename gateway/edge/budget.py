@@ -7,9 +7,11 @@ late. `max_requests_per_loop_turn` bounds how many requests start in one turn; t
 wait, in arrival order, for the next turns, and between turns the loop reads and relays the
 running streams' tokens (Envoy's `max_requests_per_io_cycle` does this for its workers).
 
-The price is the storm's own time to first token: a request that waits starts its Redis
-admission and upstream call later, so the last of a burst gets its first token later
-(README, "Performance"). Off by default.
+The default, 48, was chosen by measurement (README, "Performance"): with 500 streams
+arriving at once it cut the inter-chunk p99 of the running streams and cost nothing in the
+burst's own time to first token, since a smaller batch of admissions and upstream calls keeps
+Redis and the provider working while the gateway sets up the next one. Much smaller budgets
+(8) made the last requests of a burst wait for their first token; 0 turns it off.
 """
 
 from __future__ import annotations
