@@ -54,7 +54,7 @@ class GatewayState:
     finished: Finished = field(init=False)
     """Finished requests' records on their way to the metrics and the request log."""
     start_budget: StartBudget | None = None
-    """Paces request starts (`max_requests_per_loop_turn`); None: no limit (0)."""
+    """Paces request starts (`max_requests_per_loop_turn`); None when that is 0 (no limit)."""
     draining: bool = False
     """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
 

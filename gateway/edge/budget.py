@@ -8,10 +8,11 @@ wait, in arrival order, for the next turns, and between turns the loop reads and
 running streams' tokens (Envoy's `max_requests_per_io_cycle` does this for its workers).
 
 The default, 48, was chosen by measurement (README, "Performance"): with 500 streams
-arriving at once it cut the inter-chunk p99 of the running streams and cost nothing in the
-burst's own time to first token, since a smaller batch of admissions and upstream calls keeps
-Redis and the provider working while the gateway sets up the next one. Much smaller budgets
-(8) made the last requests of a burst wait for their first token; 0 turns it off.
+arriving at once on the benchmark's 2-core box it cut the running streams' inter-chunk p99
+and cost the burst nothing in time to first token, since smaller batches of admissions and
+upstream calls keep Redis and the provider working while the gateway sets up the next one.
+With another process hogging a core it could cost the burst's last requests up to 35 ms,
+and a budget of 8 cost them over 100 ms on a slower box. 0 turns it off.
 """
 
 from __future__ import annotations
