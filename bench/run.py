@@ -346,9 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.scenario = [s for s in args.scenario.split(",") if s]
     args.targets = [t for t in args.targets.split(",") if t]
     args.transport = [t for t in args.transport.split(",") if t]
+    known = scenarios(args.rounds)
     for name in args.scenario:
-        if name not in scenarios(args.rounds):
-            parser.error(f"--scenario: {name!r} is not one of {', '.join(scenarios(1))}")
+        if name not in known:
+            parser.error(f"--scenario: {name!r} is not one of {', '.join(known)}")
     for name in args.targets:
         if name not in ("direct", "floor", "gateway"):
             parser.error(f"--targets: {name!r} is not direct, floor or gateway")
