@@ -5,9 +5,9 @@
 
 The layers run one way (docs/architecture.md): edge -> relay -> providers -> transports,
 with limits, observability and config beside or below. An import from a lower layer into a
-higher one is listed as a back-arrow, and
-any pair of packages importing each other as a cycle. Imports inside functions count too: a lazy import is
-still a dependency. Reads the source with `ast`; imports nothing of the gateway.
+higher one is listed as a back-arrow, and any pair of packages importing each other as a
+cycle. Imports inside functions count too: a lazy import is still a dependency. Reads
+the source with `ast`; imports nothing of the gateway.
 """
 
 from __future__ import annotations
