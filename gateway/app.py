@@ -19,10 +19,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import GatewayConfig, resolve_config
 from gateway.edge.completions import RelayEndpoint
+from gateway.edge.http import request_id
 from gateway.edge.routes import Routes
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.limits import build_limiter
@@ -102,8 +103,9 @@ def create_app(config: GatewayConfig) -> ASGIApp:
     )
     app.state.gateway = state
     if config.cors_origins:
-        return app  # CORS answers must wrap the relayed routes too
-    return GatewayApp(app, relay)
+        # CORS answers must wrap the relayed routes too (which set their own request id).
+        return RequestIds(app, skip=frozenset(relay))
+    return GatewayApp(RequestIds(app), relay)
 
 
 class GatewayApp:
@@ -114,7 +116,7 @@ class GatewayApp:
     included), so they need none of it.
     """
 
-    def __init__(self, app: Starlette, relay: dict[str, RelayEndpoint]) -> None:
+    def __init__(self, app: RequestIds, relay: dict[str, RelayEndpoint]) -> None:
         self.app = app
         self.state = app.state
         self._relay = relay
@@ -126,6 +128,35 @@ class GatewayApp:
                 await endpoint(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RequestIds:
+    """Every answer the small routes give (models, health, metrics, the playground, 404s,
+    405s, 500s) carries `x-request-id`: the client's when it is a safe token, else a new one,
+    as the relayed routes do. Outside Starlette, so that its error middleware's 500s get it
+    too; not on the relayed routes, which set it themselves (`skip`: their paths, when they
+    run inside Starlette)."""
+
+    def __init__(self, app: Starlette, skip: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.state = app.state
+        self._skip = skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"] in self._skip):
+            await self.app(scope, receive, send)
+            return
+        rid = request_id(scope)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (_RID, rid)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+_RID = b"x-request-id"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

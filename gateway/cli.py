@@ -8,59 +8,115 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
+
+import structlog
 
 from gateway.config import DEMO_KEY, ConfigError, GatewayConfig, hash_key, resolve_config
 
 
-def _banner(config: GatewayConfig, host: str, port: int, workers: int) -> str:
+def _examples(base: str, model: str) -> tuple[str, str]:
+    """A curl command and an OpenAI SDK snippet for the embedded default's mock model, each
+    ready to paste as it is (the snippet starts at column 0: Python would refuse an indent).
+    """
+    curl = "\n".join(
+        [
+            f"curl -N {base}/v1/chat/completions \\",
+            f"  -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' \\",
+            f'  -d \'{{"model": "{model}", "stream": true, '
+            '"messages": [{"role": "user", "content": "Hello!"}]}\'',
+        ]
+    )
+    sdk = "\n".join(
+        [
+            "from openai import OpenAI",
+            f"client = OpenAI(base_url='{base}/v1', api_key='{DEMO_KEY}')",
+            f"for chunk in client.chat.completions.create(model='{model}', stream=True,",
+            "        messages=[{'role': 'user', 'content': 'Hello!'}]):",
+            "    print(chunk.choices[0].delta.content or '' if chunk.choices else '', end='')",
+        ]
+    )
+    return curl, sdk
+
+
+def _banner(config: GatewayConfig, host: str, port: int, workers: int) -> dict[str, object]:
+    """What `gateway serve` says once it listens: the fields of its JSON line, from which the
+    console banner is written too."""
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
-    lines = [
-        f"gateway: listening on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}), "
-        f"config {config.source}, limits {'redis' if config.redis_url else 'in memory'}",
-        f"gateway: metrics at {base}/metrics, playground at {base}/",
-    ]
-    if workers > 1 and not config.redis_url:
-        lines.append(
-            "gateway: warning: limits are in memory, so each worker counts its own; "
-            "set REDIS_URL for limits that hold across workers"
-        )
+    fields: dict[str, object] = {
+        "url": f"http://{host}:{port}",
+        "workers": workers,
+        "config": config.source,
+        "limits": "redis" if config.redis_url else "in memory",
+        "metrics": f"{base}/metrics",
+        "playground": f"{base}/",
+    }
     if config.embedded_default:
-        model = config.models[0].name
+        curl, sdk = _examples(base, config.models[0].name)
+        fields.update(demo_key=DEMO_KEY, try_curl=curl, try_openai_sdk=sdk)
+    return fields
+
+
+def _console_banner(fields: dict[str, object]) -> str:
+    workers = fields["workers"]
+    lines = [
+        f"gateway: listening on {fields['url']} ({workers} worker{'s' * (workers != 1)}), "
+        f"config {fields['config']}, limits {fields['limits']}",
+        f"gateway: metrics at {fields['metrics']}, playground at {fields['playground']}",
+    ]
+    if "demo_key" in fields:
         lines += [
             "",
             "Embedded default: the built-in mock model streams a simulated reply; no provider key "
             "needed.",
-            f"Demo key: {DEMO_KEY}",
+            f"Demo key: {fields['demo_key']}",
             "",
             "Try it:",
-            f"  curl -N {base}/v1/chat/completions \\",
-            f"    -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' \\",
-            f'    -d \'{{"model": "{model}", "stream": true, '
-            '"messages": [{"role": "user", "content": "Hello!"}]}\'',
+            "",
+            str(fields["try_curl"]),
             "",
             "Or with the OpenAI SDK:",
-            "  from openai import OpenAI",
-            f"  client = OpenAI(base_url='{base}/v1', api_key='{DEMO_KEY}')",
-            f"  for chunk in client.chat.completions.create(model='{model}', stream=True,",
-            "          messages=[{'role': 'user', 'content': 'Hello!'}]):",
-            "      print(chunk.choices[0].delta.content or '' if chunk.choices else '', end='')",
+            "",
+            str(fields["try_openai_sdk"]),
             "",
         ]
     return "\n".join(lines)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Process logs (this banner included) go to stderr, as JSON unless a person watches:
+    # stdout is the request log's alone.
+    from gateway.observability.requestlog import configure_process_logging, logs_as_json
+
+    console = not logs_as_json(sys.stderr)
+    configure_process_logging(json=not console)
+    log = structlog.get_logger("gateway.cli")
     try:
         config = resolve_config(args.config)
     except ConfigError as exc:
-        print(f"gateway: config error: {exc}", file=sys.stderr)
+        _fatal(log, console, f"config error: {exc}")
         return 2
     if args.config:
         os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
-    from gateway.server import serve
+    from gateway.server import bind, serve
 
-    print(_banner(config, args.host, args.port, args.workers), flush=True)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)  # e.g. "Address already in use"
+        _fatal(log, console, f"cannot listen on {args.host}:{args.port}: {reason}")
+        return 1
+    banner = _banner(config, args.host, sock.getsockname()[1], args.workers)
+    if console:
+        print(_console_banner(banner), file=sys.stderr, flush=True)
+    else:
+        log.info("listening", **banner)
+    if args.workers > 1 and not config.redis_url:
+        log.warning(
+            "limits are in memory, so each worker counts its own; "
+            "set REDIS_URL for limits that hold across workers"
+        )
     if args.workers > 1:
         # Workers are separate processes: metrics go through prometheus-client's
         # multiprocess files, and each worker builds its app from the same config.
@@ -78,12 +134,19 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(config)
     serve(
         app,  # type: ignore[arg-type]
-        host=args.host,
-        port=args.port,
+        sock=sock,
         workers=args.workers,
         grace=config.shutdown_grace,
     )
     return 0
+
+
+def _fatal(log: Any, console: bool, message: str) -> None:
+    """A start-up failure: one plain line for a person, one JSON line for a log collector."""
+    if console:
+        print(f"gateway: {message}", file=sys.stderr, flush=True)
+    else:
+        log.error(message)
 
 
 def _hash_key(args: argparse.Namespace) -> int:

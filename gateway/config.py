@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -278,6 +279,20 @@ def _str_list(r: _Reader, key: str) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+def _check_base_url(r: _Reader, url: str) -> None:
+    """http(s)://host[:port][/path], refused here rather than at the first request."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        fix = f"write https://{url}" if "://" not in url else "use http:// or https://"
+        raise r.fail("base_url", f"{url!r} is not an http(s) URL: {fix}")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check: 'host:80x' raises
+    except ValueError:
+        raise r.fail("base_url", f"{url!r} has a port that is not a number") from None
+    if not parts.hostname:
+        raise r.fail("base_url", f"{url!r} names no host: write e.g. https://api.openai.com/v1")
+
+
 def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
     r = _Reader(source, path, node)
     name = r.require("name", str)
@@ -285,6 +300,8 @@ def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
     base_url = r.take("base_url", str, "")
     if ptype != "mock" and not base_url:
         raise r.fail("base_url", f"is required for a provider of type {ptype}")
+    if base_url:
+        _check_base_url(r, base_url)
     headers = r.take("headers", dict, {})
     defaults = ProviderConfig(name="", type="mock")
     provider = ProviderConfig(

@@ -11,7 +11,9 @@ app's lifespan) and the process exits 0. A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import logging
 import os
 import signal
 import socket
@@ -28,7 +30,11 @@ from uvicorn._subprocess import get_subprocess
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.edge.http import BODY_WRITER, DISCONNECT, DisconnectHook, disconnect_hook
+from gateway.observability.metrics import mark_process_dead
+from gateway.observability.requestlog import configure_process_logging
 from gateway.state import GatewayState
+
+_log = logging.getLogger("gateway.server")
 
 
 def find_state(app: Any) -> GatewayState | None:
@@ -187,7 +193,7 @@ class GatewayServer(uvicorn.Server):
             return True
         if not state.draining:
             state.draining = True
-            print(f"[gateway pid {os.getpid()}] draining: {len(state.watches)} open request(s)")
+            _log.info("worker %d draining: %d open request(s)", os.getpid(), len(state.watches))
         waited = time.monotonic() - self._drain_since
         if waited >= state.config.shutdown_grace:
             for watch in list(state.watches):
@@ -198,23 +204,36 @@ class GatewayServer(uvicorn.Server):
         return False
 
 
-def serve(
-    app: Starlette | str,
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    grace: float,
-    fd: int | None = None,
-) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says it listens: a busy port is an
+    OSError here, not a banner followed by uvicorn's exit. (uvicorn's `Config.bind_socket`,
+    minus its logging and its `sys.exit`.)"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)  # the workers get it
+    return sock
+
+
+def serve(app: Starlette | str, *, sock: socket.socket, workers: int, grace: float) -> None:
+    """Serve on `sock` (from `bind`) until stopped; `app` is an import string when
+    `workers` > 1 (each worker builds its own)."""
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        fd=fd,
         workers=workers,
         factory=isinstance(app, str),
         access_log=False,
+        # Its loggers propagate to the root's one handler (`configure_process_logging`)
+        # rather than getting uvicorn's own console handlers.
+        log_config=None,
         log_level=os.environ.get("GATEWAY_UVICORN_LOG_LEVEL", "warning"),
         timeout_keep_alive=75,
         timeout_graceful_shutdown=int(grace) + 10,
@@ -225,22 +244,30 @@ def serve(
         proxy_headers=False,
     )
     if workers > 1:
-        sys.exit(_supervise(config, workers))
-    GatewayServer(config).run()
+        sys.exit(_supervise(config, sock, workers))
+    GatewayServer(config).run(sockets=[sock])
 
 
-def _supervise(config: uvicorn.Config, workers: int) -> int:
+def _run_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    """A worker process's life: the same logging pipeline as its parent's, then serving."""
+    configure_process_logging()
+    GatewayServer(config).run(sockets=sockets)
+
+
+def _supervise(config: uvicorn.Config, sock: socket.socket, workers: int) -> int:
     """Run `workers` processes on one listening socket; pass SIGTERM/SIGINT on to them.
 
     uvicorn's own supervisor builds plain `uvicorn.Server`s in its workers, which would lose
     the draining shutdown above; this one is small enough to own. A worker that dies
-    unexpectedly is replaced.
+    unexpectedly is replaced. Each dead worker is marked dead in the metrics directory, so
+    the streams it had open leave `gateway_active_streams` (a SIGKILLed worker never runs
+    its own `Metrics.close`).
     """
-    sock = config.bind_socket()
     stopping = threading.Event()
+    target = functools.partial(_run_worker, config)
 
     def start() -> SpawnProcess:
-        process = get_subprocess(config, target=GatewayServer(config).run, sockets=[sock])
+        process = get_subprocess(config, target=target, sockets=[sock])
         process.start()
         return process
 
@@ -259,10 +286,14 @@ def _supervise(config: uvicorn.Config, workers: int) -> int:
     while not stopping.wait(0.5):
         for i, process in enumerate(processes):
             if not process.is_alive() and not stopping.is_set():
-                print(f"[gateway] worker {process.pid} exited ({process.exitcode}); restarting")
+                _log.warning("worker %s exited (%s); restarting", process.pid, process.exitcode)
+                if process.pid is not None:
+                    mark_process_dead(process.pid)
                 processes[i] = start()
     for process in processes:
         process.join()
+        if process.pid is not None:
+            mark_process_dead(process.pid)
     sock.close()
     # A worker still starting up when the stop came dies of the signal itself (-SIGTERM):
     # it served nothing, so that is a clean stop too.

@@ -74,6 +74,31 @@ def test_variables_expand_with_defaults() -> None:
         ({"redis_url": "redis://h/zero"}, "redis_url", "database 'zero' is not a number"),
         ({"max_requests_per_loop_turn": -1}, "max_requests_per_loop_turn", "must be 0 or more"),
         ({"upstream_transport": "curl"}, "upstream_transport", "one of native, aiohttp, httpx"),
+        (
+            {"providers": [{"name": "p", "type": "openai", "base_url": "api.openai.com/v1"}]},
+            "providers[0].base_url",
+            "is not an http(s) URL: write https://api.openai.com/v1",
+        ),
+        (
+            {"providers": [{"name": "p", "type": "openai", "base_url": "localhost:8000/v1"}]},
+            "providers[0].base_url",
+            "write https://localhost:8000/v1",
+        ),
+        (
+            {"providers": [{"name": "p", "type": "anthropic", "base_url": "ftp://h"}]},
+            "providers[0].base_url",
+            "use http:// or https://",
+        ),
+        (
+            {"providers": [{"name": "p", "type": "openai", "base_url": "https:///v1"}]},
+            "providers[0].base_url",
+            "names no host",
+        ),
+        (
+            {"providers": [{"name": "p", "type": "openai", "base_url": "http://h:80x/v1"}]},
+            "providers[0].base_url",
+            "port that is not a number",
+        ),
     ],
 )
 def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, words: str) -> None:

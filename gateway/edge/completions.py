@@ -45,6 +45,7 @@ from gateway.state import GatewayState
 log = structlog.get_logger("gateway")
 
 _QUOTAS = frozenset({"daily_tokens", "monthly_tokens"})
+_LOGGED_NAME_MAX = 200
 
 
 class RelayEndpoint:
@@ -85,6 +86,9 @@ class RelayEndpoint:
             if st.config.log_bodies:
                 rec.request_body = raw
             model = st.models.get(req.model)
+            # The log line names what was asked for, bounded: its metrics label is bounded
+            # by `Metrics` (a configured name, else "other").
+            rec.model = req.model if model is not None else req.model[:_LOGGED_NAME_MAX]
             if model is None:
                 raise ModelNotFound(
                     f"The model '{req.model[:200]}' does not exist "
@@ -95,7 +99,7 @@ class RelayEndpoint:
                 raise ModelNotAllowed(
                     f"The key '{key.id}' may not use the model '{model.name}'.", param="model"
                 )
-            rec.model, rec.provider = model.name, model.provider
+            rec.provider = model.provider
             reservation = await self._admit(key, req, rid.decode(), headers)
             ctx = RelayContext(
                 request=req,

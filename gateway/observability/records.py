@@ -14,7 +14,8 @@ class RequestRecord:
     """chat.completions, completions, embeddings, models, ..."""
     key_id: str = ""
     model: str = ""
-    """The configured model name the client asked for ("" when unknown or not given)."""
+    """The model name the client asked for (an unknown one cut to 200 characters; "" when
+    not given or the request ended before its body was read)."""
     provider: str = ""
     """The provider that answered (a fallback's, when one was used)."""
     status: int = 0

@@ -15,9 +15,15 @@ queued, then flushes and closes the sink.
 Secrets: records carry none by construction; a processor still drops any field named like
 a credential. Prompts and completions are written only with `log_bodies: true`.
 
+The process's own logs (start-up, draining, upstream errors, tracebacks, uvicorn's and
+Python's warnings) are another pipeline, set up by `configure_process_logging`: stderr, so
+that stdout carries request-log lines only.
+
 Deliberately not here: log shipping, rotation (use logrotate with copytruncate, or stdout
-and the container runtime), and structlog's global configuration (`structlog.configure` is
-never called; importing this module configures nothing).
+and the container runtime). Importing this module configures nothing: the request log
+builds its own structlog logger, and only `configure_process_logging` (called once per
+process by `gateway serve` and by each of its workers) touches structlog's and the stdlib's
+global configuration.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import select
 import sys
 import time
@@ -361,24 +368,65 @@ class RequestLog:
 
 
 def configure_process_logging(
-    *, level: str = "INFO", json: bool = True, stream: TextIO | None = None
+    *, level: str = "INFO", json: bool | None = None, stream: TextIO | None = None
 ) -> logging.Handler:
-    """Route the stdlib loggers (the gateway's own, uvicorn's) through structlog's
-    formatter: JSON lines, or a console layout for humans. Call it once from the CLI; it
-    replaces the root logger's handlers and returns the new one (tests remove it again).
+    """One pipeline for every process log line: the gateway's structlog loggers, the stdlib
+    loggers (the gateway's, uvicorn's, asyncio's) and `warnings`, all rendered by one
+    structlog formatter on one handler, to `stream` (default stderr; stdout is the request
+    log's). JSON lines, or a console layout for a person: `json=None` picks by whether the
+    stream is a terminal, unless GATEWAY_LOG_FORMAT says `json` or `console`.
+
+    Call it once per process, before anything logs; it replaces the root logger's handlers
+    and structlog's configuration, and returns the new handler (tests remove it again).
     """
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[
-            structlog.stdlib.add_log_level,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-        ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    out = stream if stream is not None else sys.stderr
+    if json is None:
+        json = logs_as_json(out)
+    # The same fields whether the line came through structlog or a stdlib logger.
+    shared: list[Any] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    last: list[Any] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if json
+        else [structlog.dev.ConsoleRenderer()]
     )
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last],
+    )
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    logging.captureWarnings(True)
     return handler
+
+
+LOG_FORMAT_ENV = "GATEWAY_LOG_FORMAT"
+"""`json` or `console` overrides the choice `configure_process_logging` makes by itself."""
+
+
+def logs_as_json(stream: TextIO) -> bool:
+    """Whether process logs written to `stream` should be JSON lines: yes unless it is a
+    terminal, or GATEWAY_LOG_FORMAT says."""
+    chosen = os.environ.get(LOG_FORMAT_ENV, "").strip().lower()
+    if chosen in ("json", "console"):
+        return chosen == "json"
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return True

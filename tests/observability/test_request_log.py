@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +19,12 @@ from gateway.config import LoggingConfig
 from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.observability.requestlog import (
+    LOG_FORMAT_ENV,
     DropSecrets,
     RequestLog,
     StreamSink,
     configure_process_logging,
+    logs_as_json,
 )
 from tests.observability.obs_support import make_record, value
 
@@ -338,11 +341,17 @@ def test_structlog_global_configuration_is_left_alone(metrics: Metrics) -> None:
 
 @pytest.fixture
 def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, and structlog's and `warnings`' configuration, put back after."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    configured, config = structlog.is_configured(), structlog.get_config()
     yield root
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
+    if configured:
+        structlog.configure(**config)
 
 
 def test_process_logging_writes_the_gateways_own_logs_as_json(
@@ -357,6 +366,50 @@ def test_process_logging_writes_the_gateways_own_logs_as_json(
     assert line["level"] == "warning"
     assert line["logger"] == "gateway.server"
     assert "timestamp" in line
+
+
+def test_process_logging_sends_structlog_stdlib_and_warnings_down_one_pipeline(
+    root_logger: logging.Logger,
+) -> None:
+    out = io.StringIO()
+    configure_process_logging(json=True, stream=out)
+    structlog.get_logger("gateway").error("unhandled error", route="chat.completions")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("gateway.finished").exception("bookkeeping failed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
+
+    first, second, third = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert first["event"] == "unhandled error"
+    assert (first["level"], first["logger"], first["route"]) == (
+        "error",
+        "gateway",
+        "chat.completions",
+    )
+    assert second["logger"] == "gateway.finished"
+    assert "ValueError: boom" in second["exception"]
+    assert third["logger"] == "py.warnings"
+    assert "deprecated thing" in third["event"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_process_logs_are_json_unless_a_terminal_watches_or_the_env_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(LOG_FORMAT_ENV, raising=False)
+    assert logs_as_json(io.StringIO())
+    assert not logs_as_json(_Terminal())
+    monkeypatch.setenv(LOG_FORMAT_ENV, "json")
+    assert logs_as_json(_Terminal())
+    monkeypatch.setenv(LOG_FORMAT_ENV, "console")
+    assert not logs_as_json(io.StringIO())
 
 
 def test_the_timestamp_is_when_the_request_ended_not_when_it_was_logged(

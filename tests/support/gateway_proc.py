@@ -103,6 +103,7 @@ class GatewayProcess:
         workers: int = 1,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        split_stderr: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.tmp = tmp
@@ -111,6 +112,8 @@ class GatewayProcess:
             self.config_path = tmp / f"gateway-{self.port}.yaml"
             self.config_path.write_text(yaml.safe_dump(config))
         self.stdout_path = tmp / f"gateway-{self.port}.out"
+        # By default stderr (process logs) joins stdout (the request log) in one file.
+        self.stderr_path = tmp / f"gateway-{self.port}.err" if split_stderr else None
         self.workers = workers
         self.env = {**os.environ, **(env or {})}
         self.env.pop("GATEWAY_CONFIG", None)
@@ -127,12 +130,15 @@ class GatewayProcess:
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         self._out = open(self.stdout_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=self.env)
+        err: Any = subprocess.STDOUT
+        if self.stderr_path is not None:
+            err = self._err = open(self.stderr_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=err, env=self.env)
         deadline = time.monotonic() + timeout
         pids: set[int] = set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.output()}")
+                raise RuntimeError(f"gateway exited early:\n{self.output()}{self.errors()}")
             try:
                 health = httpx.get(self.url + "/healthz", timeout=0.5)
                 if health.status_code == 200:
@@ -142,10 +148,15 @@ class GatewayProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"gateway did not become healthy:\n{self.output()}")
+        raise RuntimeError(f"gateway did not become healthy:\n{self.output()}{self.errors()}")
 
     def output(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def errors(self) -> str:
+        """stderr, when it was kept apart (`split_stderr`)."""
+        path = self.stderr_path
+        return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
@@ -162,6 +173,8 @@ class GatewayProcess:
             self.proc.kill()
             code = self.proc.wait()
         self._out.close()
+        if self.stderr_path is not None:
+            self._err.close()
         return code
 
     def __enter__(self) -> GatewayProcess:
