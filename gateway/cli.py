@@ -20,6 +20,8 @@ def _banner(config: GatewayConfig, host: str, port: int, workers: int) -> str:
         f"config {config.source}, limits {'redis' if config.redis_url else 'in memory'}",
         f"gateway: metrics at {base}/metrics, playground at {base}/",
     ]
+    if egress := config.egress.describe():
+        lines.append(f"gateway: {egress}")  # the proxies' URLs without their credentials
     if workers > 1 and not config.redis_url:
         lines.append(
             "gateway: warning: limits are in memory, so each worker counts its own; "
