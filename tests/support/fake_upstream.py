@@ -328,7 +328,7 @@ class FakeUpstream:
         if seen.path.endswith("/embeddings"):
             inputs = seen.body.get("input")
             items = inputs if isinstance(inputs, list) else [inputs]
-            vector = [0.1, 0.2, 0.3]
+            vector = [0.5, -0.25, 0.125]  # exact in float32: both forms say the same
             embedding: Any = vector
             if seen.body.get("encoding_format") == "base64":  # as OpenAI: float32, LE
                 embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
