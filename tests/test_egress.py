@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from gateway.config import ConfigError, parse_config, resolve_config
@@ -102,3 +106,19 @@ def test_the_config_carries_the_environment_s_proxies() -> None:
     config = resolve_config(None, {"HTTPS_PROXY": "http://proxy.corp:3128", "NO_PROXY": "x"})
     assert config.egress.https == PROXY
     assert config.egress.route("https", "x", 443) is None
+
+
+def test_gateway_serve_refuses_a_proxy_it_cannot_use_with_one_line() -> None:
+    env = {**os.environ, "HTTPS_PROXY": "socks5://user:s3cret@proxy.corp:1080"}
+    env.pop("GATEWAY_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "HTTPS_PROXY: socks5:// proxies are not supported" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout

@@ -116,7 +116,7 @@ class NativeTransport(httpx.AsyncBaseTransport):
         except BaseException:
             conn.close()
             raise
-        if status == 407 and proxy is not None:
+        if status == 407 and proxy is not None and scheme == b"http":
             conn.close()
             raise proxy_refused(proxy, url.host, 407)
         return httpx.Response(
@@ -277,7 +277,7 @@ class _TunnelOpener(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._answered.done():
-            return  # bytes before TLS began: the handshake fails on the tunnel's closing
+            return  # none come before TLS takes over: the origin waits for our hello
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0:

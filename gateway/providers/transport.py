@@ -189,7 +189,7 @@ class _ProxyRouter(httpx.AsyncBaseTransport):
             raise httpx.ProxyError(
                 f"cannot reach {url.host} through the egress proxy {proxy.shown}"
             ) from exc
-        if response.status_code == 407:
+        if response.status_code == 407 and url.scheme == "http":
             # The proxy refused a request sent to it in absolute form (http origins); its
             # body is not read (tinyproxy resets the connection under it).
             await response.aclose()
@@ -199,12 +199,10 @@ class _ProxyRouter(httpx.AsyncBaseTransport):
     def _route(self, url: httpx.URL) -> tuple[Proxy | None, httpx.AsyncBaseTransport]:
         default = 443 if url.scheme == "https" else 80
         proxy = self._egress.route(url.scheme, url.host, url.port or default)
-        if proxy is None:
-            transport = self._direct
-        else:
-            transport = self._proxied.get(proxy)  # type: ignore[assignment]
-            if transport is None:
-                transport = self._proxied[proxy] = self._via(_httpx_proxy(proxy))
+        transport = self._direct if proxy is None else self._proxied.get(proxy)
+        if transport is None:
+            assert proxy is not None
+            transport = self._proxied[proxy] = self._via(_httpx_proxy(proxy))
         route = self._routes[url.scheme, url.host, url.port] = (proxy, transport)
         return route
 
