@@ -52,6 +52,8 @@ def _banner(config: GatewayConfig, host: str, port: int, workers: int) -> dict[s
         "metrics": f"{base}/metrics",
         "playground": f"{base}/",
     }
+    if egress := config.egress.describe():
+        fields["egress"] = egress  # the proxies' URLs without their credentials
     if config.embedded_default:
         curl, sdk = _examples(base, config.models[0].name)
         fields.update(demo_key=DEMO_KEY, try_curl=curl, try_openai_sdk=sdk)
@@ -65,6 +67,8 @@ def _console_banner(fields: dict[str, object]) -> str:
         f"config {fields['config']}, limits {fields['limits']}",
         f"gateway: metrics at {fields['metrics']}, playground at {fields['playground']}",
     ]
+    if "egress" in fields:
+        lines.append(f"gateway: {fields['egress']}")
     if "demo_key" in fields:
         lines += [
             "",

@@ -1,7 +1,8 @@
 """The gateway's configuration: one frozen object, validated once at start-up.
 
 The YAML file (SPEC section 3) is read here and nowhere else; so is the environment
-(`${VAR}` / `${VAR:-default}` expansion, `GATEWAY_CONFIG`, `REDIS_URL`). Every mistake is
+(`${VAR}` / `${VAR:-default}` expansion, `GATEWAY_CONFIG`, `REDIS_URL`, the egress proxy's
+`HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`, see `gateway.egress`). Every mistake is
 refused with one `ConfigError` line that names the file, the path inside it and the fix.
 
 Deliberately not here: hot reload. A changed config takes a restart (a rolling one behind
@@ -20,6 +21,8 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
+
+from gateway.egress import EgressProxies
 
 ProviderType = Literal["openai", "anthropic", "mock"]
 BackendFailure = Literal["open", "closed"]
@@ -136,6 +139,8 @@ class GatewayConfig:
     """At most this many requests start per event-loop turn, the rest wait in order, so a
     connection storm's setup comes in slices with the running streams' tokens relayed in
     between (`gateway/edge/budget.py`; README, "Performance"). 0: no limit."""
+    egress: EgressProxies = field(default_factory=EgressProxies)
+    """The egress proxies of the environment (`gateway.egress`); none by default."""
     source: str = "<embedded default>"
     embedded_default: bool = False
 
@@ -151,7 +156,7 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def embedded_default(redis_url: str = "") -> GatewayConfig:
+def embedded_default(redis_url: str = "", egress: EgressProxies | None = None) -> GatewayConfig:
     """No file, no keys, no Redis: the mock provider and one demo key."""
     return GatewayConfig(
         providers=(ProviderConfig(name="demo", type="mock"),),
@@ -167,6 +172,7 @@ def embedded_default(redis_url: str = "") -> GatewayConfig:
             ),
         ),
         redis_url=redis_url,
+        egress=egress or EgressProxies(),
         source="<embedded default>",
         embedded_default=True,
     )
@@ -421,11 +427,19 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         stream_buffer_bytes=r.positive(
             "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
         ),
+        egress=_read_egress(source, env),
         source=source,
     )
     r.done()
     _check_references(config)
     return config
+
+
+def _read_egress(source: str, env: Mapping[str, str]) -> EgressProxies:
+    try:
+        return EgressProxies.from_env(env)
+    except ValueError as exc:
+        raise ConfigError(source, "environment", str(exc)) from None
 
 
 def _check_references(config: GatewayConfig) -> None:
@@ -502,4 +516,5 @@ def resolve_config(path: str | None, env: Mapping[str, str] | None = None) -> Ga
     path = path or env.get("GATEWAY_CONFIG") or None
     if path:
         return load_config(path, env)
-    return embedded_default(redis_url=env.get("REDIS_URL", ""))
+    egress = _read_egress("<embedded default>", env)
+    return embedded_default(redis_url=env.get("REDIS_URL", ""), egress=egress)

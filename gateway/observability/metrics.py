@@ -73,6 +73,7 @@ UPSTREAM_ERROR_KINDS = frozenset(
     {
         "connect",
         "connect_timeout",
+        "proxy",
         "connection",
         "timeout",
         "idle_timeout",

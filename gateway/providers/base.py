@@ -147,6 +147,17 @@ def _translate(provider: str, exc: Exception) -> UpstreamError:
     mapped = isinstance(exc, httpx.HTTPError) and isinstance(exc.__cause__, aiohttp.ClientError)
     cause = exc.__cause__ if mapped else exc
     name = type(cause).__name__
+    if isinstance(
+        cause, httpx.ProxyError | aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError
+    ):
+        # Before the checks below: aiohttp's proxy errors are a response error and a
+        # connector error. The transports' own messages name the proxy; this one does not.
+        return UpstreamError(
+            f"provider {provider!r} is unreachable through the egress proxy ({name}); "
+            "check HTTPS_PROXY / HTTP_PROXY / NO_PROXY",
+            kind="proxy",
+            retryable=True,
+        )
     if isinstance(cause, httpx.TimeoutException | aiohttp.ServerTimeoutError):
         connect = isinstance(cause, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError)
         return UpstreamTimeout(

@@ -4,22 +4,29 @@ It is what the embedded default runs on, so a new user sees tokens stream before
 any provider key, and what the playground page talks to. Replies are derived from the
 prompt (same prompt, same reply), paced by `first_token_ms` and `token_ms`, cut at
 `max_tokens` (finish reason `length`) and followed by a usage report like a real provider.
-It serves chat completions, completions and embeddings.
+It serves chat completions, completions and embeddings. Embeddings come as OpenAI sends them:
+`dimensions` long (64 when not asked), float32 values, as a JSON list (`encoding_format:
+"float"`) or base64 of their little-endian bytes (`"base64"`, what the OpenAI SDKs ask for by
+default and decode); both forms carry the same numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import math
+import sys
 import time
 import uuid
+from array import array
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from gateway.config import ProviderConfig, Timeouts
+from gateway.errors import InvalidRequest
 from gateway.providers.base import Completion, Sink, StreamState, UpstreamCall, Usage
 
 _WORDS = [
@@ -124,6 +131,30 @@ def _plan(cfg: ProviderConfig, call: UpstreamCall) -> tuple[str, list[str], str]
     count = cfg.reply_tokens if limit is None else min(limit, cfg.reply_tokens)
     finish = "length" if limit is not None and limit < cfg.reply_tokens else "stop"
     return prompt, _reply_words(prompt, count), finish
+
+
+_MAX_DIMENSIONS = 3072
+"""The longest embedding OpenAI's models give (text-embedding-3-large)."""
+
+
+def _embedding_shape(body: dict[str, Any]) -> tuple[int, bool]:
+    """The embedding length asked for, and whether as base64; a 400 naming the parameter
+    for a value OpenAI would refuse."""
+    dims = body.get("dimensions")
+    if dims is None:
+        size = 64
+    elif type(dims) is int and 0 < dims <= _MAX_DIMENSIONS:
+        size = dims
+    else:
+        raise InvalidRequest(
+            f"'dimensions' must be an integer from 1 to {_MAX_DIMENSIONS}", param="dimensions"
+        )
+    encoding = body.get("encoding_format")
+    if encoding not in (None, "float", "base64"):
+        raise InvalidRequest(
+            "'encoding_format' must be 'float' or 'base64'", param="encoding_format"
+        )
+    return size, encoding == "base64"
 
 
 class MockStream:
@@ -245,8 +276,7 @@ class MockProvider:
     def _embeddings(self, call: UpstreamCall) -> Completion:
         raw = call.body.get("input")
         inputs = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else []
-        dims = call.body.get("dimensions")
-        size = dims if isinstance(dims, int) and 0 < dims <= 3072 else 64
+        size, as_base64 = _embedding_shape(call.body)
         data = []
         tokens = 0
         for i, item in enumerate(inputs):
@@ -255,9 +285,14 @@ class MockProvider:
             digest = hashlib.sha256(text.encode()).digest()
             vector = [((digest[j % 32] + j) % 256) / 127.5 - 1.0 for j in range(size)]
             norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-            data.append(
-                {"object": "embedding", "index": i, "embedding": [v / norm for v in vector]}
-            )
+            # float32, as OpenAI's: the list and the base64 form then hold the same numbers.
+            floats = array("f", [v / norm for v in vector])
+            embedding: list[float] | str = floats.tolist()
+            if as_base64:
+                if sys.byteorder == "big":
+                    floats.byteswap()
+                embedding = base64.b64encode(floats.tobytes()).decode("ascii")
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
         body = {
             "object": "list",
             "data": data,

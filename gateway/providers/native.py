@@ -9,7 +9,7 @@ bytes a read carries are whatever arrived since the last one, never re-chunked.
 What it keeps from httpx: providers build `httpx.Request`s and get `httpx.Response`s (the
 transport API), so headers, decoding of compressed plain answers (`aiter_bytes`) and the
 exception classes are httpx's, and `upstream_errors` maps them as it maps the other
-transports'. What it leaves out, on purpose: HTTP/2, proxies, redirects, cookies (a gateway
+transports'. What it leaves out, on purpose: HTTP/2, redirects, cookies (a gateway
 must keep no state between tenants' requests), `HEAD` (a response to it has no body, which
 the parser cannot be told), and `Expect: 100-continue` (an informational answer is skipped).
 
@@ -26,11 +26,20 @@ A body is read either by iterating it (a task wakes for each socket read) or, fo
 relay's push mode, by a listener the connection calls at the end of each socket read
 (`NativeBody.listen`, `read_nowait`). Host names are resolved by the event loop for each
 new connection (no cache of its own; kept-alive connections make that rare).
+
+Egress proxies (`gateway.egress`, from HTTPS_PROXY / HTTP_PROXY / NO_PROXY): an https
+origin is reached through a `CONNECT host:port` tunnel, TLS then spoken through it to the
+origin; an http origin gets its requests in absolute form (`POST http://host:port/path`)
+sent to the proxy, as curl, httpx and aiohttp send them. Either way a connection is pooled
+under the origin it serves, not the proxy's. A proxy that cannot be reached or refuses the
+tunnel fails the request with `httpx.ProxyError`, its message naming the proxy without its
+credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import cast
@@ -38,9 +47,14 @@ from typing import cast
 import httptools
 import httpx
 
+from gateway.egress import EgressProxies, Proxy
+
 _HIGH_WATER = 256 * 1024
 _Origin = tuple[bytes, str, int]
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_MAX_PROXY_HEAD = 16 * 1024
+"""The most a proxy's answer to CONNECT may take, status line and headers."""
+_PROXY_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
 
 
 class MalformedResponse(httpx.RemoteProtocolError):
@@ -60,6 +74,7 @@ class NativeTransport(httpx.AsyncBaseTransport):
         max_keepalive: int = 256,
         keepalive_expiry: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        proxies: EgressProxies | None = None,
     ) -> None:
         self._max_keepalive = max_keepalive
         self._expiry = keepalive_expiry
@@ -67,6 +82,9 @@ class NativeTransport(httpx.AsyncBaseTransport):
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._idle_count = 0
         self._open: set[_Connection] = set()
+        self._proxies = proxies if proxies is not None and proxies.active else None
+        self._routes: dict[_Origin, Proxy | None] = {}
+        """Each origin's proxy, looked up once: origins are the configured providers'."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -85,15 +103,22 @@ class NativeTransport(httpx.AsyncBaseTransport):
             body = b"".join(stream)
         else:
             body = await request.aread()
-        data = _encode(request, body)
+        proxy = None if self._proxies is None else self._route(origin)
+        if proxy is not None and scheme == b"http":
+            data = _encode(request, body, proxy)
+        else:
+            data = _encode(request, body)
         conn = self._take(origin)
         if conn is None:
-            conn = await self._connect(origin, timeouts.get("connect"))
+            conn = await self._connect(origin, timeouts.get("connect"), proxy)
         try:
             status, headers = await conn.send(data, read_timeout)
         except BaseException:
             conn.close()
             raise
+        if status == 407 and proxy is not None and scheme == b"http":
+            conn.close()
+            raise proxy_refused(proxy, url.host, 407)
         return httpx.Response(
             status,
             headers=headers,
@@ -141,13 +166,26 @@ class NativeTransport(httpx.AsyncBaseTransport):
             idle.remove(conn)
             self._idle_count -= 1
 
-    async def _connect(self, origin: _Origin, seconds: float | None) -> _Connection:
+    def _route(self, origin: _Origin) -> Proxy | None:
+        try:
+            return self._routes[origin]
+        except KeyError:
+            assert self._proxies is not None
+            scheme, host, port = origin
+            proxy = self._routes[origin] = self._proxies.route(scheme.decode(), host, port)
+            return proxy
+
+    async def _connect(
+        self, origin: _Origin, seconds: float | None, proxy: Proxy | None = None
+    ) -> _Connection:
         scheme, host, port = origin
         context = None
         if scheme == b"https":
             if self._ssl is None:
                 self._ssl = httpx.create_ssl_context()
             context = self._ssl
+        if proxy is not None:
+            return await self._connect_via(proxy, origin, context, seconds)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(seconds):
@@ -164,6 +202,104 @@ class NativeTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._open.add(conn)
         return conn
+
+    async def _connect_via(
+        self,
+        proxy: Proxy,
+        origin: _Origin,
+        context: ssl.SSLContext | None,
+        seconds: float | None,
+    ) -> _Connection:
+        """A connection to `origin` through `proxy`: to the proxy itself for an http origin
+        (its requests are sent in absolute form), a CONNECT tunnel with TLS inside for an
+        https one. The timeout covers the whole setup."""
+        _, host, port = origin
+        loop = asyncio.get_running_loop()
+        conn = _Connection(self, origin)
+        try:
+            async with asyncio.timeout(seconds):
+                if context is None:
+                    await loop.create_connection(lambda: conn, proxy.host, proxy.port)
+                else:
+                    tunnel = _TunnelOpener()
+                    raw, _ = await loop.create_connection(lambda: tunnel, proxy.host, proxy.port)
+                    try:
+                        await tunnel.open(raw, proxy, host, port)
+                        tls = await loop.start_tls(raw, conn, context, server_hostname=host)
+                    except BaseException:
+                        raw.close()
+                        raise
+                    if tls is None:  # the connection was lost during the handshake
+                        raise ConnectionResetError("the tunnel closed during the TLS handshake")
+                    conn.connection_made(tls)  # start_tls does not call it
+        except TimeoutError:
+            raise httpx.ConnectTimeout(
+                f"connecting to {host}:{port} through the egress proxy {proxy.shown} timed out"
+            ) from None
+        except ssl.SSLError as exc:  # the origin's TLS, not the proxy's doing
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        except OSError as exc:
+            raise httpx.ProxyError(
+                f"cannot reach {host}:{port} through the egress proxy {proxy.shown}: {exc}"
+            ) from exc
+        self._open.add(conn)
+        return conn
+
+
+def proxy_refused(proxy: Proxy, target: str, status: int) -> httpx.ProxyError:
+    """The error for a proxy's refusal: of a tunnel to `target`, or of a request to it in
+    absolute form (407, which only a proxy answers). Its body is not relayed."""
+    hint = " (check the credentials in the proxy URL)" if status in (401, 407) else ""
+    return httpx.ProxyError(
+        f"the egress proxy {proxy.shown} refused to reach {target} with status {status}{hint}"
+    )
+
+
+class _TunnelOpener(asyncio.Protocol):
+    """Asks a proxy for a CONNECT tunnel and reads its answer's head (bounded); the
+    connection is handed to TLS once the proxy said 200."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def open(
+        self, transport: asyncio.BaseTransport, proxy: Proxy, host: str, port: int
+    ) -> None:
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        if (authorization := proxy.authorization) is not None:
+            lines.append(f"Proxy-Authorization: {authorization}")
+        cast(asyncio.Transport, transport).write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status = await self._answered
+        if status != 200:
+            raise proxy_refused(proxy, authority, status)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered.done():
+            return  # none come before TLS takes over: the origin waits for our hello
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > _MAX_PROXY_HEAD:
+                self._fail(f"an answer to CONNECT longer than {_MAX_PROXY_HEAD} bytes")
+            return
+        if end + 4 != len(self._head):
+            self._fail("bytes after its answer to CONNECT")
+            return
+        match = _PROXY_STATUS.match(self._head)
+        if match is None:
+            self._fail("an answer to CONNECT that is not HTTP")
+            return
+        self._answered.set_result(int(match[1]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._answered.done():
+            self._fail("no answer to CONNECT: it closed the connection")
+
+    def _fail(self, problem: str) -> None:
+        if not self._answered.done():
+            self._answered.set_exception(httpx.ProxyError(f"the egress proxy sent {problem}"))
 
 
 class _Connection(asyncio.Protocol):
@@ -431,11 +567,16 @@ class NativeBody(httpx.AsyncByteStream):
             conn.close()
 
 
-def _encode(request: httpx.Request, body: bytes) -> bytes:
+def _encode(request: httpx.Request, body: bytes, proxy: Proxy | None = None) -> bytes:
+    """The request's bytes; to an http `proxy`, its target in absolute form."""
     url = request.url
     target = url.raw_path
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
     pairs = request.headers.raw
+    if proxy is not None:
+        target = b"http://%s%s" % (url.netloc, target)
+        if (authorization := proxy.authorization) is not None:
+            pairs = [*pairs, (b"proxy-authorization", authorization.encode("ascii"))]
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
     if "transfer-encoding" in request.headers:
         # A streamed body was read whole above: it goes out with its length instead.
         pairs = [p for p in pairs if p[0].lower() != b"transfer-encoding"]

@@ -16,12 +16,20 @@ httpx` in the config switches back, e.g. to compare.
 aiohttp 3.14 has one failure mode the gateway must not inherit: when a chunked body breaks
 in the middle, it closes the socket but never fails the body read, which then waits for a
 timeout. `_FailFastBody` turns the lost connection into a read error.
+
+Egress proxies (`gateway.egress`: HTTPS_PROXY, HTTP_PROXY, NO_PROXY, read once with the
+config) are chosen per origin here, the same way for all three transports: the native one
+routes by itself; for httpx and aiohttp `_ProxyRouter` hands each request to a transport
+built for its origin's proxy, or to the direct one. Neither library reads the environment
+on its own (`trust_env` stays off for aiohttp; httpx's transports never read it), so
+`NO_PROXY` means the same whatever `upstream_transport` says.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 import httpx
@@ -29,7 +37,8 @@ from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream
 
 from gateway.config import GatewayConfig, ProviderConfig, Timeouts
-from gateway.providers.native import NativeTransport
+from gateway.egress import EgressProxies, Proxy
+from gateway.providers.native import NativeTransport, proxy_refused
 
 _DEFAULT_HEADERS = {
     "accept": "*/*",
@@ -101,25 +110,120 @@ def build_transport(config: GatewayConfig) -> httpx.AsyncBaseTransport:
     timeouts: providers set them on each request (`extensions={"timeout": ...}`)."""
     # Idle connections are kept up to the number a burst of concurrent streams opened: one
     # costs a socket, a new one costs a TCP and TLS handshake on the next stream's path.
+    egress = config.egress
     if config.upstream_transport == "native":
-        return NativeTransport(max_keepalive=_MAX_IDLE, keepalive_expiry=_KEEPALIVE_S)
+        return NativeTransport(
+            max_keepalive=_MAX_IDLE, keepalive_expiry=_KEEPALIVE_S, proxies=egress
+        )
+    via: Callable[[httpx.Proxy | None], httpx.AsyncBaseTransport]
     if config.upstream_transport == "httpx":
         limits = httpx.Limits(
             max_connections=None, max_keepalive_connections=_MAX_IDLE, keepalive_expiry=_KEEPALIVE_S
         )
-        return _HTTPXTransport(limits=limits)
 
-    def session() -> aiohttp.ClientSession:
-        # Built on first use, inside the running loop. limit=0: no cap on open upstream
-        # connections, as for the other transports; aiohttp's default cap of 100 would
-        # queue the 101st concurrent stream until another one ends. The dummy jar: the
-        # default one keeps an upstream's cookies (for host names, not IP addresses).
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S)
-        return aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-        )
+        def via(proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+            return _HTTPXTransport(limits=limits, proxy=proxy)
 
-    return _FailFastTransport(client=session)
+    else:
+        shared: list[aiohttp.ClientSession] = []
+
+        def session() -> aiohttp.ClientSession:
+            # Built on first use, inside the running loop; one for every proxy (aiohttp
+            # pools connections per proxy and origin). limit=0: no cap on open upstream
+            # connections, as for the other transports; aiohttp's default cap of 100 would
+            # queue the 101st concurrent stream until another one ends. The dummy jar: the
+            # default one keeps an upstream's cookies (for host names, not IP addresses).
+            if not shared:
+                connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S)
+                shared.append(
+                    aiohttp.ClientSession(
+                        connector=connector,
+                        auto_decompress=False,
+                        cookie_jar=aiohttp.DummyCookieJar(),
+                    )
+                )
+            return shared[0]
+
+        def via(proxy: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+            return _FailFastTransport(client=session, proxy=proxy)
+
+    if not egress.active:
+        return via(None)
+    return _ProxyRouter(egress, via)
+
+
+class _ProxyRouter(httpx.AsyncBaseTransport):
+    """Each request to the transport for its origin's egress proxy, or to the direct one.
+
+    One transport per proxy, built by `via`, and the choice made once per origin (the
+    origins are the configured providers'). A proxy that cannot be reached fails the request
+    with httpx.ProxyError, as the native transport's and aiohttp's do (httpx's own says
+    ConnectError)."""
+
+    def __init__(
+        self,
+        egress: EgressProxies,
+        via: Callable[[httpx.Proxy | None], httpx.AsyncBaseTransport],
+    ) -> None:
+        self._egress = egress
+        self._via = via
+        self._direct = via(None)
+        self._proxied: dict[Proxy, httpx.AsyncBaseTransport] = {}
+        self._routes: dict[
+            tuple[str, str, int | None], tuple[Proxy | None, httpx.AsyncBaseTransport]
+        ] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        route = self._routes.get((url.scheme, url.host, url.port))
+        if route is None:
+            route = self._route(url)
+        proxy, transport = route
+        if proxy is None:
+            return await transport.handle_async_request(request)
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.ConnectError as exc:
+            if _tls_failure(exc):
+                raise  # the origin's TLS, not the proxy's doing
+            raise httpx.ProxyError(
+                f"cannot reach {url.host} through the egress proxy {proxy.shown}"
+            ) from exc
+        if response.status_code == 407 and url.scheme == "http":
+            # The proxy refused a request sent to it in absolute form (http origins); its
+            # body is not read (tinyproxy resets the connection under it).
+            await response.aclose()
+            raise proxy_refused(proxy, url.host, 407)
+        return response
+
+    def _route(self, url: httpx.URL) -> tuple[Proxy | None, httpx.AsyncBaseTransport]:
+        default = 443 if url.scheme == "https" else 80
+        proxy = self._egress.route(url.scheme, url.host, url.port or default)
+        transport = self._direct if proxy is None else self._proxied.get(proxy)
+        if transport is None:
+            assert proxy is not None
+            transport = self._proxied[proxy] = self._via(_httpx_proxy(proxy))
+        route = self._routes[url.scheme, url.host, url.port] = (proxy, transport)
+        return route
+
+    async def aclose(self) -> None:
+        for transport in (self._direct, *self._proxied.values()):
+            await transport.aclose()
+
+
+def _httpx_proxy(proxy: Proxy) -> httpx.Proxy:
+    auth = (proxy.username, proxy.password) if proxy.authorization is not None else None
+    return httpx.Proxy(proxy.shown, auth=auth)
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Whether a connect error was the TLS handshake failing (somewhere in its causes)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError | aiohttp.ClientSSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _HTTPXTransport(httpx.AsyncHTTPTransport):

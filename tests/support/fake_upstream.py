@@ -14,7 +14,10 @@ ones of `HOSTILE_SCENARIOS` (see `_hostile`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -51,7 +54,9 @@ def tool_arguments() -> dict[str, Any]:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        """A server-side context: the upstream speaks https (tests/support/tls.py)."""
         self.seen: list[Seen] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,13 +82,13 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._server = loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, limit=2**20)
+            asyncio.start_server(self._handle, "127.0.0.1", 0, limit=2**20, ssl=self.tls)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -323,11 +328,15 @@ class FakeUpstream:
         if seen.path.endswith("/embeddings"):
             inputs = seen.body.get("input")
             items = inputs if isinstance(inputs, list) else [inputs]
+            vector = [0.5, -0.25, 0.125]  # exact in float32: both forms say the same
+            embedding: Any = vector
+            if seen.body.get("encoding_format") == "base64":  # as OpenAI: float32, LE
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             return {
                 "object": "list",
                 "model": seen.body.get("model"),
                 "data": [
-                    {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                    {"object": "embedding", "index": i, "embedding": embedding}
                     for i in range(len(items))
                 ],
                 "usage": {"prompt_tokens": 5, "total_tokens": 5},
