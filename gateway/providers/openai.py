@@ -18,6 +18,7 @@ import orjson
 from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import UpstreamError
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
+from gateway.providers.redact import Redactor
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
 from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
@@ -166,6 +167,7 @@ class OpenAIProvider:
         self._max_event_bytes = max_event_bytes
         auth = {"authorization": f"Bearer {config.api_key}"} if config.api_key else None
         self._requests = UpstreamRequests(config, timeouts, auth=auth)
+        self._redact = Redactor.for_provider(config)
         # URLs are parsed once, on first use (so a bad base_url fails the request, not the
         # start-up).
         self._urls: dict[str, httpx.URL] = {}
@@ -185,17 +187,22 @@ class OpenAIProvider:
         return self._requests.build(url, orjson.dumps(body), stream=call.stream)
 
     async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
-        response = await open_event_stream(self._transport, self._request(call), self.config.name)
+        response = await open_event_stream(
+            self._transport, self._request(call), self.config.name, redact=self._redact
+        )
         return OpenAIStream(
             response,
             self.config.name,
             include_usage=call.include_usage,
             keep_text=self._keep_text,
             max_event_bytes=self._max_event_bytes,
+            redact=self._redact,
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        body, data = await fetch_json(self._transport, self._request(call), self.config.name)
+        body, data = await fetch_json(
+            self._transport, self._request(call), self.config.name, redact=self._redact
+        )
         return Completion(body=body, usage=_usage(data.get("usage")))
 
     async def aclose(self) -> None:

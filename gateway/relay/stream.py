@@ -214,7 +214,7 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
                 stream.state.finished,
             )
             if st.config.log_bodies:
-                rec.response_text = "".join(stream.state.text)
+                rec.response_text = stream.state.kept_text()
 
     assert outcome is not None and stream is not None
     rec.outcome = outcome

@@ -1,0 +1,143 @@
+"""What the relay tells clients and the log, through the real server (issue 15, items 5-7):
+no upstream credential comes back out, a whole answer is `completed` however the client
+leaves, and usage reaches only a client that asked for it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway_proc import KEY_A, GatewayProcess, test_config
+
+AUTH = {"authorization": f"Bearer {KEY_A}"}
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+# Keys whose JSON-escaped and URL-encoded forms differ from the key as sent; the canary
+# survives every encoding, so a leak in any form shows as the canary.
+CANARY = "LEAKCANARY"
+OPENAI_KEY = 'sk-proj/Q9x+k"W\\mT=7&' + CANARY + "1"
+ANTHROPIC_KEY = "sk-ant-api03/R8+y=" + CANARY + "2"
+HEADER_VALUE = "Bearer tok-" + CANARY + "3"
+CODES = (400, 404, 422, 429, 500)
+ESCAPES = {404: "&esc=slash", 422: "&esc=u"}  # `\/` in the JSON; `\u0073k-` for `sk-`
+
+
+@pytest.fixture(scope="module")
+def trust_gateway(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    config = test_config(
+        upstream.url,
+        log_bodies=True,
+        timeouts={"connect": 2, "first_token": 10, "idle": 2, "keepalive": 0.5, "total": 30},
+    )
+    openai_provider, anthropic_provider = config["providers"][:2]
+    openai_provider |= {
+        "api_key": OPENAI_KEY,
+        "headers": {"X-Secret-Token": HEADER_VALUE},
+        "max_retries": 0,
+    }
+    anthropic_provider |= {"api_key": ANTHROPIC_KEY, "max_retries": 0}
+    for short, provider in (("oa", "fake"), ("an", "fake-anthropic")):
+        models = {f"echo-{short}-{c}": f"echokey?code={c}{ESCAPES.get(c, '')}" for c in CODES}
+        models |= {f"echo-{short}-ok": "echokey", f"hold-{short}": "text?n=5&hold=1&stall_s=20"}
+        config["models"] += [
+            {"name": name, "provider": provider, "upstream_model": upstream_model}
+            for name, upstream_model in models.items()
+        ]
+    config["models"] += [
+        {"name": "usage-litellm", "provider": "fake", "upstream_model": "text?n=3&usage=litellm"},
+        {"name": "usage-finish", "provider": "fake", "upstream_model": "text?n=3&usage=finish"},
+    ]
+    with GatewayProcess(config, tmp_path_factory.mktemp("trust")) as proc:
+        yield proc
+
+
+def body(model: str, stream: bool = True, **extra: object) -> dict[str, object]:
+    return {"model": model, "stream": stream, "messages": MESSAGES, **extra}
+
+
+def log_records(gateway: GatewayProcess, model: str) -> list[dict[str, Any]]:
+    records = []
+    for line in gateway.output().splitlines():
+        if line.startswith("{") and f'"model":"{model}"' in line.replace(" ", ""):
+            record = json.loads(line)
+            if record.get("event") == "request" and record.get("model") == model:
+                records.append(record)
+    return records
+
+
+def wait_for_record(gateway: GatewayProcess, model: str, count: int = 1) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = log_records(gateway, model)
+        if len(records) >= count:
+            return records[count - 1]
+        time.sleep(0.02)
+    raise AssertionError(f"no request log line for {model!r}")
+
+
+def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in httpx.get(gateway.url + "/metrics").text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# --- item 5: credentials --------------------------------------------------------------------
+
+
+def _json_parts(raw: bytes, stream: bool) -> list[Any]:
+    """Every JSON document the client received: the body, or each SSE event's data."""
+    if not raw.startswith(b"data: ") and not (stream and b"\ndata: " in raw):
+        return [json.loads(raw)]
+    return [
+        json.loads(line[6:])
+        for line in raw.split(b"\n")
+        if line.startswith(b"data: ") and line != b"data: [DONE]"
+    ]
+
+
+def test_no_upstream_credential_reaches_a_client_or_the_request_log(
+    trust_gateway: GatewayProcess,
+) -> None:
+    """Error answers (400, 404, 422, 429, 500) that echo the key, from OpenAI- and
+    Anthropic-type upstreams, streamed and not; an echo in a streamed delta and in a
+    mid-stream error event; an echo in a plain answer's content."""
+    log_start = len(trust_gateway.output())
+    cases = [
+        (f"echo-{short}-{what}", stream)
+        for short in ("oa", "an")
+        for what in (*CODES, "ok")
+        for stream in (False, True)
+    ]
+    answers: list[tuple[str, bool, httpx.Response]] = []
+    with httpx.Client(timeout=10) as client:
+        for model, stream in cases:
+            url = trust_gateway.url + "/v1/chat/completions"
+            answers.append(
+                (model, stream, client.post(url, headers=AUTH, json=body(model, stream)))
+            )
+    for model, _ in cases:
+        wait_for_record(trust_gateway, model, count=2)
+    log = trust_gateway.output()[log_start:]
+    leaked = [f"{m} stream={s} -> {r.status_code}" for m, s, r in answers if CANARY in r.text]
+    in_log = log.count(CANARY)
+    assert not leaked and not in_log, (
+        f"{len(leaked)} of {len(cases)} answers carried a credential: {leaked}; "
+        f"the request log held it {in_log} times"
+    )
+    for model, stream, r in answers:
+        # The upstream's words still arrive, the credential in them marked, the JSON whole.
+        case = f"{model} stream={stream} -> {r.status_code}"
+        assert b"[redacted]" in r.content, case
+        assert _json_parts(r.content, stream), case
+        assert (r.status_code == 200) == model.endswith("-ok"), case
+    assert "[redacted]" in log
