@@ -141,3 +141,59 @@ def test_no_upstream_credential_reaches_a_client_or_the_request_log(
         assert _json_parts(r.content, stream), case
         assert (r.status_code == 200) == model.endswith("-ok"), case
     assert "[redacted]" in log
+
+
+# --- item 6: a whole answer is completed -------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["hold-oa", "hold-an"])
+def test_client_leaving_after_done_is_completed_and_frees_the_upstream(
+    trust_gateway: GatewayProcess, upstream: FakeUpstream, model: str
+) -> None:
+    """The upstream sends the whole answer, then holds its body open; the client reads to
+    `[DONE]` and hangs up."""
+    before = len(log_records(trust_gateway, model))
+    completed = metric(trust_gateway, "gateway_requests_total", model=model, outcome="completed")
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", trust_gateway.url + "/v1/chat/completions", headers=AUTH, json=body(model)
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line == "data: [DONE]":
+                break
+        else:
+            raise AssertionError("no [DONE]")
+        seen = next(s for s in reversed(upstream.seen) if "hold=1" in str(s.body.get("model")))
+    record = wait_for_record(trust_gateway, model, count=before + 1)
+    assert record["outcome"] == "completed"
+    assert record["usage_reported"] is True
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (11, 5)
+    assert "error" not in record
+    after = metric(trust_gateway, "gateway_requests_total", model=model, outcome="completed")
+    assert after == completed + 1
+    # The upstream's connection, never ended by the upstream, was closed by the gateway.
+    assert upstream.wait_for(lambda: seen.ended is not None, timeout=5)
+    assert seen.disconnected
+
+
+@pytest.mark.parametrize("model", ["hold-oa", "hold-an"])
+def test_upstream_holding_the_body_after_done_ends_clean_at_the_idle_timeout(
+    trust_gateway: GatewayProcess, upstream: FakeUpstream, model: str
+) -> None:
+    """A client that reads to the end of the response (as the OpenAI SDK drains it) gets
+    the answer and its end, no error event after `[DONE]`."""
+    before = len(log_records(trust_gateway, model))
+    r = httpx.post(
+        trust_gateway.url + "/v1/chat/completions", headers=AUTH, json=body(model), timeout=10
+    )
+    events = [line for line in r.text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"error"' in e for e in events)
+    record = wait_for_record(trust_gateway, model, count=before + 1)
+    assert record["outcome"] == "completed"
+    assert "error" not in record
+    seen = next(s for s in reversed(upstream.seen) if "hold=1" in str(s.body.get("model")))
+    assert upstream.wait_for(lambda: seen.ended is not None, timeout=5)

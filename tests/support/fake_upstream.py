@@ -225,6 +225,11 @@ class FakeUpstream:
                 except ConnectionError:
                     seen.disconnected = True
                     return False
+            if params.get("hold"):
+                # The whole answer is out, the body never ends: until the client hangs up.
+                await asyncio.wait({gone}, timeout=float(params.get("stall_s", "60")))
+                seen.disconnected = gone.done()
+                return False
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             # The watcher may already hold the first byte of the client's next request on
