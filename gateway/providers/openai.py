@@ -4,8 +4,10 @@ The request body is the client's, with two changes: `model` becomes the configur
 upstream model and, for streams, `stream_options.include_usage` is forced on so every
 stream is metered. The answer's events are relayed as the upstream's own bytes: each one
 is decoded only to learn what the gateway must know (usage, a finish reason, an error) and
-never re-serialised. The usage-only chunk (`"choices": []`) is dropped when the client did
-not ask for it.
+never re-serialised. When the client did not ask for usage, a chunk whose only news is
+usage is dropped (OpenAI's `"choices": []`, and LiteLLM's `"choices": [{"index": 0,
+"delta": {}}]`), and the usage of a chunk that also carries news (a finish reason, content)
+is taken out of it: that chunk alone is re-serialised.
 """
 
 from __future__ import annotations
@@ -65,10 +67,14 @@ class OpenAIStream(SSEUpstream):
             if usage:
                 state.usage = _usage(usage)
             choices = chunk.get("choices")
-            if choices:
-                if type(choices) is list:
-                    _scan_choices(choices, state, self.keep_text)
-            elif usage and not self.include_usage:
+            if choices and type(choices) is list:
+                _scan_choices(choices, state, self.keep_text)
+            if usage and not self.include_usage:
+                # SPEC 5: usage reaches only a client that asked for it.
+                if not choices or (type(choices) is list and _only_usage(choices)):
+                    continue
+                del chunk["usage"]
+                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 continue
             out.append(raw if raw.endswith(b"\n\n") else b"data: " + data + b"\n\n")
 
@@ -133,6 +139,19 @@ def _scan_choices(choices: list[Any], state: StreamState, keep_text: bool) -> No
             state.completion_estimate += 1
             if keep_text:
                 state.text.append(choice["text"])
+
+
+def _only_usage(choices: list[Any]) -> bool:
+    """Whether a usage chunk's choices say nothing else: LiteLLM sends its usage with
+    `[{"index": 0, "delta": {}}]` (sometimes `"finish_reason": null` too)."""
+    for choice in choices:
+        if type(choice) is not dict:
+            return False
+        if choice.get("delta") or choice.get("text") or choice.get("finish_reason"):
+            return False
+        if choice.get("logprobs"):
+            return False
+    return True
 
 
 def _usage(usage: Any) -> Usage | None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream
@@ -197,3 +198,36 @@ def test_upstream_holding_the_body_after_done_ends_clean_at_the_idle_timeout(
     assert "error" not in record
     seen = next(s for s in reversed(upstream.seen) if "hold=1" in str(s.body.get("model")))
     assert upstream.wait_for(lambda: seen.ended is not None, timeout=5)
+
+
+# --- item 7: usage only when asked ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["usage-litellm", "usage-finish"])
+def test_usage_reaches_only_a_client_that_asked(trust_gateway: GatewayProcess, model: str) -> None:
+    sdk = openai.OpenAI(base_url=trust_gateway.url + "/v1", api_key=KEY_A, max_retries=0)
+    chunks = list(sdk.chat.completions.create(model=model, messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+    assert [c.usage for c in chunks] == [None] * len(chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "tok0 tok1 tok2 "
+    record = wait_for_record(trust_gateway, model)
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (11, 3)
+    assert record["usage_reported"] is True
+
+    raw = httpx.post(
+        trust_gateway.url + "/v1/chat/completions", headers=AUTH, json=body(model), timeout=10
+    ).content
+    assert b'"usage":{' not in raw and b'"usage": {' not in raw
+    assert raw.endswith(b"data: [DONE]\n\n")
+
+    asked = list(
+        sdk.chat.completions.create(
+            model=model,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = [c.usage for c in asked if c.usage is not None]
+    assert len(usage) == 1
+    assert (usage[0].prompt_tokens, usage[0].completion_tokens) == (11, 3)

@@ -7,8 +7,10 @@ connection is closed under a stream.
 
 The behaviour is chosen by the request's model, query-string style:
 `text?n=30&pace_ms=20&ttft_ms=0` streams 30 tokens 20 ms apart. Scenarios: text, tools,
-midstream_error, truncate, stall, html, status (with code=500), garbage; and the hostile
-ones of `HOSTILE_SCENARIOS` (see `_hostile`).
+midstream_error, truncate, stall, html, status (with code=500), garbage, echokey (see
+`_echo_key`); and the hostile ones of `HOSTILE_SCENARIOS` (see `_hostile`). Any stream
+takes `hold=1` (the body is held open after the last event until the client closes) and
+the OpenAI ones `usage=litellm|finish` (LiteLLM's usage chunk, or usage on the finish).
 """
 
 from __future__ import annotations
@@ -269,6 +271,8 @@ class FakeUpstream:
             return b"data: " + orjson.dumps({**base, "choices": [choice], **extra}) + b"\n\n"
 
         usage_wanted = bool((seen.body.get("stream_options") or {}).get("include_usage"))
+        shape = params.get("usage", "")
+        report = {"prompt_tokens": 11, "completion_tokens": 0, "total_tokens": 11}
         yield chunk({"role": "assistant", "content": ""})
         if scenario == "tools":
             args = orjson.dumps(tool_arguments()).decode()
@@ -306,8 +310,15 @@ class FakeUpstream:
                 yield chunk({"content": tok})
             finish = "stop"
             count = n
+        report.update(completion_tokens=count, total_tokens=11 + count)
+        if shape == "finish" and usage_wanted:  # usage on the finish chunk, none after it
+            yield chunk({}, finish, usage=report)
+            yield b"data: [DONE]\n\n"
+            return
         yield chunk({}, finish)
-        if usage_wanted:
+        if shape == "litellm" and usage_wanted:  # LiteLLM's usage chunk: an empty delta
+            yield chunk({}, None, usage=report)
+        elif usage_wanted:
             yield (
                 b"data: "
                 + orjson.dumps(
