@@ -29,13 +29,16 @@ CODES = (400, 404, 422, 429, 500)
 ESCAPES = {404: "&esc=slash", 422: "&esc=u"}  # `\/` in the JSON; `\u0073k-` for `sk-`
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["native", "aiohttp"])
 def trust_gateway(
-    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
+    """Both ways a stream is relayed: pushed from the native transport's callbacks, and
+    iterated (aiohttp)."""
     config = test_config(
         upstream.url,
         log_bodies=True,
+        upstream_transport=request.param,
         timeouts={"connect": 2, "first_token": 10, "idle": 2, "keepalive": 0.5, "total": 30},
     )
     openai_provider, anthropic_provider = config["providers"][:2]
@@ -47,7 +50,11 @@ def trust_gateway(
     anthropic_provider |= {"api_key": ANTHROPIC_KEY, "max_retries": 0}
     for short, provider in (("oa", "fake"), ("an", "fake-anthropic")):
         models = {f"echo-{short}-{c}": f"echokey?code={c}{ESCAPES.get(c, '')}" for c in CODES}
-        models |= {f"echo-{short}-ok": "echokey", f"hold-{short}": "text?n=5&hold=1&stall_s=20"}
+        models |= {
+            f"echo-{short}-ok": "echokey",
+            f"hold-{short}": "text?n=5&hold=1&stall_s=20",
+            f"cut-{short}": "text?n=5&hold=cut",
+        }
         config["models"] += [
             {"name": name, "provider": provider, "upstream_model": upstream_model}
             for name, upstream_model in models.items()
@@ -198,6 +205,21 @@ def test_upstream_holding_the_body_after_done_ends_clean_at_the_idle_timeout(
     assert "error" not in record
     seen = next(s for s in reversed(upstream.seen) if "hold=1" in str(s.body.get("model")))
     assert upstream.wait_for(lambda: seen.ended is not None, timeout=5)
+
+
+@pytest.mark.parametrize("model", ["cut-oa", "cut-an"])
+def test_upstream_dropping_the_connection_after_done_is_still_completed(
+    trust_gateway: GatewayProcess, model: str
+) -> None:
+    before = len(log_records(trust_gateway, model))
+    r = httpx.post(
+        trust_gateway.url + "/v1/chat/completions", headers=AUTH, json=body(model), timeout=10
+    )
+    events = [line for line in r.text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"error"' in e for e in events)
+    record = wait_for_record(trust_gateway, model, count=before + 1)
+    assert (record["outcome"], record["usage_reported"]) == ("completed", True)
 
 
 # --- item 7: usage only when asked ---------------------------------------------------------------

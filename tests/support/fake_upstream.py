@@ -9,7 +9,8 @@ The behaviour is chosen by the request's model, query-string style:
 `text?n=30&pace_ms=20&ttft_ms=0` streams 30 tokens 20 ms apart. Scenarios: text, tools,
 midstream_error, truncate, stall, html, status (with code=500), garbage, echokey (see
 `_echo_key`); and the hostile ones of `HOSTILE_SCENARIOS` (see `_hostile`). Any stream
-takes `hold=1` (the body is held open after the last event until the client closes) and
+takes `hold=1` (the body is held open after the last event until the client closes;
+`hold=cut`: the connection closes there, without the body's end) and
 the OpenAI ones `usage=litellm|finish` (LiteLLM's usage chunk, or usage on the finish).
 """
 
@@ -227,6 +228,8 @@ class FakeUpstream:
                 except ConnectionError:
                     seen.disconnected = True
                     return False
+            if params.get("hold") == "cut":
+                return False  # the whole answer is out, then the connection drops mid-body
             if params.get("hold"):
                 # The whole answer is out, the body never ends: until the client hangs up.
                 await asyncio.wait({gone}, timeout=float(params.get("stall_s", "60")))
