@@ -71,3 +71,14 @@ def test_a_providers_secrets_are_its_key_and_credential_headers() -> None:
         "sk-provider-key-1 / Bearer tok-0123456789 / tok-0123456789 / 2023-06-01 / My Application"
     )
     assert redact.scrub_text(said) == f"{MARK} / {MARK} / {MARK} / 2023-06-01 / My Application"
+
+
+def test_credentials_in_the_base_url_are_secrets_too() -> None:
+    config = ProviderConfig(
+        name="p",
+        type="openai",
+        base_url="https://bot:pa%2Fss-0123456789@llm.example/v1?api-version=2024-10-21&api-key=k-0123456789",
+    )
+    redact = Redactor.for_provider(config)
+    said = "pa/ss-0123456789 / Ym90OnBhL3NzLTAxMjM0NTY3ODk= / k-0123456789 / 2024-10-21"
+    assert redact.scrub_text(said) == f"{MARK} / {MARK} / {MARK} / 2024-10-21"
