@@ -20,9 +20,8 @@ Deliberately not caught: values shorter than `MIN_SECRET` characters (scrubbing 
 maul ordinary text), masked echoes (`sk-abc...xyz`, as upstreams mask keys themselves),
 and a secret spread over several events (a model spelling it out token by token) or
 re-encoded otherwise (base64 other than Basic auth's, `\\u`-escaped ASCII in a relayed
-stream). Configured headers
-known to carry no credential (`_PUBLIC_HEADERS`: API versions, beta flags, attribution)
-are left alone.
+stream). Configured headers known to carry no credential (`_PUBLIC_HEADERS`: API
+versions, beta flags, attribution) are left alone.
 """
 
 from __future__ import annotations
