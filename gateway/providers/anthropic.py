@@ -40,6 +40,7 @@ from gateway.providers.base import (
     UpstreamCall,
     Usage,
 )
+from gateway.providers.redact import Redactor
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
 from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
@@ -63,6 +64,7 @@ class AnthropicStream(SSEUpstream):
         keep_text: bool = False,
         max_event_bytes: int = 1024 * 1024,
         model: str = "",
+        redact: Redactor | None = None,
     ) -> None:
         super().__init__(
             response,
@@ -70,6 +72,7 @@ class AnthropicStream(SSEUpstream):
             include_usage=include_usage,
             keep_text=keep_text,
             max_event_bytes=max_event_bytes,
+            redact=redact,
         )
         # Replaced at message_start; these only name chunks of a stream that skipped it.
         self._id = "chatcmpl-anthropic"
@@ -275,6 +278,7 @@ class AnthropicProvider:
             defaults={"anthropic-version": ANTHROPIC_VERSION},
             auth={"x-api-key": config.api_key} if config.api_key else None,
         )
+        self._redact = Redactor.for_provider(config)
         # A base_url written with or without Anthropic's /v1 both work; parsed on first use.
         base = config.base_url.rstrip("/")
         self._url_text = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
@@ -306,7 +310,7 @@ class AnthropicProvider:
     async def open_stream(self, call: UpstreamCall) -> AnthropicStream:
         request = self._request(call, stream=True)
         response = await open_event_stream(
-            self._transport, request, self.config.name, openai_error_body
+            self._transport, request, self.config.name, openai_error_body, redact=self._redact
         )
         return AnthropicStream(
             response,
@@ -315,11 +319,14 @@ class AnthropicProvider:
             keep_text=self._keep_text,
             max_event_bytes=self._max_event_bytes,
             model=call.model.upstream_model or call.model.name,
+            redact=self._redact,
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
         request = self._request(call, stream=False)
-        _, data = await fetch_json(self._transport, request, self.config.name, openai_error_body)
+        _, data = await fetch_json(
+            self._transport, request, self.config.name, openai_error_body, redact=self._redact
+        )
         body, usage = chat_completion(data)
         return Completion(body=orjson.dumps(body), usage=usage)
 

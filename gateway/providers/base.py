@@ -13,7 +13,7 @@ catches an httpx exception, and no message carries a URL with credentials or a h
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -61,6 +61,14 @@ class StreamState:
     """Content-bearing deltas relayed so far: the charge when no usage arrives."""
     text: list[str] = field(default_factory=list)
     """Relayed text, kept only when `log_bodies` asks for it."""
+    scrub: Callable[[str], str] | None = None
+    """Takes the provider's credentials out of the kept text (`redact.Redactor`)."""
+
+    def kept_text(self) -> str:
+        """The relayed text for the request log, whole, so a secret the model spelt out
+        over several deltas is caught too."""
+        text = "".join(self.text)
+        return self.scrub(text) if self.scrub is not None else text
 
 
 class Sink(Protocol):

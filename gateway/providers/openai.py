@@ -4,8 +4,10 @@ The request body is the client's, with two changes: `model` becomes the configur
 upstream model and, for streams, `stream_options.include_usage` is forced on so every
 stream is metered. The answer's events are relayed as the upstream's own bytes: each one
 is decoded only to learn what the gateway must know (usage, a finish reason, an error) and
-never re-serialised. The usage-only chunk (`"choices": []`) is dropped when the client did
-not ask for it.
+never re-serialised. When the client did not ask for usage, a chunk whose only news is
+usage is dropped (OpenAI's `"choices": []`, and LiteLLM's `"choices": [{"index": 0,
+"delta": {}}]`), and the usage of a chunk that also carries news (a finish reason, content)
+is taken out of it: that chunk alone is re-serialised.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import UpstreamError
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
+from gateway.providers.redact import Redactor
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
 from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
@@ -64,10 +67,14 @@ class OpenAIStream(SSEUpstream):
             if usage:
                 state.usage = _usage(usage)
             choices = chunk.get("choices")
-            if choices:
-                if type(choices) is list:
-                    _scan_choices(choices, state, self.keep_text)
-            elif usage and not self.include_usage:
+            if choices and type(choices) is list:
+                _scan_choices(choices, state, self.keep_text)
+            if usage and not self.include_usage:
+                # SPEC 5: usage reaches only a client that asked for it.
+                if not choices or (type(choices) is list and _only_usage(choices)):
+                    continue
+                del chunk["usage"]
+                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 continue
             out.append(raw if raw.endswith(b"\n\n") else b"data: " + data + b"\n\n")
 
@@ -134,6 +141,19 @@ def _scan_choices(choices: list[Any], state: StreamState, keep_text: bool) -> No
                 state.text.append(choice["text"])
 
 
+def _only_usage(choices: list[Any]) -> bool:
+    """Whether a usage chunk's choices say nothing else: LiteLLM sends its usage with
+    `[{"index": 0, "delta": {}}]` (sometimes `"finish_reason": null` too)."""
+    for choice in choices:
+        if type(choice) is not dict:
+            return False
+        if choice.get("delta") or choice.get("text") or choice.get("finish_reason"):
+            return False
+        if choice.get("logprobs"):
+            return False
+    return True
+
+
 def _usage(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
@@ -166,6 +186,7 @@ class OpenAIProvider:
         self._max_event_bytes = max_event_bytes
         auth = {"authorization": f"Bearer {config.api_key}"} if config.api_key else None
         self._requests = UpstreamRequests(config, timeouts, auth=auth)
+        self._redact = Redactor.for_provider(config)
         # URLs are parsed once, on first use (so a bad base_url fails the request, not the
         # start-up).
         self._urls: dict[str, httpx.URL] = {}
@@ -185,17 +206,22 @@ class OpenAIProvider:
         return self._requests.build(url, orjson.dumps(body), stream=call.stream)
 
     async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
-        response = await open_event_stream(self._transport, self._request(call), self.config.name)
+        response = await open_event_stream(
+            self._transport, self._request(call), self.config.name, redact=self._redact
+        )
         return OpenAIStream(
             response,
             self.config.name,
             include_usage=call.include_usage,
             keep_text=self._keep_text,
             max_event_bytes=self._max_event_bytes,
+            redact=self._redact,
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        body, data = await fetch_json(self._transport, self._request(call), self.config.name)
+        body, data = await fetch_json(
+            self._transport, self._request(call), self.config.name, redact=self._redact
+        )
         return Completion(body=body, usage=_usage(data.get("usage")))
 
     async def aclose(self) -> None:

@@ -9,6 +9,11 @@ native transport, has it push each read to a `Sink` from the connection's own ca
 
 An error event in the middle of a batch is held back until the events before it were
 handed on, so the client receives everything up to the failure, then the error.
+
+Every body read from the upstream goes through the provider's `Redactor` here: the client's
+bytes of each read, the message of an error raised while translating, error bodies and
+non-streamed answers (`open_event_stream`, `fetch_json`), so no credential the gateway sent
+comes back out (see `gateway.providers.redact`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import orjson
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import Sink, StreamState, error_from_status, upstream_errors
 from gateway.providers.native import NativeBody
+from gateway.providers.redact import Redactor
 from gateway.relay.sse import SSEDecoder, SSEError, SSEEvent
 
 
@@ -37,9 +43,11 @@ class SSEUpstream:
         include_usage: bool,
         keep_text: bool = False,
         max_event_bytes: int = 1024 * 1024,
+        redact: Redactor | None = None,
     ) -> None:
-        self.state = StreamState()
         self.provider = provider
+        self._redact = redact if redact is not None else Redactor([])
+        self.state = StreamState(scrub=self._redact.scrub_text if self._redact else None)
         self.include_usage = include_usage
         self.keep_text = keep_text
         self._response = response
@@ -134,12 +142,19 @@ class SSEUpstream:
         try:
             self.translate(events, out)
         except GatewayError as exc:
+            # An error event's message is the upstream's own words, and goes to the client
+            # and the log.
+            message = self._redact.scrub_text(exc.message)
+            if message is not exc.message:
+                exc.message, exc.args = message, (message,)
             if not out:
                 raise
             self._pending_error = exc
         if not out:
             return None
-        return b"".join(out) if len(out) > 1 else out[0]
+        # One scan per form of each secret: the events are whole, so no secret is split
+        # between this read's bytes and the next's.
+        return self._redact.scrub(b"".join(out) if len(out) > 1 else out[0])
 
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
         """Append the client's bytes for one read's events to `out`; raise a GatewayError
@@ -183,15 +198,19 @@ async def open_event_stream(
     request: httpx.Request,
     provider: str,
     error_body: Callable[[bytes], bytes] = _same,
+    *,
+    redact: Redactor,
 ) -> httpx.Response:
     """Send a streaming request; the response once it is a 200 SSE stream, else the
-    gateway error (`error_body` turns the provider's error body into OpenAI's shape)."""
+    gateway error (`error_body` turns the provider's error body, scrubbed of the
+    credentials in `redact`, into OpenAI's shape)."""
     with upstream_errors(provider):
         response = await transport.handle_async_request(request)
     try:
         if response.status_code != 200:
             with upstream_errors(provider):
                 body = await read_limited(response, _ERROR_BODY_LIMIT) or b""
+            body = redact.scrub_body(body)
             raise error_from_status(provider, response.status_code, error_body(body))
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
@@ -209,8 +228,11 @@ async def fetch_json(
     request: httpx.Request,
     provider: str,
     error_body: Callable[[bytes], bytes] = _same,
+    *,
+    redact: Redactor,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Send a plain request; the body and the object of a 200 JSON answer, else the error."""
+    """Send a plain request; the body and the object of a 200 JSON answer, else the error.
+    Either is scrubbed of the credentials in `redact` first."""
     with upstream_errors(provider):
         response = await transport.handle_async_request(request)
         try:
@@ -218,10 +240,11 @@ async def fetch_json(
             body = await read_limited(response, ANSWER_LIMIT if ok else _ERROR_BODY_LIMIT)
         finally:
             await response.aclose()
-    if not ok:
-        raise error_from_status(provider, response.status_code, error_body(body or b""))
-    if body is None:
+    if body is None and ok:
         raise malformed(provider, f"an answer larger than {ANSWER_LIMIT >> 20} MiB")
+    body = redact.scrub_body(body or b"")
+    if not ok:
+        raise error_from_status(provider, response.status_code, error_body(body))
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

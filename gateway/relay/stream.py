@@ -11,6 +11,10 @@ The streaming rules (SPEC section 5), in the order a stream meets them:
    connection's callback, with no task wakeup per read (`pump`); others are iterated.
 3. End in exactly one outcome: `completed` (the answer finished; `[DONE]` sent), or a
    failure after the first byte: an SSE error event and a close, never a clean `[DONE]`.
+   An answer is settled once it is whole: the finish and `[DONE]` were sent to the client.
+   What happens between that and the upstream's own end of body (the client hangs up, an
+   upstream that holds the body open meets the idle timeout or breaks the connection)
+   changes nothing: `completed`, with the usage reported, and no error event follows.
 
 The upstream response is closed in a `finally` on every path, before anything else is sent,
 so a client that leaves frees the provider within the same event-loop turn.
@@ -141,6 +145,7 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
     outcome: Outcome | None = None
     error: GatewayError | None = None
     started = False
+    client_left = False
     model_label = ctx.models[0].name
     try:
         try:
@@ -194,10 +199,16 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
                 if outcome == "client_cancelled":
                     raise ClientGone() from None
                 raise _ended_error(outcome, ctx, st.config.timeouts.idle) from None
+            if stream is not None and _answered(stream, watch):
+                client_left = outcome == "client_cancelled"
+                outcome = "completed"
         except GatewayError as exc:
             if not started:
                 raise
-            error, outcome = exc, exc.outcome
+            if stream is not None and _answered(stream, watch):
+                outcome = "completed"  # the upstream broke after the answer was whole
+            else:
+                error, outcome = exc, exc.outcome
     finally:
         watch.stop()
         st.watches.discard(watch)
@@ -214,7 +225,7 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
                 stream.state.finished,
             )
             if st.config.log_bodies:
-                rec.response_text = "".join(stream.state.text)
+                rec.response_text = stream.state.kept_text()
 
     assert outcome is not None and stream is not None
     rec.outcome = outcome
@@ -235,7 +246,7 @@ async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, se
             st.metrics.upstream_error(rec.provider, error.kind)
         rec.error = error.message
         tail = error.sse()
-    if outcome in ("client_cancelled", "slow_client"):
+    if outcome in ("client_cancelled", "slow_client") or client_left:
         return  # nobody reads: uvicorn closes the connection of an unfinished response
     end = {"type": "http.response.body", "body": tail, "more_body": False}
     rest = start_send(send, end)
@@ -282,6 +293,13 @@ async def relay_completion(
     headers = [(b"content-type", result.content_type.encode()), *ctx.headers]
     await send_bytes(send, result.status, result.body, headers)
     rec.ttft_s = perf_counter() - ctx.started_at
+
+
+def _answered(stream: EventStream, watch: StreamWatch) -> bool:
+    """The answer is whole on the client's side: finished, `[DONE]` relayed, and no send
+    of it still waiting on the client (`sending_since`)."""
+    state = stream.state
+    return state.finished and state.done_sent and not watch.sending_since
 
 
 def _account(

@@ -96,3 +96,45 @@ def test_counting_matches_the_parsed_count() -> None:
     upstream, _, _ = relay(PLAIN, keep_text=False)
     # content " tok" x2, the quoted one, the unicode one, tool calls, reasoning: 6 of 8
     assert upstream.state.completion_estimate == 6
+
+
+def relay_to(events: list[bytes], *, include_usage: bool) -> tuple[OpenAIStream, bytes]:
+    response = httpx.Response(200, stream=httpx.ByteStream(b""))
+    upstream = OpenAIStream(response, "p", include_usage=include_usage)
+    decoder = SSEDecoder()
+    out: list[bytes] = []
+    for data in events:
+        upstream.translate(decoder.feed(b"data: " + data + b"\n\n"), out)
+    return upstream, b"".join(out)
+
+
+USAGE = ',"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}'
+LITELLM_USAGE = [
+    chunk('{"index":0,"delta":{}}', tail=USAGE),
+    chunk('{"index":0,"delta":{},"finish_reason":null}', tail=USAGE),
+    chunk('{"index":0,"text":"","logprobs":null,"finish_reason":null}', tail=USAGE),
+]
+
+
+@pytest.mark.parametrize("event", LITELLM_USAGE)
+def test_a_chunk_whose_only_news_is_usage_reaches_only_a_client_that_asked(event: bytes) -> None:
+    quiet, out = relay_to([event], include_usage=False)
+    assert out == b""
+    assert quiet.state.usage is not None and quiet.state.usage.completion_tokens == 7
+    asked, out = relay_to([event], include_usage=True)
+    assert out == b"data: " + event + b"\n\n"
+    assert asked.state.usage == quiet.state.usage
+
+
+def test_usage_riding_on_news_is_taken_out_for_a_client_that_did_not_ask() -> None:
+    for event in (
+        chunk(delta("", finish='"stop"'), tail=USAGE),
+        chunk(delta('"content":"x"'), tail=USAGE),
+    ):
+        upstream, out = relay_to([event], include_usage=False)
+        sent = orjson.loads(out.removeprefix(b"data: "))
+        assert "usage" not in sent
+        assert sent["choices"] == orjson.loads(event)["choices"]
+        assert upstream.state.usage is not None and upstream.state.usage.prompt_tokens == 5
+        _, out = relay_to([event], include_usage=True)
+        assert out == b"data: " + event + b"\n\n"  # asked: the upstream's own bytes

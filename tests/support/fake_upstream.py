@@ -7,8 +7,11 @@ connection is closed under a stream.
 
 The behaviour is chosen by the request's model, query-string style:
 `text?n=30&pace_ms=20&ttft_ms=0` streams 30 tokens 20 ms apart. Scenarios: text, tools,
-midstream_error, truncate, stall, html, status (with code=500), garbage; and the hostile
-ones of `HOSTILE_SCENARIOS` (see `_hostile`).
+midstream_error, truncate, stall, html, status (with code=500), garbage, echokey (see
+`_echo_key`); and the hostile ones of `HOSTILE_SCENARIOS` (see `_hostile`). Any stream
+takes `hold=1` (the body is held open after the last event until the client closes;
+`hold=cut`: the connection closes there, without the body's end) and
+the OpenAI ones `usage=litellm|finish` (LiteLLM's usage chunk, or usage on the finish).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import orjson
 
@@ -144,6 +147,8 @@ class FakeUpstream:
         anthropic = seen.path.startswith("/v1/messages")
         if scenario in HOSTILE_SCENARIOS:
             return await self._hostile(seen, scenario, params, anthropic, reader, writer)
+        if scenario == "echokey":
+            return await self._echo_key(seen, params, anthropic, writer)
         if scenario == "status":
             code = int(params.get("code", "500"))
             if anthropic:
@@ -228,6 +233,13 @@ class FakeUpstream:
                 except ConnectionError:
                     seen.disconnected = True
                     return False
+            if params.get("hold") == "cut":
+                return False  # the whole answer is out, then the connection drops mid-body
+            if params.get("hold"):
+                # The whole answer is out, the body never ends: until the client hangs up.
+                await asyncio.wait({gone}, timeout=float(params.get("stall_s", "60")))
+                seen.disconnected = gone.done()
+                return False
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             # The watcher may already hold the first byte of the client's next request on
@@ -267,6 +279,8 @@ class FakeUpstream:
             return b"data: " + orjson.dumps({**base, "choices": [choice], **extra}) + b"\n\n"
 
         usage_wanted = bool((seen.body.get("stream_options") or {}).get("include_usage"))
+        shape = params.get("usage", "")
+        report = {"prompt_tokens": 11, "completion_tokens": 0, "total_tokens": 11}
         yield chunk({"role": "assistant", "content": ""})
         if scenario == "tools":
             args = orjson.dumps(tool_arguments()).decode()
@@ -304,8 +318,15 @@ class FakeUpstream:
                 yield chunk({"content": tok})
             finish = "stop"
             count = n
+        report.update(completion_tokens=count, total_tokens=11 + count)
+        if shape == "finish" and usage_wanted:  # usage on the finish chunk, none after it
+            yield chunk({}, finish, usage=report)
+            yield b"data: [DONE]\n\n"
+            return
         yield chunk({}, finish)
-        if usage_wanted:
+        if shape == "litellm" and usage_wanted:  # LiteLLM's usage chunk: an empty delta
+            yield chunk({}, None, usage=report)
+        elif usage_wanted:
             yield (
                 b"data: "
                 + orjson.dumps(
@@ -380,6 +401,60 @@ class FakeUpstream:
             ],
             "usage": {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n},
         }
+
+    async def _echo_key(
+        self, seen: Seen, params: dict[str, str], anthropic: bool, writer: asyncio.StreamWriter
+    ) -> bool:
+        """An upstream that echoes the credentials it received, as some do in "invalid key"
+        messages: every `authorization`, `x-api-key` and `x-secret-*` header value, as sent
+        and URL-encoded. `code=N` answers that status (an error body in the request's
+        format); without it, a stream says them in a delta and then in an error event, a
+        plain answer in its content. `esc=slash|u`: the JSON escapes `/` as `\\/`, or the
+        `s` of `sk-` as `\\u0073`."""
+        creds = [
+            v
+            for k, v in seen.headers.items()
+            if k in ("authorization", "x-api-key") or k.startswith("x-secret-")
+        ]
+        said = "Incorrect API key provided: " + ", ".join(
+            f"{c} (see https://example.invalid/keys?key={quote(c, safe='')})" for c in creds
+        )
+        code = int(params.get("code", "200"))
+        stream = bool(seen.body.get("stream"))
+        if code != 200:
+            kind = "authentication_error" if anthropic else "invalid_request_error"
+            err: dict[str, Any] = {"type": kind, "message": said}
+            body: Any = {"type": "error", "error": err} if anthropic else {"error": err}
+            ctype = "application/json"
+        elif not stream:
+            body = self._complete(seen, "text", {"n": "2"}, anthropic)
+            if anthropic:
+                body["content"][0]["text"] = said
+            else:
+                body["choices"][0]["message"]["content"] = said
+            ctype = "application/json"
+        else:
+            events = list(
+                self._anthropic_events(seen, "midstream_error", {"at": "2"})
+                if anthropic
+                else self._openai_events(seen, "midstream_error", {"at": "2"})
+            )
+            # The delta before the error says the credentials, and so does the error.
+            events[-2] = events[-2].replace(b"tok1 ", orjson.dumps(said)[1:-1])
+            events[-1] = events[-1].replace(
+                b"fake provider exploded" if not anthropic else b"Overloaded",
+                orjson.dumps(said)[1:-1],
+            )
+            writer.write(_SSE_HEAD)
+            await self._write_chunks(writer, [_escape(e, params) for e in events])
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            seen.ended = time.monotonic()
+            return True
+        self._write_full(writer, code, _escape(orjson.dumps(body), params), ctype)
+        await writer.drain()
+        seen.ended = time.monotonic()
+        return True
 
     # --- Anthropic format ---------------------------------------------------------------
 
@@ -721,6 +796,16 @@ HOSTILE_SCENARIOS = frozenset(
     }
 )
 """Scenarios of `_hostile`; all take `at=N` (well-formed events sent before the fault)."""
+
+
+def _escape(data: bytes, params: dict[str, str]) -> bytes:
+    esc = params.get("esc")
+    if esc == "slash":
+        return data.replace(b"/", b"\\/")
+    if esc == "u":
+        return data.replace(b"sk-", b"\\u0073k-")
+    return data
+
 
 _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
