@@ -122,6 +122,9 @@ class GatewayConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     log_bodies: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    """Bound of a request's head (request line and header fields) as a client sends it; past
+    it the answer is 431 and the connection closes (`gateway/server.py`)."""
     default_max_tokens: int = 4096
     """Tokens reserved for a request that names no max_tokens."""
     admin_key_sha256: str = field(default="", repr=False)
@@ -414,6 +417,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         logging=_read_section(LoggingConfig, source, "logging", r.take("logging", dict, {})),
         log_bodies=r.take("log_bodies", bool, False),
         max_body_bytes=r.positive("max_body_bytes", int, GatewayConfig.max_body_bytes),
+        max_header_bytes=r.at_least("max_header_bytes", int, 1024, GatewayConfig.max_header_bytes),
         default_max_tokens=r.positive("default_max_tokens", int, GatewayConfig.default_max_tokens),
         admin_key_sha256=_read_sha256(r, "admin_key_sha256", required=False),
         cors_origins=_str_list(r, "cors_origins") or (),

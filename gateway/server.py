@@ -6,6 +6,12 @@ on SIGTERM (or the first Ctrl-C) the gateway keeps its socket open, answers `/re
 open streams run to their end for up to `shutdown_grace` seconds, then ends the rest with
 an SSE error event. Only then does uvicorn's shutdown run (the request log drains in the
 app's lifespan) and the process exits 0. A second signal exits at once.
+
+The HTTP protocol is uvicorn's httptools one with bounds llhttp does not have: a request's
+head (request line and header fields, trailers too) may take `max_header_bytes`, one field
+or the target `MAX_LINE_BYTES`, and there may be `MAX_HEADERS` fields; past a bound the
+client gets 431 (414 for the target) and the connection closes, before the parser buffers
+more.
 """
 
 from __future__ import annotations
@@ -24,11 +30,18 @@ from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any, cast
 
+import httptools
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
+from gateway.config import GatewayConfig
 from gateway.edge.http import BODY_WRITER, DISCONNECT, DisconnectHook, disconnect_hook
 from gateway.observability.metrics import mark_process_dead
 from gateway.observability.requestlog import configure_process_logging
@@ -49,37 +62,155 @@ def find_state(app: Any) -> GatewayState | None:
     return None
 
 
-_HIGH_WATER = "_gateway_stream_buffer_bytes"
+_LIMITS = "_gateway_connection_limits"
+MAX_HEADERS = 100
+"""Header fields in one request, trailers included (nginx and Node.js also stop at 100)."""
+MAX_LINE_BYTES = 16 * 1024
+"""One header field (name and value) or request target; nginx's default is 8 KiB, h11 and
+Node.js allow 16 KiB for the whole head. Longer: 431, or 414 for the target."""
+_NOT_IN_HEAD = -1
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop llhttp where a bound was passed; the protocol's
+    `_refusal` says what to answer."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol with the config's per-connection write high-water mark, a
     `DisconnectHook` in every request's scope that fires when the connection is lost before
-    the response ended, and each response's head sent together with its first body part.
+    the response ended, each response's head sent together with its first body part, and
+    bounded request heads.
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
     a slow client can make the gateway hold (plus one upstream read), and the upstream feels
     the backpressure through TCP.
+
+    Heads: llhttp hands header names and values over in pieces and httptools joins them
+    (`bytes +=`) until the field ends, so one endless field costs memory and quadratic CPU.
+    `_head_left` counts down the bytes the current head may still take, per socket read,
+    and the parser is never fed past it: a read that would pass it is fed up to the bound
+    only, and if the head is still not complete there, the client gets 431. Counting is off
+    (`_NOT_IN_HEAD`) while a body arrives, and on again after the message ends and at each
+    chunk header of a chunked body (for the trailers after the last one). The bytes of a
+    pipelined request that came in the same read as the end of the request before it are not
+    counted: at most one read (256 KiB) more. Field count and length are checked as fields
+    end; a field can be longer than `MAX_LINE_BYTES` only if the head's reads are, so the
+    length check runs only then.
     """
+
+    _max_head = GatewayConfig.max_header_bytes
+    _head_left = GatewayConfig.max_header_bytes
+    _refusal: tuple[int, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # Found once per server (its config), not per connection: 0 when the app has none.
-        high: int | None = getattr(self.config, _HIGH_WATER, None)
-        if high is None:
+        # Found once per server (its config), not per connection: no high-water mark and the
+        # default head bound when the app has no gateway state.
+        limits: tuple[int, int] | None = getattr(self.config, _LIMITS, None)
+        if limits is None:
             state = find_state(self.app)
-            high = state.config.stream_buffer_bytes if state else 0
-            setattr(self.config, _HIGH_WATER, high)
+            config = state.config if state else None
+            limits = (
+                config.stream_buffer_bytes if config else 0,
+                config.max_header_bytes if config else GatewayConfig.max_header_bytes,
+            )
+            setattr(self.config, _LIMITS, limits)
+        high, self._max_head = limits
+        self._head_left = self._max_head
         if high:
             transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, with the head bound: see the class docstring.
+        self._unset_keepalive_if_required()
+        left = self._head_left
+        if left == _NOT_IN_HEAD or len(data) <= left:
+            if left != _NOT_IN_HEAD:
+                self._head_left = left - len(data)
+            self._feed(data)
+        else:
+            self._feed_bounded(memoryview(data))
+
+    def _feed_bounded(self, view: memoryview) -> None:
+        """A read longer than what the head may still take: fed up to the bound, then, if the
+        head ended within it, the rest (which may hold the next head: it is counted too)."""
+        while view:
+            left = self._head_left
+            if left == _NOT_IN_HEAD or len(view) <= left:
+                if left != _NOT_IN_HEAD:
+                    self._head_left = left - len(view)
+                self._feed(view)
+                return
+            self._head_left = 0
+            if not self._feed(view[:left]):
+                return
+            if self._head_left == 0:  # nothing ended the head within the bound
+                self._refuse(431, f"the request's head is over {self._max_head} bytes")
+                return
+            view = view[left:]
+
+    def _feed(self, data: bytes | memoryview) -> bool:
+        """uvicorn's `data_received` minus the keep-alive timer; False once the connection
+        is done with (an error answered, or an upgrade)."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            refusal = self._refusal
+            if refusal is not None:
+                self._refuse(*refusal)
+                return False
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return False
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return False
+        return True
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a head that passed a bound and close the connection. While an answer to an
+        earlier request is being written (a pipelined head), there is no place for this one:
+        the connection just closes, and the earlier request sees a disconnect."""
+        self._refusal = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            code = "request_header_fields_too_large" if status == 431 else "request_uri_too_long"
+            error = {"message": message, "type": "invalid_request_error", "param": None}
+            body = orjson.dumps({"error": {**error, "code": code}})
+            head = b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+            self.transport.write(STATUS_LINE[status] + head + b"connection: close\r\n\r\n" + body)
+        self.transport.close()
+
+    def _stop(self, status: int, message: str) -> None:
+        self._refusal = (status, message)
+        raise _Refused(message)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         scope: Any = self.scope  # uvicorn's TypedDict types extensions' values narrowly
         scope["extensions"] = {DISCONNECT: DisconnectHook()}
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADERS:
+            self._stop(431, f"the request has more than {MAX_HEADERS} header fields")
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        # `_head_left` counted every byte fed in this head (and maybe a body part): a field
+        # longer than MAX_LINE_BYTES needs more than that many.
+        if self._max_head - self._head_left > MAX_LINE_BYTES:
+            if len(self.url) > MAX_LINE_BYTES:
+                self._stop(414, f"the request target is over {MAX_LINE_BYTES} bytes")
+            for name, value in self.headers:
+                if len(name) + len(value) > MAX_LINE_BYTES:
+                    self._stop(431, f"a header field is over {MAX_LINE_BYTES} bytes")
+        self._head_left = _NOT_IN_HEAD
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is None:
@@ -90,6 +221,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.transport = cast(asyncio.Transport, _HeadWithBody(cycle, self.transport))
         scope: Any = self.scope
         scope["extensions"][BODY_WRITER] = _ChunkWriter(cycle)
+
+    def on_body(self, body: bytes) -> None:
+        self._head_left = _NOT_IN_HEAD
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        # After the last chunk come the trailers, header fields llhttp hands over as the head's
+        # are (a chunk's data turns counting off again).
+        self._head_left = self._max_head
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_left = self._max_head
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
+from gateway.config import GatewayConfig
 from gateway.edge.http import body_writer
-from gateway.server import BoundedHttpToolsProtocol
+from gateway.server import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
 
 
 class RecordingTransport:
@@ -46,9 +49,10 @@ class RecordingTransport:
         pass
 
 
-async def exchange(app: Any, request: bytes) -> RecordingTransport:
-    """Feed one request to a fresh connection; the transport once the answer is done. The
-    app can reach the protocol as `scope["state"]["protocol"]`."""
+async def exchange(app: Any, request: bytes, read: int = 0) -> RecordingTransport:
+    """Feed one request to a fresh connection (in reads of `read` bytes, or one read); the
+    transport once the answer is done. The app can reach the protocol as
+    `scope["state"]["protocol"]`."""
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     config.load()
     state = ServerState()
@@ -57,7 +61,10 @@ async def exchange(app: Any, request: bytes) -> RecordingTransport:
     app_state["protocol"] = protocol
     transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.data_received(request)
+    step = read or len(request)
+    for at in range(0, len(request), step):
+        if not transport.closed:
+            protocol.data_received(request[at : at + step])
     for _ in range(100):
         await asyncio.sleep(0)
         if not state.tasks:
@@ -169,3 +176,122 @@ def test_the_body_writer_declines_while_the_client_is_slow_or_gone() -> None:
     transport = asyncio.run(exchange(app, POST))
     assert seen == [False, True, False]
     assert b"held" not in b"".join(transport.writes)
+
+
+# --- bounded heads (the real server's side: tests/hostile/test_header_bounds.py) ---------------
+
+HEAD_BOUND = GatewayConfig.max_header_bytes
+
+
+def get_of(size: int) -> bytes:
+    """A GET whose head (up to and including its blank line) is `size` bytes, in fields
+    within their own bound."""
+    head = b"GET / HTTP/1.1\r\nhost: x\r\n"
+    fields = []
+    left = size - len(head) - 2
+    while left > 0:
+        name = b"x-%d: " % len(fields)
+        take = min(left, MAX_LINE_BYTES // 2)
+        pad = max(take - len(name) - 2, 0)
+        fields.append(name + b"a" * pad + b"\r\n")
+        left -= len(fields[-1])
+    request = head + b"".join(fields) + b"\r\n"
+    assert len(request) == size
+    return request
+
+
+def status_of(transport: RecordingTransport) -> int:
+    return int(b"".join(transport.writes).split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("read", [0, 1000, 1])
+def test_a_head_of_exactly_the_bound_is_served_and_one_byte_more_is_a_431(read: int) -> None:
+    served = asyncio.run(exchange(plain, get_of(HEAD_BOUND), read))
+    assert status_of(served) == 404 and not served.closed
+    refused = asyncio.run(exchange(plain, get_of(HEAD_BOUND + 1), read))
+    (only,) = refused.writes
+    assert only.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"\r\nconnection: close\r\n" in only and refused.closed
+    error = orjson.loads(only.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_header_fields_too_large"
+    assert error["type"] == "invalid_request_error"
+
+
+def test_a_read_with_a_small_head_and_a_body_past_the_bound_is_served_whole() -> None:
+    body = b"b" * (HEAD_BOUND * 3)
+    seen: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        more = True
+        while more:
+            message = await receive()
+            seen.append(message["body"])
+            more = message["more_body"]
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    request = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    transport = asyncio.run(exchange(app, request + body))
+    assert status_of(transport) == 404 and b"".join(seen) == body
+
+
+def test_pipelined_requests_each_get_the_whole_bound() -> None:
+    # Two heads of 40 KiB in one read: 80 KiB, but each head is within its bound.
+    request = get_of(40 * 1024) + get_of(40 * 1024)
+    transport = asyncio.run(exchange(plain, request))
+    assert b"".join(transport.writes).count(b"HTTP/1.1 404 Not Found") == 2
+
+
+def test_the_field_count_and_line_bounds_are_exact() -> None:
+    fields = b"".join(b"x-%d: 1\r\n" % i for i in range(MAX_HEADERS - 1))
+    at_bound = b"GET / HTTP/1.1\r\nhost: x\r\n" + fields + b"\r\n"
+    assert status_of(asyncio.run(exchange(plain, at_bound))) == 404
+    past = at_bound.replace(b"host: x\r\n", b"host: x\r\nx-more: 1\r\n")
+    assert status_of(asyncio.run(exchange(plain, past))) == 431
+    value = b"a" * (MAX_LINE_BYTES - len(b"x-big"))
+    line = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: %s\r\n\r\n"
+    assert status_of(asyncio.run(exchange(plain, line % value))) == 404
+    assert status_of(asyncio.run(exchange(plain, line % (value + b"a")))) == 431
+    target = b"/" + b"t" * (MAX_LINE_BYTES - 1)
+    request = b"GET %s HTTP/1.1\r\nhost: x\r\n\r\n"
+    assert status_of(asyncio.run(exchange(plain, request % target))) == 404
+    assert status_of(asyncio.run(exchange(plain, request % (target + b"t")))) == 414
+
+
+def test_endless_trailers_close_the_connection_and_the_app_sees_a_disconnect() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    async def run() -> RecordingTransport:
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config.load()
+        state = ServerState()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+        transport = RecordingTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nx-trailer: "
+        )
+        sent = 0
+        while not transport.closed and sent < 10 * HEAD_BOUND:
+            protocol.data_received(b"a" * 1000)
+            sent += 1000
+        assert transport.closed and sent <= HEAD_BOUND + 1000, sent
+        protocol.connection_lost(None)  # what closing does on a real transport
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if not state.tasks:
+                break
+        assert not state.tasks
+        return transport
+
+    transport = asyncio.run(run())
+    # The app was reading its body: no answer fits in the middle of that, only a close.
+    assert transport.writes == [] and seen[-1] == "http.disconnect"

@@ -1,0 +1,188 @@
+"""A client's request head is bounded, through the real server: too many header fields, a
+field or target too long, or a head past `max_header_bytes` gets 431 (414 for the target) in
+OpenAI's error shape and a closed connection, and costs the gateway neither memory nor time.
+
+llhttp bounds none of these itself, and httptools joins a field's pieces with `bytes +=`:
+before these bounds a 1 MiB field was answered 200, and one connection streaming a header
+line for ever held a core and grew the process while /healthz waited seconds.
+
+Requests go out on raw sockets: an HTTP client library may refuse to send such heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.hostile.hostile_support import Probe, error_of
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway_proc import KEY_A, GatewayProcess, test_config
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def exchange(port: int, request: bytes) -> tuple[int, bytes, bytes]:
+    """Send one request (as much of it as the server takes) and read the answer: status,
+    head, body. A server that stops reading and closes may reset the connection while the
+    request is still going out; what it answered before that is still read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head:
+        return 0, b"", b""
+    return int(head.split(b" ", 2)[1]), head.lower(), body
+
+
+def get(target: bytes, fields: list[bytes]) -> bytes:
+    lines = [b"GET " + target + b" HTTP/1.1", b"Host: gw", b"Connection: close", *fields]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def assert_refused(answer: tuple[int, bytes, bytes], status: int, says: str) -> None:
+    got, head, body = answer
+    assert got == status, (got, head, body[:300])
+    assert b"connection: close" in head
+    error = error_of(body)
+    assert error["type"] == "invalid_request_error"
+    assert says in error["message"], error
+
+
+@pytest.fixture(scope="module")
+def bounds_gateway(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    with GatewayProcess(test_config(upstream.url), tmp_path_factory.mktemp("heads")) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def probe(bounds_gateway: GatewayProcess) -> Iterator[Probe]:
+    probe = Probe(bounds_gateway)
+    yield probe
+    probe.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "says"),
+    [
+        (get(b"/healthz", [b"X-Big: " + b"a" * MIB]), 431, "head is over 65536 bytes"),
+        (get(b"/healthz", [b"X-Big: " + b"a" * 20 * KIB]), 431, "header field is over 16384"),
+        (get(b"/healthz", [b"A" * 20 * KIB + b": 1"]), 431, "header field is over 16384"),
+        (get(b"/healthz", [b"X-%d: 1" % i for i in range(101)]), 431, "more than 100 header"),
+        (get(b"/healthz?" + b"q" * 20 * KIB, []), 414, "target is over 16384"),
+        (get(b"/" + b"p" * MIB, []), 431, "head is over 65536 bytes"),
+    ],
+    ids=["1MiB-field", "20KiB-value", "20KiB-name", "101-fields", "20KiB-target", "1MiB-target"],
+)
+def test_a_head_past_a_bound_gets_a_431_in_openai_shape(
+    bounds_gateway: GatewayProcess, probe: Probe, request_bytes: bytes, status: int, says: str
+) -> None:
+    assert_refused(exchange(bounds_gateway.port, request_bytes), status, says)
+    probe.assert_still_serving()
+
+
+def test_heads_within_the_bounds_are_served(bounds_gateway: GatewayProcess) -> None:
+    port = bounds_gateway.port
+    hundred = [b"X-%d: 1" % i for i in range(98)]  # and Host, Connection
+    assert exchange(port, get(b"/healthz", hundred))[0] == 200
+    assert exchange(port, get(b"/healthz", [b"X-Big: " + b"a" * 16000]))[0] == 200
+    # Four fields of 15 KiB: a 60 KiB head, each field within its bound.
+    big = [b"X-%d: " % i + b"a" * 15 * KIB for i in range(4)]
+    assert exchange(port, get(b"/healthz", big))[0] == 200
+    assert exchange(port, get(b"/healthz?" + b"q" * 16000, []))[0] == 200
+
+
+def test_a_chat_request_with_big_headers_within_the_bounds_still_streams(
+    bounds_gateway: GatewayProcess,
+) -> None:
+    headers = {"authorization": f"Bearer {KEY_A}", "x-pad": "p" * 15 * KIB}
+    body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=10) as client:
+        answer = client.post(
+            bounds_gateway.url + "/v1/chat/completions", json=body, headers=headers
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.text.rstrip().endswith("data: [DONE]")
+
+
+class EndlessHeader(threading.Thread):
+    """One connection sending a header line of up to `limit` bytes, 64 KiB a write, until
+    the server closes it; `sent` says how much went out."""
+
+    def __init__(self, port: int, limit: int, prefix: bytes) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.limit = limit
+        self.prefix = prefix
+        self.sent = 0
+        self.cut_off = False
+
+    def run(self) -> None:
+        piece = b"a" * 64 * KIB
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            try:
+                sock.sendall(self.prefix)
+                while self.sent < self.limit:
+                    sock.sendall(piece)
+                    self.sent += len(piece)
+            except OSError:
+                self.cut_off = True
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Endless: ",
+        # After the last chunk: a trailer field that never ends.
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\nX-Endless: ",
+    ],
+    ids=["header", "trailer"],
+)
+def test_an_endless_header_is_cut_off_at_the_bound_and_healthz_stays_fast(
+    bounds_gateway: GatewayProcess, probe: Probe, prefix: bytes
+) -> None:
+    assert bounds_gateway.proc is not None
+    gateway = psutil.Process(bounds_gateway.proc.pid)
+    rss_before = gateway.memory_info().rss
+    attacker = EndlessHeader(bounds_gateway.port, 64 * MIB, prefix)
+    waits: list[float] = []
+    with httpx.Client(base_url=bounds_gateway.url, timeout=30) as client:
+        client.get("/healthz")  # the connection is made before the clock runs
+        attacker.start()
+        while attacker.is_alive():
+            started = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            waits.append(time.perf_counter() - started)
+        attacker.join()
+    rss_growth = gateway.memory_info().rss - rss_before
+    # Loopback socket buffers take a few MiB the gateway never reads; before the bound the
+    # gateway read all 64 MiB.
+    assert attacker.cut_off and attacker.sent < 16 * MIB, attacker.sent
+    assert max(waits, default=0) < 0.5, f"/healthz waited up to {max(waits):.2f} s"
+    assert rss_growth < 16 * MIB, f"RSS grew by {rss_growth / MIB:.1f} MiB"
+    probe.assert_still_serving()
+
+
+def test_max_header_bytes_sets_the_head_bound(upstream: FakeUpstream, tmp_path: Path) -> None:
+    config = test_config(upstream.url, max_header_bytes=4096)
+    with GatewayProcess(config, tmp_path) as proc:
+        fields = [b"X-%d: " % i + b"a" * 1000 for i in range(5)]
+        assert_refused(exchange(proc.port, get(b"/healthz", fields)), 431, "over 4096 bytes")
+        assert exchange(proc.port, get(b"/healthz", fields[:3]))[0] == 200
