@@ -20,7 +20,11 @@ connection the server closed while it was idle fails its request with RemoteProt
 as httpx's own pool does; the relay's attempts retry that.
 
 Reads pause the socket (`pause_reading`) when more than `_HIGH_WATER` bytes wait unread, so
-a slow reader holds at most that much per connection.
+a slow reader holds at most that much per connection. A response's head is bounded as
+httpx's is: `_MAX_HEAD` bytes (status line and header fields, informational answers' heads
+included), `_MAX_FIELDS` fields of at most `_MAX_FIELD` bytes each; so are the bytes between
+two body parts (chunk framing, extensions, trailers). Past a bound the response fails with
+`MalformedResponse` and the connection closes; llhttp bounds none of these itself.
 
 A body is read either by iterating it (a task wakes for each socket read) or, for the
 relay's push mode, by a listener the connection calls at the end of each socket read
@@ -50,6 +54,11 @@ import httpx
 from gateway.egress import EgressProxies, Proxy
 
 _HIGH_WATER = 256 * 1024
+_MAX_HEAD = 100 * 1024
+"""httpcore's bound (its h11 `max_incomplete_event_size`), so an answer httpx takes, this
+transport takes. aiohttp allows 8190 bytes a field and h11 16 KiB a head by default."""
+_MAX_FIELD = 16 * 1024
+_MAX_FIELDS = 256
 _Origin = tuple[bytes, str, int]
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _MAX_PROXY_HEAD = 16 * 1024
@@ -60,6 +69,10 @@ _PROXY_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
 class MalformedResponse(httpx.RemoteProtocolError):
     """The server's bytes are not a valid HTTP/1.1 response (bad status line, headers or
     chunk framing), as opposed to a connection that ended early."""
+
+
+class _OverBound(Exception):
+    """Raised in a parser callback to stop llhttp where a bound was passed."""
 
 
 class NativeTransport(httpx.AsyncBaseTransport):
@@ -330,6 +343,11 @@ class _Connection(asyncio.Protocol):
         """Push mode (`NativeBody.listen`): called instead of waking a reader."""
         self._feeding = False
         self._heard = False
+        self._head_left = _MAX_HEAD
+        """Bytes the parser may still take before a body part or the head's end; see
+        `data_received`."""
+        self._over: str | None = None
+        """Which bound a parser callback found passed."""
 
     @property
     def usable(self) -> bool:
@@ -343,6 +361,7 @@ class _Connection(asyncio.Protocol):
         """Write one request; the response's status and headers once they arrived."""
         assert self._transport is not None
         self._headers = []
+        self._head_left = _MAX_HEAD
         self._started = self.complete = self.reusable = self._has_length = False
         self.error = None
         self._head = head = self._loop.create_future()
@@ -424,12 +443,23 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        # httptools joins a header field's pieces until it ends: an answer whose head never
+        # ends would hold all of it. `_head_left` counts the bytes fed since the last body
+        # part or the end of the head, a read at a time, and the parser is never fed past
+        # it. (A body part or a head's end restarts the count mid-read: the rest of that read
+        # is not counted, so the bound holds to within one read.)
         error: MalformedResponse | None = None
+        left = self._head_left
         self._feeding = True
         try:
-            self._parser.feed_data(data)
+            if len(data) <= left:
+                self._head_left = left - len(data)
+                self._parser.feed_data(data)
+            else:
+                self._feed_bounded(memoryview(data))
         except httptools.HttpParserError as exc:
-            error = MalformedResponse(f"malformed HTTP response: {exc}")
+            error = MalformedResponse(f"malformed HTTP response: {self._over or exc}")
+            self._over = None
         except httptools.HttpParserUpgrade:
             error = MalformedResponse("the server switched protocols")
         finally:
@@ -439,6 +469,23 @@ class _Connection(asyncio.Protocol):
             self.close(error)  # tells the reader, listener or not
         elif heard and self.listener is not None:
             self.listener()
+
+    def _feed_bounded(self, view: memoryview) -> None:
+        """A read longer than the count allows: fed up to the bound, then on while a body part
+        or the head's end restarted the count. Raises as `feed_data` does."""
+        while len(view) > self._head_left:
+            left = self._head_left
+            self._head_left = 0
+            self._parser.feed_data(view[:left])
+            if self._head_left == 0:
+                if self._head is not None and self._head.done():
+                    self._over = f"more than {_MAX_HEAD} bytes between two body parts"
+                else:
+                    self._over = f"a response head over {_MAX_HEAD} bytes"
+                raise httptools.HttpParserError(self._over)
+            view = view[left:]
+        self._head_left -= len(view)
+        self._parser.feed_data(view)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -473,14 +520,24 @@ class _Connection(asyncio.Protocol):
         self._started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        headers = self._headers
+        if len(headers) >= _MAX_FIELDS or len(name) + len(value) > _MAX_FIELD:
+            many = len(headers) >= _MAX_FIELDS
+            self._over = (
+                f"more than {_MAX_FIELDS} header fields"
+                if many
+                else f"a header field over {_MAX_FIELD} bytes"
+            )
+            raise _OverBound  # stops the parser; data_received fails the response
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._informational = True  # its end is skipped; the real answer follows
             self._headers = []
-            return
+            return  # its head counts towards the real answer's
+        self._head_left = _MAX_HEAD
         self._status = status
         for name, value in self._headers:
             lowered = name.lower()
@@ -493,6 +550,7 @@ class _Connection(asyncio.Protocol):
         self._wake(self._head)
 
     def on_body(self, body: bytes) -> None:
+        self._head_left = _MAX_HEAD
         self.chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self._transport is not None:

@@ -11,6 +11,7 @@ Requests go out on raw sockets: an HTTP client library may refuse to send such h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -186,3 +187,127 @@ def test_max_header_bytes_sets_the_head_bound(upstream: FakeUpstream, tmp_path: 
         fields = [b"X-%d: " % i + b"a" * 1000 for i in range(5)]
         assert_refused(exchange(proc.port, get(b"/healthz", fields)), 431, "over 4096 bytes")
         assert exchange(proc.port, get(b"/healthz", fields[:3]))[0] == 200
+
+
+# --- the upstream's side: the native transport's response heads ------------------------------
+
+
+class EndlessUpstream:
+    """A raw upstream in its own thread: answers each request with `start`, then writes
+    `piece` for ever (up to 64 MiB a connection) while the gateway reads. `sent` holds what
+    each connection wrote."""
+
+    def __init__(self, start: bytes, piece: bytes) -> None:
+        self.start = start
+        self.piece = piece
+        self.sent: list[int] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def __enter__(self) -> EndlessUpstream:
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        total = 0
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(self.start)
+            total = len(self.start)
+            while total < 64 * MIB:
+                writer.write(self.piece)
+                total += len(self.piece)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.sent.append(total)
+            writer.close()
+
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+EVENT = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",' + (
+    b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("start", "piece", "status"),
+    [
+        (b"HTTP/1.1 200 OK\r\n", b"x-more: " + b"a" * 1000 + b"\r\n", 502),
+        (b"HTTP/1.1 200 OK\r\nx-endless: ", b"a" * 4096, 502),
+        # After the first event: trailers that never end.
+        (
+            SSE_HEAD + b"%x\r\n%s\r\n0\r\n" % (len(EVENT), EVENT),
+            b"x-t: " + b"a" * 1000 + b"\r\n",
+            200,
+        ),
+    ],
+    ids=["header-lines", "header-line", "trailer-lines"],
+)
+def test_an_upstream_head_that_never_ends_is_a_quick_upstream_error(
+    tmp_path: Path, start: bytes, piece: bytes, status: int
+) -> None:
+    with EndlessUpstream(start, piece) as endless:
+        config = test_config(f"http://127.0.0.1:{endless.port}")
+        with GatewayProcess(config, tmp_path) as proc:
+            assert proc.proc is not None
+            gateway = psutil.Process(proc.proc.pid)
+            rss_before = gateway.memory_info().rss
+            body = {
+                "model": "gpt-test",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            started = time.perf_counter()
+            with httpx.Client(timeout=30) as client:
+                answer = client.post(
+                    proc.url + "/v1/chat/completions",
+                    json=body,
+                    headers={"authorization": f"Bearer {KEY_A}"},
+                )
+            took = time.perf_counter() - started
+            rss_growth = gateway.memory_info().rss - rss_before
+            probe = Probe(proc)
+            try:
+                probe.assert_still_serving()
+            finally:
+                probe.close()
+    assert answer.status_code == status, answer.text
+    if status == 200:  # the stream had started: its last event is the error
+        last = answer.text.strip().rsplit("data: ", 1)[1]
+        error = error_of(last.encode())
+    else:
+        error = error_of(answer.content)
+    assert error["code"] == "upstream_error", error
+    assert "malformed HTTP response" in error["message"], error
+    # Loopback socket buffers take a few MiB the gateway never reads; before the bound it read
+    # all 64 MiB of each attempt, growing by hundreds of MiB.
+    assert endless.sent and max(endless.sent) < 16 * MIB, endless.sent
+    assert rss_growth < 16 * MIB, f"RSS grew by {rss_growth / MIB:.1f} MiB"
+    assert took < 5, f"the answer took {took:.1f} s"

@@ -825,3 +825,134 @@ def test_aclose_closes_idle_and_busy_connections(run: Run) -> None:
             await busy.aclose()
 
     run(scenario())
+
+
+# --- bounds on what the parser may hold ---------------------------------------------------------
+
+
+def endless(start: bytes, piece: bytes, sent: list[int]) -> Handler:
+    """Answers the first request with `start`, then `piece` over and over (up to 64 MiB) while
+    the client reads; `sent` gets how many bytes went out."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(start)
+        total = len(start)
+        try:
+            while total < 64 << 20:
+                writer.write(piece)
+                total += len(piece)
+                await writer.drain()
+        finally:
+            sent.append(total)
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("start", "piece", "says"),
+    [
+        (b"HTTP/1.1 200 OK\r\n", b"x-more: " + b"a" * 1000 + b"\r\n", "head over 102400 bytes"),
+        (b"HTTP/1.1 200 OK\r\nx-endless: ", b"a" * 4096, "head over 102400 bytes"),
+        (b"HTTP/1.1 200 OK", b" reason" * 1000, "head over 102400 bytes"),
+        (b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\n", "head over"),
+    ],
+    ids=["lines", "one-line", "reason-phrase", "informational"],
+)
+def test_an_endless_head_fails_as_malformed_at_its_bound(
+    run: Run, start: bytes, piece: bytes, says: str
+) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        sent: list[int] = []
+        async with Upstream(endless(start, piece, sent)) as upstream:
+            with pytest.raises(native.MalformedResponse, match=says):
+                await transport.handle_async_request(post(upstream.url, read=5))
+            await eventually(lambda: bool(sent))
+            # What loopback buffers took besides the bound; the gateway read no more.
+            assert sent[0] < 16 << 20, sent
+            await eventually(lambda: not transport._open)
+            await transport.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("start", "piece", "says"),
+    [
+        (b"0\r\nx-trailer: ", b"a" * 4096, "more than 102400 bytes between two body parts"),
+        (b"0\r\n", b"x-trailer: 1\r\n", "between two body parts|more than 256 header fields"),
+        (b"5;ext=", b"e" * 4096, "more than 102400 bytes between two body parts"),
+        (b"0" * 100, b"0" * 4096, "more than 102400 bytes between two body parts"),
+    ],
+    ids=["trailer-line", "trailer-lines", "chunk-extension", "chunk-size-zeros"],
+)
+def test_endless_chunk_framing_after_a_body_part_fails_the_body_read(
+    run: Run, start: bytes, piece: bytes, says: str
+) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        sent: list[int] = []
+        head = CHUNKED_HEAD + b"5\r\nfirst\r\n"
+        async with Upstream(endless(head + start, piece, sent)) as upstream:
+            with pytest.raises(native.MalformedResponse, match=says):
+                # The read with the head may already hold the framing past the bound.
+                response = await transport.handle_async_request(post(upstream.url, read=5))
+                async for _ in response.aiter_raw():
+                    pass
+            await eventually(lambda: bool(sent))
+            assert sent[0] < 16 << 20, sent
+            await transport.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ([b"x-%d: 1" % i for i in range(257)], "more than 256 header fields"),
+        ([b"x-big: " + b"a" * (16 * 1024 - 4)], "a header field over 16384 bytes"),
+        ([b"a" * (16 * 1024) + b": 1"], "a header field over 16384 bytes"),
+    ],
+    ids=["257-fields", "long-value", "long-name"],
+)
+def test_a_head_past_a_field_bound_fails_as_malformed(
+    run: Run, fields: list[bytes], says: str
+) -> None:
+    async def scenario() -> None:
+        transport = NativeTransport()
+        answer = b"HTTP/1.1 200 OK\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n"
+        async with Upstream(answering(answer + b"content-length: 0\r\n\r\n")) as upstream:
+            with pytest.raises(native.MalformedResponse, match=says):
+                await transport.handle_async_request(post(upstream.url))
+            await eventually(lambda: not transport._open)
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_heads_and_bodies_within_the_bounds_are_read_whole(run: Run) -> None:
+    # 6 fields of 16 KiB less 5 bytes (a 96 KiB head), 256 fields with the trailer; then a
+    # body of big chunks, so reads pass the head bound and are fed in parts.
+    fields = [b"x-%d: " % i + b"a" * (16 * 1024 - 5 - len(b"x-%d" % i)) for i in range(6)]
+    fields += [b"y-%d: 1" % i for i in range(248)]
+    body = random.Random(4).randbytes(3 << 20)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(part), part)
+        for part in (body[i : i + 300_000] for i in range(0, len(body), 300_000))
+    )
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(f + b"\r\n" for f in fields)
+    answer = head + b"transfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\nx-t: 1\r\n\r\n"
+    assert 96 * 1024 < len(head) < 100 * 1024
+
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(answer)) as upstream:
+            for _ in range(2):  # the second on the kept-alive connection
+                response = await transport.handle_async_request(post(upstream.url))
+                assert len(response.headers.raw) == 255
+                assert await response.aread() == body
+            assert upstream.accepted == 1
+            await transport.aclose()
+
+    run(scenario())
