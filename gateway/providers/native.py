@@ -330,6 +330,9 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        """The fields being read: the head's, then the trailers' (which are dropped)."""
+        self._fields: list[tuple[bytes, bytes]] = []
+        """The head's fields, once the head ended."""
         self._status = 0
         self._informational = False
         self._started = False
@@ -367,7 +370,7 @@ class _Connection(asyncio.Protocol):
         self._head = head = self._loop.create_future()
         self._transport.write(data)
         await self._wait(head, read_timeout)
-        return self._status, self._headers
+        return self._status, self._fields
 
     async def wait_body(self, read_timeout: float | None) -> None:
         """Until more of the body arrived, it ended, or the connection failed."""
@@ -539,7 +542,9 @@ class _Connection(asyncio.Protocol):
             return  # its head counts towards the real answer's
         self._head_left = _MAX_HEAD
         self._status = status
-        for name, value in self._headers:
+        # Trailers that come in the same read as the head must not join its fields.
+        self._fields, self._headers = self._headers, []
+        for name, value in self._fields:
             lowered = name.lower()
             if lowered == b"content-length" or (
                 lowered == b"transfer-encoding" and b"chunked" in value.lower()

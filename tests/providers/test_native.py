@@ -956,3 +956,20 @@ def test_heads_and_bodies_within_the_bounds_are_read_whole(run: Run) -> None:
             await transport.aclose()
 
     run(scenario())
+
+
+def test_trailers_in_the_read_of_the_head_do_not_join_its_fields(run: Run) -> None:
+    # Found by tests/providers/test_native_vs_h11.py: the fields' list was handed over when the
+    # whole read had been parsed, trailers included.
+    answer = CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n"
+
+    async def scenario() -> None:
+        transport = NativeTransport()
+        async with Upstream(answering(answer)) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            assert await response.aread() == b"hello"
+            assert "x-trailer" not in response.headers
+            assert response.headers["transfer-encoding"] == "chunked"
+            await transport.aclose()
+
+    run(scenario())
