@@ -295,3 +295,21 @@ def test_endless_trailers_close_the_connection_and_the_app_sees_a_disconnect() -
     transport = asyncio.run(run())
     # The app was reading its body: no answer fits in the middle of that, only a close.
     assert transport.writes == [] and seen[-1] == "http.disconnect"
+
+
+def test_what_the_protocol_took_over_from_uvicorn_still_works() -> None:
+    """`data_received` and `on_header` are uvicorn's, rewritten with the bounds: its 400 for
+    a request llhttp refuses, and header values without their trailing whitespace."""
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["headers"])
+        await plain(scope, receive, send)
+
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Padded: value \t\r\n\r\n"
+    assert status_of(asyncio.run(exchange(app, request))) == 404
+    assert seen == [[(b"host", b"x"), (b"x-padded", b"value")]]
+    refused = asyncio.run(exchange(app, b"GET / HTTP/1.1\r\nbad header\r\n\r\n"))
+    assert status_of(refused) == 400 and refused.closed
+    for name in ("_unset_keepalive_if_required", "send_400_response", "handle_websocket_upgrade"):
+        assert callable(getattr(BoundedHttpToolsProtocol, name))
