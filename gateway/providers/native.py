@@ -20,11 +20,12 @@ connection the server closed while it was idle fails its request with RemoteProt
 as httpx's own pool does; the relay's attempts retry that.
 
 Reads pause the socket (`pause_reading`) when more than `_HIGH_WATER` bytes wait unread, so
-a slow reader holds at most that much per connection. A response's head is bounded as
-httpx's is: `_MAX_HEAD` bytes (status line and header fields, informational answers' heads
-included), `_MAX_FIELDS` fields of at most `_MAX_FIELD` bytes each; so are the bytes between
-two body parts (chunk framing, extensions, trailers). Past a bound the response fails with
-`MalformedResponse` and the connection closes; llhttp bounds none of these itself.
+a slow reader holds at most that much per connection. A response's head is bounded:
+`_MAX_HEAD` bytes, httpx's bound (status line and header fields, informational answers'
+heads included), and `_MAX_FIELDS` fields of at most `_MAX_FIELD` bytes each; so are the
+bytes between two body parts (chunk framing, extensions, trailers). Past a bound the
+response fails with `MalformedResponse` and the connection closes; llhttp bounds none of
+these itself.
 
 A body is read either by iterating it (a task wakes for each socket read) or, for the
 relay's push mode, by a listener the connection calls at the end of each socket read
