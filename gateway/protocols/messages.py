@@ -17,6 +17,7 @@ event types added after this was written (ignoring them is forward compatible).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -217,7 +218,7 @@ class MessagesDecoder:
             )
             given = block.get("input")
             if given and isinstance(given, dict):  # streamed input starts empty; some don't
-                out.append(ToolArgsDelta(index, orjson.dumps(given).decode()))
+                out.append(ToolArgsDelta(index, json_text(given)))
         elif kind == "thinking":
             self._known.add(index)
             out.append(ReasoningStart(index))
@@ -337,6 +338,14 @@ class MessagesEncoder:
             out.append(b"event: error\ndata: " + orjson.dumps(body) + b"\n\n")
 
 
+def json_text(value: Any) -> str:
+    """A tool's `input` as the JSON string the OpenAI APIs carry."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # past orjson's limits (64-bit integers, 254 levels)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def messages_id(answer_id: str) -> str:
     return answer_id if answer_id.startswith("msg_") else "msg_" + core_id(answer_id)
 
@@ -378,7 +387,7 @@ def message_from_answer(body: Any) -> Message:
             message.blocks.append(
                 Block(
                     "tool_call",
-                    orjson.dumps(given if isinstance(given, dict) else {}).decode(),
+                    json_text(given if isinstance(given, dict) else {}),
                     call_id=str(block.get("id") or ""),
                     name=str(block.get("name") or ""),
                 )

@@ -22,6 +22,7 @@ from gateway.protocols.request_parts import (
     chat_text,
     effort,
     invalid,
+    json_text,
     list_of,
     part_text,
     positive,
@@ -181,9 +182,9 @@ def _chat_assistant(blocks: list[Any], where: str) -> dict[str, Any]:
                     "type": "function",
                     "function": {
                         "name": string(block.get("name"), f"{at}.name"),
-                        "arguments": orjson.dumps(
-                            given if isinstance(given, dict) else {}
-                        ).decode(),
+                        "arguments": json_text(
+                            given if isinstance(given, dict) else {}, f"{at}.input"
+                        ),
                     },
                 }
             )

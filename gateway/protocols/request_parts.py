@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.errors import InvalidRequest
 
 PIVOT_REASONING = "_gateway_reasoning"
@@ -92,3 +94,13 @@ def refuse_chat_only(body: dict[str, Any], upstream: str) -> None:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise invalid("modalities", f"the upstream's {upstream} API answers in text only")
+
+
+def json_text(value: Any, where: str) -> str:
+    """`value` (a client's tool input) as the JSON string Chat and Responses carry."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        raise invalid(
+            where, f"`{where}` holds integers past 64 bits or nests past 254 levels"
+        ) from None

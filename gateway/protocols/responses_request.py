@@ -100,16 +100,17 @@ def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
     reasoning: list[dict[str, Any]] = []
     """Reasoning items waiting for the assistant turn they belong to."""
 
-    def assistant() -> dict[str, Any]:
+    def assistant(content: str | None) -> dict[str, Any]:
+        # Each assistant message item is a Chat assistant message of its own (Chat takes
+        # several in a row; joining their texts would change them); reasoning items go
+        # with the turn that follows them.
         nonlocal reasoning
-        last = out[-1] if out else None
-        if last is None or last["role"] != "assistant" or last.get("tool_calls") or reasoning:
-            last = {"role": "assistant", "content": None}
-            out.append(last)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning:
-            last[PIVOT_REASONING] = reasoning
+            message[PIVOT_REASONING] = reasoning
             reasoning = []
-        return last
+        out.append(message)
+        return message
 
     for i, item in enumerate(items):
         where = f"input[{i}]"
@@ -119,11 +120,7 @@ def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
         if kind == "message":
             role = item.get("role")
             if role == "assistant":
-                text = _output_text(item.get("content"), f"{where}.content")
-                message = assistant()
-                message["content"] = (
-                    (message["content"] or "") + text if message["content"] else text
-                )
+                assistant(_output_text(item.get("content"), f"{where}.content"))
             elif role in ("user", "system", "developer"):
                 out.append(
                     {
@@ -146,8 +143,7 @@ def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:
             if last is not None and last["role"] == "assistant" and not reasoning:
                 last.setdefault("tool_calls", []).append(call)
             else:
-                message = assistant()
-                message["tool_calls"] = [call]
+                assistant(None)["tool_calls"] = [call]
         elif kind == "function_call_output":
             output = item.get("output")
             if isinstance(output, list):
