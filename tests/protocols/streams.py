@@ -113,7 +113,7 @@ def _block(draw: st.DrawFn, number: int) -> list[Event]:
     if kind == "text":
         return [TextStart(number), *(TextDelta(number, t) for t in deltas), BlockEnd(number)]
     if kind == "tool":
-        call_id = "call_" + draw(_ids)
+        call_id = f"call_{draw(_ids)}_{number}"  # unique in a stream, as every upstream makes them
         start = ToolCallStart(number, call_id, draw(_name))
         return [start, *(ToolArgsDelta(number, t) for t in deltas), BlockEnd(number)]
     events: list[Event] = [ReasoningStart(number)]
