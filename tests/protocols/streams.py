@@ -4,8 +4,13 @@ bytes back through the real SSE decoder, and comparing final messages across API
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+from anthropic.types import ErrorResponse, RawMessageStreamEvent
 from hypothesis import strategies as st
+from openai.types.chat import ChatCompletionChunk
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from gateway.protocols import Api, decoder, encoder
 from gateway.protocols.events import (
@@ -29,6 +34,25 @@ from gateway.protocols.events import (
     Usage,
 )
 from gateway.relay.sse import SSEDecoder
+
+_responses_event: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+_messages_event: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
+
+
+def validate(api: Api, name: str | None, payload: Any) -> Any:
+    """One client-side event checked against the official SDK's model of it."""
+    if api == "responses":
+        assert name == payload["type"]
+        return _responses_event.validate_python(payload)
+    if api == "messages":
+        assert name == payload["type"]
+        if name == "error":
+            return ErrorResponse.model_validate(payload)
+        return _messages_event.validate_python(payload)
+    assert name is None
+    if payload == "[DONE]" or "error" in payload:
+        return payload
+    return ChatCompletionChunk.model_validate(payload)
 
 
 def encode(api: Api, events: list[Event], *, include_usage: bool = True) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from tests.protocols.streams import (
     neutral_streams,
     reassemble,
     split,
+    validate,
 )
 
 PAIRS = [pair for pair in itertools.permutations(APIS, 2)]
@@ -45,6 +47,9 @@ def test_translating_then_reassembling_keeps_the_final_message(
         if event.data
     )
     assert translator.ended
+    for event in SSEDecoder().feed(client_bytes):
+        payload = "[DONE]" if event.data == b"[DONE]" else orjson.loads(event.data)
+        validate(target, event.event, payload)
     as_received = reassemble(decode(target, split(client_bytes, cuts_b)))
 
     apis: set[Api] = {source, target}
