@@ -121,13 +121,12 @@ def usage_body(usage: TokenUsage) -> dict[str, Any]:
 class MessagesDecoder:
     """Messages stream payloads in, neutral events out."""
 
-    __slots__ = ("_counts", "_known", "_stop_reason")
+    __slots__ = ("_counts", "_known")
 
     def __init__(self) -> None:
         self._known: set[int] = set()
         """Content block indexes relayed (server-tool and redacted blocks are not)."""
         self._counts = _Counts()
-        self._stop_reason: Any = None
 
     def decode(self, data: bytes, out: list[Event]) -> None:
         try:
@@ -236,17 +235,28 @@ class MessagesDecoder:
 class MessagesEncoder:
     """Neutral events in, Messages stream SSE bytes out."""
 
-    __slots__ = ("_finish", "_index", "_text_prefix", "_thinking_prefix", "_tool_prefix", "_usage")
+    __slots__ = (
+        "_finish",
+        "_index",
+        "_started",
+        "_text_prefix",
+        "_thinking_prefix",
+        "_tool_prefix",
+        "_usage",
+    )
 
     _TEXT = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 
     def __init__(self) -> None:
         self._index = -1
+        self._started = False
         self._finish: FinishReason | None = None
         self._usage: TokenUsage | None = None
         self._text_prefix = self._tool_prefix = self._thinking_prefix = b""
 
     def _open(self, block: dict[str, Any], out: list[bytes]) -> bytes:
+        if not self._started:  # an upstream that skipped its start: the client needs one
+            self.encode(Start("", ""), out)
         self._index += 1
         index = str(self._index).encode()
         out.append(
@@ -299,6 +309,7 @@ class MessagesEncoder:
             )
         elif kind is Start:
             assert isinstance(event, Start)
+            self._started = True
             self._usage = event.usage
             message: dict[str, Any] = {
                 "id": messages_id(event.id),
@@ -322,6 +333,8 @@ class MessagesEncoder:
             assert isinstance(event, Finish)
             self._finish = event.reason
         elif kind is Done:
+            if not self._started:
+                self.encode(Start("", ""), out)
             delta = {
                 "type": "message_delta",
                 "delta": {

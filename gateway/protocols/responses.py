@@ -132,9 +132,13 @@ class ResponsesDecoder:
             return
         kind = payload.get("type")
         if kind == "response.output_text.delta" or kind == "response.refusal.delta":
-            block = self._parts.get((payload.get("output_index"), payload.get("content_index")))  # type: ignore[arg-type]
+            key = (payload.get("output_index"), payload.get("content_index"))
+            block = self._parts.get(key)  # type: ignore[arg-type]
             delta = payload.get("delta")
-            if block is not None and delta and isinstance(delta, str):
+            if delta and isinstance(delta, str):
+                if block is None:  # a server that skipped content_part.added
+                    block = self._parts[key] = self._new()  # type: ignore[index]
+                    out.append(TextStart(block))
                 out.append(TextDelta(block, delta))
         elif kind == "response.function_call_arguments.delta":
             item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
@@ -235,8 +239,12 @@ class ResponsesDecoder:
             out.append(ReasoningStart(block))
 
     def _item_done(self, payload: dict[str, Any], out: list[Event]) -> None:
-        entry = self._items.pop(payload.get("output_index"), None)  # type: ignore[arg-type]
+        index = payload.get("output_index")
+        entry = self._items.pop(index, None)  # type: ignore[arg-type]
         if entry is None:
+            # A message: its parts end here at the latest (content_part.done may be missing).
+            for key in [key for key in self._parts if key[0] == index]:
+                out.append(BlockEnd(self._parts.pop(key)))
             return
         kind, block = entry
         item = payload.get("item")
@@ -271,10 +279,20 @@ class _Item:
 class ResponsesEncoder:
     """Neutral events in, Responses stream SSE bytes out."""
 
-    __slots__ = ("_base", "_finish", "_item", "_output", "_seq", "_usage", "created_at")
+    __slots__ = (
+        "_base",
+        "_finish",
+        "_item",
+        "_output",
+        "_seq",
+        "_started",
+        "_usage",
+        "created_at",
+    )
 
     def __init__(self, request: dict[str, Any] | None = None) -> None:
         self._seq = 0
+        self._started = False
         self.created_at = int(time.time())
         self._base: dict[str, Any] = {
             "id": "resp_gateway",
@@ -389,6 +407,7 @@ class ResponsesEncoder:
                 self._close(item, out)
         elif kind is Start:
             assert isinstance(event, Start)
+            self._started = True
             self._base["id"] = responses_id(event.id)
             self._base["model"] = event.model
             if event.usage is not None:
@@ -402,6 +421,8 @@ class ResponsesEncoder:
             assert isinstance(event, Finish)
             self._finish = event.reason
         elif kind is Done:
+            if not self._started:
+                self.encode(Start("", ""), out)
             if self._finish == "length" or self._finish == "content_filter":
                 reason = "max_output_tokens" if self._finish == "length" else "content_filter"
                 response = self._response("incomplete", incomplete_details={"reason": reason})
@@ -423,6 +444,8 @@ class ResponsesEncoder:
         )
 
     def _open(self, kind: str, prefix: str, fields: dict[str, Any], out: list[bytes]) -> _Item:
+        if not self._started:  # an upstream that skipped its start: the client needs one
+            self.encode(Start("", ""), out)
         index = len(self._output)
         item = self._item = _Item(kind, index, f"{prefix}_{core_id(self._base['id'])}_{index}")
         body = {"id": item.item_id, "type": kind, "status": "in_progress", **fields}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import orjson
 from anthropic.types import ErrorResponse, RawMessageStreamEvent
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
@@ -93,10 +94,17 @@ def reassemble(events: list[Event]) -> Message:
     return reassembler.message
 
 
-def comparable(message: Message, apis: set[Api]) -> Message:
-    """`message` reduced to what every API in `apis` can say."""
+def comparable(message: Message, apis: set[Api], *, answer: bool = False) -> Message:
+    """`message` reduced to what every API in `apis` can say (`answer`: non-streamed, where
+    a Chat message holds its text before its tool calls)."""
     blocks = [dataclasses.replace(block) for block in message.blocks]
     usage = message.usage or TokenUsage(0, 0)
+    if "chat" in apis and answer:
+        blocks.sort(key=lambda block: block.kind == "tool_call")
+    if "messages" in apis and answer:
+        for block in blocks:  # a Messages answer holds a tool's input as an object
+            if block.kind == "tool_call" and not block.text:
+                block.text = "{}"
     if "chat" in apis:
         # Chat has no reasoning, no empty or adjacent separate text blocks, no cache writes
         # apart from the input count.
@@ -183,3 +191,29 @@ def neutral_streams(draw: st.DrawFn) -> list[Event]:
     events.append(Usage(draw(_usage())))
     events.append(DONE)
     return events
+
+
+@st.composite
+def json_argument_streams(draw: st.DrawFn) -> list[Event]:
+    """Generated streams whose tool arguments, joined, are JSON objects (the Anthropic SDK
+    parses them as they stream)."""
+    events = draw(neutral_streams())
+    pieces: dict[int, list[int]] = {}
+    for position, event in enumerate(events):
+        if isinstance(event, ToolArgsDelta):
+            pieces.setdefault(event.block, []).append(position)
+    for block, positions in pieces.items():
+        whole = orjson.dumps({"q": "".join(events[p].partial_json for p in positions)}).decode()  # type: ignore[union-attr]
+        cuts = sorted(
+            draw(
+                st.lists(
+                    st.integers(1, len(whole) - 1),
+                    min_size=len(positions) - 1,
+                    max_size=len(positions) - 1,
+                )
+            )
+        )
+        bounds = [0, *cuts, len(whole)]
+        for n, position in enumerate(positions):
+            events[position] = ToolArgsDelta(block, whole[bounds[n] : bounds[n + 1]])
+    return [e for e in events if not (isinstance(e, ToolArgsDelta) and not e.partial_json)]

@@ -9,7 +9,6 @@ import orjson
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import ErrorResponse, RawMessageStreamEvent
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from openai import omit
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.lib.streaming.responses._responses import ResponseStreamState
@@ -20,10 +19,9 @@ from pydantic import TypeAdapter
 from gateway.protocols.events import (
     Event,
     Message,
-    ToolArgsDelta,
 )
 from gateway.relay.sse import SSEDecoder
-from tests.protocols.streams import encode, neutral_streams, reassemble
+from tests.protocols.streams import encode, json_argument_streams, neutral_streams, reassemble
 
 _responses_event: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 _messages_event: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
@@ -31,32 +29,6 @@ _messages_event: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
 
 def sse_events(data: bytes) -> list[tuple[str | None, bytes]]:
     return [(event.event, event.data) for event in SSEDecoder().feed(data)]
-
-
-@st.composite
-def json_argument_streams(draw: st.DrawFn) -> list[Event]:
-    """Generated streams whose tool arguments, joined, are JSON objects (the Anthropic SDK
-    parses them as they stream)."""
-    events = draw(neutral_streams())
-    pieces: dict[int, list[int]] = {}
-    for position, event in enumerate(events):
-        if isinstance(event, ToolArgsDelta):
-            pieces.setdefault(event.block, []).append(position)
-    for block, positions in pieces.items():
-        whole = orjson.dumps({"q": "".join(events[p].partial_json for p in positions)}).decode()  # type: ignore[union-attr]
-        cuts = sorted(
-            draw(
-                st.lists(
-                    st.integers(1, len(whole) - 1),
-                    min_size=len(positions) - 1,
-                    max_size=len(positions) - 1,
-                )
-            )
-        )
-        bounds = [0, *cuts, len(whole)]
-        for n, position in enumerate(positions):
-            events[position] = ToolArgsDelta(block, whole[bounds[n] : bounds[n + 1]])
-    return [e for e in events if not (isinstance(e, ToolArgsDelta) and not e.partial_json)]
 
 
 def expected_blocks(message: Message, *, reasoning: bool) -> list[tuple[Any, ...]]:

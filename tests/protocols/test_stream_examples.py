@@ -754,3 +754,66 @@ def test_an_upstream_event_that_is_not_json_is_a_502_in_the_client_api() -> None
     out = translator.feed(b"{not json")
     assert translator.failed
     assert orjson.loads(out[6:])["error"]["type"] == "api_error"
+
+
+def test_a_responses_server_that_skips_created_and_content_parts_still_translates() -> None:
+    # Some Responses servers send no response.created and no content_part events; the
+    # client still gets a whole Messages stream (message_start first) with every text.
+    data = sse(
+        (
+            "response.output_item.added",
+            {
+                "type": "response.output_item.added",
+                "sequence_number": 0,
+                "output_index": 0,
+                "item": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "in_progress",
+                    "content": [],
+                },
+            },
+        ),
+        (
+            "response.output_text.delta",
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 1,
+                "item_id": "m",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "Hello",
+                "logprobs": [],
+            },
+        ),
+        (
+            "response.output_item.done",
+            {
+                "type": "response.output_item.done",
+                "sequence_number": 2,
+                "output_index": 0,
+                "item": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [],
+                },
+            },
+        ),
+        (
+            "response.completed",
+            {
+                "type": "response.completed",
+                "sequence_number": 3,
+                "response": {"id": "r", "status": "completed"},
+            },
+        ),
+    )
+    events = translate("responses", "messages", data)
+    assert [name for name, _ in events] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+        "message_delta", "message_stop",
+    ]  # fmt: skip
+    assert events[2][1]["delta"]["text"] == "Hello"
