@@ -72,21 +72,22 @@ class StreamTranslator:
         self.failed = False
 
     def feed(self, data: bytes) -> bytes:
+        if self.ended:
+            self.events = []
+            return b""  # an upstream that talks after its end is not relayed further
         events: list[Event] = []
         self._decode(data, events)
         self.events = events
         out: list[bytes] = []
         encode = self._encode
         for event in events:
-            if self.ended:
-                break  # an upstream that talks after its end is not relayed further
             encode(event, out)
             kind = type(event)
-            if kind is Done:
+            if kind is Done or kind is Error:
                 self.ended = True
-            elif kind is Error:
-                self.ended = self.failed = True
-        return b"".join(out)
+                self.failed = kind is Error
+                break
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def fail(self, error: Error) -> bytes:
         """The stream failed on the gateway's side (timeout, upstream gone): the client's

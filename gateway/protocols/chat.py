@@ -42,6 +42,7 @@ from gateway.protocols.events import (
     ToolArgsDelta,
     ToolCallStart,
     Usage,
+    new_event,
 )
 
 _FINISH: dict[Any, FinishReason] = {
@@ -123,30 +124,35 @@ class ChatDecoder:
             self._started = True
             out.append(Start(str(payload.get("id") or ""), str(payload.get("model") or "")))
         choices = payload.get("choices")
-        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+        if choices and type(choices) is list and type(choices[0]) is dict:
             choice = choices[0]
             delta = choice.get("delta")
-            if isinstance(delta, dict):
-                self._delta(delta, out)
+            if type(delta) is dict:
+                content = delta.get("content")
+                if len(delta) == 1 and self._kind == "text" and content and type(content) is str:
+                    # The bulk of every stream: one more token of the open text block.
+                    out.append(new_event(TextDelta, (self._open, content)))
+                elif delta:
+                    self._delta(delta, out)
             reason = choice.get("finish_reason")
             if reason:
                 self._close(out)
                 out.append(Finish(finish_reason(reason)))
-        usage = usage_of(payload.get("usage"))
-        if usage is not None:
-            out.append(Usage(usage))
+        usage = payload.get("usage")
+        if usage:  # OpenAI sends `"usage": null` on every chunk when usage was asked for
+            out.append(Usage(usage_of(usage) or TokenUsage(0, 0)))
 
     def _delta(self, delta: dict[str, Any], out: list[Event]) -> None:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning and isinstance(reasoning, str):
             if self._kind != "reasoning":
                 out.append(ReasoningStart(self._new("reasoning", out)))
-            out.append(ReasoningDelta(self._open, reasoning))
+            out.append(new_event(ReasoningDelta, (self._open, reasoning, None)))
         content = delta.get("content")
         if content and isinstance(content, str):
             if self._kind != "text":
                 out.append(TextStart(self._new("text", out)))
-            out.append(TextDelta(self._open, content))
+            out.append(new_event(TextDelta, (self._open, content)))
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):  # a refusal is what the model said
             if self._kind != "text":
@@ -180,7 +186,7 @@ class ChatDecoder:
             return
         arguments = function.get("arguments")
         if arguments and isinstance(arguments, str):
-            out.append(ToolArgsDelta(block, arguments))
+            out.append(new_event(ToolArgsDelta, (block, arguments)))
 
     def _new(self, kind: str, out: list[Event]) -> int:
         self._close(out)

@@ -133,6 +133,11 @@ Event = (
 
 DONE = Done()
 
+new_event = tuple.__new__
+"""Builds an event from a tuple without the NamedTuple's Python-level `__new__` (half the
+cost): `new_event(TextDelta, (block, text))`, for the per-token events of the decoders.
+Every field must be given."""
+
 
 # --- the final message --------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from gateway.protocols.events import (
     ToolArgsDelta,
     ToolCallStart,
     Usage,
+    new_event,
 )
 
 _FINISH: dict[Any, FinishReason] = {
@@ -147,15 +148,15 @@ class MessagesDecoder:
             if delta_kind == "text_delta":
                 text = delta.get("text")
                 if text and isinstance(text, str):
-                    out.append(TextDelta(index, text))
+                    out.append(new_event(TextDelta, (index, text)))
             elif delta_kind == "input_json_delta":
                 partial = delta.get("partial_json")
                 if partial and isinstance(partial, str):
-                    out.append(ToolArgsDelta(index, partial))
+                    out.append(new_event(ToolArgsDelta, (index, partial)))
             elif delta_kind == "thinking_delta":
                 thinking = delta.get("thinking")
                 if thinking and isinstance(thinking, str):
-                    out.append(ReasoningDelta(index, thinking))
+                    out.append(new_event(ReasoningDelta, (index, thinking, None)))
             elif delta_kind == "signature_delta":
                 signature = delta.get("signature")
                 if isinstance(signature, str):

@@ -47,6 +47,7 @@ from gateway.protocols.events import (
     ToolCallStart,
     Usage,
     events_of,
+    new_event,
 )
 
 ECHOED = (
@@ -139,18 +140,18 @@ class ResponsesDecoder:
                 if block is None:  # a server that skipped content_part.added
                     block = self._parts[key] = self._new()  # type: ignore[index]
                     out.append(TextStart(block))
-                out.append(TextDelta(block, delta))
+                out.append(new_event(TextDelta, (block, delta)))
         elif kind == "response.function_call_arguments.delta":
             item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
             delta = payload.get("delta")
             if item is not None and delta and isinstance(delta, str):
                 self._args.add(item[1])
-                out.append(ToolArgsDelta(item[1], delta))
+                out.append(new_event(ToolArgsDelta, (item[1], delta)))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
             item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
             delta = payload.get("delta")
             if item is not None and delta and isinstance(delta, str):
-                out.append(ReasoningDelta(item[1], delta))
+                out.append(new_event(ReasoningDelta, (item[1], delta, None)))
         elif kind == "response.reasoning_summary_part.added":
             item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
             if item is not None and as_int(payload.get("summary_index")) > 0:
