@@ -14,8 +14,31 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from gateway.protocols import chat, messages, responses
+from gateway.protocols.errors import (
+    anthropic_error_body,
+    error_from_anthropic,
+    error_from_openai,
+    openai_error_body,
+)
 from gateway.protocols.events import Done, Error, Event, Message
+from gateway.protocols.requests import translate_request
+
+__all__ = [
+    "APIS",
+    "Api",
+    "StreamTranslator",
+    "answer_from_message",
+    "decoder",
+    "encoder",
+    "message_from_answer",
+    "stream_translator",
+    "translate_answer",
+    "translate_error",
+    "translate_request",
+]
 
 Api = Literal["chat", "responses", "messages"]
 APIS: tuple[Api, ...] = ("chat", "responses", "messages")
@@ -90,8 +113,9 @@ class StreamTranslator:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def fail(self, error: Error) -> bytes:
-        """The stream failed on the gateway's side (timeout, upstream gone): the client's
-        error event, unless the stream already ended."""
+        """The stream failed on the gateway's side (idle timeout, the upstream's connection
+        dropped, its stream ended without its end event: `truncated`): the client's error
+        event, unless the stream already ended."""
         if self.ended:
             return b""
         self.ended = self.failed = True
@@ -135,3 +159,20 @@ def translate_answer(
 ) -> dict[str, Any]:
     """A non-streamed answer (or error body) of `upstream`'s API in `client`'s API."""
     return answer_from_message(client, message_from_answer(upstream, body), request)
+
+
+def translate_error(upstream: Api, client: Api, status: int, body: bytes) -> bytes:
+    """An upstream's error response body (any bytes) in the client API's error shape; the
+    HTTP status stays the upstream's. The upstream's own words pass on when it gave any."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    if payload is None:
+        error = Error(status, f"the upstream answered HTTP {status}")
+    else:
+        read = error_from_anthropic if upstream == "messages" else error_from_openai
+        error = read(payload, status)
+    if client == "messages":
+        return orjson.dumps(anthropic_error_body(status, error.message))
+    return orjson.dumps(openai_error_body(status, error.message, code=error.code))

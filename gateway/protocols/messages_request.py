@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.protocols.request_parts import (
     DEFAULT_MAX_TOKENS,
-    EFFORT_BUDGETS,
     PIVOT_REASONING,
     chat_text,
     effort,
+    image_source,
     invalid,
     json_text,
     list_of,
@@ -29,6 +27,8 @@ from gateway.protocols.request_parts import (
     refuse,
     refuse_chat_only,
     string,
+    thinking_budget,
+    tool_arguments,
 )
 
 # --- Messages -> Chat ---------------------------------------------------------------------
@@ -69,6 +69,8 @@ def chat_from_messages(body: dict[str, Any], upstream: str = "chat") -> dict[str
             out[param] = body[param]
     stop = body.get("stop_sequences")
     if stop:
+        if upstream == "responses":
+            raise invalid("stop_sequences", "the upstream's responses API has no stop sequences")
         out["stop"] = stop
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
@@ -300,15 +302,8 @@ def messages_from_chat(body: dict[str, Any]) -> dict[str, Any]:
         if body.get("parallel_tool_calls") is False and anthropic_choice["type"] != "none":
             anthropic_choice["disable_parallel_tool_use"] = True
         out["tool_choice"] = anthropic_choice
-    effort = body.get("reasoning_effort")
-    if effort is not None and effort != "none":
-        budget = EFFORT_BUDGETS.get(effort, EFFORT_BUDGETS["high"])
-        if max_tokens <= budget:
-            raise invalid(
-                "reasoning_effort",
-                f"reasoning effort {effort!r} is a thinking budget of {budget} tokens, which "
-                f"the output limit ({max_tokens}) must exceed for the upstream's messages API",
-            )
+    budget = thinking_budget(body.get("reasoning_effort"), max_tokens, "reasoning_effort")
+    if budget is not None:
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}
     if body.get("stream"):
         out["stream"] = True
@@ -327,22 +322,10 @@ def _anthropic_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             url = string(
                 image.get("url") if isinstance(image, dict) else image, f"{at}.image_url.url"
             )
-            blocks.append({"type": "image", "source": _image_source(url, f"{at}.image_url.url")})
+            blocks.append({"type": "image", "source": image_source(url, f"{at}.image_url.url")})
         else:
             blocks.append({"type": "text", "text": part_text(part, at, ("text",))})
     return blocks
-
-
-def _image_source(url: str, where: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        head, _, data = url[5:].partition(",")
-        media, _, encoding = head.partition(";")
-        if encoding != "base64" or not media:
-            raise invalid(where, "an image data URL must be base64 (data:TYPE;base64,...)")
-        return {"type": "base64", "media_type": media, "data": data}
-    if url.startswith(("http://", "https://")):
-        return {"type": "url", "url": url}
-    raise invalid(where, "an image URL must be an http(s) or a base64 data: URL")
 
 
 def _anthropic_assistant(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -371,22 +354,10 @@ def _anthropic_assistant(message: dict[str, Any], where: str) -> list[dict[str, 
                 "type": "tool_use",
                 "id": string(call.get("id"), f"{at}.id"),
                 "name": string(function.get("name"), f"{at}.function.name"),
-                "input": _arguments(function.get("arguments"), f"{at}.function.arguments"),
+                "input": tool_arguments(function.get("arguments"), f"{at}.function.arguments"),
             }
         )
     return blocks
-
-
-def _arguments(arguments: Any, where: str) -> dict[str, Any]:
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        return {}
-    try:
-        value = orjson.loads(string(arguments, where))
-    except orjson.JSONDecodeError:
-        raise invalid(where, f"`{where}` is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise invalid(where, f"`{where}` must be a JSON object")
-    return value
 
 
 def _anthropic_tool(tool: Any, where: str) -> dict[str, Any]:

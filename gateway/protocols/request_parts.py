@@ -104,3 +104,42 @@ def json_text(value: Any, where: str) -> str:
         raise invalid(
             where, f"`{where}` holds integers past 64 bits or nests past 254 levels"
         ) from None
+
+
+def image_source(url: str, where: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        head, _, data = url[5:].partition(",")
+        media, _, encoding = head.partition(";")
+        if encoding != "base64" or not media:
+            raise invalid(where, "an image data URL must be base64 (data:TYPE;base64,...)")
+        return {"type": "base64", "media_type": media, "data": data}
+    if url.startswith(("http://", "https://")):
+        return {"type": "url", "url": url}
+    raise invalid(where, "an image URL must be an http(s) or a base64 data: URL")
+
+
+def tool_arguments(arguments: Any, where: str) -> dict[str, Any]:
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        return {}
+    try:
+        value = orjson.loads(string(arguments, where))
+    except orjson.JSONDecodeError:
+        raise invalid(where, f"`{where}` is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise invalid(where, f"`{where}` must be a JSON object")
+    return value
+
+
+def thinking_budget(effort: Any, max_tokens: int, param: str) -> int | None:
+    """The Anthropic thinking budget for a reasoning `effort`, which the output limit must
+    exceed (Anthropic counts thinking in `max_tokens`); None for no thinking."""
+    if effort is None or effort == "none":
+        return None
+    budget = EFFORT_BUDGETS.get(effort, EFFORT_BUDGETS["high"])
+    if max_tokens <= budget:
+        raise invalid(
+            param,
+            f"reasoning effort {effort!r} is a thinking budget of {budget} tokens, which "
+            f"the output limit ({max_tokens}) must exceed for the upstream's messages API",
+        )
+    return budget

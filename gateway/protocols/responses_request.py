@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.protocols.request_parts import (
+    DEFAULT_MAX_TOKENS,
     PIVOT_REASONING,
     chat_text,
+    image_source,
     invalid,
     list_of,
     part_text,
@@ -22,6 +24,8 @@ from gateway.protocols.request_parts import (
     refuse,
     refuse_chat_only,
     string,
+    thinking_budget,
+    tool_arguments,
 )
 
 # --- Responses -> Chat --------------------------------------------------------------------
@@ -92,7 +96,36 @@ def chat_from_responses(body: dict[str, Any], upstream: str = "chat") -> dict[st
     if body.get("stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
+    if upstream == "messages":
+        _check_for_messages(body, out)
     return out
+
+
+def _check_for_messages(body: dict[str, Any], pivot: dict[str, Any]) -> None:
+    """What the Chat -> Messages step would refuse, refused here under the names the
+    Responses client used (that step names Chat's fields)."""
+    text = body.get("text")
+    if isinstance(text, dict):
+        fmt = text.get("format")
+        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+            raise invalid("text.format", "the upstream's messages API has no output formats")
+        if text.get("verbosity") is not None:
+            raise invalid("text.verbosity", "the upstream's messages API has no verbosity")
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        max_tokens = pivot.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+        thinking_budget(reasoning.get("effort"), max_tokens, "reasoning.effort")
+    items = body.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            tool_arguments(item.get("arguments"), f"input[{i}].arguments")
+        content = item.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict) and part.get("type") == "input_image":
+                where = f"input[{i}].content[{j}].image_url"
+                image_source(string(part.get("image_url"), where), where)
 
 
 def _chat_messages(items: list[Any]) -> list[dict[str, Any]]:

@@ -9,10 +9,18 @@ from typing import Any
 import anthropic.types
 import openai.types.chat
 import openai.types.responses
+import orjson
 import pytest
 from hypothesis import given, settings
 
-from gateway.protocols import APIS, Api, answer_from_message, message_from_answer, translate_answer
+from gateway.protocols import (
+    APIS,
+    Api,
+    answer_from_message,
+    message_from_answer,
+    translate_answer,
+    translate_error,
+)
 from gateway.protocols.errors import anthropic_error_body, error_from_anthropic, error_from_openai
 from gateway.protocols.events import Error, Event
 from tests.protocols.streams import comparable, json_argument_streams, reassemble
@@ -167,6 +175,29 @@ def test_an_openai_quota_error_is_an_anthropic_rate_limit_error() -> None:
     )
     assert error == Error(429, "quota", "insufficient_quota")
     assert anthropic_error_body(error.status, error.message)["error"]["type"] == "rate_limit_error"
+
+
+def test_an_upstream_error_response_in_the_client_api_shape() -> None:
+    body = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    as_openai = orjson.loads(translate_error("messages", "responses", 529, body))
+    assert as_openai == {
+        "error": {"message": "Overloaded", "type": "api_error", "param": None, "code": None}
+    }
+    openai_body = (
+        b'{"error":{"message":"Bad key","type":"invalid_request_error","code":"invalid_api_key"}}'
+    )
+    as_anthropic = orjson.loads(translate_error("chat", "messages", 401, openai_body))
+    assert as_anthropic == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Bad key"},
+    }
+    garbage = orjson.loads(
+        translate_error("responses", "messages", 502, b"<html>bad gateway</html>")
+    )
+    assert garbage == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "the upstream answered HTTP 502"},
+    }
 
 
 PAIRS = list(itertools.permutations(APIS, 2))

@@ -466,6 +466,43 @@ def test_reasoning_round_trips_between_a_responses_client_and_a_messages_upstrea
     ]
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"text": {"verbosity": "low"}}, "text.verbosity"),
+        ({"reasoning": {"effort": "high"}, "max_output_tokens": 1000}, "reasoning.effort"),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}]},
+            "input[0].arguments",
+        ),
+        (
+            {
+                "input": [
+                    {"role": "user", "content": [{"type": "input_image", "image_url": "ftp://x"}]}
+                ]
+            },
+            "input[0].content[0].image_url",
+        ),
+    ],
+)
+def test_a_responses_request_refused_by_messages_names_the_responses_field(
+    extra: dict[str, Any], param: str
+) -> None:
+    # The Chat -> Messages step would name Chat's fields; the client named its own.
+    assert refused({"model": "m", "input": "hi", **extra}, "responses", "messages").param == param
+
+
+def test_stop_sequences_to_a_responses_upstream_are_refused_by_their_messages_name() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stop_sequences": ["X"],
+    }
+    assert refused(body, "messages", "responses").param == "stop_sequences"
+
+
 def test_earlier_reasoning_never_reaches_a_chat_or_responses_upstream() -> None:
     body = {
         "model": "m",
