@@ -239,6 +239,8 @@ class ChatEncoder:
         self._text_prefix = self._head + b'{"content":'
 
     def encode(self, event: Event, out: list[bytes]) -> None:
+        # Dispatch on the exact class, most frequent first; the per-token branches read the
+        # tuple by position (event[1]: the text) rather than narrow with isinstance.
         kind = type(event)
         if kind is TextDelta:
             out.append(self._text_prefix + orjson.dumps(event[1]) + self._TAIL)  # type: ignore[misc]

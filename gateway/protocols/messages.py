@@ -270,6 +270,8 @@ class MessagesEncoder:
         return self._TEXT + index + b',"delta":{"type":'
 
     def encode(self, event: Event, out: list[bytes]) -> None:
+        # Dispatch on the exact class, most frequent first; the per-token branches read the
+        # tuple by position (event[1]: the text) rather than narrow with isinstance.
         kind = type(event)
         if kind is TextDelta:
             out.append(self._text_prefix + orjson.dumps(event[1]) + b"}}\n\n")  # type: ignore[misc]

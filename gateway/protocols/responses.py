@@ -110,9 +110,9 @@ class ResponsesDecoder:
 
     def __init__(self) -> None:
         self._blocks = 0
-        self._items: dict[int, tuple[str, int]] = {}
+        self._items: dict[Any, tuple[str, int]] = {}
         """output_index -> (item type, neutral block) of function calls and reasoning."""
-        self._parts: dict[tuple[int, int], int] = {}
+        self._parts: dict[tuple[Any, Any], int] = {}
         """(output_index, content_index) of an open text part -> neutral block."""
         self._args: set[int] = set()
         """Function-call blocks whose arguments arrived as deltas."""
@@ -134,44 +134,44 @@ class ResponsesDecoder:
         kind = payload.get("type")
         if kind == "response.output_text.delta" or kind == "response.refusal.delta":
             key = (payload.get("output_index"), payload.get("content_index"))
-            block = self._parts.get(key)  # type: ignore[arg-type]
+            block = self._parts.get(key)
             delta = payload.get("delta")
             if delta and isinstance(delta, str):
                 if block is None:  # a server that skipped content_part.added
-                    block = self._parts[key] = self._new()  # type: ignore[index]
+                    block = self._parts[key] = self._new()
                     out.append(TextStart(block))
                 out.append(new_event(TextDelta, (block, delta)))
         elif kind == "response.function_call_arguments.delta":
-            item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
+            item = self._items.get(payload.get("output_index"))
             delta = payload.get("delta")
             if item is not None and delta and isinstance(delta, str):
                 self._args.add(item[1])
                 out.append(new_event(ToolArgsDelta, (item[1], delta)))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
+            item = self._items.get(payload.get("output_index"))
             delta = payload.get("delta")
             if item is not None and delta and isinstance(delta, str):
                 out.append(new_event(ReasoningDelta, (item[1], delta, None)))
         elif kind == "response.reasoning_summary_part.added":
-            item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
+            item = self._items.get(payload.get("output_index"))
             if item is not None and as_int(payload.get("summary_index")) > 0:
                 out.append(ReasoningDelta(item[1], "\n\n"))  # one text: parts apart
         elif kind == "response.content_part.added":
             part = payload.get("part")
             if isinstance(part, dict) and part.get("type") in ("output_text", "refusal"):
                 block = self._new()
-                self._parts[(payload.get("output_index"), payload.get("content_index"))] = block  # type: ignore[index]
+                self._parts[(payload.get("output_index"), payload.get("content_index"))] = block
                 out.append(TextStart(block))
                 text = part.get("text") or part.get("refusal")
                 if text and isinstance(text, str):
                     out.append(TextDelta(block, text))
         elif kind == "response.content_part.done":
             key = (payload.get("output_index"), payload.get("content_index"))
-            block = self._parts.pop(key, None)  # type: ignore[arg-type]
+            block = self._parts.pop(key, None)
             if block is not None:
                 out.append(BlockEnd(block))
         elif kind == "response.function_call_arguments.done":
-            item = self._items.get(payload.get("output_index"))  # type: ignore[arg-type]
+            item = self._items.get(payload.get("output_index"))
             arguments = payload.get("arguments")
             if item is not None and item[1] not in self._args and isinstance(arguments, str):
                 self._args.add(item[1])
@@ -241,7 +241,7 @@ class ResponsesDecoder:
 
     def _item_done(self, payload: dict[str, Any], out: list[Event]) -> None:
         index = payload.get("output_index")
-        entry = self._items.pop(index, None)  # type: ignore[arg-type]
+        entry = self._items.pop(index, None)
         if entry is None:
             # A message: its parts end here at the latest (content_part.done may be missing).
             for key in [key for key in self._parts if key[0] == index]:
@@ -346,6 +346,8 @@ class ResponsesEncoder:
         self._event(kind, b"," + orjson.dumps(members)[1:-1], out)
 
     def encode(self, event: Event, out: list[bytes]) -> None:
+        # Dispatch on the exact class, most frequent first; the per-token branches read the
+        # tuple by position (event[1]: the text) rather than narrow with isinstance.
         kind = type(event)
         item = self._item
         if kind is TextDelta or kind is ToolArgsDelta:
@@ -548,7 +550,7 @@ def message_from_answer(body: Any) -> Message:
             )
         elif kind == "reasoning":
             texts = [
-                part.get("text")
+                part["text"]
                 for key in ("summary", "content")
                 for part in (item.get(key) or ())
                 if isinstance(part, dict) and isinstance(part.get("text"), str)
@@ -557,7 +559,7 @@ def message_from_answer(body: Any) -> Message:
             message.blocks.append(
                 Block(
                     "reasoning",
-                    "\n\n".join(texts),  # type: ignore[arg-type]
+                    "\n\n".join(texts),
                     signature=signature if isinstance(signature, str) and signature else None,
                 )
             )
