@@ -6,7 +6,8 @@ calls, thinking blocks the pivot's `PIVOT_REASONING`, custom tools function tool
 `thinking` a reasoning effort. Chat -> Messages: system and developer messages become
 `system`, consecutive same-role turns are merged (Anthropic wants them alternating),
 `max_tokens` is always set (Anthropic requires it), a reasoning effort becomes a thinking
-budget. What the other API cannot say is refused naming the field (see `requests`).
+budget, a `temperature` above 1 (OpenAI allows 2) is capped at 1, Anthropic's maximum.
+What the other API cannot say is refused naming the field (see `requests`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def chat_from_messages(body: dict[str, Any], upstream: str = "chat") -> dict[str
     system = body.get("system")
     if system:
         if isinstance(system, list):
-            system = "".join(_block_text(block, f"system[{j}]") for j, block in enumerate(system))
+            system = "\n\n".join(
+                _block_text(block, f"system[{j}]") for j, block in enumerate(system)
+            )
         messages.append({"role": "system", "content": string(system, "system")})
     for i, message in enumerate(list_of(body.get("messages"), "messages")):
         where = f"messages[{i}]"
@@ -82,6 +85,8 @@ def chat_from_messages(body: dict[str, Any], upstream: str = "chat") -> dict[str
             for k, tool in enumerate(list_of(tools, "tools"))
         ]
     choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, dict):
+        raise invalid("tool_choice", "`tool_choice` must be an object with a `type`")
     if isinstance(choice, dict):
         kind = choice.get("type")
         if kind == "tool":
@@ -238,7 +243,7 @@ def messages_from_chat(body: dict[str, Any]) -> dict[str, Any]:
     refuse_chat_only(body, "messages")
     for param in ("response_format", "verbosity"):
         value = body.get(param)
-        if value is not None and not (param == "response_format" and value.get("type") == "text"):
+        if value is not None and not (isinstance(value, dict) and value.get("type") == "text"):
             raise invalid(param, f"`{param}` cannot be translated to the upstream's messages API")
     system: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -283,9 +288,13 @@ def messages_from_chat(body: dict[str, Any]) -> dict[str, Any]:
     if system:
         out["system"] = "\n\n".join(system)
     out["messages"] = turns
-    for param in ("temperature", "top_p"):
-        if body.get(param) is not None:
-            out[param] = body[param]
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        out["temperature"] = min(temperature, 1)  # OpenAI allows up to 2, Anthropic 1
+    elif temperature is not None:
+        out["temperature"] = temperature  # Anthropic's own 400 names the problem
+    if body.get("top_p") is not None:
+        out["top_p"] = body["top_p"]
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else stop

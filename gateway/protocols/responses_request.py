@@ -354,7 +354,8 @@ def responses_from_chat(body: dict[str, Any]) -> dict[str, Any]:
     choice = body.get("tool_choice")
     if choice is not None:
         if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-            choice = {"type": "function", "name": choice["function"].get("name")}
+            name = string(choice["function"].get("name"), "tool_choice.function.name")
+            choice = {"type": "function", "name": name}
         out["tool_choice"] = choice
     if body.get("reasoning_effort") is not None:
         out["reasoning"] = {"effort": body["reasoning_effort"]}
