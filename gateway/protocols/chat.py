@@ -61,7 +61,7 @@ def as_int(value: Any) -> int:
 
 def finish_reason(value: Any) -> FinishReason:
     # A reason added after this was written still ends the answer.
-    return _FINISH.get(value, "stop")
+    return _FINISH.get(value, "stop") if type(value) is str else "stop"
 
 
 def usage_of(usage: Any) -> TokenUsage | None:

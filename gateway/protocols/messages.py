@@ -65,7 +65,7 @@ _INPUT_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_
 
 
 def finish_reason(stop_reason: Any) -> FinishReason:
-    return _FINISH.get(stop_reason, "stop")
+    return _FINISH.get(stop_reason, "stop") if type(stop_reason) is str else "stop"
 
 
 class _Counts:
@@ -120,13 +120,21 @@ def usage_body(usage: TokenUsage) -> dict[str, Any]:
 
 
 class MessagesDecoder:
-    """Messages stream payloads in, neutral events out."""
+    """Messages stream payloads in, neutral events out.
 
-    __slots__ = ("_counts", "_known")
+    One block is open at a time, as Anthropic streams them: a block that starts closes the
+    one still open (its late deltas and stop are then not relayed), an event about another
+    index is not relayed, and the end of the message closes what is open.
+    """
+
+    __slots__ = ("_block", "_blocks", "_counts", "_index")
 
     def __init__(self) -> None:
-        self._known: set[int] = set()
-        """Content block indexes relayed (server-tool and redacted blocks are not)."""
+        self._index = -1
+        """Anthropic's index of the open block, -1 when none is (server-tool and redacted
+        blocks are never open: not relayed)."""
+        self._block = -1
+        self._blocks = 0
         self._counts = _Counts()
 
     def decode(self, data: bytes, out: list[Event]) -> None:
@@ -140,34 +148,32 @@ class MessagesDecoder:
             return
         kind = payload.get("type")
         if kind == "content_block_delta":
-            index = payload.get("index")
             delta = payload.get("delta")
-            if index not in self._known or not isinstance(delta, dict):
+            if self._index < 0 or payload.get("index") != self._index or type(delta) is not dict:
                 return
+            block = self._block
             delta_kind = delta.get("type")
             if delta_kind == "text_delta":
                 text = delta.get("text")
-                if text and isinstance(text, str):
-                    out.append(new_event(TextDelta, (index, text)))
+                if text and type(text) is str:
+                    out.append(new_event(TextDelta, (block, text)))
             elif delta_kind == "input_json_delta":
                 partial = delta.get("partial_json")
-                if partial and isinstance(partial, str):
-                    out.append(new_event(ToolArgsDelta, (index, partial)))
+                if partial and type(partial) is str:
+                    out.append(new_event(ToolArgsDelta, (block, partial)))
             elif delta_kind == "thinking_delta":
                 thinking = delta.get("thinking")
-                if thinking and isinstance(thinking, str):
-                    out.append(new_event(ReasoningDelta, (index, thinking, None)))
+                if thinking and type(thinking) is str:
+                    out.append(new_event(ReasoningDelta, (block, thinking, None)))
             elif delta_kind == "signature_delta":
                 signature = delta.get("signature")
                 if isinstance(signature, str):
-                    out.append(ReasoningDelta(index, "", signature))
+                    out.append(ReasoningDelta(block, "", signature))
         elif kind == "content_block_start":
             self._block_start(payload, out)
         elif kind == "content_block_stop":
-            index = payload.get("index")
-            if index in self._known:
-                self._known.discard(index)
-                out.append(BlockEnd(index))
+            if self._index >= 0 and payload.get("index") == self._index:
+                self._close(out)
         elif kind == "message_start":
             message = payload.get("message")
             if not isinstance(message, dict):
@@ -181,6 +187,7 @@ class MessagesDecoder:
                 )
             )
         elif kind == "message_delta":
+            self._close(out)
             delta = payload.get("delta")
             stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             if stop_reason:
@@ -189,44 +196,57 @@ class MessagesDecoder:
             if isinstance(usage, dict):
                 out.append(Usage(self._counts.update(usage)))
         elif kind == "message_stop":
+            self._close(out)
             out.append(DONE)
         elif kind == "error":
             out.append(error_from_anthropic(payload))
         # ping and types added after this was written: nothing to say
 
+    def _close(self, out: list[Event]) -> None:
+        if self._index >= 0:
+            out.append(BlockEnd(self._block))
+            self._index = -1
+
+    def _open(self, index: int) -> int:
+        self._index = index
+        self._block = self._blocks
+        self._blocks += 1
+        return self._block
+
     def _block_start(self, payload: dict[str, Any], out: list[Event]) -> None:
         index = payload.get("index")
         block = payload.get("content_block")
-        if not isinstance(index, int) or not isinstance(block, dict):
+        if type(index) is not int or index < 0 or not isinstance(block, dict):
             return
+        self._close(out)  # Anthropic's blocks come one after the other
         kind = block.get("type")
         if kind == "text":
-            self._known.add(index)
-            out.append(TextStart(index))
+            number = self._open(index)
+            out.append(TextStart(number))
             text = block.get("text")
             if text and isinstance(text, str):
-                out.append(TextDelta(index, text))
+                out.append(TextDelta(number, text))
         elif kind == "tool_use":
-            self._known.add(index)
+            number = self._open(index)
             call_id, name = block.get("id"), block.get("name")
             out.append(
                 ToolCallStart(
-                    index,
+                    number,
                     call_id if isinstance(call_id, str) else "",
                     name if isinstance(name, str) else "",
                 )
             )
             given = block.get("input")
             if given and isinstance(given, dict):  # streamed input starts empty; some don't
-                out.append(ToolArgsDelta(index, json_text(given)))
+                out.append(ToolArgsDelta(number, json_text(given)))
         elif kind == "thinking":
-            self._known.add(index)
-            out.append(ReasoningStart(index))
+            number = self._open(index)
+            out.append(ReasoningStart(number))
             thinking, signature = block.get("thinking"), block.get("signature")
             if thinking or signature:
                 out.append(
                     ReasoningDelta(
-                        index,
+                        number,
                         thinking if isinstance(thinking, str) else "",
                         signature if isinstance(signature, str) and signature else None,
                     )

@@ -135,6 +135,8 @@ def thinking_budget(effort: Any, max_tokens: int, param: str) -> int | None:
     exceed (Anthropic counts thinking in `max_tokens`); None for no thinking."""
     if effort is None or effort == "none":
         return None
+    if not isinstance(effort, str):
+        raise invalid(param, f"`{param}` must be a string")
     budget = EFFORT_BUDGETS.get(effort, EFFORT_BUDGETS["high"])
     if max_tokens <= budget:
         raise invalid(

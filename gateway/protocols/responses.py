@@ -98,29 +98,53 @@ def _error_status(code: Any) -> int:
     return 429 if code in ("rate_limit_exceeded", "insufficient_quota") else 500
 
 
+def _content_index(payload: dict[str, Any]) -> int:
+    index = payload.get("content_index")
+    return index if type(index) is int and index >= 0 else -2
+
+
 def _error_code(error: Error) -> str:
     # ResponseError.code is a closed list: only these two say anything about a relay.
     return "rate_limit_exceeded" if error.status == 429 else "server_error"
 
 
 class ResponsesDecoder:
-    """Responses stream payloads in, neutral events out."""
+    """Responses stream payloads in, neutral events out.
 
-    __slots__ = ("_args", "_blocks", "_items", "_parts", "_tools")
+    One block is open at a time (the neutral contract): a text part, a function call or a
+    reasoning item, known by where it is (`output_index`, and `content_index` for a part).
+    An event about anything else is not relayed; a block that opens while another is open
+    closes that one first (a server that interleaves items cannot be relayed faithfully to
+    APIs whose blocks come one after the other, and is not relayed unfaithfully).
+    """
+
+    __slots__ = ("_args", "_block", "_blocks", "_kind", "_tools", "_where")
 
     def __init__(self) -> None:
         self._blocks = 0
-        self._items: dict[Any, tuple[str, int]] = {}
-        """output_index -> (item type, neutral block) of function calls and reasoning."""
-        self._parts: dict[tuple[Any, Any], int] = {}
-        """(output_index, content_index) of an open text part -> neutral block."""
-        self._args: set[int] = set()
-        """Function-call blocks whose arguments arrived as deltas."""
+        self._block = -1
+        """The neutral number of the open block, -1 when none is."""
+        self._kind = ""
+        """The open block's kind: "text", "function_call" or "reasoning"."""
+        self._where: tuple[int, int] = (-1, -1)
+        """The open block's (output_index, content_index); content_index -1 for items."""
+        self._args = False
+        """The open function call's arguments arrived as deltas."""
         self._tools = False
 
-    def _new(self) -> int:
+    def _open(self, kind: str, where: tuple[int, int], out: list[Event]) -> int:
+        self._close(out)
+        self._block = self._blocks
         self._blocks += 1
-        return self._blocks - 1
+        self._kind, self._where, self._args = kind, where, False
+        return self._block
+
+    def _close(self, out: list[Event]) -> None:
+        if self._block >= 0:
+            out.append(BlockEnd(self._block))
+            self._block = -1
+            self._kind = ""
+            self._where = (-1, -1)
 
     def decode(self, data: bytes, out: list[Event]) -> None:
         try:
@@ -132,60 +156,64 @@ class ResponsesDecoder:
             out.append(malformed("responses", "an event that is not a JSON object"))
             return
         kind = payload.get("type")
+        index = payload.get("output_index")
+        if type(index) is not int:
+            index = -2  # matches no block: the event is about nothing relayed
         if kind == "response.output_text.delta" or kind == "response.refusal.delta":
-            key = (payload.get("output_index"), payload.get("content_index"))
-            block = self._parts.get(key)
             delta = payload.get("delta")
-            if delta and isinstance(delta, str):
-                if block is None:  # a server that skipped content_part.added
-                    block = self._parts[key] = self._new()
-                    out.append(TextStart(block))
-                out.append(new_event(TextDelta, (block, delta)))
+            if not delta or type(delta) is not str:
+                return
+            where = (index, _content_index(payload))
+            if self._kind != "text" or self._where != where:
+                if index < 0 or where[1] < 0:
+                    return
+                out.append(TextStart(self._open("text", where, out)))  # no part.added came
+            out.append(new_event(TextDelta, (self._block, delta)))
         elif kind == "response.function_call_arguments.delta":
-            item = self._items.get(payload.get("output_index"))
             delta = payload.get("delta")
-            if item is not None and delta and isinstance(delta, str):
-                self._args.add(item[1])
-                out.append(new_event(ToolArgsDelta, (item[1], delta)))
+            open_here = self._kind == "function_call" and self._where[0] == index
+            if open_here and delta and type(delta) is str:
+                self._args = True
+                out.append(new_event(ToolArgsDelta, (self._block, delta)))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            item = self._items.get(payload.get("output_index"))
             delta = payload.get("delta")
-            if item is not None and delta and isinstance(delta, str):
-                out.append(new_event(ReasoningDelta, (item[1], delta, None)))
+            open_here = self._kind == "reasoning" and self._where[0] == index
+            if open_here and delta and type(delta) is str:
+                out.append(new_event(ReasoningDelta, (self._block, delta, None)))
         elif kind == "response.reasoning_summary_part.added":
-            item = self._items.get(payload.get("output_index"))
-            if item is not None and as_int(payload.get("summary_index")) > 0:
-                out.append(ReasoningDelta(item[1], "\n\n"))  # one text: parts apart
+            open_here = self._kind == "reasoning" and self._where[0] == index
+            if open_here and as_int(payload.get("summary_index")) > 0:
+                out.append(ReasoningDelta(self._block, "\n\n"))  # one text: parts apart
         elif kind == "response.content_part.added":
             part = payload.get("part")
+            where = (index, _content_index(payload))
             if isinstance(part, dict) and part.get("type") in ("output_text", "refusal"):
-                block = self._new()
-                self._parts[(payload.get("output_index"), payload.get("content_index"))] = block
+                if index < 0 or where[1] < 0 or (self._kind == "text" and self._where == where):
+                    return
+                block = self._open("text", where, out)
                 out.append(TextStart(block))
                 text = part.get("text") or part.get("refusal")
                 if text and isinstance(text, str):
                     out.append(TextDelta(block, text))
         elif kind == "response.content_part.done":
-            key = (payload.get("output_index"), payload.get("content_index"))
-            block = self._parts.pop(key, None)
-            if block is not None:
-                out.append(BlockEnd(block))
+            if self._kind == "text" and self._where == (index, _content_index(payload)):
+                self._close(out)
         elif kind == "response.function_call_arguments.done":
-            item = self._items.get(payload.get("output_index"))
             arguments = payload.get("arguments")
-            if item is not None and item[1] not in self._args and isinstance(arguments, str):
-                self._args.add(item[1])
-                if arguments:
-                    out.append(ToolArgsDelta(item[1], arguments))
+            if self._kind == "function_call" and self._where[0] == index and not self._args:
+                self._args = True
+                if arguments and isinstance(arguments, str):
+                    out.append(ToolArgsDelta(self._block, arguments))
         elif kind == "response.output_item.added":
-            self._item_added(payload, out)
+            self._item_added(payload, index, out)
         elif kind == "response.output_item.done":
-            self._item_done(payload, out)
+            self._item_done(payload, index, out)
         elif kind == "response.created":
             response = payload.get("response")
             response = response if isinstance(response, dict) else {}
             out.append(Start(str(response.get("id") or ""), str(response.get("model") or "")))
         elif kind == "response.completed" or kind == "response.incomplete":
+            self._close(out)
             response = payload.get("response")
             response = response if isinstance(response, dict) else {}
             usage = usage_of(response.get("usage"))
@@ -216,49 +244,39 @@ class ResponsesDecoder:
             out.append(error_from_openai({"error": payload}, _error_status(code)))
         # response.in_progress, annotations, built-in tool progress: nothing to say
 
-    def _item_added(self, payload: dict[str, Any], out: list[Event]) -> None:
+    def _item_added(self, payload: dict[str, Any], index: int, out: list[Event]) -> None:
         item = payload.get("item")
-        index = payload.get("output_index")
-        if not isinstance(item, dict) or not isinstance(index, int):
+        if not isinstance(item, dict) or index < 0:
             return
         kind = item.get("type")
         if kind == "function_call":
-            block = self._new()
-            self._items[index] = ("function_call", block)
             self._tools = True
             call_id, name = item.get("call_id"), item.get("name")
             out.append(
                 ToolCallStart(
-                    block,
+                    self._open("function_call", (index, -1), out),
                     call_id if isinstance(call_id, str) else "",
                     name if isinstance(name, str) else "",
                 )
             )
         elif kind == "reasoning":
-            block = self._new()
-            self._items[index] = ("reasoning", block)
-            out.append(ReasoningStart(block))
+            out.append(ReasoningStart(self._open("reasoning", (index, -1), out)))
 
-    def _item_done(self, payload: dict[str, Any], out: list[Event]) -> None:
-        index = payload.get("output_index")
-        entry = self._items.pop(index, None)
-        if entry is None:
-            # A message: its parts end here at the latest (content_part.done may be missing).
-            for key in [key for key in self._parts if key[0] == index]:
-                out.append(BlockEnd(self._parts.pop(key)))
+    def _item_done(self, payload: dict[str, Any], index: int, out: list[Event]) -> None:
+        if self._where[0] != index:
             return
-        kind, block = entry
         item = payload.get("item")
         item = item if isinstance(item, dict) else {}
-        if kind == "function_call":
+        if self._kind == "function_call":
             arguments = item.get("arguments")
-            if block not in self._args and arguments and isinstance(arguments, str):
-                out.append(ToolArgsDelta(block, arguments))
-        else:
+            if not self._args and arguments and isinstance(arguments, str):
+                out.append(ToolArgsDelta(self._block, arguments))
+        elif self._kind == "reasoning":
             signature = item.get("encrypted_content")
             if signature and isinstance(signature, str):
-                out.append(ReasoningDelta(block, "", signature))
-        out.append(BlockEnd(block))
+                out.append(ReasoningDelta(self._block, "", signature))
+        # A message's parts end here at the latest (content_part.done may be missing).
+        self._close(out)
 
 
 class _Item:
