@@ -4,7 +4,12 @@ Completions (`chat`), OpenAI Responses (`responses`) and Anthropic Messages (`me
 Streams go through neutral events (`events`): a decoder per API turns an upstream's SSE
 event payloads into them, an encoder per API turns them into the client's SSE bytes.
 `StreamTranslator` pairs the two for a relay; `translate_answer` does the same for a
-non-streamed answer and `translate_request` (`requests`) for the request going up.
+non-streamed answer, `translate_error` for an upstream's error response, and
+`translate_request` (`requests`) for the request going up (a 400 naming the field for what
+the upstream's API cannot say).
+
+The cost on a translated route is one `orjson.loads` per upstream event plus about one
+microsecond (`tests/protocols/bench_translate.py`); no pydantic at run time.
 
 Deliberately not here: HTTP, routing, SSE framing (`gateway.relay.sse`), and relaying
 when client and upstream speak the same API (their bytes pass untouched, no decoding).
