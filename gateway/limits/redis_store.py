@@ -24,7 +24,8 @@ Key layout, all of one API key in one Redis Cluster slot thanks to the `{key id}
 - `gw:{team-a}:quota`  HASH `day:2025-01-31` / `month:2025-01` -> tokens in that UTC
   period; the current and the previous period are kept (late settles land in the period
   of their admission), older fields are deleted; the key expires a day after the month.
-- `gw:{team-a}:leases` ZSET lease id (`host:pid:instance:request id`) -> expiry in unix
+- `gw:{team-a}:leases` ZSET lease id (`host:pid:instance:n`, n counting this limiter's
+  admissions: minted here, never the client's x-request-id) -> expiry in unix
   ms. admit drops expired leases before counting, usage ignores them; a background task
   renews this process's live leases every ttl/3, so a killed process frees its slots
   within the lease TTL. The key expires a second after the newest lease.
@@ -50,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import secrets
@@ -149,6 +151,8 @@ class RedisLimiter:
         self._usage_script = Script(self._client, redis_lua.USAGE)
         self._renew_script = Script(self._client, redis_lua.RENEW)
         self._lease_prefix = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}:"
+        self._lease_ids = itertools.count(1)
+        """The end of each lease id: one per admission (see the key layout above)."""
         self._leases: dict[str, set[str]] = {}
         """key id -> lease ids this process holds (what the renewal task renews)."""
         self._skip_until = 0.0
@@ -202,7 +206,6 @@ class RedisLimiter:
 
     async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
         limits = key.limits
-        lease = self._lease_prefix + request_id
         if self._backing_off():
             return self._unavailable(key.id, tokens, request_id)
         cached = self._admit_heads.get(key.id)
@@ -217,6 +220,7 @@ class RedisLimiter:
             )
             head = self._admit_script.head(key_names(self._prefix, key.id), static, 3)
             cached = self._admit_heads[key.id] = (limits, head)
+        lease = self._lease_prefix + str(next(self._lease_ids))
         command = cached[1] + pack_items((tokens, lease, self._time_override()))
         try:
             reply = await self._admit_script.run(command)
@@ -243,7 +247,7 @@ class RedisLimiter:
                 request_id=request_id,
                 tokens=tokens,
                 admitted_at=float(now),
-                lease=True,
+                lease=lease,
             ),
         )
 
@@ -272,7 +276,7 @@ class RedisLimiter:
         back-off after a failure."""
         if reservation.degraded:
             return None
-        lease = self._lease_prefix + reservation.request_id
+        lease = reservation.lease
         held = self._leases.get(reservation.key_id)
         if held is not None:
             held.discard(lease)
