@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from gateway.config import BackendFailure, KeyConfig, Limits
 from gateway.limits import redis_lua
@@ -72,15 +72,23 @@ from gateway.limits.base import (
     RateState,
     Reservation,
 )
+from gateway.limits.cluster import ClusterClient, is_cluster_url
 from gateway.limits.report import key_usage
-from gateway.limits.resp import RespClient, Script, is_noscript, pack_items
+from gateway.limits.resp import Client, RespClient, Script, is_noscript, pack_items
 
 _log = logging.getLogger(__name__)
 
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 """What counts as "the backend is unreachable". Redis's own ConnectionError and
 TimeoutError are RedisErrors; the builtin ones (and asyncio's) are OSErrors. Other Redis
-errors (READONLY after a failover, OOM, LOADING) leave the limits just as unknown."""
+errors (READONLY after a failover, OOM, LOADING) leave the limits just as unknown, and so
+do redis-py's Cluster errors that are no RedisError (no node reachable, a slot unserved)."""
+
+_CLUSTER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "CROSSSLOT")
+"""Replies only a Redis Cluster node gives: a plain redis:// URL points at a Cluster."""
+
+READINESS_KEY = "_readyz"
+"""The API key id whose (empty) keys `ready()` reads through the admission path."""
 
 _DENIED: dict[bytes, LimitName] = {
     b"max_concurrent": "max_concurrent",
@@ -144,8 +152,17 @@ class RedisLimiter:
         self._prefix = prefix
         self._clock = clock
         # One pipelined connection (gateway.limits.resp); no retries: a dead Redis must
-        # cost one short timeout, not several.
-        self._client = RespClient(url, timeout=socket_timeout)
+        # cost one short timeout, not several. A Cluster URL gets redis-py's Cluster
+        # client instead (gateway.limits.cluster says why).
+        self._cluster = is_cluster_url(url)
+        self._client: Client = (
+            ClusterClient(url, timeout=socket_timeout)
+            if self._cluster
+            else RespClient(url, timeout=socket_timeout)
+        )
+        self._cluster_node = False
+        """A plain URL reached a Cluster node: admissions do not try Redis (they would be
+        exact for that node's slots only) until readiness finds a plain server again."""
         self._admit_script = Script(self._client, redis_lua.ADMIT)
         self._settle_script = Script(self._client, redis_lua.SETTLE)
         self._usage_script = Script(self._client, redis_lua.USAGE)
@@ -180,6 +197,8 @@ class RedisLimiter:
                 self._renew_script,
             )
             await asyncio.gather(*(script.load() for script in scripts))
+            if not self._cluster:
+                await self._single_node()
         except BACKEND_ERRORS as exc:
             # Not fatal: `open` mode serves without Redis, and readiness reports it.
             _log.warning("limits backend unreachable at start-up: %s", _describe(exc))
@@ -197,16 +216,51 @@ class RedisLimiter:
         await self._client.aclose()
 
     async def ready(self) -> bool:
+        """Runs a limiter script on the readiness key's slot, the way an admission does
+        (NOSCRIPT, Cluster routing and all); on a single node also checks that the server is
+        not a Cluster node reached by a plain URL, which would answer only its own slots."""
+        names = key_names(self._prefix, READINESS_KEY)
         try:
-            return bool(await self._client.call("PING") == "PONG")
-        except BACKEND_ERRORS:
+            await self._usage_script(names, (self._time_override(),))
+            return self._cluster or await self._single_node()
+        except BACKEND_ERRORS as exc:
+            self._check_cluster_reply(exc)
             return False
+
+    async def _single_node(self) -> bool:
+        """False (and one loud log line) when the plain URL's server is a Cluster node."""
+        info = await self._client.call("INFO", "cluster")
+        if b"cluster_enabled:1" in info:
+            self._found_cluster_node("its INFO says cluster_enabled:1")
+            return False
+        if self._cluster_node:
+            self._cluster_node = False
+            _log.info("redis_url points at a plain Redis again: limits enforced")
+        return True
+
+    def _check_cluster_reply(self, exc: BaseException) -> None:
+        if not self._cluster and isinstance(exc, ResponseError):
+            reply = str(exc)
+            if reply.startswith(_CLUSTER_REPLIES):
+                self._found_cluster_node(f"it answered {reply.split(' ', 1)[0]}")
+
+    def _found_cluster_node(self, evidence: str) -> None:
+        if self._cluster_node:
+            return
+        self._cluster_node = True
+        _log.error(
+            "redis_url points at a Redis Cluster node (%s): limits cannot be enforced "
+            "through one node, /readyz says not ready and admissions follow "
+            "limits_backend_failure=%s; fix: redis_url: redis+cluster://host:port[,host:port]",
+            evidence,
+            self._failure_mode,
+        )
 
     # --- the request path ------------------------------------------------------------------
 
     async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
         limits = key.limits
-        if self._backing_off():
+        if self._backing_off() or self._cluster_node:
             return self._unavailable(key.id, tokens, request_id)
         cached = self._admit_heads.get(key.id)
         if cached is None or cached[0] is not limits:
@@ -372,6 +426,7 @@ class RedisLimiter:
         )
 
     def _failed(self, exc: BaseException, during: str) -> None:
+        self._check_cluster_reply(exc)
         if not self._skip_until:
             # Log the start of an outage once, not every request during it.
             _log.warning(
