@@ -1,27 +1,35 @@
-"""The limiter's Redis Cluster client: redis-py's `RedisCluster` behind `RespClient`'s API.
+"""The limiter's Redis Cluster client: redis-py's `RedisCluster` for topology and every
+irregular case, one pipelined RESP connection per master for the steady state.
 
 `redis_url: redis+cluster://[[user]:password@]host:port[,host:port...]` (or
 `rediss+cluster://`, TLS; `?ssl_ca_certs=/path/ca.pem`) selects it: the hosts are seed
 nodes, any one reachable is enough to learn the topology. Every key of one API key shares
-a `{hash tag}`, so each limiter script touches one slot and runs on that slot's master;
-redis-py routes it there and does the rest: `MOVED` (the slot map is refreshed), `ASK`
-(`ASKING` + the command on the importing node while a slot migrates), `CLUSTERDOWN` /
-`TRYAGAIN`, and after a lost connection (a master died) a topology refresh and one more
-attempt, which finds the promoted replica once the cluster has voted. Until then the
-call fails like any unreachable Redis, and `limits_backend_failure` decides.
+a `{hash tag}`, so each limiter script touches one slot and runs on that slot's master.
 
-Why redis-py here when single-node Redis goes through `gateway.limits.resp`: measured on
-one box (`python -m bench.limits_cost`, CPU of the calling process per admission), the
-Cluster client costs about 100 µs sequentially and 60 µs in bursts of 50, where the RESP
-client costs about 40 and 10 µs; slot routing inside the RESP client (CRC16, one pipelined
-connection per master, MOVED/ASK/failover handling) would recover most of that, at the
-price of owning and testing a second Cluster client. Cluster users get redis-py's
-well-kept one; the single-node path keeps its speed.
+- A script call whose first key's master is known goes over that master's `RespClient`
+  (`gateway.limits.resp`: pipelined, timeouts, the single-node path's cost).
+- Anything else goes through redis-py's Cluster client, which does the hard parts: the
+  first call of a key (its master is learnt from redis-py's slot map afterwards), a call
+  answered MOVED / ASK / TRYAGAIN / CLUSTERDOWN / READONLY or refused a connection there
+  (none of which ran it: sent again through redis-py, which follows the redirection,
+  sends `ASKING` while a slot migrates, or refreshes the topology), SCRIPT LOAD (to every
+  master) and INFO. redis-py retries once after a lost connection, on the refreshed
+  topology, so a promoted replica is found as soon as the cluster has voted.
+- A call whose connection is lost or times out after it was sent is not sent again (it
+  may have run: an admission would count twice); it fails like any unreachable Redis,
+  `limits_backend_failure` decides, and the key's next call goes through redis-py.
 
-The limiter packs each call once as RESP (`Script.head` + `pack_items`); here the packed
-command is read back into its arguments (a few µs) so `RedisLimiter` has one code path.
-Calls are not pipelined across a loop turn as on a single node (redis-py takes a pooled
-connection per call); `delay` is accepted and ignored.
+Why this split, measured in one run (`python -m bench.limits_cost`, CPU of the calling
+process per admit + settle, medians of 3 rounds of 5,000, loopback): one Redis over the
+RESP client 52 µs one call at a time and 15 µs in bursts of 50; a Cluster through this
+client 69 and 23 µs; the same Cluster with every call through redis-py's Cluster client
+191 and 157 µs (its per-call pool checkout, retry wrapper and parser). Slot routing of our
+own for the irregular cases too would mean owning a second Cluster client (topology,
+redirections, failover) for no gain in the steady state.
+
+redis-py 8.2's asyncio client sends the `ASKING` of an ASK redirection on one pooled
+connection and the command on another when the node has two idle ones, so the command is
+bounced until "TTL exhausted"; `_Cluster` fixes that (see there; a test shows both).
 
 Deliberately not here: reads from replicas (a limit must read what it wrote), Sentinel,
 and databases other than 0 (a Cluster has only db 0).
@@ -34,13 +42,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.limits.resp import Arg, parse
+from gateway.limits.resp import Arg, RespClient, parse
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _OPTIONS = frozenset({"ssl_ca_certs"})
@@ -133,8 +144,16 @@ class _Cluster(RedisCluster):
 
 
 class ClusterClient:
-    """`RespClient`'s API (`send`, `send_nowait`, `call`, `flush`, `aclose`) over redis-py's
-    Cluster client. `timeout` bounds connecting and each attempt of a call."""
+    """`RespClient`'s API (`send`, `send_nowait`, `call`, `flush`, `aclose`) on a Redis
+    Cluster. `timeout` bounds connecting and each attempt of a call.
+
+    A script call whose first key's master is known goes over that master's own
+    `RespClient` (pipelined, as on one Redis); a call that meets anything else there
+    (MOVED, ASK, CLUSTERDOWN, a lost connection, a timeout) is sent again through redis-py,
+    which follows the redirection or refreshes the topology, and the key's route is looked
+    up afresh from redis-py's refreshed map on its next call. Everything that is not a
+    script call (SCRIPT LOAD to every master, INFO) goes through redis-py.
+    """
 
     def __init__(self, url: str, *, timeout: float = 0.5) -> None:
         self.address = address = ClusterAddress.from_url(url)
@@ -153,26 +172,104 @@ class ClusterClient:
             retry=Retry(NoBackoff(), 1),
             require_full_coverage=True,
         )
+        self._masters: dict[tuple[str, int], RespClient] = {}
+        """One pipelined connection per master, made on first use."""
+        self._routes: dict[bytes, RespClient] = {}
+        """First key of a script call -> its master's client (forgotten on a redirect)."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def call(self, *args: Arg, delay: float = 0.0) -> Any:
         return await self._cluster.execute_command(*args)
 
     async def send(self, command: bytes, delay: float = 0.0) -> Any:
-        """`call` for a command packed already (read back into its arguments)."""
-        return await self._cluster.execute_command(*_unpack(command))
+        """A packed command: a script call over its master's connection when the route is
+        known, through redis-py otherwise (and after any error but a script's own)."""
+        key = _first_key(command)
+        client = self._routes.get(key) if key is not None else None
+        if client is not None:
+            try:
+                return await client.send(command, delay)
+            except ResponseError as exc:
+                if not str(exc).startswith(_REDIRECTED):
+                    raise  # the script's own error (NOSCRIPT: Script.run loads it)
+                self._routes.pop(key, None)  # type: ignore[arg-type]
+            except (RedisConnectionError, RedisTimeoutError):
+                # The command may have run before the connection went: sending it again
+                # could count an admission twice. This call fails (limits_backend_failure
+                # decides); the next one asks redis-py, which refreshes the topology.
+                self._routes.pop(key, None)  # type: ignore[arg-type]
+                raise
+            except OSError:
+                self._routes.pop(key, None)  # type: ignore[arg-type]  # refused: never sent
+        reply = await self._cluster.execute_command(*_unpack(command))
+        if key is not None:
+            self._route(key)
+        return reply
 
     def send_nowait(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any] | None:
-        task = asyncio.get_running_loop().create_task(self.send(command))
+        task = asyncio.get_running_loop().create_task(self.send(command, delay))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     def flush(self) -> None:
-        """Nothing waits to be written: each call is sent when made."""
+        for client in self._masters.values():
+            client.flush()
 
     async def aclose(self) -> None:
+        masters, self._masters = self._masters, {}
+        self._routes.clear()
+        for client in masters.values():
+            await client.aclose()
         await self._cluster.aclose()
+
+    def _route(self, key: bytes) -> None:
+        """Learn `key`'s master from redis-py's map (fresh after the call just made)."""
+        try:
+            node = self._cluster.get_node_from_key(key)  # type: ignore[arg-type]
+        except RedisClusterException:
+            return
+        if node is None:
+            return
+        where = (node.host, int(node.port))
+        client = self._masters.get(where)
+        if client is None:
+            client = RespClient(self._node_url(*where), timeout=self.timeout)
+            self._masters[where] = client
+        self._routes[key] = client
+
+    def _node_url(self, host: str, port: int) -> str:
+        a = self.address
+        auth = ""
+        if a.password is not None:
+            auth = f"{quote(a.username or '', safe='')}:{quote(a.password, safe='')}@"
+        elif a.username:
+            auth = f"{quote(a.username, safe='')}@"
+        where = f"[{host}]" if ":" in host else host
+        query = f"?ssl_ca_certs={quote(a.ca_certs)}" if a.ca_certs else ""
+        return f"{'rediss' if a.tls else 'redis'}://{auth}{where}:{port}{query}"
+
+
+_REDIRECTED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+"""Replies of a node that did not run the command: it is sent again through redis-py."""
+
+
+def _first_key(command: bytes) -> bytes | None:
+    """The first key of a packed EVALSHA (its fourth bulk string), None for any other
+    command or a script call without keys."""
+    if not command.startswith(b"*", 0) or command[4:20].find(b"EVALSHA") < 0:
+        return None
+    pos = command.index(b"\r\n") + 2
+    for index in range(4):
+        end = command.index(b"\r\n", pos)
+        start = end + 2
+        stop = start + int(command[pos + 1 : end])
+        if index == 2 and command[start:stop] == b"0":
+            return None
+        if index == 3:
+            return command[start:stop]
+        pos = stop + 2
+    return None
 
 
 def _unpack(command: bytes) -> Sequence[Any]:

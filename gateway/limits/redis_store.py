@@ -10,6 +10,14 @@ periods and drops the lease. Time comes from the Redis server (`TIME` inside the
 with skewed clocks agree on buckets, periods and lease expiry. The semantics are
 `gateway.limits.base`'s, number for number the same as `MemoryLimiter`'s.
 
+A Redis Cluster (`redis+cluster://host:port[,host:port...]`) gets `gateway.limits.cluster`
+instead, with the same scripts and keys. A plain `redis://` URL that reaches a Cluster node
+(its INFO says `cluster_enabled:1`, or it answers MOVED / ASK) would enforce the limits of
+that node's slots only: it is logged once as an error naming the fix, `ready()` is False,
+and every admission takes the backend-failure path until readiness finds a plain Redis.
+`ready()` runs the usage script on a reserved key (`READINESS_KEY`), so readiness follows
+the admission path (scripts loaded and allowed, the slot's master reachable), not a PING.
+
 Key layout, all of one API key in one Redis Cluster slot thanks to the `{key id}` hash tag
 (`gw` is the configurable prefix):
 
@@ -42,8 +50,7 @@ lease to expire by itself; `settle` never raises.
 Deliberately not done: falling back to per-process limits when Redis is away (that would
 silently multiply every limit by the number of replicas), resurrecting leases a restarted
 Redis lost (renewal only extends leases that exist, so a settle racing a renewal can never
-leak a slot), and `RedisCluster` client construction (the hash tags make the layout
-Cluster-ready; the client here is a plain `redis.asyncio.Redis`).
+leak a slot), and Sentinel (refused at start-up by the config).
 """
 
 from __future__ import annotations
@@ -122,8 +129,9 @@ def _limit(value: int | None) -> int:
 class RedisLimiter:
     """The shared `Limiter`.
 
-    `url`: a redis:// or rediss:// URL. `on_backend_error`: called once per request (or
-    renewal) that found the backend unreachable; the app counts
+    `url`: a redis://, rediss://, unix:// or redis+cluster:// / rediss+cluster:// URL.
+    `on_backend_error`: called once per request (or renewal) that found the backend
+    unreachable; the app counts
     `gateway_limiter_backend_errors_total` with it. `failure_mode`: `open` admits when
     Redis is unreachable, `closed` raises `LimiterUnavailable`. `lease_ttl`: seconds a
     concurrency slot outlives its process. `socket_timeout`: connect and per-command

@@ -134,6 +134,7 @@ def test_a_master_failover_during_traffic_keeps_the_limits_exact(
                         else:
                             admitted[k.id] += 1
                         limiter.settle_soon(result.reservation, 1)
+                        await asyncio.sleep(0)  # a skipped (backing-off) admit awaits nothing
 
             tasks = [asyncio.create_task(traffic(lim)) for lim in (a, b)]
             await asyncio.sleep(0.2)
@@ -155,6 +156,73 @@ def test_a_master_failover_during_traffic_keeps_the_limits_exact(
                 assert _allowed(results) == 1
 
     run_with(scenario())
+
+
+def test_a_killed_master_is_replaced_and_limits_hold_after_the_promotion(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A master dies under traffic: calls in flight on it and those made before its replica
+    is promoted follow the documented fail-open (each one a counted backend error), keys
+    on the other masters stay exact throughout, and once the replica is promoted its keys
+    are admitted again, with rpm exact on fresh keys."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        a, b = _limiter(redis_cluster.url, errors), _limiter(redis_cluster.url, errors)
+        async with running(a, b):
+            keys = _keys_on_every_master(redis_cluster, "killed", 8, rpm=100_000)
+            victim = redis_cluster.master_of(_slot(keys[0].id))
+            on_victim = {k.id for k in keys if redis_cluster.master_of(_slot(k.id)) == victim}
+            admitted = {k.id: 0 for k in keys}
+            degraded = 0
+            promoted = asyncio.Event()
+            after_promotion = {k: 0 for k in on_victim}
+            stop = asyncio.Event()
+
+            async def traffic(limiter: RedisLimiter) -> None:
+                nonlocal degraded
+                while not stop.is_set():
+                    for k in keys:
+                        result = await limiter.admit(k, 1, "r")
+                        assert result.allowed and result.reservation is not None
+                        if result.reservation.degraded:
+                            degraded += 1
+                        else:
+                            admitted[k.id] += 1
+                            if promoted.is_set() and k.id in on_victim:
+                                after_promotion[k.id] += 1
+                        limiter.settle_soon(result.reservation, 1)
+                        await asyncio.sleep(0)  # a skipped (backing-off) admit awaits nothing
+
+            tasks = [asyncio.create_task(traffic(lim)) for lim in (a, b)]
+            try:
+                await asyncio.sleep(0.2)
+                new_master = await asyncio.to_thread(redis_cluster.kill, victim)
+                promoted.set()
+                deadline = asyncio.get_running_loop().time() + 10
+                while min(after_promotion.values()) < 5:
+                    assert asyncio.get_running_loop().time() < deadline, after_promotion
+                    await asyncio.sleep(0.05)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+            assert degraded == len(errors) > 0
+            usages = await a.usage(tuple(k for k in keys if k.id not in on_victim))
+            assert {u.key_id: u.requests_minute for u in usages} == {
+                k: n for k, n in admitted.items() if k not in on_victim
+            }
+            assert redis_cluster.master_of(_slot(keys[0].id)) == new_master
+            fresh = [key(f"after-kill-{i}", rpm=1) for i in range(6)]
+            for k in fresh:
+                results = [await lim.admit(k, 1, "r") for lim in (a, b, a)]
+                assert _allowed(results) == 1
+
+    try:
+        run_with(scenario())
+    finally:
+        for node in redis_cluster.nodes:
+            if not node.running:
+                redis_cluster.restart(node.port)  # it rejoins as a replica
 
 
 def test_a_plain_url_to_a_cluster_node_is_refused_loudly(

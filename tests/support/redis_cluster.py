@@ -177,6 +177,35 @@ class RedisCluster:
             time.sleep(0.05)
         self.wait_healthy(timeout)
 
+    def kill(self, port: int, timeout: float = 20.0) -> int:
+        """Kill master `port` (as a crash would) and wait until its replica is promoted;
+        returns the new master's port. `restart(port)` brings the node back (as a
+        replica)."""
+        replica = self.replica_of(port)
+        self.node(port).stop()
+        deadline = time.monotonic() + timeout
+        while replica not in self._ports_seen_as_masters(replica):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no replica of {port} was promoted")
+            time.sleep(0.05)
+        return replica
+
+    def _ports_seen_as_masters(self, asked: int) -> list[int]:
+        try:
+            with self.client(asked) as c:
+                text: str = c.execute_command("CLUSTER", "NODES")
+        except redis.RedisError:
+            return []
+        return [
+            int(line.split()[1].split(":")[1].split("@")[0])
+            for line in text.splitlines()
+            if "master" in line.split()[2] and "fail" not in line.split()[2]
+        ]
+
+    def restart(self, port: int, timeout: float = 30.0) -> None:
+        self.node(port).start()
+        self.wait_healthy(timeout)
+
     def node_id(self, port: int) -> str:
         return next(r["id"] for r in self.cluster_nodes() if int(r["port"]) == port)
 
