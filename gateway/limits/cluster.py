@@ -257,9 +257,10 @@ _REDIRECTED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 def _first_key(command: bytes) -> bytes | None:
     """The first key of a packed EVALSHA (its fourth bulk string), None for any other
     command or a script call without keys."""
-    if not command.startswith(b"*", 0) or command[4:20].find(b"EVALSHA") < 0:
+    head = command.find(b"\r\n")
+    if head < 0 or not command.startswith(b"\r\n$7\r\nEVALSHA\r\n", head):
         return None
-    pos = command.index(b"\r\n") + 2
+    pos = head + 2
     for index in range(4):
         end = command.index(b"\r\n", pos)
         start = end + 2

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
 
 from gateway.config import KeyConfig
 from gateway.limits.base import Admission, LimiterUnavailable
+from gateway.limits.cluster import ClusterClient, _first_key
 from gateway.limits.redis_store import RedisLimiter, key_names
+from gateway.limits.resp import RespClient, Script, pack, pack_items
 from tests.limits.limits_support import key, run_with, running
 from tests.support.redis_cluster import RedisCluster
 
@@ -251,3 +254,49 @@ def test_a_plain_url_to_a_cluster_node_is_refused_loudly(
         run_with(scenario())
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 1 and "redis+cluster://" in lines[0], lines
+
+
+def test_the_first_key_of_a_packed_script_call() -> None:
+    script = Script(RespClient("redis://127.0.0.1:1"), "return 1")
+    names = key_names("gw", "team-a")
+    packed = script.head(names, (1, 2), 3) + pack_items(("x", "y", ""))
+    assert _first_key(packed) == names[0].encode()
+    assert _first_key(script.head((), (1,), 0)) is None  # no keys: any master
+    assert _first_key(pack(["SCRIPT", "LOAD", "return 1"])) is None
+    assert _first_key(pack(["EVAL", "return 1", 1, "k"])) is None
+
+
+def test_steady_state_calls_go_over_the_masters_own_connections(
+    redis_cluster: RedisCluster,
+) -> None:
+    """redis-py's Cluster client costs several times the RESP client per call: after a key's
+    first call, its admissions and settles no longer go through it."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter = _limiter(redis_cluster.url, errors)
+        async with running(limiter):
+            keys = _keys_on_every_master(redis_cluster, "steady", 8, rpm=1000)
+            for k in keys:  # each key's first call goes through redis-py
+                first = await limiter.admit(k, 1, "r")
+                assert first.reservation is not None
+                await limiter.settle(first.reservation, 1)
+            client = limiter._client
+            assert isinstance(client, ClusterClient)
+            through_redis_py = 0
+            execute = client._cluster.execute_command
+
+            async def counting(*args: Any, **kwargs: Any) -> Any:
+                nonlocal through_redis_py
+                through_redis_py += 1
+                return await execute(*args, **kwargs)
+
+            client._cluster.execute_command = counting  # type: ignore[method-assign]
+            results = await asyncio.gather(*(limiter.admit(k, 1, "r") for k in keys * 5))
+            for r in results:
+                assert r.reservation is not None and not r.reservation.degraded
+                await limiter.settle(r.reservation, 1)
+            assert through_redis_py == 0
+        assert errors == []
+
+    run_with(scenario())
