@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from gateway.config import ConfigError, hash_key, parse_config
-from gateway.limits.cluster import ClusterAddress
+from gateway.limits.cluster import ClusterAddress, ClusterClient
 from gateway.limits.redis_store import RedisLimiter
+from gateway.limits.resp import Address
 from tests.limits.limits_support import run_with, running
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_proc import GatewayProcess, test_config
@@ -100,3 +101,19 @@ def test_readiness_runs_the_admission_path_not_just_ping(redis_url: str) -> None
             assert not run_with(scenario())
         finally:
             admin.execute_command("ACL", "SETUSER", "default", "+@all")
+
+
+def test_a_cluster_masters_connection_keeps_the_credentials_and_tls() -> None:
+    """The per-master RESP connections are opened with the Cluster URL's user, password
+    (any characters) and TLS settings."""
+    client = ClusterClient(
+        "rediss+cluster://us%3Aer:p%40s%2Fs@h1:7000?ssl_ca_certs=/etc/my%20ca.pem", timeout=0.1
+    )
+    address = Address.from_url(client._node_url("10.0.0.7", 7002))
+    assert (address.host, address.port, address.tls) == ("10.0.0.7", 7002, True)
+    assert (address.username, address.password) == ("us:er", "p@s/s")
+    assert address.ca_certs == "/etc/my ca.pem"
+    plain = ClusterClient("redis+cluster://:secret@h1:7000", timeout=0.1)
+    address = Address.from_url(plain._node_url("::1", 7003))
+    assert (address.host, address.port, address.tls) == ("::1", 7003, False)
+    assert (address.username, address.password) == (None, "secret")
