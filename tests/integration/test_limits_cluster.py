@@ -87,40 +87,66 @@ def test_rpm_1_admits_exactly_one_per_key_on_every_master(
 def test_a_master_failover_under_traffic_keeps_limits_exact(
     upstream: FakeUpstream, redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:
-    """Two replicas send requests on all eight keys while a replica takes over its master
-    (`CLUSTER FAILOVER`): every request is answered 200 (under `limits_backend_failure:
-    closed`, so none was admitted without its limit being checked), and afterwards an
-    rpm-limited key on the new master admits exactly its limit."""
+    """Two replicas send requests on eight keys while a replica takes over its master
+    (`CLUSTER FAILOVER`), under `limits_backend_failure: closed` so that nothing is admitted
+    unchecked: a request is refused (503, counted as a backend error) only around the
+    switch (a call the paused old master did not answer in time, then the 1 s back-off);
+    afterwards every key is admitted again, and a key on the new master admits exactly
+    its rpm."""
     key_ids = [f"failover-{i}" for i in range(8)]
     config = cluster_config(upstream, redis_cluster.url, key_ids)
     config["limits_backend_failure"] = "closed"
-    config["keys"].append({"id": "after", "key_sha256": hash_key("sk-after"), "limits": {"rpm": 3}})
+    victim = redis_cluster.master_of(_slot(key_ids[0]))
+    # A key of the victim's slots: after the switch, the promoted replica holds it.
+    new_key = next(k for k in (f"after-{i}" for i in range(1000)) if _on(redis_cluster, k, victim))
+    config["keys"].append(
+        {"id": new_key, "key_sha256": hash_key(f"sk-{new_key}"), "limits": {"rpm": 3}}
+    )
     with GatewayProcess(config, tmp_path) as a, GatewayProcess(config, tmp_path) as b:
         stop = threading.Event()
-        statuses: list[int] = []
+        answers: list[tuple[float, int]] = []
 
         def traffic(gateway: GatewayProcess) -> None:
             while not stop.is_set():
                 for key_id in key_ids:
-                    statuses.append(chat(gateway, key_id))
+                    answers.append((time.monotonic(), chat(gateway, key_id)))
 
-        victim = redis_cluster.master_of(_slot(key_ids[0]))
         with ThreadPoolExecutor(2) as pool:
             running = [pool.submit(traffic, gw) for gw in (a, b)]
             time.sleep(0.3)
-            sent_before = len(statuses)
+            switch_started = time.monotonic()
             redis_cluster.failover(redis_cluster.replica_of(victim))
-            time.sleep(0.3)
+            switch_ended = time.monotonic()
+            time.sleep(3.0)  # past a timed-out call (0.5 s) and the back-off after it (1 s)
             stop.set()
             for future in running:
                 future.result()
         assert redis_cluster.master_of(_slot(key_ids[0])) != victim
-        assert len(statuses) > sent_before > 0
-        assert set(statuses) == {200}, statuses
-        new_master = redis_cluster.master_of(_slot("after"))
-        assert new_master in redis_cluster.master_ports()
-        after = [chat(gw, "after") for gw in (a, b, a, b, a)]
+        refused = [t for t, status in answers if status == 503]
+        assert {status for _, status in answers} <= {200, 503}
+        for t in refused:
+            assert switch_started - 0.1 <= t <= switch_ended + 2.0, t - switch_started
+        assert [s for t, s in answers if t > switch_ended + 2.0] and all(
+            s == 200 for t, s in answers if t > switch_ended + 2.0
+        )
+        errors = sum(backend_errors(gw) for gw in (a, b))
+        assert errors >= len(refused)
+        assert redis_cluster.master_of(_slot(new_key)) == redis_cluster.master_of(_slot(key_ids[0]))
+        after = [chat(gw, new_key) for gw in (a, b, a, b, a)]
         assert sorted(after) == [200, 200, 200, 429, 429]
+
+
+def _on(cluster: RedisCluster, key_id: str, master: int) -> bool:
+    return cluster.master_of(_slot(key_id)) == master
+
+
+def backend_errors(gateway: GatewayProcess) -> float:
+    text = httpx.get(gateway.url + "/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("gateway_limiter_backend_errors_total ")
+    )
 
 
 def test_a_plain_url_to_a_cluster_node_is_not_ready_and_says_why(
