@@ -237,7 +237,12 @@ class RedisLimiter:
 
     async def _single_node(self) -> bool:
         """False (and one loud log line) when the plain URL's server is a Cluster node."""
-        info = await self._client.call("INFO", "cluster")
+        try:
+            info = await self._client.call("INFO", "cluster")
+        except ResponseError:
+            # INFO denied or renamed (some managed offerings): a Cluster node still shows
+            # itself by answering MOVED to an admission.
+            return not self._cluster_node
         if b"cluster_enabled:1" in info:
             self._found_cluster_node("its INFO says cluster_enabled:1")
             return False

@@ -99,6 +99,9 @@ def test_readiness_runs_the_admission_path_not_just_ping(redis_url: str) -> None
         try:
             assert admin.ping()
             assert not run_with(scenario())
+            # INFO denied instead (the plain-URL Cluster check): ready all the same.
+            admin.execute_command("ACL", "SETUSER", "default", "+evalsha", "-info")
+            assert run_with(scenario())
         finally:
             admin.execute_command("ACL", "SETUSER", "default", "+@all")
 
