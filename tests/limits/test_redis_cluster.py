@@ -308,3 +308,34 @@ def test_steady_state_calls_go_over_the_masters_own_connections(
         assert errors == []
 
     run_with(scenario())
+
+
+def test_a_plain_url_to_a_cluster_node_is_found_out_by_moved_too(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The node denies INFO, so start-up cannot tell: the first call answered MOVED gives it
+    away, and from then on no admission is checked against one node's slots only."""
+    node = redis_cluster.master_ports()[0]
+    keys = _keys_on_every_master(redis_cluster, "moved", 8, rpm=1)
+    elsewhere = next(k for k in keys if redis_cluster.master_of(_slot(k.id)) != node)
+    here = next(k for k in keys if redis_cluster.master_of(_slot(k.id)) == node)
+
+    async def scenario() -> None:
+        limiter = _limiter(f"redis://127.0.0.1:{node}", [], failure_mode="closed")
+        async with running(limiter):
+            assert (await limiter.admit(here, 1, "r")).allowed  # its own slot: no sign yet
+            with pytest.raises(LimiterUnavailable):
+                await limiter.admit(elsewhere, 1, "r")  # MOVED
+            assert not await limiter.ready()
+            with pytest.raises(LimiterUnavailable):
+                await limiter.admit(here, 1, "r")  # its slots too: no half-enforcement
+
+    with redis_cluster.client(node) as admin:
+        admin.execute_command("ACL", "SETUSER", "default", "-info")
+        try:
+            with caplog.at_level(logging.ERROR, logger="gateway.limits.redis_store"):
+                run_with(scenario())
+        finally:
+            admin.execute_command("ACL", "SETUSER", "default", "+@all")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and "it answered MOVED" in lines[0], lines
