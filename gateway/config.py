@@ -392,10 +392,14 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
     redis_url = r.take("redis_url", str, "") or env.get("REDIS_URL", "")
     if redis_url:
         # Imported here: gateway.limits imports this module.
+        from gateway.limits.cluster import ClusterAddress, is_cluster_url
         from gateway.limits.resp import Address
 
         try:
-            Address.from_url(redis_url)
+            if is_cluster_url(redis_url):
+                ClusterAddress.from_url(redis_url)
+            else:
+                Address.from_url(redis_url)
         except ValueError as exc:
             # The message names the problem, never the URL (it may hold a password).
             raise r.fail("redis_url", str(exc).removeprefix("redis_url: ")) from None

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_proc import GatewayProcess, test_config
+from tests.support.redis_cluster import RedisCluster
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,11 @@ def gateway(
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas), shared by the Cluster tests. Tests
+    may fail over or migrate slots; none may assume which node serves what."""
+    with RedisCluster() as cluster:
+        yield cluster

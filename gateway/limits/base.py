@@ -45,13 +45,16 @@ class Reservation:
 
     key_id: str
     request_id: str
+    """The client's x-request-id (or the gateway's): for logs only, never an identity."""
     tokens: int
     """Tokens reserved against tpm and the quotas."""
     admitted_at: float
     """Unix time of admission: settle() corrects the same rpm/tpm bucket and quota period."""
-    lease: bool = False
-    """True when a concurrency lease is held (both backends take one for every key, so
-    usage shows open requests of unlimited keys too); settle() releases it."""
+    lease: str = ""
+    """The concurrency lease this admission holds, minted by the limiter (never taken from
+    the request: two requests sending the same x-request-id hold two leases); empty when
+    none is held. Both backends take one for every key, so usage shows open requests of
+    unlimited keys too; settle() releases it."""
     degraded: bool = False
     """True when the backend was unreachable and `limits_backend_failure: open` admitted it."""
 
@@ -90,8 +93,10 @@ class Limiter(Protocol):
         """Stop background tasks, close connections."""
 
     async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
-        """Check every limit of `key` and, if all pass, count the request and reserve
-        `tokens` in one atomic step. Raises LimiterUnavailable only in `closed` mode."""
+        """Check every limit of `key` and, if all pass, count the request, reserve
+        `tokens` and take a lease (its id minted here) in one atomic step. `request_id` is
+        carried on the reservation for logs and decides nothing. Raises
+        LimiterUnavailable only in `closed` mode."""
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Replace the reservation with the real usage and free the concurrency slot.
@@ -105,4 +110,4 @@ class Limiter(Protocol):
         """Per key: requests and tokens this minute / day / month, limits, remaining."""
 
     async def ready(self) -> bool:
-        """True when the backend answers (always, in memory)."""
+        """True when an admission could be checked now (always, in memory)."""

@@ -8,7 +8,8 @@ does, number for number, so one test suite runs against both:
 - daily / monthly token quotas: counters per UTC day and calendar month; the counters of
   the current and the previous period are kept (a stream admitted before midnight settles
   into the day it was admitted in), older ones are dropped.
-- max_concurrent: the set of open request ids; settle() removes one.
+- max_concurrent: the set of open leases, each id minted here per admission (a client's
+  x-request-id is no identity: repeated, it must not share a slot); settle() removes one.
 - A denial names the limit that keeps the caller waiting longest, and `retry_after` is that
   wait (rpm / tpm: until enough buckets leave the window; quotas: the period's end;
   max_concurrent: 1 s, since nobody knows when a stream ends).
@@ -34,6 +35,7 @@ periods per key, and there is one state per configured key id.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -133,6 +135,8 @@ class MemoryLimiter:
         self._keys: dict[str, _KeyState] = {}
         # The periods of the last lookup: nearly every call falls in the same day.
         self._periods: tuple[int, float, int, float] = (0, 0.0, 0, 0.0)
+        self._lease_ids = itertools.count(1)
+        """Lease ids, one per admission, unique for this limiter's life."""
 
     async def start(self) -> None:
         """Nothing to open."""
@@ -199,7 +203,8 @@ class MemoryLimiter:
         token_window.add(now_s, tokens)
         _count_period(state.days, day, tokens)
         _count_period(state.months, month, tokens)
-        state.leases.add(request_id)
+        lease = str(next(self._lease_ids))
+        state.leases.add(lease)
         return Admission(
             allowed=True,
             state=_rate_state(limits, requests, token_window, now),
@@ -208,7 +213,7 @@ class MemoryLimiter:
                 request_id=request_id,
                 tokens=tokens,
                 admitted_at=now,
-                lease=True,
+                lease=lease,
             ),
         )
 
@@ -221,7 +226,7 @@ class MemoryLimiter:
         state = self._keys.get(reservation.key_id)
         if state is None:
             return
-        state.leases.discard(reservation.request_id)
+        state.leases.discard(reservation.lease)
         delta = used_tokens - reservation.tokens
         if delta == 0:
             return

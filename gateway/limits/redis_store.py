@@ -10,6 +10,14 @@ periods and drops the lease. Time comes from the Redis server (`TIME` inside the
 with skewed clocks agree on buckets, periods and lease expiry. The semantics are
 `gateway.limits.base`'s, number for number the same as `MemoryLimiter`'s.
 
+A Redis Cluster (`redis+cluster://host:port[,host:port...]`) gets `gateway.limits.cluster`
+instead, with the same scripts and keys. A plain `redis://` URL that reaches a Cluster node
+(its INFO says `cluster_enabled:1`, or it answers MOVED / ASK) would enforce the limits of
+that node's slots only: it is logged once as an error naming the fix, `ready()` is False,
+and every admission takes the backend-failure path until readiness finds a plain Redis.
+`ready()` runs the usage script on a reserved key (`READINESS_KEY`), so readiness follows
+the admission path (scripts loaded and allowed, the slot's master reachable), not a PING.
+
 Key layout, all of one API key in one Redis Cluster slot thanks to the `{key id}` hash tag
 (`gw` is the configurable prefix):
 
@@ -24,7 +32,8 @@ Key layout, all of one API key in one Redis Cluster slot thanks to the `{key id}
 - `gw:{team-a}:quota`  HASH `day:2025-01-31` / `month:2025-01` -> tokens in that UTC
   period; the current and the previous period are kept (late settles land in the period
   of their admission), older fields are deleted; the key expires a day after the month.
-- `gw:{team-a}:leases` ZSET lease id (`host:pid:instance:request id`) -> expiry in unix
+- `gw:{team-a}:leases` ZSET lease id (`host:pid:instance:n`, n counting this limiter's
+  admissions: minted here, never the client's x-request-id) -> expiry in unix
   ms. admit drops expired leases before counting, usage ignores them; a background task
   renews this process's live leases every ttl/3, so a killed process frees its slots
   within the lease TTL. The key expires a second after the newest lease.
@@ -41,8 +50,7 @@ lease to expire by itself; `settle` never raises.
 Deliberately not done: falling back to per-process limits when Redis is away (that would
 silently multiply every limit by the number of replicas), resurrecting leases a restarted
 Redis lost (renewal only extends leases that exist, so a settle racing a renewal can never
-leak a slot), and `RedisCluster` client construction (the hash tags make the layout
-Cluster-ready; the client here is a plain `redis.asyncio.Redis`).
+leak a slot), and Sentinel (refused at start-up by the config).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import secrets
@@ -58,7 +67,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from gateway.config import BackendFailure, KeyConfig, Limits
 from gateway.limits import redis_lua
@@ -70,15 +79,23 @@ from gateway.limits.base import (
     RateState,
     Reservation,
 )
+from gateway.limits.cluster import ClusterClient, is_cluster_url
 from gateway.limits.report import key_usage
-from gateway.limits.resp import RespClient, Script, is_noscript, pack_items
+from gateway.limits.resp import Client, RespClient, Script, is_noscript, pack_items
 
 _log = logging.getLogger(__name__)
 
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 """What counts as "the backend is unreachable". Redis's own ConnectionError and
 TimeoutError are RedisErrors; the builtin ones (and asyncio's) are OSErrors. Other Redis
-errors (READONLY after a failover, OOM, LOADING) leave the limits just as unknown."""
+errors (READONLY after a failover, OOM, LOADING) leave the limits just as unknown, and so
+do redis-py's Cluster errors that are no RedisError (no node reachable, a slot unserved)."""
+
+_CLUSTER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "CROSSSLOT")
+"""Replies only a Redis Cluster node gives: a plain redis:// URL points at a Cluster."""
+
+READINESS_KEY = "_readyz"
+"""The API key id whose (empty) keys `ready()` reads through the admission path."""
 
 _DENIED: dict[bytes, LimitName] = {
     b"max_concurrent": "max_concurrent",
@@ -112,8 +129,9 @@ def _limit(value: int | None) -> int:
 class RedisLimiter:
     """The shared `Limiter`.
 
-    `url`: a redis:// or rediss:// URL. `on_backend_error`: called once per request (or
-    renewal) that found the backend unreachable; the app counts
+    `url`: a redis://, rediss://, unix:// or redis+cluster:// / rediss+cluster:// URL.
+    `on_backend_error`: called once per request (or renewal) that found the backend
+    unreachable; the app counts
     `gateway_limiter_backend_errors_total` with it. `failure_mode`: `open` admits when
     Redis is unreachable, `closed` raises `LimiterUnavailable`. `lease_ttl`: seconds a
     concurrency slot outlives its process. `socket_timeout`: connect and per-command
@@ -142,13 +160,24 @@ class RedisLimiter:
         self._prefix = prefix
         self._clock = clock
         # One pipelined connection (gateway.limits.resp); no retries: a dead Redis must
-        # cost one short timeout, not several.
-        self._client = RespClient(url, timeout=socket_timeout)
+        # cost one short timeout, not several. A Cluster URL gets redis-py's Cluster
+        # client instead (gateway.limits.cluster says why).
+        self._cluster = is_cluster_url(url)
+        self._client: Client = (
+            ClusterClient(url, timeout=socket_timeout)
+            if self._cluster
+            else RespClient(url, timeout=socket_timeout)
+        )
+        self._cluster_node = False
+        """A plain URL reached a Cluster node: admissions do not try Redis (they would be
+        exact for that node's slots only) until readiness finds a plain server again."""
         self._admit_script = Script(self._client, redis_lua.ADMIT)
         self._settle_script = Script(self._client, redis_lua.SETTLE)
         self._usage_script = Script(self._client, redis_lua.USAGE)
         self._renew_script = Script(self._client, redis_lua.RENEW)
         self._lease_prefix = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}:"
+        self._lease_ids = itertools.count(1)
+        """The end of each lease id: one per admission (see the key layout above)."""
         self._leases: dict[str, set[str]] = {}
         """key id -> lease ids this process holds (what the renewal task renews)."""
         self._skip_until = 0.0
@@ -176,6 +205,8 @@ class RedisLimiter:
                 self._renew_script,
             )
             await asyncio.gather(*(script.load() for script in scripts))
+            if not self._cluster:
+                await self._single_node()
         except BACKEND_ERRORS as exc:
             # Not fatal: `open` mode serves without Redis, and readiness reports it.
             _log.warning("limits backend unreachable at start-up: %s", _describe(exc))
@@ -193,17 +224,56 @@ class RedisLimiter:
         await self._client.aclose()
 
     async def ready(self) -> bool:
+        """Runs a limiter script on the readiness key's slot, the way an admission does
+        (NOSCRIPT, Cluster routing and all); on a single node also checks that the server is
+        not a Cluster node reached by a plain URL, which would answer only its own slots."""
+        names = key_names(self._prefix, READINESS_KEY)
         try:
-            return bool(await self._client.call("PING") == "PONG")
-        except BACKEND_ERRORS:
+            await self._usage_script(names, (self._time_override(),))
+            return self._cluster or await self._single_node()
+        except BACKEND_ERRORS as exc:
+            self._check_cluster_reply(exc)
             return False
+
+    async def _single_node(self) -> bool:
+        """False (and one loud log line) when the plain URL's server is a Cluster node."""
+        try:
+            info = await self._client.call("INFO", "cluster")
+        except ResponseError:
+            # INFO denied or renamed (some managed offerings): a Cluster node still shows
+            # itself by answering MOVED to an admission.
+            return not self._cluster_node
+        if b"cluster_enabled:1" in info:
+            self._found_cluster_node("its INFO says cluster_enabled:1")
+            return False
+        if self._cluster_node:
+            self._cluster_node = False
+            _log.info("redis_url points at a plain Redis again: limits enforced")
+        return True
+
+    def _check_cluster_reply(self, exc: BaseException) -> None:
+        if not self._cluster and isinstance(exc, ResponseError):
+            reply = str(exc)
+            if reply.startswith(_CLUSTER_REPLIES):
+                self._found_cluster_node(f"it answered {reply.split(' ', 1)[0]}")
+
+    def _found_cluster_node(self, evidence: str) -> None:
+        if self._cluster_node:
+            return
+        self._cluster_node = True
+        _log.error(
+            "redis_url points at a Redis Cluster node (%s): limits cannot be enforced "
+            "through one node, /readyz says not ready and admissions follow "
+            "limits_backend_failure=%s; fix: redis_url: redis+cluster://host:port[,host:port]",
+            evidence,
+            self._failure_mode,
+        )
 
     # --- the request path ------------------------------------------------------------------
 
     async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
         limits = key.limits
-        lease = self._lease_prefix + request_id
-        if self._backing_off():
+        if self._backing_off() or self._cluster_node:
             return self._unavailable(key.id, tokens, request_id)
         cached = self._admit_heads.get(key.id)
         if cached is None or cached[0] is not limits:
@@ -217,6 +287,7 @@ class RedisLimiter:
             )
             head = self._admit_script.head(key_names(self._prefix, key.id), static, 3)
             cached = self._admit_heads[key.id] = (limits, head)
+        lease = self._lease_prefix + str(next(self._lease_ids))
         command = cached[1] + pack_items((tokens, lease, self._time_override()))
         try:
             reply = await self._admit_script.run(command)
@@ -243,7 +314,7 @@ class RedisLimiter:
                 request_id=request_id,
                 tokens=tokens,
                 admitted_at=float(now),
-                lease=True,
+                lease=lease,
             ),
         )
 
@@ -272,7 +343,7 @@ class RedisLimiter:
         back-off after a failure."""
         if reservation.degraded:
             return None
-        lease = self._lease_prefix + reservation.request_id
+        lease = reservation.lease
         held = self._leases.get(reservation.key_id)
         if held is not None:
             held.discard(lease)
@@ -368,6 +439,7 @@ class RedisLimiter:
         )
 
     def _failed(self, exc: BaseException, during: str) -> None:
+        self._check_cluster_reply(exc)
         if not self._skip_until:
             # Log the start of an outage once, not every request during it.
             _log.warning(

@@ -23,10 +23,12 @@ needs only a few commands, so it speaks RESP itself:
   the system's CAs, or the file named by `?ssl_ca_certs=/path/ca.pem`) and
   `unix:///path/to/socket?db=N`.
 
+  Any other URL option is refused (not silently ignored), and so is Sentinel.
+
 Failures raise redis-py's exceptions (`ConnectionError`, `TimeoutError`, `ResponseError`),
 so callers treat them like any other Redis error. Deliberately not here: RESP3, pub/sub,
-Cluster redirections (the limiter's keys of one API key share a slot; a Cluster needs a
-proxy or redis-py's cluster client) and Sentinel.
+Cluster redirections (`gateway.limits.cluster` serves `redis+cluster://` URLs with
+redis-py's Cluster client; a MOVED or ASK reaching this client is an error) and Sentinel.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = bytes | str | int | float
@@ -112,6 +114,10 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     raise RedisConnectionError(f"unexpected RESP reply type {chr(kind)!r}")
 
 
+_OPTIONS = frozenset({"db", "ssl_ca_certs"})
+"""The URL options `Address` reads; any other is refused."""
+
+
 @dataclass(frozen=True)
 class Address:
     host: str = "127.0.0.1"
@@ -127,8 +133,23 @@ class Address:
 
     @classmethod
     def from_url(cls, url: str) -> Address:
+        """Raises ValueError naming the problem (never the URL: it may hold a password).
+        Options this client does not implement are refused rather than ignored."""
         parts = urlsplit(url)
-        query = parse_qs(parts.query)
+        if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
+            raise ValueError(
+                "redis_url: Sentinel is not supported; point redis_url at the master "
+                "(redis://host:port) or use a Redis Cluster (redis+cluster://host:port,...)"
+            )
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - _OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"redis_url: option {unknown[0]!r} is not supported "
+                f"(supported: {', '.join(sorted(_OPTIONS))})"
+            )
+        if "ssl_ca_certs" in query and parts.scheme != "rediss":
+            raise ValueError("redis_url: ssl_ca_certs needs TLS: use rediss://")
         unix = parts.scheme == "unix"
         db_text = query.get("db", [""])[0] or ("" if unix else parts.path.lstrip("/"))
         try:
@@ -138,7 +159,10 @@ class Address:
         if unix:
             return cls(path=unquote(parts.path), db=db, **_auth(parts))
         if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"redis_url: scheme {parts.scheme!r} is not redis, rediss or unix")
+            raise ValueError(
+                f"redis_url: scheme {parts.scheme!r} is not redis, rediss, unix or "
+                "redis+cluster / rediss+cluster"
+            )
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 6379,
@@ -392,7 +416,10 @@ class RespClient:
 
 
 def is_noscript(exc: BaseException) -> bool:
-    return isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
+    """NOSCRIPT, as this client reports it or as redis-py does (which drops the prefix)."""
+    return isinstance(exc, NoScriptError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
+    )
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -400,10 +427,27 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+class Client(Protocol):
+    """What the limiter needs of a Redis client: `RespClient` (one server) and
+    `gateway.limits.cluster.ClusterClient` (a Redis Cluster) both have it."""
+
+    timeout: float
+
+    async def call(self, *args: Arg, delay: float = 0.0) -> Any: ...
+
+    async def send(self, command: bytes, delay: float = 0.0) -> Any: ...
+
+    def send_nowait(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any] | None: ...
+
+    def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Script:
     """A Lua script run by its SHA1, loaded on demand (NOSCRIPT -> EVAL, which caches it)."""
 
-    def __init__(self, client: RespClient, source: str) -> None:
+    def __init__(self, client: Client, source: str) -> None:
         self.client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.redis
 KEYS = {
     "rpm": ("sk-rpm", {"rpm": 10}),
     "conc": ("sk-conc", {"max_concurrent": 3}),
+    "conc2": ("sk-conc2", {"max_concurrent": 2}),
     "quota": ("sk-quota", {"daily_tokens": 300}),
     "free": ("sk-free", {}),
 }
@@ -137,6 +138,36 @@ def test_max_concurrent_3_holds_across_replicas(
     assert statuses.count(429) == 8 - len(mine)
     # Slots come back when streams end.
     assert chat(replicas[0], key, "gpt-long", stream=True).status_code == 200
+
+
+def test_a_repeated_x_request_id_does_not_bypass_max_concurrent(
+    replicas: list[GatewayProcess],
+) -> None:
+    """Six overlapping streams sending one x-request-id to a max_concurrent 2 key: two are
+    admitted (the lease is the gateway's, the id only names the request in logs)."""
+    key = KEYS["conc2"][0]
+
+    def one(_: int) -> int:
+        with httpx.Client(timeout=30) as client:
+            response = client.post(
+                replicas[0].url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}", "x-request-id": "same-id-123"},
+                json={
+                    "model": "gpt-long",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+            assert response.headers["x-request-id"] == "same-id-123"
+            return response.status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(one, range(6)))
+    assert sorted(statuses) == [200, 200, 429, 429, 429, 429], statuses
+    deadline = time.monotonic() + 5  # settles run off the request path
+    while usage(replicas[0], "conc2")["concurrent"] != 0:
+        assert time.monotonic() < deadline, "a slot was not given back"
+        time.sleep(0.05)
 
 
 def test_token_quota_never_overshoots_by_more_than_one_reservation(

@@ -86,6 +86,33 @@ def test_max_concurrent_denies_the_next_and_frees_a_slot_on_settle(
     run_with(scenario())
 
 
+def test_a_repeated_request_id_takes_a_slot_per_admission(
+    limiter_factory: LimiterFactory,
+) -> None:
+    """The lease is minted by the limiter: six admissions naming one request id hold six
+    leases, so max_concurrent 2 admits two and settling one frees exactly one slot."""
+
+    async def scenario() -> None:
+        limiter = limiter_factory()
+        async with running(limiter):
+            k = key(max_concurrent=2)
+            results = await asyncio.gather(*(limiter.admit(k, 1, "same-id") for _ in range(6)))
+            held = [r.reservation for r in results if r.reservation is not None]
+            assert len(held) == 2
+            assert {r.denied for r in results if not r.allowed} == {"max_concurrent"}
+            assert held[0].lease and held[0].lease != held[1].lease
+            assert {r.request_id for r in held} == {"same-id"}
+            (usage,) = await limiter.usage((k,))
+            assert usage.concurrent == 2
+            await limiter.settle(held[0], 1)
+            again = await asyncio.gather(*(limiter.admit(k, 1, "same-id") for _ in range(3)))
+            assert sum(r.allowed for r in again) == 1
+            (usage,) = await limiter.usage((k,))
+            assert usage.concurrent == 2
+
+    run_with(scenario())
+
+
 @pytest.mark.parametrize("limit", ["tpm", "daily_tokens", "monthly_tokens"])
 def test_concurrent_reservations_overshoot_a_token_limit_by_at_most_one(
     limiter_factory: LimiterFactory, limit: str
@@ -326,7 +353,7 @@ def test_rate_state_after_admission(limiter_factory: LimiterFactory) -> None:
                 request_id="a",
                 tokens=250,
                 admitted_at=reservation.admitted_at,
-                lease=True,
+                lease=reservation.lease,
             )
 
     run_with(scenario())

@@ -9,8 +9,9 @@ recovery, as with a restarted production Redis. The process is always killed at 
 A missing binary fails the test run with a clear message instead of skipping: the limits
 tests are how we know Redis-backed limits work, and a silently skipped suite proves nothing.
 
-Deliberately not here: Redis Cluster or Sentinel set-ups, and any use of redis-py (the
-readiness check speaks RESP over a plain socket, so this helper works for any client).
+Deliberately not here: Redis Cluster (`tests/support/redis_cluster.py` builds one from
+these) or Sentinel set-ups, and any use of redis-py (the readiness check speaks RESP over a
+plain socket, so this helper works for any client).
 """
 
 from __future__ import annotations
