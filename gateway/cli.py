@@ -92,10 +92,19 @@ def _serve(args: argparse.Namespace) -> int:
     # Process logs (this banner included) go to stderr, as JSON unless a person watches:
     # stdout is the request log's alone.
     from gateway.observability.requestlog import configure_process_logging, logs_as_json
+    from gateway.versions import check_tested_versions
 
     console = not logs_as_json(sys.stderr)
     configure_process_logging(json=not console)
     log = structlog.get_logger("gateway.cli")
+    versions = check_tested_versions(os.environ)
+    for message in versions.messages:
+        if versions.refuse:
+            _fatal(log, console, message)
+        else:
+            log.warning(message)
+    if versions.refuse:
+        return 2
     try:
         config = resolve_config(args.config)
     except ConfigError as exc:
