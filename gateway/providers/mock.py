@@ -28,6 +28,7 @@ import orjson
 from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import InvalidRequest
 from gateway.providers.base import Completion, Sink, StreamState, UpstreamCall, Usage
+from gateway.tokens import estimate_tokens
 
 _WORDS = [
     "the",
@@ -90,11 +91,6 @@ _WORDS = [
     "real",
     "usage",
 ]
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token, as OpenAI's rule of thumb has it."""
-    return max(1, math.ceil(len(text) / 4))
 
 
 def _prompt_text(call: UpstreamCall) -> str:
