@@ -1,15 +1,17 @@
-"""`create_app(config)`: the ASGI application. Importing this module builds nothing.
+"""`create_app(config)`: the ASGI application. Importing this module builds nothing, and
+neither does `create_app`: the shared resources (metrics, HTTP transport, providers,
+limiter, request log) are built in the lifespan as one `Runtime`, handed to the server as
+Starlette lifespan state, and closed on exit in reverse order.
 
 The relayed routes are plain ASGI endpoints (no middleware on the token path); the small
-routes use Starlette's Request/Response. Shared resources (HTTP transport, providers, limiter,
-request log) are built in the lifespan and closed on exit, in reverse order.
+routes use Starlette's Request/Response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from starlette.applications import Starlette
@@ -18,94 +20,128 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.asgi import STATE_KEY
 from gateway.config import GatewayConfig, resolve_config
 from gateway.edge.completions import RelayEndpoint
 from gateway.edge.http import request_id
 from gateway.edge.routes import Routes
+from gateway.edge.shared import EdgeRuntime
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.limits import build_limiter
+from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
 from gateway.providers import build_provider
+from gateway.providers.base import Provider
 from gateway.providers.transport import build_transport
-from gateway.state import GatewayState
+from gateway.relay.stream import Relay
+from gateway.relay.watch import StreamWatch
+from gateway.runtime import Runtime, start_budget
 
 log = structlog.get_logger("gateway")
 
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[dict[str, object]]]
+
 
 def create_app(config: GatewayConfig) -> ASGIApp:
-    state = GatewayState(
-        config=config,
-        metrics=Metrics(
-            models=[m.name for m in config.models],
-            providers=[p.name for p in config.providers],
-            key_ids=[k.id for k in config.keys],
-        ),
-    )
-    routes = Routes(state)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            stack.callback(state.metrics.close)  # last: after the request log has drained
-            transport = build_transport(config)
-            stack.push_async_callback(transport.aclose)
-            state.transport = transport
-            for p in config.providers:
-                provider = build_provider(p, transport, config)
-                stack.push_async_callback(provider.aclose)
-                state.providers[p.name] = provider
-            limiter = build_limiter(config, state.metrics.limiter_backend_error)
-            await limiter.start()
-            stack.push_async_callback(limiter.aclose)
-            state.limiter = limiter
-            request_log = RequestLog(config.logging, state.metrics, log_bodies=config.log_bodies)
-            await request_log.start()
-            stack.push_async_callback(request_log.aclose)
-            state.request_log = request_log
-            state.finished.handlers.append(request_log.submit)
-            stack.push_async_callback(_end_open_requests, state)
-            yield
-
-    middleware = []
-    if config.cors_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(config.cors_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
-                expose_headers=["x-request-id", "retry-after", "x-ratelimit-remaining-requests"],
-            )
-        )
     relay = {
-        "/v1/chat/completions": RelayEndpoint(state, "chat.completions"),
-        "/v1/completions": RelayEndpoint(state, "completions"),
-        "/v1/embeddings": RelayEndpoint(state, "embeddings"),
+        "/v1/chat/completions": RelayEndpoint("chat.completions"),
+        "/v1/completions": RelayEndpoint("completions"),
+        "/v1/embeddings": RelayEndpoint("embeddings"),
     }
     app = Starlette(
-        routes=[
-            *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relay.items()),
-            Route("/v1/models", routes.models, methods=["GET"]),
-            Route("/v1/models/{name:path}", routes.model, methods=["GET"]),
-            Route("/healthz", routes.healthz, methods=["GET"]),
-            Route("/readyz", routes.readyz, methods=["GET"]),
-            Route("/metrics", routes.metrics, methods=["GET"]),
-            Route("/admin/usage", routes.admin_usage, methods=["GET"]),
-            Route("/", routes.playground, methods=["GET"]),
-        ],
-        middleware=middleware,
-        lifespan=lifespan,
+        routes=_routes(relay),
+        middleware=_middleware(config),
+        lifespan=_lifespan(config),
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
-    app.state.gateway = state
     if config.cors_origins:
         # CORS answers must wrap the relayed routes too (which set their own request id).
         return RequestIds(app, skip=frozenset(relay))
     return GatewayApp(RequestIds(app), relay)
+
+
+def _lifespan(config: GatewayConfig) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        async with contextlib.AsyncExitStack() as stack:
+            runtime = await _build_runtime(config, stack)
+            edge_view: EdgeRuntime = runtime  # mypy: the edge finds what it reads
+            yield {STATE_KEY: edge_view}
+
+    return lifespan
+
+
+async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack) -> Runtime:
+    """Build everything the requests share, each part closed by `stack` in reverse order."""
+    metrics = Metrics(
+        models=[m.name for m in config.models],
+        providers=[p.name for p in config.providers],
+        key_ids=[k.id for k in config.keys],
+    )
+    stack.callback(metrics.close)  # last: after the request log has drained
+    transport = build_transport(config)
+    stack.push_async_callback(transport.aclose)
+    providers: dict[str, Provider] = {}
+    for p in config.providers:
+        provider = build_provider(p, transport, config)
+        stack.push_async_callback(provider.aclose)
+        providers[p.name] = provider
+    limiter = build_limiter(config, metrics.limiter_backend_error)
+    await limiter.start()
+    stack.push_async_callback(limiter.aclose)
+    request_log = RequestLog(config.logging, metrics, log_bodies=config.log_bodies)
+    await request_log.start()
+    stack.push_async_callback(request_log.aclose)
+    # Another worker's scrape cannot drain this one's queue: count each request soon.
+    finished = Finished(metrics.record, linger=not metrics.multiprocess)
+    finished.handlers.append(request_log.submit)
+    watches: set[StreamWatch] = set()
+    runtime = Runtime(
+        config=config,
+        metrics=metrics,
+        transport=transport,
+        providers=providers,
+        limiter=limiter,
+        request_log=request_log,
+        finished=finished,
+        relay=Relay(providers, metrics, config.timeouts, config.log_bodies, watches),
+        watches=watches,
+        start_budget=start_budget(config),
+    )
+    stack.push_async_callback(_end_open_requests, runtime)
+    return runtime
+
+
+def _middleware(config: GatewayConfig) -> list[Middleware]:
+    if not config.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after", "x-ratelimit-remaining-requests"],
+        )
+    ]
+
+
+def _routes(relay: dict[str, RelayEndpoint]) -> list[BaseRoute]:
+    routes = Routes()
+    return [
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relay.items()),
+        Route("/v1/models", routes.models, methods=["GET"]),
+        Route("/v1/models/{name:path}", routes.model, methods=["GET"]),
+        Route("/healthz", routes.healthz, methods=["GET"]),
+        Route("/readyz", routes.readyz, methods=["GET"]),
+        Route("/metrics", routes.metrics, methods=["GET"]),
+        Route("/admin/usage", routes.admin_usage, methods=["GET"]),
+        Route("/", routes.playground, methods=["GET"]),
+    ]
 
 
 class GatewayApp:
@@ -118,7 +154,6 @@ class GatewayApp:
 
     def __init__(self, app: RequestIds, relay: dict[str, RelayEndpoint]) -> None:
         self.app = app
-        self.state = app.state
         self._relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,7 +174,6 @@ class RequestIds:
 
     def __init__(self, app: Starlette, skip: frozenset[str] = frozenset()) -> None:
         self.app = app
-        self.state = app.state
         self._skip = skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,17 +211,17 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return Response(error.json(), status_code=500, media_type="application/json")
 
 
-async def _end_open_requests(state: GatewayState) -> None:
+async def _end_open_requests(runtime: Runtime) -> None:
     """End what is still open, and hand every finished request's record over, before the
     request log and the limiter close (the limiter's `aclose` waits for the settles on their
     way)."""
-    for watch in list(state.watches):
+    for watch in list(runtime.watches):
         watch.end("shutdown")
     for _ in range(100):  # the ended requests' tasks finish within a few loop turns
-        if not state.watches:
+        if not runtime.watches:
             break
         await asyncio.sleep(0.01)
-    state.finished.drain()
+    runtime.finished.drain()
 
 
 def app_from_env() -> ASGIApp:

@@ -41,25 +41,13 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY, DisconnectHook, disconnect_hook
 from gateway.config import GatewayConfig
-from gateway.edge.http import BODY_WRITER, DISCONNECT, DisconnectHook, disconnect_hook
 from gateway.observability.metrics import mark_process_dead
 from gateway.observability.requestlog import configure_process_logging
-from gateway.state import GatewayState
+from gateway.runtime import Runtime
 
 _log = logging.getLogger("gateway.server")
-
-
-def find_state(app: Any) -> GatewayState | None:
-    """The gateway state under uvicorn's middleware wrappers (each keeps the next in .app)."""
-    for _ in range(10):
-        state = getattr(getattr(app, "state", None), "gateway", None)
-        if isinstance(state, GatewayState):
-            return state
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
 
 
 _LIMITS = "_gateway_connection_limits"
@@ -110,8 +98,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # default head bound when the app has no gateway state.
         limits: tuple[int, int] | None = getattr(self.config, _LIMITS, None)
         if limits is None:
-            state = find_state(self.app)
-            config = state.config if state else None
+            runtime: Runtime | None = self.app_state.get(STATE_KEY)
+            config = runtime.config if runtime else None
             limits = (
                 config.stream_buffer_bytes if config else 0,
                 config.max_header_bytes if config else GatewayConfig.max_header_bytes,
@@ -338,7 +326,7 @@ class GatewayServer(uvicorn.Server):
         should_exit = await super().on_tick(counter)
         if self._drain_since is None or should_exit:
             return should_exit
-        state = find_state(self.config.loaded_app)
+        state: Runtime | None = self.lifespan.state.get(STATE_KEY)
         if state is None:
             self.should_exit = True
             return True

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "gateway"
 LAYERS = {
-    "__main__": 0, "app": 0, "server": 0, "cli": 0, "state": 0,
+    "__main__": 0, "app": 0, "server": 0, "cli": 0, "runtime": 0,
     "edge": 1, "ingress": 1,
     "relay": 2,
     "providers": 3,

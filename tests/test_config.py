@@ -16,8 +16,7 @@ from gateway.config import (
     parse_config,
     resolve_config,
 )
-from gateway.observability.metrics import Metrics
-from gateway.state import GatewayState
+from gateway.runtime import start_budget
 
 ROOT = Path(__file__).resolve().parent.parent
 HASH = hash_key("secret")
@@ -120,11 +119,10 @@ def test_a_file_gets_the_same_defaults_as_the_dataclass() -> None:
 
 
 def test_requests_start_48_per_loop_turn_unless_the_config_says_0() -> None:
-    metrics = Metrics([], [], [])
-    budget = GatewayState(parse_config(minimal(), "gw.yaml", {}), metrics).start_budget
+    budget = start_budget(parse_config(minimal(), "gw.yaml", {}))
     assert budget is not None and budget.per_turn == 48
     off = parse_config(minimal(max_requests_per_loop_turn=0), "gw.yaml", {})
-    assert GatewayState(off, metrics).start_budget is None
+    assert start_budget(off) is None
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

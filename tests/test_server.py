@@ -13,8 +13,8 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
+from gateway.asgi import body_writer
 from gateway.config import GatewayConfig
-from gateway.edge.http import body_writer
 from gateway.server import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
 
 

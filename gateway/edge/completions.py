@@ -1,31 +1,30 @@
 """The three relayed routes: /v1/chat/completions, /v1/completions, /v1/embeddings.
 
 One ASGI endpoint per route, in the order every request meets the gateway: key, body,
-model, limits, then the relay. Each step's failure is a `GatewayError`, answered here with
-OpenAI's error shape while the response has not started. Whatever happens, the request
+model, limits, then the relay. Each step's failure is a `GatewayError`, answered here in
+the route's error shape while the response has not started. Whatever happens, the request
 leaves one record (metrics and the request log) and settles its reservation, both off the
 request path.
+
+What differs between ingress APIs is given to `RelayEndpoint`: how the body is parsed into a
+`ClientRequest` (which also names the upstream API to call, `route`) and how an error is
+answered. Everything else (keys, limits, fallbacks, the relay, accounting) is shared.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter
 
 import structlog
 from starlette.types import Receive, Scope, Send
 
-from gateway.config import KeyConfig
-from gateway.edge.http import (
-    ClientGone,
-    Headers,
-    body_writer,
-    disconnect_hook,
-    read_body,
-    request_id,
-    send_error,
-)
-from gateway.edge.requests import ClientRequest, parse_request
+from gateway.asgi import STATE_KEY, ClientGone, Headers, body_writer, disconnect_hook
+from gateway.config import KeyConfig, ModelConfig
+from gateway.edge.http import read_body, request_id, send_error
+from gateway.edge.requests import parse_request
+from gateway.edge.shared import EdgeRuntime
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -39,138 +38,178 @@ from gateway.limits.base import LimiterUnavailable, Reservation
 from gateway.limits.headers import rate_limit_headers, retry_after_header
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Route
-from gateway.relay.stream import RelayContext, relay_completion, relay_stream
-from gateway.state import GatewayState
+from gateway.relay.request import ClientRequest
+from gateway.relay.stream import RelayContext
 
 log = structlog.get_logger("gateway")
+
+Parse = Callable[[Route, bytes], ClientRequest]
+"""An ingress API's body parser: a checked request, or an `InvalidRequest`."""
+AnswerError = Callable[[Send, GatewayError, Iterable[tuple[bytes, bytes]]], Awaitable[None]]
+"""An ingress API's error answer, given the response headers so far."""
 
 _QUOTAS = frozenset({"daily_tokens", "monthly_tokens"})
 _LOGGED_NAME_MAX = 200
 
 
 class RelayEndpoint:
-    def __init__(self, state: GatewayState, route: Route) -> None:
-        self.state = state
+    __slots__ = ("_answer_error", "_parse", "route")
+
+    def __init__(
+        self, route: Route, parse: Parse = parse_request, answer_error: AnswerError = send_error
+    ) -> None:
         self.route = route
+        self._parse = parse
+        self._answer_error = answer_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        st = self.state
+        rt: EdgeRuntime = scope["state"][STATE_KEY]
         started_at = perf_counter()
-        if st.start_budget is not None:
-            await st.start_budget.take()
+        if rt.start_budget is not None:
+            await rt.start_budget.take()
         rid = request_id(scope)
         rec = RequestRecord(request_id=rid.decode(), route=self.route)
         headers: Headers = [(b"x-request-id", rid)]
         reservation: Reservation | None = None
         try:
-            if st.draining:
-                raise ServiceUnavailable(
-                    "the gateway is shutting down; retry and another replica will answer",
-                    headers={"retry-after": "1", "connection": "close"},
-                )
-            key = st.authenticate(scope)
-            rec.key_id = key.id
-            try:
-                # A client that declares a body and stalls must not hold its request forever.
-                raw = await read_body(
-                    scope, receive, st.config.max_body_bytes, st.config.timeouts.idle
-                )
-            except TimeoutError:
-                raise InvalidRequest(
-                    f"the request body did not arrive within {st.config.timeouts.idle:g} s",
-                    status=408,
-                    code="request_timeout",
-                ) from None
-            req = parse_request(self.route, raw)
-            rec.stream = req.stream
-            if st.config.log_bodies:
-                rec.request_body = raw
-            model = st.models.get(req.model)
-            # The log line names what was asked for, bounded: its metrics label is bounded
-            # by `Metrics` (a configured name, else "other").
-            rec.model = req.model if model is not None else req.model[:_LOGGED_NAME_MAX]
-            if model is None:
-                raise ModelNotFound(
-                    f"The model '{req.model[:200]}' does not exist "
-                    "or you do not have access to it.",
-                    param="model",
-                )
-            if not key.may_use(model.name):
-                raise ModelNotAllowed(
-                    f"The key '{key.id}' may not use the model '{model.name}'.", param="model"
-                )
-            rec.provider = model.provider
-            reservation = await self._admit(key, req, rid.decode(), headers)
-            ctx = RelayContext(
-                request=req,
-                models=[model, *(st.models[name] for name in model.fallbacks)],
-                request_id=rec.request_id,
-                record=rec,
-                headers=headers,
-                started_at=started_at,
-                disconnect=disconnect_hook(scope),
-                writer=body_writer(scope),
-            )
-            if req.stream:
-                await relay_stream(st, ctx, receive, send)
+            ctx, reservation = await self._open(rt, scope, receive, rec, headers, started_at)
+            if ctx.request.stream:
+                await rt.relay.stream(ctx, receive, send)
             else:
-                await relay_completion(st, ctx, receive, send)
+                await rt.relay.complete(ctx, receive, send)
         except GatewayError as exc:
             rec.status, rec.outcome, rec.error = exc.status, exc.outcome, exc.message
-            await send_error(send, exc, headers)
+            await self._answer_error(send, exc, headers)
         except ClientGone:
             rec.status, rec.outcome = 499, "client_cancelled"
         except Exception as exc:
-            # A gateway bug: logged with its traceback, answered in OpenAI's shape if the
-            # answer has not started (a started stream is closed by uvicorn).
-            log.error("unhandled error", route=self.route, exc_info=exc)
-            rec.outcome, rec.error = "upstream_error", f"internal error ({type(exc).__name__})"
-            if rec.status == 0:
-                rec.status = 500
-                error = GatewayError("the gateway failed to handle this request; it was logged")
-                await send_error(send, error, headers)
+            await self._failed(exc, rec, send, headers)
         finally:
-            rec.duration_s = perf_counter() - started_at
-            if reservation is not None:
-                used = rec.prompt_tokens + rec.completion_tokens
-                st.limiter.settle_soon(reservation, used)  # type: ignore[union-attr]
-            rec.ended_at = time.time()
-            st.finished.add(rec)
+            _finish(rt, rec, reservation, started_at)
 
-    async def _admit(
-        self, key: KeyConfig, req: ClientRequest, rid: str, headers: Headers
-    ) -> Reservation | None:
-        st = self.state
-        limiter = st.limiter
-        assert limiter is not None
-        tokens = req.prompt_estimate
-        if req.route != "embeddings":
-            tokens += req.max_tokens or st.config.default_max_tokens
-        try:
-            admission = await limiter.admit(key, tokens, rid)
-        except LimiterUnavailable:
+    async def _open(
+        self,
+        rt: EdgeRuntime,
+        scope: Scope,
+        receive: Receive,
+        rec: RequestRecord,
+        headers: Headers,
+        started_at: float,
+    ) -> tuple[RelayContext, Reservation | None]:
+        """Everything before the relay: key, body, model, limits. Raises the request's
+        `GatewayError`; the reservation, when there is one, is the caller's to settle."""
+        if rt.draining:
             raise ServiceUnavailable(
-                "rate limits cannot be checked right now (limits backend unreachable); retry",
-                headers={"retry-after": "1"},
-            ) from None
-        headers.extend(rate_limit_headers(admission.state))
-        if admission.allowed:
-            return admission.reservation
-        limit = admission.denied or "rpm"
-        st.metrics.rate_limited(key.id, limit)
-        name, value = retry_after_header(admission.retry_after)
-        headers.append((name, value))
-        cls = QuotaExceeded if limit in _QUOTAS else RateLimited
-        what = {
-            "rpm": "requests per minute",
-            "tpm": "tokens per minute",
-            "max_concurrent": "concurrent requests",
-            "daily_tokens": "daily token quota",
-            "monthly_tokens": "monthly token quota",
-        }[limit]
-        raise cls(
-            f"Rate limit reached for key '{key.id}' on {what}. Retry after {value.decode()} s."
-            if cls is RateLimited
-            else f"Key '{key.id}' has used its {what}. It resets at the start of the next "
-            f"{'day' if limit == 'daily_tokens' else 'month'} (UTC)."
+                "the gateway is shutting down; retry and another replica will answer",
+                headers={"retry-after": "1", "connection": "close"},
+            )
+        key = rt.keys.authenticate(scope)
+        rec.key_id = key.id
+        raw = await _read(rt, scope, receive)
+        req = self._parse(self.route, raw)
+        rec.stream = req.stream
+        if rt.config.log_bodies:
+            rec.request_body = raw
+        model = _model(rt, key, req, rec)
+        ctx = RelayContext(
+            request=req,
+            models=[model, *(rt.models[name] for name in model.fallbacks)],
+            request_id=rec.request_id,
+            record=rec,
+            headers=headers,
+            started_at=started_at,
+            disconnect=disconnect_hook(scope),
+            writer=body_writer(scope),
         )
+        return ctx, await _admit(rt, key, req, rec.request_id, headers)
+
+    async def _failed(
+        self, exc: Exception, rec: RequestRecord, send: Send, headers: Headers
+    ) -> None:
+        # A gateway bug: logged with its traceback, answered in the route's shape if the
+        # answer has not started (a started stream is closed by uvicorn).
+        log.error("unhandled error", route=self.route, exc_info=exc)
+        rec.outcome, rec.error = "upstream_error", f"internal error ({type(exc).__name__})"
+        if rec.status == 0:
+            rec.status = 500
+            error = GatewayError("the gateway failed to handle this request; it was logged")
+            await self._answer_error(send, error, headers)
+
+
+def _finish(
+    rt: EdgeRuntime, rec: RequestRecord, reservation: Reservation | None, started_at: float
+) -> None:
+    """The request's record off to the metrics and the log, its reservation settled."""
+    rec.duration_s = perf_counter() - started_at
+    if reservation is not None:
+        rt.limiter.settle_soon(reservation, rec.prompt_tokens + rec.completion_tokens)
+    rec.ended_at = time.time()
+    rt.finished.add(rec)
+
+
+async def _read(rt: EdgeRuntime, scope: Scope, receive: Receive) -> bytes:
+    idle = rt.config.timeouts.idle
+    try:
+        # A client that declares a body and stalls must not hold its request forever.
+        return await read_body(scope, receive, rt.config.max_body_bytes, idle)
+    except TimeoutError:
+        raise InvalidRequest(
+            f"the request body did not arrive within {idle:g} s",
+            status=408,
+            code="request_timeout",
+        ) from None
+
+
+def _model(rt: EdgeRuntime, key: KeyConfig, req: ClientRequest, rec: RequestRecord) -> ModelConfig:
+    model = rt.models.get(req.model)
+    # The log line names what was asked for, bounded: its metrics label is bounded by
+    # `Metrics` (a configured name, else "other").
+    rec.model = req.model if model is not None else req.model[:_LOGGED_NAME_MAX]
+    if model is None:
+        raise ModelNotFound(
+            f"The model '{req.model[:200]}' does not exist or you do not have access to it.",
+            param="model",
+        )
+    if not key.may_use(model.name):
+        raise ModelNotAllowed(
+            f"The key '{key.id}' may not use the model '{model.name}'.", param="model"
+        )
+    rec.provider = model.provider
+    return model
+
+
+async def _admit(
+    rt: EdgeRuntime, key: KeyConfig, req: ClientRequest, rid: str, headers: Headers
+) -> Reservation | None:
+    limiter = rt.limiter
+    tokens = req.prompt_estimate
+    if req.route != "embeddings":
+        tokens += req.max_tokens or rt.config.default_max_tokens
+    try:
+        admission = await limiter.admit(key, tokens, rid)
+    except LimiterUnavailable:
+        raise ServiceUnavailable(
+            "rate limits cannot be checked right now (limits backend unreachable); retry",
+            headers={"retry-after": "1"},
+        ) from None
+    headers.extend(rate_limit_headers(admission.state))
+    if admission.allowed:
+        return admission.reservation
+    limit = admission.denied or "rpm"
+    rt.metrics.rate_limited(key.id, limit)
+    name, value = retry_after_header(admission.retry_after)
+    headers.append((name, value))
+    cls = QuotaExceeded if limit in _QUOTAS else RateLimited
+    what = {
+        "rpm": "requests per minute",
+        "tpm": "tokens per minute",
+        "max_concurrent": "concurrent requests",
+        "daily_tokens": "daily token quota",
+        "monthly_tokens": "monthly token quota",
+    }[limit]
+    raise cls(
+        f"Rate limit reached for key '{key.id}' on {what}. Retry after {value.decode()} s."
+        if cls is RateLimited
+        else f"Key '{key.id}' has used its {what}. It resets at the start of the next "
+        f"{'day' if limit == 'daily_tokens' else 'month'} (UTC)."
+    )

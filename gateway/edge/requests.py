@@ -8,29 +8,18 @@ release.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from gateway.errors import InvalidRequest
 from gateway.providers.base import Route
-from gateway.providers.mock import estimate_tokens
+from gateway.relay.request import ClientRequest
+from gateway.tokens import estimate_tokens
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _MAX_DEPTH = 254
 """orjson.dumps's recursion limit: the deepest body a provider can send on."""
-
-
-@dataclass(frozen=True)
-class ClientRequest:
-    route: Route
-    body: dict[str, Any]
-    model: str
-    stream: bool
-    include_usage: bool
-    max_tokens: int | None
-    prompt_estimate: int
 
 
 def _bad(message: str, param: str | None = None) -> InvalidRequest:

@@ -1,4 +1,7 @@
-"""The small routes: models, health, readiness, metrics, admin usage, the playground."""
+"""The small routes: models, health, readiness, metrics, admin usage, the playground.
+
+Each reads the runtime from its request's lifespan state (`runtime_of`).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from gateway.config import DEMO_KEY
+from gateway.edge.keys import presented_secret
+from gateway.edge.shared import runtime_of
 from gateway.errors import GatewayError, InvalidApiKey, InvalidRequest
 from gateway.limits.report import usage_rows
-from gateway.state import GatewayState, presented_secret
 
 
 def _error(exc: GatewayError) -> Response:
@@ -25,29 +29,29 @@ def _error(exc: GatewayError) -> Response:
 
 
 class Routes:
-    def __init__(self, state: GatewayState) -> None:
-        self.state = state
+    def __init__(self) -> None:
         self._created = int(time.time())
 
     async def models(self, request: Request) -> Response:
         try:
-            key = self.state.authenticate(request.scope)
+            key = runtime_of(request.scope).keys.authenticate(request.scope)
         except GatewayError as exc:
             return _error(exc)
         data = [
             {"id": m.name, "object": "model", "created": self._created, "owned_by": m.provider}
-            for m in self.state.config.models
+            for m in runtime_of(request.scope).config.models
             if key.may_use(m.name)
         ]
         return JSONResponse({"object": "list", "data": data})
 
     async def model(self, request: Request) -> Response:
+        runtime = runtime_of(request.scope)
         try:
-            key = self.state.authenticate(request.scope)
+            key = runtime.keys.authenticate(request.scope)
         except GatewayError as exc:
             return _error(exc)
         name = request.path_params["name"]
-        model = self.state.models.get(name)
+        model = runtime.models.get(name)
         if model is None or not key.may_use(name):
             err = InvalidRequest(
                 f"The model '{name[:200]}' does not exist or you do not have access to it.",
@@ -67,7 +71,7 @@ class Routes:
 
     async def healthz(self, request: Request) -> Response:
         # Open requests and event-loop tasks: what a soak run watches for leaks.
-        st = self.state
+        st = runtime_of(request.scope)
         return JSONResponse(
             {
                 "status": "ok",
@@ -78,20 +82,21 @@ class Routes:
         )
 
     async def readyz(self, request: Request) -> Response:
-        st = self.state
+        st = runtime_of(request.scope)
         if st.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        if st.limiter is None or not await st.limiter.ready():
+        if not await st.limiter.ready():
             return JSONResponse({"status": "limits backend unreachable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def metrics(self, request: Request) -> Response:
-        self.state.finished.drain()  # every request that ended before the scrape counts
-        body, content_type = self.state.metrics.render()
+        st = runtime_of(request.scope)
+        st.finished.drain()  # every request that ended before the scrape counts
+        body, content_type = st.metrics.render()
         return Response(body, media_type=content_type)
 
     async def admin_usage(self, request: Request) -> Response:
-        st = self.state
+        st = runtime_of(request.scope)
         expected = st.config.admin_key_sha256
         secret = presented_secret(request.scope)
         digest = hashlib.sha256(secret).hexdigest()
@@ -105,7 +110,6 @@ class Routes:
             )
         if not secret or not hmac.compare_digest(digest, expected):
             return _error(InvalidApiKey("The admin route needs the admin key."))
-        assert st.limiter is not None
         usages = await st.limiter.usage(st.config.keys)
         return JSONResponse({"object": "list", "data": usage_rows(usages)})
 
@@ -117,7 +121,7 @@ class Routes:
         """
         page = resources.files("gateway.playground").joinpath("index.html").read_text("utf-8")
         nonce = secrets.token_urlsafe(16)
-        demo_key = DEMO_KEY if self.state.config.embedded_default else ""
+        demo_key = DEMO_KEY if runtime_of(request.scope).config.embedded_default else ""
         page = page.replace("__CSP_NONCE__", nonce).replace("__DEMO_KEY__", html.escape(demo_key))
         csp = (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "

@@ -11,7 +11,7 @@ everywhere, so it is returned at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from gateway.config import ModelConfig
@@ -31,7 +31,7 @@ def _backoff(attempt: int) -> float:
 
 async def with_fallbacks(
     models: list[ModelConfig],
-    providers: dict[str, Provider],
+    providers: Mapping[str, Provider],
     make_call: Callable[[ModelConfig], UpstreamCall],
     attempt: Attempt[T],
     record: RequestRecord,

@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from starlette.types import Send
 
-from gateway.edge.http import BodyWriter, Waiting, run_until_wait
+from gateway.asgi import BodyWriter, Waiting, run_until_wait
 from gateway.providers.base import EventStream
 from gateway.relay.watch import StreamWatch
 

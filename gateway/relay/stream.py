@@ -24,29 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter
 
 import httpx
 from starlette.types import Receive, Send
 
-from gateway.config import ModelConfig
-from gateway.edge.http import (
-    SSE_HEADERS,
-    BodyWriter,
-    ClientGone,
-    DisconnectHook,
-    Headers,
-    send_bytes,
-)
-from gateway.edge.requests import ClientRequest
+from gateway.asgi import SSE_HEADERS, BodyWriter, ClientGone, DisconnectHook, Headers, send_bytes
+from gateway.config import ModelConfig, Timeouts
 from gateway.errors import GatewayError, Outcome, StreamEnded, UpstreamError, UpstreamTimeout
+from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Completion, EventStream, Provider, UpstreamCall, Usage
-from gateway.relay.attempts import Attempt, with_fallbacks
+from gateway.relay.attempts import with_fallbacks
 from gateway.relay.pump import Pump, start_send
+from gateway.relay.request import ClientRequest
 from gateway.relay.watch import StreamWatch
-from gateway.state import GatewayState
 
 _DONE = b"data: [DONE]\n\n"
 _FINAL_SEND_TIMEOUT = 5.0
@@ -54,7 +48,7 @@ _FINAL_SEND_TIMEOUT = 5.0
 
 @dataclass
 class RelayContext:
-    """What one request's relay needs from the app (built by the endpoint)."""
+    """What one request's relay needs from the edge (built by the endpoint)."""
 
     request: ClientRequest
     models: list[ModelConfig]
@@ -68,231 +62,307 @@ class RelayContext:
     writer: BodyWriter | None = None
     """The server's direct body writer, when it offers one (`gateway serve` does)."""
 
-
-def _ended_error(outcome: Outcome, ctx: RelayContext, timeouts_idle: float) -> GatewayError:
-    if outcome == "idle_timeout":
-        return StreamEnded(
-            f"the upstream sent nothing for {timeouts_idle:g} s",
-            outcome=outcome,
-            code="idle_timeout",
+    def call_for(self, model: ModelConfig) -> UpstreamCall:
+        req = self.request
+        return UpstreamCall(
+            route=req.route,
+            body=req.body,
+            model=model,
+            stream=req.stream,
+            include_usage=req.include_usage,
+            request_id=self.request_id,
         )
-    if outcome == "slow_client":
-        return StreamEnded(
-            "the client did not read the stream for too long", outcome=outcome, code="slow_client"
-        )
-    if outcome == "shutdown":
-        return StreamEnded(
-            "the gateway is shutting down and the grace period ran out",
-            outcome=outcome,
-            code="shutdown",
-        )
-    return UpstreamTimeout("the request ran past the gateway's total timeout", kind="total_timeout")
 
 
-def _call_for(ctx: RelayContext, model: ModelConfig) -> UpstreamCall:
-    req = ctx.request
-    return UpstreamCall(
-        route=req.route,
-        body=req.body,
-        model=model,
-        stream=req.stream,
-        include_usage=req.include_usage,
-        request_id=ctx.request_id,
-    )
+class Relay:
+    """Relays answers from the providers: built once by the runtime with what every request
+    shares (the providers, the metrics, the timeouts, the open requests' watches); each
+    request brings its own `RelayContext`.
 
+    A failure before the answer started is raised (a `GatewayError`, or `ClientGone`) for
+    the edge to answer in its API's shape; after that, the stream ends with an SSE error
+    event, as the module docstring says.
+    """
 
-def _opener(first_token: float) -> Attempt[tuple[EventStream, bytes]]:
-    async def open_first(provider: Provider, call: UpstreamCall) -> tuple[EventStream, bytes]:
-        return await _open(provider, call, first_token)
+    __slots__ = ("log_bodies", "metrics", "providers", "timeouts", "watches")
 
-    return open_first
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        metrics: Metrics,
+        timeouts: Timeouts,
+        log_bodies: bool,
+        watches: set[StreamWatch],
+    ) -> None:
+        self.providers = providers
+        self.metrics = metrics
+        self.timeouts = timeouts
+        self.log_bodies = log_bodies
+        self.watches = watches
+        """Every open request's watch: shutdown ends them, tests check none is left."""
 
+    # --- a token stream ---------------------------------------------------------------------
 
-async def _open(
-    provider: Provider, call: UpstreamCall, first_token: float
-) -> tuple[EventStream, bytes]:
-    """Open the upstream stream and wait for its first event under the first-token timeout."""
-    stream: EventStream | None = None
-    opened = False
-    try:
-        async with asyncio.timeout(first_token):
-            stream = await provider.open_stream(call)
-            first = await stream.__anext__()
-        opened = True
-        return stream, first
-    except TimeoutError:
-        raise UpstreamTimeout(
-            f"provider {provider.config.name!r} sent no first token within {first_token:g} s",
-            kind="first_token_timeout",
-        ) from None
-    except StopAsyncIteration:
-        raise UpstreamError(
-            f"provider {provider.config.name!r} ended the stream before its first event",
-            kind="truncated",
-            retryable=True,
-        ) from None
-    finally:
-        if stream is not None and not opened:
-            await _close_quietly(stream)
-
-
-async def relay_stream(st: GatewayState, ctx: RelayContext, receive: Receive, send: Send) -> None:
-    rec = ctx.record
-    watch = StreamWatch(send, st.config.timeouts)
-    watch.start(receive, ctx.disconnect)
-    st.watches.add(watch)
-    stream: EventStream | None = None
-    outcome: Outcome | None = None
-    error: GatewayError | None = None
-    started = False
-    client_left = False
-    model_label = ctx.models[0].name
-    try:
+    async def stream(self, ctx: RelayContext, receive: Receive, send: Send) -> None:
+        watch = self._watch(ctx, receive, send)
         try:
-            upstream_at = perf_counter()
-            rec.overhead_s = upstream_at - ctx.started_at
-            upstream, first = await with_fallbacks(
-                ctx.models,
-                st.providers,
-                lambda m: _call_for(ctx, m),
-                _opener(st.config.timeouts.first_token),
-                rec,
-                st.metrics,
+            upstream, first = await self._open(ctx, watch)
+        except BaseException:
+            self._unwatch(watch)
+            raise
+        outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+        await self._finish(ctx, upstream, outcome, error, client_left, send)
+
+    async def _open(self, ctx: RelayContext, watch: StreamWatch) -> tuple[EventStream, bytes]:
+        """The upstream stream and its first event, with retries and fallbacks."""
+        rec = ctx.record
+        rec.overhead_s = perf_counter() - ctx.started_at
+        try:
+            return await with_fallbacks(
+                ctx.models, self.providers, ctx.call_for, self._open_first, rec, self.metrics
             )
-            stream = upstream
-            received_at = perf_counter()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [*SSE_HEADERS, *ctx.headers],
-                }
-            )
-            started = True
-            rec.status = 200
-            st.metrics.stream_opened(model_label)
-            watch.start_relaying()
-            watch.sending_since = watch.last_read
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+        except asyncio.CancelledError:
+            if watch.ended is None:
+                raise  # not the watch's: the server's own cancellation
+            raise self._stopped_early(watch) from None
+
+    async def _open_first(
+        self, provider: Provider, call: UpstreamCall
+    ) -> tuple[EventStream, bytes]:
+        """Open the upstream stream and wait for its first event under the first-token
+        timeout."""
+        first_token = self.timeouts.first_token
+        stream: EventStream | None = None
+        opened = False
+        try:
+            async with asyncio.timeout(first_token):
+                stream = await provider.open_stream(call)
+                first = await stream.__anext__()
+            opened = True
+            return stream, first
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"provider {provider.config.name!r} sent no first token within {first_token:g} s",
+                kind="first_token_timeout",
+            ) from None
+        except StopAsyncIteration:
+            raise UpstreamError(
+                f"provider {provider.config.name!r} ended the stream before its first event",
+                kind="truncated",
+                retryable=True,
+            ) from None
+        finally:
+            if stream is not None and not opened:
+                await _close_quietly(stream)
+
+    async def _relay(
+        self,
+        ctx: RelayContext,
+        watch: StreamWatch,
+        upstream: EventStream,
+        first: bytes,
+        send: Send,
+    ) -> tuple[Outcome, GatewayError | None, bool]:
+        """Send the answer; its outcome, the error to tell the client, and whether the
+        client left after the answer was whole. The upstream is closed and the tokens
+        accounted on every path."""
+        rec = ctx.record
+        model_label = ctx.models[0].name
+        started = False
+        error: GatewayError | None = None
+        client_left = False
+        try:
+            try:
+                received_at = perf_counter()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [*SSE_HEADERS, *ctx.headers],
+                    }
+                )
+                started = True
+                rec.status = 200
+                self.metrics.stream_opened(model_label)
+                await self._send_events(ctx, watch, upstream, first, received_at, send)
+                outcome: Outcome = "completed" if upstream.state.finished else "truncated"
+            except asyncio.CancelledError:
+                if watch.ended is None:
+                    raise
+                if not started:
+                    raise self._stopped_early(watch) from None
+                outcome = self._stopped(watch)
+                if _answered(upstream, watch):
+                    client_left = outcome == "client_cancelled"
+                    outcome = "completed"
+            except GatewayError as exc:
+                if not started:
+                    raise
+                if _answered(upstream, watch):
+                    outcome = "completed"  # the upstream broke after the answer was whole
+                else:
+                    error, outcome = exc, exc.outcome
+        finally:
+            self._unwatch(watch)
+            await _close_quietly(upstream)
+            if started:
+                self.metrics.stream_closed(model_label)
+            state = upstream.state
+            _account(rec, ctx, state.usage, state.completion_estimate, state.finished)
+            if self.log_bodies:
+                rec.response_text = state.kept_text()
+        return outcome, error, client_left
+
+    @staticmethod
+    async def _send_events(
+        ctx: RelayContext,
+        watch: StreamWatch,
+        upstream: EventStream,
+        first: bytes,
+        received_at: float,
+        send: Send,
+    ) -> None:
+        """The first event, then each upstream read as it arrives, until the stream ends."""
+        rec = ctx.record
+        watch.start_relaying()
+        watch.sending_since = watch.last_read
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        watch.sending_since = 0.0
+        last = perf_counter()
+        rec.ttft_s = last - ctx.started_at
+        rec.overhead_s += last - received_at
+        gaps = rec.inter_token_s
+        pump = Pump(send, watch, gaps, last, ctx.writer)
+        if upstream.push(pump):
+            await pump.run(upstream)
+            return
+        async for chunk in upstream:
+            now = perf_counter()
+            gaps.append(now - last)
+            last = watch.last_read = watch.sending_since = now
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
             watch.sending_since = 0.0
-            last = perf_counter()
-            rec.ttft_s = last - ctx.started_at
-            rec.overhead_s += last - received_at
-            gaps = rec.inter_token_s
-            pump = Pump(send, watch, gaps, last, ctx.writer)
-            if upstream.push(pump):
-                await pump.run(upstream)
-            else:
-                async for chunk in upstream:
-                    now = perf_counter()
-                    gaps.append(now - last)
-                    last = watch.last_read = watch.sending_since = now
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    watch.sending_since = 0.0
-            outcome = "completed" if upstream.state.finished else "truncated"
+
+    async def _finish(
+        self,
+        ctx: RelayContext,
+        upstream: EventStream,
+        outcome: Outcome,
+        error: GatewayError | None,
+        client_left: bool,
+        send: Send,
+    ) -> None:
+        """Record the outcome and end the response: `[DONE]` when the upstream did not send
+        it, an SSE error event on a failure, nothing when nobody reads."""
+        rec = ctx.record
+        rec.outcome = outcome
+        tail = b""
+        if outcome == "completed":
+            if not upstream.state.done_sent:
+                tail = _DONE
+        elif outcome != "client_cancelled":
+            if error is None:
+                if outcome == "truncated":
+                    error = UpstreamError(
+                        f"provider {rec.provider!r} ended the stream before the answer finished",
+                        kind="truncated",
+                    )
+                else:
+                    error = self._ended_error(outcome)
+            if isinstance(error, UpstreamError):
+                self.metrics.upstream_error(rec.provider, error.kind)
+            rec.error = error.message
+            tail = error.sse()
+        if outcome in ("client_cancelled", "slow_client") or client_left:
+            return  # nobody reads: uvicorn closes the connection of an unfinished response
+        end = {"type": "http.response.body", "body": tail, "more_body": False}
+        rest = start_send(send, end)
+        if rest is None:
+            return  # written at once, the usual case: no timer needed
+        try:
+            # A client that stops reading right now must not pin this task on a full buffer.
+            async with asyncio.timeout(_FINAL_SEND_TIMEOUT):
+                await rest
+        except TimeoutError:
+            rec.outcome = "slow_client"
+
+    # --- a plain answer ----------------------------------------------------------------------
+
+    async def complete(self, ctx: RelayContext, receive: Receive, send: Send) -> None:
+        rec = ctx.record
+        watch = self._watch(ctx, receive, send)
+        rec.overhead_s = perf_counter() - ctx.started_at
+        try:
+            result = await with_fallbacks(
+                ctx.models, self.providers, ctx.call_for, _complete, rec, self.metrics
+            )
         except asyncio.CancelledError:
             if watch.ended is None:
                 raise
-            watch.task.uncancel()
-            outcome = watch.ended
-            if not started:
-                if outcome == "client_cancelled":
-                    raise ClientGone() from None
-                raise _ended_error(outcome, ctx, st.config.timeouts.idle) from None
-            if stream is not None and _answered(stream, watch):
-                client_left = outcome == "client_cancelled"
-                outcome = "completed"
-        except GatewayError as exc:
-            if not started:
-                raise
-            if stream is not None and _answered(stream, watch):
-                outcome = "completed"  # the upstream broke after the answer was whole
-            else:
-                error, outcome = exc, exc.outcome
-    finally:
+            raise self._stopped_early(watch) from None
+        finally:
+            self._unwatch(watch)
+        _account(rec, ctx, result.usage, 0, True)
+        rec.status = result.status
+        if self.log_bodies:
+            rec.response_text = result.body.decode("utf-8", "replace")
+        headers = [(b"content-type", result.content_type.encode()), *ctx.headers]
+        await send_bytes(send, result.status, result.body, headers)
+        rec.ttft_s = perf_counter() - ctx.started_at
+
+    # --- the watch ---------------------------------------------------------------------------
+
+    def _watch(self, ctx: RelayContext, receive: Receive, send: Send) -> StreamWatch:
+        watch = StreamWatch(send, self.timeouts)
+        watch.start(receive, ctx.disconnect)
+        self.watches.add(watch)
+        return watch
+
+    def _unwatch(self, watch: StreamWatch) -> None:
         watch.stop()
-        st.watches.discard(watch)
-        if stream is not None:
-            await _close_quietly(stream)
-        if started:
-            st.metrics.stream_closed(model_label)
-        if stream is not None:
-            _account(
-                rec,
-                ctx,
-                stream.state.usage,
-                stream.state.completion_estimate,
-                stream.state.finished,
-            )
-            if st.config.log_bodies:
-                rec.response_text = stream.state.kept_text()
+        self.watches.discard(watch)
 
-    assert outcome is not None and stream is not None
-    rec.outcome = outcome
-    tail = b""
-    if outcome == "completed":
-        if not stream.state.done_sent:
-            tail = _DONE
-    elif outcome != "client_cancelled":
-        if error is None:
-            if outcome == "truncated":
-                error = UpstreamError(
-                    f"provider {rec.provider!r} ended the stream before the answer finished",
-                    kind="truncated",
-                )
-            else:
-                error = _ended_error(outcome, ctx, st.config.timeouts.idle)
-        if isinstance(error, UpstreamError):
-            st.metrics.upstream_error(rec.provider, error.kind)
-        rec.error = error.message
-        tail = error.sse()
-    if outcome in ("client_cancelled", "slow_client") or client_left:
-        return  # nobody reads: uvicorn closes the connection of an unfinished response
-    end = {"type": "http.response.body", "body": tail, "more_body": False}
-    rest = start_send(send, end)
-    if rest is None:
-        return  # written at once, the usual case: no timer needed
-    try:
-        # A client that stops reading right now must not pin this task on a full buffer.
-        async with asyncio.timeout(_FINAL_SEND_TIMEOUT):
-            await rest
-    except TimeoutError:
-        rec.outcome = "slow_client"
-
-
-async def relay_completion(
-    st: GatewayState, ctx: RelayContext, receive: Receive, send: Send
-) -> None:
-    rec = ctx.record
-    watch = StreamWatch(send, st.config.timeouts)
-    watch.start(receive, ctx.disconnect)
-    st.watches.add(watch)
-    rec.overhead_s = perf_counter() - ctx.started_at
-
-    async def attempt(provider: Provider, call: UpstreamCall) -> Completion:
-        return await provider.complete(call)
-
-    try:
-        result = await with_fallbacks(
-            ctx.models, st.providers, lambda m: _call_for(ctx, m), attempt, rec, st.metrics
-        )
-    except asyncio.CancelledError:
-        if watch.ended is None:
-            raise
+    @staticmethod
+    def _stopped(watch: StreamWatch) -> Outcome:
+        """Why the watch cancelled the task; only after it did (`watch.ended` is set)."""
+        outcome = watch.ended
+        assert outcome is not None
         watch.task.uncancel()
-        if watch.ended == "client_cancelled":
-            raise ClientGone() from None
-        raise _ended_error(watch.ended, ctx, st.config.timeouts.idle) from None
-    finally:
-        watch.stop()
-        st.watches.discard(watch)
-    _account(rec, ctx, result.usage, 0, True)
-    rec.status = result.status
-    if st.config.log_bodies:
-        rec.response_text = result.body.decode("utf-8", "replace")
-    headers = [(b"content-type", result.content_type.encode()), *ctx.headers]
-    await send_bytes(send, result.status, result.body, headers)
-    rec.ttft_s = perf_counter() - ctx.started_at
+        return outcome
+
+    def _stopped_early(self, watch: StreamWatch) -> BaseException:
+        """What to raise when the watch stopped the request before its answer started."""
+        outcome = self._stopped(watch)
+        if outcome == "client_cancelled":
+            return ClientGone()
+        return self._ended_error(outcome)
+
+    def _ended_error(self, outcome: Outcome) -> GatewayError:
+        if outcome == "idle_timeout":
+            return StreamEnded(
+                f"the upstream sent nothing for {self.timeouts.idle:g} s",
+                outcome=outcome,
+                code="idle_timeout",
+            )
+        if outcome == "slow_client":
+            return StreamEnded(
+                "the client did not read the stream for too long",
+                outcome=outcome,
+                code="slow_client",
+            )
+        if outcome == "shutdown":
+            return StreamEnded(
+                "the gateway is shutting down and the grace period ran out",
+                outcome=outcome,
+                code="shutdown",
+            )
+        return UpstreamTimeout(
+            "the request ran past the gateway's total timeout", kind="total_timeout"
+        )
+
+
+async def _complete(provider: Provider, call: UpstreamCall) -> Completion:
+    return await provider.complete(call)
 
 
 def _answered(stream: EventStream, watch: StreamWatch) -> bool:

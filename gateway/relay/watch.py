@@ -23,8 +23,8 @@ from time import perf_counter
 
 from starlette.types import Receive, Send
 
+from gateway.asgi import DisconnectHook
 from gateway.config import Timeouts
-from gateway.edge.http import DisconnectHook
 from gateway.errors import Outcome
 
 KEEPALIVE = b": keep-alive\n\n"

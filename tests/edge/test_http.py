@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from starlette.types import Message
 
-from gateway.edge.http import ClientGone, Waiting, read_body, run_until_wait
+from gateway.asgi import ClientGone, Waiting, run_until_wait
+from gateway.edge.http import read_body
 from gateway.errors import PayloadTooLarge
 
 SCOPE = {"type": "http", "headers": []}

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.edge.requests import ClientRequest, parse_request
+from gateway.edge.requests import parse_request
 from gateway.errors import InvalidRequest
 from gateway.providers.anthropic_format import messages_body
 from gateway.providers.base import Route
+from gateway.relay.request import ClientRequest
 from tests.hostile.strategies import TOOL_CHAT, VALID, json_values, mutate, mutations
 
 ROUTES: list[Route] = ["chat.completions", "completions", "embeddings"]

@@ -11,8 +11,8 @@ import asyncio
 
 from starlette.types import Message
 
+from gateway.asgi import DisconnectHook
 from gateway.config import Timeouts
-from gateway.edge.http import DisconnectHook
 from gateway.relay.watch import StreamWatch
 
 

@@ -1,0 +1,23 @@
+"""What the relay consumes: a client's request, already checked by an ingress.
+
+Each ingress API (the edge's routes) parses its own body into a `ClientRequest`; the relay
+reads only these fields and never looks at how the request arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.providers.base import Route
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    route: Route
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    prompt_estimate: int

@@ -1,0 +1,60 @@
+"""`Runtime`: everything a running gateway shares, built whole in the app's lifespan.
+
+The lifespan (`gateway.app`) builds it in one piece (metrics, the upstream transport, the
+providers, the limiter, the request log, the relay) and hands it to the server as Starlette
+lifespan state, `{"gateway": runtime}`: every request finds it at `scope["state"]["gateway"]`,
+`gateway serve`'s HTTP protocol at `app_state["gateway"]`, the server at
+`server.lifespan.state["gateway"]`. Nothing here is module-level and nothing is filled in
+later: two apps in one process share nothing, and a field is never None because it is not
+built yet. Closing is the lifespan's (in reverse order of building), not this module's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from gateway.config import GatewayConfig, ModelConfig
+from gateway.edge.budget import StartBudget
+from gateway.edge.keys import Keys
+from gateway.limits.base import Limiter
+from gateway.observability.finished import Finished
+from gateway.observability.metrics import Metrics
+from gateway.observability.requestlog import RequestLog
+from gateway.providers.base import Provider
+from gateway.relay.stream import Relay
+from gateway.relay.watch import StreamWatch
+
+
+@dataclass(eq=False)
+class Runtime:
+    config: GatewayConfig
+    metrics: Metrics
+    transport: httpx.AsyncBaseTransport
+    """The upstream HTTP transport all providers share."""
+    providers: dict[str, Provider]
+    limiter: Limiter
+    request_log: RequestLog
+    finished: Finished
+    """Finished requests' records on their way to the metrics and the request log."""
+    relay: Relay
+    watches: set[StreamWatch]
+    """Every open request's watch (the relay's): shutdown ends them, tests check none is
+    left."""
+    start_budget: StartBudget | None
+    """Paces request starts (`max_requests_per_loop_turn`); None when that is 0 (no limit)."""
+    models: dict[str, ModelConfig] = field(init=False)
+    keys: Keys = field(init=False)
+    draining: bool = False
+    """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
+
+    def __post_init__(self) -> None:
+        self.models = {m.name: m for m in self.config.models}
+        self.keys = Keys(self.config.keys)
+
+
+def start_budget(config: GatewayConfig) -> StartBudget | None:
+    """The start budget `max_requests_per_loop_turn` asks for; None when it is 0."""
+    per_turn = config.max_requests_per_loop_turn
+    return StartBudget(per_turn) if per_turn > 0 else None
