@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.egress import EgressProxies
+from gateway.redis_url import validate as validate_redis_url
 
 ProviderType = Literal["openai", "anthropic", "mock"]
 BackendFailure = Literal["open", "closed"]
@@ -391,15 +392,8 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
     r = _Reader(source, "", data)
     redis_url = r.take("redis_url", str, "") or env.get("REDIS_URL", "")
     if redis_url:
-        # Imported here: gateway.limits imports this module.
-        from gateway.limits.cluster import ClusterAddress, is_cluster_url
-        from gateway.limits.resp import Address
-
         try:
-            if is_cluster_url(redis_url):
-                ClusterAddress.from_url(redis_url)
-            else:
-                Address.from_url(redis_url)
+            validate_redis_url(redis_url)
         except ValueError as exc:
             # The message names the problem, never the URL (it may hold a password).
             raise r.fail("redis_url", str(exc).removeprefix("redis_url: ")) from None

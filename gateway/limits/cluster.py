@@ -40,9 +40,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -52,65 +51,7 @@ from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.limits.resp import Arg, RespClient, parse
-
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-_OPTIONS = frozenset({"ssl_ca_certs"})
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
-
-
-@dataclass(frozen=True)
-class ClusterAddress:
-    seeds: tuple[tuple[str, int], ...]
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    ca_certs: str | None = None
-
-    @classmethod
-    def from_url(cls, url: str) -> ClusterAddress:
-        """Raises ValueError naming the problem (never the URL: it may hold a password)."""
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in CLUSTER_SCHEMES:
-            raise ValueError(f"redis_url: scheme {parts.scheme!r} is not a Cluster scheme")
-        query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"redis_url: option {unknown[0]!r} is not supported with a Cluster "
-                f"(supported: {', '.join(sorted(_OPTIONS))})"
-            )
-        if parts.path.strip("/") not in ("", "0"):
-            raise ValueError("redis_url: a Redis Cluster has only database 0; drop the /db")
-        credentials, _, hosts = parts.netloc.rpartition("@")
-        username = password = None
-        if credentials:
-            user, colon, secret = credentials.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if colon else None
-        seeds = []
-        for seed in hosts.split(","):
-            name, colon, port = seed.strip().rpartition(":")
-            if not colon or name.endswith(":"):  # no port, or a bare IPv6 address
-                name, port = seed.strip(), ""
-            name = name.strip("[]")
-            if not name:
-                raise ValueError("redis_url: every Cluster seed needs a host (host:port,...)")
-            try:
-                number = int(port or 6379)
-            except ValueError:
-                raise ValueError(f"redis_url: port {port!r} is not a number") from None
-            seeds.append((name, number))
-        ca_certs = query.get("ssl_ca_certs", [None])[-1]
-        return cls(
-            seeds=tuple(seeds),
-            tls=parts.scheme.lower() == "rediss+cluster",
-            username=username,
-            password=password,
-            ca_certs=ca_certs,
-        )
+from gateway.redis_url import ClusterAddress
 
 
 class _LastInFirstOut(deque[Any]):

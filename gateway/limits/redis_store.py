@@ -79,9 +79,10 @@ from gateway.limits.base import (
     RateState,
     Reservation,
 )
-from gateway.limits.cluster import ClusterClient, is_cluster_url
+from gateway.limits.cluster import ClusterClient
 from gateway.limits.report import key_usage
 from gateway.limits.resp import Client, RespClient, Script, is_noscript, pack_items
+from gateway.redis_url import is_cluster_url
 
 _log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ needs only a few commands, so it speaks RESP itself:
   not one per call. A lost connection fails the calls in flight at once.
 - `Script` runs EVALSHA; when Redis answers NOSCRIPT (after a restart) it loads the
   script and sends the call again.
-- URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, verified against
-  the system's CAs, or the file named by `?ssl_ca_certs=/path/ca.pem`) and
-  `unix:///path/to/socket?db=N`.
+- URLs (read by `gateway.redis_url`): `redis://[[user]:password@]host[:port][/db]`,
+  `rediss://` (TLS, verified against the system's CAs, or the file named by
+  `?ssl_ca_certs=/path/ca.pem`) and `unix:///path/to/socket?db=N`.
 
   Any other URL option is refused (not silently ignored), and so is Sentinel.
 
@@ -38,13 +38,13 @@ import hashlib
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.redis_url import Address
 
 Arg = bytes | str | int | float
 
@@ -112,72 +112,6 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     if kind == 0x2D:  # '-' error
         return ResponseError(line.decode(errors="replace")), end + 2
     raise RedisConnectionError(f"unexpected RESP reply type {chr(kind)!r}")
-
-
-_OPTIONS = frozenset({"db", "ssl_ca_certs"})
-"""The URL options `Address` reads; any other is refused."""
-
-
-@dataclass(frozen=True)
-class Address:
-    host: str = "127.0.0.1"
-    port: int = 6379
-    path: str | None = None
-    """A Unix socket instead of host and port."""
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-    ca_certs: str | None = None
-    """rediss: the CA file to verify the server with, instead of the system's."""
-
-    @classmethod
-    def from_url(cls, url: str) -> Address:
-        """Raises ValueError naming the problem (never the URL: it may hold a password).
-        Options this client does not implement are refused rather than ignored."""
-        parts = urlsplit(url)
-        if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
-            raise ValueError(
-                "redis_url: Sentinel is not supported; point redis_url at the master "
-                "(redis://host:port) or use a Redis Cluster (redis+cluster://host:port,...)"
-            )
-        query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"redis_url: option {unknown[0]!r} is not supported "
-                f"(supported: {', '.join(sorted(_OPTIONS))})"
-            )
-        if "ssl_ca_certs" in query and parts.scheme != "rediss":
-            raise ValueError("redis_url: ssl_ca_certs needs TLS: use rediss://")
-        unix = parts.scheme == "unix"
-        db_text = query.get("db", [""])[0] or ("" if unix else parts.path.lstrip("/"))
-        try:
-            db = int(db_text or 0)
-        except ValueError:
-            raise ValueError(f"redis_url: database {db_text!r} is not a number") from None
-        if unix:
-            return cls(path=unquote(parts.path), db=db, **_auth(parts))
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(
-                f"redis_url: scheme {parts.scheme!r} is not redis, rediss, unix or "
-                "redis+cluster / rediss+cluster"
-            )
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            tls=parts.scheme == "rediss",
-            db=db,
-            ca_certs=query.get("ssl_ca_certs", [None])[0],
-            **_auth(parts),
-        )
-
-
-def _auth(parts: Any) -> dict[str, Any]:
-    return {
-        "username": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password is not None else None,
-    }
 
 
 class _Connection(asyncio.Protocol):
