@@ -438,9 +438,3 @@ def _supervise(config: uvicorn.Config, sock: socket.socket, workers: int) -> int
     # it served nothing, so that is a clean stop too.
     clean = {0, None, *(-sig for sig in forwarded)}
     return max((abs(p.exitcode or 0) for p in processes if p.exitcode not in clean), default=0)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])

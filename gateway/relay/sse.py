@@ -35,10 +35,6 @@ class SSEEvent(NamedTuple):
     raw: bytes
     """The event as it came, including its terminating blank line."""
 
-    @property
-    def is_comment(self) -> bool:
-        return not self.data and self.event is None
-
 
 _new_event = tuple.__new__
 """Builds an SSEEvent from a tuple without the NamedTuple's Python-level __new__."""
