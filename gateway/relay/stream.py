@@ -261,18 +261,7 @@ class Relay:
             if not upstream.state.done_sent:
                 tail = _DONE
         elif outcome != "client_cancelled":
-            if error is None:
-                if outcome == "truncated":
-                    error = UpstreamError(
-                        f"provider {rec.provider!r} ended the stream before the answer finished",
-                        kind="truncated",
-                    )
-                else:
-                    error = self._ended_error(outcome)
-            if isinstance(error, UpstreamError):
-                self.metrics.upstream_error(rec.provider, error.kind)
-            rec.error = error.message
-            tail = error.sse()
+            tail = self._failed(rec, outcome, error)
         if outcome in ("client_cancelled", "slow_client") or client_left:
             return  # nobody reads: uvicorn closes the connection of an unfinished response
         end = {"type": "http.response.body", "body": tail, "more_body": False}
@@ -285,6 +274,21 @@ class Relay:
                 await rest
         except TimeoutError:
             rec.outcome = "slow_client"
+
+    def _failed(self, rec: RequestRecord, outcome: Outcome, error: GatewayError | None) -> bytes:
+        """The SSE error event that ends a failed stream, recorded and counted."""
+        if error is None:
+            if outcome == "truncated":
+                error = UpstreamError(
+                    f"provider {rec.provider!r} ended the stream before the answer finished",
+                    kind="truncated",
+                )
+            else:
+                error = self._ended_error(outcome)
+        if isinstance(error, UpstreamError):
+            self.metrics.upstream_error(rec.provider, error.kind)
+        rec.error = error.message
+        return error.sse()
 
     # --- a plain answer ----------------------------------------------------------------------
 
