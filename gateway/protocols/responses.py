@@ -453,6 +453,10 @@ class ResponsesEncoder:
                 self._dump(b"response.completed", {"response": response}, out)
         elif kind is Error:
             assert isinstance(event, Error)
+            if self._item is not None:
+                # What the open item carried so far reaches the client before the failure
+                # (a reasoning item's signature is only said in its done event).
+                self._close(self._item, out)
             error = {"code": _error_code(event), "message": event.message}
             self._dump(b"response.failed", {"response": self._response("failed", error=error)}, out)
 

@@ -8,11 +8,20 @@ import itertools
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.protocols import APIS, Api, stream_translator
-from gateway.protocols.events import Event
+from gateway.protocols.events import (
+    BlockEnd,
+    Error,
+    Event,
+    ReasoningDelta,
+    ReasoningStart,
+    Start,
+    TextDelta,
+    TextStart,
+)
 from gateway.relay.sse import SSEDecoder
 from tests.protocols.streams import (
     comparable,
@@ -31,6 +40,22 @@ _cuts = st.lists(st.integers(0, 1 << 16), max_size=12)
 @pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{a}->{b}" for a, b in PAIRS])
 @settings(max_examples=150, deadline=None)
 @given(stream=neutral_streams(), cuts_a=_cuts, cuts_b=_cuts)
+# Found by this test: a failure right after a reasoning block's signature lost the signature
+# for a Responses client (it is only said in the item's done event).
+@example(
+    stream=[
+        Start(id="msg_0000", model="_", usage=None),
+        TextStart(block=0),
+        TextDelta(block=0, text="0"),
+        BlockEnd(block=0),
+        ReasoningStart(block=1),
+        ReasoningDelta(block=1, text="0", signature=None),
+        ReasoningDelta(block=1, text="", signature="0000"),
+        Error(status=400, message="0", code=None),
+    ],
+    cuts_a=[],
+    cuts_b=[],
+)
 def test_translating_then_reassembling_keeps_the_final_message(
     source: Api, target: Api, stream: list[Event], cuts_a: list[int], cuts_b: list[int]
 ) -> None:
