@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.types import Scope
@@ -23,6 +24,9 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
 from gateway.providers.base import Provider
 from gateway.relay.watch import StreamWatch
+
+if TYPE_CHECKING:  # the store's database libraries load only when a database is configured
+    from gateway.keys.store import KeyStore
 
 
 def presented_secret(scope: Scope) -> bytes:
@@ -57,6 +61,8 @@ class GatewayState:
     """Paces request starts (`max_requests_per_loop_turn`); None when that is 0 (no limit)."""
     draining: bool = False
     """SIGTERM arrived: /readyz answers 503 and new requests are refused."""
+    key_store: KeyStore | None = None
+    """Keys managed at runtime (`database_url`), looked up after the config's."""
 
     def __post_init__(self) -> None:
         # Another worker's scrape cannot drain this one's queue: count each request soon.
@@ -81,6 +87,11 @@ class GatewayState:
             )
         digest = hashlib.sha256(secret).hexdigest()
         key = self.keys_by_hash.get(digest)
-        if key is None or not hmac.compare_digest(digest, key.key_sha256):
+        if key is None and self.key_store is not None:
+            # The store's table holds live secrets only (a rotated one until its grace ends).
+            key = self.key_store.lookup(digest)
+        elif key is not None and not hmac.compare_digest(digest, key.key_sha256):
+            key = None
+        if key is None:
             raise InvalidApiKey("Incorrect API key provided.")
         return key
