@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.applications import Starlette
@@ -33,6 +34,9 @@ from gateway.providers import build_provider
 from gateway.providers.transport import build_transport
 from gateway.state import GatewayState
 
+if TYPE_CHECKING:
+    from gateway.keys.store import KeyStore
+
 log = structlog.get_logger("gateway")
 
 
@@ -46,6 +50,7 @@ def create_app(config: GatewayConfig) -> ASGIApp:
         ),
     )
     routes = Routes(state)
+    keys_admin = _keys_admin(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -54,6 +59,8 @@ def create_app(config: GatewayConfig) -> ASGIApp:
             transport = build_transport(config)
             stack.push_async_callback(transport.aclose)
             state.transport = transport
+            if config.database_url:
+                state.key_store = await _start_key_store(state, stack)
             for p in config.providers:
                 provider = build_provider(p, transport, config)
                 stack.push_async_callback(provider.aclose)
@@ -95,6 +102,7 @@ def create_app(config: GatewayConfig) -> ASGIApp:
             Route("/readyz", routes.readyz, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),
             Route("/admin/usage", routes.admin_usage, methods=["GET"]),
+            *keys_admin,
             Route("/", routes.playground, methods=["GET"]),
         ],
         middleware=middleware,
@@ -175,6 +183,27 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", path=request.url.path, exc_info=exc)
     error = GatewayError("the gateway failed to handle this request; it was logged")
     return Response(error.json(), status_code=500, media_type="application/json")
+
+
+def _keys_admin(state: GatewayState) -> list[Route]:
+    from gateway.keys.admin import KeysAdmin
+
+    return KeysAdmin(state.config, lambda: state.key_store).routes()
+
+
+async def _start_key_store(state: GatewayState, stack: contextlib.AsyncExitStack) -> KeyStore:
+    from gateway.keys.store import KeyStore
+
+    metrics = state.metrics
+    store = KeyStore(
+        state.config.database_url,
+        on_key=metrics.register_key_id,
+        on_reachable=metrics.set_key_store_reachable,
+    )
+    await store.start()
+    metrics.set_key_store_reachable(True)
+    stack.push_async_callback(store.aclose)
+    return store
 
 
 async def _end_open_requests(state: GatewayState) -> None:
