@@ -83,6 +83,11 @@ class Routes:
             return JSONResponse({"status": "draining"}, status_code=503)
         if st.limiter is None or not await st.limiter.ready():
             return JSONResponse({"status": "limits backend unreachable"}, status_code=503)
+        store = st.key_store
+        if store is not None and not store.reachable:
+            # Still ready: the keys known are served; the detail says they may be stale.
+            detail = f"key database unreachable since {store.unreachable_since:.0f}"
+            return JSONResponse({"status": "ready", "key_store": detail})
         return JSONResponse({"status": "ready"})
 
     async def metrics(self, request: Request) -> Response:
@@ -106,7 +111,8 @@ class Routes:
         if not secret or not hmac.compare_digest(digest, expected):
             return _error(InvalidApiKey("The admin route needs the admin key."))
         assert st.limiter is not None
-        usages = await st.limiter.usage(st.config.keys)
+        keys = st.config.keys + (st.key_store.keys() if st.key_store is not None else ())
+        usages = await st.limiter.usage(keys)
         return JSONResponse({"object": "list", "data": usage_rows(usages)})
 
     async def playground(self, request: Request) -> Response:
