@@ -257,6 +257,9 @@ class KeyStore:
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             await self._engine.dispose()
             raise StoreUnavailable(_reason(exc)) from None
+        except BaseException:  # SchemaMismatch, cancellation: close what was opened
+            await self._engine.dispose()
+            raise
         if self.postgres:
             await self._listen()
         self._task = asyncio.create_task(self._follow(), name="gateway-keys-follow")
