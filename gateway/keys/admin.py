@@ -1,4 +1,5 @@
-"""The admin API of keys managed at runtime (SPEC 11): `/admin/keys*` and its OpenAPI document.
+"""The admin API of keys managed at runtime (SPEC 11): `/admin/keys*`, its OpenAPI document
+and the playground's admin page (`GET /admin`).
 
 Every route needs the admin key (`admin_key_sha256`); answers and errors are JSON in
 OpenAI's shape. A secret is in exactly one answer, the one that created it (create,
@@ -15,14 +16,16 @@ import hashlib
 import hmac
 import math
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime
+from importlib import resources
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from gateway.config import GatewayConfig, KeyConfig, Limits
@@ -51,7 +54,9 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _error(exc: GatewayError) -> Response:
-    return Response(exc.json(), status_code=exc.status, media_type="application/json")
+    return Response(
+        exc.json(), status_code=exc.status, headers=exc.headers, media_type="application/json"
+    )
 
 
 def _not_found(key_id: str) -> GatewayError:
@@ -78,7 +83,8 @@ def _config_key_json(key: KeyConfig) -> dict[str, Any]:
 
 
 class KeysAdmin:
-    """The `/admin/keys*` endpoints; `store_of()` is the running app's store (None: off)."""
+    """The `/admin/keys*` endpoints; `store_of()` is the running app's store (None: no
+    database, so only the config's keys, listed and shown)."""
 
     def __init__(self, config: GatewayConfig, store_of: Callable[[], KeyStore | None]) -> None:
         self.config = config
@@ -90,23 +96,34 @@ class KeysAdmin:
         return [
             Route("/admin/keys", self.dispatch, methods=["GET", "POST"]),
             Route("/admin/keys/{id}", self.dispatch, methods=["GET", "PATCH", "DELETE"]),
-            Route("/admin/keys/{id}/rotate", self.dispatch, methods=["POST"]),
+            Route("/admin/keys/{id}/rotate", self.rotate, methods=["POST"]),
             Route("/admin/openapi.json", self.openapi, methods=["GET"]),
+            Route("/admin", self.page, methods=["GET"]),
         ]
 
-    async def dispatch(self, request: Request) -> Response:
+    async def rotate(self, request: Request) -> Response:
+        return await self.dispatch(request, rotate=True)
+
+    async def dispatch(self, request: Request, rotate: bool = False) -> Response:
         try:
             store = self._authorize(request)
             key_id = request.path_params.get("id")
             method = request.method
-            if key_id is None:
-                if method == "GET":
-                    return self._list(store)
-                return await self._create(store, await _body(request))
-            if method == "GET":
+            if key_id is None and method == "GET":
+                return self._list(store)
+            if key_id is not None and method == "GET":
                 return self._show(store, key_id)
-            self._refuse_config_key(key_id)
-            if request.url.path.endswith("/rotate"):
+            if key_id is not None:
+                self._refuse_config_key(key_id)
+            if store is None:
+                raise InvalidRequest(
+                    "keys managed at runtime are off: set database_url (or DATABASE_URL)",
+                    status=404,
+                    code="not_found",
+                )
+            if key_id is None:
+                return await self._create(store, await _body(request))
+            if rotate:
                 return await self._rotate(store, key_id, await _body(request))
             if method == "PATCH":
                 return await self._update(store, key_id, await _body(request))
@@ -124,17 +141,35 @@ class KeysAdmin:
     async def openapi(self, request: Request) -> Response:
         return _json(openapi_document())
 
+    async def page(self, request: Request) -> Response:
+        """The playground's admin page: keys, their limits and usage, create, block, rotate,
+        revoke. The page holds no data; it asks the API with the admin key typed into it.
+        Inline CSS and JS under a per-response nonce, nothing loaded from anywhere else."""
+        page = resources.files("gateway.playground").joinpath("admin.html").read_text("utf-8")
+        nonce = secrets.token_urlsafe(16)
+        csp = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+        headers = {
+            "content-security-policy": csp,
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+        }
+        return HTMLResponse(page.replace("__CSP_NONCE__", nonce), headers=headers)
+
     # --- the routes --------------------------------------------------------------------------
 
-    def _list(self, store: KeyStore) -> Response:
+    def _list(self, store: KeyStore | None) -> Response:
         data = [_config_key_json(k) for k in self.config.keys]
-        data += [row.public() for row in store.rows()]
+        data += [row.public() for row in store.rows()] if store is not None else []
         return _json({"object": "list", "data": data})
 
-    def _show(self, store: KeyStore, key_id: str) -> Response:
+    def _show(self, store: KeyStore | None, key_id: str) -> Response:
         if key_id in self.config_keys:
             return _json(_config_key_json(self.config_keys[key_id]))
-        row = store.row(key_id)
+        row = store.row(key_id) if store is not None else None
         if row is None:
             raise _not_found(key_id)
         return _json(row.public())
@@ -213,7 +248,7 @@ class KeysAdmin:
 
     # --- checks --------------------------------------------------------------------------
 
-    def _authorize(self, request: Request) -> KeyStore:
+    def _authorize(self, request: Request) -> KeyStore | None:
         expected = self.config.admin_key_sha256
         if not expected:
             raise InvalidRequest(
@@ -225,14 +260,7 @@ class KeysAdmin:
         digest = hashlib.sha256(secret).hexdigest()
         if not secret or not hmac.compare_digest(digest, expected):
             raise InvalidApiKey("The admin routes need the admin key.")
-        store = self.store_of()
-        if store is None:
-            raise InvalidRequest(
-                "keys managed at runtime are off: set database_url (or DATABASE_URL)",
-                status=404,
-                code="not_found",
-            )
-        return store
+        return self.store_of()
 
     def _refuse_config_key(self, key_id: str) -> None:
         if key_id in self.config_keys:

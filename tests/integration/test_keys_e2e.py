@@ -353,6 +353,7 @@ def test_database_down_keys_keep_working_writes_503_readyz_and_metric_say_so(
             write = admin(gw, "POST", "", json={"id": "during-outage"})
             assert write.status_code == 503, write.text
             assert write.json()["error"]["code"] == "service_unavailable"
+            assert write.headers["retry-after"] == "5"
             assert admin(gw, "PATCH", "/outlives-the-database", json={}).status_code == 503
             relay.start()
             until(lambda: "key_store" not in httpx.get(gw.url + "/readyz").json(), bound=15)
