@@ -285,6 +285,10 @@ class KeyStore:
                     await self.sync()  # what was written while nobody listened
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 self._set_reachable(False, exc)
+            except Exception:
+                # Anything else is a bug; logged, and the loop goes on: were it to end, this
+                # replica would serve a frozen copy of the keys without saying so.
+                log.exception("key store sync failed")
 
     async def _listen(self) -> None:
         import asyncpg
