@@ -7,6 +7,10 @@ event), with the 1 second SPEC 11 promises as the bound.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import yaml
 
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_proc import ADMIN_KEY, KEY_A, GatewayProcess, test_config
@@ -116,7 +121,7 @@ def test_a_key_created_on_one_replica_streams_on_the_other_within_1s(
 def test_list_and_show_never_hold_a_secret_or_its_hash(replicas: list[GatewayProcess]) -> None:
     a, b = replicas
     secret = create(a, "no-secrets")
-    digest = __import__("hashlib").sha256(secret.encode()).hexdigest()
+    digest = hashlib.sha256(secret.encode()).hexdigest()
     until(lambda: admin(b, "GET", "/no-secrets").status_code == 200)
     for gw in (a, b):
         for text in (admin(gw, "GET", "").text, admin(gw, "GET", "/no-secrets").text):
@@ -361,3 +366,40 @@ def test_database_down_keys_keep_working_writes_503_readyz_and_metric_say_so(
         assert "hunter2" not in gw.output()
     finally:
         relay.stop()
+
+
+def test_the_keys_command_wraps_the_admin_api(upstream: FakeUpstream, tmp_path: Path) -> None:
+    config = keys_config(upstream, f"sqlite:///{tmp_path}/keys.db")
+    config_path = tmp_path / "migrate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    gateway = [sys.executable, "-m", "gateway"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*gateway, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+
+    migrated = run("migrate", "--config", str(config_path))
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrations applied: 1" in migrated.stdout
+    assert "already up to date" in run("migrate", "--config", str(config_path)).stdout
+    with GatewayProcess(config, tmp_path) as gw:
+        base = ["keys", "--url", gw.url, "--admin-key", ADMIN_KEY]
+        created = run(*base, "create", "cli-key", "--models", "gpt-test", "--rpm", "9")
+        assert created.returncode == 0, created.stderr
+        secret = json.loads(created.stdout)["key"]
+        assert models(gw, secret).status_code == 200
+        updated = run(*base, "update", "cli-key", "--tpm", "1000", "--block")
+        assert updated.returncode == 0, updated.stderr
+        shown = json.loads(run(*base, "show", "cli-key").stdout)
+        assert (shown["status"], shown["limits"]["tpm"]) == ("blocked", 1000)
+        assert secret not in run(*base, "list").stdout
+        assert run(*base, "update", "cli-key", "--unblock").returncode == 0
+        rotated = json.loads(run(*base, "rotate", "cli-key", "--grace", "0").stdout)
+        assert models(gw, secret).status_code == 401
+        assert models(gw, rotated["key"]).status_code == 200
+        assert run(*base, "revoke", "cli-key").returncode == 0
+        assert models(gw, rotated["key"]).status_code == 401
+        refused = run(*base, "revoke", "team-a")
+        assert refused.returncode == 1
+        assert "409" in refused.stderr and "config file" in refused.stderr
