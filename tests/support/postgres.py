@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL database for tests, on the server at 127.0.0.1:5432.
 
-`ThrowawayDatabase` creates a database with a random name (as user `postgres`, or
-`$TEST_POSTGRES_URL`'s user) and drops it, with whatever connections are left, at the end.
+`ThrowawayDatabase` creates a database with a random name (as user `postgres`, password
+`postgres`, as `.ci/system-deps` sets it up, or as `$TEST_POSTGRES_URL` says) and drops it, with whatever connections are left, at the end.
 An unreachable server fails the run with a clear message instead of skipping: a skipped
 suite proves nothing about the Postgres code path.
 
@@ -18,7 +18,9 @@ from types import TracebackType
 import asyncpg
 import pytest
 
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+)
 
 
 async def _run(sql: str) -> None:
