@@ -297,7 +297,7 @@ class KeyStore:
         try:
             conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
             await conn.add_listener(CHANNEL, self._notified)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self._set_reachable(False, exc)
             return
         conn.add_termination_listener(self._listener_lost)
