@@ -237,6 +237,8 @@ class KeysAdmin:
             row, secret = await store.rotate(key_id, float(grace))
         except KeyNotFound:
             raise _not_found(key_id) from None
+        except KeyConflict:
+            raise _conflict(f"'{key_id}' was rotated by another request just now.") from None
         return _json({**row.public(), "key": secret})
 
     async def _revoke(self, store: KeyStore, key_id: str) -> Response:

@@ -433,7 +433,11 @@ class KeyStore:
             "previous_sha256": row.key_sha256 if grace_seconds > 0 else None,
             "previous_valid_until": time.time() + grace_seconds if grace_seconds > 0 else None,
         }
-        await self._write(self._updater(key_id, values, expect_hash=row.key_sha256), key_id)
+        try:
+            await self._write(self._updater(key_id, values, expect_hash=row.key_sha256), key_id)
+        except KeyNotFound:
+            await self._live_row(key_id)  # KeyNotFound again when it was revoked meanwhile
+            raise KeyConflict(key_id) from None  # another rotation won the race
         return self._rows[key_id], secret
 
     async def revoke(self, key_id: str) -> ManagedKey:

@@ -13,7 +13,14 @@ from sqlalchemy import insert
 
 from gateway.config import Limits, hash_key
 from gateway.keys import schema
-from gateway.keys.store import KeyConflict, KeyNotFound, KeyStore, build_engine, migrate_database
+from gateway.keys.store import (
+    KeyConflict,
+    KeyNotFound,
+    KeyStore,
+    ManagedKey,
+    build_engine,
+    migrate_database,
+)
 from tests.support.postgres import ThrowawayDatabase
 
 
@@ -112,5 +119,28 @@ def test_a_store_follows_another_stores_writes(database_url: str) -> None:
         finally:
             await reader.aclose()
             await writer.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_rotation_that_lost_a_race_conflicts_and_changes_nothing(database_url: str) -> None:
+    async def main() -> None:
+        await migrate_database(database_url)
+        store = await started(database_url)
+        try:
+            await store.create("raced")
+            stale = await store._live_row("raced")
+            _, winner = await store.rotate("raced", 60)
+
+            async def read_before_the_winner(key_id: str) -> ManagedKey:
+                return stale
+
+            # The loser read the row before the winner wrote it.
+            store._live_row = read_before_the_winner  # type: ignore[method-assign]
+            with pytest.raises(KeyConflict):
+                await store.rotate("raced", 60)
+            assert store.lookup(hash_key(winner)) is not None
+        finally:
+            await store.aclose()
 
     asyncio.run(main())
