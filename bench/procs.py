@@ -160,9 +160,11 @@ def gateway_config(
     redis_url: str,
     models: list[str],
     transport: str = "native",
+    managed_keys: int = 0,
 ) -> Path:
     """A config with everything on: a key with (never reached) limits in Redis, a request
-    log file, metrics (always on)."""
+    log file, metrics (always on). `managed_keys`: the bench key is one of that many keys
+    in a key database (`bench/keys_seed.py`), the config holding only another one."""
     huge = 10**12
     config = {
         "redis_url": redis_url,
@@ -193,6 +195,14 @@ def gateway_config(
         "logging": {"file": str(tmp / f"{name}-requests.jsonl")},
         "timeouts": {"connect": 5, "first_token": 30, "idle": 30, "total": 300},
     }
+    if managed_keys:
+        from bench.keys_seed import seed_keys
+
+        database_url = f"sqlite:///{tmp / (name + '-keys.db')}"
+        bench_key = config["keys"][0]
+        seed_keys(database_url, managed_keys, BENCH_KEY, bench_key["limits"])
+        config["keys"] = [{"id": "config-only", "key_sha256": hash_key("sk-bench-not-used")}]
+        config["database_url"] = database_url
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -341,6 +341,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the gateway package of another checkout (DIR/gateway), side by side; "
         "may be given more than once",
     )
+    parser.add_argument(
+        "--managed-keys",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the gateway with the bench key among N keys managed at runtime "
+        "(a SQLite key database) instead of in its config",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the logs and configs")
     args = parser.parse_args(argv)
     args.scenario = [s for s in args.scenario.split(",") if s]
@@ -382,6 +390,7 @@ def start_targets(
         transport: str
         server_args: list[str] | None = None
         tree: Path = REPO
+        managed_keys: int = 0
 
     variants = [Variant(f"gateway-{t}", t) for t in args.transport]
     first = args.transport[0]
@@ -391,9 +400,14 @@ def start_targets(
         )
     for tree in args.candidate:
         variants.append(Variant(f"candidate-{tree.name}", first, tree=tree.resolve()))
+    if args.managed_keys:
+        n = args.managed_keys
+        variants.append(Variant(f"gateway-{first}-keys{n}", first, managed_keys=n))
     for v in variants:
         port = free_port()
-        config = gateway_config(tmp, v.name, upstream.url, redis_url, models, v.transport)
+        config = gateway_config(
+            tmp, v.name, upstream.url, redis_url, models, v.transport, v.managed_keys
+        )
         env: dict[str, str] = {}
         if v.tree != REPO:
             # `-m` imports from the working directory first; `bench` still comes from here.
@@ -411,7 +425,8 @@ def start_targets(
         service = python_service(
             v.name, module, cmd, tmp, port, env=env, health="/healthz", cwd=v.tree
         ).start()
-        label = f"gateway, {v.transport} transport, {how}{where}"
+        managed = f", bench key among {v.managed_keys} database keys" if v.managed_keys else ""
+        label = f"gateway, {v.transport} transport, {how}{where}{managed}"
         targets.append(Target(v.name, label, service, service.url))
     return targets
 

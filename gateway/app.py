@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.applications import Starlette
@@ -30,6 +31,7 @@ from gateway.edge.http import request_id
 from gateway.edge.routes import Routes
 from gateway.edge.shared import EdgeRuntime
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.keys.admin import KeysAdmin
 from gateway.limits import build_limiter
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
@@ -40,6 +42,9 @@ from gateway.providers.transport import build_transport
 from gateway.relay.stream import Relay
 from gateway.relay.watch import StreamWatch
 from gateway.runtime import Runtime, start_budget
+
+if TYPE_CHECKING:  # the store's database libraries load only when a database is configured
+    from gateway.keys.store import KeyStore
 
 log = structlog.get_logger("gateway")
 
@@ -53,7 +58,7 @@ def create_app(config: GatewayConfig) -> ASGIApp:
         "/v1/embeddings": RelayEndpoint("embeddings"),
     }
     app = Starlette(
-        routes=_routes(relay),
+        routes=_routes(config, relay),
         middleware=_middleware(config),
         lifespan=_lifespan(config),
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
@@ -83,6 +88,7 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
         key_ids=[k.id for k in config.keys],
     )
     stack.callback(metrics.close)  # last: after the request log has drained
+    key_store = await _start_key_store(config, metrics, stack) if config.database_url else None
     transport = build_transport(config)
     stack.push_async_callback(transport.aclose)
     providers: dict[str, Provider] = {}
@@ -111,6 +117,7 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
         relay=Relay(providers, metrics, config.timeouts, config.log_bodies, watches),
         watches=watches,
         start_budget=start_budget(config),
+        key_store=key_store,
     )
     stack.push_async_callback(_end_open_requests, runtime)
     return runtime
@@ -130,7 +137,7 @@ def _middleware(config: GatewayConfig) -> list[Middleware]:
     ]
 
 
-def _routes(relay: dict[str, RelayEndpoint]) -> list[BaseRoute]:
+def _routes(config: GatewayConfig, relay: dict[str, RelayEndpoint]) -> list[BaseRoute]:
     routes = Routes()
     return [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relay.items()),
@@ -140,8 +147,30 @@ def _routes(relay: dict[str, RelayEndpoint]) -> list[BaseRoute]:
         Route("/readyz", routes.readyz, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
         Route("/admin/usage", routes.admin_usage, methods=["GET"]),
+        *KeysAdmin(config, _key_store_of).routes(),
         Route("/", routes.playground, methods=["GET"]),
     ]
+
+
+def _key_store_of(scope: Scope) -> KeyStore | None:
+    runtime: Runtime = scope["state"][STATE_KEY]
+    return runtime.key_store
+
+
+async def _start_key_store(
+    config: GatewayConfig, metrics: Metrics, stack: contextlib.AsyncExitStack
+) -> KeyStore:
+    from gateway.keys.store import KeyStore  # its database libraries load only when needed
+
+    store = KeyStore(
+        config.database_url,
+        on_key=metrics.register_key_id,
+        on_reachable=metrics.set_key_store_reachable,
+    )
+    await store.start()
+    metrics.set_key_store_reachable(True)
+    stack.push_async_callback(store.aclose)
+    return store
 
 
 class GatewayApp:

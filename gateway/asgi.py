@@ -137,3 +137,16 @@ async def send_bytes(
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": list(headers)})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def presented_secret(scope: Scope) -> bytes:
+    """The key a request presents: `Authorization: Bearer KEY` or `x-api-key: KEY`,
+    whichever comes first; b"" when there is none."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer":
+                return token.strip()
+        elif name == b"x-api-key":
+            return bytes(value).strip()
+    return b""

@@ -112,6 +112,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.config:
         os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
+    if config.database_url and (problem := _prepare_key_database(config.database_url)):
+        _fatal(log, console, problem)
+        return 1
     from gateway.server import bind, serve
 
     try:
@@ -152,6 +155,22 @@ def _serve(args: argparse.Namespace) -> int:
         grace=config.shutdown_grace,
     )
     return 0
+
+
+def _prepare_key_database(url: str) -> str:
+    """Run the key database's missing migrations before listening (once, not per worker);
+    the one line to print when the database cannot be reached, else ""."""
+    import asyncio
+
+    from gateway.keys.model import StoreUnavailable
+    from gateway.keys.schema import SchemaMismatch
+    from gateway.keys.store import describe_url, migrate_database
+
+    try:
+        asyncio.run(migrate_database(url))
+    except (StoreUnavailable, SchemaMismatch) as exc:
+        return f"cannot use the key database ({describe_url(url)}): {exc}"
+    return ""
 
 
 def _fatal(log: Any, console: bool, message: str) -> None:
@@ -242,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--admin-key", help="default: $GATEWAY_ADMIN_KEY")
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=_usage)
+
+    from gateway.keys_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

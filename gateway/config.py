@@ -145,6 +145,9 @@ class GatewayConfig:
     between (`gateway/edge/budget.py`; README, "Performance"). 0: no limit."""
     egress: EgressProxies = field(default_factory=EgressProxies)
     """The egress proxies of the environment (`gateway.egress`); none by default."""
+    database_url: str = field(default="", repr=False)
+    """Where keys managed at runtime live (`gateway.keys`): postgresql://... for any number
+    of replicas, sqlite:///path for one node; empty: only the config's keys."""
     source: str = "<embedded default>"
     embedded_default: bool = False
 
@@ -430,11 +433,20 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
             "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
         ),
         egress=_read_egress(source, env),
+        database_url=_read_database_url(r, env),
         source=source,
     )
     r.done()
     _check_references(config)
     return config
+
+
+def _read_database_url(r: _Reader, env: Mapping[str, str]) -> str:
+    url = str(r.take("database_url", str, "") or env.get("DATABASE_URL", ""))
+    if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        # The message never repeats the URL: it may hold a password.
+        raise r.fail("database_url", "use postgresql://user:pass@host/db or sqlite:///path")
+    return url
 
 
 def _read_egress(source: str, env: Mapping[str, str]) -> EgressProxies:

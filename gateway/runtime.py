@@ -12,6 +12,7 @@ built yet. Closing is the lifespan's (in reverse order of building), not this mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -25,6 +26,9 @@ from gateway.observability.requestlog import RequestLog
 from gateway.providers.base import Provider
 from gateway.relay.stream import Relay
 from gateway.relay.watch import StreamWatch
+
+if TYPE_CHECKING:  # the store's database libraries load only when a database is configured
+    from gateway.keys.store import KeyStore
 
 
 @dataclass(eq=False)
@@ -44,6 +48,9 @@ class Runtime:
     left."""
     start_budget: StartBudget | None
     """Paces request starts (`max_requests_per_loop_turn`); None when that is 0 (no limit)."""
+    key_store: KeyStore | None
+    """Keys managed at runtime (`database_url`), looked up after the config's; None
+    without a database."""
     models: dict[str, ModelConfig] = field(init=False)
     keys: Keys = field(init=False)
     draining: bool = False
@@ -51,7 +58,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.models = {m.name: m for m in self.config.models}
-        self.keys = Keys(self.config.keys)
+        self.keys = Keys(self.config.keys, self.key_store)
 
 
 def start_budget(config: GatewayConfig) -> StartBudget | None:

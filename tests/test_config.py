@@ -163,3 +163,14 @@ def test_hash_key_prints_the_sha256() -> None:
         timeout=30,
     )
     assert result.stdout.strip() == HASH
+
+
+def test_database_url_from_the_file_or_the_environment_and_never_echoed() -> None:
+    url = "postgresql://gw:pw-in-url@db:5432/keys"
+    assert parse_config(minimal(database_url=url), "t.yaml", {}).database_url == url
+    assert parse_config(minimal(), "t.yaml", {"DATABASE_URL": url}).database_url == url
+    assert parse_config(minimal(), "t.yaml", {}).database_url == ""
+    with pytest.raises(ConfigError, match="database_url: use postgresql") as caught:
+        parse_config(minimal(database_url="mysql://u:pw-in-url@h/db"), "t.yaml", {})
+    assert "pw-in-url" not in str(caught.value)
+    assert "pw-in-url" not in repr(parse_config(minimal(database_url=url), "t.yaml", {}))

@@ -9,31 +9,43 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from typing import Protocol
 
 from starlette.types import Scope
 
+from gateway.asgi import presented_secret
 from gateway.config import KeyConfig
 from gateway.errors import InvalidApiKey
 
 
-def presented_secret(scope: Scope) -> bytes:
-    """The key a request presents: `Authorization: Bearer KEY` or `x-api-key: KEY`,
-    whichever comes first; b"" when there is none."""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = bytes(value).partition(b" ")
-            if scheme.lower() == b"bearer":
-                return token.strip()
-        elif name == b"x-api-key":
-            return bytes(value).strip()
-    return b""
+class KeyLookup(Protocol):
+    """Keys managed at runtime (`gateway.keys.store.KeyStore`): an in-memory table, so a
+    lookup never waits on the database."""
+
+    reachable: bool
+    """False while the database is unreachable (the keys known are still served)."""
+    unreachable_since: float | None
+    """Unix time the database became unreachable; None while it is reachable."""
+
+    def lookup(self, sha256_hex: str) -> KeyConfig | None:
+        """The live key with this digest; None for unknown, expired, blocked or revoked."""
+
+    def keys(self) -> tuple[KeyConfig, ...]:
+        """Every live managed key."""
 
 
 class Keys:
-    __slots__ = ("_by_hash",)
+    """The config's keys, then (when `database_url` is set) the runtime key store's."""
 
-    def __init__(self, keys: Iterable[KeyConfig]) -> None:
+    __slots__ = ("_by_hash", "_store")
+
+    def __init__(self, keys: Iterable[KeyConfig], store: KeyLookup | None = None) -> None:
         self._by_hash = {k.key_sha256: k for k in keys}
+        self._store = store
+
+    @property
+    def store(self) -> KeyLookup | None:
+        return self._store
 
     def authenticate(self, scope: Scope) -> KeyConfig:
         """The key of `Authorization: Bearer KEY` or `x-api-key: KEY`.
@@ -49,6 +61,11 @@ class Keys:
             )
         digest = hashlib.sha256(secret).hexdigest()
         key = self._by_hash.get(digest)
-        if key is None or not hmac.compare_digest(digest, key.key_sha256):
+        if key is None and self._store is not None:
+            # The store's table holds live secrets only (a rotated one until its grace ends).
+            key = self._store.lookup(digest)
+        elif key is not None and not hmac.compare_digest(digest, key.key_sha256):
+            key = None
+        if key is None:
             raise InvalidApiKey("Incorrect API key provided.")
         return key

@@ -17,8 +17,8 @@ from importlib import resources
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from gateway.asgi import presented_secret
 from gateway.config import DEMO_KEY
-from gateway.edge.keys import presented_secret
 from gateway.edge.shared import runtime_of
 from gateway.errors import GatewayError, InvalidApiKey, InvalidRequest
 from gateway.limits.report import usage_rows
@@ -87,6 +87,11 @@ class Routes:
             return JSONResponse({"status": "draining"}, status_code=503)
         if not await st.limiter.ready():
             return JSONResponse({"status": "limits backend unreachable"}, status_code=503)
+        store = st.keys.store
+        if store is not None and not store.reachable:
+            # Still ready: the keys known are served; the detail says they may be stale.
+            detail = f"key database unreachable since {store.unreachable_since or 0:.0f}"
+            return JSONResponse({"status": "ready", "key_store": detail})
         return JSONResponse({"status": "ready"})
 
     async def metrics(self, request: Request) -> Response:
@@ -110,7 +115,8 @@ class Routes:
             )
         if not secret or not hmac.compare_digest(digest, expected):
             return _error(InvalidApiKey("The admin route needs the admin key."))
-        usages = await st.limiter.usage(st.config.keys)
+        store = st.keys.store
+        usages = await st.limiter.usage(st.config.keys + (store.keys() if store else ()))
         return JSONResponse({"object": "list", "data": usage_rows(usages)})
 
     async def playground(self, request: Request) -> Response:

@@ -270,6 +270,25 @@ class Metrics:
     def _key_id(self, value: str) -> str:
         return self._key_ids.get(value) or (OTHER if value else NONE)
 
+    def register_key_id(self, key_id: str) -> None:
+        """A key created at runtime gets its own `key_id` label: the labels stay bounded by
+        the keys that exist, as they are by the config's."""
+        if key_id:
+            self._key_ids.setdefault(key_id, key_id)
+
+    def set_key_store_reachable(self, up: bool) -> None:
+        """gateway_key_store_up: 0 while the key database cannot be read (the keys known
+        are still served). Created on first use: only gateways with a database have it."""
+        gauge = getattr(self, "_key_store_up", None)
+        if gauge is None:
+            gauge = self._key_store_up = Gauge(
+                "gateway_key_store_up",
+                "1 while the database of keys managed at runtime is reachable, else 0.",
+                multiprocess_mode="min",
+                registry=self._registry,
+            )
+        gauge.set(1 if up else 0)
+
     # --- the request path ------------------------------------------------------------------
 
     def stream_opened(self, model: str) -> None:
