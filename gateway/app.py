@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import STATE_KEY
 from gateway.config import GatewayConfig, resolve_config
+from gateway.edge.apis import parse_messages, parse_responses, send_messages_error
 from gateway.edge.completions import RelayEndpoint
 from gateway.edge.http import request_id
 from gateway.edge.routes import Routes
@@ -56,6 +57,14 @@ def create_app(config: GatewayConfig) -> ASGIApp:
         "/v1/chat/completions": RelayEndpoint("chat.completions"),
         "/v1/completions": RelayEndpoint("completions"),
         "/v1/embeddings": RelayEndpoint("embeddings"),
+        "/v1/responses": RelayEndpoint("chat.completions", parse_responses, name="responses"),
+        "/v1/messages": RelayEndpoint(
+            "chat.completions",
+            parse_messages,
+            send_messages_error,
+            name="messages",
+            passed=(b"anthropic-version", b"anthropic-beta"),
+        ),
     }
     app = Starlette(
         routes=_routes(config, relay),

@@ -57,6 +57,9 @@ class ProviderConfig:
     first_token_ms: float = 250.0
     token_ms: float = 25.0
     reply_tokens: int = 60
+    apis: tuple[str, ...] = ("chat",)
+    """The OpenAI APIs an `openai` provider serves (`chat`, `responses`): a Responses
+    client's bytes pass through to one that serves `responses`, else are translated."""
 
 
 @dataclass(frozen=True)
@@ -327,9 +330,22 @@ def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
         first_token_ms=r.take("first_token_ms", float, defaults.first_token_ms),
         token_ms=r.take("token_ms", float, defaults.token_ms),
         reply_tokens=r.positive("reply_tokens", int, defaults.reply_tokens),
+        apis=_apis(r, ptype),
     )
     r.done()
     return provider
+
+
+def _apis(r: _Reader, ptype: str) -> tuple[str, ...]:
+    apis = _str_list(r, "apis")
+    if apis is None:
+        return ("chat",)
+    if ptype != "openai":
+        raise r.fail("apis", f"is for providers of type openai; {ptype} serves its own API")
+    unknown = [a for a in apis if a not in ("chat", "responses")]
+    if unknown or not apis:
+        raise r.fail("apis", "must list chat and/or responses, e.g. [chat, responses]")
+    return apis
 
 
 def _read_model(source: str, path: str, node: Any) -> ModelConfig:

@@ -1,4 +1,5 @@
-"""The three relayed routes: /v1/chat/completions, /v1/completions, /v1/embeddings.
+"""The relayed routes: /v1/chat/completions, /v1/completions, /v1/embeddings, and the
+Responses and Messages APIs (/v1/responses, /v1/messages: see `apis`).
 
 One ASGI endpoint per route, in the order every request meets the gateway: key, body,
 model, limits, then the relay. Each step's failure is a `GatewayError`, answered here in
@@ -8,13 +9,15 @@ request path.
 
 What differs between ingress APIs is given to `RelayEndpoint`: how the body is parsed into a
 `ClientRequest` (which also names the upstream API to call, `route`) and how an error is
-answered. Everything else (keys, limits, fallbacks, the relay, accounting) is shared.
+answered (and, for Messages, which client headers go on to an upstream of its API).
+Everything else (keys, limits, fallbacks, the relay, accounting) is shared.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from time import perf_counter
 
 import structlog
@@ -53,14 +56,24 @@ _LOGGED_NAME_MAX = 200
 
 
 class RelayEndpoint:
-    __slots__ = ("_answer_error", "_parse", "route")
+    __slots__ = ("_answer_error", "_parse", "_passed", "name", "route")
 
     def __init__(
-        self, route: Route, parse: Parse = parse_request, answer_error: AnswerError = send_error
+        self,
+        route: Route,
+        parse: Parse = parse_request,
+        answer_error: AnswerError = send_error,
+        *,
+        name: str | None = None,
+        passed: tuple[bytes, ...] = (),
     ) -> None:
         self.route = route
+        self.name = name or route
+        """The route's name in the request log (`responses`, `messages`, ...)."""
         self._parse = parse
         self._answer_error = answer_error
+        self._passed = passed
+        """Client headers passed on to an upstream of the client's own API."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt: EdgeRuntime = scope["state"][STATE_KEY]
@@ -68,7 +81,7 @@ class RelayEndpoint:
         if rt.start_budget is not None:
             await rt.start_budget.take()
         rid = request_id(scope)
-        rec = RequestRecord(request_id=rid.decode(), route=self.route)
+        rec = RequestRecord(request_id=rid.decode(), route=self.name)
         headers: Headers = [(b"x-request-id", rid)]
         reservation: Reservation | None = None
         try:
@@ -107,6 +120,8 @@ class RelayEndpoint:
         rec.key_id = key.id
         raw = await _read(rt, scope, receive)
         req = self._parse(self.route, raw)
+        if self._passed:
+            req = replace(req, passed_headers=_passed_headers(scope, self._passed))
         rec.stream = req.stream
         if rt.config.log_bodies:
             rec.request_body = raw
@@ -128,12 +143,20 @@ class RelayEndpoint:
     ) -> None:
         # A gateway bug: logged with its traceback, answered in the route's shape if the
         # answer has not started (a started stream is closed by uvicorn).
-        log.error("unhandled error", route=self.route, exc_info=exc)
+        log.error("unhandled error", route=self.name, exc_info=exc)
         rec.outcome, rec.error = "upstream_error", f"internal error ({type(exc).__name__})"
         if rec.status == 0:
             rec.status = 500
             error = GatewayError("the gateway failed to handle this request; it was logged")
             await self._answer_error(send, error, headers)
+
+
+def _passed_headers(scope: Scope, names: tuple[bytes, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+        for name, value in scope["headers"]
+        if name in names
+    )
 
 
 def _finish(

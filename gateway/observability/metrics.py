@@ -91,6 +91,14 @@ UPSTREAM_ERROR_KINDS = frozenset(
 """The `kind` values gateway_upstream_errors_total keeps; anything else counts as "other"."""
 
 _OUTCOMES = frozenset(get_args(Outcome))
+_APIS = {
+    "chat.completions": "chat",
+    "completions": "completions",
+    "embeddings": "embeddings",
+    "responses": "responses",
+    "messages": "messages",
+}
+"""A record's route -> the `api` label: the API the client called."""
 _LIMITS = frozenset(get_args(LimitName))
 
 
@@ -174,7 +182,7 @@ class Metrics:
         self._requests = Counter(
             "gateway_requests",
             "Requests by how they ended.",
-            ("model", "provider", "status", "outcome"),
+            ("model", "provider", "status", "outcome", "api"),
             registry=reg,
         )
         self._ttft = Histogram(
@@ -249,7 +257,7 @@ class Metrics:
         # Labelled children, created on first use and kept: labels() costs a lock, a tuple
         # and a dict lookup per call; these caches cost one dict lookup. Keys are label
         # values already bounded, so the caches are bounded too.
-        self._requests_by: dict[tuple[str, str, int, str], Counter] = {}
+        self._requests_by: dict[tuple[str, str, int, str, str], Counter] = {}
         self._timings_by: dict[tuple[str, str], _Timings] = {}
         self._tokens_by: dict[tuple[str, str], _Tokens] = {}
         self._active_by: dict[str, Gauge] = {}
@@ -311,12 +319,13 @@ class Metrics:
         status = rec.status if 0 <= rec.status <= 599 else -1
         outcome: str = rec.outcome if rec.outcome in _OUTCOMES else OTHER
 
-        key = (model, provider, status, outcome)
+        api = _APIS.get(rec.route, OTHER)
+        key = (model, provider, status, outcome, api)
         requests = self._requests_by.get(key)
         if requests is None:
             status_label = str(status) if status >= 0 else OTHER
             requests = self._requests_by[key] = self._requests.labels(
-                model, provider, status_label, outcome
+                model, provider, status_label, outcome, api
             )
         requests.inc()
 

@@ -28,7 +28,7 @@ from gateway.protocols.errors import (
     error_from_openai,
     openai_error_body,
 )
-from gateway.protocols.events import Done, Error, Event, Message
+from gateway.protocols.events import DONE, Done, Error, Event, Message
 from gateway.protocols.requests import translate_request
 
 __all__ = [
@@ -116,6 +116,16 @@ class StreamTranslator:
                 self.failed = kind is Error
                 break
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def finish(self) -> bytes:
+        """The upstream's answer was whole but its stream ended without its end event (a Chat
+        stream with its finish reason and no `[DONE]`): the client's end, unless it was sent."""
+        if self.ended:
+            return b""
+        self.ended = True
+        out: list[bytes] = []
+        self._encode(DONE, out)
+        return b"".join(out)
 
     def fail(self, error: Error) -> bytes:
         """The stream failed on the gateway's side (idle timeout, the upstream's connection

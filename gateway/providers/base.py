@@ -23,6 +23,7 @@ import orjson
 
 from gateway.config import ModelConfig, ProviderConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from gateway.protocols import Api
 from gateway.providers.native import MalformedResponse
 
 Route = Literal["chat.completions", "completions", "embeddings"]
@@ -39,6 +40,13 @@ class UpstreamCall:
     include_usage: bool
     """The client asked for the usage-only chunk (`stream_options.include_usage`)."""
     request_id: str
+    api: Api = "chat"
+    """The API the client speaks (the body's shape, and the answer's): a provider relays
+    its upstream's bytes when that is the upstream's API too, else translates
+    (`gateway.protocols`). `route` is `chat.completions` for all three."""
+    passed_headers: tuple[tuple[str, str], ...] = ()
+    """Client headers an upstream of the client's own API takes as they came
+    (`anthropic-version`, `anthropic-beta`)."""
 
 
 @dataclass
@@ -63,6 +71,12 @@ class StreamState:
     """Relayed text, kept only when `log_bodies` asks for it."""
     scrub: Callable[[str], str] | None = None
     """Takes the provider's credentials out of the kept text (`redact.Redactor`)."""
+    end_event: Callable[[], bytes] | None = None
+    """The client's end of a whole answer whose upstream stream ended without its own end
+    event; None: Chat's `data: [DONE]`."""
+    error_event: Callable[[GatewayError], bytes] | None = None
+    """The client's error event for a failure after the first byte, in its API's shape
+    (b"" when the stream already ended); None: Chat's `data: {"error": ...}`."""
 
     def kept_text(self) -> str:
         """The relayed text for the request log, whole, so a secret the model spelt out

@@ -4,7 +4,10 @@ It is what the embedded default runs on, so a new user sees tokens stream before
 any provider key, and what the playground page talks to. Replies are derived from the
 prompt (same prompt, same reply), paced by `first_token_ms` and `token_ms`, cut at
 `max_tokens` (finish reason `length`) and followed by a usage report like a real provider.
-It serves chat completions, completions and embeddings. Embeddings come as OpenAI sends them:
+It serves chat completions, completions and embeddings, and the Responses and Messages
+APIs: their requests are read as Chat requests and the answer translated
+(`gateway.protocols`), as for an OpenAI-compatible upstream that serves Chat only.
+Embeddings come as OpenAI sends them:
 `dimensions` long (64 when not asked), float32 values, as a JSON list (`encoding_format:
 "float"`) or base64 of their little-endian bytes (`"base64"`, what the OpenAI SDKs ask for by
 default and decode); both forms carry the same numbers.
@@ -21,13 +24,18 @@ import time
 import uuid
 from array import array
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from gateway.config import ProviderConfig, Timeouts
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.protocols import StreamTranslator, stream_translator, translate_answer
+from gateway.protocols import translate_request as _translate_request
+from gateway.protocols.events import Error
 from gateway.providers.base import Completion, Sink, StreamState, UpstreamCall, Usage
+from gateway.relay.sse import SSEDecoder
 from gateway.tokens import estimate_tokens
 
 _WORDS = [
@@ -226,14 +234,61 @@ class MockStream:
         await self._chunks.aclose()  # type: ignore[attr-defined]
 
 
+class TranslatedMockStream:
+    """The mock's Chat stream in the client's API (Responses, Messages)."""
+
+    def __init__(self, inner: MockStream, call: UpstreamCall) -> None:
+        self.state = inner.state
+        self._inner = inner
+        self._sse = SSEDecoder(1 << 20)
+        self._translator: StreamTranslator = stream_translator("chat", call.api, request=call.body)
+        self.state.end_event = self._translator.finish
+        self.state.error_event = self._error_event
+
+    def __aiter__(self) -> TranslatedMockStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        feed = self._translator.feed
+        while True:
+            chunk = await self._inner.__anext__()
+            out = b"".join([feed(event.data) for event in self._sse.feed(chunk) if event.data])
+            if out:
+                return out
+
+    def _error_event(self, error: GatewayError) -> bytes:
+        return self._translator.fail(Error(error.status, error.message, error.code))
+
+    def push(self, sink: Sink) -> bool:
+        return False
+
+    def resume_push(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _as_chat(call: UpstreamCall) -> UpstreamCall:
+    """A Responses or Messages call as the Chat call the mock answers."""
+    body = _translate_request(call.body, call.api, "chat")
+    return replace(call, body=body, include_usage=True, api="chat")
+
+
 class MockProvider:
     def __init__(self, config: ProviderConfig, timeouts: Timeouts) -> None:
         self.config = config
 
-    async def open_stream(self, call: UpstreamCall) -> MockStream:
+    async def open_stream(self, call: UpstreamCall) -> MockStream | TranslatedMockStream:
+        if call.api != "chat":
+            return TranslatedMockStream(MockStream(self, _as_chat(call)), call)
         return MockStream(self, call)
 
     async def complete(self, call: UpstreamCall) -> Completion:
+        if call.api != "chat":
+            answer = await self.complete(_as_chat(call))
+            body = translate_answer("chat", call.api, orjson.loads(answer.body), call.body)
+            return Completion(body=orjson.dumps(body), usage=answer.usage)
         if call.route == "embeddings":
             return self._embeddings(call)
         cfg = self.config

@@ -8,6 +8,12 @@ never re-serialised. When the client did not ask for usage, a chunk whose only n
 usage is dropped (OpenAI's `"choices": []`, and LiteLLM's `"choices": [{"index": 0,
 "delta": {}}]`), and the usage of a chunk that also carries news (a finish reason, content)
 is taken out of it: that chunk alone is re-serialised.
+
+Clients of the Responses and Messages APIs (`UpstreamCall.api`): a Responses request goes
+as it came to `/responses` when the provider serves that API (`apis: [chat, responses]`)
+and its events pass through as bytes (`PassThroughStream`); otherwise, and always for
+Messages, the request is translated to Chat Completions and the answer back
+(`gateway.protocols`, `TranslatedStream`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,17 @@ import orjson
 
 from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import UpstreamError
+from gateway.protocols import Api, translate_answer, translate_request
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.redact import Redactor
-from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
+from gateway.providers.streams import (
+    PassThroughStream,
+    SSEUpstream,
+    TranslatedStream,
+    fetch_json,
+    malformed,
+    open_event_stream,
+)
 from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
 
@@ -29,6 +43,7 @@ _PATHS = {
     "chat.completions": "/chat/completions",
     "completions": "/completions",
     "embeddings": "/embeddings",
+    "responses": "/responses",
 }
 _DONE = b"data: [DONE]\n\n"
 
@@ -164,6 +179,14 @@ def _usage(usage: Any) -> Usage | None:
     )
 
 
+def _answer_usage(usage: Any) -> Usage | None:
+    """Chat's usage, or the Responses API's (`input_tokens`, `output_tokens`)."""
+    if isinstance(usage, dict) and "input_tokens" in usage:
+        counts = {"prompt_tokens": usage["input_tokens"]}
+        return _usage({**counts, "completion_tokens": usage.get("output_tokens")})
+    return _usage(usage)
+
+
 def _error_event(provider: str, error: Any) -> UpstreamError:
     message = error.get("message") if isinstance(error, dict) else error
     text = str(message)[:500] if message else "an error event"
@@ -191,38 +214,71 @@ class OpenAIProvider:
         # start-up).
         self._urls: dict[str, httpx.URL] = {}
 
-    def _request(self, call: UpstreamCall) -> httpx.Request:
-        body = dict(call.body)
+    def _upstream_api(self, call: UpstreamCall) -> Api:
+        """The API this call is sent in: the client's when the provider serves it."""
+        if call.api == "responses" and "responses" in self.config.apis:
+            return "responses"
+        return "chat"
+
+    def _request(self, call: UpstreamCall, api: Api = "chat") -> httpx.Request:
+        body = translate_request(call.body, call.api, api) if call.api != api else call.body
+        body = dict(body)
         body["model"] = call.model.upstream_model or call.model.name
-        if call.stream:
+        if call.stream and api == "chat":
             options = body.get("stream_options")
             body["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        url = self._urls.get(call.route)
+        path = "responses" if api == "responses" else call.route
+        url = self._urls.get(path)
         if url is None:
-            url = self._urls[call.route] = httpx.URL(self.config.base_url + _PATHS[call.route])
+            url = self._urls[path] = httpx.URL(self.config.base_url + _PATHS[path])
         return self._requests.build(url, orjson.dumps(body), stream=call.stream)
 
-    async def open_stream(self, call: UpstreamCall) -> OpenAIStream:
+    async def open_stream(self, call: UpstreamCall) -> SSEUpstream:
+        api = self._upstream_api(call)
         response = await open_event_stream(
-            self._transport, self._request(call), self.config.name, redact=self._redact
+            self._transport, self._request(call, api), self.config.name, redact=self._redact
         )
-        return OpenAIStream(
+        if call.api == "chat":
+            return OpenAIStream(
+                response,
+                self.config.name,
+                include_usage=call.include_usage,
+                keep_text=self._keep_text,
+                max_event_bytes=self._max_event_bytes,
+                redact=self._redact,
+            )
+        if call.api == api:
+            return PassThroughStream(
+                response,
+                self.config.name,
+                api=api,
+                keep_text=self._keep_text,
+                max_event_bytes=self._max_event_bytes,
+                redact=self._redact,
+            )
+        return TranslatedStream(
             response,
             self.config.name,
-            include_usage=call.include_usage,
+            upstream=api,
+            client=call.api,
+            request=call.body,
             keep_text=self._keep_text,
             max_event_bytes=self._max_event_bytes,
             redact=self._redact,
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
+        api = self._upstream_api(call)
         body, data = await fetch_json(
-            self._transport, self._request(call), self.config.name, redact=self._redact
+            self._transport, self._request(call, api), self.config.name, redact=self._redact
         )
-        return Completion(body=body, usage=_usage(data.get("usage")))
+        if call.api == api:
+            return Completion(body=body, usage=_answer_usage(data.get("usage")))
+        answer = translate_answer(api, call.api, data, call.body)
+        return Completion(body=orjson.dumps(answer), usage=_usage(data.get("usage")))
 
     async def aclose(self) -> None:
         """The shared transport belongs to the app; nothing of its own to close."""

@@ -26,7 +26,25 @@ import httpx
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.providers.base import Sink, StreamState, error_from_status, upstream_errors
+from gateway.protocols import Api, decoder, encoder
+from gateway.protocols.errors import anthropic_error_body
+from gateway.protocols.events import (
+    DONE,
+    Done,
+    Error,
+    Event,
+    ReasoningDelta,
+    TextDelta,
+    ToolArgsDelta,
+)
+from gateway.protocols.events import Usage as NeutralUsage
+from gateway.providers.base import (
+    Sink,
+    StreamState,
+    Usage,
+    error_from_status,
+    upstream_errors,
+)
 from gateway.providers.native import NativeBody
 from gateway.providers.redact import Redactor
 from gateway.relay.sse import SSEDecoder, SSEError, SSEEvent
@@ -252,3 +270,193 @@ async def fetch_json(
     if not isinstance(data, dict):
         raise malformed(provider, "an answer that is not a JSON object")
     return body, data
+
+
+# --- streams of the Responses and Messages APIs ------------------------------------------------
+
+_COUNTED = frozenset({TextDelta, ReasoningDelta, ToolArgsDelta})
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+
+
+class TranslatedStream(SSEUpstream):
+    """An upstream stream of one API relayed to a client of another (`gateway.protocols`):
+    each upstream event decoded to neutral events, each of those encoded in the client's API.
+
+    The stream state is read off the neutral events (usage, the end, the relayed text).
+    An upstream error event is raised, not encoded: before the first byte it is then a
+    retry or the client's HTTP error; after it, the relay asks `error_event` for the
+    client's own failure event (`response.failed`, `event: error`), which the encoder
+    writes after closing what was open.
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        provider: str,
+        *,
+        upstream: Api,
+        client: Api,
+        request: dict[str, Any] | None = None,
+        keep_text: bool = False,
+        max_event_bytes: int = 1024 * 1024,
+        redact: Redactor | None = None,
+    ) -> None:
+        super().__init__(
+            response,
+            provider,
+            include_usage=False,
+            keep_text=keep_text,
+            max_event_bytes=max_event_bytes,
+            redact=redact,
+        )
+        self._decode = decoder(upstream).decode
+        self._encode = encoder(client, request=request).encode
+        self._ended = False
+        self._upstream_error: Error | None = None
+        self.state.end_event = self._end_event
+        self.state.error_event = self._error_event
+
+    def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        if self._ended:
+            return  # an upstream that talks after its end is not relayed further
+        decode, encode, state = self._decode, self._encode, self.state
+        neutral: list[Event] = []
+        for event in events:
+            if event.data:
+                decode(event.data, neutral)
+        for item in neutral:
+            kind = type(item)
+            if kind in _COUNTED:
+                state.completion_estimate += 1
+                if self.keep_text and kind is TextDelta:
+                    state.text.append(item[1])  # type: ignore[misc]
+            elif kind is NeutralUsage:
+                assert isinstance(item, NeutralUsage)
+                usage = item.usage
+                state.usage = Usage(usage.input_tokens, usage.output_tokens)
+            elif kind is Error:
+                assert isinstance(item, Error)
+                self._upstream_error = item
+                raise upstream_error_event(self.provider, item)
+            encode(item, out)
+            if kind is Done:
+                state.finished = state.done_sent = self._ended = True
+                return
+
+    def _end_event(self) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = self.state.done_sent = True
+        out: list[bytes] = []
+        self._encode(DONE, out)
+        return b"".join(out)
+
+    def _error_event(self, error: GatewayError) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
+        neutral = self._upstream_error or Error(error.status, error.message, error.code)
+        out: list[bytes] = []
+        self._encode(neutral, out)
+        return self._redact.scrub(b"".join(out))
+
+
+class PassThroughStream(SSEUpstream):
+    """An upstream stream of the client's own API (Messages to Messages, Responses to
+    Responses): its events are relayed as its own bytes, and decoded only to learn usage,
+    the end and errors. An error event before anything was relayed is raised (a retry, or
+    the client's HTTP error); after that it is relayed as it came, then raised."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        provider: str,
+        *,
+        api: Api,
+        keep_text: bool = False,
+        max_event_bytes: int = 1024 * 1024,
+        redact: Redactor | None = None,
+    ) -> None:
+        super().__init__(
+            response,
+            provider,
+            include_usage=False,
+            keep_text=keep_text,
+            max_event_bytes=max_event_bytes,
+            redact=redact,
+        )
+        self._api = api
+        self._decode = decoder(api).decode
+        self._relayed = False
+        self._ended = False
+        self._sequence = -1
+        self.state.end_event = self._end_event
+        self.state.error_event = self._error_event
+
+    def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        if self._ended:
+            return
+        decode, state = self._decode, self.state
+        neutral: list[Event] = []
+        for event in events:
+            if not event.data:
+                continue
+            neutral.clear()
+            decode(event.data, neutral)
+            for item in neutral:
+                kind = type(item)
+                if kind in _COUNTED:
+                    state.completion_estimate += 1
+                    if self.keep_text and kind is TextDelta:
+                        state.text.append(item[1])  # type: ignore[misc]
+                elif kind is NeutralUsage:
+                    assert isinstance(item, NeutralUsage)
+                    usage = item.usage
+                    state.usage = Usage(usage.input_tokens, usage.output_tokens)
+                elif kind is Done:
+                    state.finished = state.done_sent = self._ended = True
+                elif kind is Error:
+                    assert isinstance(item, Error)
+                    if self._relayed or out:
+                        out.append(event.raw)
+                        self._ended = True
+                    raise upstream_error_event(self.provider, item)
+            self._sequence += 1
+            out.append(event.raw if event.raw.endswith(b"\n\n") else event.raw + b"\n\n")
+            if self._ended:
+                break
+        if out:
+            self._relayed = True
+
+    def _end_event(self) -> bytes:
+        # The answer was whole (its finish seen) but the upstream did not send its end
+        # event: nothing of the client's API can be made up without its state; the client's
+        # SDK sees the stream end after the finish.
+        self._ended = self.state.done_sent = True
+        return b""
+
+    def _error_event(self, error: GatewayError) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
+        if self._api == "messages":
+            body = anthropic_error_body(error.status, error.message)
+        else:
+            body = {
+                "type": "error",
+                "code": error.code,
+                "message": error.message,
+                "param": None,
+                "sequence_number": self._sequence + 1,
+            }
+        return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
+def upstream_error_event(provider: str, error: Error) -> UpstreamError:
+    """An upstream's error event (any API) as the gateway's error; transient ones may be
+    retried while nothing reached the client."""
+    return UpstreamError(
+        f"provider {provider!r} failed mid-stream: {error.message[:500]}",
+        kind="error_event",
+        retryable=error.status in _RETRYABLE_STATUSES,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.protocols import Api
 from gateway.providers.base import Route
 
 
@@ -21,3 +22,7 @@ class ClientRequest:
     include_usage: bool
     max_tokens: int | None
     prompt_estimate: int
+    api: Api = "chat"
+    """The API the client speaks: `body` is in its shape, and so is the answer."""
+    passed_headers: tuple[tuple[str, str], ...] = ()
+    """Headers passed on to an upstream of the client's own API (`anthropic-version`)."""

@@ -71,6 +71,8 @@ class RelayContext:
             stream=req.stream,
             include_usage=req.include_usage,
             request_id=self.request_id,
+            api=req.api,
+            passed_headers=req.passed_headers,
         )
 
 
@@ -257,11 +259,14 @@ class Relay:
         rec = ctx.record
         rec.outcome = outcome
         tail = b""
+        state = upstream.state
         if outcome == "completed":
-            if not upstream.state.done_sent:
-                tail = _DONE
+            if not state.done_sent:
+                tail = _DONE if state.end_event is None else state.end_event()
         elif outcome != "client_cancelled":
-            tail = self._failed(rec, outcome, error)
+            failure = self._failed(rec, outcome, error)
+            # In the client's API: Chat's error chunk, else what the stream writes for it.
+            tail = failure.sse() if state.error_event is None else state.error_event(failure)
         if outcome in ("client_cancelled", "slow_client") or client_left:
             return  # nobody reads: uvicorn closes the connection of an unfinished response
         end = {"type": "http.response.body", "body": tail, "more_body": False}
@@ -275,8 +280,10 @@ class Relay:
         except TimeoutError:
             rec.outcome = "slow_client"
 
-    def _failed(self, rec: RequestRecord, outcome: Outcome, error: GatewayError | None) -> bytes:
-        """The SSE error event that ends a failed stream, recorded and counted."""
+    def _failed(
+        self, rec: RequestRecord, outcome: Outcome, error: GatewayError | None
+    ) -> GatewayError:
+        """The error that ends a failed stream, recorded and counted."""
         if error is None:
             if outcome == "truncated":
                 error = UpstreamError(
@@ -288,7 +295,7 @@ class Relay:
         if isinstance(error, UpstreamError):
             self.metrics.upstream_error(rec.provider, error.kind)
         rec.error = error.message
-        return error.sse()
+        return error
 
     # --- a plain answer ----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from tests.observability.obs_support import (
 
 SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     # family name -> (type, label names)
-    "gateway_requests": ("counter", frozenset({"model", "provider", "status", "outcome"})),
+    "gateway_requests": ("counter", frozenset({"model", "provider", "status", "outcome", "api"})),
     "gateway_time_to_first_token_seconds": ("histogram", frozenset({"model", "provider"})),
     "gateway_inter_token_latency_seconds": ("histogram", frozenset({"model", "provider"})),
     "gateway_request_duration_seconds": ("histogram", frozenset({"model", "provider"})),

@@ -1,0 +1,120 @@
+"""The OpenAI Responses and Anthropic Messages ingress APIs: their bodies and their errors.
+
+`parse_responses` and `parse_messages` check what the gateway itself relies on (model,
+stream, the output token limit, a prompt to estimate) and hand the body on in the client's
+own shape (`ClientRequest.api`): the provider relays it as it came to an upstream of the
+same API, or translates it (`gateway.protocols`), where what the upstream's API cannot say
+is a 400 naming the field. `send_messages_error` answers every failure of the Messages route
+in Anthropic's shape and statuses, so the `anthropic` SDK raises its own classes (the
+Responses route answers in OpenAI's shape, as Chat does).
+
+Deliberately not here: the steps every route shares (keys, limits, the relay: see
+`completions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from starlette.types import Send
+
+from gateway.asgi import JSON_HEADERS, send_bytes
+from gateway.edge.requests import _bad, _check_depth, _optional
+from gateway.errors import GatewayError
+from gateway.protocols.errors import anthropic_error_body
+from gateway.providers.base import Route
+from gateway.relay.request import ClientRequest
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise _bad("the request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object")
+    _check_depth(raw, body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required and must be a non-empty string", "model")
+    return body
+
+
+def _limit(body: dict[str, Any], name: str) -> int | None:
+    value = _optional(body, name, int, "a positive integer")
+    if value is not None and value <= 0:
+        raise _bad(f"'{name}' must be a positive integer", name)
+    return value  # type: ignore[no-any-return]
+
+
+def _estimate(*parts: Any) -> int:
+    chars = 0
+    for part in parts:
+        if isinstance(part, str):
+            chars += len(part)
+        elif part is not None:
+            chars += len(orjson.dumps(part))
+    return max(1, chars // 4) if chars else 1
+
+
+def parse_responses(route: Route, raw: bytes) -> ClientRequest:
+    """A `POST /v1/responses` body (OpenAI's Responses API)."""
+    body = _object(raw)
+    stream = _optional(body, "stream", bool, "true or false") or False
+    given = body.get("input")
+    if not isinstance(given, (str, list)) or not given:
+        raise _bad("'input' is required: a string or a list of input items", "input")
+    instructions = _optional(body, "instructions", str, "a string")
+    for name in ("temperature", "top_p"):
+        _optional(body, name, (int, float), "a number")
+    return ClientRequest(
+        route=route,
+        body=body,
+        model=body["model"],
+        stream=stream,
+        include_usage=False,
+        max_tokens=_limit(body, "max_output_tokens"),
+        prompt_estimate=_estimate(instructions, given),
+        api="responses",
+    )
+
+
+def parse_messages(route: Route, raw: bytes) -> ClientRequest:
+    """A `POST /v1/messages` body (Anthropic's Messages API)."""
+    body = _object(raw)
+    stream = _optional(body, "stream", bool, "true or false") or False
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' is required and must be a non-empty list", "messages")
+    if not all(isinstance(m, dict) for m in messages):
+        raise _bad("'messages' must be a list of objects", "messages")
+    max_tokens = _limit(body, "max_tokens")
+    if max_tokens is None:
+        raise _bad("'max_tokens' is required: the most output tokens to generate", "max_tokens")
+    for name in ("temperature", "top_p"):
+        _optional(body, name, (int, float), "a number")
+    return ClientRequest(
+        route=route,
+        body=body,
+        model=body["model"],
+        stream=stream,
+        include_usage=False,
+        max_tokens=max_tokens,
+        prompt_estimate=_estimate(body.get("system"), messages, body.get("tools")),
+        api="messages",
+    )
+
+
+async def send_messages_error(
+    send: Send, error: GatewayError, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """A failure before the answer started, as Anthropic answers it: its body shape, and
+    the gateway's status (Anthropic's own statuses are the HTTP ones: 400, 401, 403, 404,
+    413, 429, 5xx; its SDK picks its exception class by status)."""
+    extra = [(k.encode(), v.encode()) for k, v in error.headers.items()]
+    body = orjson.dumps(anthropic_error_body(error.status, error.message))
+    await send_bytes(send, error.status, body, [*JSON_HEADERS, *headers, *extra])

@@ -1,0 +1,310 @@
+"""The official `openai` SDK on /v1/responses and the `anthropic` SDK on /v1/messages,
+against the real `gateway serve`: each against a translated upstream (an OpenAI-compatible
+Chat upstream, the built-in mock) and, where the upstream speaks the client's API, a
+pass-through one. Text, tool calls, usage, every error class, a failure mid-stream, and a
+client that leaves cancelling the upstream."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from gateway.config import hash_key
+from tests.support.fake_upstream import FakeUpstream, text_tokens, tool_arguments
+from tests.support.gateway_proc import KEY_A, KEY_B, GatewayProcess, test_config
+
+KEY_LIMITED = "sk-test-limited"
+TEXT = "".join(text_tokens(12))
+TOOLS_RESPONSES: Any = [
+    {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+]
+TOOLS_MESSAGES: Any = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+USER: Any = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def gw(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """The shared test config, plus upstream failures of every class and a key whose
+    limit is one request a minute."""
+    config = test_config(upstream.url)
+    config["models"] += [
+        {"name": f"gpt-{code}x", "provider": "fake", "upstream_model": f"status?code={code}"}
+        for code in (404, 429, 503)
+    ]
+    config["keys"].append(
+        {"id": "limited", "key_sha256": hash_key(KEY_LIMITED), "limits": {"rpm": 1}}
+    )
+    with GatewayProcess(config, tmp_path_factory.mktemp("apis")) as proc:
+        yield proc
+
+
+_OPEN: list[openai.OpenAI | anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def oai(gw: GatewayProcess, key: str = KEY_A) -> openai.OpenAI:
+    _OPEN.append(openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0))
+    return _OPEN[-1]  # type: ignore[return-value]
+
+
+def ant(gw: GatewayProcess, key: str = KEY_A) -> anthropic.Anthropic:
+    _OPEN.append(anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0))
+    return _OPEN[-1]  # type: ignore[return-value]
+
+
+def last_seen(upstream: FakeUpstream, marker: str):  # type: ignore[no-untyped-def]
+    return next(s for s in reversed(upstream.seen) if marker in str(s.body.get("model")))
+
+
+# --- /v1/responses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt"])
+def test_responses_stream_text_in_order_with_usage(gw: GatewayProcess, model: str) -> None:
+    events = list(oai(gw).responses.create(model=model, input="Say something.", stream=True))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    assert "response.failed" not in types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.output_text == text
+    assert final.usage is not None
+    if model == "gpt-test":
+        assert text == TEXT
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 12)
+    else:
+        assert len(text.split()) == 60
+        assert final.usage.output_tokens == 60
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt"])
+def test_responses_stream_helper_and_plain_answer_agree(gw: GatewayProcess, model: str) -> None:
+    with oai(gw).responses.stream(model=model, input="Say something.") as stream:
+        streamed = stream.get_final_response()
+    plain = oai(gw).responses.create(model=model, input="Say something.")
+    assert streamed.output_text == plain.output_text != ""
+    assert plain.status == streamed.status == "completed"
+    assert plain.usage is not None and streamed.usage is not None
+    assert plain.usage.output_tokens == streamed.usage.output_tokens
+
+
+def test_responses_function_call_arguments_stream_into_valid_json(gw: GatewayProcess) -> None:
+    with oai(gw).responses.stream(
+        model="gpt-tools", input="Weather?", tools=TOOLS_RESPONSES
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert len(calls) == 1
+    assert calls[0].name == "get_weather"
+    assert json.loads(calls[0].arguments) == tool_arguments()
+    assert len(deltas) > 1  # streamed, not gathered
+    assert "".join(deltas) == calls[0].arguments
+
+
+def test_responses_midstream_failure_is_response_failed_never_completed(
+    gw: GatewayProcess,
+) -> None:
+    events = list(oai(gw).responses.create(model="gpt-midstream", input="x", stream=True))
+    types = [e.type for e in events]
+    assert types[-1] == "response.failed"
+    assert "response.completed" not in types
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "".join(text_tokens(5))  # everything before the failure, then the failure
+
+
+def test_responses_stateful_fields_are_refused_naming_the_field(gw: GatewayProcess) -> None:
+    for params in ({"previous_response_id": "resp_123"}, {"store": True}):
+        with pytest.raises(openai.BadRequestError) as info:
+            oai(gw).responses.create(model="gpt-test", input="x", **params)  # type: ignore[arg-type]
+        body = info.value.body
+        assert isinstance(body, dict) and body["param"] == next(iter(params))
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "params", "error"),
+    [
+        ("gpt-test", "sk-wrong", {}, openai.AuthenticationError),
+        ("gpt-tools", KEY_B, {}, openai.PermissionDeniedError),
+        ("no-such-model", KEY_A, {}, openai.NotFoundError),
+        ("gpt-test", KEY_A, {"max_output_tokens": -1}, openai.BadRequestError),
+        ("gpt-400", KEY_A, {}, openai.BadRequestError),
+        ("gpt-404x", KEY_A, {}, openai.NotFoundError),
+        ("gpt-429x", KEY_A, {}, openai.RateLimitError),
+        ("gpt-500", KEY_A, {}, openai.InternalServerError),
+        ("gpt-503x", KEY_A, {}, openai.InternalServerError),
+    ],
+)
+@pytest.mark.parametrize("stream", [True, False])
+def test_responses_errors_raise_the_sdk_class(
+    gw: GatewayProcess, model: str, key: str, params: dict[str, Any], error: type, stream: bool
+) -> None:
+    with pytest.raises(error):
+        oai(gw, key).responses.create(model=model, input="x", stream=stream, **params)
+
+
+# --- /v1/messages -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt"])
+def test_messages_stream_text_in_order_with_usage(gw: GatewayProcess, model: str) -> None:
+    with ant(gw).messages.stream(model=model, max_tokens=100, messages=USER) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    text = "".join(pieces)
+    assert len(pieces) > 1
+    assert final.content[0].type == "text" and final.content[0].text == text
+    assert final.stop_reason == "end_turn"
+    if model == "gpt-test":
+        assert text == TEXT
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 12)
+    else:
+        assert len(text.split()) == 60
+        assert final.usage.output_tokens == 60
+    plain = ant(gw).messages.create(model=model, max_tokens=100, messages=USER)
+    assert plain.content[0].type == "text" and plain.content[0].text == text
+    assert plain.usage.output_tokens == final.usage.output_tokens
+
+
+def test_messages_tool_use_streams_input_json_deltas(gw: GatewayProcess) -> None:
+    with ant(gw).messages.stream(
+        model="gpt-tools", max_tokens=100, messages=USER, tools=TOOLS_MESSAGES
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    partial = [
+        e.delta.partial_json  # type: ignore[union-attr]
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+    ]
+    assert len(partial) > 1
+    blocks = [b for b in final.content if b.type == "tool_use"]
+    assert len(blocks) == 1 and blocks[0].name == "get_weather"
+    assert blocks[0].input == tool_arguments()
+    assert final.stop_reason == "tool_use"
+
+
+def test_messages_midstream_failure_raises(gw: GatewayProcess) -> None:
+    pieces: list[str] = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as info,
+        ant(gw).messages.stream(model="gpt-midstream", max_tokens=100, messages=USER) as stream,
+    ):
+        pieces.extend(stream.text_stream)
+    assert "".join(pieces) == "".join(text_tokens(5))
+    assert "failed" in str(info.value.message) or info.value.body
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "kwargs", "error", "status"),
+    [
+        ("gpt-test", "sk-wrong", {}, anthropic.AuthenticationError, 401),
+        ("gpt-tools", KEY_B, {}, anthropic.PermissionDeniedError, 403),
+        ("no-such-model", KEY_A, {}, anthropic.NotFoundError, 404),
+        ("gpt-test", KEY_A, {"max_tokens": -1}, anthropic.BadRequestError, 400),
+        ("gpt-400", KEY_A, {}, anthropic.BadRequestError, 400),
+        ("gpt-404x", KEY_A, {}, anthropic.NotFoundError, 404),
+        ("gpt-429x", KEY_A, {}, anthropic.RateLimitError, 429),
+        ("gpt-500", KEY_A, {}, anthropic.InternalServerError, 502),
+        ("gpt-503x", KEY_A, {}, anthropic.InternalServerError, 503),
+    ],
+)
+@pytest.mark.parametrize("stream", [True, False])
+def test_messages_errors_raise_the_sdk_class_in_anthropic_shape(
+    gw: GatewayProcess,
+    model: str,
+    key: str,
+    kwargs: dict[str, Any],
+    error: type[anthropic.APIStatusError],
+    status: int,
+    stream: bool,
+) -> None:
+    params: dict[str, Any] = {"max_tokens": 100, **kwargs}
+    with pytest.raises(error) as info:
+        ant(gw, key).messages.create(model=model, messages=USER, stream=stream, **params)
+    assert info.value.status_code == status
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert isinstance(body["error"]["type"], str) and body["error"]["message"]
+
+
+def test_messages_gateway_errors_are_anthropic_shaped_too(gw: GatewayProcess) -> None:
+    """The gateway's own refusals on this route: a body too large to read, not JSON, a
+    rate limit."""
+    url = gw.url + "/v1/messages"
+    auth = {"x-api-key": KEY_A, "content-type": "application/json"}
+    bad = httpx.post(url, headers=auth, content=b"{not json")
+    assert bad.status_code == 400
+    assert bad.json()["type"] == "error"
+    assert bad.json()["error"]["type"] == "invalid_request_error"
+    limited = ant(gw, KEY_LIMITED)
+    limited.messages.create(model="gpt-test", max_tokens=10, messages=USER)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        limited.messages.create(model="gpt-test", max_tokens=10, messages=USER)
+    assert info.value.response.headers.get("retry-after")
+    assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+# --- a client that leaves -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+def test_disconnect_cancels_the_upstream_within_a_second(
+    gw: GatewayProcess, upstream: FakeUpstream, api: str
+) -> None:
+    if api == "responses":
+        path, body = "/v1/responses", {"model": "gpt-paced", "input": "x", "stream": True}
+    else:
+        path = "/v1/messages"
+        body = {"model": "gpt-paced", "max_tokens": 100, "messages": USER, "stream": True}
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", gw.url + path, headers={"x-api-key": KEY_A}, json=body) as response,
+    ):
+        assert response.status_code == 200
+        deltas = 0
+        for line in response.iter_lines():
+            deltas += "delta" in line and line.startswith("data: ")
+            if deltas == 3:
+                break
+        seen = last_seen(upstream, "pace_ms=50")
+        closed_at = time.monotonic()
+    assert upstream.wait_for(lambda: seen.ended is not None, timeout=2)
+    assert seen.disconnected
+    assert seen.ended is not None and seen.ended - closed_at < 1.0
+    assert seen.chunks_sent < 40
+
+
+def test_the_request_log_names_the_route(gw: GatewayProcess) -> None:
+    oai(gw).responses.create(model="gpt-test", input="x")
+    ant(gw).messages.create(model="gpt-test", max_tokens=10, messages=USER)
+    routes = {
+        json.loads(line).get("route") for line in gw.output().splitlines() if '"request"' in line
+    }
+    assert {"responses", "messages"} <= routes
+
+
+def test_requests_are_counted_by_the_api_the_client_called(gw: GatewayProcess) -> None:
+    oai(gw).responses.create(model="gpt-test", input="x")
+    ant(gw).messages.create(model="gpt-test", max_tokens=10, messages=USER)
+    oai(gw).chat.completions.create(model="gpt-test", messages=USER)
+    body = httpx.get(gw.url + "/metrics").text
+    for api in ("responses", "messages", "chat"):
+        assert f'api="{api}"' in body
