@@ -15,6 +15,12 @@ chat format has no place for them), signature and citation deltas, server-tool b
 call), `ping` events (the relay sends its own keep-alives), and event types this module
 does not know (Anthropic adds them; ignoring them is forward compatible). Only the
 chat.completions route is served: Anthropic has no completions or embeddings API.
+
+A Messages client (`UpstreamCall.api`) is relayed: its body goes as it came (the model
+set, its `anthropic-version` / `anthropic-beta` headers passed on) and the answer's events
+pass as Anthropic's own bytes (`PassThroughStream`), thinking blocks included. A Responses
+client is translated to Messages and back (`gateway.protocols`, `TranslatedStream`), with
+reasoning carried both ways.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import orjson
 
 from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import InvalidRequest, UpstreamError
+from gateway.protocols import translate_answer, translate_request
+from gateway.protocols.messages import usage_of
 from gateway.providers.anthropic_format import (
     INPUT_KEYS,
     as_int,
@@ -41,7 +49,14 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.redact import Redactor
-from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
+from gateway.providers.streams import (
+    PassThroughStream,
+    SSEUpstream,
+    TranslatedStream,
+    fetch_json,
+    malformed,
+    open_event_stream,
+)
 from gateway.providers.transport import UpstreamRequests
 from gateway.relay.sse import SSEEvent
 
@@ -279,6 +294,8 @@ class AnthropicProvider:
             auth={"x-api-key": config.api_key} if config.api_key else None,
         )
         self._redact = Redactor.for_provider(config)
+        self._pinned = frozenset(name.lower() for name in config.headers)
+        """Headers the config sets: a Messages client's own do not replace them."""
         # A base_url written with or without Anthropic's /v1 both work; parsed on first use.
         base = config.base_url.rstrip("/")
         self._url_text = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
@@ -293,7 +310,12 @@ class AnthropicProvider:
                 status=400,
             )
         model = call.model.upstream_model or call.model.name
-        body = messages_body(call.body, model, stream=stream)
+        if call.api == "chat":
+            body = messages_body(call.body, model, stream=stream)
+        else:
+            body = dict(translate_request(call.body, call.api, "messages"))
+            body["model"] = model
+            body["stream"] = stream
         try:
             content = orjson.dumps(body)
         except orjson.JSONEncodeError:
@@ -305,13 +327,37 @@ class AnthropicProvider:
         url = self._url
         if url is None:
             url = self._url = httpx.URL(self._url_text)
-        return self._requests.build(url, content, stream=stream)
+        request = self._requests.build(url, content, stream=stream)
+        for name, value in call.passed_headers:
+            if name not in self._pinned:
+                request.headers[name] = value
+        return request
 
-    async def open_stream(self, call: UpstreamCall) -> AnthropicStream:
+    async def open_stream(self, call: UpstreamCall) -> SSEUpstream:
         request = self._request(call, stream=True)
         response = await open_event_stream(
             self._transport, request, self.config.name, openai_error_body, redact=self._redact
         )
+        if call.api == "messages":
+            return PassThroughStream(
+                response,
+                self.config.name,
+                api="messages",
+                keep_text=self._keep_text,
+                max_event_bytes=self._max_event_bytes,
+                redact=self._redact,
+            )
+        if call.api == "responses":
+            return TranslatedStream(
+                response,
+                self.config.name,
+                upstream="messages",
+                client="responses",
+                request=call.body,
+                keep_text=self._keep_text,
+                max_event_bytes=self._max_event_bytes,
+                redact=self._redact,
+            )
         return AnthropicStream(
             response,
             self.config.name,
@@ -324,11 +370,19 @@ class AnthropicProvider:
 
     async def complete(self, call: UpstreamCall) -> Completion:
         request = self._request(call, stream=False)
-        _, data = await fetch_json(
+        raw, data = await fetch_json(
             self._transport, request, self.config.name, openai_error_body, redact=self._redact
         )
-        body, usage = chat_completion(data)
-        return Completion(body=orjson.dumps(body), usage=usage)
+        if call.api == "chat":
+            body, usage = chat_completion(data)
+            return Completion(body=orjson.dumps(body), usage=usage)
+        counts = data.get("usage")
+        tokens = usage_of(counts) if isinstance(counts, dict) else None
+        charged = Usage(tokens.input_tokens, tokens.output_tokens) if tokens else None
+        if call.api == "messages":
+            return Completion(body=raw, usage=charged)
+        answer = translate_answer("messages", call.api, data, call.body)
+        return Completion(body=orjson.dumps(answer), usage=charged)
 
     async def aclose(self) -> None:
         """The shared transport belongs to the app; nothing of its own to close."""

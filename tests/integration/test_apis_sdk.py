@@ -40,6 +40,21 @@ def gw(
         {"name": f"gpt-{code}x", "provider": "fake", "upstream_model": f"status?code={code}"}
         for code in (404, 429, 503)
     ]
+    config["models"] += [
+        {
+            "name": f"claude-{code}x",
+            "provider": "fake-anthropic",
+            "upstream_model": f"status?code={code}",
+        }
+        for code in (400, 404, 429, 500, 529)
+    ]
+    config["models"].append(
+        {
+            "name": "claude-paced",
+            "provider": "fake-anthropic",
+            "upstream_model": "text?n=40&pace_ms=50",
+        }
+    )
     config["keys"].append(
         {"id": "limited", "key_sha256": hash_key(KEY_LIMITED), "limits": {"rpm": 1}}
     )
@@ -74,7 +89,7 @@ def last_seen(upstream: FakeUpstream, marker: str):  # type: ignore[no-untyped-d
 # --- /v1/responses ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt"])
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt", "claude-test"])
 def test_responses_stream_text_in_order_with_usage(gw: GatewayProcess, model: str) -> None:
     events = list(oai(gw).responses.create(model=model, input="Say something.", stream=True))
     types = [e.type for e in events]
@@ -86,15 +101,15 @@ def test_responses_stream_text_in_order_with_usage(gw: GatewayProcess, model: st
     final = events[-1].response  # type: ignore[union-attr]
     assert final.output_text == text
     assert final.usage is not None
-    if model == "gpt-test":
-        assert text == TEXT
-        assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 12)
-    else:
+    if model == "mock-gpt":
         assert len(text.split()) == 60
         assert final.usage.output_tokens == 60
+    else:
+        assert text == TEXT
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 12)
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt"])
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt", "claude-test"])
 def test_responses_stream_helper_and_plain_answer_agree(gw: GatewayProcess, model: str) -> None:
     with oai(gw).responses.stream(model=model, input="Say something.") as stream:
         streamed = stream.get_final_response()
@@ -105,10 +120,11 @@ def test_responses_stream_helper_and_plain_answer_agree(gw: GatewayProcess, mode
     assert plain.usage.output_tokens == streamed.usage.output_tokens
 
 
-def test_responses_function_call_arguments_stream_into_valid_json(gw: GatewayProcess) -> None:
-    with oai(gw).responses.stream(
-        model="gpt-tools", input="Weather?", tools=TOOLS_RESPONSES
-    ) as stream:
+@pytest.mark.parametrize("model", ["gpt-tools", "claude-tools"])
+def test_responses_function_call_arguments_stream_into_valid_json(
+    gw: GatewayProcess, model: str
+) -> None:
+    with oai(gw).responses.stream(model=model, input="Weather?", tools=TOOLS_RESPONSES) as stream:
         deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
         final = stream.get_final_response()
     calls = [item for item in final.output if item.type == "function_call"]
@@ -119,10 +135,11 @@ def test_responses_function_call_arguments_stream_into_valid_json(gw: GatewayPro
     assert "".join(deltas) == calls[0].arguments
 
 
+@pytest.mark.parametrize("model", ["gpt-midstream", "claude-error"])
 def test_responses_midstream_failure_is_response_failed_never_completed(
-    gw: GatewayProcess,
+    gw: GatewayProcess, model: str
 ) -> None:
-    events = list(oai(gw).responses.create(model="gpt-midstream", input="x", stream=True))
+    events = list(oai(gw).responses.create(model=model, input="x", stream=True))
     types = [e.type for e in events]
     assert types[-1] == "response.failed"
     assert "response.completed" not in types
@@ -150,6 +167,11 @@ def test_responses_stateful_fields_are_refused_naming_the_field(gw: GatewayProce
         ("gpt-429x", KEY_A, {}, openai.RateLimitError),
         ("gpt-500", KEY_A, {}, openai.InternalServerError),
         ("gpt-503x", KEY_A, {}, openai.InternalServerError),
+        ("claude-400x", KEY_A, {}, openai.BadRequestError),
+        ("claude-404x", KEY_A, {}, openai.NotFoundError),
+        ("claude-429x", KEY_A, {}, openai.RateLimitError),
+        ("claude-500x", KEY_A, {}, openai.InternalServerError),
+        ("claude-529x", KEY_A, {}, openai.InternalServerError),
     ],
 )
 @pytest.mark.parametrize("stream", [True, False])
@@ -163,7 +185,7 @@ def test_responses_errors_raise_the_sdk_class(
 # --- /v1/messages -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt"])
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt", "claude-test"])
 def test_messages_stream_text_in_order_with_usage(gw: GatewayProcess, model: str) -> None:
     with ant(gw).messages.stream(model=model, max_tokens=100, messages=USER) as stream:
         pieces = list(stream.text_stream)
@@ -172,20 +194,21 @@ def test_messages_stream_text_in_order_with_usage(gw: GatewayProcess, model: str
     assert len(pieces) > 1
     assert final.content[0].type == "text" and final.content[0].text == text
     assert final.stop_reason == "end_turn"
-    if model == "gpt-test":
-        assert text == TEXT
-        assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 12)
-    else:
+    if model == "mock-gpt":
         assert len(text.split()) == 60
         assert final.usage.output_tokens == 60
+    else:
+        assert text == TEXT
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 12)
     plain = ant(gw).messages.create(model=model, max_tokens=100, messages=USER)
     assert plain.content[0].type == "text" and plain.content[0].text == text
     assert plain.usage.output_tokens == final.usage.output_tokens
 
 
-def test_messages_tool_use_streams_input_json_deltas(gw: GatewayProcess) -> None:
+@pytest.mark.parametrize("model", ["gpt-tools", "claude-tools"])
+def test_messages_tool_use_streams_input_json_deltas(gw: GatewayProcess, model: str) -> None:
     with ant(gw).messages.stream(
-        model="gpt-tools", max_tokens=100, messages=USER, tools=TOOLS_MESSAGES
+        model=model, max_tokens=100, messages=USER, tools=TOOLS_MESSAGES
     ) as stream:
         events = list(stream)
         final = stream.get_final_message()
@@ -201,11 +224,12 @@ def test_messages_tool_use_streams_input_json_deltas(gw: GatewayProcess) -> None
     assert final.stop_reason == "tool_use"
 
 
-def test_messages_midstream_failure_raises(gw: GatewayProcess) -> None:
+@pytest.mark.parametrize("model", ["gpt-midstream", "claude-error"])
+def test_messages_midstream_failure_raises(gw: GatewayProcess, model: str) -> None:
     pieces: list[str] = []
     with (
         pytest.raises(anthropic.APIStatusError) as info,
-        ant(gw).messages.stream(model="gpt-midstream", max_tokens=100, messages=USER) as stream,
+        ant(gw).messages.stream(model=model, max_tokens=100, messages=USER) as stream,
     ):
         pieces.extend(stream.text_stream)
     assert "".join(pieces) == "".join(text_tokens(5))
@@ -224,6 +248,11 @@ def test_messages_midstream_failure_raises(gw: GatewayProcess) -> None:
         ("gpt-429x", KEY_A, {}, anthropic.RateLimitError, 429),
         ("gpt-500", KEY_A, {}, anthropic.InternalServerError, 502),
         ("gpt-503x", KEY_A, {}, anthropic.InternalServerError, 503),
+        ("claude-400x", KEY_A, {}, anthropic.BadRequestError, 400),
+        ("claude-404x", KEY_A, {}, anthropic.NotFoundError, 404),
+        ("claude-429x", KEY_A, {}, anthropic.RateLimitError, 429),
+        ("claude-500x", KEY_A, {}, anthropic.InternalServerError, 502),
+        ("claude-529x", KEY_A, {}, anthropic.InternalServerError, 503),
     ],
 )
 @pytest.mark.parametrize("stream", [True, False])
@@ -262,18 +291,54 @@ def test_messages_gateway_errors_are_anthropic_shaped_too(gw: GatewayProcess) ->
     assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
 
 
+def test_messages_to_anthropic_pass_the_upstream_bytes_and_headers(
+    gw: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    """Same API both sides: the events are Anthropic's own (its `ping` and the upstream's
+    message id come through untouched), and the client's version and beta headers reach
+    the upstream."""
+    beta = {"anthropic-beta": "interleaved-thinking-2025-05-14", "anthropic-version": "2099-01-01"}
+    with ant(gw).messages.stream(
+        model="claude-test", max_tokens=100, messages=USER, extra_headers=beta
+    ) as stream:
+        types = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert final.id == "msg_fake"
+    assert types[0] == "message_start"
+    assert "ping" not in types or types.index("ping") == 1
+    seen = last_seen(upstream, "text?n=12")
+    assert seen.path == "/v1/messages"
+    assert seen.headers["anthropic-version"] == "2099-01-01"
+    assert seen.headers["anthropic-beta"] == beta["anthropic-beta"]
+    assert seen.headers["x-api-key"] == "sk-ant-upstream-secret-value"
+    raw = httpx.post(
+        gw.url + "/v1/messages",
+        headers={"x-api-key": KEY_A},
+        json={"model": "claude-test", "max_tokens": 10, "messages": USER, "stream": True},
+    ).text
+    assert "event: ping" in raw  # translated streams drop pings; a pass-through keeps them
+
+
 # --- a client that leaves -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("api", ["responses", "messages"])
+@pytest.mark.parametrize(
+    ("api", "model"),
+    [
+        ("responses", "gpt-paced"),
+        ("messages", "gpt-paced"),
+        ("messages", "claude-paced"),
+        ("responses", "claude-paced"),
+    ],
+)
 def test_disconnect_cancels_the_upstream_within_a_second(
-    gw: GatewayProcess, upstream: FakeUpstream, api: str
+    gw: GatewayProcess, upstream: FakeUpstream, api: str, model: str
 ) -> None:
     if api == "responses":
-        path, body = "/v1/responses", {"model": "gpt-paced", "input": "x", "stream": True}
+        path, body = "/v1/responses", {"model": model, "input": "x", "stream": True}
     else:
         path = "/v1/messages"
-        body = {"model": "gpt-paced", "max_tokens": 100, "messages": USER, "stream": True}
+        body = {"model": model, "max_tokens": 100, "messages": USER, "stream": True}
     with (
         httpx.Client(timeout=10) as client,
         client.stream("POST", gw.url + path, headers={"x-api-key": KEY_A}, json=body) as response,
