@@ -98,6 +98,24 @@ def test_variables_expand_with_defaults() -> None:
             "providers[0].base_url",
             "port that is not a number",
         ),
+        (
+            {
+                "providers": [
+                    {"name": "p", "type": "openai", "base_url": "http://h/v1", "apis": ["x"]}
+                ]
+            },
+            "providers[0].apis",
+            "chat and/or responses",
+        ),
+        (
+            {
+                "providers": [
+                    {"name": "p", "type": "anthropic", "base_url": "http://h", "apis": ["chat"]}
+                ]
+            },
+            "providers[0].apis",
+            "for providers of type openai",
+        ),
     ],
 )
 def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, words: str) -> None:
@@ -107,6 +125,13 @@ def test_each_mistake_is_one_clear_line(change: dict[str, object], path: str, wo
     assert message.startswith(f"gw.yaml: {path}: ")
     assert words in message
     assert "\n" not in message
+
+
+def test_openai_providers_say_which_apis_they_serve() -> None:
+    data = minimal()
+    assert parse_config(data, "c.yaml", {}).providers[0].apis == ("chat",)
+    data["providers"][0]["apis"] = ["chat", "responses"]  # type: ignore[index]
+    assert parse_config(data, "c.yaml", {}).providers[0].apis == ("chat", "responses")
 
 
 def test_a_file_gets_the_same_defaults_as_the_dataclass() -> None:

@@ -48,6 +48,28 @@ def gw(
         }
         for code in (400, 404, 429, 500, 529)
     ]
+    config["providers"].append(
+        {
+            "name": "fake-responses",
+            "type": "openai",
+            "base_url": upstream.url + "/v1",
+            "api_key": "sk-upstream-secret-value",
+            "apis": ["chat", "responses"],
+            "max_retries": 1,
+        }
+    )
+    config["models"] += [
+        {"name": name, "provider": "fake-responses", "upstream_model": target}
+        for name, target in (
+            ("gptr-test", "text?n=12"),
+            ("gptr-tools", "tools"),
+            ("gptr-error", "midstream_error?at=5"),
+            ("gptr-paced", "text?n=40&pace_ms=50"),
+            ("gptr-400x", "status?code=400"),
+            ("gptr-429x", "status?code=429"),
+            ("gptr-500x", "status?code=500"),
+        )
+    ]
     config["models"].append(
         {
             "name": "claude-paced",
@@ -89,7 +111,7 @@ def last_seen(upstream: FakeUpstream, marker: str):  # type: ignore[no-untyped-d
 # --- /v1/responses ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt", "claude-test"])
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt", "claude-test", "gptr-test"])
 def test_responses_stream_text_in_order_with_usage(gw: GatewayProcess, model: str) -> None:
     events = list(oai(gw).responses.create(model=model, input="Say something.", stream=True))
     types = [e.type for e in events]
@@ -109,7 +131,7 @@ def test_responses_stream_text_in_order_with_usage(gw: GatewayProcess, model: st
         assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 12)
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt", "claude-test"])
+@pytest.mark.parametrize("model", ["gpt-test", "mock-gpt", "claude-test", "gptr-test"])
 def test_responses_stream_helper_and_plain_answer_agree(gw: GatewayProcess, model: str) -> None:
     with oai(gw).responses.stream(model=model, input="Say something.") as stream:
         streamed = stream.get_final_response()
@@ -120,7 +142,7 @@ def test_responses_stream_helper_and_plain_answer_agree(gw: GatewayProcess, mode
     assert plain.usage.output_tokens == streamed.usage.output_tokens
 
 
-@pytest.mark.parametrize("model", ["gpt-tools", "claude-tools"])
+@pytest.mark.parametrize("model", ["gpt-tools", "claude-tools", "gptr-tools"])
 def test_responses_function_call_arguments_stream_into_valid_json(
     gw: GatewayProcess, model: str
 ) -> None:
@@ -135,7 +157,7 @@ def test_responses_function_call_arguments_stream_into_valid_json(
     assert "".join(deltas) == calls[0].arguments
 
 
-@pytest.mark.parametrize("model", ["gpt-midstream", "claude-error"])
+@pytest.mark.parametrize("model", ["gpt-midstream", "claude-error", "gptr-error"])
 def test_responses_midstream_failure_is_response_failed_never_completed(
     gw: GatewayProcess, model: str
 ) -> None:
@@ -172,6 +194,9 @@ def test_responses_stateful_fields_are_refused_naming_the_field(gw: GatewayProce
         ("claude-429x", KEY_A, {}, openai.RateLimitError),
         ("claude-500x", KEY_A, {}, openai.InternalServerError),
         ("claude-529x", KEY_A, {}, openai.InternalServerError),
+        ("gptr-400x", KEY_A, {}, openai.BadRequestError),
+        ("gptr-429x", KEY_A, {}, openai.RateLimitError),
+        ("gptr-500x", KEY_A, {}, openai.InternalServerError),
     ],
 )
 @pytest.mark.parametrize("stream", [True, False])
@@ -180,6 +205,23 @@ def test_responses_errors_raise_the_sdk_class(
 ) -> None:
     with pytest.raises(error):
         oai(gw, key).responses.create(model=model, input="x", stream=stream, **params)
+
+
+def test_responses_to_a_responses_upstream_pass_as_its_bytes(
+    gw: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    """`apis: [chat, responses]`: the request goes to /v1/responses as it came (state
+    fields included: that upstream stores responses) and the events come back untouched."""
+    body = {"model": "gptr-test", "input": "x", "stream": True, "previous_response_id": "r1"}
+    raw = httpx.post(gw.url + "/v1/responses", headers={"x-api-key": KEY_A}, json=body)
+    assert raw.status_code == 200
+    seen = last_seen(upstream, "text?n=12")
+    assert seen.path == "/v1/responses"
+    assert seen.body["previous_response_id"] == "r1" and "stream_options" not in seen.body
+    events = [line for line in raw.text.split("\n\n") if line]
+    assert events[0].startswith("event: response.created")
+    assert '"id":"resp_' in events[0]
+    assert events[-1].startswith("event: response.completed")
 
 
 # --- /v1/messages -------------------------------------------------------------------------
@@ -329,6 +371,7 @@ def test_messages_to_anthropic_pass_the_upstream_bytes_and_headers(
         ("messages", "gpt-paced"),
         ("messages", "claude-paced"),
         ("responses", "claude-paced"),
+        ("responses", "gptr-paced"),
     ],
 )
 def test_disconnect_cancels_the_upstream_within_a_second(

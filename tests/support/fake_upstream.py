@@ -23,11 +23,14 @@ import ssl
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import orjson
+
+from gateway.protocols import stream_translator, translate_answer
+from gateway.relay.sse import SSEDecoder
 
 
 @dataclass
@@ -41,6 +44,21 @@ class Seen:
     disconnected: bool = False
     """The client closed the connection before the answer was complete."""
     chunks_sent: int = 0
+
+
+def _as_responses(chat_events: Any, request: dict[str, Any]) -> Any:
+    """The Chat scenario's events as an upstream serving the Responses API sends them (its
+    events written by the gateway's own encoder: the tests of a Responses pass-through check
+    that these bytes arrive untouched, not how they were made)."""
+    translator = stream_translator("chat", "responses", request=request)
+    frames = SSEDecoder(1 << 20)
+    for event in chat_events:
+        if event is _CLOSE or event is _STALL:
+            yield event
+            continue
+        out = b"".join(translator.feed(e.data) for e in frames.feed(event) if e.data)
+        if out:
+            yield out
 
 
 def parse_model(model: str) -> tuple[str, dict[str, str]]:
@@ -203,6 +221,8 @@ class FakeUpstream:
             if anthropic
             else self._openai_events(seen, scenario, params)
         )
+        if seen.path.endswith("/responses"):
+            events = _as_responses(events, seen.body)
         ttft = float(params.get("ttft_ms", "0")) / 1000
         pace = float(params.get("pace_ms", "0")) / 1000
         self.open_streams += 1
@@ -279,6 +299,7 @@ class FakeUpstream:
             return b"data: " + orjson.dumps({**base, "choices": [choice], **extra}) + b"\n\n"
 
         usage_wanted = bool((seen.body.get("stream_options") or {}).get("include_usage"))
+        usage_wanted |= seen.path.endswith("/responses")  # always reported there
         shape = params.get("usage", "")
         report = {"prompt_tokens": 11, "completion_tokens": 0, "total_tokens": 11}
         yield chunk({"role": "assistant", "content": ""})
@@ -363,6 +384,11 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": 5, "total_tokens": 5},
             }
         text = "".join(text_tokens(n))
+        if seen.path.endswith("/responses"):
+            chat = self._complete(
+                replace(seen, path="/v1/chat/completions"), scenario, params, False
+            )
+            return translate_answer("chat", "responses", chat, seen.body)
         if anthropic:
             content: list[dict[str, Any]] = [{"type": "text", "text": text}]
             stop = "end_turn"
