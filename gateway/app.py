@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import STATE_KEY
 from gateway.config import GatewayConfig, resolve_config
-from gateway.edge.apis import parse_messages, parse_responses, send_messages_error
+from gateway.edge.apis import CountTokens, parse_messages, parse_responses, send_messages_error
 from gateway.edge.completions import RelayEndpoint
 from gateway.edge.http import request_id
 from gateway.edge.routes import Routes
@@ -150,6 +150,7 @@ def _routes(config: GatewayConfig, relay: dict[str, RelayEndpoint]) -> list[Base
     routes = Routes()
     return [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relay.items()),
+        Route("/v1/messages/count_tokens", CountTokens(), methods=["POST"]),
         Route("/v1/models", routes.models, methods=["GET"]),
         Route("/v1/models/{name:path}", routes.model, methods=["GET"]),
         Route("/healthz", routes.healthz, methods=["GET"]),

@@ -8,23 +8,34 @@ is a 400 naming the field. `send_messages_error` answers every failure of the Me
 in Anthropic's shape and statuses, so the `anthropic` SDK raises its own classes (the
 Responses route answers in OpenAI's shape, as Chat does).
 
+`CountTokens` serves `POST /v1/messages/count_tokens`: Anthropic's own count for a model
+on an `anthropic` provider, the gateway's estimate (about four characters a token, said so
+in `x-gateway-token-count: estimate`) for any other.
+
 Deliberately not here: the steps every route shares (keys, limits, the relay: see
 `completions`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from time import perf_counter
 from typing import Any
 
 import orjson
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
-from gateway.asgi import JSON_HEADERS, send_bytes
+from gateway.asgi import JSON_HEADERS, ClientGone, send_bytes
+from gateway.edge.completions import _model, _passed_headers, _read
+from gateway.edge.http import request_id
 from gateway.edge.requests import _bad, _check_depth, _optional
+from gateway.edge.shared import runtime_of
 from gateway.errors import GatewayError
+from gateway.observability.records import RequestRecord
 from gateway.protocols.errors import anthropic_error_body
-from gateway.providers.base import Route
+from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.base import Route, UpstreamCall
 from gateway.relay.request import ClientRequest
 
 
@@ -83,8 +94,9 @@ def parse_responses(route: Route, raw: bytes) -> ClientRequest:
     )
 
 
-def parse_messages(route: Route, raw: bytes) -> ClientRequest:
-    """A `POST /v1/messages` body (Anthropic's Messages API)."""
+def parse_messages(route: Route, raw: bytes, *, counting: bool = False) -> ClientRequest:
+    """A `POST /v1/messages` body (Anthropic's Messages API); `counting`: a count_tokens
+    body, which has no `max_tokens`."""
     body = _object(raw)
     stream = _optional(body, "stream", bool, "true or false") or False
     messages = body.get("messages")
@@ -93,7 +105,7 @@ def parse_messages(route: Route, raw: bytes) -> ClientRequest:
     if not all(isinstance(m, dict) for m in messages):
         raise _bad("'messages' must be a list of objects", "messages")
     max_tokens = _limit(body, "max_tokens")
-    if max_tokens is None:
+    if max_tokens is None and not counting:
         raise _bad("'max_tokens' is required: the most output tokens to generate", "max_tokens")
     for name in ("temperature", "top_p"):
         _optional(body, name, (int, float), "a number")
@@ -118,3 +130,51 @@ async def send_messages_error(
     extra = [(k.encode(), v.encode()) for k, v in error.headers.items()]
     body = orjson.dumps(anthropic_error_body(error.status, error.message))
     await send_bytes(send, error.status, body, [*JSON_HEADERS, *headers, *extra])
+
+
+_PASSED = (b"anthropic-version", b"anthropic-beta")
+_ESTIMATE = (b"x-gateway-token-count", b"estimate")
+
+
+class CountTokens:
+    """`POST /v1/messages/count_tokens`: the key and the model checked as on /v1/messages
+    (no limits taken: counting generates nothing), answered in Anthropic's shape."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = runtime_of(scope)
+        started_at = perf_counter()
+        rid = request_id(scope)
+        rec = RequestRecord(request_id=rid.decode(), route="messages.count_tokens")
+        headers: list[tuple[bytes, bytes]] = [(b"x-request-id", rid)]
+        try:
+            key = rt.keys.authenticate(scope)
+            rec.key_id = key.id
+            req = parse_messages("chat.completions", await _read(rt, scope, receive), counting=True)
+            model = _model(rt, key, req, rec)
+            provider = rt.relay.providers[model.provider]
+            if isinstance(provider, AnthropicProvider):
+                call = UpstreamCall(
+                    route="chat.completions",
+                    body=req.body,
+                    model=model,
+                    stream=False,
+                    include_usage=False,
+                    request_id=rec.request_id,
+                    api="messages",
+                    passed_headers=_passed_headers(scope, _PASSED),
+                )
+                body = await provider.count_tokens(call)
+            else:
+                body = orjson.dumps({"input_tokens": req.prompt_estimate})
+                headers.append(_ESTIMATE)
+            rec.status = 200
+            await send_bytes(send, 200, body, [*JSON_HEADERS, *headers])
+        except GatewayError as exc:
+            rec.status, rec.outcome, rec.error = exc.status, exc.outcome, exc.message
+            await send_messages_error(send, exc, headers)
+        except ClientGone:
+            rec.status, rec.outcome = 499, "client_cancelled"
+        finally:
+            rec.duration_s = perf_counter() - started_at
+            rec.ended_at = time.time()
+            rt.finished.add(rec)

@@ -65,6 +65,19 @@ _DONE = b"data: [DONE]\n\n"
 # Error events Anthropic documents as transient: worth another attempt while nothing has
 # reached the client yet (the relay never retries after the first byte).
 _TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error"})
+# Members of a Messages request that count_tokens does not take (it refuses extra inputs).
+_NOT_COUNTED = frozenset(
+    {
+        "max_tokens",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+        "service_tier",
+    }
+)
 
 
 class AnthropicStream(SSEUpstream):
@@ -383,6 +396,21 @@ class AnthropicProvider:
             return Completion(body=raw, usage=charged)
         answer = translate_answer("messages", call.api, data, call.body)
         return Completion(body=orjson.dumps(answer), usage=charged)
+
+    async def count_tokens(self, call: UpstreamCall) -> bytes:
+        """Anthropic's own count for a Messages request (`/v1/messages/count_tokens`): its
+        answer as it came, or the gateway error for its failure."""
+        body = {k: v for k, v in call.body.items() if k not in _NOT_COUNTED}
+        body["model"] = call.model.upstream_model or call.model.name
+        url = httpx.URL(self._url_text + "/count_tokens")
+        request = self._requests.build(url, orjson.dumps(body), stream=False)
+        for name, value in call.passed_headers:
+            if name not in self._pinned:
+                request.headers[name] = value
+        raw, _ = await fetch_json(
+            self._transport, request, self.config.name, openai_error_body, redact=self._redact
+        )
+        return raw
 
     async def aclose(self) -> None:
         """The shared transport belongs to the app; nothing of its own to close."""

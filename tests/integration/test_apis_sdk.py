@@ -361,6 +361,28 @@ def test_messages_to_anthropic_pass_the_upstream_bytes_and_headers(
     assert "event: ping" in raw  # translated streams drop pings; a pass-through keeps them
 
 
+def test_count_tokens_asks_anthropic_and_estimates_elsewhere(
+    gw: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    counted = ant(gw).messages.count_tokens(model="claude-test", messages=USER)
+    assert counted.input_tokens == 42  # Anthropic's own count
+    seen = upstream.seen[-1]
+    assert seen.path == "/v1/messages/count_tokens"
+    assert "max_tokens" not in seen.body and seen.body["model"] == "text?n=12"
+    response = httpx.post(
+        gw.url + "/v1/messages/count_tokens",
+        headers={"x-api-key": KEY_A},
+        json={"model": "gpt-test", "messages": USER},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-gateway-token-count"] == "estimate"
+    assert response.json()["input_tokens"] > 0
+    with pytest.raises(anthropic.AuthenticationError):
+        ant(gw, "sk-wrong").messages.count_tokens(model="claude-test", messages=USER)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        ant(gw, KEY_B).messages.count_tokens(model="claude-test", messages=USER)
+
+
 # --- a client that leaves -------------------------------------------------------------------
 
 

@@ -384,6 +384,8 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": 5, "total_tokens": 5},
             }
         text = "".join(text_tokens(n))
+        if seen.path.endswith("/count_tokens"):
+            return {"input_tokens": 42}
         if seen.path.endswith("/responses"):
             chat = self._complete(
                 replace(seen, path="/v1/chat/completions"), scenario, params, False
