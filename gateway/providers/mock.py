@@ -6,7 +6,9 @@ prompt (same prompt, same reply), paced by `first_token_ms` and `token_ms`, cut 
 `max_tokens` (finish reason `length`) and followed by a usage report like a real provider.
 It serves chat completions, completions and embeddings, and the Responses and Messages
 APIs: their requests are read as Chat requests and the answer translated
-(`gateway.protocols`), as for an OpenAI-compatible upstream that serves Chat only.
+(`gateway.protocols`), as for an OpenAI-compatible upstream that serves Chat only. Given
+`tools` (and a last message from the user), it calls the first one, with arguments made
+from its parameters' schema and streamed in pieces, as a real model does.
 Embeddings come as OpenAI sends them:
 `dimensions` long (64 when not asked), float32 values, as a JSON list (`encoding_format:
 "float"`) or base64 of their little-endian bytes (`"base64"`, what the OpenAI SDKs ask for by
@@ -137,6 +139,44 @@ def _plan(cfg: ProviderConfig, call: UpstreamCall) -> tuple[str, list[str], str]
     return prompt, _reply_words(prompt, count), finish
 
 
+_ARG_PIECE = 8
+"""Characters of a tool call's arguments per streamed delta."""
+
+
+def _tool_call(call: UpstreamCall, prompt: str) -> tuple[str, str] | None:
+    """The tool the mock calls and its arguments (JSON), or None: no tools offered, the
+    client said `tool_choice: none`, or the last message is already a tool's result."""
+    body = call.body
+    tools = body.get("tools")
+    messages = body.get("messages")
+    if call.route != "chat.completions" or not isinstance(tools, list) or not tools:
+        return None
+    if body.get("tool_choice") == "none" or not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return None
+    tool = tools[0] if isinstance(tools[0], dict) else {}
+    given = tool.get("function")
+    function: dict[str, Any] = given if isinstance(given, dict) else {}
+    name = function.get("name") if isinstance(function.get("name"), str) else "tool"
+    schema = function.get("parameters")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    words = prompt.split()[:6]
+    arguments: dict[str, Any] = {}
+    for field, spec in (properties if isinstance(properties, dict) else {}).items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind in ("integer", "number"):
+            arguments[field] = len(words)
+        elif kind == "boolean":
+            arguments[field] = True
+        elif kind == "array":
+            arguments[field] = words[:3]
+        else:
+            arguments[field] = " ".join(words) or "demo"
+    return str(name), orjson.dumps(arguments).decode()
+
+
 _MAX_DIMENSIONS = 3072
 """The longest embedding OpenAI's models give (text-embedding-3-large)."""
 
@@ -203,10 +243,23 @@ class MockStream:
         if chat:
             yield event([choice({"role": "assistant", "content": ""}, None)])
         state = self.state
+        tool = _tool_call(call, prompt)
+        if tool is not None:
+            name, arguments = tool
+            pieces = [arguments[i : i + _ARG_PIECE] for i in range(0, len(arguments), _ARG_PIECE)]
+            words, finish = pieces, "tool_calls"
+            head = {"index": 0, "id": "call_" + uuid.uuid4().hex[:24], "type": "function"}
+            yield event([choice({"tool_calls": [{**head, "function": {"name": name}}]}, None)])
         for i, word in enumerate(words):
             if i:
                 await asyncio.sleep(cfg.token_ms / 1000)
             state.completion_estimate += 1
+            if tool is not None:
+                delta: dict[str, Any] = {
+                    "tool_calls": [{"index": 0, "function": {"arguments": word}}]
+                }
+                yield event([choice(delta, None)])
+                continue
             yield event([choice({"content": word} if chat else word, None)])
         prompt_tokens = estimate_tokens(prompt)
         state.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words))
@@ -303,10 +356,22 @@ class MockProvider:
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         }
+        tool = _tool_call(call, prompt)
         if call.route == "chat.completions":
+            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+            if tool is not None:
+                name, arguments = tool
+                function = {"name": name, "arguments": arguments}
+                call_id = "call_" + uuid.uuid4().hex[:24]
+                message = {**message, "content": None}
+                message["tool_calls"] = [{"id": call_id, "type": "function", "function": function}]
+                finish = "tool_calls"
+                usage.completion_tokens = -(-len(arguments) // _ARG_PIECE)
+                totals["completion_tokens"] = usage.completion_tokens
+                totals["total_tokens"] = usage.prompt_tokens + usage.completion_tokens
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish,
             }

@@ -383,6 +383,55 @@ def test_count_tokens_asks_anthropic_and_estimates_elsewhere(
         ant(gw, KEY_B).messages.count_tokens(model="claude-test", messages=USER)
 
 
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+}
+
+
+def test_the_mock_calls_tools_on_all_three_apis(gw: GatewayProcess) -> None:
+    """A new user sees a tool call on each API from the built-in mock, streamed in pieces."""
+    expected = {"city": "Weather in Paris?", "days": 3}
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    chat_tool: Any = [{"type": "function", "function": {"name": "weather", "parameters": WEATHER}}]
+    chunks = list(
+        oai(gw).chat.completions.create(
+            model="mock-gpt", messages=ask, tools=chat_tool, stream=True
+        )
+    )
+    pieces = [
+        c.choices[0].delta.tool_calls[0].function.arguments or ""  # type: ignore[index, union-attr]
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    ]
+    assert len(pieces) > 2 and json.loads("".join(pieces)) == expected
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    responses_tool: Any = [{"type": "function", "name": "weather", "parameters": WEATHER}]
+    for stream in (True, False):
+        if stream:
+            with oai(gw).responses.stream(
+                model="mock-gpt", input=ask, tools=responses_tool
+            ) as events:
+                answer = events.get_final_response()
+        else:
+            answer = oai(gw).responses.create(model="mock-gpt", input=ask, tools=responses_tool)
+        call = answer.output[-1]
+        assert call.type == "function_call" and call.name == "weather"
+        assert json.loads(call.arguments) == expected
+    messages_tool: Any = [{"name": "weather", "input_schema": WEATHER}]
+    with ant(gw).messages.stream(
+        model="mock-gpt", max_tokens=50, messages=ask, tools=messages_tool
+    ) as message_stream:
+        final = message_stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    block = final.content[-1]
+    assert block.type == "tool_use" and block.input == expected
+    plain = ant(gw).messages.create(
+        model="mock-gpt", max_tokens=50, messages=ask, tools=messages_tool
+    )
+    assert plain.content[-1].type == "tool_use" and plain.content[-1].input == expected
+
+
 # --- a client that leaves -------------------------------------------------------------------
 
 
