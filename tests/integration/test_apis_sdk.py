@@ -70,6 +70,10 @@ def gw(
             ("gptr-500x", "status?code=500"),
         )
     ]
+    config["models"] += [
+        {"name": "gpt-thinking", "provider": "fake", "upstream_model": "thinking"},
+        {"name": "claude-thinking", "provider": "fake-anthropic", "upstream_model": "thinking"},
+    ]
     config["models"].append(
         {
             "name": "claude-paced",
@@ -430,6 +434,27 @@ def test_the_mock_calls_tools_on_all_three_apis(gw: GatewayProcess) -> None:
         model="mock-gpt", max_tokens=50, messages=ask, tools=messages_tool
     )
     assert plain.content[-1].type == "tool_use" and plain.content[-1].input == expected
+
+
+@pytest.mark.parametrize("model", ["gpt-thinking", "claude-thinking"])
+def test_reasoning_reaches_both_apis(gw: GatewayProcess, model: str) -> None:
+    """Reasoning where both sides have it: Chat's `reasoning_content` and Anthropic's
+    thinking (with its signature) as a Responses reasoning item and a Messages thinking
+    block, ahead of the text."""
+    with oai(gw).responses.stream(model=model, input="x") as stream:
+        answer = stream.get_final_response()
+    reasoning = answer.output[0]
+    assert reasoning.type == "reasoning"
+    summary = "".join(part.text for part in reasoning.summary)
+    assert summary == "Let me think."
+    assert answer.output_text == TEXT
+    with ant(gw).messages.stream(model=model, max_tokens=100, messages=USER) as messages:
+        final = messages.get_final_message()
+    thinking = final.content[0]
+    assert thinking.type == "thinking" and thinking.thinking == "Let me think."
+    if model == "claude-thinking":
+        assert thinking.signature == "sig-fake"  # passed through, as Anthropic sent it
+    assert final.content[1].type == "text" and final.content[1].text == TEXT
 
 
 # --- a client that leaves -------------------------------------------------------------------

@@ -324,6 +324,9 @@ class FakeUpstream:
             finish = "tool_calls"
             count = len(args) // 7 + 1
         else:
+            if scenario == "thinking":  # reasoning before the answer (DeepSeek's, vLLM's field)
+                yield chunk({"reasoning_content": "Let me "})
+                yield chunk({"reasoning_content": "think."})
             tokens = text_tokens(n)
             for i, tok in enumerate(tokens):
                 if scenario == "midstream_error" and i == int(params.get("at", "5")):
@@ -553,11 +556,32 @@ class FakeUpstream:
             yield ev("content_block_stop", {"type": "content_block_stop", "index": 1})
             stop, out = "tool_use", 20
         else:
+            first = 0
+            if scenario == "thinking":  # a thinking block (with its signature) before the text
+                first = 1
+                yield ev(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                    },
+                )
+                for delta in (
+                    {"type": "thinking_delta", "thinking": "Let me "},
+                    {"type": "thinking_delta", "thinking": "think."},
+                    {"type": "signature_delta", "signature": "sig-fake"},
+                ):
+                    yield ev(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": 0, "delta": delta},
+                    )
+                yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
             yield ev(
                 "content_block_start",
                 {
                     "type": "content_block_start",
-                    "index": 0,
+                    "index": first,
                     "content_block": {"type": "text", "text": ""},
                 },
             )
@@ -578,11 +602,11 @@ class FakeUpstream:
                     "content_block_delta",
                     {
                         "type": "content_block_delta",
-                        "index": 0,
+                        "index": first,
                         "delta": {"type": "text_delta", "text": tok},
                     },
                 )
-            yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+            yield ev("content_block_stop", {"type": "content_block_stop", "index": first})
             stop, out = "end_turn", n
         yield ev(
             "message_delta",
