@@ -14,6 +14,12 @@ checked: content chunks ` tok0`, ` tok1`, ... arrive in order, each once, every 
 belongs to this stream (the chunk id carries the stream id sent as `user`), then a finish
 reason, the usage chunk, `[DONE]` last. Any deviation is an integrity failure; a refused
 request, a broken connection, an error event or a timeout is an error.
+
+`--api responses` / `--api messages` call /v1/responses or /v1/messages instead
+(`ApiConnection`): the text deltas ` tok0`, ` tok1`, ... must arrive in order, each once,
+then the usage and the API's end event (`response.completed`, `message_stop`), nothing
+after it. Their answers carry ids the gateway makes when it translates, so the stream id
+is not checked there.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ _TOKEN = b'"content":" tok'
 _FINISH = b'"finish_reason":"stop"'
 _USAGE = b'"choices":[],"usage":{'
 _DONE = b"data: [DONE]"
+_ROLE_ONLY = b'"delta":{"role":"assistant","content":""}'
 
 
 @dataclass
@@ -169,6 +176,8 @@ class Connection(asyncio.Protocol):
                 self.finished = True
             elif _USAGE in event:
                 self.usage = True
+            elif _ROLE_ONLY in event:
+                pass  # a translating provider's opening chunk (`chat -> messages`)
             else:
                 self._fail(f"an unexpected event: {event[:120]!r}")
         elif event == _DONE:
@@ -197,6 +206,52 @@ class Connection(asyncio.Protocol):
         return None
 
 
+_API_MARKS = {
+    # api: (text delta, usage, end event, failure)
+    "responses": (
+        b'"delta":" tok',
+        b'"usage":{"input_tokens"',
+        b"event: response.completed",
+        b"response.failed",
+    ),
+    "messages": (b'"text":" tok', b'"output_tokens"', b"event: message_stop", b"event: error"),
+}
+
+
+class ApiConnection(Connection):
+    """A connection checking a Responses or Messages stream (see the module docstring)."""
+
+    api = "responses"
+
+    def _event(self, event: bytes, now: float) -> None:
+        if event.startswith(b":"):
+            return
+        self.events += 1
+        token, usage, end, failure = _API_MARKS[self.api]
+        if self.done:
+            self._fail(f"an event after the end: {event[:80]!r}")
+            return
+        at = event.find(token)
+        if at >= 0:
+            at += len(token)
+            index = int(event[at : event.index(b'"', at)])
+            if index != self.next:
+                self._fail(f"chunk {index} where chunk {self.next} was due")
+            self.next = index + 1
+            if self.last:
+                self.gaps.append(now - self.last)
+            else:
+                self.first = now
+            self.last = now
+            return
+        if usage in event:
+            self.usage = self.finished = True
+        if event.startswith(end):
+            self.done = True
+        elif failure in event:
+            self.error = self.error or f"error event: {event[:200]!r}"
+
+
 @dataclass
 class Plan:
     host: str
@@ -209,9 +264,12 @@ class Plan:
     fresh: bool
     timeout: float
     run_id: str
+    api: str = "chat"
 
 
 def _request(plan: Plan, stream_id: str) -> bytes:
+    if plan.api != "chat":
+        return _api_request(plan, stream_id)
     body = orjson.dumps(
         {
             "model": plan.model,
@@ -230,6 +288,33 @@ def _request(plan: Plan, stream_id: str) -> bytes:
     return head.encode() + body
 
 
+def _api_request(plan: Plan, stream_id: str) -> bytes:
+    text = "Count for the benchmark, please."
+    if plan.api == "responses":
+        path = "/v1/responses"
+        payload: dict[str, Any] = {"input": text, "max_output_tokens": plan.n + 16}
+        payload["user"] = stream_id
+    else:
+        path = "/v1/messages"
+        payload = {"messages": [{"role": "user", "content": text}], "max_tokens": plan.n + 16}
+        payload["metadata"] = {"user_id": stream_id}
+    body = orjson.dumps({"model": plan.model, "stream": True, **payload})
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: {plan.host}:{plan.port}\r\n"
+        f"x-api-key: {plan.key}\r\ncontent-type: application/json\r\n"
+        f"accept: text/event-stream\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _connection(api: str) -> Connection:
+    if api == "chat":
+        return Connection()
+    conn = ApiConnection()
+    conn.api = api
+    return conn
+
+
 async def _worker(plan: Plan, worker: int, count: int, totals: Totals) -> None:
     loop = asyncio.get_running_loop()
     conn: Connection | None = None
@@ -244,7 +329,9 @@ async def _worker(plan: Plan, worker: int, count: int, totals: Totals) -> None:
                 if conn is None or conn.closed or plan.fresh:
                     if conn is not None and conn.transport is not None:
                         conn.transport.close()
-                    _, conn = await loop.create_connection(Connection, plan.host, plan.port)
+                    _, conn = await loop.create_connection(
+                        lambda: _connection(plan.api), plan.host, plan.port
+                    )
                 await conn.stream(request, prefix, plan.n, started)
         except (OSError, TimeoutError) as exc:
             totals.problem("error", f"{type(exc).__name__}: {exc}")
@@ -323,12 +410,13 @@ async def main_async(args: argparse.Namespace) -> None:
         port=url.port or 80,
         key=args.key,
         model=args.model,
-        n=int(args.model.split("-")[1][1:]),
+        n=int(args.model.split("bench-n")[1].split("-")[0]),
         streams=args.streams,
         concurrency=min(args.concurrency, args.streams),
         fresh=args.fresh,
         timeout=args.timeout,
         run_id=f"{os.getpid()}{int(time.time() * 1000) % 100000}",
+        api=args.api,
     )
     if args.warmup:
         warm = Plan(**{**plan.__dict__, "streams": args.warmup, "run_id": plan.run_id + "w"})
@@ -352,7 +440,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="SSE load generator for the benchmark")
     parser.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--key", default="none")
-    parser.add_argument("--model", required=True, help="bench-n<chunks>-p<pace ms>")
+    parser.add_argument("--model", required=True, help="[prefix-]bench-n<chunks>-p<pace ms>")
+    parser.add_argument(
+        "--api", default="chat", choices=("chat", "responses", "messages"), help="the API called"
+    )
     parser.add_argument("--streams", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="a new connection per stream")

@@ -93,6 +93,51 @@ def scenario_table(name: str, what: str, rows: Sequence[Result]) -> str:
     return "\n".join(out) + "\n"
 
 
+def routes_table(name: str, what: str, rows: Sequence[Result]) -> str:
+    """Each ingress route against the first row (Chat Completions pass-through): latencies,
+    the relay's CPU per 1k client events and per stream, and what each adds to the first."""
+    base = rows[0]
+    headers = [
+        f"routes, {name}",
+        "TTFT p50",
+        "+TTFT",
+        "gap p50",
+        "events/stream",
+        "CPU ms/1k ev",
+        "CPU µs/stream",
+        "CPU x chat",
+        "errors",
+        "integrity",
+    ]
+
+    def per_stream(r: Result) -> float | None:
+        streams = r.client["ok"] or 0
+        return r.relay_cpu_s * 1e6 / streams if r.relay_cpu_s is not None and streams else None
+
+    body = []
+    base_stream = per_stream(base)
+    for r in rows:
+        c = r.client
+        ttft, ttft0 = c["ttft_p50"], base.client["ttft_p50"]
+        added = None if ttft is None or ttft0 is None else ttft - ttft0
+        cpu = per_stream(r)
+        body.append(
+            [
+                r.target,
+                _ms(ttft),
+                "-" if added is None else f"{added * 1000:+.2f}",
+                _ms(c["gap_p50"]),
+                f"{r.events / max(c['ok'], 1):.0f}",
+                "-" if r.cpu_ms_per_1k is None else f"{r.cpu_ms_per_1k:.1f}",
+                "-" if cpu is None else f"{cpu:.0f}",
+                "-" if cpu is None or not base_stream else f"{cpu / base_stream:.2f}",
+                str(c["errors"]),
+                str(c["integrity"]),
+            ]
+        )
+    return f"{what}\n{_table(headers, body)}\n"
+
+
 def _find(results: Sequence[Result], target: str, scenario: str) -> Result | None:
     return next((r for r in results if r.target == target and r.scenario == scenario), None)
 

@@ -21,6 +21,12 @@ meanwhile: when it is high, the numbers are noisy. `--candidate DIR` runs anothe
 checkout's `gateway` package side by side (A/B of a change); `--profile SCENARIO` records
 the judged gateway with py-spy.
 
+`--routes` (on by default) then times the gateway's ingress APIs against each other on
+one more gateway (native transport) whose providers speak Chat, Anthropic Messages and
+the Responses API (`bench.upstream` serves all three): every route (client API -> upstream
+API, pass-through or translated) in the latency and throughput shapes, with the TTFT and
+CPU each adds against Chat Completions pass-through.
+
 Deliberately not here: saving results between runs or plotting; the table is the output.
 """
 
@@ -35,12 +41,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
 import orjson
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev dependencies
+import yaml
 
 from bench import report
 from bench.procs import (
@@ -66,6 +73,8 @@ class Scenario:
     fresh: bool
     warmup: int
     what: str
+    api: str = "chat"
+    """The API the client calls (`--routes`)."""
 
 
 def scenarios(rounds: int) -> dict[str, Scenario]:
@@ -171,6 +180,8 @@ def run_client(
     ]  # fmt: skip
     if scenario.fresh:
         cmd.append("--fresh")
+    if scenario.api != "chat":
+        cmd += ["--api", scenario.api]
     errlog = tmp / f"client-{target.name}-{scenario.name}.err"
     with open(errlog, "wb") as err:
         proc = subprocess.Popen(
@@ -349,6 +360,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the gateway with the bench key among N keys managed at runtime "
         "(a SQLite key database) instead of in its config",
     )
+    parser.add_argument(
+        "--routes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each ingress API route (chat, responses, messages) against each "
+        "upstream API, pass-through and translated (default on)",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the logs and configs")
     args = parser.parse_args(argv)
     args.scenario = [s for s in args.scenario.split(",") if s]
@@ -431,6 +449,63 @@ def start_targets(
     return targets
 
 
+ROUTES = [
+    # (route, the API the client calls, the provider: what its upstream speaks)
+    ("chat -> chat (pass-through)", "chat", "fast"),
+    ("responses -> chat", "responses", "fast"),
+    ("messages -> chat", "messages", "fast"),
+    ("chat -> messages", "chat", "fast-anthropic"),
+    ("messages -> messages (pass-through)", "messages", "fast-anthropic"),
+    ("responses -> messages", "responses", "fast-anthropic"),
+    ("responses -> responses (pass-through)", "responses", "fast-responses"),
+]
+
+
+def start_routes_gateway(tmp: Path, upstream: Service, redis_url: str, models: list[str]) -> Target:
+    """One gateway whose providers speak each upstream API; model `<provider>:<model>`."""
+    path = gateway_config(tmp, "gateway-routes", upstream.url, redis_url, [], "native")
+    config = yaml.safe_load(path.read_text())
+    fast = config["providers"][0]
+    config["providers"] += [
+        {**fast, "name": "fast-anthropic", "type": "anthropic", "base_url": upstream.url},
+        {**fast, "name": "fast-responses", "apis": ["chat", "responses"]},
+    ]
+    config["models"] = [
+        {"name": f"{provider}:{model}", "provider": provider, "upstream_model": model}
+        for provider in dict.fromkeys(provider for _, _, provider in ROUTES)
+        for model in models
+    ]
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    cmd = ["serve", "--config", str(path), "--port", str(port)]
+    service = python_service("gateway-routes", "gateway", cmd, tmp, port, health="/healthz").start()
+    return Target("gateway-routes", "gateway routes", service, service.url)
+
+
+def run_routes(
+    args: argparse.Namespace, tmp: Path, upstream: Service, services: list[Service], redis_url: str
+) -> int:
+    """Every route in the latency and throughput shapes; the table, and how many streams
+    failed their checks."""
+    shapes = [s for name, s in scenarios(args.rounds).items() if name in ("latency", "throughput")]
+    target = start_routes_gateway(tmp, upstream, redis_url, [s.model for s in shapes])
+    services.append(target.service)  # type: ignore[arg-type]
+    problems = 0
+    for shape in shapes:
+        runs: dict[str, list[Result]] = {route: [] for route, _, _ in ROUTES}
+        for _ in range(args.repeat):
+            for route, api, provider in ROUTES:
+                scenario = replace(shape, model=f"{provider}:{shape.model}", api=api)
+                result = run_client(target, scenario, upstream, services, tmp, 300)
+                result.target = route
+                runs[route].append(result)
+                time.sleep(0.5)
+        rows = [combine(runs[route]) for route, _, _ in ROUTES]
+        problems += sum(r.client["integrity"] + r.client["errors"] for r in rows)
+        print(report.routes_table(shape.name, shape.what, rows), flush=True)
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     all_scenarios = scenarios(args.rounds)
@@ -469,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
             raw = tmp / f"profile-{judged}-{scenario.name}.txt"
             if raw.exists():
                 print(report.profile_summary(raw), flush=True)
+        route_problems = 0
+        if args.routes and "gateway" in args.targets:
+            redis_url = f"redis://127.0.0.1:{redis.port}/0"
+            route_problems = run_routes(args, tmp, upstream, services, redis_url)
         checked, limits_on = report.sanity(targets, redis.port, redis_command, judged)
         print(checked, flush=True)
         print(report.verdicts(results, args.transport), flush=True)
@@ -483,9 +562,13 @@ def main(argv: list[str] | None = None) -> int:
         # error of the judged gateway, the floor or direct access, fails the run.
         compared = {r.target for r in results if r.target.startswith(("gateway-", "candidate-"))}
         compared.discard(judged)
-        failed = not limits_on or any(
-            r.client["integrity"] or (r.client["errors"] and r.target not in compared)
-            for r in results
+        failed = (
+            not limits_on
+            or route_problems > 0
+            or any(
+                r.client["integrity"] or (r.client["errors"] and r.target not in compared)
+                for r in results
+            )
         )
         return 1 if failed else 0
     finally:

@@ -8,6 +8,13 @@ the request's `user` field, so a client can check order, completeness and that n
 crossed into another stream. The stream ends like OpenAI's: a `finish_reason` chunk, the
 usage chunk (when `stream_options.include_usage` is set) and `data: [DONE]`.
 
+The same plans answer `POST /v1/messages` as Anthropic streams them (`message_start`,
+a text block of ` tok{i}` deltas, `message_delta` with usage, `message_stop`) and
+`POST /v1/responses` as OpenAI's Responses API does (`response.created`, ` tok{i}`
+`response.output_text.delta` events, `response.completed` with usage), so the benchmark
+can time the gateway's other ingress APIs against their pass-through and translated
+upstreams (`bench.run --routes`).
+
 It is built to cost as little CPU as possible, so the relays are what the benchmark
 measures: uvloop, a raw `asyncio.Protocol`, httptools' C parser, events formatted from
 prebuilt byte templates, one `write()` per event (each event is its own network write, as
@@ -90,6 +97,137 @@ class StreamPlan:
         return b"".join(_framed(e) for e in events) + _END
 
 
+class MessagesPlan:
+    """An Anthropic Messages stream of the same shape: ` tok{i}` text deltas."""
+
+    __slots__ = ("head", "n", "pace")
+
+    def __init__(self, stream_id: bytes, model: bytes, n: int, pace: float) -> None:
+        self.n = n
+        self.pace = pace
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": stream_id.decode(),  # a Chat client of it checks `chatcmpl-<id>`
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": model.decode(),
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 12, "output_tokens": 1},
+            },
+        }
+        block = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        self.head = _event(b"message_start", start) + _event(b"content_block_start", block)
+
+    def content(self, i: int) -> bytes:
+        delta = (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":" tok%d"}}\n\n' % i
+        )
+        return _framed(self.head + delta if i == 0 else delta)
+
+    def tail(self) -> bytes:
+        usage = {"output_tokens": self.n}
+        end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}
+        events = [
+            _event(b"content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _event(b"message_delta", end),
+            _event(b"message_stop", {"type": "message_stop"}),
+        ]
+        return b"".join(_framed(e) for e in events) + _END
+
+
+class ResponsesPlan:
+    """An OpenAI Responses stream of the same shape: ` tok{i}` output_text deltas."""
+
+    __slots__ = ("id", "model", "n", "pace")
+
+    def __init__(self, stream_id: bytes, model: bytes, n: int, pace: float) -> None:
+        self.n = n
+        self.pace = pace
+        self.id = "resp_" + stream_id.decode()
+        self.model = model.decode()
+
+    def _response(self, status: str, output: list[object], usage: object) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": 1700000000,
+            "status": status,
+            "model": self.model,
+            "output": output,
+            "usage": usage,
+        }
+
+    def content(self, i: int) -> bytes:
+        delta = (
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+            b'"sequence_number":%d,"item_id":"msg_1","output_index":0,"content_index":0,'
+            b'"delta":" tok%d","logprobs":[]}\n\n' % (i + 4, i)
+        )
+        if i:
+            return _framed(delta)
+        item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress"}
+        head = [
+            (b"response.created", {"response": self._response("in_progress", [], None)}),
+            (b"response.in_progress", {"response": self._response("in_progress", [], None)}),
+            (b"response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}),
+            (
+                b"response.content_part.added",
+                {
+                    "item_id": "msg_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                },
+            ),
+        ]
+        events = [
+            _event(name, {"type": name.decode(), "sequence_number": k, **body})
+            for k, (name, body) in enumerate(head)
+        ]
+        return _framed(b"".join(events) + delta)
+
+    def tail(self) -> bytes:
+        text = "".join(f" tok{i}" for i in range(self.n))
+        item = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        usage = {"input_tokens": 12, "output_tokens": self.n, "total_tokens": self.n + 12}
+        done = self._response("completed", [item], usage)
+        seq = self.n + 4
+        events = [
+            _event(
+                b"response.output_item.done",
+                {
+                    "type": "response.output_item.done",
+                    "sequence_number": seq,
+                    "output_index": 0,
+                    "item": item,
+                },
+            ),
+            _event(
+                b"response.completed",
+                {"type": "response.completed", "sequence_number": seq + 1, "response": done},
+            ),
+        ]
+        return b"".join(_framed(e) for e in events) + _END
+
+
+def _event(name: bytes, data: object) -> bytes:
+    return b"event: " + name + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """One client connection: HTTP/1.1 keep-alive, one request at a time."""
 
@@ -145,7 +283,8 @@ class UpstreamProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if not self._url.endswith(b"/chat/completions"):
+        url = self._url
+        if not url.endswith((b"/chat/completions", b"/messages", b"/responses")):
             transport.write(_NOT_FOUND)
             return
         try:
@@ -156,18 +295,23 @@ class UpstreamProtocol(asyncio.Protocol):
             transport.write(_BAD)
             return
         options = request.get("stream_options") or {}
-        plan = StreamPlan(
-            str(request.get("user", "anon")).encode(),
-            request["model"].encode(),
-            int(match.group(1)),
-            int(match.group(2)) / 1000,
-            bool(options.get("include_usage")),
-        )
+        user = request.get("user") or (request.get("metadata") or {}).get("user_id", "anon")
+        shape = (str(user).encode(), request["model"].encode())
+        n, pace = int(match.group(1)), int(match.group(2)) / 1000
+        plan: StreamPlan | MessagesPlan | ResponsesPlan
+        if url.endswith(b"/messages"):
+            plan = MessagesPlan(*shape, n, pace)
+        elif url.endswith(b"/responses"):
+            plan = ResponsesPlan(*shape, n, pace)
+        else:
+            plan = StreamPlan(*shape, n, pace, bool(options.get("include_usage")))
         self._task = asyncio.get_running_loop().create_task(self._stream(transport, plan))
 
     # --- streaming ----------------------------------------------------------------------
 
-    async def _stream(self, transport: asyncio.Transport, plan: StreamPlan) -> None:
+    async def _stream(
+        self, transport: asyncio.Transport, plan: StreamPlan | MessagesPlan | ResponsesPlan
+    ) -> None:
         loop = asyncio.get_running_loop()
         transport.write(_HEAD)
         start = loop.time()

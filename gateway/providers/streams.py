@@ -361,11 +361,27 @@ class TranslatedStream(SSEUpstream):
         return self._redact.scrub(b"".join(out))
 
 
+_DELTAS: dict[Api, tuple[bytes, ...]] = {
+    "messages": (b'{"type":"content_block_delta"',),
+    "responses": (
+        b'{"type":"response.output_text.delta"',
+        b'{"type":"response.function_call_arguments.delta"',
+        b'{"type":"response.reasoning_summary_text.delta"',
+        b'{"type":"response.reasoning_text.delta"',
+    ),
+}
+"""How each API's per-token events begin, as its servers write them: such an event says
+nothing the relay reads but that a token came (no usage, end or error), so a pass-through
+relays it without parsing it."""
+
+
 class PassThroughStream(SSEUpstream):
     """An upstream stream of the client's own API (Messages to Messages, Responses to
     Responses): its events are relayed as its own bytes, and decoded only to learn usage,
-    the end and errors. An error event before anything was relayed is raised (a retry, or
-    the client's HTTP error); after that it is relayed as it came, then raised."""
+    the end and errors; per-token deltas are recognised by their first bytes and not
+    decoded at all (as the Chat pass-through does). An error event before anything was
+    relayed is raised (a retry, or the client's HTTP error); after that it is relayed as
+    it came, then raised."""
 
     def __init__(
         self,
@@ -386,6 +402,7 @@ class PassThroughStream(SSEUpstream):
             redact=redact,
         )
         self._api = api
+        self._deltas = () if keep_text else _DELTAS.get(api, ())
         self._decode = decoder(api).decode
         self._relayed = False
         self._ended = False
@@ -396,13 +413,19 @@ class PassThroughStream(SSEUpstream):
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
         if self._ended:
             return
-        decode, state = self._decode, self.state
+        decode, state, deltas = self._decode, self.state, self._deltas
         neutral: list[Event] = []
         for event in events:
-            if not event.data:
+            data = event.data
+            if not data:
+                continue
+            if deltas and data.startswith(deltas):
+                state.completion_estimate += 1
+                self._sequence += 1
+                out.append(event.raw if event.raw.endswith(b"\n\n") else event.raw + b"\n\n")
                 continue
             neutral.clear()
-            decode(event.data, neutral)
+            decode(data, neutral)
             for item in neutral:
                 kind = type(item)
                 if kind in _COUNTED:
