@@ -391,3 +391,56 @@ def test_crlf_stream_with_keepalives_renders(page: Page, demo_gateway: GatewayPr
     expect(page.locator("#status-text")).to_contain_text("Done")
     expect(page.locator("#output")).to_have_text("Hello, world")
     expect(page.locator("#stat-total")).to_have_text("5")
+
+
+@pytest.mark.parametrize(
+    ("api", "path", "finish"),
+    [("responses", "/v1/responses", "completed"), ("messages", "/v1/messages", "end_turn")],
+)
+def test_the_api_switch_streams_on_each_api(
+    page: Page, demo_gateway: GatewayProcess, api: str, path: str, finish: str
+) -> None:
+    bodies: list[dict[str, object]] = []
+    page.on(
+        "request", lambda req: bodies.append(req.post_data_json) if req.url.endswith(path) else None
+    )
+    page.goto(demo_gateway.url + "/")
+    expect(page.locator("#model")).to_have_value("mock-gpt")
+    page.select_option("#api", api)
+    page.fill("#system", "Be brief.")
+    page.click("#send")
+    expect(page.locator("#status-text")).to_contain_text("Done", timeout=10_000)
+    assert len((page.locator("#output").text_content() or "").split()) == 60
+    expect(page.locator("#error")).to_be_hidden()
+    assert int(page.locator("#stat-completion").inner_text()) == 60
+    prompt = int(page.locator("#stat-prompt").inner_text())
+    assert int(page.locator("#stat-total").inner_text()) == prompt + 60
+    expect(page.locator("#stat-finish")).to_have_text(finish)
+    assert len(bodies) == 1
+    body = bodies[0]
+    if api == "responses":
+        assert body["instructions"] == "Be brief."
+    else:
+        assert body["system"] == "Be brief." and body["max_tokens"] == 1024
+    page.reload()
+    expect(page.locator("#api")).to_have_value(api)  # the choice is kept
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+def test_tools_and_midstream_errors_on_each_api(
+    page: Page, fake_gateway: GatewayProcess, api: str
+) -> None:
+    open_with_key(page, fake_gateway, KEY_A, "gpt-tools")
+    page.select_option("#api", api)
+    page.click("#send")
+    expect(page.locator("#status-text")).to_contain_text("Done")
+    call = page.locator("#output .tool-call")
+    expect(call).to_have_count(1)
+    text = call.inner_text()
+    assert text.startswith("Tool call get_weather(")
+    assert json.loads(text[len("Tool call get_weather(") : -1])["city"] == "Paris"
+    page.select_option("#model", "gpt-midstream")
+    page.click("#send")
+    expect(page.locator("#error")).to_contain_text("The stream broke off with an error")
+    expect(page.locator("#output")).to_have_text("tok0 tok1 tok2 tok3 tok4 ")
+    expect(page.locator("#status-text")).to_contain_text("Failed mid-stream")
