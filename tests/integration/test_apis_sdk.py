@@ -35,7 +35,7 @@ def gw(
 ) -> Iterator[GatewayProcess]:
     """The shared test config, plus upstream failures of every class and a key whose
     limit is one request a minute."""
-    config = test_config(upstream.url)
+    config = test_config(upstream.url, max_body_bytes=100_000)
     config["models"] += [
         {"name": f"gpt-{code}x", "provider": "fake", "upstream_model": f"status?code={code}"}
         for code in (404, 429, 503)
@@ -329,6 +329,15 @@ def test_messages_gateway_errors_are_anthropic_shaped_too(gw: GatewayProcess) ->
     assert bad.status_code == 400
     assert bad.json()["type"] == "error"
     assert bad.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(anthropic.RequestTooLargeError) as too_large:
+        ant(gw).messages.create(
+            model="gpt-test", max_tokens=10, messages=[{"role": "user", "content": "x" * 200_000}]
+        )
+    assert too_large.value.status_code == 413
+    assert too_large.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    with pytest.raises(openai.APIStatusError) as openai_too_large:
+        oai(gw).responses.create(model="gpt-test", input="x" * 200_000)
+    assert openai_too_large.value.status_code == 413
     limited = ant(gw, KEY_LIMITED)
     limited.messages.create(model="gpt-test", max_tokens=10, messages=USER)
     with pytest.raises(anthropic.RateLimitError) as info:
@@ -512,3 +521,29 @@ def test_requests_are_counted_by_the_api_the_client_called(gw: GatewayProcess) -
     body = httpx.get(gw.url + "/metrics").text
     for api in ("responses", "messages", "chat"):
         assert f'api="{api}"' in body
+
+
+def tokens(gw: GatewayProcess, model: str, direction: str) -> float:
+    text = httpx.get(gw.url + "/metrics").text
+    labels = (f'model="{model}"', 'key_id="team-a"', f'direction="{direction}"')
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_tokens_total{") and all(label in line for label in labels)
+    )
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test", "gptr-test"])
+def test_each_route_charges_the_upstreams_usage(gw: GatewayProcess, model: str) -> None:
+    """Settlement on every route: the key is charged the usage the upstream reported (11 in,
+    12 out), streamed or not, translated or passed through."""
+    before = tokens(gw, model, "prompt"), tokens(gw, model, "completion")
+    list(oai(gw).responses.create(model=model, input="x", stream=True))
+    oai(gw).responses.create(model=model, input="x")
+    if not model.startswith("gptr"):
+        with ant(gw).messages.stream(model=model, max_tokens=50, messages=USER) as stream:
+            stream.get_final_message()
+        ant(gw).messages.create(model=model, max_tokens=50, messages=USER)
+    calls = 2 if model.startswith("gptr") else 4
+    after = tokens(gw, model, "prompt"), tokens(gw, model, "completion")
+    assert (after[0] - before[0], after[1] - before[1]) == (11 * calls, 12 * calls)
