@@ -72,6 +72,11 @@ def gw(
     ]
     config["models"] += [
         {"name": "gpt-thinking", "provider": "fake", "upstream_model": "thinking"},
+        {
+            "name": "claude-truncate",
+            "provider": "fake-anthropic",
+            "upstream_model": "truncate?at=5",
+        },
         {"name": "claude-thinking", "provider": "fake-anthropic", "upstream_model": "thinking"},
     ]
     config["models"].append(
@@ -547,3 +552,22 @@ def test_each_route_charges_the_upstreams_usage(gw: GatewayProcess, model: str) 
     calls = 2 if model.startswith("gptr") else 4
     after = tokens(gw, model, "prompt"), tokens(gw, model, "completion")
     assert (after[0] - before[0], after[1] - before[1]) == (11 * calls, 12 * calls)
+
+
+@pytest.mark.parametrize("model", ["gpt-truncate", "claude-truncate"])
+def test_an_upstream_that_drops_mid_stream_fails_in_each_api(
+    gw: GatewayProcess, model: str
+) -> None:
+    """The gateway's own mid-stream failure (the upstream's connection dropped before its
+    answer finished): `response.failed` for a Responses client, an `event: error` the
+    `anthropic` SDK raises, after the text received so far."""
+    events = list(oai(gw).responses.create(model=model, input="x", stream=True))
+    assert events[-1].type == "response.failed"
+    assert "response.completed" not in [e.type for e in events]
+    pieces: list[str] = []
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        ant(gw).messages.stream(model=model, max_tokens=100, messages=USER) as stream,
+    ):
+        pieces.extend(stream.text_stream)
+    assert "".join(pieces) == "".join(text_tokens(5))
