@@ -30,8 +30,8 @@ from gateway.limits import build_limiter
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
 from gateway.providers import build_provider
-from gateway.providers.transport import build_transport
 from gateway.state import GatewayState
+from gateway.transports import build_transport
 
 log = structlog.get_logger("gateway")
 

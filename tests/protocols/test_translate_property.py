@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.protocols import APIS, Api, stream_translator
 from gateway.protocols.events import Event
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 from tests.protocols.streams import (
     comparable,
     decode,
