@@ -21,9 +21,9 @@ from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import UpstreamError
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.redact import Redactor
+from gateway.providers.requests import UpstreamRequests
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
-from gateway.providers.transport import UpstreamRequests
-from gateway.relay.sse import SSEEvent
+from gateway.sse import SSEEvent
 
 _PATHS = {
     "chat.completions": "/chat/completions",
