@@ -70,7 +70,7 @@ class OpenAIStream(SSEUpstream):
             if choices and type(choices) is list:
                 _scan_choices(choices, state, self.keep_text)
             if usage and not self.include_usage:
-                # SPEC 5: usage reaches only a client that asked for it.
+                # Usage reaches only a client that asked for it.
                 if not choices or (type(choices) is list and _only_usage(choices)):
                     continue
                 del chunk["usage"]

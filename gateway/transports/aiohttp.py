@@ -2,7 +2,7 @@
 
 httpx's own pool re-checks every open connection on each request (encode/httpx#3215): at
 500 concurrent streams it spent most of the gateway's CPU and timed streams out, where this
-transport held up (README, "Performance"). The native transport has since replaced it as
+transport held up (docs/performance.md). The native transport has since replaced it as
 the default; it stays to compare, and for whoever trusts aiohttp's client more.
 
 One session for every proxy (aiohttp pools connections per proxy and origin), with a dummy

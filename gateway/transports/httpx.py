@@ -2,7 +2,7 @@
 
 Kept to compare against: httpx's pool re-checks every open connection on each request
 (encode/httpx#3215), which at hundreds of concurrent streams costs most of the gateway's CPU
-(README, "Performance"). Its exceptions are httpx's already. Deliberately not here: proxy
+(docs/performance.md). Its exceptions are httpx's already. Deliberately not here: proxy
 routing (`gateway.transports.proxy`): httpx's transports never read the environment, and a
 proxy is given to each transport the router builds.
 """
