@@ -194,7 +194,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         scope: Any = self.scope  # uvicorn's TypedDict types extensions' values narrowly
-        scope["extensions"] = {DISCONNECT: DisconnectHook()}
+        # uvicorn 0.55's scope has no extensions; any a later one adds (e.g. "tls") are kept.
+        scope.setdefault("extensions", {})[DISCONNECT] = DisconnectHook()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # uvicorn 0.55's, with the count: calling it would cost a call per field, a third of
