@@ -64,7 +64,12 @@ def test_the_newest_constraints_are_within_the_declared_ranges() -> None:
 
 
 def fake_installed(**versions: str | None) -> dict[str, str | None]:
-    tested = {"uvicorn": "0.55.0", "prometheus-client": "0.26.0", "httpx-aiohttp": "0.2.0"}
+    tested = {
+        "uvicorn": "0.55.0",
+        "prometheus-client": "0.26.0",
+        "httpx-aiohttp": "0.2.0",
+        "aiohttp": "3.14.5",
+    }
     return {**tested, **{name.replace("_", "-"): v for name, v in versions.items()}}
 
 
