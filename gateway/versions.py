@@ -1,18 +1,20 @@
 """The start-up check that the libraries whose internals the gateway uses are tested versions.
 
 The gateway subclasses uvicorn's httptools protocol and starts its workers with uvicorn's
-private `_subprocess`, switches prometheus-client's value class for multiprocess mode, and
-reads httpx-aiohttp's response stream's aiohttp response. None of that is a public API, so a
+private `_subprocess`, switches prometheus-client's value class for multiprocess mode and
+adds to a histogram's sum and buckets directly, reads httpx-aiohttp's response stream's
+aiohttp response, and watches aiohttp's connection protocol's `closed` future (added in
+3.12.4) to fail a body whose connection died. None of that is a public API, so a
 new minor release may change it without notice, and the failure would show as a hung stream
 or a wrong metric in production rather than an ImportError. `pyproject.toml` bounds these
-three packages to the range CI runs the test suite against (`.ci/constraints-min.txt` and
+four packages to the range CI runs the test suite against (`.ci/constraints-min.txt` and
 `.ci/constraints-new.txt`); pip can still be told to install something else, so
-`gateway serve` checks the installed versions against the same range and refuses to start
+`gateway serve` checks the installed versions against the same ranges and refuses to start
 on another one, with one line per package. `GATEWAY_ALLOW_UNTESTED=1` starts anyway (the
 lines become warnings), for trying out a new release.
 
 It does not check the libraries used only through their public APIs (Starlette, httpx,
-aiohttp, redis, ...): their declared minimums are tested by CI and pip enforces them.
+redis, ...): their declared minimums are tested by CI and pip enforces them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from packaging.version import InvalidVersion, Version
 TESTED: dict[str, str] = {
     "uvicorn": ">=0.50,<0.56",
     "prometheus-client": ">=0.26,<0.27",
-    "httpx-aiohttp": ">=0.1.9,<0.3",
+    "httpx-aiohttp": ">=0.1.10,<0.3",
+    "aiohttp": ">=3.12.4,<3.15",
 }
 """Per package whose internals are used, the range CI tests; `pyproject.toml` declares the
 same (a test keeps them equal). The upper bound is the next minor after the newest tested."""

@@ -24,9 +24,11 @@ from tests.support.gateway_proc import GatewayProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def declared() -> dict[str, SpecifierSet]:
+def declared(*, dev: bool = False) -> dict[str, SpecifierSet]:
+    """The runtime dependencies' ranges (and the dev extra's, with `dev`)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [Requirement(line) for line in project["dependencies"]]
+    lines = project["dependencies"] + (project["optional-dependencies"]["dev"] if dev else [])
+    requirements = [Requirement(line) for line in lines]
     return {canonicalize_name(r.name): r.specifier for r in requirements}
 
 
@@ -57,14 +59,20 @@ def test_the_minimum_constraints_pin_every_declared_minimum() -> None:
 
 
 def test_the_newest_constraints_are_within_the_declared_ranges() -> None:
+    # The dev tools too: a new ruff or mypy must not change CI's verdict unseen.
     newest = pins("constraints-new.txt")
-    for package, spec in declared().items():
+    for package, spec in declared(dev=True).items():
         assert package in newest, package
         assert spec.contains(newest[package], prereleases=True), (package, newest[package])
 
 
 def fake_installed(**versions: str | None) -> dict[str, str | None]:
-    tested = {"uvicorn": "0.55.0", "prometheus-client": "0.26.0", "httpx-aiohttp": "0.2.0"}
+    tested = {
+        "uvicorn": "0.55.0",
+        "prometheus-client": "0.26.0",
+        "httpx-aiohttp": "0.2.0",
+        "aiohttp": "3.14.5",
+    }
     return {**tested, **{name.replace("_", "-"): v for name, v in versions.items()}}
 
 
@@ -153,3 +161,26 @@ def test_serve_starts_on_an_untested_uvicorn_when_allowed(tmp_path: Path) -> Non
     assert len(warnings) == 1, proc.output()
     assert "untested uvicorn 0.99.0" in warnings[0]
     assert "starting anyway" in warnings[0]
+
+
+def import_server(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import gateway.server"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_module_that_patches_uvicorn_refuses_to_import_on_an_untested_one(
+    tmp_path: Path,
+) -> None:
+    """The guard sits with the patches too, for any way in other than `gateway serve`."""
+    env = {**os.environ, **shadowing_uvicorn(tmp_path, "0.99.0")}
+    env.pop(ALLOW_UNTESTED_ENV, None)
+    refused = import_server(env)
+    assert refused.returncode == 1
+    assert f"gateway.server.UntestedUvicorn: {REFUSAL}" in refused.stderr
+    allowed = import_server({**env, ALLOW_UNTESTED_ENV: "1"})
+    assert allowed.returncode == 0, allowed.stderr

@@ -17,7 +17,7 @@ the metric behind `on_reachable`) and writes fail with `StoreUnavailable` (the A
 
 One code path for both databases: SQLAlchemy Core over asyncpg or aiosqlite. Deliberately
 not here: the HTTP API (`gateway.keys.admin`), the config file's keys (read-only, looked up
-by `GatewayState` first), and spending budgets (stored and shown; enforcing them is SPEC 12).
+by `edge/keys.py: Keys` first), and spending budgets (stored and shown; not enforced yet).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from gateway.protocols import StreamTranslator, stream_translator, translate_ans
 from gateway.protocols import translate_request as _translate_request
 from gateway.protocols.events import Error
 from gateway.providers.base import Completion, Sink, StreamState, UpstreamCall, Usage
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 from gateway.tokens import estimate_tokens
 
 _WORDS = [

@@ -28,6 +28,7 @@ from gateway.errors import UpstreamError
 from gateway.protocols import Api, translate_answer, translate_request
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.redact import Redactor
+from gateway.providers.requests import UpstreamRequests
 from gateway.providers.streams import (
     PassThroughStream,
     SSEUpstream,
@@ -36,8 +37,7 @@ from gateway.providers.streams import (
     malformed,
     open_event_stream,
 )
-from gateway.providers.transport import UpstreamRequests
-from gateway.relay.sse import SSEEvent
+from gateway.sse import SSEEvent
 
 _PATHS = {
     "chat.completions": "/chat/completions",
@@ -85,7 +85,7 @@ class OpenAIStream(SSEUpstream):
             if choices and type(choices) is list:
                 _scan_choices(choices, state, self.keep_text)
             if usage and not self.include_usage:
-                # SPEC 5: usage reaches only a client that asked for it.
+                # Usage reaches only a client that asked for it.
                 if not choices or (type(choices) is list and _only_usage(choices)):
                     continue
                 del chunk["usage"]

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote
 import orjson
 
 from gateway.protocols import stream_translator, translate_answer
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 
 
 @dataclass
