@@ -36,6 +36,7 @@ def gw(
     """The shared test config, plus upstream failures of every class and a key whose
     limit is one request a minute."""
     config = test_config(upstream.url, max_body_bytes=100_000)
+    config["timeouts"]["keepalive"] = 0.4
     config["models"] += [
         {"name": f"gpt-{code}x", "provider": "fake", "upstream_model": f"status?code={code}"}
         for code in (404, 429, 503)
@@ -72,6 +73,7 @@ def gw(
     ]
     config["models"] += [
         {"name": "gpt-thinking", "provider": "fake", "upstream_model": "thinking"},
+        {"name": "gpt-pause", "provider": "fake", "upstream_model": "stall?at=3&stall_s=1.5"},
         {
             "name": "claude-truncate",
             "provider": "fake-anthropic",
@@ -571,3 +573,39 @@ def test_an_upstream_that_drops_mid_stream_fails_in_each_api(
     ):
         pieces.extend(stream.text_stream)
     assert "".join(pieces) == "".join(text_tokens(5))
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": "gpt-pause", "input": "x", "stream": True}),
+        (
+            "/v1/messages",
+            {"model": "gpt-pause", "max_tokens": 50, "messages": USER, "stream": True},
+        ),
+    ],
+)
+def test_keepalives_during_upstream_silence_on_each_api(
+    gw: GatewayProcess, path: str, body: dict[str, Any]
+) -> None:
+    """An upstream that pauses 1.5 s mid-answer: SSE comments keep the connection alive,
+    and the SDKs, which ignore comments, still get the whole text."""
+    raw = httpx.post(gw.url + path, headers={"x-api-key": KEY_A}, json=body, timeout=10).text
+    assert ": keep-alive" in raw
+    if path == "/v1/responses":
+        events = list(oai(gw).responses.create(model="gpt-pause", input="x", stream=True))
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    else:
+        with ant(gw).messages.stream(model="gpt-pause", max_tokens=50, messages=USER) as stream:
+            text = "".join(stream.text_stream)
+    assert text == TEXT
+
+
+def test_nothing_is_left_open_after_all_of_the_above(gw: GatewayProcess) -> None:
+    def open_requests() -> int:
+        return int(httpx.get(gw.url + "/healthz").json()["open_requests"])
+
+    deadline = time.monotonic() + 5
+    while open_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_requests() == 0
