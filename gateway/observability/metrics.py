@@ -97,6 +97,7 @@ _APIS = {
     "embeddings": "embeddings",
     "responses": "responses",
     "messages": "messages",
+    "messages.count_tokens": "messages",
 }
 """A record's route -> the `api` label: the API the client called."""
 _LIMITS = frozenset(get_args(LimitName))

@@ -402,6 +402,15 @@ def test_count_tokens_asks_anthropic_and_estimates_elsewhere(
     with pytest.raises(anthropic.PermissionDeniedError):
         ant(gw, KEY_B).messages.count_tokens(model="claude-test", messages=USER)
 
+    def logged() -> set[int]:
+        lines = [json.loads(line) for line in gw.output().splitlines() if '"request"' in line]
+        return {r["status"] for r in lines if r.get("route") == "messages.count_tokens"}
+
+    deadline = time.monotonic() + 5  # the request log writes in batches, off the request path
+    while not logged() >= {200, 401, 403} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert logged() >= {200, 401, 403}
+
 
 WEATHER = {
     "type": "object",
@@ -515,10 +524,15 @@ def test_disconnect_cancels_the_upstream_within_a_second(
 def test_the_request_log_names_the_route(gw: GatewayProcess) -> None:
     oai(gw).responses.create(model="gpt-test", input="x")
     ant(gw).messages.create(model="gpt-test", max_tokens=10, messages=USER)
-    routes = {
-        json.loads(line).get("route") for line in gw.output().splitlines() if '"request"' in line
-    }
-    assert {"responses", "messages"} <= routes
+
+    def routes() -> set[str]:
+        lines = gw.output().splitlines()
+        return {json.loads(line).get("route") for line in lines if '"request"' in line}
+
+    deadline = time.monotonic() + 5  # the request log writes in batches, off the request path
+    while not {"responses", "messages"} <= routes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {"responses", "messages"} <= routes()
 
 
 def test_requests_are_counted_by_the_api_the_client_called(gw: GatewayProcess) -> None:
