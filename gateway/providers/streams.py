@@ -33,6 +33,7 @@ from gateway.protocols.events import (
     Error,
     Event,
     ReasoningDelta,
+    Start,
     TextDelta,
     ToolArgsDelta,
 )
@@ -333,6 +334,8 @@ class TranslatedStream(SSEUpstream):
                 assert isinstance(item, NeutralUsage)
                 usage = item.usage
                 state.usage = Usage(usage.input_tokens, usage.output_tokens)
+            elif kind is Start:
+                _started(item, state)
             elif kind is Error:
                 assert isinstance(item, Error)
                 self._upstream_error = item
@@ -435,6 +438,8 @@ class PassThroughStream(SSEUpstream):
                     assert isinstance(item, NeutralUsage)
                     usage = item.usage
                     state.usage = Usage(usage.input_tokens, usage.output_tokens)
+                elif kind is Start:
+                    _started(item, state)
                 elif kind is Done:
                     state.finished = state.done_sent = self._ended = True
                 elif kind is Error:
@@ -472,6 +477,14 @@ class PassThroughStream(SSEUpstream):
                 "sequence_number": self._sequence + 1,
             }
         return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
+def _started(start: Event, state: StreamState) -> None:
+    """Usage known at the start (Anthropic's input tokens): what a stream cut short before
+    its final usage is charged for its prompt, instead of the gateway's estimate."""
+    assert isinstance(start, Start)
+    if start.usage is not None:
+        state.usage = Usage(start.usage.input_tokens, start.usage.output_tokens)
 
 
 def upstream_error_event(provider: str, error: Error) -> UpstreamError:

@@ -576,7 +576,9 @@ def test_an_upstream_that_drops_mid_stream_fails_in_each_api(
 ) -> None:
     """The gateway's own mid-stream failure (the upstream's connection dropped before its
     answer finished): `response.failed` for a Responses client, an `event: error` the
-    `anthropic` SDK raises, after the text received so far."""
+    `anthropic` SDK raises, after the text received so far. The key is charged what was
+    relayed, and the prompt Anthropic counted at the start when it did."""
+    before = tokens(gw, model, "prompt"), tokens(gw, model, "completion")
     events = list(oai(gw).responses.create(model=model, input="x", stream=True))
     assert events[-1].type == "response.failed"
     assert "response.completed" not in [e.type for e in events]
@@ -587,6 +589,10 @@ def test_an_upstream_that_drops_mid_stream_fails_in_each_api(
     ):
         pieces.extend(stream.text_stream)
     assert "".join(pieces) == "".join(text_tokens(5))
+    after = tokens(gw, model, "prompt"), tokens(gw, model, "completion")
+    assert after[1] - before[1] == 2 * 5
+    if model.startswith("claude"):
+        assert after[0] - before[0] == 2 * 11
 
 
 @pytest.mark.parametrize(
