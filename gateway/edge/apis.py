@@ -27,9 +27,9 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from gateway.asgi import JSON_HEADERS, ClientGone, send_bytes
-from gateway.edge.completions import _model, _passed_headers, _read
+from gateway.edge.completions import passed_headers, read_request_body, resolve_model
 from gateway.edge.http import request_id
-from gateway.edge.requests import _bad, _check_depth, _optional
+from gateway.edge.requests import bad_request, check_depth, optional_field
 from gateway.edge.shared import runtime_of
 from gateway.errors import GatewayError
 from gateway.observability.records import RequestRecord
@@ -41,24 +41,24 @@ from gateway.relay.request import ClientRequest
 
 def _object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
-        raise _bad("the request body is empty; send a JSON object")
+        raise bad_request("the request body is empty; send a JSON object")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise _bad(f"the request body is not valid JSON ({exc})") from None
+        raise bad_request(f"the request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
-        raise _bad("the request body must be a JSON object")
-    _check_depth(raw, body)
+        raise bad_request("the request body must be a JSON object")
+    check_depth(raw, body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("'model' is required and must be a non-empty string", "model")
+        raise bad_request("'model' is required and must be a non-empty string", "model")
     return body
 
 
 def _limit(body: dict[str, Any], name: str) -> int | None:
-    value = _optional(body, name, int, "a positive integer")
+    value = optional_field(body, name, int, "a positive integer")
     if value is not None and value <= 0:
-        raise _bad(f"'{name}' must be a positive integer", name)
+        raise bad_request(f"'{name}' must be a positive integer", name)
     return value  # type: ignore[no-any-return]
 
 
@@ -75,13 +75,13 @@ def _estimate(*parts: Any) -> int:
 def parse_responses(route: Route, raw: bytes) -> ClientRequest:
     """A `POST /v1/responses` body (OpenAI's Responses API)."""
     body = _object(raw)
-    stream = _optional(body, "stream", bool, "true or false") or False
+    stream = optional_field(body, "stream", bool, "true or false") or False
     given = body.get("input")
     if not isinstance(given, (str, list)) or not given:
-        raise _bad("'input' is required: a string or a list of input items", "input")
-    instructions = _optional(body, "instructions", str, "a string")
+        raise bad_request("'input' is required: a string or a list of input items", "input")
+    instructions = optional_field(body, "instructions", str, "a string")
     for name in ("temperature", "top_p"):
-        _optional(body, name, (int, float), "a number")
+        optional_field(body, name, (int, float), "a number")
     return ClientRequest(
         route=route,
         body=body,
@@ -98,17 +98,19 @@ def parse_messages(route: Route, raw: bytes, *, counting: bool = False) -> Clien
     """A `POST /v1/messages` body (Anthropic's Messages API); `counting`: a count_tokens
     body, which has no `max_tokens`."""
     body = _object(raw)
-    stream = _optional(body, "stream", bool, "true or false") or False
+    stream = optional_field(body, "stream", bool, "true or false") or False
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' is required and must be a non-empty list", "messages")
+        raise bad_request("'messages' is required and must be a non-empty list", "messages")
     if not all(isinstance(m, dict) for m in messages):
-        raise _bad("'messages' must be a list of objects", "messages")
+        raise bad_request("'messages' must be a list of objects", "messages")
     max_tokens = _limit(body, "max_tokens")
     if max_tokens is None and not counting:
-        raise _bad("'max_tokens' is required: the most output tokens to generate", "max_tokens")
+        raise bad_request(
+            "'max_tokens' is required: the most output tokens to generate", "max_tokens"
+        )
     for name in ("temperature", "top_p"):
-        _optional(body, name, (int, float), "a number")
+        optional_field(body, name, (int, float), "a number")
     return ClientRequest(
         route=route,
         body=body,
@@ -149,8 +151,10 @@ class CountTokens:
         try:
             key = rt.keys.authenticate(scope)
             rec.key_id = key.id
-            req = parse_messages("chat.completions", await _read(rt, scope, receive), counting=True)
-            model = _model(rt, key, req, rec)
+            req = parse_messages(
+                "chat.completions", await read_request_body(rt, scope, receive), counting=True
+            )
+            model = resolve_model(rt, key, req, rec)
             provider = rt.relay.providers[model.provider]
             if isinstance(provider, AnthropicProvider):
                 call = UpstreamCall(
@@ -161,7 +165,7 @@ class CountTokens:
                     include_usage=False,
                     request_id=rec.request_id,
                     api="messages",
-                    passed_headers=_passed_headers(scope, _PASSED),
+                    passed_headers=passed_headers(scope, _PASSED),
                 )
                 body = await provider.count_tokens(call)
             else:

@@ -118,14 +118,14 @@ class RelayEndpoint:
             )
         key = rt.keys.authenticate(scope)
         rec.key_id = key.id
-        raw = await _read(rt, scope, receive)
+        raw = await read_request_body(rt, scope, receive)
         req = self._parse(self.route, raw)
         if self._passed:
-            req = replace(req, passed_headers=_passed_headers(scope, self._passed))
+            req = replace(req, passed_headers=passed_headers(scope, self._passed))
         rec.stream = req.stream
         if rt.config.log_bodies:
             rec.request_body = raw
-        model = _model(rt, key, req, rec)
+        model = resolve_model(rt, key, req, rec)
         ctx = RelayContext(
             request=req,
             models=[model, *(rt.models[name] for name in model.fallbacks)],
@@ -151,7 +151,7 @@ class RelayEndpoint:
             await self._answer_error(send, error, headers)
 
 
-def _passed_headers(scope: Scope, names: tuple[bytes, ...]) -> tuple[tuple[str, str], ...]:
+def passed_headers(scope: Scope, names: tuple[bytes, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(
         (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
         for name, value in scope["headers"]
@@ -170,7 +170,7 @@ def _finish(
     rt.finished.add(rec)
 
 
-async def _read(rt: EdgeRuntime, scope: Scope, receive: Receive) -> bytes:
+async def read_request_body(rt: EdgeRuntime, scope: Scope, receive: Receive) -> bytes:
     idle = rt.config.timeouts.idle
     try:
         # A client that declares a body and stalls must not hold its request forever.
@@ -183,7 +183,9 @@ async def _read(rt: EdgeRuntime, scope: Scope, receive: Receive) -> bytes:
         ) from None
 
 
-def _model(rt: EdgeRuntime, key: KeyConfig, req: ClientRequest, rec: RequestRecord) -> ModelConfig:
+def resolve_model(
+    rt: EdgeRuntime, key: KeyConfig, req: ClientRequest, rec: RequestRecord
+) -> ModelConfig:
     model = rt.models.get(req.model)
     # The log line names what was asked for, bounded: its metrics label is bounded by
     # `Metrics` (a configured name, else "other").
