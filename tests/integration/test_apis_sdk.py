@@ -66,6 +66,7 @@ def gw(
             ("gptr-tools", "tools"),
             ("gptr-error", "midstream_error?at=5"),
             ("gptr-paced", "text?n=40&pace_ms=50"),
+            ("gptr-truncate", "truncate?at=5"),
             ("gptr-400x", "status?code=400"),
             ("gptr-429x", "status?code=429"),
             ("gptr-500x", "status?code=500"),
@@ -629,3 +630,15 @@ def test_nothing_is_left_open_after_all_of_the_above(gw: GatewayProcess) -> None
     while open_requests() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert open_requests() == 0
+
+
+def test_a_responses_pass_through_cut_short_ends_with_an_error_event(gw: GatewayProcess) -> None:
+    """Relaying a Responses upstream's own bytes, the gateway cannot write that stream's
+    `response.failed` (it holds none of its state): its own failure is the Responses API's
+    `error` event, numbered after the upstream's last one, never `response.completed`."""
+    events = list(oai(gw).responses.create(model="gptr-truncate", input="x", stream=True))
+    assert events[-1].type == "error"
+    assert events[-1].sequence_number == events[-2].sequence_number + 1
+    assert "response.completed" not in [e.type for e in events]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "".join(text_tokens(5))
