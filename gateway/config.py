@@ -343,8 +343,9 @@ def _apis(r: _Reader, ptype: str) -> tuple[str, ...]:
     if ptype != "openai":
         raise r.fail("apis", f"is for providers of type openai; {ptype} serves its own API")
     unknown = [a for a in apis if a not in ("chat", "responses")]
-    if unknown or not apis:
-        raise r.fail("apis", "must list chat and/or responses, e.g. [chat, responses]")
+    if unknown or "chat" not in apis:
+        # Chat clients (and completions, embeddings) always go to the Chat API.
+        raise r.fail("apis", "must list chat, and responses if it serves it: [chat, responses]")
     return apis
 
 

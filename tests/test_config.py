@@ -105,7 +105,21 @@ def test_variables_expand_with_defaults() -> None:
                 ]
             },
             "providers[0].apis",
-            "chat and/or responses",
+            "must list chat",
+        ),
+        (
+            {
+                "providers": [
+                    {
+                        "name": "p",
+                        "type": "openai",
+                        "base_url": "http://h/v1",
+                        "apis": ["responses"],
+                    }
+                ]
+            },
+            "providers[0].apis",
+            "[chat, responses]",
         ),
         (
             {
