@@ -18,6 +18,7 @@ comes back out (see `gateway.providers.redact`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -409,6 +410,8 @@ class PassThroughStream(SSEUpstream):
         self._relayed = False
         self._ended = False
         self._sequence = -1
+        self._start: Start | None = None
+        """The upstream's own start (its response id and model), for a `response.failed`."""
         self.state.end_event = self._end_event
         self.state.error_event = self._error_event
 
@@ -439,6 +442,8 @@ class PassThroughStream(SSEUpstream):
                     usage = item.usage
                     state.usage = Usage(usage.input_tokens, usage.output_tokens)
                 elif kind is Start:
+                    assert isinstance(item, Start)
+                    self._start = item
                     _started(item, state)
                 elif kind is Done:
                     state.finished = state.done_sent = self._ended = True
@@ -468,7 +473,9 @@ class PassThroughStream(SSEUpstream):
         self._ended = True
         if self._api == "messages":
             body = anthropic_error_body(error.status, error.message)
-        else:
+            return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+        start = self._start
+        if start is None:  # nothing said which response this is: the API's bare error event
             body = {
                 "type": "error",
                 "code": error.code,
@@ -476,7 +483,27 @@ class PassThroughStream(SSEUpstream):
                 "param": None,
                 "sequence_number": self._sequence + 1,
             }
-        return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+            return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+        # The upstream's response, failed: its items still open stay as they were (their
+        # state is the upstream's, not read here); the client's SDK sees the failure.
+        code = "rate_limit_exceeded" if error.status == 429 else "server_error"
+        response = {
+            "id": start.id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "failed",
+            "model": start.model,
+            "output": [],
+            "error": {"code": code, "message": error.message},
+            "incomplete_details": None,
+            "usage": None,
+        }
+        failed = {
+            "type": "response.failed",
+            "sequence_number": self._sequence + 1,
+            "response": response,
+        }
+        return b"event: response.failed\ndata: " + orjson.dumps(failed) + b"\n\n"
 
 
 def _started(start: Event, state: StreamState) -> None:

@@ -632,13 +632,18 @@ def test_nothing_is_left_open_after_all_of_the_above(gw: GatewayProcess) -> None
     assert open_requests() == 0
 
 
-def test_a_responses_pass_through_cut_short_ends_with_an_error_event(gw: GatewayProcess) -> None:
-    """Relaying a Responses upstream's own bytes, the gateway cannot write that stream's
-    `response.failed` (it holds none of its state): its own failure is the Responses API's
-    `error` event, numbered after the upstream's last one, never `response.completed`."""
+def test_a_responses_pass_through_cut_short_ends_with_response_failed(
+    gw: GatewayProcess,
+) -> None:
+    """Relaying a Responses upstream's own bytes, the gateway's own failure (the upstream
+    dropped) is that response's `response.failed` (its id, numbered after the upstream's
+    last event), never `response.completed`."""
     events = list(oai(gw).responses.create(model="gptr-truncate", input="x", stream=True))
-    assert events[-1].type == "error"
-    assert events[-1].sequence_number == events[-2].sequence_number + 1
+    failed = events[-1]
+    assert failed.type == "response.failed"
+    assert failed.sequence_number == events[-2].sequence_number + 1
+    assert failed.response.id == events[0].response.id  # type: ignore[union-attr]
+    assert failed.response.status == "failed" and failed.response.error is not None
     assert "response.completed" not in [e.type for e in events]
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == "".join(text_tokens(5))
