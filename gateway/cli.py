@@ -206,8 +206,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     import httpx
 
-    from gateway.limits.base import KeyUsage
-    from gateway.limits.report import format_usage_table
+    from gateway.limits.report import format_usage_table, usage_of_row
 
     admin_key = args.admin_key or os.environ.get("GATEWAY_ADMIN_KEY", "")
     if not admin_key:
@@ -232,7 +231,7 @@ def _usage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    usages = [KeyUsage(**row) for row in rows]
+    usages = [usage_of_row(row) for row in rows]
     print(format_usage_table(usages))
     return 0
 
