@@ -1,4 +1,5 @@
-"""The key store's tables and the migrations that build them, versioned in the database.
+"""The database's tables (managed keys, the request ledger) and the migrations that build
+them, versioned in the database.
 
 Each migration is a numbered step, run once, in order, in one transaction with its row in
 `gateway_schema_version`; on PostgreSQL an advisory lock keeps two replicas that start
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -63,6 +65,30 @@ generation = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+requests = Table(
+    # The ledger (`gateway.observability.ledger`): one row per request log line written by
+    # the `database` sink.
+    "gateway_requests",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("route", String(32), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cached_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("cost_nanos", BigInteger, nullable=False),
+    Index("gateway_requests_key_ts", "key_id", "ts"),
+    Index("gateway_requests_ts", "ts"),
+)
+
 schema_version = Table(
     "gateway_schema_version",
     metadata,
@@ -77,7 +103,14 @@ async def _v1_keys(conn: AsyncConnection) -> None:
     await conn.execute(insert(generation).values(id=1, value=0))
 
 
-MIGRATIONS: tuple[tuple[int, Callable[[AsyncConnection], Awaitable[None]]], ...] = ((1, _v1_keys),)
+async def _v2_requests(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda sync: requests.create(sync))
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[AsyncConnection], Awaitable[None]]], ...] = (
+    (1, _v1_keys),
+    (2, _v2_requests),
+)
 LATEST = MIGRATIONS[-1][0]
 
 
