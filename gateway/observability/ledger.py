@@ -94,7 +94,8 @@ class Ledger:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._failing = False
+        self.failing = False
+        """The last write failed (the database is away); the batch waits for a retry."""
         self.written = 0
         """Rows written since start (tests and the benchmark read it)."""
 
@@ -150,8 +151,8 @@ class Ledger:
             try:
                 await asyncio.wait_for(self._insert(rows), WRITE_TIMEOUT_S)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                if not self._failing:
-                    self._failing = True
+                if not self.failing:
+                    self.failing = True
                     _log.warning(
                         "request ledger: the database refused a batch (%s); retrying every "
                         "%.0f s, lines past %d are dropped",
@@ -163,8 +164,8 @@ class Ledger:
                     return
                 await asyncio.sleep(RETRY_S)
                 continue
-            if self._failing:
-                self._failing = False
+            if self.failing:
+                self.failing = False
                 _log.info("request ledger: the database takes writes again")
             self._pending.popleft()
             self._pending_lines -= len(lines)

@@ -8,8 +8,10 @@ Expected costs are computed here from the prices written in this file, not with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -311,3 +313,67 @@ def test_the_ledger_s_sums_equal_the_log_lines_and_survive_a_restart_and_a_redis
         assert "claude-priced" in cli.stdout and "TOTAL" in cli.stdout
         total = sum(expected.values())
         assert f"${total:,.6f}" in cli.stdout
+
+
+async def _gaps_of_streams(gateway: GatewayProcess, model: str, n: int) -> list[float]:
+    """Seconds between successive content chunks of `n` concurrent streams, as clients see
+    them."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {KEY_OTHER}"}
+
+    async def one(client: httpx.AsyncClient) -> list[float]:
+        gaps, last = [], None
+        url = gateway.url + "/v1/chat/completions"
+        async with client.stream("POST", url, headers=headers, json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if '"content":"tok' in line:
+                    now = time.perf_counter()
+                    if last is not None:
+                        gaps.append(now - last)
+                    last = now
+        return gaps
+
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        results = await asyncio.gather(*(one(client) for _ in range(n)))
+    return [gap for gaps in results for gap in gaps]
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(len(ordered) * 0.99)]
+
+
+def test_a_stalled_database_never_slows_a_stream(upstream: FakeUpstream, tmp_path: Path) -> None:
+    config = ledger_config(upstream, tmp_path)
+    config["models"].append(
+        {"name": "gpt-steady", "provider": "fake", "upstream_model": "text?n=60&pace_ms=10"}
+    )
+    config["pricing"]["gpt-steady"] = GPT
+    streams = 20
+    with GatewayProcess(config, tmp_path) as gw:
+        baseline = asyncio.run(_gaps_of_streams(gw, "gpt-steady", streams))
+        wait_for(lambda: ledger_count(gw) == streams, what="the baseline's ledger rows")
+        # Another connection holds the database's write lock: every ledger write waits
+        # out SQLite's busy timeout and fails, and is tried again.
+        lock = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            stalled = asyncio.run(_gaps_of_streams(gw, "gpt-steady", streams))
+            # the stdout sink of the same queue is not held up by the database
+            lines_for(gw, 2 * streams)
+            assert "request ledger: the database refused a batch" in wait_for(
+                lambda: "request ledger" in gw.output() and gw.output(),
+                what="the ledger's warning",
+            )
+        finally:
+            lock.rollback()
+            lock.close()
+        # once the database answers, the buffered lines are written: nothing was lost
+        wait_for(lambda: ledger_count(gw) == 2 * streams, timeout=20, what="the retried rows")
+    before, during = p99(baseline), p99(stalled)
+    print(f"inter-token p99: {before * 1000:.1f} ms before, {during * 1000:.1f} ms stalled")
+    assert len(stalled) == len(baseline) == streams * 59
+    # wide margin: a stream held behind a 3 s database wait would show seconds here
+    assert during < max(3 * before, before + 0.05)
