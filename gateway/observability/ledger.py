@@ -98,6 +98,7 @@ class Ledger:
         """The last write failed (the database is away); the batch waits for a retry."""
         self.written = 0
         """Rows written since start (tests and the benchmark read it)."""
+        self._attempted = asyncio.Event()
 
     async def start(self) -> None:
         if self._task is None:
@@ -118,6 +119,11 @@ class Ledger:
     @property
     def pending(self) -> int:
         return self._pending_lines
+
+    async def next_attempt(self) -> None:
+        """Return after the writer's next write, whether the database took it or not."""
+        self._attempted.clear()
+        await self._attempted.wait()
 
     async def aclose(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Write what is buffered (for up to `timeout` seconds), then close the engine."""
@@ -151,6 +157,7 @@ class Ledger:
             try:
                 await asyncio.wait_for(self._insert(rows), WRITE_TIMEOUT_S)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                self._attempted.set()
                 if not self.failing:
                     self.failing = True
                     _log.warning(
@@ -170,6 +177,7 @@ class Ledger:
             self._pending.popleft()
             self._pending_lines -= len(lines)
             self.written += len(rows)
+            self._attempted.set()
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         if not rows:

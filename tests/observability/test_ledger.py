@@ -56,14 +56,14 @@ def test_a_database_that_is_away_costs_the_lines_past_the_bound_and_nothing_else
             # the writer meets the lock (SQLite's busy timeout, 3 s), keeps the batch
             async with asyncio.timeout(20):
                 while not ledger.failing:
-                    await asyncio.sleep(0.05)
+                    await ledger.next_attempt()
             assert ledger.written == 0 and ledger.pending == 6
         finally:
             lock.rollback()
             lock.close()
         async with asyncio.timeout(20):
             while ledger.written < 6:
-                await asyncio.sleep(0.02)
+                await ledger.next_attempt()
         rows = await ledger.spend(group_by="model")
         assert rows == [
             {
