@@ -377,3 +377,31 @@ def test_a_stalled_database_never_slows_a_stream(upstream: FakeUpstream, tmp_pat
     assert len(stalled) == len(baseline) == streams * 59
     # wide margin: a stream held behind a 3 s database wait would show seconds here
     assert during < max(3 * before, before + 0.05)
+
+
+def test_a_runtime_key_s_budget_is_enforced_and_a_raised_budget_admits_again(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    config = spend_config(upstream, database_url=f"sqlite:///{tmp_path / 'keys.db'}")
+    with GatewayProcess(config, tmp_path) as gw:
+        created = httpx.post(
+            gw.url + "/admin/keys",
+            headers=ADMIN,
+            json={"id": "runtime", "budget": {"monthly_usd": round(2 * GPT_COST, 9)}},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        secret = created.json()["key"]
+        wait_for(lambda: stream(gw, secret, "gpt-priced").status_code == 200, what="the key")
+        assert stream(gw, secret, "gpt-priced").status_code == 200
+        refused = stream(gw, secret, "gpt-priced")
+        assert refused.status_code == 429
+        assert "monthly budget" in refused.json()["error"]["message"]
+        raised = httpx.patch(
+            gw.url + "/admin/keys/runtime",
+            headers=ADMIN,
+            json={"budget": {"monthly_usd": 1.0}},
+            timeout=10,
+        )
+        assert raised.status_code == 200, raised.text
+        wait_for(lambda: stream(gw, secret, "gpt-priced").status_code == 200, what="the raise")
