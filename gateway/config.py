@@ -87,7 +87,7 @@ every sum below 2^53 nanos ($9 million)."""
 
 @dataclass(frozen=True)
 class Budget:
-    """A key's spending limits in USD per UTC day and calendar month (SPEC 12)."""
+    """A key's spending limits in USD per UTC day and calendar month (README, "Spend")."""
 
     daily_usd: float | None = None
     monthly_usd: float | None = None
@@ -155,7 +155,7 @@ class LoggingConfig:
     queue_size: int = 10_000
     batch_size: int = 256
     sinks: tuple[str, ...] = ()
-    """Where the request log goes: `stdout`, `file`, `database` (the ledger, SPEC 12).
+    """Where the request log goes: `stdout`, `file`, `database` (the ledger, `gateway.observability.ledger`).
     Empty: `file` when `file` is set, else `stdout`."""
 
 

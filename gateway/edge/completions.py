@@ -201,7 +201,7 @@ async def _admit(
     limiter = rt.limiter
     output = 0 if req.route == "embeddings" else req.max_tokens or rt.config.default_max_tokens
     tokens = req.prompt_estimate + output
-    # The reservation's cost at the primary model's prices (SPEC 12): settled to the real
+    # The reservation's cost at the primary model's prices: settled to the real
     # cost of whichever model answered when the request ends.
     cost = rt.prices.reserve(model.name, req.prompt_estimate, output)
     try:

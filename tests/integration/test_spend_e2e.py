@@ -1,4 +1,4 @@
-"""Spend in dollars through the real server (SPEC 12): the price table applied to the
+"""Spend in dollars through the real server: the price table applied to the
 upstream's reported usage, budgets held across two replicas on one Redis, a disconnect
 charged what was streamed, and the request ledger in the database.
 

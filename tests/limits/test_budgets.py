@@ -1,4 +1,4 @@
-"""Per-key budgets in nano-dollars (SPEC 12), proven against both backends alike."""
+"""Per-key budgets in nano-dollars, proven against both backends alike."""
 
 from __future__ import annotations
 
