@@ -155,8 +155,8 @@ class LoggingConfig:
     queue_size: int = 10_000
     batch_size: int = 256
     sinks: tuple[str, ...] = ()
-    """Where the request log goes: `stdout`, `file`, `database` (the ledger, `gateway.observability.ledger`).
-    Empty: `file` when `file` is set, else `stdout`."""
+    """Where the request log goes: `stdout`, `file`, `database` (the ledger,
+    `gateway.observability.ledger`). Empty: `file` when `file` is set, else `stdout`."""
 
 
 @dataclass(frozen=True)
