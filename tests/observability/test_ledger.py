@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from gateway.observability import ledger as ledger_module
 from gateway.observability.ledger import Ledger, row_of
 from gateway.observability.metrics import Metrics
 from tests.observability.obs_support import value
+from tests.support.postgres import ThrowawayDatabase
 
 
 def line(n: int, cost: float = 0.000140, key_id: str = "team-a") -> bytes:
@@ -24,6 +27,54 @@ def line(n: int, cost: float = 0.000140, key_id: str = "team-a") -> bytes:
         b'"completion_tokens":12,"cost_usd":%s}\n'
         % (n % 10, n, key_id.encode(), repr(cost).encode())
     )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/ledger.db"
+        return
+    with ThrowawayDatabase() as db:
+        yield db.url
+
+
+def test_spend_is_summed_per_day_or_model_over_a_range(database_url: str) -> None:
+    asyncio.run(migrate_database(database_url))
+    metrics = Metrics(models=["gpt-4o"], providers=["openai"], key_ids=["team-a"])
+
+    async def scenario() -> None:
+        ledger = Ledger(database_url, metrics)
+        await ledger.start()
+        ledger.add([line(1, 0.25), line(2, 0.5), line(3, 0.125, key_id="team-b")])
+        while ledger.written < 3:
+            await ledger.next_attempt()
+        by_day = await ledger.spend(key_id="team-a")
+        assert by_day == [
+            {
+                "key_id": "team-a",
+                "day": "2025-03-14",
+                "requests": 2,
+                "prompt_tokens": 22,
+                "completion_tokens": 24,
+                "cost_usd": 0.75,
+            }
+        ]
+        models = await ledger.spend(group_by="model")
+        assert [(r["key_id"], r["model"], r["cost_usd"]) for r in models] == [
+            ("team-a", "gpt-4o", 0.75),
+            ("team-b", "gpt-4o", 0.125),
+        ]
+        # [from, to): the line at 12:00:02 is the first one left out
+        since = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC).timestamp()
+        until = since + 2
+        (row,) = await ledger.spend(since=since, until=until)
+        assert row["requests"] == 1 and row["cost_usd"] == 0.25
+        await ledger.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        metrics.close()
 
 
 def test_a_log_line_becomes_a_row_with_its_exact_cost() -> None:
