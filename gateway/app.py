@@ -39,10 +39,10 @@ from gateway.observability.requestlog import RequestLog
 from gateway.pricing import Prices
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
-from gateway.providers.transport import build_transport
 from gateway.relay.stream import Relay
 from gateway.relay.watch import StreamWatch
 from gateway.runtime import Runtime, start_budget
+from gateway.transports import build_transport
 
 if TYPE_CHECKING:  # the store's database libraries load only when a database is configured
     from gateway.keys.store import KeyStore

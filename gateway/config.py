@@ -1,9 +1,9 @@
 """The gateway's configuration: one frozen object, validated once at start-up.
 
-The YAML file (SPEC section 3) is read here and nowhere else; so is the environment
-(`${VAR}` / `${VAR:-default}` expansion, `GATEWAY_CONFIG`, `REDIS_URL`, the egress proxy's
-`HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`, see `gateway.egress`). Every mistake is
-refused with one `ConfigError` line that names the file, the path inside it and the fix.
+The YAML file (config/example.yaml shows every key) is read here and nowhere else; so is the
+environment (`${VAR}` / `${VAR:-default}` expansion, `GATEWAY_CONFIG`, `REDIS_URL`, the
+egress proxy's `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`, see `gateway.egress`). Every
+mistake is refused with one `ConfigError` line that names the file, the path inside it and the fix.
 
 Deliberately not here: hot reload. A changed config takes a restart (a rolling one behind
 nginx or Kubernetes costs no stream, see the graceful shutdown in `gateway.server`).
@@ -181,7 +181,7 @@ class GatewayConfig:
     """sha256 of the key that may read /admin/usage; empty: the admin route is off."""
     cors_origins: tuple[str, ...] = ()
     upstream_transport: Transport = "native"
-    """What carries httpx's requests upstream (README, "Performance")."""
+    """What carries httpx's requests upstream (docs/performance.md)."""
     stream_buffer_bytes: int = 64 * 1024
     """High-water mark of bytes queued towards one client. Past it the relay stops reading
     the upstream until the client catches up (backpressure); a client that reads nothing
@@ -191,7 +191,7 @@ class GatewayConfig:
     max_requests_per_loop_turn: int = 48
     """At most this many requests start per event-loop turn, the rest wait in order, so a
     connection storm's setup comes in slices with the running streams' tokens relayed in
-    between (`gateway/edge/budget.py`; README, "Performance"). 0: no limit."""
+    between (`gateway/edge/budget.py`; docs/performance.md). 0: no limit."""
     egress: EgressProxies = field(default_factory=EgressProxies)
     """The egress proxies of the environment (`gateway.egress`); none by default."""
     pricing: Mapping[str, ModelPrice] = field(default_factory=dict)

@@ -26,10 +26,10 @@ Outcome = Literal[
     "shutdown",
     "rejected",
 ]
-"""How a request ended. The first six are SPEC section 5's stream outcomes; `slow_client`
-(the client read too slowly, its buffer passed the high-water mark), `shutdown` (the grace
-period after SIGTERM ran out) are the gateway's own; `rejected` is a request refused before
-any upstream call (bad key, bad input, unknown model)."""
+"""How a request ended. The first six are the stream outcomes of README's "Streaming
+semantics"; `slow_client` (the client read too slowly, its buffer passed the high-water
+mark), `shutdown` (the grace period after SIGTERM ran out) are the gateway's own; `rejected`
+is a request refused before any upstream call (bad key, bad input, unknown model)."""
 
 
 class GatewayError(Exception):

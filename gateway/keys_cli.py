@@ -1,6 +1,6 @@
 """`gateway keys create|list|show|update|rotate|revoke` and `gateway migrate`.
 
-The `keys` commands are a thin shell over the admin API of a running gateway (SPEC 11):
+The `keys` commands are a thin shell over the admin API of a running gateway:
 they never open the database themselves, so a change made here reaches every replica the
 same way as one made with curl. Answers print as JSON; an error prints the API's message
 on stderr and exits 1. `migrate` brings a database's schema to this gateway's version, for

@@ -7,6 +7,11 @@ open streams run to their end for up to `shutdown_grace` seconds, then ends the 
 an SSE error event. Only then does uvicorn's shutdown run (the request log drains in the
 app's lifespan) and the process exits 0. A second signal exits at once.
 
+This is the one module that touches uvicorn's internals (its httptools protocol and response
+cycle, its `_subprocess` for workers, its server's tick); importing it on a uvicorn outside
+`gateway.versions.TESTED` raises `UntestedUvicorn`. Each patch has a test in
+tests/test_server.py, and its cost or saving is in docs/performance.md.
+
 The HTTP protocol is uvicorn's httptools one with bounds llhttp does not have: a request's
 head (request line and header fields, trailers too) may take `max_header_bytes`, one field
 or the target `MAX_LINE_BYTES`, and there may be `MAX_HEADERS` fields; past a bound the
@@ -46,11 +51,24 @@ from gateway.config import GatewayConfig
 from gateway.observability.metrics import mark_process_dead
 from gateway.observability.requestlog import configure_process_logging
 from gateway.runtime import Runtime
+from gateway.versions import TESTED, check_tested_versions
 
 _log = logging.getLogger("gateway.server")
 
 
-_LIMITS = "_gateway_connection_limits"
+class UntestedUvicorn(RuntimeError):
+    """Raised on importing this module over a uvicorn outside the tested range."""
+
+
+# Everything below leans on uvicorn's internals as the tested releases have them; on another
+# release it would fail as a hung stream rather than an error, so importing this module
+# refuses (`gateway serve` checks the same range first, with a log line; this guards any
+# other way in, e.g. `bench.serve_variant`). `GATEWAY_ALLOW_UNTESTED=1` lets it through.
+_guard = check_tested_versions(os.environ, tested={"uvicorn": TESTED["uvicorn"]})
+if _guard.refuse:
+    raise UntestedUvicorn(_guard.messages[0])
+
+
 MAX_HEADERS = 100
 """Header fields in one request, trailers included (nginx and Node.js also stop at 100)."""
 MAX_LINE_BYTES = 16 * 1024
@@ -94,19 +112,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # Found once per server (its config), not per connection: no high-water mark and the
-        # default head bound when the app has no gateway state.
-        limits: tuple[int, int] | None = getattr(self.config, _LIMITS, None)
-        if limits is None:
-            runtime: Runtime | None = self.app_state.get(STATE_KEY)
-            config = runtime.config if runtime else None
-            limits = (
-                config.stream_buffer_bytes if config else 0,
-                config.max_header_bytes if config else GatewayConfig.max_header_bytes,
-            )
-            setattr(self.config, _LIMITS, limits)
-        high, self._max_head = limits
-        self._head_left = self._max_head
+        # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
+        # there, no high-water mark and the default head bound.
+        runtime: Runtime | None = self.app_state.get(STATE_KEY)
+        if runtime is None:
+            return
+        self._max_head = self._head_left = runtime.config.max_header_bytes
+        high = runtime.config.stream_buffer_bytes
         if high:
             transport.set_write_buffer_limits(high=high, low=high // 4)
 
@@ -182,7 +194,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         scope: Any = self.scope  # uvicorn's TypedDict types extensions' values narrowly
-        scope["extensions"] = {DISCONNECT: DisconnectHook()}
+        # uvicorn 0.55's scope has no extensions; any a later one adds (e.g. "tls") are kept.
+        scope.setdefault("extensions", {})[DISCONNECT] = DisconnectHook()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # uvicorn 0.55's, with the count: calling it would cost a call per field, a third of

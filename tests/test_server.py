@@ -1,21 +1,44 @@
 """`gateway serve`'s HTTP protocol (uvicorn's, with the gateway's additions), driven with a
-transport that records each write: a response's head leaves with its first body part, in one
-write, except where it must leave on its own."""
+transport that records each write (a response's head leaves with its first body part, in one
+write, except where it must leave on its own), and on a real socket under uvicorn's server.
+
+Where each of `gateway.server`'s patches to uvicorn is tested:
+- the head held for the first body part (`_HeadWithBody`): here, recorded and on a socket;
+- the direct body writer (`_ChunkWriter`): here, recorded and on a socket;
+- the disconnect hook: here, on a socket; tests/integration/test_stream_semantics.py through
+  the real gateway;
+- the per-connection write high-water mark (from the lifespan state):
+  tests/integration/test_slow_client.py;
+- the head bounds: here, recorded; tests/hostile/test_header_bounds.py on the real gateway
+  (`max_header_bytes` from the lifespan state included);
+- the draining shutdown: tests/deploy/test_shutdown.py;
+- the supervisor's restart and mark-dead: tests/observability/test_process_logs.py
+  (`test_a_killed_workers_streams_leave_the_active_streams_gauge`) and
+  tests/deploy/test_shutdown.py (two workers draining);
+- the version guard: tests/test_versions.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import time
+import types
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from gateway.asgi import body_writer
+from gateway.asgi import body_writer, disconnect_hook
 from gateway.config import GatewayConfig
-from gateway.server import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
+from gateway.server import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol, bind
 
 
 class RecordingTransport:
@@ -313,3 +336,179 @@ def test_what_the_protocol_took_over_from_uvicorn_still_works() -> None:
     assert status_of(refused) == 400 and refused.closed
     for name in ("_unset_keepalive_if_required", "send_400_response", "handle_websocket_upgrade"):
         assert callable(getattr(BoundedHttpToolsProtocol, name))
+
+
+# --- on a real socket, under uvicorn's own server ---------------------------------------------
+
+
+def with_gateway_state(app: Any, gateway: Any) -> Any:
+    """`app` with a lifespan that puts `gateway` in the lifespan state, where the protocol
+    looks for the gateway's runtime."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                scope["state"]["gateway"] = gateway
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def served(app: Any, gateway: Any = None) -> Iterator[tuple[str, int]]:
+    """`app` under uvicorn's server with the gateway's protocol, in a thread, on a real
+    socket, with `gateway` (if any) in the lifespan state; its address."""
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(
+        with_gateway_state(app, gateway),
+        lifespan="on",
+        http=BoundedHttpToolsProtocol,
+        log_level="warning",
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:  # uvicorn offers no event to wait on
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def read_until(conn: socket.socket, end: bytes, data: bytes = b"") -> bytes:
+    while not data.endswith(end):
+        part = conn.recv(65536)
+        assert part, f"the connection closed after {data!r}"
+        data += part
+    return data
+
+
+def test_on_a_socket_the_head_waits_for_the_first_body_part() -> None:
+    head_sent = threading.Event()
+    go_on = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"a", b"1")]})
+        head_sent.set()
+        await asyncio.to_thread(go_on.wait, 10)
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    with served(app) as address, socket.create_connection(address, timeout=10) as conn:
+        conn.sendall(POST)
+        assert head_sent.wait(10)
+        conn.settimeout(0.3)  # uvicorn alone writes the head at once: it would be here by now
+        with pytest.raises(TimeoutError):
+            conn.recv(65536)
+        go_on.set()
+        conn.settimeout(10)
+        first = conn.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\n\r\n5\r\nfirst\r\n" in first
+        assert read_until(conn, b"0\r\n\r\n", first).endswith(b"first\r\n0\r\n\r\n")
+
+
+def test_on_a_socket_the_body_writer_writes_chunks_between_sends() -> None:
+    wrote: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        writer = body_writer(scope)
+        assert writer is not None
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        wrote.append(writer.write(b"second"))
+        wrote.append(writer.write(b"third"))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    with served(app) as (host, port), httpx.Client(timeout=10) as client:
+        response = client.post(f"http://{host}:{port}/", content=b"{}")
+    assert wrote == [True, True]
+    assert response.status_code == 200 and response.content == b"firstsecondthird"
+    assert response.headers["transfer-encoding"] == "chunked"
+
+
+def test_on_a_socket_the_disconnect_hook_fires_when_the_client_leaves_mid_response() -> None:
+    fired = threading.Event()
+    ended: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        hook = disconnect_hook(scope)
+        assert hook is not None
+        lost = asyncio.Event()
+        hook.callback = lost.set
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await asyncio.wait_for(lost.wait(), 10)
+        fired.set()
+        ended.append(hook.lost)
+
+    with served(app) as address:
+        with socket.create_connection(address, timeout=10) as conn:
+            conn.sendall(POST)
+            read_until(conn, b"5\r\nfirst\r\n")
+        assert fired.wait(10), "the hook did not fire"
+    assert ended == [True]
+
+
+def bytes_taken_before_the_client_is_slow(stream_buffer_bytes: int) -> int:
+    """What a connection takes of a response its client does not read before the body
+    writer declines (the protocol's write buffer passed its high-water mark): the kernel's
+    socket buffers plus that mark."""
+    taken: list[int] = []
+    counted = threading.Event()
+    part = b"x" * 1024
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        writer, hook = body_writer(scope), disconnect_hook(scope)
+        assert writer is not None and hook is not None
+        lost = asyncio.Event()
+        hook.callback = lost.set
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        total = 0
+        while total < 64 * 1024 * 1024 and writer.write(part):
+            total += len(part)
+        taken.append(total)
+        counted.set()
+        await asyncio.wait_for(lost.wait(), 10)
+
+    config = types.SimpleNamespace(
+        stream_buffer_bytes=stream_buffer_bytes, max_header_bytes=HEAD_BOUND
+    )
+    with served(app, types.SimpleNamespace(config=config)) as address:
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel's part small
+        with conn:
+            conn.settimeout(10)
+            conn.connect(address)
+            conn.sendall(POST)
+            assert counted.wait(10), "the body writer never declined"
+    return taken[0]
+
+
+def test_on_a_socket_each_connection_gets_the_configured_high_water_mark() -> None:
+    """`stream_buffer_bytes`, from the lifespan state, bounds what a slow client's connection
+    holds (uvicorn alone leaves asyncio's 64 KiB)."""
+    mib = 1024 * 1024
+    # Both also fill the kernel's socket buffers: a few MiB at most (net.ipv4.tcp_wmem's
+    # maximum is 4 MiB by default), whatever the mark.
+    small = bytes_taken_before_the_client_is_slow(4 * 1024)
+    large = bytes_taken_before_the_client_is_slow(16 * mib)
+    assert large >= 16 * mib, large
+    assert small < 8 * mib, small

@@ -153,3 +153,26 @@ def test_serve_starts_on_an_untested_uvicorn_when_allowed(tmp_path: Path) -> Non
     assert len(warnings) == 1, proc.output()
     assert "untested uvicorn 0.99.0" in warnings[0]
     assert "starting anyway" in warnings[0]
+
+
+def import_server(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import gateway.server"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_module_that_patches_uvicorn_refuses_to_import_on_an_untested_one(
+    tmp_path: Path,
+) -> None:
+    """The guard sits with the patches too, for any way in other than `gateway serve`."""
+    env = {**os.environ, **shadowing_uvicorn(tmp_path, "0.99.0")}
+    env.pop(ALLOW_UNTESTED_ENV, None)
+    refused = import_server(env)
+    assert refused.returncode == 1
+    assert f"gateway.server.UntestedUvicorn: {REFUSAL}" in refused.stderr
+    allowed = import_server({**env, ALLOW_UNTESTED_ENV: "1"})
+    assert allowed.returncode == 0, allowed.stderr

@@ -7,7 +7,7 @@ late. `max_requests_per_loop_turn` bounds how many requests start in one turn; t
 wait, in arrival order, for the next turns, and between turns the loop reads and relays the
 running streams' tokens (Envoy's `max_requests_per_io_cycle` does this for its workers).
 
-The default, 48, was chosen by measurement (README, "Performance"): with 500 streams
+The default, 48, was chosen by measurement (docs/performance.md): with 500 streams
 arriving at once on the benchmark's 2-core box it cut the running streams' inter-chunk p99
 and cost the burst nothing in time to first token, since smaller batches of admissions and
 upstream calls keep Redis and the provider working while the gateway sets up the next one.

@@ -1,4 +1,4 @@
-"""The admin API of keys managed at runtime (SPEC 11): `/admin/keys*`, its OpenAPI document
+"""The admin API of keys managed at runtime: `/admin/keys*`, its OpenAPI document
 and the playground's admin page (`GET /admin`).
 
 Every route needs the admin key (`admin_key_sha256`); answers and errors are JSON in
@@ -7,7 +7,7 @@ rotate); no answer ever holds a secret's hash. The config file's keys are listed
 (`"source": "config"`) and answer 409 to any change: they change with the file.
 
 Deliberately not here: the store and its database (`gateway.keys.store`), and the request
-path's authentication (`GatewayState.authenticate` asks the store's in-memory table).
+path's authentication (`edge/keys.py: Keys` asks the store's in-memory table).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Gateway keys admin API",
             "version": "1",
-            "description": "Keys managed at runtime (SPEC 11). Every change is enforced by "
+            "description": "Keys managed at runtime. Every change is enforced by "
             "every replica within 1 second. Expired, blocked and revoked keys get the same "
             "401 as unknown ones.",
         },

@@ -17,7 +17,7 @@ the metric behind `on_reachable`) and writes fail with `StoreUnavailable` (the A
 
 One code path for both databases: SQLAlchemy Core over asyncpg or aiosqlite. Deliberately
 not here: the HTTP API (`gateway.keys.admin`), the config file's keys (read-only, looked up
-by `GatewayState` first), and enforcing spending budgets (the limiters do, from each
+by `edge/keys.py: Keys` first), and enforcing spending budgets (the limiters do, from each
 key's `KeyConfig.budget`).
 """
 

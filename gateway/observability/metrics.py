@@ -1,4 +1,4 @@
-"""The gateway's Prometheus metrics (SPEC section 7), built once per app.
+"""The gateway's Prometheus metrics (README, "Observability"), built once per app.
 
 `Metrics` owns every metric object and the registry they are exposed from; the request
 path calls its small synchronous methods (`record`, `stream_opened`, ...) and GET /metrics
@@ -171,80 +171,10 @@ class Metrics:
         self._registry = CollectorRegistry() if self._multiproc_dir is None else None
         reg = self._registry
 
-        self._requests = Counter(
-            "gateway_requests",
-            "Requests by how they ended.",
-            ("model", "provider", "status", "outcome"),
-            registry=reg,
-        )
-        self._ttft = Histogram(
-            "gateway_time_to_first_token_seconds",
-            "Request arrival to the first byte of the answer sent to the client.",
-            ("model", "provider"),
-            buckets=TTFT_BUCKETS,
-            registry=reg,
-        )
-        self._inter_token = Histogram(
-            "gateway_inter_token_latency_seconds",
-            "Gaps between successive upstream reads carrying events.",
-            ("model", "provider"),
-            buckets=INTER_TOKEN_BUCKETS,
-            registry=reg,
-        )
-        self._duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Request arrival to the end of the response.",
-            ("model", "provider"),
-            buckets=DURATION_BUCKETS,
-            registry=reg,
-        )
-        self._overhead = Histogram(
-            "gateway_overhead_seconds",
-            "Time spent in the gateway rather than upstream.",
-            buckets=OVERHEAD_BUCKETS,
-            registry=reg,
-        )
-        self._tokens = Counter(
-            "gateway_tokens",
-            "Tokens by model, key and direction (prompt | completion).",
-            ("model", "key_id", "direction"),
-            registry=reg,
-        )
-        self._active = Gauge(
-            "gateway_active_streams",
-            "Streams being relayed right now.",
-            ("model",),
-            multiprocess_mode="livesum",
-            registry=reg,
-        )
-        self._rate_limited = Counter(
-            "gateway_rate_limited",
-            "Requests refused by a per-key limit or quota.",
-            ("key_id", "limit"),
-            registry=reg,
-        )
-        self._upstream_errors = Counter(
-            "gateway_upstream_errors",
-            "Upstream failures by provider and kind.",
-            ("provider", "kind"),
-            registry=reg,
-        )
-        self._limiter_errors = Counter(
-            "gateway_limiter_backend_errors",
-            "Calls to the limit store (Redis) that failed.",
-            registry=reg,
-        )
-        self._log_depth = Gauge(
-            "gateway_log_queue_depth",
-            "Request log records waiting to be written.",
-            multiprocess_mode="livesum",
-            registry=reg,
-        )
-        self._log_dropped = Counter(
-            "gateway_log_records_dropped",
-            "Request log records dropped (queue full or sink failure).",
-            registry=reg,
-        )
+        self._requests, self._tokens, self._active = _traffic_metrics(reg)
+        self._ttft, self._inter_token, self._duration, self._overhead = _latency_metrics(reg)
+        self._rate_limited, self._upstream_errors, self._limiter_errors = _refusal_metrics(reg)
+        self._log_depth, self._log_dropped = _request_log_metrics(reg)
 
         # Labelled children, created on first use and kept: labels() costs a lock, a tuple
         # and a dict lookup per call; these caches cost one dict lookup. Keys are label
@@ -429,6 +359,106 @@ class Metrics:
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry, self._multiproc_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# --- the metric families, one builder each (names, help texts, labels and buckets are
+# pinned by tests/observability) ----------------------------------------------------------
+
+
+def _traffic_metrics(reg: CollectorRegistry | None) -> tuple[Counter, Counter, Gauge]:
+    """Requests by how they ended, tokens, and the streams open right now."""
+    requests = Counter(
+        "gateway_requests",
+        "Requests by how they ended.",
+        ("model", "provider", "status", "outcome"),
+        registry=reg,
+    )
+    tokens = Counter(
+        "gateway_tokens",
+        "Tokens by model, key and direction (prompt | completion).",
+        ("model", "key_id", "direction"),
+        registry=reg,
+    )
+    active = Gauge(
+        "gateway_active_streams",
+        "Streams being relayed right now.",
+        ("model",),
+        multiprocess_mode="livesum",
+        registry=reg,
+    )
+    return requests, tokens, active
+
+
+def _latency_metrics(
+    reg: CollectorRegistry | None,
+) -> tuple[Histogram, Histogram, Histogram, Histogram]:
+    """Time to first token, inter-token gaps, request duration, the gateway's own time."""
+    ttft = Histogram(
+        "gateway_time_to_first_token_seconds",
+        "Request arrival to the first byte of the answer sent to the client.",
+        ("model", "provider"),
+        buckets=TTFT_BUCKETS,
+        registry=reg,
+    )
+    inter_token = Histogram(
+        "gateway_inter_token_latency_seconds",
+        "Gaps between successive upstream reads carrying events.",
+        ("model", "provider"),
+        buckets=INTER_TOKEN_BUCKETS,
+        registry=reg,
+    )
+    duration = Histogram(
+        "gateway_request_duration_seconds",
+        "Request arrival to the end of the response.",
+        ("model", "provider"),
+        buckets=DURATION_BUCKETS,
+        registry=reg,
+    )
+    overhead = Histogram(
+        "gateway_overhead_seconds",
+        "Time spent in the gateway rather than upstream.",
+        buckets=OVERHEAD_BUCKETS,
+        registry=reg,
+    )
+    return ttft, inter_token, duration, overhead
+
+
+def _refusal_metrics(reg: CollectorRegistry | None) -> tuple[Counter, Counter, Counter]:
+    """Requests a limit refused, upstream failures, and the limit store's own failures."""
+    rate_limited = Counter(
+        "gateway_rate_limited",
+        "Requests refused by a per-key limit or quota.",
+        ("key_id", "limit"),
+        registry=reg,
+    )
+    upstream_errors = Counter(
+        "gateway_upstream_errors",
+        "Upstream failures by provider and kind.",
+        ("provider", "kind"),
+        registry=reg,
+    )
+    limiter_errors = Counter(
+        "gateway_limiter_backend_errors",
+        "Calls to the limit store (Redis) that failed.",
+        registry=reg,
+    )
+    return rate_limited, upstream_errors, limiter_errors
+
+
+def _request_log_metrics(reg: CollectorRegistry | None) -> tuple[Gauge, Counter]:
+    """The request log's queue depth and the records it dropped."""
+    depth = Gauge(
+        "gateway_log_queue_depth",
+        "Request log records waiting to be written.",
+        multiprocess_mode="livesum",
+        registry=reg,
+    )
+    dropped = Counter(
+        "gateway_log_records_dropped",
+        "Request log records dropped (queue full or sink failure).",
+        registry=reg,
+    )
+    return depth, dropped
 
 
 def _can_observe_in_batch(child: Histogram) -> bool:

@@ -49,7 +49,7 @@ class RequestRecord:
     """Only kept when `log_bodies: true`."""
 
     def log_fields(self) -> dict[str, object]:
-        """The JSON fields of the request log line (SPEC section 7)."""
+        """The JSON fields of the request log line (README, "Observability")."""
         fields: dict[str, object] = {
             "request_id": self.request_id,
             "route": self.route,

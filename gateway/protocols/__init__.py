@@ -11,7 +11,7 @@ the upstream's API cannot say).
 The cost on a translated route is one `orjson.loads` per upstream event plus about one
 microsecond (`tests/protocols/bench_translate.py`); no pydantic at run time.
 
-Deliberately not here: HTTP, routing, SSE framing (`gateway.relay.sse`), and relaying
+Deliberately not here: HTTP, routing, SSE framing (`gateway.sse`), and relaying
 when client and upstream speak the same API (their bytes pass untouched, no decoding).
 """
 

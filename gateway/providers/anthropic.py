@@ -42,9 +42,9 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.redact import Redactor
+from gateway.providers.requests import UpstreamRequests
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
-from gateway.providers.transport import UpstreamRequests
-from gateway.relay.sse import SSEEvent
+from gateway.sse import SSEEvent
 
 ANTHROPIC_VERSION = "2023-06-01"
 _DONE = b"data: [DONE]\n\n"

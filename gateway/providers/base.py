@@ -5,8 +5,8 @@ into either an `EventStream` (streaming) or a `Completion` (not), speaking whate
 upstream speaks. Everything the client sees is OpenAI's format; a provider whose upstream
 speaks something else translates (see `anthropic`).
 
-Upstream client-library exceptions are translated into `gateway.errors` here, in one place
-(`upstream_errors`), the way httpx maps httpcore's exceptions: nothing above this layer
+The transports' exceptions (httpx's, whichever transport) are translated into `gateway.errors`
+here, in one place (`upstream_errors`), the way httpx maps httpcore's: nothing above this layer
 catches an httpx exception, and no message carries a URL with credentials or a header.
 """
 
@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import aiohttp
 import httpx
 import orjson
 
 from gateway.config import ModelConfig, ProviderConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout
-from gateway.providers.native import MalformedResponse
+from gateway.transports import MalformedResponse
 
 Route = Literal["chat.completions", "completions", "embeddings"]
 
@@ -145,60 +144,43 @@ class Provider(Protocol):
 
 @contextlib.contextmanager
 def upstream_errors(provider: str) -> Iterator[None]:
-    """Map the HTTP client's exceptions to the gateway's own tree. Messages name the provider,
-    never its URL (which may carry credentials) or any header."""
+    """Map the transport's exceptions (httpx's, whichever transport: see
+    `gateway.transports`) to the gateway's own tree. Messages name the provider, never its
+    URL (which may carry credentials) or any header."""
     try:
         yield
     except GatewayError:
         raise
-    except (httpx.HTTPError, aiohttp.ClientError) as exc:
+    except httpx.HTTPError as exc:
         raise _translate(provider, exc) from None
 
 
-def _translate(provider: str, exc: Exception) -> UpstreamError:
-    # The aiohttp transport (httpx_aiohttp) maps some aiohttp errors to the wrong httpx class
-    # (an upstream that hangs up becomes ConnectTimeout) and lets others through unmapped (a
-    # malformed response, a lying chunked encoding): judge by the original error. Body reads
-    # raise aiohttp's errors as they are (`_FailFastBody`); those are judged as they come.
-    mapped = isinstance(exc, httpx.HTTPError) and isinstance(exc.__cause__, aiohttp.ClientError)
-    cause = exc.__cause__ if mapped else exc
-    name = type(cause).__name__
-    if isinstance(
-        cause, httpx.ProxyError | aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError
-    ):
-        # Before the checks below: aiohttp's proxy errors are a response error and a
-        # connector error. The transports' own messages name the proxy; this one does not.
+def _translate(provider: str, exc: httpx.HTTPError) -> UpstreamError:
+    name = type(exc).__name__
+    if isinstance(exc, httpx.ProxyError):
+        # The transports' own messages name the proxy; this one does not.
         return UpstreamError(
             f"provider {provider!r} is unreachable through the egress proxy ({name}); "
             "check HTTPS_PROXY / HTTP_PROXY / NO_PROXY",
             kind="proxy",
             retryable=True,
         )
-    if isinstance(cause, httpx.TimeoutException | aiohttp.ServerTimeoutError):
-        connect = isinstance(cause, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError)
+    if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(
             f"provider {provider!r} timed out ({name})",
-            kind="connect_timeout" if connect else "timeout",
+            kind="connect_timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout",
             retryable=True,
         )
-    if isinstance(cause, aiohttp.ClientResponseError | MalformedResponse):
+    if isinstance(exc, MalformedResponse):  # before the RemoteProtocolError it is too
         return UpstreamError(
             f"provider {provider!r} sent a malformed HTTP response ({name})",
             kind="malformed",
             retryable=True,
         )
-    if isinstance(
-        cause,
-        httpx.ConnectError
-        | httpx.RemoteProtocolError
-        | httpx.ReadError
-        | aiohttp.ClientConnectionError
-        | aiohttp.ClientPayloadError,
-    ):
-        connect = isinstance(cause, httpx.ConnectError | aiohttp.ClientConnectorError)
+    if isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError):
         return UpstreamError(
             f"provider {provider!r} is unreachable or dropped the connection ({name})",
-            kind="connect" if connect else "connection",
+            kind="connect" if isinstance(exc, httpx.ConnectError) else "connection",
             retryable=True,
         )
     return UpstreamError(f"provider {provider!r} failed ({name})", kind="transport")

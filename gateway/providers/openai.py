@@ -21,9 +21,9 @@ from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import UpstreamError
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.redact import Redactor
+from gateway.providers.requests import UpstreamRequests
 from gateway.providers.streams import SSEUpstream, fetch_json, malformed, open_event_stream
-from gateway.providers.transport import UpstreamRequests
-from gateway.relay.sse import SSEEvent
+from gateway.sse import SSEEvent
 
 _PATHS = {
     "chat.completions": "/chat/completions",
@@ -70,7 +70,7 @@ class OpenAIStream(SSEUpstream):
             if choices and type(choices) is list:
                 _scan_choices(choices, state, self.keep_text)
             if usage and not self.include_usage:
-                # SPEC 5: usage reaches only a client that asked for it.
+                # Usage reaches only a client that asked for it.
                 if not choices or (type(choices) is list and _only_usage(choices)):
                     continue
                 del chunk["usage"]

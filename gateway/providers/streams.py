@@ -21,15 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import Sink, StreamState, error_from_status, upstream_errors
-from gateway.providers.native import NativeBody
 from gateway.providers.redact import Redactor
-from gateway.relay.sse import SSEDecoder, SSEError, SSEEvent
+from gateway.sse import SSEDecoder, SSEError, SSEEvent
+from gateway.transports.native import NativeBody
 
 
 class SSEUpstream:
@@ -73,7 +72,7 @@ class SSEUpstream:
                 raise error
             try:
                 chunk = await self._raw.__anext__()
-            except (httpx.HTTPError, aiohttp.ClientError):
+            except httpx.HTTPError:
                 # Mapped here rather than under a `with` around the read: a context manager
                 # per read costs more than the read's own bookkeeping.
                 with upstream_errors(self.provider):

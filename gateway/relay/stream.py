@@ -1,6 +1,6 @@
 """Relaying one answer to the client: a token stream, or a plain JSON answer.
 
-The streaming rules (SPEC section 5), in the order a stream meets them:
+The streaming rules (README, "Streaming semantics"), in the order a stream meets them:
 
 1. Open the upstream and wait for its first event under the first-token timeout, with
    retries and fallbacks (`attempts`). Until that event arrives nothing has been sent, so

@@ -33,7 +33,7 @@ from gateway.protocols.events import (
     Usage,
 )
 from gateway.providers.anthropic import AnthropicStream
-from gateway.relay.sse import SSEDecoder, SSEEvent
+from gateway.sse import SSEDecoder, SSEEvent
 from tests.protocols.streams import encode
 
 

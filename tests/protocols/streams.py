@@ -34,7 +34,7 @@ from gateway.protocols.events import (
     ToolCallStart,
     Usage,
 )
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 
 _responses_event: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 _messages_event: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)

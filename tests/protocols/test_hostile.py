@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gateway.errors import InvalidRequest
 from gateway.protocols import APIS, Api, stream_translator, translate_answer, translate_request
 from gateway.protocols.events import Error
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 from tests.protocols.streams import encode, neutral_streams, validate
 
 # The names the three APIs use, so that generated payloads reach the decoders' branches.

@@ -20,7 +20,7 @@ from gateway.protocols.events import (
     Event,
     Message,
 )
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 from tests.protocols.streams import encode, json_argument_streams, neutral_streams, reassemble
 
 _responses_event: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.protocols import Api, stream_translator
 from gateway.protocols.events import Error
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 from tests.protocols.streams import validate
 
 

@@ -22,7 +22,7 @@ from gateway.protocols.events import (
     TextDelta,
     TextStart,
 )
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 from tests.protocols.streams import (
     comparable,
     decode,

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import UpstreamError
 from gateway.providers.openai import OpenAIStream, _plain_delta
-from gateway.relay.sse import SSEDecoder
+from gateway.sse import SSEDecoder
 
 HEAD = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
 

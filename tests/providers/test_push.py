@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 import httpx
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.providers.native import NativeTransport
 from gateway.providers.openai import OpenAIStream
-from gateway.relay.sse import SSEEvent
+from gateway.sse import SSEEvent
+from gateway.transports.native import NativeTransport
 
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"t%d"},"finish_reason":null}]}\n\n'
 FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'

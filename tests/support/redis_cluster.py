@@ -171,11 +171,26 @@ class RedisCluster:
         with self.client(replica_port) as c:
             c.execute_command("CLUSTER", "FAILOVER")
         deadline = time.monotonic() + timeout
-        while replica_port not in self.master_ports():
+        # Every node's slot map must name it, not only the node asked first: gossip reaches
+        # the others a moment later, and a busy machine makes that moment long.
+        while not self._serves_slots_everywhere(replica_port):
             if time.monotonic() > deadline:
                 pytest.fail(f"node {replica_port} was not promoted")
             time.sleep(0.05)
         self.wait_healthy(timeout)
+
+    def _serves_slots_everywhere(self, port: int) -> bool:
+        try:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                with self.client(node.port) as c:
+                    slots = c.execute_command("CLUSTER", "SLOTS")
+                if not any(int(master[1]) == port for _, _, master, *_ in slots):
+                    return False
+        except redis.RedisError:
+            return False
+        return True
 
     def kill(self, port: int, timeout: float = 20.0) -> int:
         """Kill master `port` (as a crash would) and wait until its replica is promoted;
@@ -184,7 +199,9 @@ class RedisCluster:
         replica = self.replica_of(port)
         self.node(port).stop()
         deadline = time.monotonic() + timeout
-        while replica not in self._ports_seen_as_masters(replica):
+        while replica not in self._ports_seen_as_masters(replica) or not (
+            self._serves_slots_everywhere(replica)
+        ):
             if time.monotonic() > deadline:
                 pytest.fail(f"no replica of {port} was promoted")
             time.sleep(0.05)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.egress import EgressProxies
-from gateway.providers.native import NativeTransport
+from gateway.transports.native import NativeTransport
 
 SECRET = "pr0xy-s3cret"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.relay.sse import SSEDecoder, SSEError
+from gateway.sse import SSEDecoder, SSEError
 
 STREAM = (
     b'data: {"a": 1}\n\n'

@@ -16,7 +16,7 @@ import pytest
 from gateway.config import GatewayConfig, ModelConfig, ProviderConfig, Timeouts, Transport
 from gateway.providers.base import UpstreamCall
 from gateway.providers.openai import OpenAIProvider
-from gateway.providers.transport import build_transport
+from gateway.transports import build_transport
 
 ANSWER = b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
 

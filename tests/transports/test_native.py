@@ -1,4 +1,4 @@
-"""The native upstream transport (`gateway.providers.native`) against real sockets: a fake
+"""The native upstream transport (`gateway.transports.native`) against real sockets: a fake
 upstream on 127.0.0.1 writes crafted HTTP bytes and counts the connections it accepted and
 the ones the client closed.
 
@@ -25,8 +25,8 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from gateway.providers import native
-from gateway.providers.native import NativeTransport
+from gateway.transports import http11, native
+from gateway.transports.native import NativeTransport
 from tests.support.loops import Run, self_signed
 from tests.support.loops import run as run  # the fixture, used by name
 
@@ -147,7 +147,7 @@ async def eventually(check: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
-def connection_of(response: httpx.Response) -> native._Connection:
+def connection_of(response: httpx.Response) -> http11.Connection:
     conn = cast(native.NativeBody, response.stream)._conn
     assert conn is not None
     return conn
@@ -762,11 +762,11 @@ def test_a_slow_reader_pauses_the_socket_and_gets_every_byte(
             conn = connection_of(response)
             await asyncio.sleep(0.2)  # not reading: the buffer fills, then the socket pauses
             assert conn._paused
-            assert conn._buffered <= 2 * native._HIGH_WATER
+            assert conn._buffered <= 2 * http11.HIGH_WATER
             assert sent < len(payload)  # the server is held back, not buffered in the client
             parts = [part async for part in response.aiter_raw()]
             assert b"".join(parts) == payload
-            assert max(map(len, parts)) <= 2 * native._HIGH_WATER
+            assert max(map(len, parts)) <= 2 * http11.HIGH_WATER
             assert transport._idle_count == 1
             await transport.aclose()
 
@@ -778,7 +778,7 @@ def test_a_body_that_paused_the_socket_leaves_a_connection_that_reads_again(run:
     answer complete. The connection goes back to the pool and must read the next answer."""
 
     async def scenario() -> None:
-        payload = bytes(native._HIGH_WATER + 1)
+        payload = bytes(http11.HIGH_WATER + 1)
         answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
         transport = NativeTransport()
         async with Upstream(answering(answer)) as upstream:
@@ -959,7 +959,7 @@ def test_heads_and_bodies_within_the_bounds_are_read_whole(run: Run) -> None:
 
 
 def test_trailers_in_the_read_of_the_head_do_not_join_its_fields(run: Run) -> None:
-    # Found by tests/providers/test_native_vs_h11.py: the fields' list was handed over when the
+    # Found by tests/transports/test_native_vs_h11.py: the fields' list was handed over when the
     # whole read had been parsed, trailers included.
     answer = CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n"
 

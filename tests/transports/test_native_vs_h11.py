@@ -29,7 +29,7 @@ import httpx
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from gateway.providers import native
+from gateway.transports import http11, native
 
 Verdict = Literal["complete", "malformed", "truncated", "waiting"]
 
@@ -59,10 +59,10 @@ class Response:
 class _Pool:
     """What a `_Connection` asks of its transport."""
 
-    def _lost(self, conn: native._Connection) -> None:
+    def lost(self, conn: http11.Connection) -> None:
         pass
 
-    def _release(self, conn: native._Connection) -> None:
+    def release(self, conn: http11.Connection) -> None:
         pass
 
 
@@ -89,7 +89,7 @@ class _Wire:
 
 
 async def _native(pieces: list[bytes], eof: bool) -> Outcome:
-    conn = native._Connection(cast(Any, _Pool()), (b"http", "upstream", 80))
+    conn = http11.Connection(cast(Any, _Pool()), (b"http", "upstream", 80))
     wire = _Wire()
     conn.connection_made(cast(Any, wire))
     head = asyncio.ensure_future(conn.send(b"GET / HTTP/1.1\r\nhost: upstream\r\n\r\n", None))
@@ -289,6 +289,10 @@ def test_the_native_parser_reads_what_h11_reads(
         # llhttp refuses content-length with chunked once the head is complete; h11 reads
         # the chunks (module docstring).
         assert ours.verdict == "malformed", (ours, theirs)
+        return
+    if response.both_framings and ours.verdict == "malformed":
+        # The same refusal when h11 has the head but, cut short, reports no response yet.
+        assert theirs.verdict in ("truncated", "waiting"), (ours, theirs)
         return
     if response.corrupt and ours.verdict == "malformed":
         # Both refuse, though h11 may not have reached the corrupt bytes when cut before them.

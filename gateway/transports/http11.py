@@ -1,0 +1,333 @@
+"""One HTTP/1.1 connection of the native transport: the request's bytes, the response parsed.
+
+`Connection` is an `asyncio.Protocol` with httptools (llhttp, the parser uvicorn uses)
+reading the responses: one request at a time, status and headers handed over once the head
+ended, then each socket read's body bytes as they arrive, never re-chunked. `encode` writes
+a request's bytes (in absolute form for an http origin reached through a proxy).
+
+Reads pause the socket (`pause_reading`) when more than `HIGH_WATER` bytes wait unread, so
+a slow reader holds at most that much per connection. A response's head is bounded:
+`MAX_HEAD` bytes, httpx's bound (status line and header fields, informational answers'
+heads included), and `MAX_FIELDS` fields of at most `MAX_FIELD` bytes each; so are the
+bytes between two body parts (chunk framing, extensions, trailers). Past a bound the
+response fails with `MalformedResponse` and the connection closes; llhttp bounds none of
+these itself.
+
+What it leaves to others: pooling and timeouts' defaults (`gateway.transports.native`),
+proxies' tunnels (`gateway.transports.proxy`), and `HEAD` (a response to it has no body,
+which the parser cannot be told; the transport refuses to send one). An informational
+answer (`100 Continue`) is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import httptools
+import httpx
+
+from gateway.egress import Proxy
+from gateway.transports.errors import MalformedResponse
+
+HIGH_WATER = 256 * 1024
+MAX_HEAD = 100 * 1024
+"""httpcore's bound (its h11 `max_incomplete_event_size`), so an answer httpx takes, this
+transport takes. aiohttp allows 8190 bytes a field and h11 16 KiB a head by default."""
+MAX_FIELD = 16 * 1024
+MAX_FIELDS = 256
+Origin = tuple[bytes, str, int]
+"""Scheme, host and port: what a connection serves, and what the pool files it under."""
+
+
+class Pool(Protocol):
+    """What a connection tells its pool (`NativeTransport`)."""
+
+    def lost(self, conn: Connection) -> None:
+        """The connection closed: it is no longer open, nor idle."""
+
+    def release(self, conn: Connection) -> None:
+        """Its response was read to the end: keep it for the next request, or close it."""
+
+
+class _OverBound(Exception):
+    """Raised in a parser callback to stop llhttp where a bound was passed."""
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: one request at a time, the response parsed as it arrives."""
+
+    def __init__(self, pool: Pool, origin: Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.idle_since = 0.0
+        self.reusable = False
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._closed = False
+        self._head: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        """The fields being read: the head's, then the trailers' (which are dropped)."""
+        self._fields: list[tuple[bytes, bytes]] = []
+        """The head's fields, once the head ended."""
+        self._status = 0
+        self._informational = False
+        self._started = False
+        self._has_length = False
+        self.chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self.complete = False
+        self.error: httpx.TransportError | None = None
+        self.listener: Callable[[], None] | None = None
+        """Push mode (`NativeBody.listen`): called instead of waking a reader."""
+        self._feeding = False
+        self._heard = False
+        self._head_left = MAX_HEAD
+        """Bytes the parser may still take before a body part or the head's end; see
+        `data_received`."""
+        self._over: str | None = None
+        """Which bound a parser callback found passed."""
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self._transport is not None and not self._transport.is_closing()
+
+    # --- used by the transport and the body --------------------------------------------------
+
+    async def send(
+        self, data: bytes, read_timeout: float | None
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Write one request; the response's status and headers once they arrived."""
+        assert self._transport is not None
+        self._headers = []
+        self._head_left = MAX_HEAD
+        self._started = self.complete = self.reusable = self._has_length = False
+        self.error = None
+        self._head = head = self._loop.create_future()
+        self._transport.write(data)
+        await self._wait(head, read_timeout)
+        return self._status, self._fields
+
+    async def wait_body(self, read_timeout: float | None) -> None:
+        """Until more of the body arrived, it ended, or the connection failed."""
+        self._waiter = waiter = self._loop.create_future()
+        try:
+            await self._wait(waiter, read_timeout)
+        finally:
+            self._waiter = None
+
+    def take(self) -> bytes:
+        """Every unread body byte. Reading resumes if they had paused the socket: it pauses
+        only while bytes wait unread, so a connection is never left paused once read, in the
+        pool or out of it (its next answer, and the server closing it, need the socket read)."""
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
+
+    def close(self, error: httpx.TransportError | None = None) -> None:
+        """Close the connection; a read in progress fails with `error` if one is given."""
+        if error is not None:
+            self._fail(error)
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.close()
+
+    async def _wait(self, future: asyncio.Future[None], seconds: float | None) -> None:
+        if self.error is None and self._closed:
+            self._fail(httpx.RemoteProtocolError("the server closed the connection"))
+        if self.error is not None:
+            raise self.error  # it failed before this wait began: nothing would wake the future
+        if seconds is None:
+            await future
+        else:
+            try:
+                async with asyncio.timeout(seconds):
+                    await future
+            except TimeoutError:
+                raise httpx.ReadTimeout(f"nothing arrived within {seconds:g} s") from None
+        if self.error is not None:
+            raise self.error
+
+    def _wake(self, future: asyncio.Future[None] | None) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _notify(self) -> None:
+        """Body bytes arrived, the body ended or the connection failed: tell the reader. A
+        listener hears once per socket read, after the parser is done with it, so it gets
+        all the read's body bytes at once, as a pulling reader does."""
+        if self.listener is None:
+            self._wake(self._waiter)
+        elif self._feeding:
+            self._heard = True
+        else:
+            self.listener()
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self.reusable = False
+        self._wake(self._head)
+        self._notify()
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport: no isinstance here.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        # httptools joins a header field's pieces until it ends: an answer whose head never
+        # ends would hold all of it. `_head_left` counts the bytes fed since the last body
+        # part or the end of the head, a read at a time, and the parser is never fed past
+        # it. (A body part or a head's end restarts the count mid-read: the rest of that read
+        # is not counted, so the bound holds to within one read.)
+        error: MalformedResponse | None = None
+        left = self._head_left
+        self._feeding = True
+        try:
+            if len(data) <= left:
+                self._head_left = left - len(data)
+                self._parser.feed_data(data)
+            else:
+                self._feed_bounded(memoryview(data))
+        except httptools.HttpParserError as exc:
+            error = MalformedResponse(f"malformed HTTP response: {self._over or exc}")
+            self._over = None
+        except httptools.HttpParserUpgrade:
+            error = MalformedResponse("the server switched protocols")
+        finally:
+            self._feeding = False
+        heard, self._heard = self._heard, False
+        if error is not None:
+            self.close(error)  # tells the reader, listener or not
+        elif heard and self.listener is not None:
+            self.listener()
+
+    def _feed_bounded(self, view: memoryview) -> None:
+        """A read longer than the count allows: fed up to the bound, then on while a body part
+        or the head's end restarted the count. Raises as `feed_data` does."""
+        while len(view) > self._head_left:
+            left = self._head_left
+            self._head_left = 0
+            self._parser.feed_data(view[:left])
+            if self._head_left == 0:
+                if self._head is not None and self._head.done():
+                    self._over = f"more than {MAX_HEAD} bytes between two body parts"
+                else:
+                    self._over = f"a response head over {MAX_HEAD} bytes"
+                raise httptools.HttpParserError(self._over)
+            view = view[left:]
+        self._head_left -= len(view)
+        self._parser.feed_data(view)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.reusable = False
+        self.pool.lost(self)
+        if self.complete:
+            return
+        if self._head is not None and self._head.done() and not self._has_length:
+            # A body without a length or chunked encoding ends where the connection does.
+            self.complete = True
+            self._notify()
+            return
+        if not self._started:
+            message = "the server closed the connection without sending a response"
+        elif self._head is not None and not self._head.done():
+            message = "the server closed the connection in the middle of the response headers"
+        else:
+            message = "the server closed the connection in the middle of the response body"
+        self._fail(
+            httpx.ReadError(message) if exc is not None else httpx.RemoteProtocolError(message)
+        )
+
+    def pause_writing(self) -> None:
+        pass  # requests are written in one call and are small; nothing to hold back
+
+    def resume_writing(self) -> None:
+        pass
+
+    # --- httptools callbacks (they must not raise: the parser would wrap the error) ----------
+
+    def on_message_begin(self) -> None:
+        self._started = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= MAX_FIELDS or len(name) + len(value) > MAX_FIELD:
+            many = len(headers) >= MAX_FIELDS
+            self._over = (
+                f"more than {MAX_FIELDS} header fields"
+                if many
+                else f"a header field over {MAX_FIELD} bytes"
+            )
+            raise _OverBound  # stops the parser; data_received fails the response
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self._informational = True  # its end is skipped; the real answer follows
+            self._headers = []
+            return  # its head counts towards the real answer's
+        self._head_left = MAX_HEAD
+        self._status = status
+        # Trailers that come in the same read as the head must not join its fields.
+        self._fields, self._headers = self._headers, []
+        for name, value in self._fields:
+            lowered = name.lower()
+            if lowered == b"content-length" or (
+                lowered == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                self._has_length = True
+        if status in (204, 304):
+            self._has_length = True
+        self._wake(self._head)
+
+    def on_body(self, body: bytes) -> None:
+        self._head_left = MAX_HEAD
+        self.chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._notify()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self.complete = True
+        self.reusable = self._parser.should_keep_alive()
+        self._wake(self._head)
+        self._notify()
+
+
+def encode(request: httpx.Request, body: bytes, proxy: Proxy | None = None) -> bytes:
+    """The request's bytes; to an http `proxy`, its target in absolute form."""
+    url = request.url
+    target = url.raw_path
+    pairs = request.headers.raw
+    if proxy is not None:
+        target = b"http://%s%s" % (url.netloc, target)
+        if (authorization := proxy.authorization) is not None:
+            pairs = [*pairs, (b"proxy-authorization", authorization.encode("ascii"))]
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
+    if "transfer-encoding" in request.headers:
+        # A streamed body was read whole above: it goes out with its length instead.
+        pairs = [p for p in pairs if p[0].lower() != b"transfer-encoding"]
+        pairs.append((b"content-length", b"%d" % len(body)))
+    lines.extend(b"%s: %s\r\n" % pair for pair in pairs)
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)

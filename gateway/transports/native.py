@@ -1,0 +1,249 @@
+"""The gateway's own HTTP/1.1 client under httpx's types: `upstream_transport: native`.
+
+A relay asks little of its HTTP client: send a POST on a kept-alive connection, hand over
+the status and headers, then each read of the body as it arrives. This transport does that
+and nothing else, on one `asyncio.Protocol` per connection (`gateway.transports.http11`:
+the parser, its bounds and the socket's back-pressure). Each body read is one wakeup of the
+reader; the bytes a read carries are whatever arrived since the last one, never re-chunked.
+
+What it keeps from httpx: providers build `httpx.Request`s and get `httpx.Response`s (the
+transport API), so headers, decoding of compressed plain answers (`aiter_bytes`) and the
+exception classes are httpx's: it raises nothing else (`MalformedResponse` is an
+`httpx.RemoteProtocolError`). What it leaves out, on purpose: HTTP/2, redirects, cookies (a
+gateway must keep no state between tenants' requests), `HEAD`, and `Expect: 100-continue`
+(an informational answer is skipped).
+
+Connections: LIFO per origin, at most `max_keepalive` idle in all, closed after
+`keepalive_expiry` seconds idle or when the server closes them. A connection goes back to the
+pool only once its response was read to the end; one closed mid-body is discarded. A reused
+connection the server closed while it was idle fails its request with RemoteProtocolError,
+as httpx's own pool does; the relay's attempts retry that.
+
+A body is read either by iterating it (a task wakes for each socket read) or, for the
+relay's push mode, by a listener the connection calls at the end of each socket read
+(`NativeBody.listen`, `read_nowait`). Host names are resolved by the event loop for each
+new connection (no cache of its own; kept-alive connections make that rare).
+
+Egress proxies (`gateway.egress`) are chosen per origin, once; the tunnel and the requests
+in absolute form are `gateway.transports.proxy`'s. A connection through a proxy is pooled
+under the origin it serves, not the proxy's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+
+from gateway.egress import EgressProxies, Proxy
+from gateway.transports.errors import MalformedResponse
+from gateway.transports.http11 import Connection, Origin, encode
+from gateway.transports.proxy import connect_through, proxy_refused
+
+__all__ = ["MalformedResponse", "NativeBody", "NativeTransport"]
+
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+class NativeTransport(httpx.AsyncBaseTransport):
+    """A pooled HTTP/1.1 transport. Timeouts come from each request's `timeout` extension
+    (`connect`, and `read`: the longest wait for any read, headers included; None waits
+    for ever). `pool` and `write` do not apply: connections are not capped, and a request
+    is written in one call."""
+
+    def __init__(
+        self,
+        *,
+        max_keepalive: int = 256,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        proxies: EgressProxies | None = None,
+    ) -> None:
+        self._max_keepalive = max_keepalive
+        self._expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._idle_count = 0
+        self._open: set[Connection] = set()
+        self._proxies = proxies if proxies is not None and proxies.active else None
+        self._routes: dict[Origin, Proxy | None] = {}
+        """Each origin's proxy, looked up once: origins are the configured providers'."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol("the native transport speaks http and https only")
+        if request.method == "HEAD":
+            raise httpx.UnsupportedProtocol("the native transport does not send HEAD requests")
+        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        timeouts = request.extensions.get("timeout") or {}
+        read_timeout = timeouts.get("read")
+        # A body given whole (httpx.ByteStream, what the providers build) is joined as it
+        # is; aread() would run an async generator for the same bytes.
+        stream = request.stream
+        if isinstance(stream, httpx.SyncByteStream):
+            body = b"".join(stream)
+        else:
+            body = await request.aread()
+        proxy = None if self._proxies is None else self._route(origin)
+        if proxy is not None and scheme == b"http":
+            data = encode(request, body, proxy)
+        else:
+            data = encode(request, body)
+        conn = self._take(origin)
+        if conn is None:
+            conn = await self._connect(origin, timeouts.get("connect"), proxy)
+        try:
+            status, headers = await conn.send(data, read_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        if status == 407 and proxy is not None and scheme == b"http":
+            conn.close()
+            raise proxy_refused(proxy, url.host, 407)
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=NativeBody(conn, read_timeout),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        for conn in list(self._open):
+            conn.close(httpx.ReadError("the transport was closed"))
+        self._idle.clear()
+        self._idle_count = 0
+
+    # --- the pool ---------------------------------------------------------------------------
+
+    def _take(self, origin: Origin) -> Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        deadline = asyncio.get_running_loop().time() - self._expiry
+        while idle and idle[0].idle_since < deadline:
+            self._idle_count -= 1
+            idle.pop(0).close()
+        while idle:
+            conn = idle.pop()
+            self._idle_count -= 1
+            if conn.usable:
+                return conn
+            conn.close()
+        return None
+
+    def release(self, conn: Connection) -> None:
+        if not conn.reusable or self._idle_count >= self._max_keepalive:
+            conn.close()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        self._idle_count += 1
+
+    def lost(self, conn: Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+            self._idle_count -= 1
+
+    def _route(self, origin: Origin) -> Proxy | None:
+        try:
+            return self._routes[origin]
+        except KeyError:
+            assert self._proxies is not None
+            scheme, host, port = origin
+            proxy = self._routes[origin] = self._proxies.route(scheme.decode(), host, port)
+            return proxy
+
+    async def _connect(
+        self, origin: Origin, seconds: float | None, proxy: Proxy | None = None
+    ) -> Connection:
+        scheme, host, port = origin
+        context = None
+        if scheme == b"https":
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            context = self._ssl
+        if proxy is not None:
+            conn = Connection(self, origin)
+            await connect_through(proxy, host, port, conn, context, seconds)
+            self._open.add(conn)
+            return conn
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(seconds):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self, origin),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        self._open.add(conn)
+        return conn
+
+
+class NativeBody(httpx.AsyncByteStream):
+    """A response body, read as it arrives; its connection goes back to the pool at the
+    end, or is closed if the body is closed before it ended."""
+
+    def __init__(self, conn: Connection, read_timeout: float | None) -> None:
+        self._conn: Connection | None = conn
+        self._read_timeout = read_timeout
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            data = self.read_nowait()
+            if data is None:
+                raise StopAsyncIteration
+            if data:
+                return data
+            assert self._conn is not None  # read_nowait keeps it until the body ended
+            await self._conn.wait_body(self._read_timeout)
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Push mode: `listener()` is called from the connection's own callbacks, with no
+        task in between, whenever body bytes arrive, the body ends or the connection fails;
+        it reads with `read_nowait()`. It must not raise. None returns to `__anext__`."""
+        if self._conn is not None:
+            self._conn.listener = listener
+
+    def read_nowait(self) -> bytes | None:
+        """What arrived since the last read (b"" if nothing did), None once the body ended;
+        raises the connection's error. Unread bytes past the high-water mark pause the
+        socket, so a listener that stops reading holds the upstream back."""
+        conn = self._conn
+        if conn is None:
+            return None
+        if conn.chunks:
+            return conn.take()
+        if conn.complete:
+            self._conn = None
+            conn.listener = None
+            conn.pool.release(conn)
+            return None
+        if conn.error is not None:
+            raise conn.error
+        return b""
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.listener = None
+        if conn.complete and not conn.chunks:
+            conn.pool.release(conn)
+        else:
+            conn.close()
