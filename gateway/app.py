@@ -196,9 +196,10 @@ async def _start_ledger(
     """The request ledger: written when `logging.sinks` names `database`, read by
     /admin/spend whenever there is a database. Closed after the request log has drained
     into it."""
-    from gateway.observability.ledger import Ledger  # SQLAlchemy only with a database
+    from gateway.keys.store import build_engine  # SQLAlchemy only with a database
+    from gateway.observability.ledger import Ledger
 
-    ledger = Ledger(config.database_url, metrics, max_lines=config.logging.queue_size)
+    ledger = Ledger(build_engine(config.database_url), metrics, max_lines=config.logging.queue_size)
     await ledger.start()
     stack.push_async_callback(ledger.aclose)
     return ledger

@@ -22,7 +22,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
-    Index,
     Integer,
     MetaData,
     String,
@@ -33,6 +32,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.observability.ledger_table import ledger_table
 
 metadata = MetaData()
 
@@ -65,30 +66,6 @@ generation = Table(
     Column("value", BigInteger, nullable=False),
 )
 
-requests = Table(
-    # The ledger (`gateway.observability.ledger`): one row per request log line written by
-    # the `database` sink.
-    "gateway_requests",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    Column("ts", Float, nullable=False),
-    Column("day", String(10), nullable=False),
-    Column("request_id", String(128), nullable=False),
-    Column("key_id", String(64), nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("provider", String(64), nullable=False),
-    Column("route", String(32), nullable=False),
-    Column("status", Integer, nullable=False),
-    Column("outcome", String(32), nullable=False),
-    Column("prompt_tokens", BigInteger, nullable=False),
-    Column("completion_tokens", BigInteger, nullable=False),
-    Column("cached_tokens", BigInteger, nullable=False),
-    Column("reasoning_tokens", BigInteger, nullable=False),
-    Column("cost_nanos", BigInteger, nullable=False),
-    Index("gateway_requests_key_ts", "key_id", "ts"),
-    Index("gateway_requests_ts", "ts"),
-)
-
 schema_version = Table(
     "gateway_schema_version",
     metadata,
@@ -104,7 +81,7 @@ async def _v1_keys(conn: AsyncConnection) -> None:
 
 
 async def _v2_requests(conn: AsyncConnection) -> None:
-    await conn.run_sync(lambda sync: requests.create(sync))
+    await conn.run_sync(lambda sync: ledger_table.create(sync))
 
 
 MIGRATIONS: tuple[tuple[int, Callable[[AsyncConnection], Awaitable[None]]], ...] = (

@@ -6,11 +6,12 @@ bounded queue that feeds stdout or the file, `gateway.observability.requestlog`)
 `logging.queue_size` lines, and wakes its writer task: a slow or unreachable database never
 holds up the other sinks, let alone a stream. The writer parses a batch's lines in a worker
 thread (off the event loop) and inserts them in one `executemany` over the key store's
-database (SQLAlchemy async: asyncpg or aiosqlite, `gateway_requests`, migration 2). A batch
-the database refuses is kept and tried again after `RETRY_S`; lines that arrive while the
-buffer is full are dropped and counted in gateway_log_records_dropped_total, as the
-request log's own queue does. So spend survives a Redis flush and a restart: the limiter's
-counters are the enforcement, the ledger is the record.
+database (SQLAlchemy async: asyncpg or aiosqlite; `gateway_requests`, created by the key
+store's migration 2). A batch the database refuses is kept and tried again after `RETRY_S`;
+lines that arrive while the buffer is full are dropped and counted in
+gateway_log_records_dropped_total, as the request log's own queue does. So spend survives
+a Redis flush and a restart: the limiter's counters are the enforcement, the ledger is the
+record.
 
 `spend()` answers `GET /admin/spend` (and so `gateway spend`): requests, tokens and USD per
 day or per model, for one key or all, over a time range; sums are of integer nano-dollars,
@@ -34,9 +35,9 @@ from typing import Any, Literal
 import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.keys import schema
-from gateway.keys.store import build_engine
+from gateway.observability.ledger_table import ledger_table
 from gateway.observability.metrics import Metrics
 from gateway.observability.spend import LedgerUnavailable
 
@@ -85,8 +86,9 @@ def rows_of(lines: Sequence[bytes]) -> list[dict[str, Any]]:
 class Ledger:
     """The `database` sink of the request log, and the reader behind /admin/spend."""
 
-    def __init__(self, url: str, metrics: Metrics, *, max_lines: int = 10_000) -> None:
-        self._engine = build_engine(url)
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, *, max_lines: int = 10_000) -> None:
+        """`engine`: the database's (the key store's `build_engine`); closed by `aclose`."""
+        self._engine = engine
         self._metrics = metrics
         self._max_lines = max(1, max_lines)
         self._pending: deque[list[bytes]] = deque()
@@ -183,7 +185,7 @@ class Ledger:
         if not rows:
             return
         async with self._engine.begin() as conn:
-            await conn.execute(insert(schema.requests), rows)
+            await conn.execute(insert(ledger_table), rows)
 
     async def spend(
         self,
@@ -196,7 +198,7 @@ class Ledger:
         """Requests, tokens and USD per `group_by` (day or model), per key, over
         [since, until) in unix time. Raises LedgerUnavailable when the database cannot be
         read."""
-        t = schema.requests
+        t = ledger_table
         group = t.c.day if group_by == "day" else t.c.model
         query = select(
             t.c.key_id,

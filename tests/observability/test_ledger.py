@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys.store import migrate_database
+from gateway.keys.store import build_engine, migrate_database
 from gateway.observability import ledger as ledger_module
 from gateway.observability.ledger import Ledger, row_of
 from gateway.observability.metrics import Metrics
@@ -43,7 +43,7 @@ def test_spend_is_summed_per_day_or_model_over_a_range(database_url: str) -> Non
     metrics = Metrics(models=["gpt-4o"], providers=["openai"], key_ids=["team-a"])
 
     async def scenario() -> None:
-        ledger = Ledger(database_url, metrics)
+        ledger = Ledger(build_engine(database_url), metrics)
         await ledger.start()
         ledger.add([line(1, 0.25), line(2, 0.5), line(3, 0.125, key_id="team-b")])
         while ledger.written < 3:
@@ -95,7 +95,7 @@ def test_a_database_that_is_away_costs_the_lines_past_the_bound_and_nothing_else
     metrics = Metrics(models=["gpt-4o"], providers=["openai"], key_ids=["team-a"])
 
     async def scenario() -> None:
-        ledger = Ledger(url, metrics, max_lines=6)
+        ledger = Ledger(build_engine(url), metrics, max_lines=6)
         await ledger.start()
         lock = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
