@@ -146,7 +146,7 @@ def _finish(
     rec.duration_s = perf_counter() - started_at
     if rec.prompt_tokens or rec.completion_tokens:
         rec.cost_nanos = rt.prices.cost(
-            rec.model,
+            rec.answered_by or rec.model,
             TokenCounts(
                 rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.cache_write_tokens
             ),

@@ -18,6 +18,9 @@ class RequestRecord:
     not given or the request ended before its body was read)."""
     provider: str = ""
     """The provider that answered (a fallback's, when one was used)."""
+    answered_by: str = ""
+    """The configured model that answered (a fallback's, when one was used): its prices
+    are the ones charged. "" before any upstream attempt."""
     status: int = 0
     outcome: Outcome = "completed"
     stream: bool = False

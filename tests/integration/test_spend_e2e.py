@@ -69,7 +69,14 @@ def spend_config(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
         {"name": "gpt-4o-mini", "provider": "fake", "upstream_model": "text?n=12"},
         {"name": "gpt-long", "provider": "fake", "upstream_model": "text?n=400&pace_ms=10"},
     ]
-    config["pricing"] = {"gpt-priced": GPT, "claude-priced": CLAUDE, "gpt-long": GPT}
+    config["pricing"] = {
+        "gpt-priced": GPT,
+        "claude-priced": CLAUDE,
+        "gpt-long": GPT,
+        # a fallback is charged at the prices of the model that answered
+        "gpt-fallback": {"input": 1000.0, "output": 1000.0},
+        "claude-test": CLAUDE,
+    }
     config["keys"] = [
         {
             "id": "spender",
@@ -161,9 +168,13 @@ def test_cost_is_the_price_table_applied_to_the_reported_usage(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     with GatewayProcess(spend_config(upstream), tmp_path) as gw:
-        for model in ("gpt-priced", "claude-priced", "gpt-4o-mini"):
+        for model in ("gpt-priced", "claude-priced", "gpt-4o-mini", "gpt-fallback"):
             assert stream(gw, KEY_OTHER, model).status_code == 200
-        lines = {line["model"]: line for line in lines_for(gw, 3)}
+        lines = {line["model"]: line for line in lines_for(gw, 4)}
+        fallback = lines["gpt-fallback"]
+        assert fallback["provider"] == "fake-anthropic"
+        answered = (fallback["prompt_tokens"] * 3.0 + fallback["completion_tokens"] * 15.0) / 1e6
+        assert abs(fallback["cost_usd"] - answered) < 1e-9
         gpt, claude, mini = lines["gpt-priced"], lines["claude-priced"], lines["gpt-4o-mini"]
         assert gpt["usage_reported"] and claude["usage_reported"]
         assert (gpt["prompt_tokens"], gpt["completion_tokens"]) == (11, 12)
@@ -183,7 +194,7 @@ def test_cost_is_the_price_table_applied_to_the_reported_usage(
         assert abs(spent['key_id="other",model="gpt-priced"'] - GPT_COST) < 1e-9
         assert abs(spent['key_id="other",model="claude-priced"'] - CLAUDE_COST) < 1e-9
         usage = usage_of(gw, "other")
-        total = GPT_COST + CLAUDE_COST + MINI_COST
+        total = GPT_COST + CLAUDE_COST + MINI_COST + answered
         assert abs(usage["spend_day_usd"] - total) < 1e-9
     # start-up named the models without a price (those of the shared test config)
     assert "models without a price" in gw.output() and "gpt-tools" in gw.output()
