@@ -243,8 +243,9 @@ def _budget_message(key: KeyConfig, limit: str, retry_after: float) -> str:
     # retry_after runs to the period's end (the limiter's clock, perhaps Redis's): to the
     # minute, that is the UTC midnight it resets at.
     resets = datetime.fromtimestamp(round((time.time() + retry_after) / 60) * 60, UTC)
+    # cents for budgets of a dollar or more, every digit below that
+    of = "" if amount is None else f" of ${amount:,.2f}" if amount >= 1 else f" of ${amount:g}"
     return (
-        f"Key '{key.id}' has used its {'daily' if daily else 'monthly'} budget"
-        f"{f' of ${amount:,.2f}' if amount is not None else ''}. It resets at "
-        f"{resets:%Y-%m-%d %H:%M} UTC (in {retry_after:,.0f} s)."
+        f"Key '{key.id}' has used its {'daily' if daily else 'monthly'} budget{of}. It resets "
+        f"at {resets:%Y-%m-%d %H:%M} UTC (in {retry_after:,.0f} s)."
     )

@@ -222,7 +222,7 @@ def test_a_budget_for_n_requests_admits_n_across_two_replicas_and_refuses_on_bot
             assert refused.status_code == 429
             error = refused.json()["error"]
             assert error["code"] == "insufficient_quota"
-            assert "daily budget of $0.00" in error["message"]
+            assert "daily budget of $0.00042." in error["message"]
             assert "resets at" in error["message"] and "00:00 UTC" in error["message"]
             assert 0 < int(refused.headers["retry-after"]) <= 86400
         # another key is not affected
