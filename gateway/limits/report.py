@@ -123,7 +123,9 @@ def _cell(used: int, limit: int | None, remaining: int | None) -> str:
 
 def _usd_cell(nanos: int, budget: float | None) -> str:
     spent = f"${nanos / NANOS_PER_USD:,.4f}"
-    return spent if budget is None else f"{spent}/${budget:,.2f}"
+    if budget is None:
+        return spent
+    return f"{spent}/${budget:,.2f}" if budget >= 1 else f"{spent}/${budget:g}"
 
 
 def format_usage_table(usages: list[KeyUsage]) -> str:

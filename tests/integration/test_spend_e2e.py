@@ -387,7 +387,7 @@ def test_a_stalled_database_never_slows_a_stream(upstream: FakeUpstream, tmp_pat
     print(f"inter-token p99: {before * 1000:.1f} ms before, {during * 1000:.1f} ms stalled")
     assert len(stalled) == len(baseline) == streams * 59
     # wide margin: a stream held behind a 3 s database wait would show seconds here
-    assert during < max(3 * before, before + 0.05)
+    assert during < max(3 * before, before + 0.1)
 
 
 def test_a_runtime_key_s_budget_is_enforced_and_a_raised_budget_admits_again(
