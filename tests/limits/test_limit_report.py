@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from gateway.config import Budget, KeyConfig
 from gateway.limits.base import KeyUsage
 from gateway.limits.report import format_usage_table, key_usage, usage_of_row, usage_rows
 from tests.limits.limits_support import key
@@ -96,3 +97,25 @@ def test_the_table_has_one_aligned_line_per_key() -> None:
 
 def test_an_empty_table_says_so() -> None:
     assert format_usage_table([]) == "no keys configured"
+
+
+def test_spend_shows_against_the_budget_in_rows_and_table() -> None:
+    k = KeyConfig(id="team-a", key_sha256="0" * 64, budget=Budget(daily_usd=20.0, monthly_usd=None))
+    usage = key_usage(
+        k,
+        requests_minute=1,
+        tokens_minute=10,
+        tokens_day=10,
+        tokens_month=10,
+        concurrent=0,
+        spend_day_nanos=1_250_000_000,
+        spend_month_nanos=1_250_000_000,
+    )
+    (row,) = usage_rows([usage])
+    assert row["spend_day_usd"] == 1.25 and row["budget"] == {
+        "daily_usd": 20.0,
+        "monthly_usd": None,
+    }
+    assert usage_of_row(row) == usage
+    line = format_usage_table([usage]).splitlines()[1]
+    assert line.split()[-2:] == ["$1.2500/$20.00", "$1.2500"]
