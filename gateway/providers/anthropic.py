@@ -30,6 +30,7 @@ from gateway.errors import InvalidRequest, UpstreamError
 from gateway.providers.anthropic_format import (
     INPUT_KEYS,
     as_int,
+    cache_counts,
     chat_completion,
     finish_reason,
     messages_body,
@@ -141,6 +142,7 @@ class AnthropicStream(SSEUpstream):
         self._created = int(time.time())
         self._head = self._chunk_head()
         self.state.usage = Usage(prompt_tokens=self._count_input(message.get("usage")))
+        cache_counts(message.get("usage"), self.state.usage)
         out.append(self._chunk({"role": "assistant", "content": ""}))
 
     def _count_input(self, usage: Any) -> int:
@@ -214,6 +216,8 @@ class AnthropicStream(SSEUpstream):
             # message_delta's counts are cumulative; input counts there (when server tools
             # read more input) replace message_start's.
             state.usage.prompt_tokens = self._count_input(usage)
+            if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+                cache_counts(usage, state.usage)
             output = usage.get("output_tokens")
             if isinstance(output, int):
                 state.usage.completion_tokens = output

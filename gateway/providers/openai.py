@@ -161,7 +161,18 @@ def _usage(usage: Any) -> Usage | None:
     return Usage(
         prompt_tokens=prompt if isinstance(prompt, int) else 0,
         completion_tokens=completion if isinstance(completion, int) else 0,
+        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
     )
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int:
+    """One count of a usage's `*_details` object; 0 when absent (most providers send none)."""
+    details = usage.get(group)
+    if type(details) is not dict:
+        return 0
+    value = details.get(name)
+    return value if type(value) is int else 0
 
 
 def _error_event(provider: str, error: Any) -> UpstreamError:
