@@ -161,10 +161,13 @@ def gateway_config(
     models: list[str],
     transport: str = "native",
     managed_keys: int = 0,
+    spend: bool = False,
 ) -> Path:
     """A config with everything on: a key with (never reached) limits in Redis, a request
     log file, metrics (always on). `managed_keys`: the bench key is one of that many keys
-    in a key database (`bench/keys_seed.py`), the config holding only another one."""
+    in a key database (`bench/keys_seed.py`), the config holding only another one. `spend`:
+    prices for the models, a budget on the bench key, and the request log also written to
+    the ledger of a SQLite database."""
     huge = 10**12
     config = {
         "redis_url": redis_url,
@@ -203,6 +206,11 @@ def gateway_config(
         seed_keys(database_url, managed_keys, BENCH_KEY, bench_key["limits"])
         config["keys"] = [{"id": "config-only", "key_sha256": hash_key("sk-bench-not-used")}]
         config["database_url"] = database_url
+    if spend:
+        config["pricing"] = {m: {"input": 2.5, "output": 10, "cached_input": 1.25} for m in models}
+        config["keys"][0]["budget"] = {"daily_usd": 1_000_000, "monthly_usd": 1_000_000}
+        config["database_url"] = f"sqlite:///{tmp / (name + '-keys.db')}"
+        config["logging"]["sinks"] = ["file", "database"]  # type: ignore[index]
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

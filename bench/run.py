@@ -33,6 +33,7 @@ Deliberately not here: saving results between runs or plotting; the table is the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -367,6 +368,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also time each ingress API route (chat, responses, messages) against each "
         "upstream API, pass-through and translated (default on)",
     )
+    parser.add_argument(
+        "--spend",
+        action="store_true",
+        help="also run the gateway with spend on: prices for the bench models, a (never "
+        "reached) budget on the bench key and the request ledger in a SQLite database "
+        "(logging.sinks: [file, database]); prints the ledger's write rate",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the logs and configs")
     args = parser.parse_args(argv)
     args.scenario = [s for s in args.scenario.split(",") if s]
@@ -409,6 +417,7 @@ def start_targets(
         server_args: list[str] | None = None
         tree: Path = REPO
         managed_keys: int = 0
+        spend: bool = False
 
     variants = [Variant(f"gateway-{t}", t) for t in args.transport]
     first = args.transport[0]
@@ -421,10 +430,12 @@ def start_targets(
     if args.managed_keys:
         n = args.managed_keys
         variants.append(Variant(f"gateway-{first}-keys{n}", first, managed_keys=n))
+    if args.spend:
+        variants.append(Variant(f"gateway-{first}-spend", first, spend=True))
     for v in variants:
         port = free_port()
         config = gateway_config(
-            tmp, v.name, upstream.url, redis_url, models, v.transport, v.managed_keys
+            tmp, v.name, upstream.url, redis_url, models, v.transport, v.managed_keys, v.spend
         )
         env: dict[str, str] = {}
         if v.tree != REPO:
@@ -444,6 +455,7 @@ def start_targets(
             v.name, module, cmd, tmp, port, env=env, health="/healthz", cwd=v.tree
         ).start()
         managed = f", bench key among {v.managed_keys} database keys" if v.managed_keys else ""
+        managed += ", budget + prices + database ledger" if v.spend else ""
         label = f"gateway, {v.transport} transport, {how}{where}{managed}"
         targets.append(Target(v.name, label, service, service.url))
     return targets
@@ -506,6 +518,31 @@ def run_routes(
     return problems
 
 
+def ledger_rate(tmp: Path, name: str, results: list[Result]) -> str:
+    """The spend variant's ledger: rows written against the request log's lines, and the
+    rows per second over the time the benchmark sent it requests."""
+    import sqlite3
+
+    log_lines = sum(1 for _ in open(tmp / f"{name}-requests.jsonl", "rb"))  # noqa: SIM115
+    with contextlib.closing(sqlite3.connect(tmp / f"{name}-keys.db")) as db:
+        rows, cost = db.execute(
+            "SELECT count(*), coalesce(sum(cost_nanos), 0) FROM gateway_requests"
+        ).fetchone()
+    mine = [r for r in results if r.target == name]
+    busy = sum(float(r.client["wall_s"]) for r in mine)
+    streams = sum(int(r.client["streams"]) for r in mine)
+    rate = (
+        f"{streams / busy:,.0f} requests/s and {rows / busy:,.0f} ledger rows/s over "
+        f"{busy:.1f} s of load"
+        if busy
+        else "n/a"
+    )
+    return (
+        f"ledger ({name}): {rows:,} rows for {log_lines:,} request log lines and {streams:,} "
+        f"streams, ${cost / 1e9:,.6f} in all; {rate}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     all_scenarios = scenarios(args.rounds)
@@ -552,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         print(checked, flush=True)
         print(report.verdicts(results, args.transport), flush=True)
         print(report.transport_comparison(results, args.transport), flush=True)
+        if args.spend:
+            print(ledger_rate(tmp, f"gateway-{args.transport[0]}-spend", results), flush=True)
         kept = f"; logs in {tmp}" if args.keep_tmp or args.profile else ""
         print(f"total time {time.monotonic() - started:.0f} s{kept}", flush=True)
         if args.hold:

@@ -37,6 +37,7 @@ from gateway.limits import build_limiter
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
+from gateway.pricing import Prices
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
 from gateway.relay.stream import Relay
@@ -46,6 +47,7 @@ from gateway.transports import build_transport
 
 if TYPE_CHECKING:  # the store's database libraries load only when a database is configured
     from gateway.keys.store import KeyStore
+    from gateway.observability.ledger import Ledger
 
 log = structlog.get_logger("gateway")
 
@@ -108,11 +110,23 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
     limiter = build_limiter(config, metrics.limiter_backend_error)
     await limiter.start()
     stack.push_async_callback(limiter.aclose)
-    request_log = RequestLog(config.logging, metrics, log_bodies=config.log_bodies)
+    prices = Prices(config.models, config.pricing)
+    if prices.unpriced:
+        log.warning(
+            "models without a price cost 0; add them under `pricing:`",
+            models=prices.unpriced,
+        )
+    ledger = await _start_ledger(config, metrics, stack) if config.database_url else None
+    request_log = RequestLog(
+        config.logging,
+        metrics,
+        log_bodies=config.log_bodies,
+        ledger=ledger if "database" in config.logging.sinks else None,
+    )
     await request_log.start()
     stack.push_async_callback(request_log.aclose)
     # Another worker's scrape cannot drain this one's queue: count each request soon.
-    finished = Finished(metrics.record, linger=not metrics.multiprocess)
+    finished = Finished(metrics.record, metrics.count_spend, linger=not metrics.multiprocess)
     finished.handlers.append(request_log.submit)
     watches: set[StreamWatch] = set()
     runtime = Runtime(
@@ -127,6 +141,8 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
         watches=watches,
         start_budget=start_budget(config),
         key_store=key_store,
+        prices=prices,
+        ledger=ledger,
     )
     stack.push_async_callback(_end_open_requests, runtime)
     return runtime
@@ -157,6 +173,7 @@ def _routes(config: GatewayConfig, relay: dict[str, RelayEndpoint]) -> list[Base
         Route("/readyz", routes.readyz, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
         Route("/admin/usage", routes.admin_usage, methods=["GET"]),
+        Route("/admin/spend", routes.admin_spend, methods=["GET"]),
         *KeysAdmin(config, _key_store_of).routes(),
         Route("/", routes.playground, methods=["GET"]),
     ]
@@ -181,6 +198,21 @@ async def _start_key_store(
     metrics.set_key_store_reachable(True)
     stack.push_async_callback(store.aclose)
     return store
+
+
+async def _start_ledger(
+    config: GatewayConfig, metrics: Metrics, stack: contextlib.AsyncExitStack
+) -> Ledger:
+    """The request ledger: written when `logging.sinks` names `database`, read by
+    /admin/spend whenever there is a database. Closed after the request log has drained
+    into it."""
+    from gateway.keys.store import build_engine  # SQLAlchemy only with a database
+    from gateway.observability.ledger import Ledger
+
+    ledger = Ledger(build_engine(config.database_url), metrics, max_lines=config.logging.queue_size)
+    await ledger.start()
+    stack.push_async_callback(ledger.aclose)
+    return ledger
 
 
 class GatewayApp:

@@ -206,8 +206,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     import httpx
 
-    from gateway.limits.base import KeyUsage
-    from gateway.limits.report import format_usage_table
+    from gateway.limits.report import format_usage_table, usage_of_row
 
     admin_key = args.admin_key or os.environ.get("GATEWAY_ADMIN_KEY", "")
     if not admin_key:
@@ -232,8 +231,55 @@ def _usage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    usages = [KeyUsage(**row) for row in rows]
+    usages = [usage_of_row(row) for row in rows]
     print(format_usage_table(usages))
+    return 0
+
+
+def _admin_get(args: argparse.Namespace, path: str, params: dict[str, str]) -> Any:
+    """GET an admin route of a running gateway; its JSON, or None after printing why not."""
+    import httpx
+
+    admin_key = args.admin_key or os.environ.get("GATEWAY_ADMIN_KEY", "")
+    if not admin_key:
+        print(
+            f"gateway: {args.func.__name__[1:]} needs --admin-key or GATEWAY_ADMIN_KEY",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        response = httpx.get(
+            args.url.rstrip("/") + path,
+            params=params,
+            headers={"authorization": f"Bearer {admin_key}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        print(f"gateway: cannot reach {args.url} ({type(exc).__name__})", file=sys.stderr)
+        return None
+    if response.status_code != 200:
+        print(
+            f"gateway: {args.url} answered {response.status_code}: {response.text[:300]}",
+            file=sys.stderr,
+        )
+        return None
+    return response.json()
+
+
+def _spend(args: argparse.Namespace) -> int:
+    from gateway.observability.spend import format_spend_table
+
+    params = {"group_by": args.group_by}
+    for name, value in (("key_id", args.key_id), ("from", args.since), ("to", args.until)):
+        if value:
+            params[name] = value
+    answer = _admin_get(args, "/admin/spend", params)
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer["data"], indent=2))
+    else:
+        print(format_spend_table(answer["data"], args.group_by))
     return 0
 
 
@@ -261,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--admin-key", help="default: $GATEWAY_ADMIN_KEY")
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=_usage)
+
+    spend = sub.add_parser("spend", help="spend per day or model, from the request ledger")
+    spend.add_argument("--url", default="http://127.0.0.1:8000")
+    spend.add_argument("--admin-key", help="default: $GATEWAY_ADMIN_KEY")
+    spend.add_argument("--key-id")
+    spend.add_argument("--from", dest="since", help="2025-01-01, ISO 8601 or unix seconds")
+    spend.add_argument("--to", dest="until", help="exclusive, same forms as --from")
+    spend.add_argument("--group-by", choices=("day", "model"), default="day")
+    spend.add_argument("--json", action="store_true")
+    spend.set_defaults(func=_spend)
 
     from gateway.keys_cli import add_commands
 

@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -83,6 +83,50 @@ class Limits:
         return any(getattr(self, f.name) is not None for f in fields(self))
 
 
+NANOS_PER_USD = 1_000_000_000
+"""Money inside the gateway is integer nano-dollars: Python and Redis's Lua doubles agree on
+every sum below 2^53 nanos ($9 million)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A key's spending limits in USD per UTC day and calendar month (README, "Spend")."""
+
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+
+    @property
+    def daily_nanos(self) -> int | None:
+        return None if self.daily_usd is None else round(self.daily_usd * NANOS_PER_USD)
+
+    @property
+    def monthly_nanos(self) -> int | None:
+        return None if self.monthly_usd is None else round(self.monthly_usd * NANOS_PER_USD)
+
+    @classmethod
+    def of(cls, value: Mapping[str, Any] | None) -> Budget | None:
+        """The budget of a stored key's `budget` object (already checked by the admin API)."""
+        if not value:
+            return None
+        daily, monthly = value.get("daily_usd"), value.get("monthly_usd")
+        if daily is None and monthly is None:
+            return None
+        return cls(
+            daily_usd=None if daily is None else float(daily),
+            monthly_usd=None if monthly is None else float(monthly),
+        )
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """USD per million tokens. cached_input / cache_write None: priced as input."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+
+
 @dataclass(frozen=True)
 class KeyConfig:
     id: str
@@ -90,6 +134,8 @@ class KeyConfig:
     models: tuple[str, ...] | None = None
     """None: every configured model."""
     limits: Limits = field(default_factory=Limits)
+    budget: Budget | None = None
+    """Spending limits in USD; None: none (spend is still counted)."""
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -111,6 +157,9 @@ class LoggingConfig:
     """Empty: JSON lines on stdout."""
     queue_size: int = 10_000
     batch_size: int = 256
+    sinks: tuple[str, ...] = ()
+    """Where the request log goes: `stdout`, `file`, `database` (the ledger,
+    `gateway.observability.ledger`). Empty: `file` when `file` is set, else `stdout`."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +197,8 @@ class GatewayConfig:
     between (`gateway/edge/budget.py`; docs/performance.md). 0: no limit."""
     egress: EgressProxies = field(default_factory=EgressProxies)
     """The egress proxies of the environment (`gateway.egress`); none by default."""
+    pricing: Mapping[str, ModelPrice] = field(default_factory=dict)
+    """Prices by model name, over the default table (`gateway.pricing`)."""
     database_url: str = field(default="", repr=False)
     """Where keys managed at runtime live (`gateway.keys`): postgresql://... for any number
     of replicas, sqlite:///path for one node; empty: only the config's keys."""
@@ -386,9 +437,56 @@ def _read_key(source: str, path: str, node: Any) -> KeyConfig:
         key_sha256=_read_sha256(r, "key_sha256", required=True),
         models=_str_list(r, "models"),
         limits=_read_limits(source, r.at("limits"), r.take("limits", dict, {})),
+        budget=_read_budget(source, r.at("budget"), r.take("budget", dict)),
     )
     r.done()
     return key
+
+
+def _read_budget(source: str, path: str, node: Any) -> Budget | None:
+    if node is None:
+        return None
+    r = _Reader(source, path, node)
+    budget = Budget(
+        daily_usd=r.positive("daily_usd", float), monthly_usd=r.positive("monthly_usd", float)
+    )
+    r.done()
+    return budget if budget.daily_usd is not None or budget.monthly_usd is not None else None
+
+
+_PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
+
+
+def _read_pricing(r: _Reader) -> dict[str, ModelPrice]:
+    table = r.take("pricing", dict, {})
+    prices = {}
+    for name, node in table.items():
+        pr = _Reader(r.source, f"{r.at('pricing')}.{name}", node)
+        values = {f: pr.take(f, float) for f in _PRICE_FIELDS}
+        pr.done()
+        for f, value in values.items():
+            if value is not None and value < 0:
+                raise pr.fail(f, f"must be 0 or more (USD per million tokens), got {value!r}")
+        if values["input"] is None or values["output"] is None:
+            raise pr.fail("input" if values["input"] is None else "output", "is required")
+        prices[str(name)] = ModelPrice(**values)
+    return prices
+
+
+_SINKS = ("stdout", "file", "database")
+
+
+def _read_logging(source: str, r: _Reader) -> LoggingConfig:
+    node = dict(r.take("logging", dict, {}))
+    sinks = node.pop("sinks", None)
+    section: LoggingConfig = _read_section(LoggingConfig, source, "logging", node)
+    if sinks is None:
+        return section
+    if not isinstance(sinks, list) or not all(s in _SINKS for s in sinks) or not sinks:
+        raise ConfigError(source, "logging.sinks", f"expected a list of {', '.join(_SINKS)}")
+    if "file" in sinks and not section.file:
+        raise ConfigError(source, "logging.sinks", "the `file` sink needs logging.file")
+    return replace(section, sinks=tuple(dict.fromkeys(sinks)))
 
 
 def _read_section(cls: type, source: str, path: str, node: Any) -> Any:
@@ -432,7 +530,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
             "concurrency_lease_ttl", float, GatewayConfig.concurrency_lease_ttl
         ),
         timeouts=_read_section(Timeouts, source, "timeouts", r.take("timeouts", dict, {})),
-        logging=_read_section(LoggingConfig, source, "logging", r.take("logging", dict, {})),
+        logging=_read_logging(source, r),
         log_bodies=r.take("log_bodies", bool, False),
         max_body_bytes=r.positive("max_body_bytes", int, GatewayConfig.max_body_bytes),
         max_header_bytes=r.at_least("max_header_bytes", int, 1024, GatewayConfig.max_header_bytes),
@@ -450,10 +548,13 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
             "stream_buffer_bytes", int, GatewayConfig.stream_buffer_bytes
         ),
         egress=_read_egress(source, env),
+        pricing=_read_pricing(r),
         database_url=_read_database_url(r, env),
         source=source,
     )
     r.done()
+    if "database" in config.logging.sinks and not config.database_url:
+        raise ConfigError(source, "logging.sinks", "the `database` sink needs database_url")
     _check_references(config)
     return config
 

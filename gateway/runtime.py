@@ -23,12 +23,14 @@ from gateway.limits.base import Limiter
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
+from gateway.pricing import Prices
 from gateway.providers.base import Provider
 from gateway.relay.stream import Relay
 from gateway.relay.watch import StreamWatch
 
 if TYPE_CHECKING:  # the store's database libraries load only when a database is configured
     from gateway.keys.store import KeyStore
+    from gateway.observability.ledger import Ledger
 
 
 @dataclass(eq=False)
@@ -51,6 +53,11 @@ class Runtime:
     key_store: KeyStore | None
     """Keys managed at runtime (`database_url`), looked up after the config's; None
     without a database."""
+    prices: Prices
+    """Every configured model's price (`gateway.pricing`)."""
+    ledger: Ledger | None
+    """The request ledger (`database_url`): written when `logging.sinks` names `database`,
+    read by /admin/spend."""
     models: dict[str, ModelConfig] = field(init=False)
     keys: Keys = field(init=False)
     draining: bool = False

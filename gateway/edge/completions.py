@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from datetime import UTC, datetime
 from time import perf_counter
 
 import structlog
@@ -40,6 +41,7 @@ from gateway.errors import (
 from gateway.limits.base import LimiterUnavailable, Reservation
 from gateway.limits.headers import rate_limit_headers, retry_after_header
 from gateway.observability.records import RequestRecord
+from gateway.pricing import TokenCounts
 from gateway.providers.base import Route
 from gateway.relay.request import ClientRequest
 from gateway.relay.stream import RelayContext
@@ -52,6 +54,7 @@ AnswerError = Callable[[Send, GatewayError, Iterable[tuple[bytes, bytes]]], Awai
 """An ingress API's error answer, given the response headers so far."""
 
 _QUOTAS = frozenset({"daily_tokens", "monthly_tokens"})
+_BUDGETS = frozenset({"daily_usd", "monthly_usd"})
 _LOGGED_NAME_MAX = 200
 
 
@@ -136,7 +139,7 @@ class RelayEndpoint:
             disconnect=disconnect_hook(scope),
             writer=body_writer(scope),
         )
-        return ctx, await _admit(rt, key, req, rec.request_id, headers)
+        return ctx, await _admit(rt, key, req, model, rec.request_id, headers)
 
     async def _failed(
         self, exc: Exception, rec: RequestRecord, send: Send, headers: Headers
@@ -164,8 +167,17 @@ def _finish(
 ) -> None:
     """The request's record off to the metrics and the log, its reservation settled."""
     rec.duration_s = perf_counter() - started_at
+    if rec.prompt_tokens or rec.completion_tokens:
+        rec.cost_nanos = rt.prices.cost(
+            rec.answered_by or rec.model,
+            TokenCounts(
+                rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.cache_write_tokens
+            ),
+        )
     if reservation is not None:
-        rt.limiter.settle_soon(reservation, rec.prompt_tokens + rec.completion_tokens)
+        rt.limiter.settle_soon(
+            reservation, rec.prompt_tokens + rec.completion_tokens, rec.cost_nanos
+        )
     rec.ended_at = time.time()
     rt.finished.add(rec)
 
@@ -204,14 +216,21 @@ def resolve_model(
 
 
 async def _admit(
-    rt: EdgeRuntime, key: KeyConfig, req: ClientRequest, rid: str, headers: Headers
+    rt: EdgeRuntime,
+    key: KeyConfig,
+    req: ClientRequest,
+    model: ModelConfig,
+    rid: str,
+    headers: Headers,
 ) -> Reservation | None:
     limiter = rt.limiter
-    tokens = req.prompt_estimate
-    if req.route != "embeddings":
-        tokens += req.max_tokens or rt.config.default_max_tokens
+    output = 0 if req.route == "embeddings" else req.max_tokens or rt.config.default_max_tokens
+    tokens = req.prompt_estimate + output
+    # The reservation's cost at the primary model's prices: settled to the real
+    # cost of whichever model answered when the request ends.
+    cost = rt.prices.reserve(model.name, req.prompt_estimate, output)
     try:
-        admission = await limiter.admit(key, tokens, rid)
+        admission = await limiter.admit(key, tokens, rid, cost)
     except LimiterUnavailable:
         raise ServiceUnavailable(
             "rate limits cannot be checked right now (limits backend unreachable); retry",
@@ -224,6 +243,8 @@ async def _admit(
     rt.metrics.rate_limited(key.id, limit)
     name, value = retry_after_header(admission.retry_after)
     headers.append((name, value))
+    if limit in _BUDGETS:
+        raise QuotaExceeded(_budget_message(key, limit, admission.retry_after))
     cls = QuotaExceeded if limit in _QUOTAS else RateLimited
     what = {
         "rpm": "requests per minute",
@@ -237,4 +258,19 @@ async def _admit(
         if cls is RateLimited
         else f"Key '{key.id}' has used its {what}. It resets at the start of the next "
         f"{'day' if limit == 'daily_tokens' else 'month'} (UTC)."
+    )
+
+
+def _budget_message(key: KeyConfig, limit: str, retry_after: float) -> str:
+    daily = limit == "daily_usd"
+    budget = key.budget
+    amount = (budget.daily_usd if daily else budget.monthly_usd) if budget else None
+    # retry_after runs to the period's end (the limiter's clock, perhaps Redis's): to the
+    # minute, that is the UTC midnight it resets at.
+    resets = datetime.fromtimestamp(round((time.time() + retry_after) / 60) * 60, UTC)
+    # cents for budgets of a dollar or more, every digit below that
+    of = "" if amount is None else f" of ${amount:,.2f}" if amount >= 1 else f" of ${amount:g}"
+    return (
+        f"Key '{key.id}' has used its {'daily' if daily else 'monthly'} budget{of}. It resets "
+        f"at {resets:%Y-%m-%d %H:%M} UTC (in {retry_after:,.0f} s)."
     )

@@ -1,4 +1,5 @@
-"""The small routes: models, health, readiness, metrics, admin usage, the playground.
+"""The small routes: models, health, readiness, metrics, admin usage and spend, the
+playground.
 
 Each reads the runtime from its request's lifespan state (`runtime_of`).
 """
@@ -20,12 +21,31 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from gateway.asgi import presented_secret
 from gateway.config import DEMO_KEY
 from gateway.edge.shared import runtime_of
-from gateway.errors import GatewayError, InvalidApiKey, InvalidRequest
+from gateway.errors import GatewayError, InvalidApiKey, InvalidRequest, ServiceUnavailable
 from gateway.limits.report import usage_rows
+from gateway.observability.spend import LedgerUnavailable, spend_query
 
 
 def _error(exc: GatewayError) -> Response:
     return Response(exc.json(), status_code=exc.status, media_type="application/json")
+
+
+def admin_denied(request: Request) -> Response | None:
+    """The answer to a request without the admin key (None: it has it)."""
+    expected = runtime_of(request.scope).config.admin_key_sha256
+    secret = presented_secret(request.scope)
+    digest = hashlib.sha256(secret).hexdigest()
+    if not expected:
+        return _error(
+            InvalidRequest(
+                "the admin route is off: set admin_key_sha256 in the config",
+                status=404,
+                code="not_found",
+            )
+        )
+    if not secret or not hmac.compare_digest(digest, expected):
+        return _error(InvalidApiKey("The admin route needs the admin key."))
+    return None
 
 
 class Routes:
@@ -101,23 +121,38 @@ class Routes:
         return Response(body, media_type=content_type)
 
     async def admin_usage(self, request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
         st = runtime_of(request.scope)
-        expected = st.config.admin_key_sha256
-        secret = presented_secret(request.scope)
-        digest = hashlib.sha256(secret).hexdigest()
-        if not expected:
+        store = st.keys.store
+        usages = await st.limiter.usage(st.config.keys + (store.keys() if store else ()))
+        return JSONResponse({"object": "list", "data": usage_rows(usages)})
+
+    async def admin_spend(self, request: Request) -> Response:
+        """GET /admin/spend?key_id=&from=&to=&group_by=day|model: from the ledger."""
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        ledger = runtime_of(request.scope).ledger
+        if ledger is None:
             return _error(
                 InvalidRequest(
-                    "the admin route is off: set admin_key_sha256 in the config",
+                    "spend is read from the request ledger: set database_url and "
+                    "logging.sinks: [stdout, database]",
                     status=404,
                     code="not_found",
                 )
             )
-        if not secret or not hmac.compare_digest(digest, expected):
-            return _error(InvalidApiKey("The admin route needs the admin key."))
-        store = st.keys.store
-        usages = await st.limiter.usage(st.config.keys + (store.keys() if store else ()))
-        return JSONResponse({"object": "list", "data": usage_rows(usages)})
+        try:
+            query = spend_query(request.query_params)
+        except InvalidRequest as exc:
+            return _error(exc)
+        try:
+            rows = await ledger.spend(**query)
+        except LedgerUnavailable:
+            return _error(ServiceUnavailable("the ledger's database is unreachable; retry"))
+        return JSONResponse({"object": "list", "group_by": query["group_by"], "data": rows})
 
     async def playground(self, request: Request) -> Response:
         """The playground page, with the demo key filled in only on the embedded default.

@@ -8,7 +8,7 @@ where the lifespan hands it over).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import Scope
 
@@ -19,8 +19,12 @@ from gateway.edge.keys import Keys
 from gateway.limits.base import Limiter
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
+from gateway.pricing import Prices
 from gateway.relay.stream import Relay
 from gateway.relay.watch import StreamWatch
+
+if TYPE_CHECKING:  # SQLAlchemy loads only when a database is configured
+    from gateway.observability.ledger import Ledger
 
 
 class EdgeRuntime(Protocol):
@@ -34,6 +38,8 @@ class EdgeRuntime(Protocol):
     watches: set[StreamWatch]
     start_budget: StartBudget | None
     draining: bool
+    prices: Prices
+    ledger: Ledger | None
 
 
 def runtime_of(scope: Scope) -> EdgeRuntime:

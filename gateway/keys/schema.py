@@ -1,4 +1,5 @@
-"""The key store's tables and the migrations that build them, versioned in the database.
+"""The database's tables (managed keys, the request ledger) and the migrations that build
+them, versioned in the database.
 
 Each migration is a numbered step, run once, in order, in one transaction with its row in
 `gateway_schema_version`; on PostgreSQL an advisory lock keeps two replicas that start
@@ -31,6 +32,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.observability.ledger_table import ledger_table
 
 metadata = MetaData()
 
@@ -77,7 +80,14 @@ async def _v1_keys(conn: AsyncConnection) -> None:
     await conn.execute(insert(generation).values(id=1, value=0))
 
 
-MIGRATIONS: tuple[tuple[int, Callable[[AsyncConnection], Awaitable[None]]], ...] = ((1, _v1_keys),)
+async def _v2_requests(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda sync: ledger_table.create(sync))
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[AsyncConnection], Awaitable[None]]], ...] = (
+    (1, _v1_keys),
+    (2, _v2_requests),
+)
 LATEST = MIGRATIONS[-1][0]
 
 

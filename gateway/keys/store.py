@@ -17,7 +17,8 @@ the metric behind `on_reachable`) and writes fail with `StoreUnavailable` (the A
 
 One code path for both databases: SQLAlchemy Core over asyncpg or aiosqlite. Deliberately
 not here: the HTTP API (`gateway.keys.admin`), the config file's keys (read-only, looked up
-by `edge/keys.py: Keys` first), and spending budgets (stored and shown; not enforced yet).
+by `edge/keys.py: Keys` first), and enforcing spending budgets (the limiters do, from each
+key's `KeyConfig.budget`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.config import KeyConfig, Limits, hash_key
+from gateway.config import Budget, KeyConfig, Limits, hash_key
 from gateway.keys import schema
 from gateway.keys.model import (
     UNSET,
@@ -289,11 +290,21 @@ class KeyStore:
             self._rows[row.id] = row
             self._seen = max(self._seen, row.revision)
             old = self._configs.get(row.id)
-            # The same KeyConfig while models and limits stay: the limiters key their
-            # per-key caches by the Limits object.
-            if old is None or old.models != row.models or old.limits != row.limits:
+            # The same KeyConfig while models, limits and budget stay: the limiters key their
+            # per-key caches by the Limits and Budget objects.
+            budget = Budget.of(row.budget)
+            if (
+                old is None
+                or old.models != row.models
+                or old.limits != row.limits
+                or old.budget != budget
+            ):
                 self._configs[row.id] = KeyConfig(
-                    id=row.id, key_sha256=row.key_sha256, models=row.models, limits=row.limits
+                    id=row.id,
+                    key_sha256=row.key_sha256,
+                    models=row.models,
+                    limits=row.limits,
+                    budget=budget,
                 )
                 self._on_key(row.id)
         by_hash: dict[str, tuple[KeyConfig, float]] = {}

@@ -8,6 +8,9 @@ against the other:
   one-second buckets. A denied request counts nothing.
 - `daily_tokens` / `monthly_tokens`: fixed UTC periods (a day from 00:00 UTC, a calendar
   month from the 1st 00:00 UTC).
+- `budget` (`daily_usd` / `monthly_usd`): spend in integer nano-dollars per UTC day and
+  month, reserved and settled exactly as the token quotas are (the reservation's cost at
+  admission, the real cost at the end), checked in the same atomic step.
 - `max_concurrent`: open requests, each holding a lease that expires by itself unless the
   process holding it renews it (so a killed process frees its slots).
 - Token limits admit while the used count (reservations included) is below the limit, then
@@ -24,7 +27,9 @@ from typing import Literal, Protocol
 
 from gateway.config import KeyConfig
 
-LimitName = Literal["rpm", "tpm", "max_concurrent", "daily_tokens", "monthly_tokens"]
+LimitName = Literal[
+    "rpm", "tpm", "max_concurrent", "daily_tokens", "monthly_tokens", "daily_usd", "monthly_usd"
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Reservation:
     """Tokens reserved against tpm and the quotas."""
     admitted_at: float
     """Unix time of admission: settle() corrects the same rpm/tpm bucket and quota period."""
+    cost: int = 0
+    """Nano-dollars reserved against the budgets (and counted as spend until settled)."""
     lease: str = ""
     """The concurrency lease this admission holds, minted by the limiter (never taken from
     the request: two requests sending the same x-request-id hold two leases); empty when
@@ -77,8 +84,13 @@ class KeyUsage:
     tokens_day: int
     tokens_month: int
     concurrent: int
+    spend_day_nanos: int = 0
+    spend_month_nanos: int = 0
+    """Nano-dollars spent this UTC day / month, open reservations included."""
     limits: dict[str, int | None] = field(default_factory=dict)
     remaining: dict[str, int | None] = field(default_factory=dict)
+    budget: dict[str, float | None] = field(default_factory=dict)
+    """`daily_usd` / `monthly_usd`, when the key has a budget."""
 
 
 class LimiterUnavailable(Exception):
@@ -92,17 +104,18 @@ class Limiter(Protocol):
     async def aclose(self) -> None:
         """Stop background tasks, close connections."""
 
-    async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
+    async def admit(self, key: KeyConfig, tokens: int, request_id: str, cost: int = 0) -> Admission:
         """Check every limit of `key` and, if all pass, count the request, reserve
-        `tokens` and take a lease (its id minted here) in one atomic step. `request_id` is
-        carried on the reservation for logs and decides nothing. Raises
-        LimiterUnavailable only in `closed` mode."""
+        `tokens` and `cost` (nano-dollars) and take a lease (its id minted here) in one
+        atomic step. `request_id` is carried on the reservation for logs and decides
+        nothing. Raises LimiterUnavailable only in `closed` mode."""
 
-    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        """Replace the reservation with the real usage and free the concurrency slot.
-        Never raises: a backend failure here is counted, not thrown at the client."""
+    async def settle(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
+        """Replace the reservation with the real usage (tokens, nano-dollars) and free the
+        concurrency slot. Never raises: a backend failure here is counted, not thrown at
+        the client."""
 
-    def settle_soon(self, reservation: Reservation, used_tokens: int) -> None:
+    def settle_soon(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
         """`settle()` for the request path: started now, finished in the background (the
         limiter's `aclose()` waits for what is still on its way). Never raises."""
 

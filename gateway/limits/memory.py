@@ -8,6 +8,8 @@ does, number for number, so one test suite runs against both:
 - daily / monthly token quotas: counters per UTC day and calendar month; the counters of
   the current and the previous period are kept (a stream admitted before midnight settles
   into the day it was admitted in), older ones are dropped.
+- daily / monthly budgets: nano-dollar counters per UTC day and month, kept like the token
+  quotas'.
 - max_concurrent: the set of open leases, each id minted here per admission (a client's
   x-request-id is no identity: repeated, it must not share a slot); settle() removes one.
 - A denial names the limit that keeps the caller waiting longest, and `retry_after` is that
@@ -103,13 +105,16 @@ class _Window:
 
 
 class _KeyState:
-    __slots__ = ("days", "leases", "months", "requests", "tokens")
+    __slots__ = ("days", "leases", "months", "requests", "spend_days", "spend_months", "tokens")
 
     def __init__(self) -> None:
         self.requests = _Window()
         self.tokens = _Window()
         self.days: dict[int, int] = {}
         self.months: dict[int, int] = {}
+        self.spend_days: dict[int, int] = {}
+        self.spend_months: dict[int, int] = {}
+        """Nano-dollars spent (reservations included) per UTC day / month."""
         self.leases: set[str] = set()
 
 
@@ -160,7 +165,7 @@ class MemoryLimiter:
             state = self._keys[key_id] = _KeyState()
         return state
 
-    async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
+    async def admit(self, key: KeyConfig, tokens: int, request_id: str, cost: int = 0) -> Admission:
         now = self._clock()
         now_s = int(now // 1)
         state = self._state(key.id)
@@ -186,6 +191,13 @@ class MemoryLimiter:
             and state.months.get(month, 0) >= limits.monthly_tokens
         ):
             checks.append(("monthly_tokens", month_end - now))
+        budget = key.budget
+        if budget is not None:
+            daily_usd, monthly_usd = budget.daily_nanos, budget.monthly_nanos
+            if daily_usd is not None and state.spend_days.get(day, 0) >= daily_usd:
+                checks.append(("daily_usd", day_end - now))
+            if monthly_usd is not None and state.spend_months.get(month, 0) >= monthly_usd:
+                checks.append(("monthly_usd", month_end - now))
         for name, seconds in checks:
             # The binding limit is the one that keeps the caller out longest; on a tie the
             # first checked wins, the same order the Redis script uses.
@@ -203,6 +215,8 @@ class MemoryLimiter:
         token_window.add(now_s, tokens)
         _count_period(state.days, day, tokens)
         _count_period(state.months, month, tokens)
+        _count_period(state.spend_days, day, cost)
+        _count_period(state.spend_months, month, cost)
         lease = str(next(self._lease_ids))
         state.leases.add(lease)
         return Admission(
@@ -213,14 +227,15 @@ class MemoryLimiter:
                 request_id=request_id,
                 tokens=tokens,
                 admitted_at=now,
+                cost=cost,
                 lease=lease,
             ),
         )
 
-    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        self.settle_soon(reservation, used_tokens)
+    async def settle(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
+        self.settle_soon(reservation, used_tokens, used_cost)
 
-    def settle_soon(self, reservation: Reservation, used_tokens: int) -> None:
+    def settle_soon(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
         if reservation.degraded:
             return
         state = self._keys.get(reservation.key_id)
@@ -228,13 +243,18 @@ class MemoryLimiter:
             return
         state.leases.discard(reservation.lease)
         delta = used_tokens - reservation.tokens
-        if delta == 0:
+        spent = used_cost - reservation.cost
+        if delta == 0 and spent == 0:
             return
         at = reservation.admitted_at
-        state.tokens.adjust(int(at // 1), delta)
         day, _, month, _ = self._periods_at(at)
-        _adjust_period(state.days, day, delta)
-        _adjust_period(state.months, month, delta)
+        if delta:
+            state.tokens.adjust(int(at // 1), delta)
+            _adjust_period(state.days, day, delta)
+            _adjust_period(state.months, month, delta)
+        if spent:
+            _adjust_period(state.spend_days, day, spent)
+            _adjust_period(state.spend_months, month, spent)
 
     async def usage(self, keys: tuple[KeyConfig, ...]) -> list[KeyUsage]:
         now = self._clock()
@@ -253,6 +273,8 @@ class MemoryLimiter:
                     tokens_day=state.days.get(day, 0),
                     tokens_month=state.months.get(month, 0),
                     concurrent=len(state.leases),
+                    spend_day_nanos=state.spend_days.get(day, 0),
+                    spend_month_nanos=state.spend_months.get(month, 0),
                 )
             )
         return result

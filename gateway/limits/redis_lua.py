@@ -100,15 +100,16 @@ ADMIT = (
     PRELUDE
     + """
 -- KEYS: rpm, tpm, quota, leases, seconds
--- ARGV: rpm, tpm, max_concurrent, daily, monthly (-1: not limited), lease ttl ms (the
---       key's, the same on every call), then tokens, lease id, time override ('' : the
---       server's TIME)
+-- ARGV: rpm, tpm, max_concurrent, daily, monthly, daily nano-USD, monthly nano-USD (-1: not
+--       limited), lease ttl ms (the key's, the same on every call), then tokens, cost in
+--       nano-USD, lease id, time override ('' : the server's TIME)
 -- Every admission runs this, so it reads each hash once (HMGET) and writes it once (HSET),
 -- and one look at the oldest seconds serves the window's slide and the resets.
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local daily, monthly, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local tokens, lease = tonumber(ARGV[7]), ARGV[8]
-local now = clock(ARGV[9])
+local daily, monthly = tonumber(ARGV[4]), tonumber(ARGV[5])
+local daily_usd, monthly_usd, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local tokens, cost, lease = tonumber(ARGV[9]), ARGV[10], ARGV[11]
+local now = clock(ARGV[12])
 local now_s = math.floor(now)
 local now_ms = now * 1000
 local second = string.format('%d', now_s)
@@ -147,10 +148,16 @@ local rt, tt = tonumber(r[1]) or 0, tonumber(t[1]) or 0
 if rpm >= 0 and rt >= rpm then deny('rpm', reset(KEYS[1], rt, rpm)) end
 if tpm >= 0 and tt >= tpm then deny('tpm', reset(KEYS[2], tt, tpm)) end
 local day_f, day_end, month_f, month_end = periods(now)
-local used = redis.call('HMGET', KEYS[3], day_f, month_f)
+-- spend: integer nano-USD in fields 'usd:day:...' / 'usd:month:...' of the same hash,
+-- added with HINCRBY from the caller's decimal string (exact: no double is written back)
+local usd_day_f, usd_month_f = 'usd:' .. day_f, 'usd:' .. month_f
+local used = redis.call('HMGET', KEYS[3], day_f, month_f, usd_day_f, usd_month_f)
 local day_used, month_used = tonumber(used[1]) or 0, tonumber(used[2]) or 0
+local day_spent, month_spent = tonumber(used[3]) or 0, tonumber(used[4]) or 0
 if daily >= 0 and day_used >= daily then deny('daily_tokens', day_end - now) end
 if monthly >= 0 and month_used >= monthly then deny('monthly_tokens', month_end - now) end
+if daily_usd >= 0 and day_spent >= daily_usd then deny('daily_usd', day_end - now) end
+if monthly_usd >= 0 and month_spent >= monthly_usd then deny('monthly_usd', month_end - now) end
 
 local reset_r, reset_t
 if denied == '' then
@@ -166,6 +173,10 @@ if denied == '' then
     oldest = nil
   end
   redis.call('HSET', KEYS[3], day_f, day_used + tokens, month_f, month_used + tokens)
+  if cost ~= '0' then
+    redis.call('HINCRBY', KEYS[3], usd_day_f, cost)
+    redis.call('HINCRBY', KEYS[3], usd_month_f, cost)
+  end
   if day_used == 0 then
     -- the first admission of a day (or of a settle-emptied one; either way harmless)
     if redis.call('HLEN', KEYS[3]) > 4 then
@@ -173,7 +184,9 @@ if denied == '' then
       local prev_day = periods(now - 86400)
       local y, m = civil(math.floor(now / 86400))
       local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
-      local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true}
+      local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true,
+                    [usd_day_f] = true, [usd_month_f] = true, ['usd:' .. prev_day] = true,
+                    ['usd:' .. prev_month] = true}
       local old = {}
       for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
         if not keep[field] then old[#old + 1] = field end
@@ -204,26 +217,34 @@ SETTLE = (
     PRELUDE
     + """
 -- KEYS: tpm, quota, leases
--- ARGV: admission unix time, used - reserved tokens, lease id
+-- ARGV: admission unix time, used - reserved tokens, lease id, used - reserved nano-USD
 redis.call('ZREM', KEYS[3], ARGV[3])
-local delta = tonumber(ARGV[2])
-if delta ~= 0 then
+local delta, spent = tonumber(ARGV[2]), ARGV[4]
+if delta ~= 0 or spent ~= '0' then
   local at = tonumber(ARGV[1])
   -- only buckets and periods that still exist: one the window or the TTL already dropped
   -- counts nothing any more, and must not come back
-  -- returns what the field changed by (a count never goes below 0)
-  local function adjust(key, field)
+  -- returns what the field changed by (a count never goes below 0); `by` is a number or,
+  -- for nano-USD, the caller's decimal string (HINCRBY stays exact)
+  local function adjust(key, field, by)
     if redis.call('HEXISTS', key, field) == 0 then return 0 end
-    local new = redis.call('HINCRBY', key, field, delta)
-    if new >= 0 then return delta end
+    local new = redis.call('HINCRBY', key, field, by)
+    by = tonumber(by)
+    if new >= 0 then return by end
     redis.call('HSET', key, field, 0)
-    return delta - new
+    return by - new
   end
-  local change = adjust(KEYS[1], string.format('%d', math.floor(at)))
-  if change ~= 0 then redis.call('HINCRBY', KEYS[1], 'sum', change) end
   local day_f, _, month_f = periods(at)
-  adjust(KEYS[2], day_f)
-  adjust(KEYS[2], month_f)
+  if delta ~= 0 then
+    local change = adjust(KEYS[1], string.format('%d', math.floor(at)), delta)
+    if change ~= 0 then redis.call('HINCRBY', KEYS[1], 'sum', change) end
+    adjust(KEYS[2], day_f, delta)
+    adjust(KEYS[2], month_f, delta)
+  end
+  if spent ~= '0' then
+    adjust(KEYS[2], 'usd:' .. day_f, spent)
+    adjust(KEYS[2], 'usd:' .. month_f, spent)
+  end
 end
 return 1
 """
@@ -237,9 +258,10 @@ local now = clock(ARGV[1])
 slide(KEYS[5], {KEYS[1], KEYS[2]}, math.floor(now))
 local rt, tt = total(KEYS[1]), total(KEYS[2])
 local day_f, _, month_f = periods(now)
-local used = redis.call('HMGET', KEYS[3], day_f, month_f)
+local used = redis.call('HMGET', KEYS[3], day_f, month_f, 'usd:' .. day_f, 'usd:' .. month_f)
 local open = redis.call('ZCOUNT', KEYS[4], '(' .. string.format('%.3f', now * 1000), '+inf')
-return {rt, tt, tonumber(used[1]) or 0, tonumber(used[2]) or 0, open}
+return {rt, tt, tonumber(used[1]) or 0, tonumber(used[2]) or 0, open,
+        tonumber(used[3]) or 0, tonumber(used[4]) or 0}
 """
 )
 

@@ -30,8 +30,10 @@ Key layout, all of one API key in one Redis Cluster slot thanks to the `{key id}
   theirs together), so moving the window on reads only the buckets that left it; same
   expiry.
 - `gw:{team-a}:quota`  HASH `day:2025-01-31` / `month:2025-01` -> tokens in that UTC
-  period; the current and the previous period are kept (late settles land in the period
-  of their admission), older fields are deleted; the key expires a day after the month.
+  period, and `usd:day:2025-01-31` / `usd:month:2025-01` -> nano-dollars spent in it
+  (fields added by the first admission with a cost); the current and the previous period
+  are kept (late settles land in the period of their admission), older fields are
+  deleted; the key expires a day after the month.
 - `gw:{team-a}:leases` ZSET lease id (`host:pid:instance:n`, n counting this limiter's
   admissions: minted here, never the client's x-request-id) -> expiry in unix
   ms. admit drops expired leases before counting, usage ignores them; a background task
@@ -69,7 +71,7 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from gateway.config import BackendFailure, KeyConfig, Limits
+from gateway.config import BackendFailure, Budget, KeyConfig, Limits
 from gateway.limits import redis_lua
 from gateway.limits.base import (
     Admission,
@@ -104,6 +106,8 @@ _DENIED: dict[bytes, LimitName] = {
     b"tpm": "tpm",
     b"daily_tokens": "daily_tokens",
     b"monthly_tokens": "monthly_tokens",
+    b"daily_usd": "daily_usd",
+    b"monthly_usd": "monthly_usd",
 }
 
 
@@ -184,7 +188,7 @@ class RedisLimiter:
         self._skip_until = 0.0
         """time.monotonic() before which Redis is not tried after a failure."""
         self._renewal: asyncio.Task[None] | None = None
-        self._admit_heads: dict[str, tuple[Limits, bytes]] = {}
+        self._admit_heads: dict[str, tuple[Limits, Budget | None, bytes]] = {}
         self._settle_heads: dict[str, bytes] = {}
         """key id -> the packed start of its admit / settle calls (the same every time)."""
         self._settling: set[asyncio.Future[Any]] = set()
@@ -272,24 +276,26 @@ class RedisLimiter:
 
     # --- the request path ------------------------------------------------------------------
 
-    async def admit(self, key: KeyConfig, tokens: int, request_id: str) -> Admission:
-        limits = key.limits
+    async def admit(self, key: KeyConfig, tokens: int, request_id: str, cost: int = 0) -> Admission:
+        limits, budget = key.limits, key.budget
         if self._backing_off() or self._cluster_node:
             return self._unavailable(key.id, tokens, request_id)
         cached = self._admit_heads.get(key.id)
-        if cached is None or cached[0] is not limits:
+        if cached is None or cached[0] is not limits or cached[1] is not budget:
             static = (
                 _limit(limits.rpm),
                 _limit(limits.tpm),
                 _limit(limits.max_concurrent),
                 _limit(limits.daily_tokens),
                 _limit(limits.monthly_tokens),
+                _limit(budget.daily_nanos if budget else None),
+                _limit(budget.monthly_nanos if budget else None),
                 self._lease_ttl_ms,
             )
-            head = self._admit_script.head(key_names(self._prefix, key.id), static, 3)
-            cached = self._admit_heads[key.id] = (limits, head)
+            head = self._admit_script.head(key_names(self._prefix, key.id), static, 4)
+            cached = self._admit_heads[key.id] = (limits, budget, head)
         lease = self._lease_prefix + str(next(self._lease_ids))
-        command = cached[1] + pack_items((tokens, lease, self._time_override()))
+        command = cached[2] + pack_items((tokens, cost, lease, self._time_override()))
         try:
             reply = await self._admit_script.run(command)
         except BACKEND_ERRORS as exc:
@@ -315,19 +321,20 @@ class RedisLimiter:
                 request_id=request_id,
                 tokens=tokens,
                 admitted_at=float(now),
+                cost=cost,
                 lease=lease,
             ),
         )
 
-    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        command = self._settle_command(reservation, used_tokens)
+    async def settle(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
+        command = self._settle_command(reservation, used_tokens, used_cost)
         if command is not None:
             await self._settle(command)
 
-    def settle_soon(self, reservation: Reservation, used_tokens: int) -> None:
+    def settle_soon(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
         """`settle` without a task: the call is queued on the Redis connection (leaving
         with other calls within `SETTLE_DELAY_S`) and its reply handled by a callback."""
-        command = self._settle_command(reservation, used_tokens)
+        command = self._settle_command(reservation, used_tokens, used_cost)
         if command is None:
             return
         future = self._client.send_nowait(command, SETTLE_DELAY_S)
@@ -337,7 +344,9 @@ class RedisLimiter:
         self._settling.add(future)
         future.add_done_callback(functools.partial(self._settled, command))
 
-    def _settle_command(self, reservation: Reservation, used_tokens: int) -> bytes | None:
+    def _settle_command(
+        self, reservation: Reservation, used_tokens: int, used_cost: int
+    ) -> bytes | None:
         """The settle's EVALSHA, None when there is nothing to settle in Redis. Forgets the
         lease first: whatever happens next, this process stops renewing it, so it expires by
         itself if the ZREM never arrives. Counts a backend error (and gives None) during the
@@ -356,10 +365,11 @@ class RedisLimiter:
         head = self._settle_heads.get(reservation.key_id)
         if head is None:
             _, tpm_key, quota_key, leases_key, _ = key_names(self._prefix, reservation.key_id)
-            head = self._settle_script.head((tpm_key, quota_key, leases_key), (), 3)
+            head = self._settle_script.head((tpm_key, quota_key, leases_key), (), 4)
             self._settle_heads[reservation.key_id] = head
         delta = used_tokens - reservation.tokens
-        return head + pack_items((f"{reservation.admitted_at:.6f}", delta, lease))
+        spent = used_cost - reservation.cost
+        return head + pack_items((f"{reservation.admitted_at:.6f}", delta, lease, spent))
 
     def _settle_in_task(self, command: bytes) -> None:
         task = asyncio.get_running_loop().create_task(self._settle(command))
@@ -411,6 +421,8 @@ class RedisLimiter:
                 tokens_day=int(r[2]),
                 tokens_month=int(r[3]),
                 concurrent=int(r[4]),
+                spend_day_nanos=int(r[5]),
+                spend_month_nanos=int(r[6]),
             )
             for key, r in zip(keys, replies, strict=True)
         ]

@@ -293,6 +293,27 @@ class Metrics:
             if rec.completion_tokens > 0:
                 tokens.completion.inc(rec.completion_tokens)
 
+    def count_spend(self, rec: RequestRecord) -> None:
+        """gateway_spend_usd_total{key_id, model}: what finished requests cost (a handler of
+        `Finished`, beside `record`). Created on first use, children cached per labels."""
+        if not rec.cost_nanos:
+            return
+        spend: dict[tuple[str, str], Any] | None = getattr(self, "_spend_by", None)
+        if spend is None:
+            self._spend = Counter(
+                "gateway_spend_usd",
+                "USD spent, by key and model: the price table applied to the usage.",
+                ("key_id", "model"),
+                registry=self._registry,
+            )
+            spend = {}
+            self._spend_by: dict[tuple[str, str], Any] = spend
+        labels = (self._key_id(rec.key_id), self._model(rec.model))
+        child = spend.get(labels)
+        if child is None:
+            child = spend[labels] = self._spend.labels(*labels)
+        child.inc(rec.cost_nanos / 1e9)
+
     def rate_limited(self, key_id: str, limit: str) -> None:
         key = (self._key_id(key_id), limit if limit in _LIMITS else OTHER)
         child = self._rate_limited_by.get(key)

@@ -18,6 +18,9 @@ class RequestRecord:
     not given or the request ended before its body was read)."""
     provider: str = ""
     """The provider that answered (a fallback's, when one was used)."""
+    answered_by: str = ""
+    """The configured model that answered (a fallback's, when one was used): its prices
+    are the ones charged. "" before any upstream attempt."""
     status: int = 0
     outcome: Outcome = "completed"
     stream: bool = False
@@ -33,6 +36,12 @@ class RequestRecord:
     completion_tokens: int = 0
     usage_reported: bool = False
     """True when the token counts come from the provider's usage, False when estimated."""
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    """Parts of prompt_tokens / completion_tokens the provider reported (gateway.pricing)."""
+    cost_nanos: int = 0
+    """What the request cost, in nano-dollars (`cost_usd` in the log line)."""
     inter_token_s: list[float] = field(default_factory=list)
     """Gaps between successive upstream reads carrying events (metrics only, not logged)."""
     error: str = ""
@@ -59,8 +68,13 @@ class RequestRecord:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "usage_reported": self.usage_reported,
+            "cost_usd": self.cost_nanos / 1e9,
             "attempts": self.attempts,
         }
+        if self.cached_tokens or self.cache_write_tokens or self.reasoning_tokens:
+            fields["cached_tokens"] = self.cached_tokens
+            fields["cache_write_tokens"] = self.cache_write_tokens
+            fields["reasoning_tokens"] = self.reasoning_tokens
         if self.error:
             fields["error"] = self.error
         if self.request_body is not None:

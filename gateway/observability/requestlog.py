@@ -113,6 +113,29 @@ class StreamSink:
             self._stream.flush()
 
 
+class FanOut:
+    """Several sinks as one (`logging.sinks: [stdout, file]`); one failing costs the others
+    nothing."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self._sinks = sinks
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        failed: OSError | ValueError | None = None
+        for sink in self._sinks:
+            try:
+                sink.write(lines)
+            except (OSError, ValueError) as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            with contextlib.suppress(OSError):
+                sink.close()
+
+
 def stdout_sink() -> StreamSink:
     """The process's stdout (left open on close)."""
     return StreamSink(sys.stdout.buffer, close_stream=False)
@@ -216,6 +239,13 @@ def request_logger(*, log_bodies: bool) -> tuple[Any, _LineCollector]:
 _LINGER_S = 0.05
 
 
+class LedgerSink(Protocol):
+    """The `database` sink (`gateway.observability.ledger.Ledger`): takes each written batch
+    on the event loop, never waits, writes in its own task."""
+
+    def add(self, lines: list[bytes]) -> None: ...
+
+
 class RequestLog:
     """A bounded queue of finished requests and the one task that writes them out."""
 
@@ -226,6 +256,7 @@ class RequestLog:
         *,
         log_bodies: bool,
         sink: Sink | None = None,
+        ledger: LedgerSink | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
@@ -234,6 +265,8 @@ class RequestLog:
         # None wakes the consumer at shutdown when the queue is empty.
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(self._queue_size)
         self._sink = sink
+        self._ledger = ledger
+        """`logging.sinks` names `database`: every batch goes to it too."""
         self._logger, self._lines = request_logger(log_bodies=log_bodies)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -246,10 +279,15 @@ class RequestLog:
         if self._task is not None:
             return
         if self._sink is None:
-            if self._config.file:
+            sinks = self._config.sinks
+            if (sinks and "file" in sinks) or (not sinks and self._config.file):
                 self._sink = await asyncio.to_thread(file_sink, self._config.file)
-            else:
+                if "stdout" in sinks:
+                    self._sink = FanOut(self._sink, stdout_sink())
+            elif not sinks or "stdout" in sinks:
                 self._sink = stdout_sink()
+            else:
+                self._sink = FanOut()  # the database only
         self._task = asyncio.get_running_loop().create_task(
             self._consume(self._sink), name="request-log"
         )
@@ -348,6 +386,8 @@ class RequestLog:
             self._metrics.set_log_queue_depth(queue.qsize())
             if not batch:
                 continue
+            if self._ledger is not None:
+                self._ledger.add(batch)
             try:
                 await asyncio.to_thread(self._write_batch, sink, batch)
             except Exception:

@@ -38,6 +38,7 @@ from gateway.protocols.messages import usage_of
 from gateway.providers.anthropic_format import (
     INPUT_KEYS,
     as_int,
+    cache_counts,
     chat_completion,
     finish_reason,
     messages_body,
@@ -54,6 +55,7 @@ from gateway.providers.streams import (
     PassThroughStream,
     SSEUpstream,
     TranslatedStream,
+    charged_usage,
     fetch_json,
     malformed,
     open_event_stream,
@@ -169,6 +171,7 @@ class AnthropicStream(SSEUpstream):
         self._created = int(time.time())
         self._head = self._chunk_head()
         self.state.usage = Usage(prompt_tokens=self._count_input(message.get("usage")))
+        cache_counts(message.get("usage"), self.state.usage)
         out.append(self._chunk({"role": "assistant", "content": ""}))
 
     def _count_input(self, usage: Any) -> int:
@@ -242,6 +245,8 @@ class AnthropicStream(SSEUpstream):
             # message_delta's counts are cumulative; input counts there (when server tools
             # read more input) replace message_start's.
             state.usage.prompt_tokens = self._count_input(usage)
+            if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+                cache_counts(usage, state.usage)
             output = usage.get("output_tokens")
             if isinstance(output, int):
                 state.usage.completion_tokens = output
@@ -391,7 +396,7 @@ class AnthropicProvider:
             return Completion(body=orjson.dumps(body), usage=usage)
         counts = data.get("usage")
         tokens = usage_of(counts) if isinstance(counts, dict) else None
-        charged = Usage(tokens.input_tokens, tokens.output_tokens) if tokens else None
+        charged = charged_usage(tokens) if tokens else None
         if call.api == "messages":
             return Completion(body=raw, usage=charged)
         answer = translate_answer("messages", call.api, data, call.body)

@@ -308,6 +308,13 @@ def prompt_tokens(usage: Any) -> int:
     return sum(as_int(usage.get(key)) for key in INPUT_KEYS)
 
 
+def cache_counts(usage: Any, into: Usage) -> None:
+    """Anthropic's cache reads and writes (a part of `prompt_tokens`), priced apart."""
+    if isinstance(usage, dict):
+        into.cached_tokens = as_int(usage.get("cache_read_input_tokens"))
+        into.cache_write_tokens = as_int(usage.get("cache_creation_input_tokens"))
+
+
 def as_int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -346,6 +353,7 @@ def chat_completion(message: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
         if isinstance(raw_usage, dict)
         else 0,
     )
+    cache_counts(raw_usage, usage)
     body = {
         "id": "chatcmpl-" + str(message.get("id") or "anthropic"),
         "object": "chat.completion",

@@ -51,7 +51,15 @@ class UpstreamCall:
 @dataclass
 class Usage:
     prompt_tokens: int = 0
+    """Every input token, cached ones included (Anthropic's cache reads and writes too)."""
     completion_tokens: int = 0
+    """Every output token, reasoning included."""
+    cached_tokens: int = 0
+    """Input read from the provider's prompt cache (priced as cached input)."""
+    cache_write_tokens: int = 0
+    """Input written to Anthropic's prompt cache (priced as a cache write)."""
+    reasoning_tokens: int = 0
+    """Of the output, the model's reasoning (already in completion_tokens)."""
 
 
 @dataclass

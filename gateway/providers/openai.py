@@ -26,6 +26,7 @@ import orjson
 from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import UpstreamError
 from gateway.protocols import Api, translate_answer, translate_request
+from gateway.protocols.responses import usage_of as responses_usage
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.redact import Redactor
 from gateway.providers.requests import UpstreamRequests
@@ -33,6 +34,7 @@ from gateway.providers.streams import (
     PassThroughStream,
     SSEUpstream,
     TranslatedStream,
+    charged_usage,
     fetch_json,
     malformed,
     open_event_stream,
@@ -176,15 +178,26 @@ def _usage(usage: Any) -> Usage | None:
     return Usage(
         prompt_tokens=prompt if isinstance(prompt, int) else 0,
         completion_tokens=completion if isinstance(completion, int) else 0,
+        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
     )
 
 
 def _answer_usage(usage: Any) -> Usage | None:
-    """Chat's usage, or the Responses API's (`input_tokens`, `output_tokens`)."""
+    """Chat's usage, or the Responses API's (`input_tokens`, `output_tokens`, details)."""
     if isinstance(usage, dict) and "input_tokens" in usage:
-        counts = {"prompt_tokens": usage["input_tokens"]}
-        return _usage({**counts, "completion_tokens": usage.get("output_tokens")})
+        tokens = responses_usage(usage)
+        return charged_usage(tokens) if tokens is not None else None
     return _usage(usage)
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int:
+    """One count of a usage's `*_details` object; 0 when absent (most providers send none)."""
+    details = usage.get(group)
+    if type(details) is not dict:
+        return 0
+    value = details.get(name)
+    return value if type(value) is int else 0
 
 
 def _error_event(provider: str, error: Any) -> UpstreamError:

@@ -36,6 +36,7 @@ from gateway.protocols.events import (
     ReasoningDelta,
     Start,
     TextDelta,
+    TokenUsage,
     ToolArgsDelta,
 )
 from gateway.protocols.events import Usage as NeutralUsage
@@ -334,7 +335,7 @@ class TranslatedStream(SSEUpstream):
             elif kind is NeutralUsage:
                 assert isinstance(item, NeutralUsage)
                 usage = item.usage
-                state.usage = Usage(usage.input_tokens, usage.output_tokens)
+                state.usage = charged_usage(usage)
             elif kind is Start:
                 _started(item, state)
             elif kind is Error:
@@ -440,7 +441,7 @@ class PassThroughStream(SSEUpstream):
                 elif kind is NeutralUsage:
                     assert isinstance(item, NeutralUsage)
                     usage = item.usage
-                    state.usage = Usage(usage.input_tokens, usage.output_tokens)
+                    state.usage = charged_usage(usage)
                 elif kind is Start:
                     assert isinstance(item, Start)
                     self._start = item
@@ -506,12 +507,24 @@ class PassThroughStream(SSEUpstream):
         return b"event: response.failed\ndata: " + orjson.dumps(failed) + b"\n\n"
 
 
+def charged_usage(usage: TokenUsage) -> Usage:
+    """A neutral usage report as what the key is charged (cache and reasoning counts too,
+    which prices tell apart)."""
+    return Usage(
+        usage.input_tokens,
+        usage.output_tokens,
+        cached_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
 def _started(start: Event, state: StreamState) -> None:
     """Usage known at the start (Anthropic's input tokens): what a stream cut short before
     its final usage is charged for its prompt, instead of the gateway's estimate."""
     assert isinstance(start, Start)
     if start.usage is not None:
-        state.usage = Usage(start.usage.input_tokens, start.usage.output_tokens)
+        state.usage = charged_usage(start.usage)
 
 
 def upstream_error_event(provider: str, error: Error) -> UpstreamError:

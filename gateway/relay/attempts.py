@@ -45,7 +45,7 @@ async def with_fallbacks(
         for retry in range(provider.config.max_retries + 1):
             attempts += 1
             record.attempts = attempts
-            record.provider = model.provider
+            record.provider, record.answered_by = model.provider, model.name
             try:
                 return await attempt(provider, call)
             except UpstreamRejected as exc:

@@ -391,6 +391,9 @@ def _account(
     finished: bool,
 ) -> None:
     """Tokens to charge: the provider's usage when it came, else what was relayed."""
+    if usage is not None:
+        rec.cached_tokens, rec.cache_write_tokens = usage.cached_tokens, usage.cache_write_tokens
+        rec.reasoning_tokens = usage.reasoning_tokens
     if usage is not None and finished:
         rec.prompt_tokens, rec.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         rec.usage_reported = True

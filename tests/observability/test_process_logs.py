@@ -143,6 +143,9 @@ def test_stdout_is_the_request_log_alone_and_every_stderr_line_is_json(
                 },
                 timeout=30,
             )
+        # The three lines must be written before a worker is killed: a SIGKILLed worker's
+        # unwritten log lines die with it (what the supervisor's restart cannot save).
+        assert wait_until(lambda: gw.output().count('"request_id"') >= 3)
         with open_stream(gw, "gpt-long"):
             victim = worker_with_open_request(gw)
             os.kill(victim, signal.SIGKILL)

@@ -21,6 +21,7 @@ from gateway.observability.records import RequestRecord
 from gateway.observability.requestlog import (
     LOG_FORMAT_ENV,
     DropSecrets,
+    FanOut,
     RequestLog,
     StreamSink,
     configure_process_logging,
@@ -428,3 +429,20 @@ def test_the_timestamp_is_when_the_request_ended_not_when_it_was_logged(
 
     asyncio.run(scenario())
     assert sink.records()[0]["timestamp"] == "2023-11-14T22:13:20.250Z"
+
+
+def test_a_fan_out_writes_every_sink_even_when_one_fails() -> None:
+    class Broken:
+        def write(self, lines: Sequence[bytes]) -> None:
+            raise OSError("disk full")
+
+        def close(self) -> None:
+            raise OSError("disk full")
+
+    kept = ListSink()
+    fan = FanOut(Broken(), kept)
+    with pytest.raises(OSError, match="disk full"):
+        fan.write([b"one\n"])  # the failure is still reported (and counted by the log)
+    assert kept.lines == [b"one\n"]
+    fan.close()
+    assert kept.closed

@@ -12,6 +12,8 @@ midstream_error, truncate, stall, html, status (with code=500), garbage, echokey
 takes `hold=1` (the body is held open after the last event until the client closes;
 `hold=cut`: the connection closes there, without the body's end) and
 the OpenAI ones `usage=litellm|finish` (LiteLLM's usage chunk, or usage on the finish).
+`cached=N&reasoning=M` (OpenAI: usage details) and `cached=N&cache_write=M` (Anthropic:
+cache reads and writes, beside the 11 plain input tokens) report cache and reasoning tokens.
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ def _as_responses(chat_events: Any, request: dict[str, Any]) -> Any:
         out = b"".join(translator.feed(e.data) for e in frames.feed(event) if e.data)
         if out:
             yield out
+
+
+def _usage_details(params: dict[str, str]) -> dict[str, Any]:
+    """OpenAI's usage details, when the scenario asks for them (`cached=`, `reasoning=`)."""
+    details: dict[str, Any] = {}
+    if "cached" in params:
+        details["prompt_tokens_details"] = {"cached_tokens": int(params["cached"])}
+    if "reasoning" in params:
+        details["completion_tokens_details"] = {"reasoning_tokens": int(params["reasoning"])}
+    return details
+
+
+def _cache_usage(params: dict[str, str]) -> dict[str, int]:
+    """Anthropic's cache counts, when the scenario asks for them."""
+    usage = {}
+    if "cached" in params:
+        usage["cache_read_input_tokens"] = int(params["cached"])
+    if "cache_write" in params:
+        usage["cache_creation_input_tokens"] = int(params["cache_write"])
+    return usage
 
 
 def parse_model(model: str) -> tuple[str, dict[str, str]]:
@@ -361,6 +383,7 @@ class FakeUpstream:
                             "prompt_tokens": 11,
                             "completion_tokens": count,
                             "total_tokens": 11 + count,
+                            **_usage_details(params),
                         },
                     }
                 )
@@ -507,7 +530,7 @@ class FakeUpstream:
                     "model": seen.body.get("model"),
                     "stop_reason": None,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": 11, "output_tokens": 1},
+                    "usage": {"input_tokens": 11, "output_tokens": 1, **_cache_usage(params)},
                 },
             },
         )

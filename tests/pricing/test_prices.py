@@ -1,0 +1,81 @@
+"""The price table and the cost of a request, in nano-dollars."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, ModelConfig, ModelPrice, parse_config
+from gateway.pricing import Prices, TokenCounts, default_price
+from gateway.pricing.default_prices import DEFAULT_PRICES
+
+
+def test_dated_provider_names_find_their_model_s_default_price() -> None:
+    assert default_price("claude-sonnet-4-20250514") == ModelPrice(3.0, 15.0, 0.3, 3.75)
+    assert default_price("gpt-4o-2024-08-06") == ModelPrice(2.5, 10.0, 1.25, None)
+    # a dated model with a price of its own keeps it
+    assert default_price("gpt-4o-2024-05-13") == ModelPrice(5.0, 15.0, None, None)
+    assert default_price("my-finetune") is None
+
+
+def test_every_default_price_is_a_whole_number_of_nano_dollars_per_token() -> None:
+    for name, row in DEFAULT_PRICES.items():
+        for usd in row:
+            if usd is not None:
+                assert abs(usd * 1000 - round(usd * 1000)) < 1e-6, name
+
+
+def test_the_config_wins_then_the_upstream_name_then_nothing() -> None:
+    models = [
+        ModelConfig("fast", "openai", upstream_model="gpt-4o-mini"),
+        ModelConfig("gpt-4o", "openai"),
+        ModelConfig("local", "openai", upstream_model="llama-3"),
+    ]
+    prices = Prices(models, {"gpt-4o": ModelPrice(input=1.0, output=2.0)})
+    assert prices.unpriced == ["local"]
+    used = TokenCounts(prompt=1000, completion=100)
+    assert prices.cost("gpt-4o", used) == 1000 * 1000 + 100 * 2000
+    assert prices.cost("fast", used) == 1000 * 150 + 100 * 600
+    assert prices.cost("local", used) == 0
+
+
+def test_cached_and_cache_write_tokens_are_priced_apart() -> None:
+    prices = Prices(
+        [ModelConfig("claude", "anthropic", upstream_model="claude-3-5-haiku-20241022")], {}
+    )
+    used = TokenCounts(prompt=100, completion=10, cached=40, cache_write=50)
+    # 10 plain input at 0.8, 40 reads at 0.08, 50 writes at 1.0, 10 out at 4.0 ($/M)
+    assert prices.cost("claude", used) == 10 * 800 + 40 * 80 + 50 * 1000 + 10 * 4000
+    # a report claiming more cached tokens than prompt tokens is charged no less than 0
+    assert prices.cost("claude", TokenCounts(prompt=5, completion=0, cached=9)) == 5 * 80
+
+
+def test_pricing_and_budgets_are_checked_at_start_up() -> None:
+    base = {
+        "providers": [{"name": "p", "type": "mock"}],
+        "models": [{"name": "m", "provider": "p"}],
+    }
+    config = parse_config(
+        {
+            **base,
+            "pricing": {"m": {"input": 1, "output": 2.5}},
+            "keys": [{"id": "k", "key_sha256": "0" * 64, "budget": {"daily_usd": 5}}],
+        },
+        "test.yaml",
+        {},
+    )
+    assert config.pricing["m"] == ModelPrice(1.0, 2.5)
+    budget = config.keys[0].budget
+    assert budget is not None and budget.daily_nanos == 5_000_000_000
+    assert budget.monthly_nanos is None
+    with pytest.raises(ConfigError, match=r"pricing\.m\.output: is required"):
+        parse_config({**base, "pricing": {"m": {"input": 1}}}, "test.yaml", {})
+    with pytest.raises(ConfigError, match=r"budget\.daily_usd: must be greater than 0"):
+        parse_config(
+            {**base, "keys": [{"id": "k", "key_sha256": "0" * 64, "budget": {"daily_usd": 0}}]},
+            "test.yaml",
+            {},
+        )
+    with pytest.raises(ConfigError, match="the `database` sink needs database_url"):
+        parse_config({**base, "logging": {"sinks": ["stdout", "database"]}}, "test.yaml", {})
+    with pytest.raises(ConfigError, match=r"logging\.sinks: expected a list of"):
+        parse_config({**base, "logging": {"sinks": ["kafka"]}}, "test.yaml", {})
