@@ -22,6 +22,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.config_reader import ConfigError as ConfigError  # callers catch it from here
+from gateway.config_reader import (
+    Reader,
+    expand_tree,
+    read_list,
+    read_section,
+    str_list,
+)
 from gateway.egress import EgressProxies
 from gateway.redis_url import validate as validate_redis_url
 
@@ -31,17 +39,6 @@ Transport = Literal["native", "aiohttp", "httpx"]
 
 DEMO_KEY = "sk-gateway-demo"
 """The key of the embedded default. It exists only when no config file is given."""
-
-
-class ConfigError(Exception):
-    """A config mistake, worded for the person who made it."""
-
-    def __init__(self, source: str, path: str, problem: str) -> None:
-        self.source = source
-        self.path = path
-        self.problem = problem
-        where = f"{source}: {path}" if path else source
-        super().__init__(f"{where}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -239,114 +236,7 @@ def embedded_default(redis_url: str = "", egress: EgressProxies | None = None) -
     )
 
 
-# --- loading -------------------------------------------------------------------------------
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand(value: str, env: Mapping[str, str], source: str, path: str) -> str:
-    def sub(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(
-            source,
-            path,
-            f"${{{name}}} is not set; export {name}=... or write ${{{name}:-default}}",
-        )
-
-    return _VAR.sub(sub, value)
-
-
-def _expand_tree(node: Any, env: Mapping[str, str], source: str, path: str) -> Any:
-    if isinstance(node, str):
-        return _expand(node, env, source, path)
-    if isinstance(node, list):
-        return [_expand_tree(v, env, source, f"{path}[{i}]") for i, v in enumerate(node)]
-    if isinstance(node, dict):
-        return {
-            k: _expand_tree(v, env, source, f"{path}.{k}" if path else str(k))
-            for k, v in node.items()
-        }
-    return node
-
-
-class _Reader:
-    """Walks one mapping of the YAML tree, refusing unknown keys and wrong types."""
-
-    def __init__(self, source: str, path: str, node: Any) -> None:
-        if not isinstance(node, dict):
-            raise ConfigError(source, path or "(top level)", "expected a mapping of key: value")
-        self.source, self.path, self.node = source, path, dict(node)
-
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.at(key), problem)
-
-    def take(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        if key not in self.node or self.node[key] is None:
-            self.node.pop(key, None)
-            return default
-        value = self.node.pop(key)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool:
-            raise self.fail(key, f"expected {_kind_name(kind)}, got {value!r}")
-        if not isinstance(value, kind):
-            raise self.fail(key, f"expected {_kind_name(kind)}, got {value!r}")
-        return value
-
-    def require(self, key: str, kind: type | tuple[type, ...]) -> Any:
-        if key not in self.node or self.node[key] in (None, ""):
-            raise self.fail(key, "is required")
-        return self.take(key, kind)
-
-    def choice(self, key: str, options: tuple[str, ...], default: str | None = None) -> str:
-        value = self.take(key, str, default)
-        if value is None:
-            raise self.fail(key, f"is required: one of {', '.join(options)}")
-        if value not in options:
-            raise self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
-        return str(value)
-
-    def positive(self, key: str, kind: type, default: Any = None) -> Any:
-        value = self.take(key, kind, default)
-        if value is not None and value <= 0:
-            raise self.fail(key, f"must be greater than 0, got {value!r}")
-        return value
-
-    def at_least(self, key: str, kind: type, least: int, default: Any) -> Any:
-        value = self.take(key, kind, default)
-        if value < least:
-            raise self.fail(key, f"must be {least} or more, got {value!r}")
-        return value
-
-    def done(self) -> None:
-        for key in self.node:
-            raise self.fail(str(key), "unknown key; check the spelling against config/example.yaml")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-    names |= {list: "a list", dict: "a mapping"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _str_list(r: _Reader, key: str) -> tuple[str, ...] | None:
-    value = r.take(key, list)
-    if value is None:
-        return None
-    if not all(isinstance(v, str) for v in value):
-        raise r.fail(key, "expected a list of strings")
-    return tuple(value)
-
-
-def _check_base_url(r: _Reader, url: str) -> None:
+def _check_base_url(r: Reader, url: str) -> None:
     """http(s)://host[:port][/path], refused here rather than at the first request."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -361,7 +251,7 @@ def _check_base_url(r: _Reader, url: str) -> None:
 
 
 def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
-    r = _Reader(source, path, node)
+    r = Reader(source, path, node)
     name = r.require("name", str)
     ptype = r.choice("type", get_args(ProviderType))
     base_url = r.take("base_url", str, "")
@@ -387,8 +277,8 @@ def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
     return provider
 
 
-def _apis(r: _Reader, ptype: str) -> tuple[str, ...]:
-    apis = _str_list(r, "apis")
+def _apis(r: Reader, ptype: str) -> tuple[str, ...]:
+    apis = str_list(r, "apis")
     if apis is None:
         return ("chat",)
     if ptype != "openai":
@@ -401,20 +291,20 @@ def _apis(r: _Reader, ptype: str) -> tuple[str, ...]:
 
 
 def _read_model(source: str, path: str, node: Any) -> ModelConfig:
-    r = _Reader(source, path, node)
+    r = Reader(source, path, node)
     name = r.require("name", str)
     model = ModelConfig(
         name=name,
         provider=r.require("provider", str),
         upstream_model=r.take("upstream_model", str, name),
-        fallbacks=_str_list(r, "fallbacks") or (),
+        fallbacks=str_list(r, "fallbacks") or (),
     )
     r.done()
     return model
 
 
 def _read_limits(source: str, path: str, node: Any) -> Limits:
-    r = _Reader(source, path, node)
+    r = Reader(source, path, node)
     limits = Limits(**{f.name: r.positive(f.name, int) for f in fields(Limits)})
     r.done()
     return limits
@@ -423,7 +313,7 @@ def _read_limits(source: str, path: str, node: Any) -> Limits:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _read_sha256(r: _Reader, key: str, required: bool) -> str:
+def _read_sha256(r: Reader, key: str, required: bool) -> str:
     value = (r.require(key, str) if required else r.take(key, str, "")).lower()
     if value and not _SHA256.fullmatch(value):
         raise r.fail(key, "expected 64 hex digits; `gateway hash-key SECRET` prints them")
@@ -431,11 +321,11 @@ def _read_sha256(r: _Reader, key: str, required: bool) -> str:
 
 
 def _read_key(source: str, path: str, node: Any) -> KeyConfig:
-    r = _Reader(source, path, node)
+    r = Reader(source, path, node)
     key = KeyConfig(
         id=r.require("id", str),
         key_sha256=_read_sha256(r, "key_sha256", required=True),
-        models=_str_list(r, "models"),
+        models=str_list(r, "models"),
         limits=_read_limits(source, r.at("limits"), r.take("limits", dict, {})),
         budget=_read_budget(source, r.at("budget"), r.take("budget", dict)),
     )
@@ -446,7 +336,7 @@ def _read_key(source: str, path: str, node: Any) -> KeyConfig:
 def _read_budget(source: str, path: str, node: Any) -> Budget | None:
     if node is None:
         return None
-    r = _Reader(source, path, node)
+    r = Reader(source, path, node)
     budget = Budget(
         daily_usd=r.positive("daily_usd", float), monthly_usd=r.positive("monthly_usd", float)
     )
@@ -457,11 +347,11 @@ def _read_budget(source: str, path: str, node: Any) -> Budget | None:
 _PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
 
 
-def _read_pricing(r: _Reader) -> dict[str, ModelPrice]:
+def _read_pricing(r: Reader) -> dict[str, ModelPrice]:
     table = r.take("pricing", dict, {})
     prices = {}
     for name, node in table.items():
-        pr = _Reader(r.source, f"{r.at('pricing')}.{name}", node)
+        pr = Reader(r.source, f"{r.at('pricing')}.{name}", node)
         values = {f: pr.take(f, float) for f in _PRICE_FIELDS}
         pr.done()
         for f, value in values.items():
@@ -476,10 +366,10 @@ def _read_pricing(r: _Reader) -> dict[str, ModelPrice]:
 _SINKS = ("stdout", "file", "database")
 
 
-def _read_logging(source: str, r: _Reader) -> LoggingConfig:
+def _read_logging(source: str, r: Reader) -> LoggingConfig:
     node = dict(r.take("logging", dict, {}))
     sinks = node.pop("sinks", None)
-    section: LoggingConfig = _read_section(LoggingConfig, source, "logging", node)
+    section: LoggingConfig = read_section(LoggingConfig, source, "logging", node)
     if sinks is None:
         return section
     if not isinstance(sinks, list) or not all(s in _SINKS for s in sinks) or not sinks:
@@ -489,25 +379,12 @@ def _read_logging(source: str, r: _Reader) -> LoggingConfig:
     return replace(section, sinks=tuple(dict.fromkeys(sinks)))
 
 
-def _read_section(cls: type, source: str, path: str, node: Any) -> Any:
-    r = _Reader(source, path, node)
-    defaults = cls()
-    values = {f.name: r.take(f.name, type(getattr(defaults, f.name))) for f in fields(cls)}
-    r.done()
-    return cls(**{k: v for k, v in values.items() if v is not None})
-
-
-def _read_list(r: _Reader, key: str, read: Any) -> list[Any]:
-    items = r.take(key, list, [])
-    return [read(r.source, f"{r.at(key)}[{i}]", item) for i, item in enumerate(items)]
-
-
 def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfig:
     """Build a validated config from a parsed YAML tree."""
     if data is None:
         data = {}
-    data = _expand_tree(data, env, source, "")
-    r = _Reader(source, "", data)
+    data = expand_tree(data, env, source, "")
+    r = Reader(source, "", data)
     redis_url = r.take("redis_url", str, "") or env.get("REDIS_URL", "")
     if redis_url:
         try:
@@ -515,9 +392,9 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         except ValueError as exc:
             # The message names the problem, never the URL (it may hold a password).
             raise r.fail("redis_url", str(exc).removeprefix("redis_url: ")) from None
-    providers = _read_list(r, "providers", _read_provider)
-    models = _read_list(r, "models", _read_model)
-    keys = _read_list(r, "keys", _read_key)
+    providers = read_list(r, "providers", _read_provider)
+    models = read_list(r, "models", _read_model)
+    keys = read_list(r, "keys", _read_key)
     config = GatewayConfig(
         providers=tuple(providers),
         models=tuple(models),
@@ -529,14 +406,14 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         concurrency_lease_ttl=r.positive(
             "concurrency_lease_ttl", float, GatewayConfig.concurrency_lease_ttl
         ),
-        timeouts=_read_section(Timeouts, source, "timeouts", r.take("timeouts", dict, {})),
+        timeouts=read_section(Timeouts, source, "timeouts", r.take("timeouts", dict, {})),
         logging=_read_logging(source, r),
         log_bodies=r.take("log_bodies", bool, False),
         max_body_bytes=r.positive("max_body_bytes", int, GatewayConfig.max_body_bytes),
         max_header_bytes=r.at_least("max_header_bytes", int, 1024, GatewayConfig.max_header_bytes),
         default_max_tokens=r.positive("default_max_tokens", int, GatewayConfig.default_max_tokens),
         admin_key_sha256=_read_sha256(r, "admin_key_sha256", required=False),
-        cors_origins=_str_list(r, "cors_origins") or (),
+        cors_origins=str_list(r, "cors_origins") or (),
         upstream_transport=r.choice(  # type: ignore[arg-type]
             "upstream_transport", get_args(Transport), GatewayConfig.upstream_transport
         ),
@@ -559,7 +436,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
     return config
 
 
-def _read_database_url(r: _Reader, env: Mapping[str, str]) -> str:
+def _read_database_url(r: Reader, env: Mapping[str, str]) -> str:
     url = str(r.take("database_url", str, "") or env.get("DATABASE_URL", ""))
     if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
         # The message never repeats the URL: it may hold a password.
