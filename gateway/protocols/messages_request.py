@@ -18,6 +18,7 @@ from gateway.protocols.request_parts import (
     DEFAULT_MAX_TOKENS,
     PIVOT_REASONING,
     chat_text,
+    chat_tool_calls,
     effort,
     image_source,
     invalid,
@@ -353,17 +354,13 @@ def _anthropic_assistant(message: dict[str, Any], where: str) -> list[dict[str, 
     text = chat_text(message.get("content"), f"{where}.content")
     if text:
         blocks.append({"type": "text", "text": text})
-    for j, call in enumerate(message.get("tool_calls") or ()):
-        at = f"{where}.tool_calls[{j}]"
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            raise invalid(at, f"`{at}` must be a function call")
+    for call_id, name, arguments, at in chat_tool_calls(message, where):
         blocks.append(
             {
                 "type": "tool_use",
-                "id": string(call.get("id"), f"{at}.id"),
-                "name": string(function.get("name"), f"{at}.function.name"),
-                "input": tool_arguments(function.get("arguments"), f"{at}.function.arguments"),
+                "id": call_id,
+                "name": name,
+                "input": tool_arguments(arguments, f"{at}.function.arguments"),
             }
         )
     return blocks

@@ -23,6 +23,18 @@ EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 """Reasoning effort -> Anthropic thinking budget (tokens), and back by nearest budget."""
 
 
+SHARED_PARAMS = (
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "service_tier",
+)
+"""Chat and Responses parameters of the same name and meaning: copied as they are."""
+
+
 def invalid(param: str, message: str) -> InvalidRequest:
     return InvalidRequest(message, status=400, param=param)
 
@@ -94,6 +106,21 @@ def refuse_chat_only(body: dict[str, Any], upstream: str) -> None:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise invalid("modalities", f"the upstream's {upstream} API answers in text only")
+
+
+def chat_tool_calls(message: dict[str, Any], where: str) -> list[tuple[str, str, Any, str]]:
+    """An assistant message's `tool_calls`, each checked: (call id, function name, raw
+    arguments, the call's path for the next message)."""
+    calls = []
+    for j, call in enumerate(message.get("tool_calls") or ()):
+        at = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise invalid(at, f"`{at}` must be a function call")
+        call_id = string(call.get("id"), f"{at}.id")
+        name = string(function.get("name"), f"{at}.function.name")
+        calls.append((call_id, name, function.get("arguments"), at))
+    return calls
 
 
 def json_text(value: Any, where: str) -> str:

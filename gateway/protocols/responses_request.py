@@ -15,7 +15,9 @@ from typing import Any
 from gateway.protocols.request_parts import (
     DEFAULT_MAX_TOKENS,
     PIVOT_REASONING,
+    SHARED_PARAMS,
     chat_text,
+    chat_tool_calls,
     image_source,
     invalid,
     list_of,
@@ -64,15 +66,7 @@ def chat_from_responses(body: dict[str, Any], upstream: str = "chat") -> dict[st
     max_tokens = positive(body, "max_output_tokens")
     if max_tokens is not None:
         out["max_completion_tokens"] = max_tokens
-    for param in (
-        "temperature",
-        "top_p",
-        "parallel_tool_calls",
-        "user",
-        "safety_identifier",
-        "prompt_cache_key",
-        "service_tier",
-    ):
+    for param in SHARED_PARAMS:
         if body.get(param) is not None:
             out[param] = body[param]
     tools = body.get("tools")
@@ -306,19 +300,13 @@ def responses_from_chat(body: dict[str, Any]) -> dict[str, Any]:
             text = chat_text(content, f"{where}.content")
             if text:
                 items.append({"role": "assistant", "content": text})
-            for j, call in enumerate(message.get("tool_calls") or ()):
-                at = f"{where}.tool_calls[{j}]"
-                function = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(function, dict):
-                    raise invalid(at, f"`{at}` must be a function call")
+            for call_id, name, arguments, at in chat_tool_calls(message, where):
                 items.append(
                     {
                         "type": "function_call",
-                        "call_id": string(call.get("id"), f"{at}.id"),
-                        "name": string(function.get("name"), f"{at}.function.name"),
-                        "arguments": string(
-                            function.get("arguments") or "", f"{at}.function.arguments"
-                        ),
+                        "call_id": call_id,
+                        "name": name,
+                        "arguments": string(arguments or "", f"{at}.function.arguments"),
                     }
                 )
         elif role == "tool":
@@ -335,15 +323,7 @@ def responses_from_chat(body: dict[str, Any]) -> dict[str, Any]:
     max_tokens = positive(body, "max_completion_tokens") or positive(body, "max_tokens")
     if max_tokens is not None:
         out["max_output_tokens"] = max_tokens
-    for param in (
-        "temperature",
-        "top_p",
-        "parallel_tool_calls",
-        "user",
-        "safety_identifier",
-        "prompt_cache_key",
-        "service_tier",
-    ):
+    for param in SHARED_PARAMS:
         if body.get(param) is not None:
             out[param] = body[param]
     tools = body.get("tools")
