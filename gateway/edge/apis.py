@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.asgi import JSON_HEADERS, ClientGone, send_bytes
 from gateway.edge.completions import passed_headers, read_request_body, resolve_model
 from gateway.edge.http import request_id
-from gateway.edge.requests import bad_request, check_depth, optional_field
+from gateway.edge.requests import bad_request, json_object, optional_field
 from gateway.edge.shared import runtime_of
 from gateway.errors import GatewayError
 from gateway.observability.records import RequestRecord
@@ -37,22 +37,6 @@ from gateway.protocols.errors import anthropic_error_body
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Route, UpstreamCall
 from gateway.relay.request import ClientRequest
-
-
-def _object(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        raise bad_request("the request body is empty; send a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"the request body is not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    check_depth(raw, body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a non-empty string", "model")
-    return body
 
 
 def _limit(body: dict[str, Any], name: str) -> int | None:
@@ -74,7 +58,7 @@ def _estimate(*parts: Any) -> int:
 
 def parse_responses(route: Route, raw: bytes) -> ClientRequest:
     """A `POST /v1/responses` body (OpenAI's Responses API)."""
-    body = _object(raw)
+    body = json_object(raw)
     stream = optional_field(body, "stream", bool, "true or false") or False
     given = body.get("input")
     if not isinstance(given, (str, list)) or not given:
@@ -97,7 +81,7 @@ def parse_responses(route: Route, raw: bytes) -> ClientRequest:
 def parse_messages(route: Route, raw: bytes, *, counting: bool = False) -> ClientRequest:
     """A `POST /v1/messages` body (Anthropic's Messages API); `counting`: a count_tokens
     body, which has no `max_tokens`."""
-    body = _object(raw)
+    body = json_object(raw)
     stream = optional_field(body, "stream", bool, "true or false") or False
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:

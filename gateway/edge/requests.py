@@ -39,7 +39,9 @@ def optional_field(
     return value
 
 
-def parse_request(route: Route, raw: bytes) -> ClientRequest:
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that is a JSON object the providers can forward, naming a model; every
+    ingress API's body starts so."""
     if not raw.strip():
         raise bad_request("the request body is empty; send a JSON object")
     try:
@@ -52,6 +54,12 @@ def parse_request(route: Route, raw: bytes) -> ClientRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a non-empty string", "model")
+    return body
+
+
+def parse_request(route: Route, raw: bytes) -> ClientRequest:
+    body = json_object(raw)
+    model: str = body["model"]
     stream = optional_field(body, "stream", bool, "true or false") or False
     options = optional_field(body, "stream_options", dict, "an object")
     include_usage = False

@@ -17,6 +17,7 @@ from typing import Any
 from gateway.protocols.request_parts import (
     DEFAULT_MAX_TOKENS,
     PIVOT_REASONING,
+    chat_function,
     chat_text,
     chat_tool_calls,
     effort,
@@ -367,13 +368,7 @@ def _anthropic_assistant(message: dict[str, Any], where: str) -> list[dict[str, 
 
 
 def _anthropic_tool(tool: Any, where: str) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    if (
-        not isinstance(tool, dict)
-        or tool.get("type", "function") != "function"
-        or not isinstance(function, dict)
-    ):
-        raise invalid(where, "only function tools can be translated")
+    function = chat_function(tool, where)
     out: dict[str, Any] = {"name": string(function.get("name"), f"{where}.function.name")}
     if function.get("description") is not None:
         out["description"] = function["description"]

@@ -108,6 +108,18 @@ def refuse_chat_only(body: dict[str, Any], upstream: str) -> None:
         raise invalid("modalities", f"the upstream's {upstream} API answers in text only")
 
 
+def chat_function(tool: Any, where: str) -> dict[str, Any]:
+    """A Chat `tools` entry's `function` object; anything but a function tool is refused."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if (
+        not isinstance(tool, dict)
+        or tool.get("type", "function") != "function"
+        or not isinstance(function, dict)
+    ):
+        raise invalid(where, "only function tools can be translated")
+    return function
+
+
 def chat_tool_calls(message: dict[str, Any], where: str) -> list[tuple[str, str, Any, str]]:
     """An assistant message's `tool_calls`, each checked: (call id, function name, raw
     arguments, the call's path for the next message)."""

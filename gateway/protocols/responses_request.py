@@ -16,6 +16,7 @@ from gateway.protocols.request_parts import (
     DEFAULT_MAX_TOKENS,
     PIVOT_REASONING,
     SHARED_PARAMS,
+    chat_function,
     chat_text,
     chat_tool_calls,
     image_source,
@@ -377,13 +378,7 @@ def _responses_content(content: Any, where: str, role: str) -> str | list[dict[s
 
 
 def _responses_tool(tool: Any, where: str) -> dict[str, Any]:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    if (
-        not isinstance(tool, dict)
-        or tool.get("type", "function") != "function"
-        or not isinstance(function, dict)
-    ):
-        raise invalid(where, "only function tools can be translated")
+    function = chat_function(tool, where)
     out: dict[str, Any] = {
         "type": "function",
         "name": string(function.get("name"), f"{where}.function.name"),
