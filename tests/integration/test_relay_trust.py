@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.fake_clouds import FakeAzure, FakeGemini
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_proc import KEY_A, GatewayProcess, test_config
 
@@ -25,6 +26,8 @@ CANARY = "LEAKCANARY"
 OPENAI_KEY = 'sk-proj/Q9x+k"W\\mT=7&' + CANARY + "1"
 ANTHROPIC_KEY = "sk-ant-api03/R8+y=" + CANARY + "2"
 HEADER_VALUE = "Bearer tok-" + CANARY + "3"
+AZURE_KEY = 'az/Q9x+k"W\\mT=7&' + CANARY + "4"  # sent as `api-key`
+GEMINI_KEY = "AIza/R8+y=" + CANARY + "5"
 CODES = (400, 404, 422, 429, 500)
 ESCAPES = {404: "&esc=slash", 422: "&esc=u"}  # `\/` in the JSON; `\u0073k-` for `sk-`
 
@@ -149,6 +152,64 @@ def test_no_upstream_credential_reaches_a_client_or_the_request_log(
         assert _json_parts(r.content, stream), case
         assert (r.status_code == 200) == model.endswith("-ok"), case
     assert "[redacted]" in log
+
+
+@pytest.fixture(scope="module")
+def cloud_trust_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The same, with an Azure (`api-key` header) and a Gemini provider."""
+    with FakeAzure(AZURE_KEY) as azure, FakeGemini(GEMINI_KEY) as gemini:
+        config = test_config(azure.url, log_bodies=True)
+        config["providers"] = [
+            {"name": "azure", "type": "azure", "base_url": azure.url, "api_key": AZURE_KEY},
+            {
+                "name": "gemini",
+                "type": "gemini",
+                "base_url": gemini.url + "/v1beta/openai",
+                "api_key": GEMINI_KEY,
+            },
+        ]
+        config["models"] = []
+        for short, provider in (("az", "azure"), ("gm", "gemini")):
+            models = {f"echo-{short}-{c}": f"echokey?code={c}{ESCAPES.get(c, '')}" for c in CODES}
+            models[f"echo-{short}-ok"] = "echokey"
+            config["models"] += [
+                {"name": name, "provider": provider, "upstream_model": upstream_model}
+                for name, upstream_model in models.items()
+            ]
+        config["keys"] = config["keys"][:1]
+        for provider in config["providers"]:
+            provider["max_retries"] = 0
+        with GatewayProcess(config, tmp_path_factory.mktemp("cloud-trust")) as proc:
+            yield proc
+
+
+def test_no_azure_or_gemini_key_reaches_a_client_or_the_request_log(
+    cloud_trust_gateway: GatewayProcess,
+) -> None:
+    """As above, for the `api-key` header of Azure and Gemini's Bearer key."""
+    gateway = cloud_trust_gateway
+    log_start = len(gateway.output())
+    cases = [
+        (f"echo-{short}-{what}", stream)
+        for short in ("az", "gm")
+        for what in (*CODES, "ok")
+        for stream in (False, True)
+    ]
+    with httpx.Client(timeout=10) as client:
+        answers = [
+            (m, s, client.post(gateway.url + "/v1/chat/completions", headers=AUTH, json=body(m, s)))
+            for m, s in cases
+        ]
+    for model, _ in cases:
+        wait_for_record(gateway, model, count=2)
+    leaked = [f"{m} stream={s} -> {r.status_code}" for m, s, r in answers if CANARY in r.text]
+    in_log = gateway.output()[log_start:].count(CANARY)
+    assert not leaked and not in_log, f"leaked: {leaked}; in the log {in_log} times"
+    for model, stream, r in answers:
+        case = f"{model} stream={stream} -> {r.status_code}"
+        assert b"[redacted]" in r.content, case
+        assert _json_parts(r.content, stream), case
+        assert (r.status_code == 200) == model.endswith("-ok"), case
 
 
 # --- item 6: a whole answer is completed -------------------------------------------------------
