@@ -317,7 +317,9 @@ def _apis(r: Reader, ptype: str) -> tuple[str, ...]:
     if apis is None:
         return ("chat",)
     if ptype not in ("openai", "azure", "gemini"):
-        raise r.fail("apis", f"is for OpenAI-type providers; {ptype} serves its own API")
+        raise r.fail(
+            "apis", f"is for providers of type openai, azure or gemini; {ptype} serves its own API"
+        )
     unknown = [a for a in apis if a not in ("chat", "responses")]
     if unknown or "chat" not in apis:
         # Chat clients (and completions, embeddings) always go to the Chat API.

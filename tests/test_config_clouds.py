@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import AZURE_API_VERSION, ConfigError, hash_key, parse_config
+from gateway.config import AZURE_API_VERSION, ConfigError, ModelPrice, hash_key, parse_config
+from gateway.pricing import Prices, rate_of
 
 HASH = hash_key("secret")
 
@@ -78,3 +79,20 @@ def test_cloud_provider_mistakes_name_the_field(
     message = str(info.value)
     assert f"providers[0].{path}" in message, message
     assert words in message, message
+
+
+def test_an_azure_deployment_is_priced_by_its_model_name_or_the_config() -> None:
+    """A deployment name is the account's own word: the price is found by the gateway's
+    model name (the default table's `gpt-4o`) or a `pricing:` entry of that name."""
+    data = config_with(AZURE)
+    data["models"] = [
+        {"name": "gpt-4o", "provider": "p", "upstream_model": "prod-4o-eastus"},
+        {"name": "house-model", "provider": "p", "upstream_model": "ft-2291"},
+        {"name": "unpriced", "provider": "p", "upstream_model": "dep-x"},
+    ]
+    data["pricing"] = {"house-model": {"input": 1.0, "output": 2.0}}
+    config = parse_config(data, "c.yaml", {})
+    prices = Prices(config.models, config.pricing)
+    assert prices.rate("gpt-4o") == rate_of(ModelPrice(2.5, 10.0, 1.25))
+    assert prices.rate("house-model") == rate_of(ModelPrice(1.0, 2.0))
+    assert prices.unpriced == ["unpriced"]
