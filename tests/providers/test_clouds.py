@@ -61,9 +61,7 @@ def test_a_malformed_annotation_is_left_for_the_stream_to_report() -> None:
         ([{"error": {"code": 500}}], ("Gemini error 500", "api_error", "500")),
     ],
 )
-def test_google_errors_become_openai_errors(
-    document: Any, expected: tuple[str, str, str]
-) -> None:
+def test_google_errors_become_openai_errors(document: Any, expected: tuple[str, str, str]) -> None:
     error = openai_error(document)
     assert error is not None
     assert (error["message"], error["type"], error["code"]) == expected
