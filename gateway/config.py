@@ -320,6 +320,9 @@ def _apis(r: Reader, ptype: str) -> tuple[str, ...]:
         raise r.fail(
             "apis", f"is for providers of type openai, azure or gemini; {ptype} serves its own API"
         )
+    if ptype == "gemini" and "responses" in apis:
+        # Responses clients are translated to Chat for it, as for any provider.
+        raise r.fail("apis", "Gemini's OpenAI-compatible endpoint serves chat only: [chat]")
     unknown = [a for a in apis if a not in ("chat", "responses")]
     if unknown or "chat" not in apis:
         # Chat clients (and completions, embeddings) always go to the Chat API.

@@ -67,6 +67,7 @@ def test_gemini_needs_no_base_url() -> None:
             "is for providers of type azure, not openai",
         ),
         ({"type": "gemini", "auth": "bearer"}, "auth", "is for providers of type azure"),
+        ({"type": "gemini", "apis": ["chat", "responses"]}, "apis", "serves chat only"),
         ({"type": "anthropic", "base_url": "http://x", "apis": ["chat"]}, "apis", "anthropic"),
         ({"type": "vertex", "base_url": "http://x"}, "type", "openai, anthropic, mock, azure"),
     ],

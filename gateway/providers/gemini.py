@@ -16,6 +16,10 @@ What differs from OpenAI on the wire, and what is done about it:
 - Usage rides on the last chunk, beside its finish reason and often its last text, rather
   than in a chunk of its own: it is taken out of that chunk, and a client that asked for
   usage gets it as OpenAI sends it, in a `"choices": []` chunk after.
+- A streamed tool call ends with `finish_reason: "stop"` (Google's issue
+  googleapis/python-genai#2868; some plain answers too): after a tool call, `stop` is
+  written `tool_calls`, as OpenAI's clients (agent loops) expect. Only for Chat clients:
+  a Responses or Messages client's translated stream still reads `stop` there.
 - A key Gemini does not accept is a 400 (`API key not valid`, reason `API_KEY_INVALID`):
   the gateway's credential, so like every provider's refusal of it, a 502 to the client.
 """
@@ -79,13 +83,55 @@ def openai_error_body(body: bytes) -> bytes:
     return body if error is None else orjson.dumps({"error": error})
 
 
+def fix_tool_finish(chunk: dict[str, Any], called: bool) -> tuple[bool, bool]:
+    """Whether a chunk (or answer) calls a tool, counting `called` (an earlier chunk did),
+    and whether it changed: a `stop` after a call becomes `tool_calls` in place, as OpenAI
+    says it."""
+    changed = False
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        said = choice.get("delta") or choice.get("message")
+        if isinstance(said, dict) and said.get("tool_calls"):
+            called = True
+        if called and choice.get("finish_reason") == "stop":
+            choice["finish_reason"] = "tool_calls"
+            changed = True
+    return called, changed
+
+
 class GeminiStream(OpenAIStream):
     split_usage = True
+    _called = False
+    """A tool call came: the `stop` that ends this answer is a `tool_calls`."""
 
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
-        if any(event.data.startswith(b"[") for event in events):
-            events = [_event_as_openai(event) for event in events]
+        if any(e.data.startswith(b"[") or _TOOL_CALLS in e.data for e in events):
+            events = [self._as_openai(event) for event in events]
         super().translate(events, out)
+
+    def _as_openai(self, event: SSEEvent) -> SSEEvent:
+        if _TOOL_CALLS in event.data or (self._called and _FINISH in event.data):
+            return self._tool_finish(event)
+        return _event_as_openai(event)
+
+    def _tool_finish(self, event: SSEEvent) -> SSEEvent:
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return event  # the OpenAI stream reports it
+        if type(chunk) is not dict:
+            return event
+        self._called, changed = fix_tool_finish(chunk, self._called)
+        if not changed:
+            return event
+        data = orjson.dumps(chunk)
+        return SSEEvent(data, event.event, b"data: " + data + b"\n\n")
+
+
+_TOOL_CALLS = b'"tool_calls"'
+_FINISH = b'"finish_reason"'
 
 
 def _event_as_openai(event: SSEEvent) -> SSEEvent:
@@ -104,6 +150,11 @@ def _event_as_openai(event: SSEEvent) -> SSEEvent:
 
 class GeminiProvider(OpenAIProvider):
     stream_class = GeminiStream
+
+    def _answer_body(self, body: bytes, data: dict[str, Any]) -> bytes:
+        if _TOOL_CALLS in body and fix_tool_finish(data, False)[1]:
+            return orjson.dumps(data)
+        return body
 
     def _error_body(self, body: bytes) -> bytes:
         if _API_KEY_INVALID in body:

@@ -257,6 +257,11 @@ class OpenAIProvider:
         """The upstream's error body in OpenAI's shape (already is, here)."""
         return body
 
+    def _answer_body(self, body: bytes, data: dict[str, Any]) -> bytes:
+        """A plain answer as OpenAI's (already is, here); may correct `data` in place and
+        return it re-serialised."""
+        return body
+
     def _upstream_api(self, call: UpstreamCall) -> Api:
         """The API this call is sent in: the client's when the provider serves it."""
         if call.api == "responses" and "responses" in self.config.apis:
@@ -326,6 +331,7 @@ class OpenAIProvider:
             self._error_body,
             redact=self._redact,
         )
+        body = self._answer_body(body, data)
         if call.api == api:
             return Completion(body=body, usage=_answer_usage(data.get("usage")))
         answer = translate_answer(api, call.api, data, call.body)

@@ -13,13 +13,17 @@ import openai
 import pytest
 
 from tests.support.fake_clouds import FakeAzure, FakeGemini
-from tests.support.fake_upstream import text_tokens
+from tests.support.fake_upstream import text_tokens, tool_arguments
 from tests.support.gateway_proc import KEY_A, GatewayProcess, test_config
 
 AZURE_KEY = "azure-key-0123456789abcdef"
 GEMINI_KEY = "AIza-gemini-key-0123456789"
 MESSAGES = [{"role": "user", "content": "Say something."}]
 TEXT5 = "".join(text_tokens(5))
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +80,7 @@ def clouds(
         "gem-429": ("gemini", "status?code=429"),
         "gem-mid": ("gemini", "gemini_midstream"),
         "gem-embed": ("gemini", "embed"),
+        "gem-tools": ("gemini", "tools"),
         "gem-wrong": ("gemini-wrong", "text"),
     }
     config["models"] = [
@@ -265,6 +270,15 @@ def test_gemini_stream_and_answer(clouds: GatewayProcess, gemini: FakeGemini) ->
     vectors = sdk(clouds).embeddings.create(model="gem-embed", input="a")
     assert len(vectors.data[0].embedding) == 3
     assert gemini.seen[-1].path == "/v1beta/openai/embeddings"
+
+
+def test_gemini_streamed_tool_call_ends_with_tool_calls(clouds: GatewayProcess) -> None:
+    """Gemini ends a streamed tool call with `stop`; OpenAI's clients wait for `tool_calls`."""
+    chunks = stream(clouds, "gem-tools", tools=[WEATHER_TOOL])
+    calls = [c.choices[0].delta.tool_calls for c in chunks if c.choices]
+    arguments = "".join(call[0].function.arguments or "" for call in calls if call)
+    assert json.loads(arguments) == tool_arguments()
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
-from gateway.providers.azure import _annotation_only
-from gateway.providers.gemini import openai_error, openai_error_body
+from gateway.config import ProviderConfig, Timeouts
+from gateway.providers.azure import AzureProvider, _annotation_only
+from gateway.providers.gemini import fix_tool_finish, openai_error, openai_error_body
 
 FILTER = {"hate": {"filtered": False, "severity": "safe"}}
 
@@ -79,3 +81,33 @@ def test_google_errors_become_openai_errors(document: Any, expected: tuple[str, 
 )
 def test_other_error_bodies_pass_as_they_came(body: bytes) -> None:
     assert openai_error_body(body) is body
+
+
+@pytest.mark.parametrize(
+    ("version", "route", "url"),
+    [
+        ("2024-10-21", "chat.completions", "/openai/deployments/dep%2F1/chat/completions"),
+        ("2024-10-21", "completions", "/openai/deployments/dep%2F1/completions"),
+        ("2024-10-21", "embeddings", "/openai/deployments/dep%2F1/embeddings"),
+        ("2025-04-01-preview", "responses", "/openai/responses"),
+        ("v1", "chat.completions", "/openai/v1/chat/completions"),
+        ("v1", "embeddings", "/openai/v1/embeddings"),
+        ("v1", "responses", "/openai/v1/responses"),
+    ],
+)
+def test_azure_urls(version: str, route: str, url: str) -> None:
+    config = ProviderConfig(
+        name="az", type="azure", base_url="https://r.openai.azure.com", api_version=version
+    )
+    provider = AzureProvider(config, httpx.AsyncHTTPTransport(), Timeouts())
+    query = "" if version == "v1" else f"?api-version={version}"
+    assert provider._url(route, "dep/1") == "https://r.openai.azure.com" + url + query
+
+
+def test_gemini_plain_answer_with_a_tool_call_finishes_with_tool_calls() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    answer = {"choices": [{"index": 0, "message": {"tool_calls": [call]}, "finish_reason": "stop"}]}
+    assert fix_tool_finish(answer, False) == (True, True)
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+    text = {"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]}
+    assert fix_tool_finish(text, False) == (False, False)

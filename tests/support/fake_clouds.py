@@ -17,7 +17,7 @@ wire format of the cloud in front:
   answers 400 `API key not valid` as Gemini does; errors are Google's JSON list
   (`[{"error": {"code", "message", "status"}}]`). A stream's chunks leave out
   `finish_reason: null`, and the last one carries the last text, the finish reason and the
-  usage together. Scenario `gemini_midstream`: an error event in Google's list shape
+  usage together; a tool call ends with `finish_reason: "stop"`. Scenario `gemini_midstream`: an error event in Google's list shape
   after three tokens.
 """
 
@@ -230,6 +230,8 @@ class FakeGemini(_CloudFake):
                 yield chunk
                 continue
             choice = (chunk.get("choices") or [{}])[0]
+            if choice.get("finish_reason") == "tool_calls":
+                choice["finish_reason"] = "stop"  # as Gemini ends a streamed tool call
             if choice.get("finish_reason") and held is not None:
                 # Gemini's last chunk: the last text, the finish and the usage in one.
                 last = held["choices"][0]["delta"]
