@@ -280,7 +280,7 @@ def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
         token_ms=r.take("token_ms", float, defaults.token_ms),
         reply_tokens=r.positive("reply_tokens", int, defaults.reply_tokens),
         apis=_apis(r, ptype),
-        **_azure_options(r, ptype),
+        **_azure_options(r, ptype, base_url),
     )
     r.done()
     return provider
@@ -293,8 +293,13 @@ AZURE_API_VERSION = "2024-10-21"
 _API_VERSION = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
 
 
-def _azure_options(r: Reader, ptype: str) -> dict[str, Any]:
+def _azure_options(r: Reader, ptype: str, base_url: str) -> dict[str, Any]:
     """`api_version` and `auth`, which only an `azure` provider takes."""
+    if ptype == "azure" and "/openai" in urlsplit(base_url).path:
+        # The provider adds /openai/deployments/... or /openai/v1/ itself.
+        raise r.fail(
+            "base_url", "is the resource's endpoint, without /openai: https://NAME.openai.azure.com"
+        )
     if ptype != "azure":
         for key in ("api_version", "auth"):
             if key in r.node:

@@ -59,6 +59,11 @@ def test_gemini_needs_no_base_url() -> None:
         ({**AZURE, "api_version": "latest"}, "api_version", "is not an Azure api-version"),
         ({**AZURE, "api_version": "2024-10"}, "api_version", "or v1 for the /openai/v1/ route"),
         ({**AZURE, "auth": "oauth"}, "auth", "one of api-key, bearer"),
+        (
+            {**AZURE, "base_url": "https://res.openai.azure.com/openai/v1/"},
+            "base_url",
+            "without /openai",
+        ),
         ({"type": "azure", "api_key": "k"}, "base_url", "is required for a provider of type azure"),
         ({**AZURE, "apis": ["responses"]}, "apis", "must list chat"),
         (
