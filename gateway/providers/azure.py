@@ -35,6 +35,7 @@ from gateway.providers.openai import API_PATHS, OpenAIProvider, OpenAIStream
 from gateway.sse import SSEEvent
 
 _ANNOTATIONS = (b'"prompt_filter_results"', b'"content_filter_')
+_DELTA = b'"delta"'
 
 
 class AzureStream(OpenAIStream):
@@ -46,8 +47,9 @@ class AzureStream(OpenAIStream):
 
 def _annotation_only(data: bytes) -> bool:
     """Whether an event is one of the content filter's own: annotations, no delta, text,
-    finish reason or usage. Only events that name an annotation are parsed."""
-    if not any(mark in data for mark in _ANNOTATIONS):
+    finish reason or usage. Only events that name an annotation and carry no delta are
+    parsed (every Azure chunk names one; nearly all carry a delta)."""
+    if _DELTA in data or not any(mark in data for mark in _ANNOTATIONS):
         return False
     try:
         chunk = orjson.loads(data)

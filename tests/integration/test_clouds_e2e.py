@@ -61,6 +61,14 @@ def clouds(
             "api_key": AZURE_KEY,
             "auth": "bearer",
         },
+        {
+            "name": "azure-preview",
+            "type": "azure",
+            "base_url": azure.url,
+            "api_key": AZURE_KEY,
+            "api_version": "2025-04-01-preview",
+            "apis": ["chat", "responses"],
+        },
         {"name": "azure-wrong", "type": "azure", "base_url": azure.url, "api_key": "nope-" * 4},
         {"name": "gemini", "type": "gemini", "base_url": gemini_url, "api_key": GEMINI_KEY},
         {"name": "gemini-wrong", "type": "gemini", "base_url": gemini_url, "api_key": "bad-" * 4},
@@ -73,6 +81,7 @@ def clouds(
         "az-filter": ("azure", "content_filter"),
         "az-embed": ("azure", "embed-deployment"),
         "az-v1": ("azure-v1", "text?n=5"),
+        "az-preview": ("azure-preview", "text?n=5"),
         "az-entra": ("azure-entra", "text?n=5"),
         "az-wrong": ("azure-wrong", "text"),
         "gem": ("gemini", "text?n=5"),
@@ -219,6 +228,18 @@ def test_azure_v1_route_serves_chat_and_responses(clouds: GatewayProcess, azure:
     assert azure.seen[-1].path == "/openai/v1/responses"
     with sdk(clouds).responses.stream(model="az-v1", input="hi") as events:
         assert events.get_final_response().output_text == TEXT5
+
+
+def test_azure_classic_route_serves_responses_with_the_deployment_in_the_body(
+    clouds: GatewayProcess, azure: FakeAzure
+) -> None:
+    with sdk(clouds).responses.stream(model="az-preview", input="hi") as events:
+        assert events.get_final_response().output_text == TEXT5
+    seen = azure.seen[-1]
+    assert (seen.path, seen.query) == ("/openai/responses", "api-version=2025-04-01-preview")
+    assert seen.body["model"] == "text?n=5"
+    assert text_of(stream(clouds, "az-preview")) == TEXT5
+    assert azure.seen[-1].path == "/openai/deployments/text%3Fn%3D5/chat/completions"
 
 
 def test_azure_entra_token_goes_as_bearer(clouds: GatewayProcess, azure: FakeAzure) -> None:
