@@ -295,7 +295,8 @@ _API_VERSION = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
 
 def _azure_options(r: Reader, ptype: str, base_url: str) -> dict[str, Any]:
     """`api_version` and `auth`, which only an `azure` provider takes."""
-    if ptype == "azure" and "/openai" in urlsplit(base_url).path:
+    path = urlsplit(base_url).path.rstrip("/")
+    if ptype == "azure" and (path.endswith("/openai") or re.search(r"/openai/(v1|deploy)", path)):
         # The provider adds /openai/deployments/... or /openai/v1/ itself.
         raise r.fail(
             "base_url", "is the resource's endpoint, without /openai: https://NAME.openai.azure.com"

@@ -46,6 +46,11 @@ def test_azure_api_version_may_be_an_unquoted_yaml_date_or_v1() -> None:
     assert (r.api_version, r.apis) == ("2025-04-01-preview", ("chat", "responses"))
 
 
+def test_azure_behind_a_proxy_path_is_taken() -> None:
+    data = config_with({**AZURE, "base_url": "https://apim.example.com/openai-eu"})
+    assert parse_config(data, "c.yaml", {}).providers[0].base_url.endswith("/openai-eu")
+
+
 def test_gemini_needs_no_base_url() -> None:
     provider = parse_config(config_with({"type": "gemini", "api_key": "k"}), "c.yaml", {})
     assert provider.providers[0].base_url == (
@@ -61,6 +66,12 @@ def test_gemini_needs_no_base_url() -> None:
         ({**AZURE, "auth": "oauth"}, "auth", "one of api-key, bearer"),
         (
             {**AZURE, "base_url": "https://res.openai.azure.com/openai/v1/"},
+            "base_url",
+            "without /openai",
+        ),
+        ({**AZURE, "base_url": "https://res.openai.azure.com/openai/"}, "base_url", "without"),
+        (
+            {**AZURE, "base_url": "https://r.openai.azure.com/openai/deployments/d"},
             "base_url",
             "without /openai",
         ),
