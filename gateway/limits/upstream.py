@@ -382,13 +382,19 @@ class UpstreamLimits:
             elif limit:
                 fractions.append(min(report.remaining / limit, 1.0))
         seen = state.seen
-        if seen is not None and now - state.seen_at < WINDOW_S:
-            if seen.limit_requests and seen.remaining_requests is not None:
-                fractions.append(seen.remaining_requests / seen.limit_requests)
+        age = now - state.seen_at
+        if seen is not None and age < WINDOW_S:
+            # A used-up count says nothing more once its reset (room again) has passed.
+            rpm_left = seen.remaining_requests
+            limit = seen.limit_requests
+            if limit and rpm_left is not None and (rpm_left > 0 or age < seen.reset_requests_s):
+                fractions.append(rpm_left / limit)
             tpm = state.limits.tpm
             if tpm and seen.used_tokens is not None:
                 # against the account's tpm (the script was given the fit limit)
-                fractions.append(max(tpm - seen.used_tokens, 0) / tpm)
+                tpm_left = max(tpm - seen.used_tokens, 0)
+                if tpm_left > 0 or age < seen.reset_tokens_s:
+                    fractions.append(tpm_left / tpm)
         return min(fractions) if fractions else None
 
     # --- helpers ----------------------------------------------------------------------------

@@ -149,6 +149,7 @@ def test_a_full_window_is_waited_for_when_room_comes_back_within_wait(
             up = UpstreamLimits(store, burst_seconds=None)  # the count decides, alone
             limits = Limits(rpm=3)
             assert len(_granted([await up.acquire(DEP, limits, 1, wait=0) for _ in range(3)])) == 3
+            assert up.remaining(DEP) == 0.0
             offset[0] = 0.0
             assert await up.acquire(DEP, limits, 1, wait=0) is None
             start = time.monotonic()
@@ -156,6 +157,7 @@ def test_a_full_window_is_waited_for_when_room_comes_back_within_wait(
             waited = time.monotonic() - start
             assert ticket is not None
             assert 0 < waited < 2.5
+            assert up.remaining(DEP) == pytest.approx(2 / 3)  # the old three left the window
 
     run_with(scenario())
 

@@ -1,0 +1,88 @@
+"""CPU per upstream-account acquire + settle (`gateway.limits.upstream.UpstreamLimits`),
+over the memory backend and one real Redis, in one run; beside it the bare client
+limiter's admit + settle on the same backend, so the upstream layer's own share shows.
+
+    .venv/bin/python -m bench.upstream_limits_cost [--calls 5000] [--rounds 3]
+
+Each round runs the calls one at a time and in bursts of 50 (`asyncio.gather`) against one
+deployment with rpm and tpm far above what the run uses (the leaky bucket and the counts
+are on the path, nothing waits), and reads `time.process_time()` of this process: the
+gateway's share, not Redis's. Medians of the rounds; loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+from gateway.config import KeyConfig, Limits
+from gateway.limits.base import Limiter
+from gateway.limits.memory import MemoryLimiter
+from gateway.limits.redis_store import RedisLimiter
+from gateway.limits.upstream import UpstreamLimits
+from tests.support.redis_server import RedisServer
+
+LIMITS = Limits(rpm=10**9, tpm=10**12)
+KEY = KeyConfig(id="bench", key_sha256="", limits=LIMITS)
+
+
+async def cpu_per_call(store: Limiter, calls: int, burst: int, upstream: bool) -> float:
+    """µs of this process's CPU per acquire + settle (or admit + settle)."""
+    await store.start()
+    up = UpstreamLimits(store)
+    try:
+        one: Callable[[], Awaitable[None]]
+        if upstream:
+
+            async def one() -> None:
+                ticket = await up.acquire("bench/deployment", LIMITS, 100, wait=0)
+                assert ticket is not None and not ticket.degraded
+                await up.settle(ticket, 90)
+
+        else:
+
+            async def one() -> None:
+                admission = await store.admit(KEY, 100, "bench")
+                assert admission.reservation is not None
+                store.settle_soon(admission.reservation, 90)
+
+        for _ in range(100):  # connections, scripts, caches
+            await one()
+        start = time.process_time()
+        for _ in range(calls // burst):
+            await asyncio.gather(*(one() for _ in range(burst)))
+        return (time.process_time() - start) / calls * 1e6
+    finally:
+        await up.aclose()
+        await store.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with RedisServer() as redis:
+        backends: dict[str, Callable[[], Limiter]] = {
+            "memory": MemoryLimiter,
+            "one Redis": lambda: RedisLimiter(redis.url, on_backend_error=lambda: None),
+        }
+        for burst in (1, 50):
+            print(f"burst {burst}: µs CPU per call pair (median of rounds, min-max)")
+            for name, build in backends.items():
+                for upstream in (True, False):
+                    runs = [
+                        asyncio.run(cpu_per_call(build(), args.calls, burst, upstream))
+                        for _ in range(args.rounds)
+                    ]
+                    what = "upstream acquire + settle" if upstream else "client admit + settle"
+                    spread = f"{min(runs):.1f}-{max(runs):.1f}"
+                    label = f"{name}, {what}"
+                    print(f"  {label:<40} {statistics.median(runs):7.1f}   ({spread})")
+
+
+if __name__ == "__main__":
+    main()
