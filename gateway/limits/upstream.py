@@ -16,10 +16,10 @@ full even after waiting up to `wait` seconds: try another one". Three things dec
    deployment drains at rpm / 60 requests a second and holds `burst_seconds` (1 by default)
    of that, at least one request. Providers enforce a minute's limit over shorter periods
    (OpenAI: "60,000 requests/minute may be enforced as 1,000 requests/second"; Anthropic
-   likewise), so a burst of 100 requests against rpm 600 goes as 10 at once and then one
-   every 100 ms, instead of 100 in the same millisecond and a string of 429s. Waiting here
-   is first come, first served, bounded by `wait` and cancellable (aiolimiter drops a
-   cancelled waiter; it never takes capacity).
+   replenishes a token bucket continuously), so a burst of 100 requests against rpm 600
+   goes as 10 at once and then one every 100 ms, instead of 100 in the same millisecond
+   and a string of 429s. Waiting here is first come, first served, bounded by `wait` and
+   cancellable (aiolimiter drops a cancelled waiter; it never takes capacity).
 3. The account's exact count, shared by every replica: the runtime's own `Limiter` (memory,
    Redis or Redis Cluster: the same atomic admission script as the client limits), with the
    deployment as one more key, `dep/NAME` (so Redis keys `gw:{dep/NAME}:rpm|tpm|...`, one
