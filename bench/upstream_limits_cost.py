@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 
+from bench.limits_cost import cpu_per_call
 from gateway.config import KeyConfig, Limits
 from gateway.limits.base import Limiter
 from gateway.limits.memory import MemoryLimiter
@@ -29,7 +29,7 @@ LIMITS = Limits(rpm=10**9, tpm=10**12)
 KEY = KeyConfig(id="bench", key_sha256="", limits=LIMITS)
 
 
-async def cpu_per_call(store: Limiter, calls: int, burst: int, upstream: bool) -> float:
+async def cpu_per_pair(store: Limiter, calls: int, burst: int, upstream: bool) -> float:
     """µs of this process's CPU per acquire + settle (or admit + settle)."""
     await store.start()
     up = UpstreamLimits(store)
@@ -49,12 +49,7 @@ async def cpu_per_call(store: Limiter, calls: int, burst: int, upstream: bool) -
                 assert admission.reservation is not None
                 store.settle_soon(admission.reservation, 90)
 
-        for _ in range(100):  # connections, scripts, caches
-            await one()
-        start = time.process_time()
-        for _ in range(calls // burst):
-            await asyncio.gather(*(one() for _ in range(burst)))
-        return (time.process_time() - start) / calls * 1e6
+        return await cpu_per_call(one, calls, burst)
     finally:
         await up.aclose()
         await store.aclose()
@@ -75,7 +70,7 @@ def main() -> None:
             for name, build in backends.items():
                 for upstream in (True, False):
                     runs = [
-                        asyncio.run(cpu_per_call(build(), args.calls, burst, upstream))
+                        asyncio.run(cpu_per_pair(build(), args.calls, burst, upstream))
                         for _ in range(args.rounds)
                     ]
                     what = "upstream acquire + settle" if upstream else "client admit + settle"
