@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 from collections.abc import Awaitable, Callable
 
@@ -27,18 +28,26 @@ from tests.support.redis_server import RedisServer
 
 LIMITS = Limits(rpm=10**9, tpm=10**12)
 KEY = KeyConfig(id="bench", key_sha256="", limits=LIMITS)
+WHAT = {
+    "upstream": "upstream acquire + settle",
+    "varying": "upstream, estimate varying",
+    "client": "client admit + settle",
+}
 
 
-async def cpu_per_pair(store: Limiter, calls: int, burst: int, upstream: bool) -> float:
-    """µs of this process's CPU per acquire + settle (or admit + settle)."""
+async def cpu_per_pair(store: Limiter, calls: int, burst: int, what: str) -> float:
+    """µs of this process's CPU per acquire + settle (`upstream`; `varying`: with an
+    estimate that differs on every call, as real prompts do) or admit + settle
+    (`client`)."""
     await store.start()
     up = UpstreamLimits(store)
+    estimates = itertools.cycle(range(100, 100 + (1000 if what == "varying" else 1)))
     try:
         one: Callable[[], Awaitable[None]]
-        if upstream:
+        if what != "client":
 
             async def one() -> None:
-                ticket = await up.acquire("bench/deployment", LIMITS, 100, wait=0)
+                ticket = await up.acquire("bench/deployment", LIMITS, next(estimates), wait=0)
                 assert ticket is not None and not ticket.degraded
                 await up.settle(ticket, 90)
 
@@ -68,15 +77,15 @@ def main() -> None:
         for burst in (1, 50):
             print(f"burst {burst}: µs CPU per call pair (median of rounds, min-max)")
             for name, build in backends.items():
-                for upstream in (True, False):
+                for what, label in WHAT.items():
                     runs = [
-                        asyncio.run(cpu_per_pair(build(), args.calls, burst, upstream))
+                        asyncio.run(cpu_per_pair(build(), args.calls, burst, what))
                         for _ in range(args.rounds)
                     ]
-                    what = "upstream acquire + settle" if upstream else "client admit + settle"
                     spread = f"{min(runs):.1f}-{max(runs):.1f}"
-                    label = f"{name}, {what}"
-                    print(f"  {label:<40} {statistics.median(runs):7.1f}   ({spread})")
+                    print(
+                        f"  {name + ', ' + label:<48} {statistics.median(runs):7.1f}   ({spread})"
+                    )
 
 
 if __name__ == "__main__":

@@ -109,8 +109,16 @@ class UpstreamTicket:
 # --- reading the upstream's headers ----------------------------------------------------------
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|us|µs|μs|ns|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6}
-_UNIT_S["ns"] = 1e-9
+_UNIT_S = {
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,  # micro sign
+    "μs": 1e-6,  # Greek mu, as Go writes it
+    "ns": 1e-9,
+}
 _MAX_VALUE_CHARS = 64
 """Longer header values are not rate-limit values: ignored, never parsed."""
 
