@@ -9,9 +9,10 @@ adds and compares the same integers in Python and in Redis's Lua, and a price gi
 $0.001 per million tokens is a whole number of nano-dollars per token.
 
 The charge: input tokens that were neither cache reads nor cache writes at `input`, cache
-reads (OpenAI's `cached_tokens`, Anthropic's `cache_read_input_tokens`) at `cached_input`,
-Anthropic's cache writes at `cache_write`, output tokens (reasoning included: both providers
-count it as output) at `output`. A model without a price costs 0; start-up names it.
+reads (OpenAI's `cached_tokens`, read the same way from Gemini's OpenAI-compatible
+answers; Anthropic's `cache_read_input_tokens`) at `cached_input`, cache writes at
+`cache_write`, output tokens (reasoning included: every provider counts it as output) at
+`output`. A model without a price costs 0; start-up names it.
 
 Deliberately not here: currency conversion, tiered or long-context prices (a model whose
 price depends on the prompt's length is priced at its base tier), batch discounts.

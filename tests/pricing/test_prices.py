@@ -24,6 +24,28 @@ def test_every_default_price_is_a_whole_number_of_nano_dollars_per_token() -> No
                 assert abs(usd * 1000 - round(usd * 1000)) < 1e-6, name
 
 
+def test_every_default_row_is_sane() -> None:
+    # A transposed or mistyped figure shows up as one of these (prices in docs/prices.md).
+    for name, (inp, out, cached, write) in DEFAULT_PRICES.items():
+        assert inp > 0, name
+        if "embedding" in name:
+            assert out == 0, name  # embeddings bill input only
+        else:
+            assert out >= inp, name
+        assert cached is None or 0 < cached <= inp, name
+        assert write is None or write >= inp, name
+
+
+def test_current_models_and_gemini_have_default_prices() -> None:
+    assert default_price("gpt-5.4-2026-03-05") == ModelPrice(2.5, 15.0, 0.25, None)
+    assert default_price("claude-opus-4-7") == ModelPrice(5.0, 25.0, 0.5, 6.25)
+    prices = Prices([ModelConfig("g", "gemini", upstream_model="gemini-2.5-flash")], {})
+    assert prices.unpriced == []
+    used = TokenCounts(prompt=1000, completion=100, cached=400)
+    # 600 plain input at 0.30, 400 cached at 0.03, 100 out at 2.50 ($/M)
+    assert prices.cost("g", used) == 600 * 300 + 400 * 30 + 100 * 2500
+
+
 def test_the_config_wins_then_the_upstream_name_then_nothing() -> None:
     models = [
         ModelConfig("fast", "openai", upstream_model="gpt-4o-mini"),
