@@ -143,8 +143,10 @@ def _scan_choices(choices: list[Any], state: StreamState, keep_text: bool) -> No
     for choice in choices:
         if type(choice) is not dict:
             continue
-        if choice.get("finish_reason"):
+        reason = choice.get("finish_reason")
+        if reason:
             state.finished = True
+            state.finish_reason = reason if type(reason) is str else "other"
         delta = choice.get("delta")
         if type(delta) is dict:
             content = delta.get("content")
@@ -247,7 +249,9 @@ class OpenAIProvider:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self.config.base_url + _PATHS[path])
-        return self._requests.build(url, orjson.dumps(body), stream=call.stream)
+        return self._requests.build(
+            url, orjson.dumps(body), stream=call.stream, traceparent=call.traceparent
+        )
 
     async def open_stream(self, call: UpstreamCall) -> SSEUpstream:
         api = self._upstream_api(call)

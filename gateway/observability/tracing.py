@@ -1,0 +1,278 @@
+"""OpenTelemetry traces of finished requests, exported over OTLP/HTTP off the request path.
+
+Imported only when `tracing:` is configured (`gateway.app`): with tracing off, neither this
+module nor the OpenTelemetry SDK is loaded. A request carries only ids and timings while it
+runs (`trace_context`); its spans are built here from the finished `RequestRecord`, with
+explicit start and end times, among the other finished-request bookkeeping
+(`observability/finished.py`). Each request leaves one SERVER span, and one CLIENT child per
+upstream attempt (retries, fallbacks), with the GenAI semantic conventions' attributes
+(`gen_ai.provider.name`, the current name for what was `gen_ai.system`).
+
+The ids are the ones the request minted, and sent upstream in `traceparent`: the SDK's
+`IdGenerator` seam hands them to the tracer (`_PresetIds`), so a provider that traces sees
+the attempt's span as its parent. Sampling was decided when the request arrived; the
+tracer records what it is given.
+
+Export is the SDK's `BatchSpanProcessor` (a daemon thread, batches) and OTLP/HTTP exporter.
+What never slows a stream: spans wait in a bounded queue, an export gives up after
+`export_timeout` seconds, and a span that finds the queue full is dropped at once. Both
+losses are counted in `gateway_trace_spans_dropped_total` (`_Bounded` keeps the count of
+spans in flight, so the SDK's own queue, which drops silently, never fills).
+
+Not here: metrics (Prometheus has them), request or response bodies (never in a span).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+
+from opentelemetry import trace as trace_api
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from gateway.config import GatewayConfig, TracingConfig
+from gateway.observability.records import RequestRecord
+from gateway.observability.trace_context import AttemptTiming, RequestTrace
+
+_OPERATIONS = {
+    "chat.completions": "chat",
+    "responses": "chat",
+    "messages": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+}
+_SCHEDULE_MS = 1000
+_BATCH = 512
+
+Dropped = Callable[[int], None]
+
+
+class Tracing:
+    """The span pipeline of one process: tracer, bounded batch export, drop count."""
+
+    def __init__(self, config: GatewayConfig, dropped: Dropped) -> None:
+        tracing = config.tracing
+        assert tracing is not None
+        self._ids = _PresetIds()
+        self._provider = TracerProvider(
+            sampler=ALWAYS_ON,  # decided when the request arrived (`TraceStarter`)
+            resource=Resource.create({"service.name": tracing.service_name}),
+            id_generator=self._ids,
+        )
+        exporter = _CountingExporter(
+            OTLPSpanExporter(endpoint=traces_url(tracing), timeout=tracing.export_timeout),
+            dropped,
+        )
+        batches = BatchSpanProcessor(
+            exporter,
+            max_queue_size=tracing.max_queue_size,
+            schedule_delay_millis=_SCHEDULE_MS,
+            max_export_batch_size=min(_BATCH, tracing.max_queue_size),
+            export_timeout_millis=tracing.export_timeout * 1000,
+        )
+        self._processor = _Bounded(batches, exporter, tracing.max_queue_size, dropped)
+        self._provider.add_span_processor(self._processor)
+        self._tracer = self._provider.get_tracer("gateway")
+        self._provider_types = {p.name: p.type for p in config.providers}
+
+    def record(self, rec: RequestRecord) -> None:
+        """A finished request's spans, queued for export (a `Finished` handler)."""
+        trace = rec.trace
+        if trace is None:
+            return
+        operation = _OPERATIONS.get(rec.route, rec.route)
+        answered = _answering(trace)
+        attrs: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": rec.model,
+            "gateway.request_id": rec.request_id,
+            "gateway.route": rec.route,
+            "gateway.key_id": rec.key_id,
+            "gateway.outcome": rec.outcome,
+            "gateway.stream": rec.stream,
+            "gateway.attempts": rec.attempts,
+            "http.response.status_code": rec.status,
+        }
+        if rec.provider:
+            attrs["gen_ai.provider.name"] = self._provider_types.get(rec.provider, rec.provider)
+            attrs["gateway.provider"] = rec.provider
+        if answered is not None:
+            attrs["gen_ai.response.model"] = answered.upstream_model
+            attrs["gateway.model"] = answered.model
+            if answered.deployment:
+                attrs["gateway.deployment"] = answered.deployment
+        if rec.prompt_tokens or rec.completion_tokens:
+            attrs["gen_ai.usage.input_tokens"] = rec.prompt_tokens
+            attrs["gen_ai.usage.output_tokens"] = rec.completion_tokens
+            attrs["gateway.usage_reported"] = rec.usage_reported
+        if trace.finish_reason:
+            attrs["gen_ai.response.finish_reasons"] = (trace.finish_reason,)
+        if rec.ttft_s is not None:
+            attrs["gateway.ttft_ms"] = round(rec.ttft_s * 1000, 3)
+        if rec.cost_nanos:
+            attrs["gateway.cost_usd"] = rec.cost_nanos / 1e9
+        if rec.error:
+            attrs["error.type"] = rec.outcome
+        parent = Context()
+        if trace.parent_span_id:
+            remote = trace_api.SpanContext(
+                trace.trace_id,
+                trace.parent_span_id,
+                is_remote=True,
+                trace_flags=trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED),
+            )
+            parent = trace_api.set_span_in_context(trace_api.NonRecordingSpan(remote))
+        self._ids.preset(trace.trace_id, trace.span_id)
+        span = self._tracer.start_span(
+            f"{operation} {rec.model}".rstrip(),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attrs,
+            start_time=trace.start_ns,
+        )
+        if rec.outcome != "completed" or rec.status >= 500:
+            span.set_status(Status(StatusCode.ERROR, rec.error[:200] or rec.outcome))
+        inside = trace_api.set_span_in_context(span)
+        for attempt in trace.attempts:
+            self._attempt_span(trace, attempt, operation, inside)
+        span.end(end_time=trace.start_ns + int(rec.duration_s * 1e9))
+
+    def _attempt_span(
+        self, trace: RequestTrace, attempt: AttemptTiming, operation: str, parent: Context
+    ) -> None:
+        attrs: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": self._provider_types.get(attempt.provider, attempt.provider),
+            "gen_ai.request.model": attempt.upstream_model,
+            "gateway.provider": attempt.provider,
+            "gateway.model": attempt.model,
+        }
+        if attempt.deployment:
+            attrs["gateway.deployment"] = attempt.deployment
+        if attempt.error:
+            attrs["error.type"] = attempt.error
+        self._ids.preset(trace.trace_id, attempt.span_id)
+        span = self._tracer.start_span(
+            f"{operation} {attempt.upstream_model}",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes=attrs,
+            start_time=trace.unix_ns(attempt.start),
+        )
+        if attempt.error:
+            span.set_status(Status(StatusCode.ERROR, attempt.error))
+        # An attempt that is still open when the record is built (it cannot be: the
+        # request ended) would end at its start rather than never.
+        span.end(end_time=trace.unix_ns(max(attempt.end, attempt.start)))
+
+    async def aclose(self) -> None:
+        """Export what is queued (at most one export timeout), then stop the thread."""
+        await asyncio.to_thread(self._provider.shutdown)
+
+
+def traces_url(config: TracingConfig) -> str:
+    """The OTLP/HTTP traces URL: a base URL gets the signal path `/v1/traces`."""
+    endpoint = config.otlp_endpoint.rstrip("/")
+    scheme, _, rest = endpoint.partition("://")
+    return endpoint if "/" in rest else f"{scheme}://{rest}/v1/traces"
+
+
+def _answering(trace: RequestTrace) -> AttemptTiming | None:
+    """The attempt that answered (the last one, when it did not fail)."""
+    if trace.attempts and not trace.attempts[-1].error:
+        return trace.attempts[-1]
+    return None
+
+
+class _PresetIds(IdGenerator):
+    """Hands the tracer the ids the request minted (set just before each `start_span`,
+    on the event loop's thread, which is the only one starting spans)."""
+
+    def __init__(self) -> None:
+        self._trace_id = 0
+        self._span_id = 0
+
+    def preset(self, trace_id: int, span_id: int) -> None:
+        self._trace_id, self._span_id = trace_id, span_id
+
+    def generate_span_id(self) -> int:
+        return self._span_id
+
+    def generate_trace_id(self) -> int:
+        return self._trace_id
+
+
+class _CountingExporter(SpanExporter):
+    """The OTLP exporter, counting what it could not deliver and what left the queue."""
+
+    def __init__(self, exporter: SpanExporter, dropped: Dropped) -> None:
+        self._exporter = exporter
+        self._dropped = dropped
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        """Spans handed to the batch processor and not yet through an export."""
+
+    def added(self, bound: int) -> bool:
+        with self._lock:
+            if self.in_flight >= bound:
+                return False
+            self.in_flight += 1
+            return True
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            self.in_flight -= len(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self._dropped(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
+class _Bounded(SpanProcessor):
+    """The batch processor behind a bound it cannot reach: a span that would overflow the
+    queue is dropped here, and counted (the SDK's queue would drop one silently)."""
+
+    def __init__(
+        self,
+        batches: BatchSpanProcessor,
+        exporter: _CountingExporter,
+        bound: int,
+        dropped: Dropped,
+    ) -> None:
+        self._batches = batches
+        self._exporter = exporter
+        self._bound = bound
+        self._dropped = dropped
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._exporter.added(self._bound):
+            self._batches.on_end(span)
+        else:
+            self._dropped(1)
+
+    def shutdown(self) -> None:
+        self._batches.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._batches.force_flush(timeout_millis)
