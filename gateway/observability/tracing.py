@@ -142,12 +142,21 @@ class Tracing:
         if rec.outcome != "completed" or rec.status >= 500:
             span.set_status(Status(StatusCode.ERROR, rec.error[:200] or rec.outcome))
         inside = trace_api.set_span_in_context(span)
+        end_ns = trace.start_ns + int(rec.duration_s * 1e9)
         for attempt in trace.attempts:
-            self._attempt_span(trace, attempt, operation, inside)
-        span.end(end_time=trace.start_ns + int(rec.duration_s * 1e9))
+            # The stream that answered ran until the request ended; its attempt's own end is
+            # its first event (`gateway.first_event_ms`).
+            relayed = rec.stream and attempt is answered
+            self._attempt_span(trace, attempt, operation, inside, end_ns if relayed else 0)
+        span.end(end_time=end_ns)
 
     def _attempt_span(
-        self, trace: RequestTrace, attempt: AttemptTiming, operation: str, parent: Context
+        self,
+        trace: RequestTrace,
+        attempt: AttemptTiming,
+        operation: str,
+        parent: Context,
+        stream_end_ns: int,
     ) -> None:
         attrs: dict[str, AttributeValue] = {
             "gen_ai.operation.name": operation,
@@ -160,6 +169,8 @@ class Tracing:
             attrs["gateway.deployment"] = attempt.deployment
         if attempt.error:
             attrs["error.type"] = attempt.error
+        elif attempt.end:
+            attrs["gateway.first_event_ms"] = round((attempt.end - attempt.start) * 1000, 3)
         self._ids.preset(trace.trace_id, attempt.span_id)
         span = self._tracer.start_span(
             f"{operation} {attempt.upstream_model}",
@@ -170,9 +181,9 @@ class Tracing:
         )
         if attempt.error:
             span.set_status(Status(StatusCode.ERROR, attempt.error))
-        # An attempt that is still open when the record is built (it cannot be: the
-        # request ended) would end at its start rather than never.
-        span.end(end_time=trace.unix_ns(max(attempt.end, attempt.start)))
+        # An attempt with no end (it cannot have none: the request ended) ends at its start.
+        end_ns = stream_end_ns or trace.unix_ns(max(attempt.end, attempt.start))
+        span.end(end_time=max(end_ns, trace.unix_ns(attempt.start)))
 
     async def aclose(self) -> None:
         """Export what is queued (at most one export timeout), then stop the thread."""

@@ -107,6 +107,10 @@ def test_a_stream_leaves_a_request_span_and_an_attempt_span_with_genai_attribute
     assert 0 < a["gateway.ttft_ms"] < 10_000
     assert "sk-" not in repr(spans)  # no key, the client's or the upstream's
     assert request.start_ns <= attempt.start_ns <= attempt.end_ns <= request.end_ns
+    # The attempt that answered lasts as long as its stream: to the request's end.
+    assert attempt.end_ns == request.end_ns
+    first_event_ms = attempt.attributes["gateway.first_event_ms"]
+    assert 0 < first_event_ms <= (attempt.end_ns - attempt.start_ns) / 1e6
     assert attempt.attributes["gen_ai.request.model"] == "text?n=12"
     assert attempt.attributes["gateway.provider"] == "fake"
     assert "error.type" not in attempt.attributes
