@@ -221,3 +221,18 @@ def test_tracing_off_loads_no_sdk_and_connects_nowhere(
         assert all("traceparent" not in s.headers for s in seen_for(upstream, since))
     finally:
         port.close()
+
+
+def test_each_worker_exports_its_own_requests_spans(upstream: FakeUpstream, tmp_path: Path) -> None:
+    with OtlpReceiver() as receiver:
+        config = traced_config(upstream, receiver.url)
+        with GatewayProcess(config, tmp_path, workers=2) as gw:
+            for _ in range(8):
+                chat_stream(gw, "gpt-test")
+        servers = [s for s in receiver.spans if s.kind == "SERVER"]
+        # Every request's spans arrived, whichever worker served it; ids never collided.
+        assert len(servers) == 8
+        assert len({s.trace_id for s in servers}) == 8
+        assert len({s.span_id for s in receiver.spans}) == len(receiver.spans) == 16
+        # Each worker names itself (its pid) in the resource of its spans.
+        assert all(isinstance(s.resource.get("process.pid"), int) for s in servers)
