@@ -135,6 +135,7 @@ def test_retries_and_a_fallback_are_attempt_spans_and_the_client_traceparent_is_
     assert request.attributes["gen_ai.request.model"] == "gpt-fallback"
     assert request.attributes["gen_ai.provider.name"] == "anthropic"
     assert request.attributes["gen_ai.response.model"] == "text?n=12"
+    assert request.attributes["gen_ai.response.finish_reasons"] == ["stop"]  # Anthropic's end_turn
     # fake's 503, its retry's 503, then the fallback (claude-test on fake-anthropic)
     assert [s.attributes.get("error.type") for s in attempts] == ["http_5xx", "http_5xx", None]
     assert [s.attributes["gateway.provider"] for s in attempts] == [
