@@ -237,3 +237,53 @@ def test_each_worker_exports_its_own_requests_spans(upstream: FakeUpstream, tmp_
         assert len({s.span_id for s in receiver.spans}) == len(receiver.spans) == 16
         # Each worker names itself (its pid) in the resource of its spans.
         assert all(isinstance(s.resource.get("process.pid"), int) for s in servers)
+
+
+def test_a_collector_that_refuses_connections_costs_a_counted_drop(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    port = SilentPort()
+    endpoint = f"http://127.0.0.1:{port.port}"
+    port.close()  # nothing listens there now: every export is refused
+    config = traced_config(upstream, endpoint, export_timeout=0.5)
+    with GatewayProcess(config, tmp_path) as gw:
+        for _ in range(3):
+            assert chat_stream(gw, "gpt-test")["finish"] == "stop"
+        # The batch is exported within a second, fails, and its 6 spans are counted.
+        assert upstream.wait_for(
+            lambda: metric(gw, "gateway_trace_spans_dropped_total") == 6, timeout=10
+        )
+
+
+def test_a_plain_call_and_a_failed_request_are_traced_too(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    with OtlpReceiver() as receiver:
+        with GatewayProcess(traced_config(upstream, receiver.url), tmp_path) as gw:
+            client = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0)
+            answer = client.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+            )
+            try:
+                client.chat.completions.create(
+                    model="gpt-500", messages=[{"role": "user", "content": "hi"}]
+                )
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 502
+            else:
+                raise AssertionError("gpt-500 answered")
+        servers = {
+            s.attributes["gen_ai.request.model"]: s for s in receiver.spans if s.kind == "SERVER"
+        }
+        children = [s for s in receiver.spans if s.kind == "CLIENT"]
+    plain, failed = servers["gpt-test"], servers["gpt-500"]
+    assert plain.attributes["gateway.stream"] is False
+    assert answer.usage is not None
+    assert plain.attributes["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+    assert plain.status == 0
+    assert failed.status == 2  # ERROR
+    assert failed.attributes["gateway.outcome"] == "upstream_error"
+    assert failed.attributes["http.response.status_code"] == 502
+    assert "gen_ai.response.model" not in failed.attributes  # no attempt answered
+    failed_attempts = [c for c in children if c.parent_span_id == failed.span_id]
+    assert [c.attributes["error.type"] for c in failed_attempts] == ["http_5xx", "http_5xx"]
