@@ -57,7 +57,7 @@ Dropped = Callable[[int], None]
 
 
 class Tracing:
-    """The span pipeline of one process: tracer, bounded batch export, drop count."""
+    """The span pipeline of one process: spans from records, bounded batch export, drops."""
 
     def __init__(self, config: GatewayConfig, dropped: Dropped) -> None:
         tracing = config.tracing
