@@ -51,6 +51,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the dev dependencie
 import yaml
 
 from bench import report
+from bench.otlp_sink import sink_stats, tracing_variant_config
 from bench.procs import (
     BENCH_KEY,
     REPO,
@@ -375,11 +376,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "reached) budget on the bench key and the request ledger in a SQLite database "
         "(logging.sinks: [file, database]); prints the ledger's write rate",
     )
+    parser.add_argument(
+        "--tracing",
+        default="",
+        metavar="RATIOS",
+        help="also run the gateway with tracing on at each of these sample ratios "
+        "(comma-separated, e.g. 1.0,0.01), exporting over OTLP/HTTP to a local sink",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the logs and configs")
     args = parser.parse_args(argv)
     args.scenario = [s for s in args.scenario.split(",") if s]
     args.targets = [t for t in args.targets.split(",") if t]
     args.transport = [t for t in args.transport.split(",") if t]
+    args.tracing = [float(r) for r in args.tracing.split(",") if r]
     known = scenarios(args.rounds)
     for name in args.scenario:
         if name not in known:
@@ -396,7 +405,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def start_targets(
-    args: argparse.Namespace, tmp: Path, upstream: Service, redis_url: str, models: list[str]
+    args: argparse.Namespace,
+    tmp: Path,
+    upstream: Service,
+    redis_url: str,
+    models: list[str],
+    sink_url: str = "",
 ) -> list[Target]:
     targets: list[Target] = []
     if "direct" in args.targets:
@@ -418,6 +432,7 @@ def start_targets(
         tree: Path = REPO
         managed_keys: int = 0
         spend: bool = False
+        tracing: float | None = None
 
     variants = [Variant(f"gateway-{t}", t) for t in args.transport]
     first = args.transport[0]
@@ -432,11 +447,15 @@ def start_targets(
         variants.append(Variant(f"gateway-{first}-keys{n}", first, managed_keys=n))
     if args.spend:
         variants.append(Variant(f"gateway-{first}-spend", first, spend=True))
+    for ratio in args.tracing:
+        variants.append(Variant(f"gateway-{first}-trace{ratio:g}", first, tracing=ratio))
     for v in variants:
         port = free_port()
         config = gateway_config(
             tmp, v.name, upstream.url, redis_url, models, v.transport, v.managed_keys, v.spend
         )
+        if v.tracing is not None:
+            tracing_variant_config(config, sink_url, v.tracing)
         env: dict[str, str] = {}
         if v.tree != REPO:
             # `-m` imports from the working directory first; `bench` still comes from here.
@@ -456,9 +475,18 @@ def start_targets(
         ).start()
         managed = f", bench key among {v.managed_keys} database keys" if v.managed_keys else ""
         managed += ", budget + prices + database ledger" if v.spend else ""
+        managed += f", tracing at sample ratio {v.tracing:g}" if v.tracing is not None else ""
         label = f"gateway, {v.transport} transport, {how}{where}{managed}"
         targets.append(Target(v.name, label, service, service.url))
     return targets
+
+
+def start_otlp_sink(tmp: Path) -> Service:
+    """The `--tracing` variants' collector: a local sink that takes and drops every export."""
+    port = free_port()
+    return python_service(
+        "otlp-sink", "bench.otlp_sink", ["--port", str(port)], tmp, port, health="/healthz"
+    ).start()
 
 
 ROUTES = [
@@ -559,8 +587,16 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         upstream = python_service("upstream", "bench.upstream", ["--port", str(port)], tmp, port)
         services.append(upstream.start())
+        sink = start_otlp_sink(tmp) if args.tracing else None  # the --tracing variants'
+        if sink is not None:
+            services.append(sink)
         targets = start_targets(
-            args, tmp, upstream, f"redis://127.0.0.1:{redis.port}/0", [s.model for s in chosen]
+            args,
+            tmp,
+            upstream,
+            f"redis://127.0.0.1:{redis.port}/0",
+            [s.model for s in chosen],
+            sink.url if sink is not None else "",
         )
         services += [t.service for t in targets if t.service is not None]
         print(report.header(targets), flush=True)
@@ -589,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         print(checked, flush=True)
         print(report.verdicts(results, args.transport), flush=True)
         print(report.transport_comparison(results, args.transport), flush=True)
+        if sink is not None:
+            print(sink_stats(sink.url), flush=True)
         if args.spend:
             print(ledger_rate(tmp, f"gateway-{args.transport[0]}-spend", results), flush=True)
         kept = f"; logs in {tmp}" if args.keep_tmp or args.profile else ""

@@ -38,6 +38,7 @@ from gateway.limits.upstream import UpstreamLimits
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
+from gateway.observability.trace_context import TraceStarter
 from gateway.pricing import Prices
 from gateway.providers import build_provider
 from gateway.providers.base import Provider
@@ -133,6 +134,7 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
     # Another worker's scrape cannot drain this one's queue: count each request soon.
     finished = Finished(metrics.record, metrics.count_spend, linger=not metrics.multiprocess)
     finished.handlers.append(request_log.submit)
+    traces = await _start_tracing(config, metrics, finished, stack) if config.tracing else None
     watches: set[StreamWatch] = set()
     runtime = Runtime(
         config=config,
@@ -149,6 +151,7 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
         key_store=key_store,
         prices=prices,
         ledger=ledger,
+        traces=traces,
     )
     stack.push_async_callback(_end_open_requests, runtime)
     return runtime
@@ -204,6 +207,21 @@ async def _start_key_store(
     metrics.set_key_store_reachable(True)
     stack.push_async_callback(store.aclose)
     return store
+
+
+async def _start_tracing(
+    config: GatewayConfig, metrics: Metrics, finished: Finished, stack: contextlib.AsyncExitStack
+) -> TraceStarter:
+    """Traces (`tracing:`): each finished record's spans to the OTLP exporter's queue. The
+    OpenTelemetry SDK loads here, only when tracing is configured; each worker process
+    builds its own (the lifespan runs after `--workers` started it)."""
+    from gateway.observability.tracing import Tracing
+
+    assert config.tracing is not None
+    tracing = Tracing(config, metrics.trace_spans_dropped)
+    stack.push_async_callback(tracing.aclose)  # after the last records were handed over
+    finished.handlers.append(tracing.record)
+    return TraceStarter(config.tracing.sample_ratio)
 
 
 async def _start_ledger(

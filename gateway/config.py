@@ -168,6 +168,22 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces (`gateway.observability.tracing`); off unless configured."""
+
+    otlp_endpoint: str = ""
+    """The collector's OTLP/HTTP base URL (`/v1/traces` is added unless a path is given);
+    empty: tracing is off."""
+    sample_ratio: float = 1.0
+    """Share of new traces recorded; a client's `traceparent` decides for its own trace."""
+    service_name: str = "llm-gateway"
+    export_timeout: float = 2.0
+    """Seconds one export may take, retries included, before its spans count as dropped."""
+    max_queue_size: int = 2048
+    """Spans waiting for export; past it new spans are dropped (and counted)."""
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     providers: tuple[ProviderConfig, ...]
     models: tuple[ModelConfig, ...]
@@ -207,6 +223,8 @@ class GatewayConfig:
     database_url: str = field(default="", repr=False)
     """Where keys managed at runtime live (`gateway.keys`): postgresql://... for any number
     of replicas, sqlite:///path for one node; empty: only the config's keys."""
+    tracing: TracingConfig | None = None
+    """OpenTelemetry traces (SPEC 13); None: off, and the SDK is never imported."""
     source: str = "<embedded default>"
     embedded_default: bool = False
 
@@ -473,6 +491,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         egress=_read_egress(source, env),
         pricing=_read_pricing(r),
         database_url=_read_database_url(r, env),
+        tracing=_read_tracing(source, r),
         source=source,
     )
     r.done()
@@ -480,6 +499,23 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         raise ConfigError(source, "logging.sinks", "the `database` sink needs database_url")
     _check_references(config)
     return config
+
+
+def _read_tracing(source: str, r: Reader) -> TracingConfig | None:
+    node = r.take("tracing", dict, None)
+    if node is None:
+        return None
+    section: TracingConfig = read_section(TracingConfig, source, "tracing", node)
+    if not section.otlp_endpoint:
+        return None  # `otlp_endpoint: ${VAR:-}` with VAR unset: off, like no section
+    where = "tracing."
+    if not section.otlp_endpoint.startswith(("http://", "https://")):
+        raise ConfigError(source, where + "otlp_endpoint", "expected http(s)://host:port")
+    if not 0.0 <= section.sample_ratio <= 1.0:
+        raise ConfigError(source, where + "sample_ratio", "expected a number from 0 to 1")
+    if section.export_timeout <= 0 or section.max_queue_size <= 0:
+        raise ConfigError(source, where + "export_timeout", "expected positive numbers")
+    return section
 
 
 def _read_database_url(r: Reader, env: Mapping[str, str]) -> str:

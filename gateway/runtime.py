@@ -24,6 +24,7 @@ from gateway.limits.upstream import UpstreamLimits
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
+from gateway.observability.trace_context import TraceStarter
 from gateway.pricing import Prices
 from gateway.providers.base import Provider
 from gateway.relay.stream import Relay
@@ -61,6 +62,8 @@ class Runtime:
     ledger: Ledger | None
     """The request ledger (`database_url`): written when `logging.sinks` names `database`,
     read by /admin/spend."""
+    traces: TraceStarter | None
+    """Starts each request's trace context (`tracing:`); None when tracing is off."""
     models: dict[str, ModelConfig] = field(init=False)
     keys: Keys = field(init=False)
     draining: bool = False

@@ -85,6 +85,8 @@ class RelayEndpoint:
             await rt.start_budget.take()
         rid = request_id(scope)
         rec = RequestRecord(request_id=rid.decode(), route=self.name)
+        if rt.traces is not None:  # tracing on: None unless this request is sampled
+            rec.trace = rt.traces.start(scope["headers"], started_at)
         headers: Headers = [(b"x-request-id", rid)]
         reservation: Reservation | None = None
         try:

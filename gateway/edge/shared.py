@@ -19,6 +19,7 @@ from gateway.edge.keys import Keys
 from gateway.limits.base import Limiter
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
+from gateway.observability.trace_context import TraceStarter
 from gateway.pricing import Prices
 from gateway.relay.stream import Relay
 from gateway.relay.watch import StreamWatch
@@ -40,6 +41,7 @@ class EdgeRuntime(Protocol):
     draining: bool
     prices: Prices
     ledger: Ledger | None
+    traces: TraceStarter | None
 
 
 def runtime_of(scope: Scope) -> EdgeRuntime:

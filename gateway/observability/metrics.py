@@ -184,6 +184,11 @@ class Metrics:
         self._ttft, self._inter_token, self._duration, self._overhead = _latency_metrics(reg)
         self._rate_limited, self._upstream_errors, self._limiter_errors = _refusal_metrics(reg)
         self._log_depth, self._log_dropped = _request_log_metrics(reg)
+        self._spans_dropped = Counter(
+            "gateway_trace_spans_dropped",
+            "Trace spans dropped: the export queue was full or the collector did not take them.",
+            registry=reg,
+        )
 
         # Labelled children, created on first use and kept: labels() costs a lock, a tuple
         # and a dict lookup per call; these caches cost one dict lookup. Keys are label
@@ -337,6 +342,11 @@ class Metrics:
     def log_record_dropped(self, count: int = 1) -> None:
         if count > 0:
             self._log_dropped.inc(count)
+
+    def trace_spans_dropped(self, count: int) -> None:
+        """Called from the span exporter's thread too (prometheus_client counters lock)."""
+        if count > 0:
+            self._spans_dropped.inc(count)
 
     def close(self) -> None:
         """Last step of a worker's shutdown: in multiprocess mode its live gauges (active

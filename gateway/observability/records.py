@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.errors import Outcome
+from gateway.observability.trace_context import RequestTrace
 
 
 @dataclass
@@ -50,6 +51,9 @@ class RequestRecord:
     """Only kept when `log_bodies: true`."""
     response_text: str | None = None
     """Only kept when `log_bodies: true`."""
+    trace: RequestTrace | None = None
+    """The trace context when tracing is on and this request is sampled (the spans are
+    built from this record when it is finished: `gateway.observability.tracing`)."""
 
     def log_fields(self) -> dict[str, object]:
         """The JSON fields of the request log line (README, "Observability")."""

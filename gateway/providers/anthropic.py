@@ -253,9 +253,11 @@ class AnthropicStream(SSEUpstream):
                 self._usage_final = True
         delta = payload.get("delta")
         stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+        reason = finish_reason(stop_reason)
         if stop_reason:
             state.finished = True
-        out.append(self._chunk({}, finish_reason(stop_reason)))
+            state.finish_reason = reason
+        out.append(self._chunk({}, reason))
 
     def _on_message_stop(self, out: list[bytes]) -> None:
         state = self.state
@@ -345,7 +347,7 @@ class AnthropicProvider:
         url = self._url
         if url is None:
             url = self._url = httpx.URL(self._url_text)
-        request = self._requests.build(url, content, stream=stream)
+        request = self._requests.build(url, content, stream=stream, traceparent=call.traceparent)
         for name, value in call.passed_headers:
             if name not in self._pinned:
                 request.headers[name] = value

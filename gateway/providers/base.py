@@ -46,6 +46,8 @@ class UpstreamCall:
     passed_headers: tuple[tuple[str, str], ...] = ()
     """Client headers an upstream of the client's own API takes as they came
     (`anthropic-version`, `anthropic-beta`)."""
+    traceparent: str = ""
+    """The W3C `traceparent` naming this attempt's span, when the request is traced."""
 
 
 @dataclass
@@ -72,6 +74,8 @@ class StreamState:
     """A finish reason (or `[DONE]`) arrived: the answer is whole."""
     done_sent: bool = False
     """`data: [DONE]` was already part of the relayed bytes."""
+    finish_reason: str = ""
+    """The upstream's finish (stop) reason as it came, when the provider reads one."""
     completion_estimate: int = 0
     """Content-bearing deltas relayed so far: the charge when no usage arrives."""
     text: list[str] = field(default_factory=list)

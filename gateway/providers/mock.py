@@ -264,6 +264,7 @@ class MockStream:
         prompt_tokens = estimate_tokens(prompt)
         state.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words))
         state.finished = True
+        state.finish_reason = finish
         tail = event([choice({} if chat else "", finish)])
         if call.include_usage:
             tail += event(

@@ -153,8 +153,10 @@ def _scan_choices(choices: list[Any], state: StreamState, keep_text: bool) -> No
     for choice in choices:
         if type(choice) is not dict:
             continue
-        if choice.get("finish_reason"):
+        reason = choice.get("finish_reason")
+        if reason:
             state.finished = True
+            state.finish_reason = reason if type(reason) is str else "other"
         delta = choice.get("delta")
         if type(delta) is dict:
             content = delta.get("content")
@@ -282,7 +284,9 @@ class OpenAIProvider:
         url = self._urls.get((path, model))
         if url is None:
             url = self._urls[path, model] = httpx.URL(self._url(path, model))
-        return self._requests.build(url, orjson.dumps(body), stream=call.stream)
+        return self._requests.build(
+            url, orjson.dumps(body), stream=call.stream, traceparent=call.traceparent
+        )
 
     async def open_stream(self, call: UpstreamCall) -> SSEUpstream:
         api = self._upstream_api(call)

@@ -51,7 +51,9 @@ class UpstreamRequests:
         self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
         self._cache: dict[tuple[httpx.URL, bool], httpx.Headers] = {}
 
-    def build(self, url: httpx.URL, content: bytes, *, stream: bool) -> httpx.Request:
+    def build(
+        self, url: httpx.URL, content: bytes, *, stream: bool, traceparent: str = ""
+    ) -> httpx.Request:
         # `content=` would make httpx parse, encode and complete the headers on every
         # request (most of the cost of building one); a request given `stream=` takes its
         # headers as they are, so they are made whole here, once per URL, and only the
@@ -67,6 +69,8 @@ class UpstreamRequests:
             extensions={"timeout": self._stream_timeout if stream else self._call_timeout},
         )
         request.headers["content-length"] = str(len(content))
+        if traceparent:  # a traced request: the attempt's span is the upstream's parent
+            request.headers["traceparent"] = traceparent
         return request
 
     def _headers_for(self, url: httpx.URL, stream: bool) -> httpx.Headers:

@@ -33,6 +33,7 @@ from gateway.protocols.events import (
     Done,
     Error,
     Event,
+    Finish,
     ReasoningDelta,
     Start,
     TextDelta,
@@ -338,6 +339,8 @@ class TranslatedStream(SSEUpstream):
                 state.usage = charged_usage(usage)
             elif kind is Start:
                 _started(item, state)
+            elif kind is Finish:
+                state.finish_reason = item[0]  # type: ignore[misc,assignment]
             elif kind is Error:
                 assert isinstance(item, Error)
                 self._upstream_error = item
@@ -446,6 +449,8 @@ class PassThroughStream(SSEUpstream):
                     assert isinstance(item, Start)
                     self._start = item
                     _started(item, state)
+                elif kind is Finish:
+                    state.finish_reason = item[0]  # type: ignore[misc,assignment]
                 elif kind is Done:
                     state.finished = state.done_sent = self._ended = True
                 elif kind is Error:

@@ -19,6 +19,7 @@ from gateway.errors import GatewayError, UpstreamError, UpstreamRejected
 from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Provider, UpstreamCall
+from gateway.relay.traced import traced
 
 T = TypeVar("T")
 
@@ -37,6 +38,8 @@ async def with_fallbacks(
     record: RequestRecord,
     metrics: Metrics,
 ) -> T:
+    if record.trace is not None:  # traced: each attempt is timed, a child span (traced.py)
+        attempt = traced(attempt, record.trace)
     last: GatewayError | None = None
     attempts = 0
     for model in models:

@@ -211,6 +211,8 @@ class Relay:
                 self.metrics.stream_closed(model_label)
             state = upstream.state
             _account(rec, ctx, state.usage, state.completion_estimate, state.finished)
+            if rec.trace is not None:
+                rec.trace.finish_reason = state.finish_reason
             if self.log_bodies:
                 rec.response_text = state.kept_text()
         return outcome, error, client_left

@@ -350,3 +350,22 @@ def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
     assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr, result.stderr
+
+
+def test_compose_sends_the_gateways_traces_to_its_collector() -> None:
+    services = load_yaml(DEPLOY / "compose.yaml")["services"]
+    endpoints = {
+        services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        for name in services
+        if name.startswith("gateway-")
+    }
+    assert len(endpoints) == 1
+    (endpoint,) = endpoints
+    host, _, port = endpoint.removeprefix("http://").partition(":")
+    assert host in services and port in services[host]["expose"], endpoint
+    assert f"0.0.0.0:{port}" in " ".join(services[host]["command"])
+    # The production config traces there when the variable is set, and not at all without it.
+    env = {**PRODUCTION_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+    tracing = load_config(DEPLOY / "config.yaml", env=env).tracing
+    assert tracing is not None and tracing.otlp_endpoint == endpoint
+    assert production_config().tracing is None

@@ -62,6 +62,7 @@ def exercise_every_metric(metrics: Metrics) -> None:
     metrics.limiter_backend_error()
     metrics.set_log_queue_depth(3)
     metrics.log_record_dropped()
+    metrics.trace_spans_dropped(1)
 
 
 def samples(body: bytes) -> list[Sample]:

@@ -39,6 +39,7 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "gateway_limiter_backend_errors": ("counter", frozenset()),
     "gateway_log_queue_depth": ("gauge", frozenset()),
     "gateway_log_records_dropped": ("counter", frozenset()),
+    "gateway_trace_spans_dropped": ("counter", frozenset()),
 }
 
 
@@ -79,6 +80,7 @@ def test_a_record_of_each_outcome_is_counted_once_under_its_status(metrics: Metr
     assert value(body, "gateway_limiter_backend_errors_total") == 1
     assert value(body, "gateway_log_queue_depth") == 3
     assert value(body, "gateway_log_records_dropped_total") == 1
+    assert value(body, "gateway_trace_spans_dropped_total") == 1
 
 
 def test_a_request_without_first_token_observes_no_ttft(metrics: Metrics) -> None:
