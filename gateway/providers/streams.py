@@ -68,6 +68,7 @@ class SSEUpstream:
         self.provider = provider
         self._redact = redact if redact is not None else Redactor([])
         self.state = StreamState(scrub=self._redact.scrub_text if self._redact else None)
+        self.state.upstream_headers = response.headers
         self.include_usage = include_usage
         self.keep_text = keep_text
         self._response = response
@@ -231,7 +232,9 @@ async def open_event_stream(
             with upstream_errors(provider):
                 body = await read_limited(response, _ERROR_BODY_LIMIT) or b""
             body = redact.scrub_body(body)
-            raise error_from_status(provider, response.status_code, error_body(body))
+            raise error_from_status(
+                provider, response.status_code, error_body(body), response.headers
+            )
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             raise malformed(
@@ -264,7 +267,7 @@ async def fetch_json(
         raise malformed(provider, f"an answer larger than {ANSWER_LIMIT >> 20} MiB")
     body = redact.scrub_body(body or b"")
     if not ok:
-        raise error_from_status(provider, response.status_code, error_body(body))
+        raise error_from_status(provider, response.status_code, error_body(body), response.headers)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -41,6 +41,7 @@ from gateway.relay.attempts import with_fallbacks
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
 from gateway.relay.watch import StreamWatch
+from gateway.routing import Lease, Router
 
 _DONE = b"data: [DONE]\n\n"
 _FINAL_SEND_TIMEOUT = 5.0
@@ -61,6 +62,9 @@ class RelayContext:
     """The server's disconnect hook, when it offers one (`gateway serve` does)."""
     writer: BodyWriter | None = None
     """The server's direct body writer, when it offers one (`gateway serve` does)."""
+    reserved_tokens: int = 0
+    """The tokens admission reserved (prompt estimate + max_tokens): what an upstream
+    account limit is asked for (`gateway.routing`)."""
 
     def call_for(self, model: ModelConfig) -> UpstreamCall:
         req = self.request
@@ -86,7 +90,7 @@ class Relay:
     event, as the module docstring says.
     """
 
-    __slots__ = ("log_bodies", "metrics", "providers", "timeouts", "watches")
+    __slots__ = ("log_bodies", "metrics", "providers", "router", "timeouts", "watches")
 
     def __init__(
         self,
@@ -95,8 +99,11 @@ class Relay:
         timeouts: Timeouts,
         log_bodies: bool,
         watches: set[StreamWatch],
+        router: Router,
     ) -> None:
         self.providers = providers
+        self.router = router
+        """Which deployment each attempt goes to (`gateway.routing`)."""
         self.metrics = metrics
         self.timeouts = timeouts
         self.log_bodies = log_bodies
@@ -108,20 +115,34 @@ class Relay:
     async def stream(self, ctx: RelayContext, receive: Receive, send: Send) -> None:
         watch = self._watch(ctx, receive, send)
         try:
-            upstream, first = await self._open(ctx, watch)
+            (upstream, first), lease = await self._open(ctx, watch)
         except BaseException:
             self._unwatch(watch)
             raise
-        outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+        try:
+            outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+        finally:
+            self.router.finish(lease, ctx.record.prompt_tokens + ctx.record.completion_tokens)
         await self._finish(ctx, upstream, outcome, error, client_left, send)
 
-    async def _open(self, ctx: RelayContext, watch: StreamWatch) -> tuple[EventStream, bytes]:
-        """The upstream stream and its first event, with retries and fallbacks."""
+    async def _open(
+        self, ctx: RelayContext, watch: StreamWatch
+    ) -> tuple[tuple[EventStream, bytes], Lease]:
+        """The upstream stream and its first event, with failover, retries and fallbacks;
+        and the lease of the deployment it came from."""
         rec = ctx.record
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
             return await with_fallbacks(
-                ctx.models, self.providers, ctx.call_for, self._open_first, rec, self.metrics
+                ctx.models,
+                self.router,
+                self.providers,
+                ctx.call_for,
+                self._open_first,
+                rec,
+                self.metrics,
+                ctx.reserved_tokens,
+                _stream_headers,
             )
         except asyncio.CancelledError:
             if watch.ended is None:
@@ -304,8 +325,15 @@ class Relay:
         watch = self._watch(ctx, receive, send)
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            result = await with_fallbacks(
-                ctx.models, self.providers, ctx.call_for, _complete, rec, self.metrics
+            result, lease = await with_fallbacks(
+                ctx.models,
+                self.router,
+                self.providers,
+                ctx.call_for,
+                _complete,
+                rec,
+                self.metrics,
+                ctx.reserved_tokens,
             )
         except asyncio.CancelledError:
             if watch.ended is None:
@@ -314,6 +342,7 @@ class Relay:
         finally:
             self._unwatch(watch)
         _account(rec, ctx, result.usage, 0, True)
+        self.router.finish(lease, rec.prompt_tokens + rec.completion_tokens)
         rec.status = result.status
         if self.log_bodies:
             rec.response_text = result.body.decode("utf-8", "replace")
@@ -374,6 +403,10 @@ class Relay:
 
 async def _complete(provider: Provider, call: UpstreamCall) -> Completion:
     return await provider.complete(call)
+
+
+def _stream_headers(opened: tuple[EventStream, bytes]) -> Mapping[str, str] | None:
+    return opened[0].state.upstream_headers
 
 
 def _answered(stream: EventStream, watch: StreamWatch) -> bool:

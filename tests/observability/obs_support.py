@@ -62,6 +62,8 @@ def exercise_every_metric(metrics: Metrics) -> None:
     metrics.limiter_backend_error()
     metrics.set_log_queue_depth(3)
     metrics.log_record_dropped()
+    metrics.deployment_attempt("gpt-test", "openai-main/gpt-test", "ok")
+    metrics.set_deployment_healthy("gpt-test", "openai-main/gpt-test", True)
 
 
 def samples(body: bytes) -> list[Sample]:

@@ -39,6 +39,8 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "gateway_limiter_backend_errors": ("counter", frozenset()),
     "gateway_log_queue_depth": ("gauge", frozenset()),
     "gateway_log_records_dropped": ("counter", frozenset()),
+    "gateway_deployment_requests": ("counter", frozenset({"model", "deployment", "outcome"})),
+    "gateway_deployment_healthy": ("gauge", frozenset({"model", "deployment"})),
 }
 
 
