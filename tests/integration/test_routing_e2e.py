@@ -7,9 +7,6 @@ Each fake says what it saw (`GET /_seen`: every request's start and end as unix 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,45 +17,14 @@ import httpx
 import pytest
 
 from tests.observability.obs_support import value
-from tests.support.gateway_proc import KEY_A, GatewayProcess, free_port, test_config
+from tests.support.gateway_proc import KEY_A, GatewayProcess, test_config
+from tests.support.upstream_proc import UpstreamProcess
 
 CHAT = "/v1/chat/completions"
 AUTH = {"authorization": f"Bearer {KEY_A}"}
 
 
-class Upstream:
-    """`python -m tests.support.fake_upstream` in its own process."""
-
-    def __init__(self, *args: str, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, *args: str) -> Upstream:
-        cmd = [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(self.port)]
-        self.proc = subprocess.Popen([*cmd, *(args or self.args)], stdout=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().decode().strip() == self.url
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
-
-    def seen(self) -> list[dict[str, Any]]:
-        requests: list[dict[str, Any]] = httpx.get(self.url + "/_seen", timeout=5).json()
-        return requests
+Upstream = UpstreamProcess
 
 
 @pytest.fixture
