@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway.config import ModelConfig
@@ -41,64 +42,50 @@ def _backoff(attempt: int) -> float:
     return min(0.05 * 4.0**attempt, 1.0)
 
 
-async def with_fallbacks(
-    models: list[ModelConfig],
-    router: Router,
-    providers: Mapping[str, Provider],
-    make_call: Callable[[ModelConfig], UpstreamCall],
-    attempt: Attempt[T],
-    record: RequestRecord,
-    metrics: Metrics,
-    tokens: int,
-    headers_of: Callable[[T], Mapping[str, str] | None] = lambda _: None,
-) -> tuple[T, Lease]:
-    """The first answer of the plan, and the lease of the deployment that gave it (the
-    caller `finish`es it when the answer ends)."""
-    run = _Run(router, providers, make_call, attempt, record, metrics, tokens, headers_of)
-    skipped: list[Deployment] = []
-    for deployment in router.plan(models):
-        lease = await router.admit(deployment, tokens)
-        if lease is None:
-            skipped.append(deployment)
-            continue
-        answer = await run.on(deployment, lease)
-        if answer is not None:
-            return answer
-    if skipped and run.last is None:
-        # No deployment had room at once: queue briefly on the first one skipped.
-        lease = await router.admit(skipped[0], tokens, QUEUE_WAIT)
-        answer = None if lease is None else await run.on(skipped[0], lease)
-        if answer is not None:
-            return answer
-        if run.last is None:
-            raise RateLimited(
-                f"every deployment of the model {models[0].name!r} is at its upstream "
-                "account's rate limit; retry shortly",
-                headers={"retry-after": "1"},
-            )
-    assert run.last is not None
-    raise run.last
-
-
-class _Run(Generic[T]):
+@dataclass
+class Attempts(Generic[T]):
     """One request's attempts: what they share, and the last failure."""
 
-    def __init__(
-        self,
-        router: Router,
-        providers: Mapping[str, Provider],
-        make_call: Callable[[ModelConfig], UpstreamCall],
-        attempt: Attempt[T],
-        record: RequestRecord,
-        metrics: Metrics,
-        tokens: int,
-        headers_of: Callable[[T], Mapping[str, str] | None],
-    ) -> None:
-        self.router, self.providers, self.make_call = router, providers, make_call
-        self.attempt, self.record, self.metrics, self.tokens = attempt, record, metrics, tokens
-        self.headers_of = headers_of
-        self.last: GatewayError | None = None
-        self.attempts = 0
+    router: Router
+    providers: Mapping[str, Provider]
+    make_call: Callable[[ModelConfig], UpstreamCall]
+    attempt: Attempt[T]
+    record: RequestRecord
+    metrics: Metrics
+    tokens: int
+    """What the request reserved: asked of a deployment's upstream account limit."""
+    headers_of: Callable[[T], Mapping[str, str] | None] = lambda _: None
+    """The upstream response headers of an answer, for the upstream limiter."""
+    last: GatewayError | None = None
+    attempts: int = 0
+
+    async def first_answer(self, models: list[ModelConfig]) -> tuple[T, Lease]:
+        """The first answer of the plan, and the lease of the deployment that gave it (the
+        caller `finish`es it when the answer ends)."""
+        router, tokens = self.router, self.tokens
+        skipped: list[Deployment] = []
+        for deployment in router.plan(models):
+            lease = await router.admit(deployment, tokens)
+            if lease is None:
+                skipped.append(deployment)
+                continue
+            answer = await self.on(deployment, lease)
+            if answer is not None:
+                return answer
+        if skipped and self.last is None:
+            # No deployment had room at once: queue briefly on the first one skipped.
+            lease = await router.admit(skipped[0], tokens, QUEUE_WAIT)
+            answer = None if lease is None else await self.on(skipped[0], lease)
+            if answer is not None:
+                return answer
+            if self.last is None:
+                raise RateLimited(
+                    f"every deployment of the model {models[0].name!r} is at its upstream "
+                    "account's rate limit; retry shortly",
+                    headers={"retry-after": "1"},
+                )
+        assert self.last is not None
+        raise self.last
 
     async def on(self, deployment: Deployment, lease: Lease) -> tuple[T, Lease] | None:
         """Try one deployment (and retry it when it is its model's only one): its answer and

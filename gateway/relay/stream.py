@@ -37,7 +37,7 @@ from gateway.errors import GatewayError, Outcome, StreamEnded, UpstreamError, Up
 from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Completion, EventStream, Provider, UpstreamCall, Usage
-from gateway.relay.attempts import with_fallbacks
+from gateway.relay.attempts import Attempts
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
 from gateway.relay.watch import StreamWatch
@@ -133,8 +133,7 @@ class Relay:
         rec = ctx.record
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            return await with_fallbacks(
-                ctx.models,
+            attempts = Attempts(
                 self.router,
                 self.providers,
                 ctx.call_for,
@@ -144,6 +143,7 @@ class Relay:
                 ctx.reserved_tokens,
                 _stream_headers,
             )
+            return await attempts.first_answer(ctx.models)
         except asyncio.CancelledError:
             if watch.ended is None:
                 raise  # not the watch's: the server's own cancellation
@@ -325,8 +325,7 @@ class Relay:
         watch = self._watch(ctx, receive, send)
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            result, lease = await with_fallbacks(
-                ctx.models,
+            attempts = Attempts(
                 self.router,
                 self.providers,
                 ctx.call_for,
@@ -335,6 +334,7 @@ class Relay:
                 self.metrics,
                 ctx.reserved_tokens,
             )
+            result, lease = await attempts.first_answer(ctx.models)
         except asyncio.CancelledError:
             if watch.ended is None:
                 raise

@@ -170,7 +170,11 @@ class Router:
         with, or None (count it and try another deployment)."""
         ticket = None
         if d.key in self._limited:
-            ticket = await self.limits.acquire(d.key, d.config.limits, tokens, wait)
+            try:
+                ticket = await self.limits.acquire(d.key, d.config.limits, tokens, wait)
+            except BaseException:
+                d.health.probing = False  # a probe claimed for this request is released
+                raise
             if ticket is None:
                 self.metrics.deployment_attempt(d.model, d.name, "over_limit")
                 d.health.probing = False
