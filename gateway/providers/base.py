@@ -140,6 +140,8 @@ class Completion:
     usage: Usage | None
     status: int = 200
     content_type: str = "application/json"
+    upstream_headers: Mapping[str, str] | None = None
+    """The upstream answer's headers, when the provider kept them (`x-ratelimit-*`)."""
 
 
 class Provider(Protocol):

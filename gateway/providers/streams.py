@@ -253,11 +253,15 @@ async def fetch_json(
     error_body: Callable[[bytes], bytes] = _same,
     *,
     redact: Redactor,
+    headers_into: dict[str, str] | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Send a plain request; the body and the object of a 200 JSON answer, else the error.
-    Either is scrubbed of the credentials in `redact` first."""
+    Either is scrubbed of the credentials in `redact` first. `headers_into` receives the
+    answer's headers (the router shows them to the upstream limiter)."""
     with upstream_errors(provider):
         response = await transport.handle_async_request(request)
+        if headers_into is not None:
+            headers_into.update(response.headers)
         try:
             ok = response.status_code == 200
             body = await read_limited(response, ANSWER_LIMIT if ok else _ERROR_BODY_LIMIT)

@@ -333,6 +333,7 @@ class Relay:
                 rec,
                 self.metrics,
                 ctx.reserved_tokens,
+                _answer_headers,
             )
             result, lease = await attempts.first_answer(ctx.models)
         except asyncio.CancelledError:
@@ -407,6 +408,10 @@ async def _complete(provider: Provider, call: UpstreamCall) -> Completion:
 
 def _stream_headers(opened: tuple[EventStream, bytes]) -> Mapping[str, str] | None:
     return opened[0].state.upstream_headers
+
+
+def _answer_headers(answer: Completion) -> Mapping[str, str] | None:
+    return answer.upstream_headers
 
 
 def _answered(stream: EventStream, watch: StreamWatch) -> bool:
