@@ -34,6 +34,7 @@ from gateway.edge.shared import EdgeRuntime
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.keys.admin import KeysAdmin
 from gateway.limits import build_limiter
+from gateway.limits.upstream import UpstreamLimits
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
@@ -111,6 +112,10 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
     limiter = build_limiter(config, metrics.limiter_backend_error)
     await limiter.start()
     stack.push_async_callback(limiter.aclose)
+    # The same backend as the client limits: Redis makes a deployment's rpm hold across
+    # replicas, and limits_backend_failure applies alike.
+    upstream_limits = UpstreamLimits(limiter)
+    stack.push_async_callback(upstream_limits.aclose)  # before the limiter closes
     prices = Prices(config.models, config.pricing)
     if prices.unpriced:
         log.warning(
@@ -136,10 +141,16 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
         transport=transport,
         providers=providers,
         limiter=limiter,
+        upstream_limits=upstream_limits,
         request_log=request_log,
         finished=finished,
         relay=Relay(
-            providers, metrics, config.timeouts, config.log_bodies, watches, Router(config, metrics)
+            providers,
+            metrics,
+            config.timeouts,
+            config.log_bodies,
+            watches,
+            Router(config, metrics, upstream_limits),
         ),
         watches=watches,
         start_budget=start_budget(config),

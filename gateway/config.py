@@ -11,6 +11,7 @@ nginx or Kubernetes costs no stream, see the graceful shutdown in `gateway.serve
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
@@ -33,7 +34,8 @@ from gateway.config_reader import (
 from gateway.egress import EgressProxies
 from gateway.redis_url import validate as validate_redis_url
 
-ProviderType = Literal["openai", "anthropic", "mock"]
+ProviderType = Literal["openai", "anthropic", "mock", "azure", "gemini"]
+AzureAuth = Literal["api-key", "bearer"]
 BackendFailure = Literal["open", "closed"]
 Transport = Literal["native", "aiohttp", "httpx"]
 Routing = Literal["weighted", "least_busy", "latency"]
@@ -58,6 +60,12 @@ class ProviderConfig:
     apis: tuple[str, ...] = ("chat",)
     """The OpenAI APIs an `openai` provider serves (`chat`, `responses`): a Responses
     client's bytes pass through to one that serves `responses`, else are translated."""
+    api_version: str = ""
+    """`azure`: the `api-version` query of the deployments route, or `v1` for Azure's
+    `/openai/v1/` route (model in the body, no api-version)."""
+    auth: AzureAuth = "api-key"
+    """`azure`: how `api_key` is sent: `api-key: KEY`, or `Authorization: Bearer KEY` (an
+    Entra ID token; the gateway does not refresh it)."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +305,7 @@ def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
     r = Reader(source, path, node)
     name = r.require("name", str)
     ptype = r.choice("type", get_args(ProviderType))
-    base_url = r.take("base_url", str, "")
+    base_url = r.take("base_url", str, "") or _DEFAULT_BASE_URLS.get(ptype, "")
     if ptype != "mock" and not base_url:
         raise r.fail("base_url", f"is required for a provider of type {ptype}")
     if base_url:
@@ -315,17 +323,55 @@ def _read_provider(source: str, path: str, node: Any) -> ProviderConfig:
         token_ms=r.take("token_ms", float, defaults.token_ms),
         reply_tokens=r.positive("reply_tokens", int, defaults.reply_tokens),
         apis=_apis(r, ptype),
+        **_azure_options(r, ptype, base_url),
     )
     r.done()
     return provider
+
+
+_DEFAULT_BASE_URLS = {"gemini": "https://generativelanguage.googleapis.com/v1beta/openai"}
+AZURE_API_VERSION = "2024-10-21"
+"""The latest GA `api-version` of Azure OpenAI's inference API in Microsoft's REST reference
+(learn.microsoft.com/azure/ai-services/openai/reference) when this was written."""
+_API_VERSION = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
+
+
+def _azure_options(r: Reader, ptype: str, base_url: str) -> dict[str, Any]:
+    """`api_version` and `auth`, which only an `azure` provider takes."""
+    path = urlsplit(base_url).path.rstrip("/")
+    if ptype == "azure" and (path.endswith("/openai") or re.search(r"/openai/(v1|deploy)", path)):
+        # The provider adds /openai/deployments/... or /openai/v1/ itself.
+        raise r.fail(
+            "base_url", "is the resource's endpoint, without /openai: https://NAME.openai.azure.com"
+        )
+    if ptype != "azure":
+        for key in ("api_version", "auth"):
+            if key in r.node:
+                raise r.fail(key, f"is for providers of type azure, not {ptype}")
+        return {}
+    # YAML reads an unquoted 2024-10-21 as a date.
+    version = r.take("api_version", (str, datetime.date), AZURE_API_VERSION)
+    version = version.isoformat() if isinstance(version, datetime.date) else version
+    if not _API_VERSION.fullmatch(version):
+        raise r.fail(
+            "api_version",
+            f"{version!r} is not an Azure api-version: write a date such as "
+            f"{AZURE_API_VERSION} (or YYYY-MM-DD-preview), or v1 for the /openai/v1/ route",
+        )
+    return {"api_version": version, "auth": r.choice("auth", get_args(AzureAuth), "api-key")}
 
 
 def _apis(r: Reader, ptype: str) -> tuple[str, ...]:
     apis = str_list(r, "apis")
     if apis is None:
         return ("chat",)
-    if ptype != "openai":
-        raise r.fail("apis", f"is for providers of type openai; {ptype} serves its own API")
+    if ptype not in ("openai", "azure", "gemini"):
+        raise r.fail(
+            "apis", f"is for providers of type openai, azure or gemini; {ptype} serves its own API"
+        )
+    if ptype == "gemini" and "responses" in apis:
+        # Responses clients are translated to Chat for it, as for any provider.
+        raise r.fail("apis", "Gemini's OpenAI-compatible endpoint serves chat only: [chat]")
     unknown = [a for a in apis if a not in ("chat", "responses")]
     if unknown or "chat" not in apis:
         # Chat clients (and completions, embeddings) always go to the Chat API.

@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig, ModelConfig
 from gateway.edge.budget import StartBudget
 from gateway.edge.keys import Keys
 from gateway.limits.base import Limiter
+from gateway.limits.upstream import UpstreamLimits
 from gateway.observability.finished import Finished
 from gateway.observability.metrics import Metrics
 from gateway.observability.requestlog import RequestLog
@@ -41,6 +42,8 @@ class Runtime:
     """The upstream HTTP transport all providers share."""
     providers: dict[str, Provider]
     limiter: Limiter
+    upstream_limits: UpstreamLimits
+    """The deployments' upstream account limits (rpm / tpm), counted in `limiter`'s backend."""
     request_log: RequestLog
     finished: Finished
     """Finished requests' records on their way to the metrics and the request log."""

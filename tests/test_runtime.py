@@ -33,6 +33,8 @@ def test_the_lifespan_hands_a_whole_runtime_to_every_request() -> None:
         assert isinstance(runtime, Runtime)
         assert set(runtime.providers) == {"demo"} and runtime.start_budget is not None
         assert runtime.relay.watches is runtime.watches
+        # The deployments' account limits count in the client limiter's own backend.
+        assert runtime.upstream_limits.store is runtime.limiter
 
         sent: list[Message] = []
 

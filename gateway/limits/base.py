@@ -42,6 +42,9 @@ class RateState:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens_s: float = 0.0
+    used_tokens: int | None = None
+    """Tokens counted in the window (not clamped at the limit as `remaining_tokens` is);
+    None when tpm is not configured."""
 
 
 @dataclass

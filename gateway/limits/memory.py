@@ -303,4 +303,5 @@ def _rate_state(limits: Limits, requests: _Window, tokens: _Window, now: float) 
         limit_tokens=tpm,
         remaining_tokens=None if tpm is None else max(tpm - tokens.total, 0),
         reset_tokens_s=0.0 if tpm is None else tokens.reset(now, tpm),
+        used_tokens=None if tpm is None else tokens.total,
     )

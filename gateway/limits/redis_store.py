@@ -511,6 +511,7 @@ def _rate_state(
         limit_tokens=tpm,
         remaining_tokens=None if tpm is None else max(tpm - tokens, 0),
         reset_tokens_s=0.0 if tpm is None else reset_tokens,
+        used_tokens=None if tpm is None else tokens,
     )
 
 

@@ -16,6 +16,14 @@ def build_provider(
         from gateway.providers.openai import OpenAIProvider
 
         return OpenAIProvider(config, transport, gateway.timeouts, keep_text=keep_text)
+    if config.type == "azure":
+        from gateway.providers.azure import AzureProvider
+
+        return AzureProvider(config, transport, gateway.timeouts, keep_text=keep_text)
+    if config.type == "gemini":
+        from gateway.providers.gemini import GeminiProvider
+
+        return GeminiProvider(config, transport, gateway.timeouts, keep_text=keep_text)
     if config.type == "anthropic":
         from gateway.providers.anthropic import AnthropicProvider
 

@@ -41,7 +41,7 @@ from gateway.providers.streams import (
 )
 from gateway.sse import SSEEvent
 
-_PATHS = {
+API_PATHS = {
     "chat.completions": "/chat/completions",
     "completions": "/completions",
     "embeddings": "/embeddings",
@@ -51,6 +51,10 @@ _DONE = b"data: [DONE]\n\n"
 
 
 class OpenAIStream(SSEUpstream):
+    split_usage = False
+    """Send a usage that rides on a chunk with news (a finish reason, content) to a client
+    that asked for usage as OpenAI does, in a `"choices": []` chunk after it (Gemini's)."""
+
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
         # Nearly every event is one token's delta, which tells the gateway nothing but that a
         # token came: those are recognised by their bytes (`_plain_delta`) and relayed without
@@ -92,6 +96,12 @@ class OpenAIStream(SSEUpstream):
                     continue
                 del chunk["usage"]
                 out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                continue
+            if usage and self.split_usage and choices and not _only_usage(choices):
+                # OpenAI's shape: the news, then the usage in a chunk of its own.
+                del chunk["usage"]
+                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                out.append(b"data: " + orjson.dumps(_usage_chunk(chunk, usage)) + b"\n\n")
                 continue
             out.append(raw if raw.endswith(b"\n\n") else b"data: " + data + b"\n\n")
 
@@ -171,6 +181,11 @@ def _only_usage(choices: list[Any]) -> bool:
     return True
 
 
+def _usage_chunk(chunk: dict[str, Any], usage: Any) -> dict[str, Any]:
+    head: dict[str, Any] = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
+    return {**head, "choices": [], "usage": usage}
+
+
 def _usage(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
@@ -220,12 +235,32 @@ class OpenAIProvider:
         self._transport = transport
         self._keep_text = keep_text
         self._max_event_bytes = max_event_bytes
-        auth = {"authorization": f"Bearer {config.api_key}"} if config.api_key else None
-        self._requests = UpstreamRequests(config, timeouts, auth=auth)
+        self._requests = UpstreamRequests(config, timeouts, auth=self._auth())
         self._redact = Redactor.for_provider(config)
         # URLs are parsed once, on first use (so a bad base_url fails the request, not the
         # start-up).
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
+
+    # What a provider of another flavour of the same API (`azure`, `gemini`) changes:
+    stream_class: type[OpenAIStream] = OpenAIStream
+    """The stream a Chat client's events are read with."""
+
+    def _auth(self) -> dict[str, str] | None:
+        """The credential headers (`Authorization: Bearer KEY`)."""
+        return {"authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else None
+
+    def _url(self, path: str, model: str) -> str:
+        """The URL of one API route (`API_PATHS`) for an upstream model."""
+        return self.config.base_url + API_PATHS[path]
+
+    def _error_body(self, body: bytes) -> bytes:
+        """The upstream's error body in OpenAI's shape (already is, here)."""
+        return body
+
+    def _answer_body(self, body: bytes, data: dict[str, Any]) -> bytes:
+        """A plain answer as OpenAI's (already is, here); may correct `data` in place and
+        return it re-serialised."""
+        return body
 
     def _upstream_api(self, call: UpstreamCall) -> Api:
         """The API this call is sent in: the client's when the provider serves it."""
@@ -236,7 +271,7 @@ class OpenAIProvider:
     def _request(self, call: UpstreamCall, api: Api = "chat") -> httpx.Request:
         body = translate_request(call.body, call.api, api) if call.api != api else call.body
         body = dict(body)
-        body["model"] = call.model.upstream_model or call.model.name
+        model = body["model"] = call.model.upstream_model or call.model.name
         if call.stream and api == "chat":
             options = body.get("stream_options")
             body["stream_options"] = {
@@ -244,18 +279,22 @@ class OpenAIProvider:
                 "include_usage": True,
             }
         path = "responses" if api == "responses" else call.route
-        url = self._urls.get(path)
+        url = self._urls.get((path, model))
         if url is None:
-            url = self._urls[path] = httpx.URL(self.config.base_url + _PATHS[path])
+            url = self._urls[path, model] = httpx.URL(self._url(path, model))
         return self._requests.build(url, orjson.dumps(body), stream=call.stream)
 
     async def open_stream(self, call: UpstreamCall) -> SSEUpstream:
         api = self._upstream_api(call)
         response = await open_event_stream(
-            self._transport, self._request(call, api), self.config.name, redact=self._redact
+            self._transport,
+            self._request(call, api),
+            self.config.name,
+            self._error_body,
+            redact=self._redact,
         )
         if call.api == "chat":
-            return OpenAIStream(
+            return self.stream_class(
                 response,
                 self.config.name,
                 include_usage=call.include_usage,
@@ -290,9 +329,11 @@ class OpenAIProvider:
             self._transport,
             self._request(call, api),
             self.config.name,
+            self._error_body,
             redact=self._redact,
             headers_into=headers,
         )
+        body = self._answer_body(body, data)
         if call.api == api:
             usage = _answer_usage(data.get("usage"))
             return Completion(body=body, usage=usage, upstream_headers=headers)

@@ -18,10 +18,12 @@ out when its turn comes):
 3. when every deployment of the model is cooled: only the one whose cooldown ends first;
 4. then each fallback model's deployments, the same way.
 
-A deployment whose upstream last reported nothing remaining (`x-ratelimit-remaining-*`,
-through the upstream limiter) is put after the others. Health (`routing.health`), in-flight
-counts and latencies are this process's own: with several workers or replicas each judges
-by what it sees.
+A deployment whose upstream account has nothing left (as it last reported in
+`x-ratelimit-remaining-*`, or as the upstream limiter counted it: `gateway.limits.upstream`)
+is put after the others; a deployment with `limits` is only tried with that limiter's
+ticket (none: the next deployment; none anywhere: a brief wait on the first). Health
+(`routing.health`), in-flight counts and latencies are this process's own: with several
+workers or replicas each judges by what it sees.
 
 Deliberately not here: sending anything. The relay (`relay/attempts.py`) walks the plan,
 and reports each attempt back: `start`, then `answered`, `failed`, `refused` or `abandon`,
@@ -30,15 +32,32 @@ and `finish` when the answer ends.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
-from gateway.config import DeploymentConfig, GatewayConfig, ModelConfig
+from gateway.config import DeploymentConfig, GatewayConfig, Limits, ModelConfig
+from gateway.errors import ServiceUnavailable
+from gateway.limits.base import LimiterUnavailable
+from gateway.limits.upstream import UpstreamLimits, UpstreamTicket
 from gateway.observability.metrics import Metrics
 from gateway.routing.health import Health, retry_after
-from gateway.routing.upstream_limits import NoUpstreamLimits, UpstreamLimiter, UpstreamTicket
+
+
+class UpstreamLimiter(Protocol):
+    """What the router uses of `gateway.limits.upstream.UpstreamLimits`."""
+
+    async def acquire(
+        self, deployment_key: str, limits: Limits, tokens: int, wait: float
+    ) -> UpstreamTicket | None: ...
+
+    def observe(self, deployment_key: str, headers: Mapping[str, str]) -> None: ...
+
+    def remaining(self, deployment_key: str) -> float | None: ...
+
+    def settle_soon(self, ticket: UpstreamTicket, tokens_used: int) -> None: ...
+
 
 _EWMA_ALPHA = 0.3
 QUEUE_WAIT = 1.0
@@ -99,8 +118,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics
-        # TODO(L): gateway.limits.upstream.UpstreamLimits, built in gateway.app.
-        self.limits: UpstreamLimiter = limits if limits is not None else NoUpstreamLimits()
+        self.limits: UpstreamLimiter = limits if limits is not None else UpstreamLimits(None)
         self._clock = clock
         self._routing = {m.name: m.routing for m in config.models}
         self._by_model: dict[str, list[Deployment]] = {}
@@ -121,7 +139,6 @@ class Router:
             for d in self._by_model[m.name]:
                 metrics.set_deployment_healthy(m.name, d.name, True)
         self._limited = {d.key for ds in self._by_model.values() for d in ds if d.config.limits.any}
-        self._settles: set[asyncio.Task[None]] = set()
 
     def deployments(self, model: str) -> list[Deployment]:
         return self._by_model[model]
@@ -172,6 +189,13 @@ class Router:
         if d.key in self._limited:
             try:
                 ticket = await self.limits.acquire(d.key, d.config.limits, tokens, wait)
+            except LimiterUnavailable:
+                d.health.probing = False
+                raise ServiceUnavailable(
+                    "upstream account limits cannot be checked right now (limits backend "
+                    "unreachable); retry",
+                    headers={"retry-after": "1"},
+                ) from None
             except BaseException:
                 d.health.probing = False  # a probe claimed for this request is released
                 raise
@@ -230,11 +254,7 @@ class Router:
         lease.ended = True
         lease.deployment.in_flight -= 1
         if lease.ticket is not None:
-            task = asyncio.get_running_loop().create_task(
-                self.limits.settle(lease.ticket, tokens_used)
-            )
-            self._settles.add(task)
-            task.add_done_callback(self._settles.discard)
+            self.limits.settle_soon(lease.ticket, tokens_used)
 
 
 def _smooth_weighted(healthy: list[Deployment]) -> list[Deployment]:

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.fake_clouds import FakeAzure, FakeGemini
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_proc import KEY_A, GatewayProcess, test_config
 
@@ -25,6 +26,8 @@ CANARY = "LEAKCANARY"
 OPENAI_KEY = 'sk-proj/Q9x+k"W\\mT=7&' + CANARY + "1"
 ANTHROPIC_KEY = "sk-ant-api03/R8+y=" + CANARY + "2"
 HEADER_VALUE = "Bearer tok-" + CANARY + "3"
+AZURE_KEY = 'az/Q9x+k"W\\mT=7&' + CANARY + "4"  # sent as `api-key`
+GEMINI_KEY = "AIza/R8+y=" + CANARY + "5"
 CODES = (400, 404, 422, 429, 500)
 ESCAPES = {404: "&esc=slash", 422: "&esc=u"}  # `\/` in the JSON; `\u0073k-` for `sk-`
 
@@ -119,23 +122,27 @@ def test_no_upstream_credential_reaches_a_client_or_the_request_log(
     """Error answers (400, 404, 422, 429, 500) that echo the key, from OpenAI- and
     Anthropic-type upstreams, streamed and not; an echo in a streamed delta and in a
     mid-stream error event; an echo in a plain answer's content."""
-    log_start = len(trust_gateway.output())
+    _assert_no_credential_comes_back(trust_gateway, ("oa", "an"))
+
+
+def _assert_no_credential_comes_back(gateway: GatewayProcess, shorts: tuple[str, ...]) -> None:
+    log_start = len(gateway.output())
     cases = [
         (f"echo-{short}-{what}", stream)
-        for short in ("oa", "an")
+        for short in shorts
         for what in (*CODES, "ok")
         for stream in (False, True)
     ]
     answers: list[tuple[str, bool, httpx.Response]] = []
     with httpx.Client(timeout=10) as client:
         for model, stream in cases:
-            url = trust_gateway.url + "/v1/chat/completions"
+            url = gateway.url + "/v1/chat/completions"
             answers.append(
                 (model, stream, client.post(url, headers=AUTH, json=body(model, stream)))
             )
     for model, _ in cases:
-        wait_for_record(trust_gateway, model, count=2)
-    log = trust_gateway.output()[log_start:]
+        wait_for_record(gateway, model, count=2)
+    log = gateway.output()[log_start:]
     leaked = [f"{m} stream={s} -> {r.status_code}" for m, s, r in answers if CANARY in r.text]
     in_log = log.count(CANARY)
     assert not leaked and not in_log, (
@@ -149,6 +156,42 @@ def test_no_upstream_credential_reaches_a_client_or_the_request_log(
         assert _json_parts(r.content, stream), case
         assert (r.status_code == 200) == model.endswith("-ok"), case
     assert "[redacted]" in log
+
+
+@pytest.fixture(scope="module")
+def cloud_trust_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The same, with an Azure (`api-key` header) and a Gemini provider."""
+    with FakeAzure(AZURE_KEY) as azure, FakeGemini(GEMINI_KEY) as gemini:
+        config = test_config(azure.url, log_bodies=True)
+        config["providers"] = [
+            {"name": "azure", "type": "azure", "base_url": azure.url, "api_key": AZURE_KEY},
+            {
+                "name": "gemini",
+                "type": "gemini",
+                "base_url": gemini.url + "/v1beta/openai",
+                "api_key": GEMINI_KEY,
+            },
+        ]
+        config["models"] = []
+        for short, provider in (("az", "azure"), ("gm", "gemini")):
+            models = {f"echo-{short}-{c}": f"echokey?code={c}{ESCAPES.get(c, '')}" for c in CODES}
+            models[f"echo-{short}-ok"] = "echokey"
+            config["models"] += [
+                {"name": name, "provider": provider, "upstream_model": upstream_model}
+                for name, upstream_model in models.items()
+            ]
+        config["keys"] = config["keys"][:1]
+        for provider in config["providers"]:
+            provider["max_retries"] = 0
+        with GatewayProcess(config, tmp_path_factory.mktemp("cloud-trust")) as proc:
+            yield proc
+
+
+def test_no_azure_or_gemini_key_reaches_a_client_or_the_request_log(
+    cloud_trust_gateway: GatewayProcess,
+) -> None:
+    """As above, for Azure's `api-key` header and Gemini's Bearer key."""
+    _assert_no_credential_comes_back(cloud_trust_gateway, ("az", "gm"))
 
 
 # --- item 6: a whole answer is completed -------------------------------------------------------

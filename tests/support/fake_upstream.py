@@ -47,6 +47,8 @@ class Seen:
     disconnected: bool = False
     """The client closed the connection before the answer was complete."""
     chunks_sent: int = 0
+    query: str = ""
+    """The request target's query, for fakes that take it off `path` (`fake_clouds`)."""
 
 
 def _as_responses(chat_events: Any, request: dict[str, Any]) -> Any:
@@ -504,12 +506,12 @@ class FakeUpstream:
         messages: every `authorization`, `x-api-key` and `x-secret-*` header value, as sent
         and URL-encoded. `code=N` answers that status (an error body in the request's
         format); without it, a stream says them in a delta and then in an error event, a
-        plain answer in its content. `esc=slash|u`: the JSON escapes `/` as `\\/`, or the
+        plain answer in its content (Azure's `api-key` too). `esc=slash|u`: the JSON escapes `/` as `\\/`, or the
         `s` of `sk-` as `\\u0073`."""
         creds = [
             v
             for k, v in seen.headers.items()
-            if k in ("authorization", "x-api-key") or k.startswith("x-secret-")
+            if k in ("authorization", "x-api-key", "api-key") or k.startswith("x-secret-")
         ]
         said = "Incorrect API key provided: " + ", ".join(
             f"{c} (see https://example.invalid/keys?key={quote(c, safe='')})" for c in creds

@@ -1,0 +1,418 @@
+"""Upstream account limits (`gateway.limits.upstream`) over the memory backend, a real
+redis-server and a real Redis Cluster: rpm exact across two "replicas" (two
+`UpstreamLimits`, each with its own limiter, sharing one Redis), tpm counted as the estimate
+fits and corrected at settle, waiting bounded and cancellable, the upstream's own headers
+(OpenAI's and Anthropic's) obeyed, a burst spread by the leaky bucket, and a Redis outage
+following `limits_backend_failure`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis.crc import key_slot
+
+from gateway.config import KeyConfig, Limits
+from gateway.limits.base import Limiter, LimiterUnavailable
+from gateway.limits.memory import MemoryLimiter
+from gateway.limits.redis_store import RedisLimiter, key_names
+from gateway.limits.upstream import UpstreamLimits, UpstreamTicket, account_id, parse_reset
+from tests.limits.limits_support import run_with, running
+from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_server import RedisServer
+
+Replicas = Callable[..., list[Limiter]]
+"""`replicas(n, clock=None)`: n limiters sharing one account store, as n gateway replicas
+have (memory: one limiter shared; Redis: one `RedisLimiter` each on the same server)."""
+
+DEP = "openai-a/gpt-4o"
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def replicas(request: pytest.FixtureRequest) -> Replicas:
+    if request.param == "memory":
+
+        def memory(n: int, clock: Callable[[], float] | None = None) -> list[Limiter]:
+            shared = MemoryLimiter() if clock is None else MemoryLimiter(clock=clock)
+            return [shared] * n
+
+        return memory
+    url: str = request.getfixturevalue("redis_url")
+
+    def shared(n: int, clock: Callable[[], float] | None = None) -> list[Limiter]:
+        return [RedisLimiter(url, on_backend_error=lambda: None, clock=clock) for _ in range(n)]
+
+    return shared
+
+
+def _account(limits: Limits) -> KeyConfig:
+    return KeyConfig(id=account_id(DEP), key_sha256="", limits=limits)
+
+
+async def _minute(store: Limiter, limits: Limits) -> tuple[int, int, int]:
+    """The account's requests and tokens this minute, and its open tickets."""
+    (usage,) = await store.usage((_account(limits),))
+    return usage.requests_minute, usage.tokens_minute, usage.concurrent
+
+
+def _granted(results: list[UpstreamTicket | None]) -> list[UpstreamTicket]:
+    return [t for t in results if t is not None]
+
+
+def test_rpm_is_exact_across_two_replicas_under_concurrent_acquires(replicas: Replicas) -> None:
+    async def scenario() -> None:
+        stores = replicas(2)
+        async with running(*stores):
+            # burst_seconds=60: the bucket holds a whole minute, so the shared count decides
+            a, b = (UpstreamLimits(s, burst_seconds=60) for s in stores)
+            limits = Limits(rpm=25)
+            results = await asyncio.gather(
+                *(up.acquire(DEP, limits, 10, wait=0) for _ in range(30) for up in (a, b))
+            )
+            granted = _granted(results)
+            assert len(granted) == 25
+            assert {t.reservation is not None and not t.degraded for t in granted} == {True}
+            # both replicas were admitted some: the count is shared, not per replica
+            assert results[0::2].count(None) < 30 and results[1::2].count(None) < 30
+            assert await _minute(stores[0], limits) == (25, 250, 25)
+            for i, ticket in enumerate(results):
+                if ticket is not None:  # each replica settles its own tickets
+                    await (a, b)[i % 2].settle(ticket, 10)
+            assert await a.acquire(DEP, limits, 10, wait=0) is None  # still 25 this minute
+            await asyncio.sleep(0.05)  # the settles leave within 5 ms
+            assert await _minute(stores[1], limits) == (25, 250, 0)
+
+    run_with(scenario())
+
+
+def test_tpm_admits_what_fits_and_settle_corrects_the_estimate(replicas: Replicas) -> None:
+    async def scenario() -> None:
+        stores = replicas(2)
+        async with running(*stores):
+            a, b = (UpstreamLimits(s) for s in stores)
+            limits = Limits(tpm=1000)
+            first = await a.acquire(DEP, limits, 600, wait=0)
+            assert first is not None
+            # 600 + 600 would exceed the account's 1000: not sent (a client key would be)
+            assert await b.acquire(DEP, limits, 600, wait=0) is None
+            await a.settle(first, 100)  # the answer was short: 100 tokens really used
+            await asyncio.sleep(0.05)
+            second = await b.acquire(DEP, limits, 600, wait=0)  # 100 + 600 fits
+            assert second is not None
+            assert b.remaining(DEP) == pytest.approx(0.3)  # as the account's count said
+            assert await a.acquire(DEP, limits, 400, wait=0) is None  # 1100 would not
+            third = await a.acquire(DEP, limits, 300, wait=0)  # 1000 exactly fits
+            assert third is not None
+            assert await _minute(stores[0], limits) == (3, 1000, 2)
+            # an estimate above the whole tpm waits for an empty window, never goes beside
+            assert await b.acquire(DEP, limits, 5000, wait=0) is None
+            await b.settle(second, 600)
+            await a.settle(third, 250)
+            await asyncio.sleep(0.05)
+            assert await _minute(stores[1], limits) == (3, 950, 0)
+            # each replica's last admission found the account's 1000 tokens used
+            assert a.remaining(DEP) == 0.0 and b.remaining(DEP) == 0.0
+
+    run_with(scenario())
+
+
+def test_a_full_window_answers_none_at_once_when_it_cannot_clear_within_wait(
+    replicas: Replicas,
+) -> None:
+    async def scenario() -> None:
+        (store,) = replicas(1)
+        async with running(store):
+            up = UpstreamLimits(store, burst_seconds=None)  # the count decides, alone
+            limits = Limits(rpm=2)
+            assert _granted([await up.acquire(DEP, limits, 1, wait=0) for _ in range(2)])
+            start = time.monotonic()
+            # room comes back in ~60 s: waiting 2 s cannot help, so the answer is immediate
+            assert await up.acquire(DEP, limits, 1, wait=2.0) is None
+            assert time.monotonic() - start < 0.5
+
+    run_with(scenario())
+
+
+def test_a_full_window_is_waited_for_when_room_comes_back_within_wait(
+    replicas: Replicas,
+) -> None:
+    """The window's requests were counted 58.5 s ago (the limiter's clock is moved back
+    for them): they leave it 0.5-1.5 s later, and a waiting acquire gets in then."""
+
+    async def scenario() -> None:
+        offset = [-58.5]
+        (store,) = replicas(1, clock=lambda: time.time() + offset[0])
+        async with running(store):
+            up = UpstreamLimits(store, burst_seconds=None)  # the count decides, alone
+            limits = Limits(rpm=3)
+            assert len(_granted([await up.acquire(DEP, limits, 1, wait=0) for _ in range(3)])) == 3
+            assert up.remaining(DEP) == 0.0
+            offset[0] = 0.0
+            assert await up.acquire(DEP, limits, 1, wait=0) is None
+            start = time.monotonic()
+            ticket = await up.acquire(DEP, limits, 1, wait=3.0)
+            waited = time.monotonic() - start
+            assert ticket is not None
+            assert 0 < waited < 2.5
+            assert up.remaining(DEP) == pytest.approx(2 / 3)  # the old three left the window
+
+    run_with(scenario())
+
+
+def test_the_bucket_spreads_a_burst_over_time() -> None:
+    """rpm 3000 is 50 a second: a burst of 100 gets 50 at once (a second's worth) and the
+    rest at 50 a second, not 100 in the same millisecond."""
+
+    async def scenario() -> None:
+        up = UpstreamLimits(None)
+        limits = Limits(rpm=3000)
+        start = time.monotonic()
+        done: list[float] = []
+
+        async def one() -> None:
+            assert await up.acquire(DEP, limits, 1, wait=5.0) is not None
+            done.append(time.monotonic() - start)
+
+        await asyncio.gather(*(one() for _ in range(100)))
+        done.sort()
+        assert done[49] < 0.2  # the bucket's capacity went at once
+        assert sum(t < 0.5 for t in done) <= 50 + 25 + 5  # then about 50 a second
+        assert 0.8 < done[-1] < 3.0  # the 100th after about a second
+
+    run_with(scenario())
+
+
+def test_waiting_in_the_bucket_is_bounded_by_wait() -> None:
+    async def scenario() -> None:
+        up = UpstreamLimits(None)
+        limits = Limits(rpm=60)  # one a second, a bucket of one
+        assert await up.acquire(DEP, limits, 1, wait=0) is not None
+        assert await up.acquire(DEP, limits, 1, wait=0) is None
+        start = time.monotonic()
+        assert await up.acquire(DEP, limits, 1, wait=0.2) is None
+        assert 0.15 < time.monotonic() - start < 0.6
+        ticket = await up.acquire(DEP, limits, 1, wait=2.0)
+        assert ticket is not None
+        assert 0.6 < time.monotonic() - start < 1.6
+
+    run_with(scenario())
+
+
+def test_a_cancelled_waiter_frees_its_place_in_the_bucket() -> None:
+    """A and then B wait for the next of one-a-second slots; A's client leaves: B gets the
+    slot A would have had (about 1 s), not the one after it (2 s)."""
+
+    async def scenario() -> None:
+        up = UpstreamLimits(None)
+        limits = Limits(rpm=60)
+        assert await up.acquire(DEP, limits, 1, wait=0) is not None
+        start = time.monotonic()
+        first = asyncio.create_task(up.acquire(DEP, limits, 1, wait=5.0))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(up.acquire(DEP, limits, 1, wait=5.0))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        assert await second is not None
+        assert 0.7 < time.monotonic() - start < 1.6
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    run_with(scenario())
+
+
+@pytest.mark.redis
+def test_an_admission_cancelled_on_its_way_to_redis_is_given_back(redis_url: str) -> None:
+    """The caller leaves while the script runs: its tokens are refunded and its lease freed
+    when the answer arrives; the request stays counted (it cannot be told apart from one
+    that was sent), so the count errs on the side of the account's limit."""
+
+    async def scenario() -> None:
+        store = RedisLimiter(redis_url, on_backend_error=lambda: None)
+        async with running(store):
+            up = UpstreamLimits(store)
+            limits = Limits(tpm=1000)
+            task = asyncio.create_task(up.acquire(DEP, limits, 600, wait=0))
+            await asyncio.sleep(0)  # the admission is on its way
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await up.aclose()  # waits for the answer, and gives it back
+            await asyncio.sleep(0.05)
+            assert await _minute(store, limits) == (1, 0, 0)
+            assert store._leases == {}  # nothing left for the renewal task
+            assert await up.acquire(DEP, limits, 600, wait=0) is not None
+
+    run_with(scenario())
+
+
+def test_observed_openai_headers_steer_remaining_and_block_until_their_reset() -> None:
+    async def scenario() -> None:
+        up = UpstreamLimits(None)
+        assert up.remaining(DEP) is None  # nothing known yet
+        up.observe(
+            DEP,
+            {
+                "x-ratelimit-limit-requests": "100",
+                "x-ratelimit-remaining-requests": "25",
+                "x-ratelimit-reset-requests": "6m0s",
+                "x-ratelimit-limit-tokens": "10000",
+                "x-ratelimit-remaining-tokens": "5000",
+                "x-ratelimit-reset-tokens": "1m30.5s",
+            },
+        )
+        assert up.remaining(DEP) == pytest.approx(0.25)
+        # remaining requests 0 until the reset: full, whatever the account's own count
+        up.observe(
+            DEP,
+            {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "300ms"},
+        )
+        assert up.remaining(DEP) == 0.0
+        assert await up.acquire(DEP, Limits(), 1, wait=0) is None
+        assert await up.acquire(DEP, Limits(), 1, wait=0.1) is None  # 300 ms do not fit
+        start = time.monotonic()
+        assert await up.acquire(DEP, Limits(), 1, wait=2.0) is not None
+        assert 0.2 < time.monotonic() - start < 1.0
+        assert await up.acquire(DEP, Limits(), 1, wait=0) is not None  # reset passed
+        # remaining counts without a reset (Azure's) steer, never block; the configured
+        # limits stand in for the missing limit headers
+        up.observe("azure", {"x-ratelimit-remaining-requests": "0"})
+        assert await up.acquire("azure", Limits(rpm=600), 1, wait=0) is not None
+        up.observe("azure", {"x-ratelimit-remaining-requests": "150"})
+        assert up.remaining("azure") == pytest.approx(0.25)
+        # garbage is ignored, not trusted
+        up.observe(
+            "odd", {"x-ratelimit-remaining-requests": "-3", "x-ratelimit-reset-requests": "x"}
+        )
+        up.observe("odd", {"x-ratelimit-remaining-tokens": "9" * 100})
+        assert up.remaining("odd") is None
+
+    run_with(scenario())
+
+
+def test_observed_anthropic_headers_block_until_their_rfc3339_reset() -> None:
+    async def scenario() -> None:
+        up = UpstreamLimits(None)
+        reset = (datetime.now(UTC) + timedelta(seconds=0.4)).isoformat().replace("+00:00", "Z")
+        up.observe(
+            "claude",
+            {
+                "anthropic-ratelimit-requests-limit": "50",
+                "anthropic-ratelimit-requests-remaining": "40",
+                "anthropic-ratelimit-requests-reset": reset,
+                "anthropic-ratelimit-output-tokens-limit": "8000",
+                "anthropic-ratelimit-output-tokens-remaining": "0",
+                "anthropic-ratelimit-output-tokens-reset": reset,
+            },
+        )
+        assert up.remaining("claude") == 0.0
+        assert await up.acquire("claude", Limits(), 1, wait=0) is None
+        start = time.monotonic()
+        assert await up.acquire("claude", Limits(), 1, wait=2.0) is not None
+        assert 0.2 < time.monotonic() - start < 1.2
+        assert up.remaining("claude") is None  # both reports reached their reset
+
+    run_with(scenario())
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("20ms", 0.02),
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("1m30.5s", 90.5),
+        ("2m59.56s", 179.56),
+        ("1h2m3s", 3723.0),
+        ("0s", 0.0),
+        ("12", 12.0),
+        ("0.5", 0.5),
+        ("1000000010", 10.0),  # a unix time
+        ("2001-09-09T01:46:50Z", 10.0),
+        ("2001-09-09T01:46:50.5+00:00", 10.5),
+        ("1x", None),
+        ("s", None),
+        ("1s2", None),
+        ("-1", None),
+        ("nan", None),
+        ("2001-09-09T01:46:50", None),  # no zone: not a moment
+        ("1s" * 40, None),
+        ("", None),
+    ],
+)
+def test_reset_headers_are_read_in_every_format_providers_send(
+    value: str, seconds: float | None
+) -> None:
+    got = parse_reset(value, now=1_000_000_000.0)
+    assert got == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_a_deployment_without_limits_gets_a_ticket_without_counting() -> None:
+    async def scenario() -> None:
+        store = MemoryLimiter()
+        up = UpstreamLimits(store)
+        ticket = await up.acquire(DEP, Limits(), 100, wait=0)
+        assert ticket is not None and ticket.reservation is None
+        await up.settle(ticket, 50)
+        await up.settle(ticket, 50)  # a second settle is ignored
+        assert await _minute(store, Limits()) == (0, 0, 0)
+
+    run_with(scenario())
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_down_follows_limits_backend_failure(
+    redis_server: RedisServer, redis_url: str, mode: str
+) -> None:
+    async def scenario() -> None:
+        errors: list[str] = []
+        store = RedisLimiter(
+            redis_url,
+            on_backend_error=lambda: errors.append("error"),
+            failure_mode=mode,  # type: ignore[arg-type]
+        )
+        async with running(store):
+            up = UpstreamLimits(store)
+            redis_server.stop()
+            limits = Limits(rpm=100, tpm=1000)
+            if mode == "open":
+                ticket = await up.acquire(DEP, limits, 10, wait=0)
+                assert ticket is not None and ticket.degraded
+                await up.settle(ticket, 10)
+            else:
+                with pytest.raises(LimiterUnavailable):
+                    await up.acquire(DEP, limits, 10, wait=0)
+            assert errors  # counted, as a client admission is
+            redis_server.start()
+
+    run_with(scenario())
+
+
+def test_all_keys_of_a_deployment_share_one_cluster_slot() -> None:
+    names = key_names("gw", account_id("azure-west/gpt-4o-prod"))
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert names[0] == "gw:{dep/azure-west/gpt-4o-prod}:rpm"
+
+
+@pytest.mark.redis
+def test_rpm_is_exact_across_two_replicas_on_a_redis_cluster(
+    redis_cluster: RedisCluster,
+) -> None:
+    async def scenario() -> None:
+        stores = [RedisLimiter(redis_cluster.url, on_backend_error=lambda: None) for _ in range(2)]
+        async with running(*stores):
+            a, b = (UpstreamLimits(s, burst_seconds=60) for s in stores)
+            limits = Limits(rpm=7)
+            deployment = f"cluster-{time.time_ns()}"  # the cluster is shared by the session
+            results = await asyncio.gather(
+                *(up.acquire(deployment, limits, 1, wait=0) for _ in range(10) for up in (a, b))
+            )
+            granted = _granted(results)
+            assert len(granted) == 7 and not any(t.degraded for t in granted)
+            for ticket in granted:
+                await a.settle(ticket, 1)
+
+    run_with(scenario())
