@@ -193,4 +193,6 @@ def test_latency_prefers_the_faster_deployment(upstreams: list[Upstream], tmp_pa
     with GatewayProcess(config, tmp_path) as gw, httpx.Client(timeout=10) as client:
         assert [ask(client, gw.url) for _ in range(30)] == [200] * 30
     slow, fast = (len(u.seen()) for u in ups)
-    assert slow <= 2 and fast >= 28, (slow, fast)
+    # Its first request measures the slow one; a stall of this box may cost one or two more
+    # (weighted would have sent it 15).
+    assert slow <= 4 and fast >= 26, (slow, fast)
