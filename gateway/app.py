@@ -44,6 +44,7 @@ from gateway.providers import build_provider
 from gateway.providers.base import Provider
 from gateway.relay.stream import Relay
 from gateway.relay.watch import StreamWatch
+from gateway.routing import Router
 from gateway.runtime import Runtime, start_budget
 from gateway.transports import build_transport
 
@@ -145,7 +146,14 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
         upstream_limits=upstream_limits,
         request_log=request_log,
         finished=finished,
-        relay=Relay(providers, metrics, config.timeouts, config.log_bodies, watches),
+        relay=Relay(
+            providers,
+            metrics,
+            config.timeouts,
+            config.log_bodies,
+            watches,
+            Router(config, metrics, upstream_limits),
+        ),
         watches=watches,
         start_budget=start_budget(config),
         key_store=key_store,

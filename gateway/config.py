@@ -38,6 +38,7 @@ ProviderType = Literal["openai", "anthropic", "mock", "azure", "gemini"]
 AzureAuth = Literal["api-key", "bearer"]
 BackendFailure = Literal["open", "closed"]
 Transport = Literal["native", "aiohttp", "httpx"]
+Routing = Literal["weighted", "least_busy", "latency"]
 
 DEMO_KEY = "sk-gateway-demo"
 """The key of the embedded default. It exists only when no config file is given."""
@@ -68,14 +69,6 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    provider: str
-    upstream_model: str = ""
-    fallbacks: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Limits:
     rpm: int | None = None
     tpm: int | None = None
@@ -86,6 +79,44 @@ class Limits:
     @property
     def any(self) -> bool:
         return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """One upstream that serves a model: a provider, its name for the model, a weight and
+    the upstream account's own limits (only `rpm` and `tpm`)."""
+
+    provider: str
+    upstream_model: str
+    weight: int = 1
+    limits: Limits = field(default_factory=Limits)
+    name: str = ""
+    """The `deployment` label of metrics and logs; default `PROVIDER/UPSTREAM_MODEL`."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.provider}/{self.upstream_model}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    provider: str = ""
+    """The first deployment's provider (a model without `deployments` has just that one)."""
+    upstream_model: str = ""
+    fallbacks: tuple[str, ...] = ()
+    deployments: tuple[DeploymentConfig, ...] = ()
+    """Never empty once built: a model written with `provider` is one deployment."""
+    routing: Routing = "weighted"
+
+    def __post_init__(self) -> None:
+        # Frozen: the derived fields are set once, here, so every reader sees both shapes.
+        if not self.deployments and self.provider:
+            one = DeploymentConfig(self.provider, self.upstream_model or self.name)
+            object.__setattr__(self, "deployments", (one,))
+        elif self.deployments and not self.provider:
+            object.__setattr__(self, "provider", self.deployments[0].provider)
+            object.__setattr__(self, "upstream_model", self.deployments[0].upstream_model)
 
 
 NANOS_PER_USD = 1_000_000_000
@@ -157,6 +188,17 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """When a deployment is cooled down (per process: `gateway.routing.health`)."""
+
+    failures: int = 3
+    """Failed attempts within `window` seconds that cool a deployment down."""
+    window: float = 30.0
+    cooldown: float = 30.0
+    """Seconds a cooled deployment gets no traffic; then one probe request."""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     file: str = ""
     """Empty: JSON lines on stdout."""
@@ -194,6 +236,7 @@ class GatewayConfig:
     """Seconds a concurrency slot outlives a process that stopped renewing it (Redis)."""
     timeouts: Timeouts = field(default_factory=Timeouts)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     log_bodies: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
@@ -357,14 +400,40 @@ def _apis(r: Reader, ptype: str) -> tuple[str, ...]:
 def _read_model(source: str, path: str, node: Any) -> ModelConfig:
     r = Reader(source, path, node)
     name = r.require("name", str)
+    deployments = read_list(r, "deployments", _read_deployment)
+    if deployments:
+        for key in ("provider", "upstream_model"):
+            if r.node.get(key) is not None:
+                raise r.fail(key, "is the deployment's: with `deployments`, say it in each one")
+    elif r.node.get("provider") in (None, ""):
+        raise r.fail(
+            "provider", f"model {name!r} names no provider: add `provider:` or `deployments:`"
+        )
     model = ModelConfig(
         name=name,
-        provider=r.require("provider", str),
+        provider=r.take("provider", str, ""),
         upstream_model=r.take("upstream_model", str, name),
         fallbacks=str_list(r, "fallbacks") or (),
+        deployments=tuple(deployments),
+        routing=r.choice("routing", get_args(Routing), "weighted"),  # type: ignore[arg-type]
     )
     r.done()
     return model
+
+
+def _read_deployment(source: str, path: str, node: Any) -> DeploymentConfig:
+    r = Reader(source, path, node)
+    limits = Reader(source, r.at("limits"), r.take("limits", dict, {}))
+    deployment = DeploymentConfig(
+        provider=r.require("provider", str),
+        upstream_model=r.require("upstream_model", str),
+        weight=r.positive("weight", int, 1),
+        limits=Limits(rpm=limits.positive("rpm", int), tpm=limits.positive("tpm", int)),
+        name=r.take("name", str, ""),
+    )
+    limits.done()
+    r.done()
+    return deployment
 
 
 def _read_limits(source: str, path: str, node: Any) -> Limits:
@@ -472,6 +541,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         ),
         timeouts=read_section(Timeouts, source, "timeouts", r.take("timeouts", dict, {})),
         logging=_read_logging(source, r),
+        health=_read_health(source, r),
         log_bodies=r.take("log_bodies", bool, False),
         max_body_bytes=r.positive("max_body_bytes", int, GatewayConfig.max_body_bytes),
         max_header_bytes=r.at_least("max_header_bytes", int, 1024, GatewayConfig.max_header_bytes),
@@ -518,6 +588,14 @@ def _read_tracing(source: str, r: Reader) -> TracingConfig | None:
     return section
 
 
+def _read_health(source: str, r: Reader) -> HealthConfig:
+    health: HealthConfig = read_section(HealthConfig, source, "health", r.take("health", dict, {}))
+    for f in fields(HealthConfig):
+        if getattr(health, f.name) <= 0:
+            raise ConfigError(source, f"health.{f.name}", "must be greater than 0")
+    return health
+
+
 def _read_database_url(r: Reader, env: Mapping[str, str]) -> str:
     url = str(r.take("database_url", str, "") or env.get("DATABASE_URL", ""))
     if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
@@ -545,13 +623,7 @@ def _check_references(config: GatewayConfig) -> None:
         if m.name in model_names:
             raise ConfigError(src, f"models[{i}].name", f"duplicate model {m.name!r}")
         model_names.add(m.name)
-        if m.provider not in seen:
-            raise ConfigError(
-                src,
-                f"models[{i}].provider",
-                f"names provider {m.provider!r}, which is not in providers: "
-                f"add it there or use one of {sorted(seen) or 'none'}",
-            )
+        _check_deployments(src, f"models[{i}]", m, seen)
     for i, m in enumerate(config.models):
         for j, fb in enumerate(m.fallbacks):
             if fb not in model_names or fb == m.name:
@@ -578,6 +650,29 @@ def _check_references(config: GatewayConfig) -> None:
         raise ConfigError(src, "models", "at least one model is required")
     if not config.keys:
         raise ConfigError(src, "keys", "at least one key is required (gateway hash-key SECRET)")
+
+
+def _check_deployments(src: str, path: str, model: ModelConfig, providers: set[str]) -> None:
+    # A model written with `provider:` is one deployment made from it: errors name that.
+    one = DeploymentConfig(model.provider, model.upstream_model or model.name)
+    written = model.deployments != (one,)
+    names: set[str] = set()
+    for j, d in enumerate(model.deployments):
+        at = f"{path}.deployments[{j}]" if written else path
+        if d.provider not in providers:
+            raise ConfigError(
+                src,
+                f"{at}.provider",
+                f"names provider {d.provider!r}, which is not in providers: "
+                f"add it there or use one of {sorted(providers) or 'none'}",
+            )
+        if d.name in names:
+            raise ConfigError(
+                src,
+                f"{at}.name",
+                f"model {model.name!r} has two deployments named {d.name!r}: give one a `name`",
+            )
+        names.add(d.name)
 
 
 def load_config(

@@ -11,6 +11,8 @@ stringified here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal
 
 import orjson
@@ -37,6 +39,9 @@ class GatewayError(Exception):
     type: str = "api_error"
     code: str | None = None
     outcome: Outcome = "upstream_error"
+    upstream_headers: Mapping[str, str] = MappingProxyType({})
+    """An upstream's answer that became this error: its headers the router reads
+    (`retry-after`, `x-ratelimit-*`); never sent to the client."""
 
     def __init__(
         self,

@@ -140,6 +140,7 @@ class RelayEndpoint:
             started_at=started_at,
             disconnect=disconnect_hook(scope),
             writer=body_writer(scope),
+            reserved_tokens=req.prompt_estimate + _output_reserve(rt, req),
         )
         return ctx, await _admit(rt, key, req, model, rec.request_id, headers)
 
@@ -217,6 +218,12 @@ def resolve_model(
     return model
 
 
+def _output_reserve(rt: EdgeRuntime, req: ClientRequest) -> int:
+    """Output tokens a request reserves: its max_tokens, else the default (none for
+    embeddings)."""
+    return 0 if req.route == "embeddings" else req.max_tokens or rt.config.default_max_tokens
+
+
 async def _admit(
     rt: EdgeRuntime,
     key: KeyConfig,
@@ -226,7 +233,7 @@ async def _admit(
     headers: Headers,
 ) -> Reservation | None:
     limiter = rt.limiter
-    output = 0 if req.route == "embeddings" else req.max_tokens or rt.config.default_max_tokens
+    output = _output_reserve(rt, req)
     tokens = req.prompt_estimate + output
     # The reservation's cost at the primary model's prices: settled to the real
     # cost of whichever model answered when the request ends.

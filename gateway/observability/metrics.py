@@ -189,6 +189,7 @@ class Metrics:
             "Trace spans dropped: the export queue was full or the collector did not take them.",
             registry=reg,
         )
+        self._deployment_requests, self._deployment_healthy = _deployment_metrics(reg)
 
         # Labelled children, created on first use and kept: labels() costs a lock, a tuple
         # and a dict lookup per call; these caches cost one dict lookup. Keys are label
@@ -199,6 +200,7 @@ class Metrics:
         self._active_by: dict[str, Gauge] = {}
         self._rate_limited_by: dict[tuple[str, str], Counter] = {}
         self._upstream_errors_by: dict[tuple[str, str], Counter] = {}
+        self._deployment_requests_by: dict[tuple[str, str, str], Counter] = {}
         for model in self._models:
             # Configured models show 0 active streams rather than no series.
             self._active_by[model] = self._active.labels(model)
@@ -333,6 +335,20 @@ class Metrics:
             child = self._upstream_errors_by[key] = self._upstream_errors.labels(*key)
         child.inc()
 
+    def deployment_attempt(self, model: str, deployment: str, outcome: str) -> None:
+        """gateway_deployment_requests_total: one attempt on one deployment and how it went
+        (`ok`, `failed`, `rate_limited`, `refused`, `cancelled`, `over_limit`). The router
+        passes configured names only."""
+        key = (self._model(model), deployment, outcome)
+        child = self._deployment_requests_by.get(key)
+        if child is None:
+            child = self._deployment_requests_by[key] = self._deployment_requests.labels(*key)
+        child.inc()
+
+    def set_deployment_healthy(self, model: str, deployment: str, healthy: bool) -> None:
+        """gateway_deployment_healthy: 0 while this process has the deployment cooled down."""
+        self._deployment_healthy.labels(self._model(model), deployment).set(1 if healthy else 0)
+
     def limiter_backend_error(self) -> None:
         self._limiter_errors.inc()
 
@@ -463,6 +479,25 @@ def _refusal_metrics(reg: CollectorRegistry | None) -> tuple[Counter, Counter, C
         registry=reg,
     )
     return rate_limited, upstream_errors, limiter_errors
+
+
+def _deployment_metrics(reg: CollectorRegistry | None) -> tuple[Counter, Gauge]:
+    """Attempts per deployment of a model, and whether this process routes to it."""
+    requests = Counter(
+        "gateway_deployment_requests",
+        "Upstream attempts per deployment, by how each went before the first byte.",
+        ("model", "deployment", "outcome"),
+        registry=reg,
+    )
+    healthy = Gauge(
+        "gateway_deployment_healthy",
+        "1 while the deployment takes traffic, 0 while cooled down (per process: the "
+        "lowest of the live workers).",
+        ("model", "deployment"),
+        multiprocess_mode="livemin",
+        registry=reg,
+    )
+    return requests, healthy
 
 
 def _request_log_metrics(reg: CollectorRegistry | None) -> tuple[Gauge, Counter]:

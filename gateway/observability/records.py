@@ -22,6 +22,9 @@ class RequestRecord:
     answered_by: str = ""
     """The configured model that answered (a fallback's, when one was used): its prices
     are the ones charged. "" before any upstream attempt."""
+    deployment: str = ""
+    """The deployment of that model that answered (or was tried last); "" before any
+    upstream attempt."""
     status: int = 0
     outcome: Outcome = "completed"
     stream: bool = False
@@ -63,6 +66,7 @@ class RequestRecord:
             "key_id": self.key_id,
             "model": self.model,
             "provider": self.provider,
+            "deployment": self.deployment,
             "status": self.status,
             "outcome": self.outcome,
             "stream": self.stream,

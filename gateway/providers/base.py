@@ -13,7 +13,7 @@ catches an httpx exception, and no message carries a URL with credentials or a h
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -88,6 +88,8 @@ class StreamState:
     error_event: Callable[[GatewayError], bytes] | None = None
     """The client's error event for a failure after the first byte, in its API's shape
     (b"" when the stream already ended); None: Chat's `data: {"error": ...}`."""
+    upstream_headers: Mapping[str, str] | None = None
+    """The upstream response's headers (the router reads `x-ratelimit-*` from them)."""
 
     def kept_text(self) -> str:
         """The relayed text for the request log, whole, so a secret the model spelt out
@@ -142,6 +144,8 @@ class Completion:
     usage: Usage | None
     status: int = 200
     content_type: str = "application/json"
+    upstream_headers: Mapping[str, str] | None = None
+    """The upstream answer's headers, when the provider kept them (`x-ratelimit-*`)."""
 
 
 class Provider(Protocol):
@@ -204,13 +208,32 @@ def _translate(provider: str, exc: httpx.HTTPError) -> UpstreamError:
     return UpstreamError(f"provider {provider!r} failed ({name})", kind="transport")
 
 
-def error_from_status(provider: str, status: int, body: bytes) -> GatewayError:
+_ROUTING_HEADERS = ("retry-after", "retry-after-ms")
+
+
+def error_from_status(
+    provider: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> GatewayError:
     """The gateway error for a non-2xx upstream answer (OpenAI-compatible error bodies).
 
     4xx the client caused (bad parameter, context too long) pass through with the upstream's
     own message; the provider rejecting *our* credentials is a gateway fault (502), never
-    shown as the client's 401; 429 and 5xx are retryable and become 429 / 502 / 503.
+    shown as the client's 401; 429 and 5xx are retryable and become 429 / 502 / 503. The
+    answer's `retry-after` and `x-ratelimit-*` headers ride on the error for the router.
     """
+    error = _error_from_status(provider, status, body)
+    if headers:
+        kept = {
+            k: v
+            for k, v in headers.items()
+            if k.lower() in _ROUTING_HEADERS or k.lower().startswith("x-ratelimit-")
+        }
+        if kept:
+            error.upstream_headers = {k.lower(): v for k, v in kept.items()}
+    return error
+
+
+def _error_from_status(provider: str, status: int, body: bytes) -> GatewayError:
     message, shaped = _read_error(body)
     if status in (401, 403):
         return UpstreamError(

@@ -328,18 +328,22 @@ class OpenAIProvider:
 
     async def complete(self, call: UpstreamCall) -> Completion:
         api = self._upstream_api(call)
+        headers: dict[str, str] = {}
         body, data = await fetch_json(
             self._transport,
             self._request(call, api),
             self.config.name,
             self._error_body,
             redact=self._redact,
+            headers_into=headers,
         )
         body = self._answer_body(body, data)
         if call.api == api:
-            return Completion(body=body, usage=_answer_usage(data.get("usage")))
+            usage = _answer_usage(data.get("usage"))
+            return Completion(body=body, usage=usage, upstream_headers=headers)
         answer = translate_answer(api, call.api, data, call.body)
-        return Completion(body=orjson.dumps(answer), usage=_usage(data.get("usage")))
+        usage = _usage(data.get("usage"))
+        return Completion(body=orjson.dumps(answer), usage=usage, upstream_headers=headers)
 
     async def aclose(self) -> None:
         """The shared transport belongs to the app; nothing of its own to close."""

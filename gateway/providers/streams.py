@@ -69,6 +69,7 @@ class SSEUpstream:
         self.provider = provider
         self._redact = redact if redact is not None else Redactor([])
         self.state = StreamState(scrub=self._redact.scrub_text if self._redact else None)
+        self.state.upstream_headers = response.headers
         self.include_usage = include_usage
         self.keep_text = keep_text
         self._response = response
@@ -232,7 +233,9 @@ async def open_event_stream(
             with upstream_errors(provider):
                 body = await read_limited(response, _ERROR_BODY_LIMIT) or b""
             body = redact.scrub_body(body)
-            raise error_from_status(provider, response.status_code, error_body(body))
+            raise error_from_status(
+                provider, response.status_code, error_body(body), response.headers
+            )
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             raise malformed(
@@ -251,11 +254,15 @@ async def fetch_json(
     error_body: Callable[[bytes], bytes] = _same,
     *,
     redact: Redactor,
+    headers_into: dict[str, str] | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Send a plain request; the body and the object of a 200 JSON answer, else the error.
-    Either is scrubbed of the credentials in `redact` first."""
+    Either is scrubbed of the credentials in `redact` first. `headers_into` receives the
+    answer's headers (the router shows them to the upstream limiter)."""
     with upstream_errors(provider):
         response = await transport.handle_async_request(request)
+        if headers_into is not None:
+            headers_into.update(response.headers)
         try:
             ok = response.status_code == 200
             body = await read_limited(response, ANSWER_LIMIT if ok else _ERROR_BODY_LIMIT)
@@ -265,7 +272,7 @@ async def fetch_json(
         raise malformed(provider, f"an answer larger than {ANSWER_LIMIT >> 20} MiB")
     body = redact.scrub_body(body or b"")
     if not ok:
-        raise error_from_status(provider, response.status_code, error_body(body))
+        raise error_from_status(provider, response.status_code, error_body(body), response.headers)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -1,25 +1,38 @@
-"""Retries and fallbacks, only before the first byte reaches the client.
+"""Failover, retries and fallbacks, only before the first byte reaches the client.
 
-A request is tried on its model's provider, then on each of the model's `fallbacks` in
-order. Retryable failures (connection errors, timeouts, 5xx, a stream that ended before its
-first event) are retried on the same provider `max_retries` times with a short back-off;
-the provider rejecting the gateway's credentials or rate limiting it moves on to the next
-fallback at once; a 4xx the client caused (a bad parameter) is the client's answer
-everywhere, so it is returned at once.
+A request walks its plan (`gateway.routing.Router.plan`): the deployment its model's
+routing picked, the model's other healthy deployments, then each of the model's
+`fallbacks`' deployments. A failed attempt (connection error, timeout, 5xx, 429, a stream
+that ended before its first event, the provider refusing the gateway's credentials) moves
+on to the next deployment, and counts against that deployment's health; a 4xx the client
+caused (a bad parameter) is the client's answer everywhere, so it is returned at once.
+
+`max_retries` (per provider) is kept for a model's only deployment: retryable failures are
+retried on it with a short back-off, as before deployments existed. A model with several
+deployments fails over instead: another deployment is a better retry than the same one,
+and each is tried at most once per request.
+
+A deployment whose upstream account limit has no room at once is skipped; when no
+deployment of the plan had room, the first skipped one is waited for, briefly.
+
+`record.deployment`, `record.provider` and `record.answered_by` name the attempt in flight
+(one place per attempt, for traces too).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from gateway.config import ModelConfig
-from gateway.errors import GatewayError, UpstreamError, UpstreamRejected
+from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamRejected
 from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Provider, UpstreamCall
 from gateway.relay.traced import traced
+from gateway.routing import QUEUE_WAIT, Deployment, Lease, Router
 
 T = TypeVar("T")
 
@@ -30,38 +43,93 @@ def _backoff(attempt: int) -> float:
     return min(0.05 * 4.0**attempt, 1.0)
 
 
-async def with_fallbacks(
-    models: list[ModelConfig],
-    providers: Mapping[str, Provider],
-    make_call: Callable[[ModelConfig], UpstreamCall],
-    attempt: Attempt[T],
-    record: RequestRecord,
-    metrics: Metrics,
-) -> T:
-    if record.trace is not None:  # traced: each attempt is timed, a child span (traced.py)
-        attempt = traced(attempt, record.trace)
+@dataclass
+class Attempts(Generic[T]):
+    """One request's attempts: what they share, and the last failure."""
+
+    router: Router
+    providers: Mapping[str, Provider]
+    make_call: Callable[[ModelConfig], UpstreamCall]
+    attempt: Attempt[T]
+    record: RequestRecord
+    metrics: Metrics
+    tokens: int
+    """What the request reserved: asked of a deployment's upstream account limit."""
+    headers_of: Callable[[T], Mapping[str, str] | None] = lambda _: None
+    """The upstream response headers of an answer, for the upstream limiter."""
     last: GatewayError | None = None
-    attempts = 0
-    for model in models:
-        provider = providers[model.provider]
-        call = make_call(model)
-        for retry in range(provider.config.max_retries + 1):
-            attempts += 1
-            record.attempts = attempts
-            record.provider, record.answered_by = model.provider, model.name
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        if self.record.trace is not None:  # traced: each attempt timed, a child span
+            self.attempt = traced(self.attempt, self.record)
+
+    async def first_answer(self, models: list[ModelConfig]) -> tuple[T, Lease]:
+        """The first answer of the plan, and the lease of the deployment that gave it (the
+        caller `finish`es it when the answer ends)."""
+        router, tokens = self.router, self.tokens
+        skipped: list[Deployment] = []
+        for deployment in router.plan(models):
+            lease = await router.admit(deployment, tokens)
+            if lease is None:
+                skipped.append(deployment)
+                continue
+            answer = await self.on(deployment, lease)
+            if answer is not None:
+                return answer
+        if skipped and self.last is None:
+            # No deployment had room at once: queue briefly on the first one skipped.
+            lease = await router.admit(skipped[0], tokens, QUEUE_WAIT)
+            answer = None if lease is None else await self.on(skipped[0], lease)
+            if answer is not None:
+                return answer
+            if self.last is None:
+                raise RateLimited(
+                    f"every deployment of the model {models[0].name!r} is at its upstream "
+                    "account's rate limit; retry shortly",
+                    headers={"retry-after": "1"},
+                )
+        assert self.last is not None
+        raise self.last
+
+    async def on(self, deployment: Deployment, lease: Lease) -> tuple[T, Lease] | None:
+        """Try one deployment (and retry it when it is its model's only one): its answer and
+        lease, or None after it failed."""
+        router, record = self.router, self.record
+        provider = self.providers[deployment.provider]
+        call = self.make_call(deployment.call_model)
+        retries = provider.config.max_retries if deployment.only else 0
+        retry = 0
+        while True:
+            self.attempts += 1
+            record.attempts = self.attempts
+            record.provider, record.answered_by = deployment.provider, deployment.model
+            record.deployment = deployment.name
             try:
-                return await attempt(provider, call)
+                result = await self.attempt(provider, call)
             except UpstreamRejected as exc:
-                metrics.upstream_error(model.provider, f"http_{exc.status}")
+                self.metrics.upstream_error(deployment.provider, f"http_{exc.status}")
                 if exc.status != 429:
+                    router.refused(lease)
                     raise
-                last = exc
-                break
+                router.failed(lease, exc.upstream_headers, "rate_limited")
+                self.last = exc
+                return None
             except UpstreamError as exc:
-                metrics.upstream_error(model.provider, exc.kind)
-                last = exc
-                if not exc.retryable or retry == provider.config.max_retries:
-                    break
+                self.metrics.upstream_error(deployment.provider, exc.kind)
+                router.failed(lease, exc.upstream_headers, "failed")
+                self.last = exc
+                if not exc.retryable or retry == retries:
+                    return None
+            except BaseException:
+                router.abandon(lease)
+                raise
+            else:
+                router.answered(lease, self.headers_of(result))
+                return result, lease
             await asyncio.sleep(_backoff(retry))
-    assert last is not None
-    raise last
+            retry += 1
+            again = await router.admit(deployment, self.tokens)
+            if again is None:
+                return None
+            lease = again

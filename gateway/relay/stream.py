@@ -37,10 +37,11 @@ from gateway.errors import GatewayError, Outcome, StreamEnded, UpstreamError, Up
 from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Completion, EventStream, Provider, UpstreamCall, Usage
-from gateway.relay.attempts import with_fallbacks
+from gateway.relay.attempts import Attempts
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
 from gateway.relay.watch import StreamWatch
+from gateway.routing import Lease, Router
 
 _DONE = b"data: [DONE]\n\n"
 _FINAL_SEND_TIMEOUT = 5.0
@@ -61,6 +62,9 @@ class RelayContext:
     """The server's disconnect hook, when it offers one (`gateway serve` does)."""
     writer: BodyWriter | None = None
     """The server's direct body writer, when it offers one (`gateway serve` does)."""
+    reserved_tokens: int = 0
+    """The tokens admission reserved (prompt estimate + max_tokens): what an upstream
+    account limit is asked for (`gateway.routing`)."""
 
     def call_for(self, model: ModelConfig) -> UpstreamCall:
         req = self.request
@@ -86,7 +90,7 @@ class Relay:
     event, as the module docstring says.
     """
 
-    __slots__ = ("log_bodies", "metrics", "providers", "timeouts", "watches")
+    __slots__ = ("log_bodies", "metrics", "providers", "router", "timeouts", "watches")
 
     def __init__(
         self,
@@ -95,8 +99,11 @@ class Relay:
         timeouts: Timeouts,
         log_bodies: bool,
         watches: set[StreamWatch],
+        router: Router,
     ) -> None:
         self.providers = providers
+        self.router = router
+        """Which deployment each attempt goes to (`gateway.routing`)."""
         self.metrics = metrics
         self.timeouts = timeouts
         self.log_bodies = log_bodies
@@ -108,21 +115,35 @@ class Relay:
     async def stream(self, ctx: RelayContext, receive: Receive, send: Send) -> None:
         watch = self._watch(ctx, receive, send)
         try:
-            upstream, first = await self._open(ctx, watch)
+            (upstream, first), lease = await self._open(ctx, watch)
         except BaseException:
             self._unwatch(watch)
             raise
-        outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+        try:
+            outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+        finally:
+            self.router.finish(lease, ctx.record.prompt_tokens + ctx.record.completion_tokens)
         await self._finish(ctx, upstream, outcome, error, client_left, send)
 
-    async def _open(self, ctx: RelayContext, watch: StreamWatch) -> tuple[EventStream, bytes]:
-        """The upstream stream and its first event, with retries and fallbacks."""
+    async def _open(
+        self, ctx: RelayContext, watch: StreamWatch
+    ) -> tuple[tuple[EventStream, bytes], Lease]:
+        """The upstream stream and its first event, with failover, retries and fallbacks;
+        and the lease of the deployment it came from."""
         rec = ctx.record
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            return await with_fallbacks(
-                ctx.models, self.providers, ctx.call_for, self._open_first, rec, self.metrics
+            attempts = Attempts(
+                self.router,
+                self.providers,
+                ctx.call_for,
+                self._open_first,
+                rec,
+                self.metrics,
+                ctx.reserved_tokens,
+                _stream_headers,
             )
+            return await attempts.first_answer(ctx.models)
         except asyncio.CancelledError:
             if watch.ended is None:
                 raise  # not the watch's: the server's own cancellation
@@ -306,9 +327,17 @@ class Relay:
         watch = self._watch(ctx, receive, send)
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            result = await with_fallbacks(
-                ctx.models, self.providers, ctx.call_for, _complete, rec, self.metrics
+            attempts = Attempts(
+                self.router,
+                self.providers,
+                ctx.call_for,
+                _complete,
+                rec,
+                self.metrics,
+                ctx.reserved_tokens,
+                _answer_headers,
             )
+            result, lease = await attempts.first_answer(ctx.models)
         except asyncio.CancelledError:
             if watch.ended is None:
                 raise
@@ -316,6 +345,7 @@ class Relay:
         finally:
             self._unwatch(watch)
         _account(rec, ctx, result.usage, 0, True)
+        self.router.finish(lease, rec.prompt_tokens + rec.completion_tokens)
         rec.status = result.status
         if self.log_bodies:
             rec.response_text = result.body.decode("utf-8", "replace")
@@ -376,6 +406,14 @@ class Relay:
 
 async def _complete(provider: Provider, call: UpstreamCall) -> Completion:
     return await provider.complete(call)
+
+
+def _stream_headers(opened: tuple[EventStream, bytes]) -> Mapping[str, str] | None:
+    return opened[0].state.upstream_headers
+
+
+def _answer_headers(answer: Completion) -> Mapping[str, str] | None:
+    return answer.upstream_headers
 
 
 def _answered(stream: EventStream, watch: StreamWatch) -> bool:

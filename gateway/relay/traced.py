@@ -1,6 +1,6 @@
 """Each upstream attempt of a traced request timed, and named upstream in `traceparent`.
 
-Kept apart from the retry loop (`attempts.with_fallbacks` wraps its attempt with this only
+Kept apart from the attempts loop (`attempts.Attempts` wraps its attempt with this only
 when the request is traced), so the loop reads as it did and an untraced request pays one
 `is None` check. The timings become child spans of the request's span once it is finished
 (`gateway.observability.tracing`).
@@ -15,7 +15,7 @@ from time import perf_counter
 from typing import TypeVar
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamRejected
-from gateway.observability.trace_context import RequestTrace
+from gateway.observability.records import RequestRecord
 from gateway.providers.base import Provider, UpstreamCall
 
 T = TypeVar("T")
@@ -23,13 +23,19 @@ T = TypeVar("T")
 Attempt = Callable[[Provider, UpstreamCall], Awaitable[T]]
 
 
-def traced(attempt: Attempt[T], trace: RequestTrace) -> Attempt[T]:
-    """`attempt`, each call of it recorded in `trace` and its span sent upstream."""
+def traced(attempt: Attempt[T], record: RequestRecord) -> Attempt[T]:
+    """`attempt`, each call of it recorded in the record's trace (with the deployment the
+    attempt loop named in `record.deployment`) and its span sent upstream."""
+    trace = record.trace
+    assert trace is not None
 
     async def run(provider: Provider, call: UpstreamCall) -> T:
         model = call.model
         timing = trace.begin_attempt(
-            provider.config.name, model.name, model.upstream_model or model.name
+            provider.config.name,
+            model.name,
+            model.upstream_model or model.name,
+            deployment=record.deployment,
         )
         try:
             traceparent = trace.traceparent(timing.span_id)

@@ -63,6 +63,8 @@ def exercise_every_metric(metrics: Metrics) -> None:
     metrics.set_log_queue_depth(3)
     metrics.log_record_dropped()
     metrics.trace_spans_dropped(1)
+    metrics.deployment_attempt("gpt-test", "openai-main/gpt-test", "ok")
+    metrics.set_deployment_healthy("gpt-test", "openai-main/gpt-test", True)
 
 
 def samples(body: bytes) -> list[Sample]:

@@ -40,6 +40,8 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "gateway_log_queue_depth": ("gauge", frozenset()),
     "gateway_log_records_dropped": ("counter", frozenset()),
     "gateway_trace_spans_dropped": ("counter", frozenset()),
+    "gateway_deployment_requests": ("counter", frozenset({"model", "deployment", "outcome"})),
+    "gateway_deployment_healthy": ("gauge", frozenset({"model", "deployment"})),
 }
 
 

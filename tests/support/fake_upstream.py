@@ -18,6 +18,7 @@ cache reads and writes, beside the 11 plain input tokens) report cache and reaso
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -109,6 +110,10 @@ class FakeUpstream:
         self._server: asyncio.Server | None = None
         self._ready = threading.Event()
         self.open_streams = 0
+        self.fail_next = 0
+        """The next this many requests are answered `fail_status` (with `retry_after`)."""
+        self.fail_status = 429
+        self.retry_after: str | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -133,7 +138,9 @@ class FakeUpstream:
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._server = loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, limit=2**20, ssl=self.tls)
+            asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, limit=2**20, ssl=self.tls, reuse_address=True
+            )
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -168,6 +175,10 @@ class FakeUpstream:
                         k, _, v = line.partition(":")
                         headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if path == "/_seen":
+                    self._write_full(writer, 200, self._seen_json(), "application/json")
+                    await writer.drain()
+                    continue
                 data = orjson.loads(body) if body else {}
                 seen = Seen(path=path, headers=headers, body=data, started=time.monotonic())
                 self.seen.append(seen)
@@ -181,9 +192,39 @@ class FakeUpstream:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _seen_json(self) -> bytes:
+        """`GET /_seen` (a fake's own route, for tests across processes): every request's
+        path and its start and end as unix times."""
+        shift = time.time() - time.monotonic()
+        return orjson.dumps(
+            [
+                {
+                    "path": s.path,
+                    "started": s.started + shift,
+                    "ended": None if s.ended is None else s.ended + shift,
+                }
+                for s in self.seen
+            ]
+        )
+
     async def _answer(
         self, seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            extra = (
+                b""
+                if self.retry_after is None
+                else b"retry-after: %s\r\n" % (self.retry_after.encode())
+            )
+            body = orjson.dumps({"error": {"message": "fake", "type": "rate_limit_error"}})
+            writer.write(
+                b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\n%scontent-length: %d"
+                b"\r\n\r\n%s" % (self.fail_status, extra, len(body), body)
+            )
+            await writer.drain()
+            seen.ended = time.monotonic()
+            return True
         model = str(seen.body.get("model", "text"))
         scenario, params = parse_model(model)
         anthropic = seen.path.startswith("/v1/messages")
@@ -898,7 +939,26 @@ _STALL = _Marker()
 _CLOSE = _Marker()
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m tests.support.fake_upstream
-    with FakeUpstream() as fake:
+def main() -> None:
+    """`python -m tests.support.fake_upstream [--port N] [--fail-next N --fail-status S
+    --retry-after V]`: a fake in a process of its own (tests SIGKILL it); prints its URL."""
+    parser = argparse.ArgumentParser(prog="python -m tests.support.fake_upstream")
+    parser.add_argument("--port", type=int, default=0, help="0: a free one")
+    parser.add_argument("--fail-next", type=int, default=0, help="answer this many with an error")
+    parser.add_argument("--fail-status", type=int, default=429)
+    parser.add_argument("--retry-after", default=None, help="the errors' retry-after header")
+    args = parser.parse_args()
+    fake = FakeUpstream()
+    fake.port = args.port
+    fake.fail_next, fake.fail_status, fake.retry_after = (
+        args.fail_next,
+        args.fail_status,
+        args.retry_after,
+    )
+    with fake:
         print(fake.url, flush=True)
         threading.Event().wait()
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a process by tests/routing
+    main()
