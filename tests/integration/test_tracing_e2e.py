@@ -113,6 +113,9 @@ def test_a_stream_leaves_a_request_span_and_an_attempt_span_with_genai_attribute
     assert 0 < first_event_ms <= (attempt.end_ns - attempt.start_ns) / 1e6
     assert attempt.attributes["gen_ai.request.model"] == "text?n=12"
     assert attempt.attributes["gateway.provider"] == "fake"
+    # The deployment the router chose (a plain model is one, named PROVIDER/UPSTREAM_MODEL).
+    assert attempt.attributes["gateway.deployment"] == "fake/text?n=12"
+    assert a["gateway.deployment"] == "fake/text?n=12"
     assert "error.type" not in attempt.attributes
     # The SDK loaded in the server only because tracing is on (the control of the off test).
     assert {"gateway.observability.tracing", "opentelemetry.sdk.trace"} <= imported_modules(gw)
@@ -144,6 +147,10 @@ def test_retries_and_a_fallback_are_attempt_spans_and_the_client_traceparent_is_
         "fake-anthropic",
     ]
     assert [s.status for s in attempts] == [2, 2, 0]
+    assert [s.attributes["gateway.deployment"] for s in attempts] == [
+        f"{s.attributes['gateway.provider']}/{s.attributes['gen_ai.request.model']}"
+        for s in attempts
+    ]
     assert all(s.parent_span_id == request.span_id for s in attempts)
     # Each upstream request named its own attempt's span, in the client's trace.
     assert [s.headers["traceparent"] for s in sent] == [
