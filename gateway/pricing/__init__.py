@@ -12,9 +12,11 @@ upstream model as its model's first one costs the model's price; one serving ano
 priced by its `name` then its `upstream_model` in `pricing:`, then by its upstream model in
 the default table, and only when none has a price, at its model's price (an Azure
 deployment's upstream name is the customer's own, e.g. `prod-4o`). A `pricing:` entry
-named after the deployment (`name`, default `PROVIDER/UPSTREAM_MODEL`) overrides all. Money is integer nano-dollars (`NANOS_PER_USD`): the limiter
-adds and compares the same integers in Python and in Redis's Lua, and a price given to
-$0.001 per million tokens is a whole number of nano-dollars per token.
+named after the deployment (`name`, default `PROVIDER/UPSTREAM_MODEL`) overrides all.
+
+Money is integer nano-dollars (`NANOS_PER_USD`): the limiter adds and compares the same
+integers in Python and in Redis's Lua, and a price given to $0.001 per million tokens is a
+whole number of nano-dollars per token.
 
 The charge: input tokens that were neither cache reads nor cache writes at `input`, cache
 reads (OpenAI's `cached_tokens`, read the same way from Gemini's OpenAI-compatible

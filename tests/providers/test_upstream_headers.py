@@ -11,8 +11,8 @@ import pytest
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.errors import UpstreamError, UpstreamRejected
-from gateway.providers import build_provider
 from gateway.protocols import Api
+from gateway.providers import build_provider
 from gateway.providers.base import UpstreamCall
 from gateway.transports import build_transport
 from tests.support.fake_upstream import FakeUpstream
