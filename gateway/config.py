@@ -266,7 +266,8 @@ class GatewayConfig:
     egress: EgressProxies = field(default_factory=EgressProxies)
     """The egress proxies of the environment (`gateway.egress`); none by default."""
     pricing: Mapping[str, ModelPrice] = field(default_factory=dict)
-    """Prices by model name, over the default table (`gateway.pricing`)."""
+    """Prices by model, upstream model or deployment name, over the default table
+    (`gateway.pricing`)."""
     database_url: str = field(default="", repr=False)
     """Where keys managed at runtime live (`gateway.keys`): postgresql://... for any number
     of replicas, sqlite:///path for one node; empty: only the config's keys."""
