@@ -108,12 +108,16 @@ class ModelConfig:
     deployments: tuple[DeploymentConfig, ...] = ()
     """Never empty once built: a model written with `provider` is one deployment."""
     routing: Routing = "weighted"
+    deployments_derived: bool = field(default=False, init=False, compare=False, repr=False)
+    """Its one deployment was made from `provider` (no `deployments` written): config errors
+    about it name the model's `provider`, not `deployments[0]`."""
 
     def __post_init__(self) -> None:
         # Frozen: the derived fields are set once, here, so every reader sees both shapes.
         if not self.deployments and self.provider:
             one = DeploymentConfig(self.provider, self.upstream_model or self.name)
             object.__setattr__(self, "deployments", (one,))
+            object.__setattr__(self, "deployments_derived", True)
         elif self.deployments and not self.provider:
             object.__setattr__(self, "provider", self.deployments[0].provider)
             object.__setattr__(self, "upstream_model", self.deployments[0].upstream_model)
@@ -262,7 +266,8 @@ class GatewayConfig:
     egress: EgressProxies = field(default_factory=EgressProxies)
     """The egress proxies of the environment (`gateway.egress`); none by default."""
     pricing: Mapping[str, ModelPrice] = field(default_factory=dict)
-    """Prices by model name, over the default table (`gateway.pricing`)."""
+    """Prices by model, upstream model or deployment name, over the default table
+    (`gateway.pricing`)."""
     database_url: str = field(default="", repr=False)
     """Where keys managed at runtime live (`gateway.keys`): postgresql://... for any number
     of replicas, sqlite:///path for one node; empty: only the config's keys."""
@@ -654,11 +659,9 @@ def _check_references(config: GatewayConfig) -> None:
 
 def _check_deployments(src: str, path: str, model: ModelConfig, providers: set[str]) -> None:
     # A model written with `provider:` is one deployment made from it: errors name that.
-    one = DeploymentConfig(model.provider, model.upstream_model or model.name)
-    written = model.deployments != (one,)
     names: set[str] = set()
     for j, d in enumerate(model.deployments):
-        at = f"{path}.deployments[{j}]" if written else path
+        at = path if model.deployments_derived else f"{path}.deployments[{j}]"
         if d.provider not in providers:
             raise ConfigError(
                 src,

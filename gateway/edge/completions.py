@@ -171,11 +171,14 @@ def _finish(
     """The request's record off to the metrics and the log, its reservation settled."""
     rec.duration_s = perf_counter() - started_at
     if rec.prompt_tokens or rec.completion_tokens:
+        # The prices of the deployment that answered (of a fallback model's, or of another
+        # upstream model than the model's first deployment).
         rec.cost_nanos = rt.prices.cost(
             rec.answered_by or rec.model,
             TokenCounts(
                 rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.cache_write_tokens
             ),
+            rec.deployment,
         )
     if reservation is not None:
         rt.limiter.settle_soon(

@@ -119,7 +119,10 @@ def parse_traceparent(value: bytes) -> tuple[int, int, bool] | None:
     version, trace, span, flags = value[:2], value[3:35], value[36:52], value[53:55]
     if value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
         return None
-    if not _HEX.issuperset(value[:55].replace(b"-", b"")) or version == b"ff":
+    # Each field on its own: dashes where hex digits belong are not a field (`-` * 55).
+    if not all(_HEX.issuperset(part) for part in (version, trace, span, flags)):
+        return None
+    if version == b"ff":
         return None
     if version == b"00" and len(value) != 55:
         return None

@@ -4,9 +4,19 @@
 `pricing:` first, by the model's name then its upstream name; then the default table in
 `gateway.pricing.default_prices`, by the same names with a trailing date such as
 `-20250514` or `-2024-08-06` tried off too), so the request path does one dict lookup and a
-few integer multiplications. Money is integer nano-dollars (`NANOS_PER_USD`): the limiter
-adds and compares the same integers in Python and in Redis's Lua, and a price given to
-$0.001 per million tokens is a whole number of nano-dollars per token.
+few integer multiplications.
+
+A request is charged at the prices of the deployment that answered it (a fallback model's,
+or a deployment of another upstream model than the first). A deployment serving the same
+upstream model as its model's first one costs the model's price; one serving another is
+priced by its `name` then its `upstream_model` in `pricing:`, then by its upstream model in
+the default table, and only when none has a price, at its model's price (an Azure
+deployment's upstream name is the customer's own, e.g. `prod-4o`). A `pricing:` entry
+named after the deployment (`name`, default `PROVIDER/UPSTREAM_MODEL`) overrides all.
+
+Money is integer nano-dollars (`NANOS_PER_USD`): the limiter adds and compares the same
+integers in Python and in Redis's Lua, and a price given to $0.001 per million tokens is a
+whole number of nano-dollars per token.
 
 The charge: input tokens that were neither cache reads nor cache writes at `input`, cache
 reads (OpenAI's `cached_tokens`, read the same way from Gemini's OpenAI-compatible
@@ -78,18 +88,35 @@ def default_price(name: str) -> ModelPrice | None:
 
 
 class Prices:
-    """Every configured model's rate, resolved once."""
+    """Every configured model's rate, and each of its deployments', resolved once."""
 
     def __init__(self, models: Iterable[ModelConfig], pricing: Mapping[str, ModelPrice]) -> None:
         self._rates: dict[str, Rate] = {}
+        self._deployed: dict[tuple[str, str], Rate] = {}
+        """(model, deployment name): the rate of a deployment priced apart from its model."""
         self.unpriced: list[str] = []
         """Configured models with no price (they cost 0)."""
         for model in models:
             price = self._find(model, pricing)
             if price is None:
                 self.unpriced.append(model.name)
-                continue
-            self._rates[model.name] = rate_of(price)
+            else:
+                self._rates[model.name] = rate_of(price)
+            for d in model.deployments:
+                own = self._deployment_price(model, d.name, d.upstream_model, pricing)
+                if own is not None:
+                    self._deployed[model.name, d.name] = rate_of(own)
+
+    @staticmethod
+    def _deployment_price(
+        model: ModelConfig, name: str, upstream: str, pricing: Mapping[str, ModelPrice]
+    ) -> ModelPrice | None:
+        """A deployment's own price; None when it costs its model's."""
+        if name in pricing:
+            return pricing[name]
+        if upstream == (model.upstream_model or model.name):
+            return None
+        return pricing.get(upstream) or default_price(upstream)
 
     @staticmethod
     def _find(model: ModelConfig, pricing: Mapping[str, ModelPrice]) -> ModelPrice | None:
@@ -106,9 +133,12 @@ class Prices:
     def rate(self, model: str) -> Rate:
         return self._rates.get(model, FREE)
 
-    def cost(self, model: str, used: TokenCounts) -> int:
-        """Nano-dollars for `used` tokens of `model`."""
-        rate = self._rates.get(model)
+    def cost(self, model: str, used: TokenCounts, deployment: str = "") -> int:
+        """Nano-dollars for `used` tokens of `model`, as its `deployment` (the one that
+        answered: its name) charges them."""
+        rate = self._deployed.get((model, deployment)) if deployment else None
+        if rate is None:
+            rate = self._rates.get(model)
         if rate is None:
             return 0
         cached = min(used.cached, used.prompt)

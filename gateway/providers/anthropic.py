@@ -390,19 +390,25 @@ class AnthropicProvider:
 
     async def complete(self, call: UpstreamCall) -> Completion:
         request = self._request(call, stream=False)
+        headers: dict[str, str] = {}  # the router shows them to the upstream limiter
         raw, data = await fetch_json(
-            self._transport, request, self.config.name, openai_error_body, redact=self._redact
+            self._transport,
+            request,
+            self.config.name,
+            openai_error_body,
+            redact=self._redact,
+            headers_into=headers,
         )
         if call.api == "chat":
             body, usage = chat_completion(data)
-            return Completion(body=orjson.dumps(body), usage=usage)
+            return Completion(body=orjson.dumps(body), usage=usage, upstream_headers=headers)
         counts = data.get("usage")
         tokens = usage_of(counts) if isinstance(counts, dict) else None
         charged = charged_usage(tokens) if tokens else None
         if call.api == "messages":
-            return Completion(body=raw, usage=charged)
+            return Completion(body=raw, usage=charged, upstream_headers=headers)
         answer = translate_answer("messages", call.api, data, call.body)
-        return Completion(body=orjson.dumps(answer), usage=charged)
+        return Completion(body=orjson.dumps(answer), usage=charged, upstream_headers=headers)
 
     async def count_tokens(self, call: UpstreamCall) -> bytes:
         """Anthropic's own count for a Messages request (`/v1/messages/count_tokens`): its

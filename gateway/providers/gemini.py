@@ -18,8 +18,9 @@ What differs from OpenAI on the wire, and what is done about it:
   usage gets it as OpenAI sends it, in a `"choices": []` chunk after.
 - A streamed tool call ends with `finish_reason: "stop"` (Google's issue
   googleapis/python-genai#2868; some plain answers too): after a tool call, `stop` is
-  written `tool_calls`, as OpenAI's clients (agent loops) expect. Only for Chat clients:
-  a Responses or Messages client's translated stream still reads `stop` there.
+  written `tool_calls`, as OpenAI's clients (agent loops) expect, before anything reads
+  the chunk: a Responses or Messages client's translated stream then ends the same way as
+  for a tool call (`response.completed` with the call, `stop_reason: "tool_use"`).
 - A key Gemini does not accept is a 400 (`API key not valid`, reason `API_KEY_INVALID`):
   the gateway's credential, so like every provider's refusal of it, a 502 to the client.
 """
@@ -32,6 +33,7 @@ import orjson
 
 from gateway.providers.base import error_from_status
 from gateway.providers.openai import OpenAIProvider, OpenAIStream
+from gateway.providers.streams import TranslatedStream
 from gateway.sse import SSEEvent
 
 _TYPES = {
@@ -101,15 +103,18 @@ def fix_tool_finish(chunk: dict[str, Any], called: bool) -> tuple[bool, bool]:
     return called, changed
 
 
-class GeminiStream(OpenAIStream):
-    split_usage = True
+class _GeminiEvents:
+    """Gemini's stream events as OpenAI's, before a Chat stream or a translator reads them."""
+
     _called = False
     """A tool call came: the `stop` that ends this answer is a `tool_calls`."""
 
-    def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
-        if any(e.data.startswith(b"[") or _TOOL_CALLS in e.data for e in events):
-            events = [self._as_openai(event) for event in events]
-        super().translate(events, out)
+    def _openai_events(self, events: list[SSEEvent]) -> list[SSEEvent]:
+        if any(e.data.startswith(b"[") or _TOOL_CALLS in e.data for e in events) or (
+            self._called and any(_FINISH in e.data for e in events)
+        ):
+            return [self._as_openai(event) for event in events]
+        return events
 
     def _as_openai(self, event: SSEEvent) -> SSEEvent:
         if _TOOL_CALLS in event.data or (self._called and _FINISH in event.data):
@@ -128,6 +133,20 @@ class GeminiStream(OpenAIStream):
             return event
         data = orjson.dumps(chunk)
         return SSEEvent(data, event.event, b"data: " + data + b"\n\n")
+
+
+class GeminiStream(_GeminiEvents, OpenAIStream):
+    split_usage = True
+
+    def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        super().translate(self._openai_events(events), out)
+
+
+class GeminiTranslatedStream(_GeminiEvents, TranslatedStream):
+    """A Gemini stream translated for a Responses or Messages client."""
+
+    def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
+        super().translate(self._openai_events(events), out)
 
 
 _TOOL_CALLS = b'"tool_calls"'
@@ -150,6 +169,7 @@ def _event_as_openai(event: SSEEvent) -> SSEEvent:
 
 class GeminiProvider(OpenAIProvider):
     stream_class = GeminiStream
+    translated_class = GeminiTranslatedStream
 
     def _answer_body(self, body: bytes, data: dict[str, Any]) -> bytes:
         if _TOOL_CALLS in body and fix_tool_finish(data, False)[1]:

@@ -246,6 +246,8 @@ class OpenAIProvider:
     # What a provider of another flavour of the same API (`azure`, `gemini`) changes:
     stream_class: type[OpenAIStream] = OpenAIStream
     """The stream a Chat client's events are read with."""
+    translated_class: type[TranslatedStream] = TranslatedStream
+    """The stream a Responses or Messages client's translated events are read with."""
 
     def _auth(self) -> dict[str, str] | None:
         """The credential headers (`Authorization: Bearer KEY`)."""
@@ -315,7 +317,7 @@ class OpenAIProvider:
                 max_event_bytes=self._max_event_bytes,
                 redact=self._redact,
             )
-        return TranslatedStream(
+        return self.translated_class(
             response,
             self.config.name,
             upstream=api,

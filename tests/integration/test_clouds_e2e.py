@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -300,6 +301,31 @@ def test_gemini_streamed_tool_call_ends_with_tool_calls(clouds: GatewayProcess) 
     arguments = "".join(call[0].function.arguments or "" for call in calls if call)
     assert json.loads(arguments) == tool_arguments()
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_gemini_streamed_tool_call_ends_as_one_for_messages_and_responses_clients(
+    clouds: GatewayProcess,
+) -> None:
+    """The `stop` Gemini ends a tool call with is fixed before the translator reads it: a
+    Messages client sees `stop_reason: tool_use`, a Responses client the call, completed."""
+    tool: Any = {"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}
+    client = anthropic.Anthropic(base_url=clouds.url, api_key=KEY_A, max_retries=0)
+    with client.messages.stream(
+        model="gem-tools", max_tokens=100, messages=MESSAGES, tools=[tool]
+    ) as stream:
+        stops = [e.delta.stop_reason for e in stream if e.type == "message_delta"]
+        final = stream.get_final_message()
+    client.close()
+    assert stops == ["tool_use"]
+    assert final.stop_reason == "tool_use"
+    blocks = [b for b in final.content if b.type == "tool_use"]
+    assert len(blocks) == 1 and blocks[0].input == tool_arguments()
+    function: Any = {"type": "function", "name": "get_weather", "parameters": tool["input_schema"]}
+    with sdk(clouds).responses.stream(model="gem-tools", input="x", tools=[function]) as events:
+        final_response = events.get_final_response()
+    calls = [item for item in final_response.output if item.type == "function_call"]
+    assert final_response.status == "completed"
+    assert len(calls) == 1 and json.loads(calls[0].arguments) == tool_arguments()
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ import redis
 from gateway.config import hash_key
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_proc import ADMIN_KEY, GatewayProcess, test_config
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -324,6 +325,54 @@ def test_the_ledger_s_sums_equal_the_log_lines_and_survive_a_restart_and_a_redis
         assert "claude-priced" in cli.stdout and "TOTAL" in cli.stdout
         total = sum(expected.values())
         assert f"${total:,.6f}" in cli.stdout
+
+
+def test_a_model_of_two_upstream_models_is_charged_as_the_deployment_that_answered(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """One model, two deployments of different upstream models (the first priced by the
+    model's `pricing:` entry, the second `gpt-4o-mini` from the default table), alternating:
+    the log line, the spend metric, the ledger and the trace each charge a request at the
+    prices of the deployment that answered it."""
+    plain = 12 * GPT["output"] / 1e6 + 11 * GPT["input"] / 1e6  # `text?n=12`, no cache
+    with OtlpReceiver() as receiver:
+        config = ledger_config(upstream, tmp_path, tracing={"otlp_endpoint": receiver.url})
+        config["models"].append(
+            {
+                "name": "split",
+                "deployments": [
+                    {"provider": "fake", "upstream_model": "text?n=12", "name": "big"},
+                    {"provider": "fake", "upstream_model": "gpt-4o-mini", "name": "small"},
+                ],
+            }
+        )
+        config["pricing"]["split"] = GPT
+        with GatewayProcess(config, tmp_path) as gw:
+            for _ in range(4):
+                assert stream(gw, KEY_OTHER, "split").status_code == 200
+            lines = [line for line in lines_for(gw, 4) if line["model"] == "split"]
+            wait_for(lambda: ledger_count(gw) == 4, what="the ledger's rows")
+            (row,) = spend_rows(gw, group_by="model")
+            metrics = httpx.get(gw.url + "/metrics", timeout=10).text
+        spans = [s for s in receiver.spans if s.kind == "SERVER"]
+    costs = sorted((line["deployment"], line["cost_usd"]) for line in lines)
+    assert [d for d, _ in costs] == ["big", "big", "small", "small"]
+    for deployment, cost in costs:
+        assert abs(cost - (plain if deployment == "big" else MINI_COST)) < 1e-9, deployment
+    total = 2 * plain + 2 * MINI_COST
+    assert row["model"] == "split" and abs(row["cost_usd"] - total) < 1e-9
+    spent = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('gateway_spend_usd_total{key_id="other",model="split"}')
+    ]
+    assert len(spent) == 1 and abs(spent[0] - total) < 1e-9
+    traced = sorted(
+        (s.attributes["gateway.deployment"], s.attributes["gateway.cost_usd"]) for s in spans
+    )
+    assert len(traced) == 4
+    for (deployment, cost), (logged, logged_cost) in zip(traced, costs, strict=True):
+        assert deployment == logged and abs(cost - logged_cost) < 1e-9
 
 
 async def _gaps_of_streams(gateway: GatewayProcess, model: str, n: int) -> list[float]:

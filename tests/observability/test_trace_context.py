@@ -37,6 +37,9 @@ def test_a_valid_traceparent_is_read() -> None:
         GOOD + b"-extra",  # version 00 has exactly four fields
         GOOD.replace(b"-", b"_"),
         b"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        b"-" * 1000,  # dashes where the hex fields belong (was a 500)
+        b"01-" + b"-" * 32 + GOOD[35:] + b"-next",
+        GOOD[:3] + b"-" + GOOD[4:],
     ],
 )
 def test_a_malformed_traceparent_starts_a_new_trace(value: bytes) -> None:

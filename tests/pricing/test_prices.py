@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, ModelConfig, ModelPrice, parse_config
+from gateway.config import ConfigError, DeploymentConfig, ModelConfig, ModelPrice, parse_config
 from gateway.pricing import Prices, TokenCounts, default_price
 from gateway.pricing.default_prices import DEFAULT_PRICES
 
@@ -58,6 +58,28 @@ def test_the_config_wins_then_the_upstream_name_then_nothing() -> None:
     assert prices.cost("gpt-4o", used) == 1000 * 1000 + 100 * 2000
     assert prices.cost("fast", used) == 1000 * 150 + 100 * 600
     assert prices.cost("local", used) == 0
+
+
+def test_a_deployment_is_priced_as_its_own_upstream_model() -> None:
+    model = ModelConfig(
+        "gpt-4o",
+        deployments=(
+            DeploymentConfig("openai", "gpt-4o"),
+            DeploymentConfig("other", "gpt-4o-mini"),
+            DeploymentConfig("azure", "prod-4o"),  # the customer's name: no price of its own
+            DeploymentConfig("azure", "house", name="priced-apart"),
+        ),
+    )
+    pricing = {"gpt-4o": ModelPrice(1.0, 2.0), "priced-apart": ModelPrice(7.0, 8.0)}
+    prices = Prices([model], pricing)
+    used = TokenCounts(prompt=1000, completion=100)
+    model_cost = 1000 * 1000 + 100 * 2000
+    assert prices.cost("gpt-4o", used, "openai/gpt-4o") == model_cost
+    assert prices.cost("gpt-4o", used, "other/gpt-4o-mini") == 1000 * 150 + 100 * 600
+    assert prices.cost("gpt-4o", used, "azure/prod-4o") == model_cost
+    assert prices.cost("gpt-4o", used, "priced-apart") == 1000 * 7000 + 100 * 8000
+    assert prices.cost("gpt-4o", used, "") == model_cost  # no deployment named: the model's
+    assert prices.cost("gpt-4o", used, "unknown") == model_cost
 
 
 def test_cached_and_cache_write_tokens_are_priced_apart() -> None:

@@ -76,6 +76,19 @@ def test_health_is_read() -> None:
             "`deployments:`",
         ),
         (
+            # a model's only deployment, written as one: its error names it as written
+            {"name": "gpt", "deployments": [{"provider": "azure", "upstream_model": "x"}]},
+            {},
+            "gw.yaml: models[0].deployments[0].provider: names provider 'azure', which is not "
+            "in providers: add it there or use one of ['a', 'b']",
+        ),
+        (
+            {"name": "gpt", "provider": "azure"},
+            {},
+            "gw.yaml: models[0].provider: names provider 'azure', which is not "
+            "in providers: add it there or use one of ['a', 'b']",
+        ),
+        (
             {
                 "name": "gpt",
                 "deployments": [

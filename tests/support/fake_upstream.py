@@ -114,6 +114,8 @@ class FakeUpstream:
         """The next this many requests are answered `fail_status` (with `retry_after`)."""
         self.fail_status = 429
         self.retry_after: str | None = None
+        self.fail_headers: dict[str, str] = {}
+        """More headers of those failures (`x-ratelimit-*`, say)."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -216,6 +218,8 @@ class FakeUpstream:
                 b""
                 if self.retry_after is None
                 else b"retry-after: %s\r\n" % (self.retry_after.encode())
+            ) + b"".join(
+                b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in self.fail_headers.items()
             )
             body = orjson.dumps({"error": {"message": "fake", "type": "rate_limit_error"}})
             writer.write(
