@@ -75,6 +75,12 @@ MAX_LINE_BYTES = 16 * 1024
 """One header field (name and value) or request target; nginx's default is 8 KiB, h11 and
 Node.js allow 16 KiB for the whole head. Longer: 431, or 414 for the target."""
 _NOT_IN_HEAD = -1
+LISTEN_BACKLOG = 65535
+"""The listen backlog asked for; Linux caps it at `net.core.somaxconn` (4096 by default
+since 5.4): the kernel's own bound, which Go's net package asks for too. uvicorn's 2048
+overflowed in a burst of 5,000 connections while the loop was busy setting requests up: the
+kernel dropped the SYNs past it, and those clients waited for their retry a second or more
+later (docs/performance.md, "Thousands of streams")."""
 
 
 class _Refused(Exception):
@@ -388,6 +394,7 @@ def serve(app: Starlette | str, *, sock: socket.socket, workers: int, grace: flo
         log_config=None,
         log_level=os.environ.get("GATEWAY_UVICORN_LOG_LEVEL", "warning"),
         timeout_keep_alive=75,
+        backlog=LISTEN_BACKLOG,
         timeout_graceful_shutdown=int(grace) + 10,
         lifespan="on",
         http=BoundedHttpToolsProtocol,
