@@ -94,6 +94,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     the response ended, each response's head sent together with its first body part, and
     bounded request heads.
 
+    uvicorn's two events per connection (flow control, the request cycle's body) are
+    replaced by ones that keep their waiters in a list (`_ListEvent`): 1.4 KB less for each
+    open stream.
+
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
     a slow client can make the gateway hold (plus one upstream read), and the upstream feels
@@ -118,6 +122,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow._is_writable_event = _light_event(self.flow._is_writable_event)
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
         runtime: Runtime | None = self.app_state.get(STATE_KEY)
@@ -229,6 +234,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None:
             return
+        cycle.message_event = _light_event(cycle.message_event)
         # Not when the client waits for `100 Continue` (that must leave on its own), nor for
         # HEAD (its answer has no body part to carry the head).
         if not self.expect_100_continue and self.scope["method"] != "HEAD":
@@ -256,6 +262,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             hook = disconnect_hook(cast(Any, cycle.scope))
             if hook is not None:
                 hook.fire()
+
+
+class _ListEvent(asyncio.Event):
+    """`asyncio.Event` with its waiters in a list. asyncio's keeps them in a deque, which
+    takes 760 bytes even empty (a list: 56); uvicorn holds two per connection (its flow
+    control's and the request cycle's) for as long as a stream is open, and has at most one
+    waiter on either. `wait` appends and removes, `set` iterates: a list does both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = []  # type: ignore[assignment]
+
+
+def _light_event(event: asyncio.Event) -> asyncio.Event:
+    """A `_ListEvent` in the state of `event`, which nothing waits on yet."""
+    light = _ListEvent()
+    if event.is_set():
+        light.set()
+    return light
 
 
 class _HeadWithBody:

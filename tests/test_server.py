@@ -25,6 +25,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import types
@@ -537,3 +538,50 @@ def test_gateway_serve_listens_with_the_backlog_the_kernel_allows(tmp_path: Path
         ).stdout.split()
     assert listening[0] == "LISTEN"
     assert int(listening[2]) == min(somaxconn, LISTEN_BACKLOG)  # Send-Q: the backlog
+
+
+def test_the_connections_events_are_small_and_still_wake_their_waiters() -> None:
+    """uvicorn's two events per connection (flow control's, the request cycle's) are
+    replaced by ones with a list of waiters, not a 760-byte deque: a body that arrives after
+    the app began waiting still wakes it, and so does the end of a write pause."""
+    got: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        got.append(message["body"])
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def run() -> tuple[RecordingTransport, BoundedHttpToolsProtocol]:
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config.load()
+        state = ServerState()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+        transport = RecordingTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        events = [protocol.flow._is_writable_event]
+        protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
+        events.append(protocol.cycle.message_event)
+        assert all(sys.getsizeof(event._waiters) < 100 for event in events)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not got and len(events[1]._waiters) == 1  # the app waits for its body
+        protocol.data_received(b"{}")
+        protocol.flow.pause_writing()
+        drained = asyncio.ensure_future(protocol.flow.drain())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not drained.done()
+        protocol.flow.resume_writing()
+        await asyncio.wait_for(drained, 1)
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if not state.tasks:
+                break
+        assert not state.tasks, "the app did not finish"
+        return transport, protocol
+
+    transport, _ = asyncio.run(run())
+    assert got == [b"{}"]
+    assert status_of(transport) == 404
