@@ -83,18 +83,24 @@ class RecordingTransport:
         pass
 
 
+def connected(app: Any) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, ServerState]:
+    """A fresh connection of the gateway's protocol serving `app`, on a recording transport
+    (call it inside a running event loop)."""
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config.load()
+    state = ServerState()
+    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport, state
+
+
 async def exchange(app: Any, request: bytes, read: int = 0) -> RecordingTransport:
     """Feed one request to a fresh connection (in reads of `read` bytes, or one read); the
     transport once the answer is done. The app can reach the protocol as
     `scope["state"]["protocol"]`."""
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
-    config.load()
-    state = ServerState()
-    app_state: dict[str, Any] = {}
-    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state=app_state)
-    app_state["protocol"] = protocol
-    transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport, state = connected(app)
+    protocol.app_state["protocol"] = protocol
     step = read or len(request)
     for at in range(0, len(request), step):
         if not transport.closed:
@@ -303,12 +309,7 @@ def test_endless_trailers_close_the_connection_and_the_app_sees_a_disconnect() -
                 return
 
     async def run() -> RecordingTransport:
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
-        config.load()
-        state = ServerState()
-        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
-        transport = RecordingTransport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol, transport, state = connected(app)
         protocol.data_received(
             b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\nx-trailer: "
@@ -554,12 +555,7 @@ def test_the_connections_events_are_small_and_still_wake_their_waiters() -> None
         await send({"type": "http.response.body", "body": b"{}"})
 
     async def run() -> tuple[RecordingTransport, BoundedHttpToolsProtocol]:
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
-        config.load()
-        state = ServerState()
-        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
-        transport = RecordingTransport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol, transport, state = connected(app)
         events = [protocol.flow._is_writable_event]
         protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
         events.append(protocol.cycle.message_event)
