@@ -95,8 +95,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     bounded request heads.
 
     uvicorn's two events per connection (flow control, the request cycle's body) are
-    replaced by ones that keep their waiters in a list (`_ListEvent`): 1.4 KB less for each
-    open stream.
+    replaced by ones that keep their waiters in a list (`_ListEvent`), and its queue of
+    pipelined requests by a list (`_Pipeline`): 2.1 KB less for each open stream.
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
@@ -123,6 +123,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow._is_writable_event = _light_event(self.flow._is_writable_event)
+        self.pipeline = cast(Any, _Pipeline())
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
         runtime: Runtime | None = self.app_state.get(STATE_KEY)
@@ -273,6 +274,17 @@ class _ListEvent(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
         self._waiters = []  # type: ignore[assignment]
+
+
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests as a list: it only appends on the left, pops on
+    the right and asks whether any wait. A deque takes 760 bytes even empty, for a queue
+    that is empty on all but pipelining clients' connections."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
 
 
 def _light_event(event: asyncio.Event) -> asyncio.Event:

@@ -282,6 +282,24 @@ def test_pipelined_requests_each_get_the_whole_bound() -> None:
     assert b"".join(transport.writes).count(b"HTTP/1.1 404 Not Found") == 2
 
 
+def test_pipelined_requests_are_answered_in_the_order_they_came() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        body = scope["path"].encode()
+        headers = [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    request = b"".join(b"GET /%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(4))
+    answers = b"".join(asyncio.run(exchange(app, request)).writes)
+    assert [a.rsplit(b"\r\n\r\n", 1)[-1] for a in answers.split(b"HTTP/1.1 ")[1:]] == [
+        b"/0",
+        b"/1",
+        b"/2",
+        b"/3",
+    ]
+
+
 def test_the_field_count_and_line_bounds_are_exact() -> None:
     fields = b"".join(b"x-%d: 1\r\n" % i for i in range(MAX_HEADERS - 1))
     at_bound = b"GET / HTTP/1.1\r\nhost: x\r\n" + fields + b"\r\n"
@@ -543,8 +561,9 @@ def test_gateway_serve_listens_with_the_backlog_the_kernel_allows(tmp_path: Path
 
 def test_the_connections_events_are_small_and_still_wake_their_waiters() -> None:
     """uvicorn's two events per connection (flow control's, the request cycle's) are
-    replaced by ones with a list of waiters, not a 760-byte deque: a body that arrives after
-    the app began waiting still wakes it, and so does the end of a write pause."""
+    replaced by ones with a list of waiters, not a 760-byte deque, and so is its queue of
+    pipelined requests: a body that arrives after the app began waiting still wakes it, and
+    so does the end of a write pause."""
     got: list[bytes] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -556,6 +575,7 @@ def test_the_connections_events_are_small_and_still_wake_their_waiters() -> None
 
     async def run() -> tuple[RecordingTransport, BoundedHttpToolsProtocol]:
         protocol, transport, state = connected(app)
+        assert sys.getsizeof(protocol.pipeline) < 100
         events = [protocol.flow._is_writable_event]
         protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
         events.append(protocol.cycle.message_event)
