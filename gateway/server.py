@@ -75,6 +75,12 @@ MAX_LINE_BYTES = 16 * 1024
 """One header field (name and value) or request target; nginx's default is 8 KiB, h11 and
 Node.js allow 16 KiB for the whole head. Longer: 431, or 414 for the target."""
 _NOT_IN_HEAD = -1
+LISTEN_BACKLOG = 65535
+"""The listen backlog asked for; Linux caps it at `net.core.somaxconn` (4096 by default
+since 5.4): the kernel's own bound, which Go's net package asks for too. uvicorn's 2048
+overflowed in a burst of 5,000 connections while the loop was busy setting requests up: the
+kernel dropped the SYNs past it, and those clients waited for their retry a second or more
+later (docs/performance.md, "Thousands of streams")."""
 
 
 class _Refused(Exception):
@@ -87,6 +93,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     `DisconnectHook` in every request's scope that fires when the connection is lost before
     the response ended, each response's head sent together with its first body part, and
     bounded request heads.
+
+    uvicorn's two events per connection (flow control, the request cycle's body) are
+    replaced by ones that keep their waiters in a list (`_ListEvent`), and its queue of
+    pipelined requests by a list (`_Pipeline`): 2.1 KB less for each open stream.
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
@@ -112,6 +122,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow._is_writable_event = _light_event(self.flow._is_writable_event)
+        self.pipeline = cast(Any, _Pipeline())
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
         runtime: Runtime | None = self.app_state.get(STATE_KEY)
@@ -223,6 +235,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None:
             return
+        cycle.message_event = _light_event(cycle.message_event)
         # Not when the client waits for `100 Continue` (that must leave on its own), nor for
         # HEAD (its answer has no body part to carry the head).
         if not self.expect_100_continue and self.scope["method"] != "HEAD":
@@ -250,6 +263,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             hook = disconnect_hook(cast(Any, cycle.scope))
             if hook is not None:
                 hook.fire()
+
+
+class _ListEvent(asyncio.Event):
+    """`asyncio.Event` with its waiters in a list. asyncio's keeps them in a deque, which
+    takes 760 bytes even empty (a list: 56); uvicorn holds two per connection (its flow
+    control's and the request cycle's) for as long as a stream is open, and has at most one
+    waiter on either. `wait` appends and removes, `set` iterates: a list does both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = []  # type: ignore[assignment]
+
+
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests as a list: it only appends on the left, pops on
+    the right and asks whether any wait. A deque takes 760 bytes even empty, for a queue
+    that is empty on all but pipelining clients' connections."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
+def _light_event(event: asyncio.Event) -> asyncio.Event:
+    """A `_ListEvent` in the state of `event`, which nothing waits on yet."""
+    light = _ListEvent()
+    if event.is_set():
+        light.set()
+    return light
 
 
 class _HeadWithBody:
@@ -388,6 +431,7 @@ def serve(app: Starlette | str, *, sock: socket.socket, workers: int, grace: flo
         log_config=None,
         log_level=os.environ.get("GATEWAY_UVICORN_LOG_LEVEL", "warning"),
         timeout_keep_alive=75,
+        backlog=LISTEN_BACKLOG,
         timeout_graceful_shutdown=int(grace) + 10,
         lifespan="on",
         http=BoundedHttpToolsProtocol,

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,7 +42,14 @@ from uvicorn.server import ServerState
 
 from gateway.asgi import body_writer, disconnect_hook
 from gateway.config import GatewayConfig
-from gateway.server import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol, bind
+from gateway.server import (
+    LISTEN_BACKLOG,
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
+    BoundedHttpToolsProtocol,
+    bind,
+)
+from tests.support.gateway_proc import GatewayProcess
 
 
 class RecordingTransport:
@@ -72,18 +83,24 @@ class RecordingTransport:
         pass
 
 
+def connected(app: Any) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, ServerState]:
+    """A fresh connection of the gateway's protocol serving `app`, on a recording transport
+    (call it inside a running event loop)."""
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config.load()
+    state = ServerState()
+    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport, state
+
+
 async def exchange(app: Any, request: bytes, read: int = 0) -> RecordingTransport:
     """Feed one request to a fresh connection (in reads of `read` bytes, or one read); the
     transport once the answer is done. The app can reach the protocol as
     `scope["state"]["protocol"]`."""
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
-    config.load()
-    state = ServerState()
-    app_state: dict[str, Any] = {}
-    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state=app_state)
-    app_state["protocol"] = protocol
-    transport = RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol, transport, state = connected(app)
+    protocol.app_state["protocol"] = protocol
     step = read or len(request)
     for at in range(0, len(request), step):
         if not transport.closed:
@@ -265,6 +282,24 @@ def test_pipelined_requests_each_get_the_whole_bound() -> None:
     assert b"".join(transport.writes).count(b"HTTP/1.1 404 Not Found") == 2
 
 
+def test_pipelined_requests_are_answered_in_the_order_they_came() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        body = scope["path"].encode()
+        headers = [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    request = b"".join(b"GET /%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(4))
+    answers = b"".join(asyncio.run(exchange(app, request)).writes)
+    assert [a.rsplit(b"\r\n\r\n", 1)[-1] for a in answers.split(b"HTTP/1.1 ")[1:]] == [
+        b"/0",
+        b"/1",
+        b"/2",
+        b"/3",
+    ]
+
+
 def test_the_field_count_and_line_bounds_are_exact() -> None:
     fields = b"".join(b"x-%d: 1\r\n" % i for i in range(MAX_HEADERS - 1))
     at_bound = b"GET / HTTP/1.1\r\nhost: x\r\n" + fields + b"\r\n"
@@ -292,12 +327,7 @@ def test_endless_trailers_close_the_connection_and_the_app_sees_a_disconnect() -
                 return
 
     async def run() -> RecordingTransport:
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
-        config.load()
-        state = ServerState()
-        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
-        transport = RecordingTransport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol, transport, state = connected(app)
         protocol.data_received(
             b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\nx-trailer: "
@@ -512,3 +542,62 @@ def test_on_a_socket_each_connection_gets_the_configured_high_water_mark() -> No
     large = bytes_taken_before_the_client_is_slow(16 * mib)
     assert large >= 16 * mib, large
     assert small < 8 * mib, small
+
+
+def test_gateway_serve_listens_with_the_backlog_the_kernel_allows(tmp_path: Path) -> None:
+    """A burst of thousands of connections waits in the accept queue while the loop sets
+    requests up; uvicorn's 2048 overflowed at 5,000 (SYNs dropped, a second's retry)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("no `ss` (iproute2) to read the listening socket's backlog")
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    with GatewayProcess(None, tmp_path) as gateway:
+        listening = subprocess.run(
+            [ss, "-Hltn", f"sport = :{gateway.port}"], capture_output=True, check=True, text=True
+        ).stdout.split()
+    assert listening[0] == "LISTEN"
+    assert int(listening[2]) == min(somaxconn, LISTEN_BACKLOG)  # Send-Q: the backlog
+
+
+def test_the_connections_events_are_small_and_still_wake_their_waiters() -> None:
+    """uvicorn's two events per connection (flow control's, the request cycle's) are
+    replaced by ones with a list of waiters, not a 760-byte deque, and so is its queue of
+    pipelined requests: a body that arrives after the app began waiting still wakes it, and
+    so does the end of a write pause."""
+    got: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        got.append(message["body"])
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def run() -> tuple[RecordingTransport, BoundedHttpToolsProtocol]:
+        protocol, transport, state = connected(app)
+        assert sys.getsizeof(protocol.pipeline) < 100
+        events = [protocol.flow._is_writable_event]
+        protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
+        events.append(protocol.cycle.message_event)
+        assert all(sys.getsizeof(event._waiters) < 100 for event in events)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not got and len(events[1]._waiters) == 1  # the app waits for its body
+        protocol.data_received(b"{}")
+        protocol.flow.pause_writing()
+        drained = asyncio.ensure_future(protocol.flow.drain())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not drained.done()
+        protocol.flow.resume_writing()
+        await asyncio.wait_for(drained, 1)
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if not state.tasks:
+                break
+        assert not state.tasks, "the app did not finish"
+        return transport, protocol
+
+    transport, _ = asyncio.run(run())
+    assert got == [b"{}"]
+    assert status_of(transport) == 404
