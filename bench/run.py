@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import statistics
@@ -42,7 +43,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -51,14 +53,18 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the dev dependencie
 import yaml
 
 from bench import report
+from bench.client import merge
 from bench.procs import (
     BENCH_KEY,
     REPO,
-    PeakRSS,
+    Sampler,
     Service,
     free_port,
     gateway_config,
+    nginx_available,
+    nginx_service,
     python_service,
+    raise_nofile,
     redis_command,
     redis_service,
 )
@@ -76,12 +82,30 @@ class Scenario:
     what: str
     api: str = "chat"
     """The API the client calls (`--routes`)."""
+    procs: int = 1
+    """Client processes sharing the streams (the scale scenarios: one process would be the
+    bottleneck, not the relay)."""
+    timeout: float = 60.0
+    """Seconds a stream may take (the client's `--timeout`)."""
+    deadline: float = 120.0
+    """Seconds the measured run may take (the client's `--deadline`)."""
+    repeat: int | None = None
+    """Runs per target, when not `--repeat` (soak-scale: one, it takes minutes)."""
 
 
-def scenarios(rounds: int) -> dict[str, Scenario]:
-    """The issue's three scenarios, and `requests` (run only when named: what setting up
-    one request costs); `rounds` sets how many streams each throughput worker runs back to
-    back (more rounds, a longer and steadier measurement)."""
+SCALE_PROCS = 2
+"""Client processes of the scale scenarios: enough that direct access (the generator and
+the fake upstream alone) keeps TTFT and gaps near the ideal (docs/performance.md)."""
+
+
+def scenarios(
+    rounds: int, hold_minutes: float = 3.0, procs: int = SCALE_PROCS
+) -> dict[str, Scenario]:
+    """The issue's scenarios, and `requests` and `soak-scale` (run only when named: what
+    setting up one request costs; thousands of streams held for minutes); `rounds` sets how
+    many streams each throughput worker runs back to back (more rounds, a longer and
+    steadier measurement), `hold_minutes` how long soak-scale's streams last, `procs` how
+    many client processes generate the scale scenarios' load."""
     latency = Scenario(
         name="latency",
         model="bench-n20-p0",
@@ -119,7 +143,34 @@ def scenarios(rounds: int) -> dict[str, Scenario]:
         what="5000 one-chunk streams, 32 at a time, a new connection each (on demand; "
         "4 events a stream, so CPU per 1k chunks times 4 is CPU µs per request)",
     )
-    return {s.name: s for s in (latency, throughput, paced, requests)}
+    scale = Scenario(
+        name="scale",
+        model="bench-n20-p200",
+        streams=3000,
+        concurrency=3000,
+        fresh=True,
+        warmup=20,
+        what=f"3000 concurrent streams of 20 chunks 200 ms apart, arriving at once, a new "
+        f"connection each ({procs} client processes)",
+        procs=procs,
+    )
+    pace_ms = 1500
+    chunks = max(2, round(hold_minutes * 60_000 / pace_ms))
+    soak_scale = Scenario(
+        name="soak-scale",
+        model=f"bench-n{chunks}-p{pace_ms}",
+        streams=5000,
+        concurrency=5000,
+        fresh=True,
+        warmup=20,
+        what=f"5000 concurrent streams held {hold_minutes:g} min ({chunks} chunks "
+        f"{pace_ms} ms apart), a new connection each ({procs} client processes; on demand)",
+        procs=procs,
+        timeout=hold_minutes * 60 + 60,
+        deadline=hold_minutes * 60 + 120,
+        repeat=1,
+    )
+    return {s.name: s for s in (latency, throughput, paced, scale, requests, soak_scale)}
 
 
 @dataclass
@@ -144,6 +195,19 @@ class Result:
     steal_s: float = 0.0
     """CPU time the hypervisor gave to other guests in the window (a virtual machine's
     noise: the processes here ran slower by about that much)."""
+    idle_rss: int | None = None
+    """The relay's RSS just before the measured streams (after the warm-up)."""
+    concurrency: int = 0
+    """Streams open at once."""
+    core_peak: dict[str, float] = field(default_factory=dict)
+    """Each process group's highest core use over 250 ms windows: relay, upstream, client
+    (the busiest client process)."""
+    rss_timeline: list[tuple[float, int]] = field(default_factory=list)
+    """The relay's RSS every 10 s of the run."""
+    listen_drops: int = 0
+    """Connections the kernel dropped in the window because a listening socket's accept
+    queue was full (TcpExt ListenDrops, the whole machine): each one costs its client a
+    SYN retransmit, 1 s and then 3 s later."""
 
     @property
     def events(self) -> int:
@@ -154,10 +218,44 @@ class Result:
         return self.events / self.client["wall_s"] if self.client["wall_s"] else 0.0
 
     @property
+    def rss_per_stream(self) -> float | None:
+        """Bytes of relay RSS per open stream: (peak - idle before) / streams open at once."""
+        if self.peak_rss is None or self.idle_rss is None or not self.concurrency:
+            return None
+        return (self.peak_rss - self.idle_rss) / self.concurrency
+
+    @property
     def cpu_ms_per_1k(self) -> float | None:
         if self.relay_cpu_s is None or not self.events:
             return None
         return self.relay_cpu_s * 1e6 / self.events
+
+
+def _client_cmd(target: Target, scenario: Scenario, share: int, of: int) -> list[str]:
+    """Client process `share` of `of`: its part of the streams, workers and warm-up."""
+
+    def part(n: int) -> int:
+        return n // of + (share < n % of)
+
+    cmd = [
+        sys.executable, "-m", "bench.client",
+        "--url", target.url,
+        "--key", BENCH_KEY,
+        "--model", scenario.model,
+        "--streams", str(part(scenario.streams)),
+        "--concurrency", str(max(1, part(scenario.concurrency))),
+        "--warmup", str(part(scenario.warmup)),
+        "--timeout", f"{scenario.timeout:g}",
+        "--deadline", f"{scenario.deadline:g}",
+        "--wait-go",
+    ]  # fmt: skip
+    if scenario.fresh:
+        cmd.append("--fresh")
+    if scenario.api != "chat":
+        cmd += ["--api", scenario.api]
+    if of > 1:
+        cmd.append("--raw")
+    return cmd
 
 
 def run_client(
@@ -169,50 +267,60 @@ def run_client(
     timeout: float,
     profile: Path | None = None,
 ) -> Result:
-    cmd = [
-        sys.executable, "-m", "bench.client",
-        "--url", target.url,
-        "--key", BENCH_KEY,
-        "--model", scenario.model,
-        "--streams", str(scenario.streams),
-        "--concurrency", str(scenario.concurrency),
-        "--warmup", str(scenario.warmup),
-        "--wait-go",
-    ]  # fmt: skip
-    if scenario.fresh:
-        cmd.append("--fresh")
-    if scenario.api != "chat":
-        cmd += ["--api", scenario.api]
-    errlog = tmp / f"client-{target.name}-{scenario.name}.err"
-    with open(errlog, "wb") as err:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=REPO
-        )
-    assert proc.stdin is not None and proc.stdout is not None
-    # The client bounds its own run (--deadline); this is the backstop if it hangs anyway.
-    watchdog = threading.Timer(timeout, proc.kill)
-    watchdog.start()
-    try:
-        line = proc.stdout.readline().strip()
-        if line != b"ready":
-            raise RuntimeError(
-                f"client for {target.name}/{scenario.name} failed its warm-up: "
-                f"{line.decode(errors='replace')[:1000]} {errlog.read_text()[-1000:]}"
+    """One measured run: `scenario.procs` client processes warm up, then all start at once
+    on `go`; the relay's and the upstream's CPU is read around the run, RSS and each
+    process's core use sampled during it."""
+    timeout = max(timeout, scenario.deadline + 60)
+    procs: list[subprocess.Popen[bytes]] = []
+    errlogs: list[Path] = []
+    for n in range(scenario.procs):
+        errlog = tmp / f"client-{target.name}-{scenario.name}-{n}.err"
+        errlogs.append(errlog)
+        with open(errlog, "wb") as err:
+            procs.append(
+                subprocess.Popen(
+                    _client_cmd(target, scenario, n, scenario.procs),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    cwd=REPO,
+                )
             )
+    # The client bounds its own run (--deadline); this is the backstop if it hangs anyway.
+    watchdogs = [threading.Timer(timeout, proc.kill) for proc in procs]
+    for watchdog in watchdogs:
+        watchdog.start()
+    try:
+        for proc, errlog in zip(procs, errlogs, strict=True):
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if line != b"ready":
+                raise RuntimeError(
+                    f"client for {target.name}/{scenario.name} failed its warm-up: "
+                    f"{line.decode(errors='replace')[:1000]} {errlog.read_text()[-1000:]}"
+                )
         relay = target.service
-        with PeakRSS(relay) as rss:
+        groups: dict[str, Callable[[], list[psutil.Process]]] = {"upstream": upstream.processes}
+        if relay is not None:
+            groups["relay"] = relay.processes
+        for n, proc in enumerate(procs):
+            groups[f"client{n}"] = functools.partial(list, [psutil.Process(proc.pid)])
+        with Sampler(relay, groups) as sampler:
             relay_cpu = relay.cpu_seconds() if relay else 0.0
             upstream_cpu = upstream.cpu_seconds()
             ours = sum(s.cpu_seconds() for s in services)
             machine = _busy_seconds()
             steal = _steal_seconds()
+            drops = _listen_drops()
             spy = _start_profiler(relay, profile) if profile else None
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            out = proc.stdout.readline()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+            outs = [proc.stdout.readline() for proc in procs if proc.stdout is not None]
             if spy is not None:
                 _stop_profiler(spy)
-            if not out:
+            if not all(outs):
                 raise RuntimeError(f"client for {target.name}/{scenario.name} gave no result")
             # Work the requests left behind (request log batches, Redis settles) belongs
             # to them; it finishes within a few event-loop turns.
@@ -222,22 +330,34 @@ def run_client(
             ours = sum(s.cpu_seconds() for s in services) - ours
             machine = _busy_seconds() - machine
             steal = _steal_seconds() - steal
-        proc.wait(10)
+            drops = _listen_drops() - drops
+        for proc in procs:
+            proc.wait(10)
     finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    client = orjson.loads(out)
+        for watchdog in watchdogs:
+            watchdog.cancel()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    parts = [orjson.loads(out) for out in outs]
+    client = parts[0] if len(parts) == 1 else merge(parts)
+    cores = {name: share for name, share in sampler.core_peak.items() if name[:6] != "client"}
+    cores["client"] = max(v for k, v in sampler.core_peak.items() if k.startswith("client"))
     return Result(
         target=target.name,
         scenario=scenario.name,
         client=client,
         relay_cpu_s=relay_cpu if relay else None,
         upstream_cpu_s=upstream_cpu,
-        peak_rss=rss.peak if relay else None,
+        peak_rss=sampler.peak if relay else None,
         others_cpu_s=max(0.0, machine - ours - client["client_cpu_s"]),
         steal_s=steal,
+        idle_rss=sampler.idle if relay else None,
+        concurrency=scenario.concurrency,
+        core_peak=cores,
+        rss_timeline=sampler.timeline,
+        listen_drops=drops,
     )
 
 
@@ -256,6 +376,10 @@ def combine(runs: list[Result]) -> Result:
     client["samples"] = [s for r in runs for s in r.client["samples"]][:5]
     cpus = [r.relay_cpu_s for r in runs]
     rss = [r.peak_rss for r in runs]
+    # RSS per stream: the run that grew the most (the first, usually: later runs reuse
+    # the memory it grew), with its own idle RSS before.
+    highest = max(runs, key=lambda r: r.rss_per_stream or 0.0)
+    cores = {name: max(r.core_peak.get(name, 0.0) for r in runs) for name in first.core_peak}
     return Result(
         target=first.target,
         scenario=first.scenario,
@@ -265,6 +389,11 @@ def combine(runs: list[Result]) -> Result:
         peak_rss=None if None in rss else max(r or 0 for r in rss),
         others_cpu_s=sum(r.others_cpu_s for r in runs),
         steal_s=sum(r.steal_s for r in runs),
+        idle_rss=highest.idle_rss,
+        concurrency=first.concurrency,
+        core_peak=cores,
+        rss_timeline=first.rss_timeline,
+        listen_drops=sum(r.listen_drops for r in runs),
     )
 
 
@@ -272,6 +401,19 @@ def _busy_seconds() -> float:
     """CPU time the whole machine spent not idle, over all cores."""
     times = psutil.cpu_times()
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _listen_drops() -> int:
+    """The kernel's count of connections dropped at a full accept queue (0 if unknown)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(fields.get("ListenDrops", 0))
+    return 0
 
 
 def _steal_seconds() -> float:
@@ -303,13 +445,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--scenario",
-        default="latency,throughput,paced",
-        help="comma-separated: latency, throughput, paced, requests (default: the first three)",
+        default="latency,throughput,paced,scale",
+        help="comma-separated: latency, throughput, paced, scale, requests, soak-scale "
+        "(default: the first four)",
     )
+    default_targets = "direct,floor,nginx,gateway" if nginx_available() else "direct,floor,gateway"
     parser.add_argument(
         "--targets",
-        default="direct,floor,gateway",
-        help="comma-separated: direct, floor, gateway (default: all)",
+        default=default_targets,
+        help="comma-separated: direct, floor, nginx, gateway (default: all; nginx when "
+        f"its binary is installed; here: {default_targets})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway serve --workers N for the gateway targets (default 1); CPU and RSS "
+        "are summed over the workers and their supervisor",
+    )
+    parser.add_argument(
+        "--gateway-workers",
+        default="",
+        metavar="N,M",
+        help="also run the judged gateway with each of these worker counts, side by side "
+        "(e.g. 1,2: targets gateway-native and gateway-native-w2)",
+    )
+    parser.add_argument(
+        "--hold-minutes",
+        type=float,
+        default=3.0,
+        help="soak-scale: how long its 5000 streams stay open (default 3)",
+    )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=SCALE_PROCS,
+        help=f"client processes of the scale scenarios (default {SCALE_PROCS})",
     )
     parser.add_argument(
         "--transport",
@@ -380,13 +551,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.scenario = [s for s in args.scenario.split(",") if s]
     args.targets = [t for t in args.targets.split(",") if t]
     args.transport = [t for t in args.transport.split(",") if t]
+    try:
+        args.gateway_workers = [int(n) for n in args.gateway_workers.split(",") if n]
+    except ValueError:
+        parser.error(f"--gateway-workers: {args.gateway_workers!r} is not numbers, e.g. 1,2")
+    if args.workers < 1 or any(n < 1 for n in args.gateway_workers):
+        parser.error("--workers / --gateway-workers: at least 1")
+    if args.hold_minutes <= 0 or args.client_procs < 1:
+        parser.error("--hold-minutes must be > 0 and --client-procs >= 1")
     known = scenarios(args.rounds)
     for name in args.scenario:
         if name not in known:
             parser.error(f"--scenario: {name!r} is not one of {', '.join(known)}")
     for name in args.targets:
-        if name not in ("direct", "floor", "gateway"):
-            parser.error(f"--targets: {name!r} is not direct, floor or gateway")
+        if name not in ("direct", "floor", "nginx", "gateway"):
+            parser.error(f"--targets: {name!r} is not direct, floor, nginx or gateway")
+        if name == "nginx" and not nginx_available():
+            parser.error("--targets: nginx is not installed (.ci/system-deps installs it)")
     for transport in args.transport:
         if transport not in get_args(Transport):
             parser.error(
@@ -407,6 +588,10 @@ def start_targets(
             "floor", "bench.floor", ["--port", str(port), "--upstream", upstream.url], tmp, port
         ).start()
         targets.append(Target("floor", "floor (bare aiohttp relay)", floor, floor.url))
+    if "nginx" in args.targets:
+        nginx = nginx_service(tmp, upstream.url, args.nofile).start()
+        label = "nginx (1 worker, proxy_buffering off; CPU and RSS: master + worker)"
+        targets.append(Target("nginx", label, nginx, nginx.url))
     if "gateway" not in args.targets:
         return targets
 
@@ -418,9 +603,13 @@ def start_targets(
         tree: Path = REPO
         managed_keys: int = 0
         spend: bool = False
+        workers: int = args.workers
 
     variants = [Variant(f"gateway-{t}", t) for t in args.transport]
     first = args.transport[0]
+    for n in args.gateway_workers:
+        if n != args.workers:
+            variants.append(Variant(f"gateway-{first}-w{n}", first, workers=n))
     if args.server_variants:
         variants.append(
             Variant(f"gateway-{first}-asyncio-h11", first, ["--loop", "asyncio", "--http", "h11"])
@@ -446,6 +635,9 @@ def start_targets(
         if v.server_args is None:
             module, cmd = "gateway", ["serve", "--config", str(config), "--port", str(port)]
             how = "uvloop+httptools"
+            if v.workers != 1:
+                cmd += ["--workers", str(v.workers)]
+                how += f", {v.workers} workers (CPU and RSS: workers + supervisor)"
         else:
             module = "bench.serve_variant"
             cmd = ["--config", str(config), "--port", str(port), *v.server_args]
@@ -545,7 +737,8 @@ def ledger_rate(tmp: Path, name: str, results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    all_scenarios = scenarios(args.rounds)
+    args.nofile = raise_nofile()  # the services started here inherit it
+    all_scenarios = scenarios(args.rounds, args.hold_minutes, args.client_procs)
     chosen = [all_scenarios[name] for name in args.scenario]
     started = time.monotonic()
     judged = f"gateway-{args.transport[0]}"
@@ -567,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in chosen:
             runs: dict[str, list[Result]] = {t.name: [] for t in targets}
             # Repeats go round the targets, so a noisy moment on the machine hits each one.
-            for rep in range(args.repeat):
+            for rep in range(scenario.repeat or args.repeat):
                 for target in targets:
                     profile = None
                     if args.profile == scenario.name and target.name == judged and rep == 0:
@@ -578,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = [combine(runs[t.name]) for t in targets]
             results += rows
             print(report.scenario_table(scenario.name, scenario.what, rows), flush=True)
+            if scenario.name == "soak-scale":
+                print(report.rss_timelines(rows), flush=True)
             raw = tmp / f"profile-{judged}-{scenario.name}.txt"
             if raw.exists():
                 print(report.profile_summary(raw), flush=True)
