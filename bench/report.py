@@ -93,8 +93,8 @@ def scenario_table(name: str, what: str, rows: Sequence[Result]) -> str:
         "steal = CPU the hypervisor gave other guests, high means noisy numbers; "
         "KB/stream = relay RSS (peak - idle before) / streams open at once; peak core = "
         "highest % of a core over 250 ms windows: relay, upstream, busiest client process; "
-        "listen drops = connections the kernel dropped at a full accept queue, machine-wide: "
-        "each costs a 1 s SYN retransmit)",
+        "listen drops = connections the kernel dropped at a full accept queue, machine-wide "
+        "(other programs' too): each costs its client a 1 s SYN retransmit)",
         _table(headers, body),
     ]
     for r in rows:

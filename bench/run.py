@@ -340,6 +340,9 @@ def run_client(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
     parts = [orjson.loads(out) for out in outs]
     client = parts[0] if len(parts) == 1 else merge(parts)
     cores = {name: share for name, share in sampler.core_peak.items() if name[:6] != "client"}
@@ -354,7 +357,9 @@ def run_client(
         others_cpu_s=max(0.0, machine - ours - client["client_cpu_s"]),
         steal_s=steal,
         idle_rss=sampler.idle if relay else None,
-        concurrency=scenario.concurrency,
+        # RSS per open stream only where many streams are open at once (paced, scale):
+        # with 64 streams, warm-up and other runs' heap growth would be most of it.
+        concurrency=scenario.concurrency if scenario.concurrency >= 500 else 0,
         core_peak=cores,
         rss_timeline=sampler.timeline,
         listen_drops=drops,
