@@ -426,6 +426,11 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _chunks(model: str) -> int:
+    """The content chunks a bench model streams: `[prefix-]bench-n<chunks>-p<pace ms>`."""
+    return int(model.split("bench-n")[1].split("-")[0])
+
+
 async def main_async(args: argparse.Namespace) -> None:
     url = urlsplit(args.url)
     plan = Plan(
@@ -433,7 +438,7 @@ async def main_async(args: argparse.Namespace) -> None:
         port=url.port or 80,
         key=args.key,
         model=args.model,
-        n=int(args.model.split("bench-n")[1].split("-")[0]),
+        n=_chunks(args.model),
         streams=args.streams,
         concurrency=min(args.concurrency, args.streams),
         fresh=args.fresh,
@@ -442,7 +447,16 @@ async def main_async(args: argparse.Namespace) -> None:
         api=args.api,
     )
     if args.warmup:
-        warm = Plan(**{**plan.__dict__, "streams": args.warmup, "run_id": plan.run_id + "w"})
+        model = args.warmup_model or plan.model
+        warm = Plan(
+            **{
+                **plan.__dict__,
+                "model": model,
+                "n": _chunks(model),
+                "streams": args.warmup,
+                "run_id": plan.run_id + "w",
+            }
+        )
         warm.concurrency = min(plan.concurrency, args.warmup)
         totals = await run_streams(warm, args.deadline)
         if totals.ok != totals.streams:
@@ -471,6 +485,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="a new connection per stream")
     parser.add_argument("--warmup", type=int, default=0, help="streams to run before `ready`")
+    parser.add_argument(
+        "--warmup-model", default="", help="the warm-up streams' model (default: --model)"
+    )
     parser.add_argument("--wait-go", action="store_true", help="wait for `go` on stdin")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per stream")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds for the run")

@@ -1,8 +1,11 @@
-"""`python -m bench`: the gateway against a direct connection and a bare relay, one table.
+"""`python -m bench`: the gateway against a direct connection, a bare relay and nginx, one table.
 
 One command, loopback only, bounded in time. It starts a fast fake upstream
 (`bench.upstream`), a throwaway redis-server, the floor (`bench.floor`: a bare aiohttp
-byte relay) and `gateway serve` with everything on (a key whose limits run through Redis's
+byte relay), nginx as a reference relay (when installed: one worker process, the repo's
+streaming proxy directives from nginx/gateway.conf, its config written to the run's tmp
+directory by `bench.procs.nginx_service`; its CPU and RSS are master + worker) and
+`gateway serve` with everything on (a key whose limits run through Redis's
 Lua path on every request, metrics, a request log file): one per upstream transport
 compared (native, aiohttp, httpx) plus one on asyncio + h11 instead of uvloop + httptools.
 Then, for each scenario and target, a load generator process (`bench.client`) runs the
@@ -11,8 +14,26 @@ system, psutil) around the measured window and samples its RSS every 100 ms.
 
 Scenarios (the issue's): `latency` (1 stream at a time, 300 streams of 20 chunks),
 `throughput` (64 concurrent streams of 200 chunks, 10 rounds), `paced` (500 concurrent
-streams of 50 chunks 20 ms apart, each on a new connection). "Chunks" are SSE events as
-the client receives them: content chunks plus the finish, usage and [DONE] events.
+streams of 50 chunks 20 ms apart, each on a new connection), `scale` (3,000 concurrent
+streams of 20 chunks 200 ms apart, all arriving at once, each on a new connection: the
+slow, long streams of reasoning models and a burst of new users; about 10 s per target
+and repeat). "Chunks" are SSE events as the client receives them: content chunks plus the
+finish, usage and [DONE] events. On demand only: `requests` (what setting up a request
+costs) and `soak-scale` (5,000 streams held open `--hold-minutes`, 3 by default, a chunk
+every 1.5 s; run once per target, with the relay's RSS every 10 s printed).
+
+The scale scenarios split their streams over `--client-procs` load generator processes (2:
+with 1 the generator was the bottleneck, 4 did no better; docs/performance.md), which warm
+up apart and start together; their TTFTs and gaps are merged before taking percentiles.
+Every process raises its open-file limit to the hard limit. Besides TTFT, gaps, CPU per 1k
+chunks and peak RSS (sampled every 100 ms), each row shows the relay's RSS per open stream
+((peak - idle before the run) / streams open at once, for 500+ streams), each process's
+peak core use (CPU over 250 ms windows: relay, upstream, the busiest client) and the
+kernel's listen drops (connections dropped at a full accept queue; they retry 1 s later).
+
+`--workers N` runs the gateway targets as `gateway serve --workers N` (CPU and RSS summed
+over the workers and the supervisor); `--gateway-workers 1,2` runs the judged gateway with
+each worker count side by side.
 
 Each scenario runs `--repeat` times (3), going round the targets each time so that a noisy
 moment on a shared machine hits them all; the table shows medians (latencies) and totals
@@ -91,6 +112,8 @@ class Scenario:
     """Seconds the measured run may take (the client's `--deadline`)."""
     repeat: int | None = None
     """Runs per target, when not `--repeat` (soak-scale: one, it takes minutes)."""
+    warmup_model: str = ""
+    """The warm-up streams' model when not `model` (short streams, for slow scenarios)."""
 
 
 SCALE_PROCS = 2
@@ -153,6 +176,7 @@ def scenarios(
         what=f"3000 concurrent streams of 20 chunks 200 ms apart, arriving at once, a new "
         f"connection each ({procs} client processes)",
         procs=procs,
+        warmup_model="bench-n5-p20",
     )
     pace_ms = 1500
     chunks = max(2, round(hold_minutes * 60_000 / pace_ms))
@@ -166,6 +190,7 @@ def scenarios(
         what=f"5000 concurrent streams held {hold_minutes:g} min ({chunks} chunks "
         f"{pace_ms} ms apart), a new connection each ({procs} client processes; on demand)",
         procs=procs,
+        warmup_model="bench-n5-p20",
         timeout=hold_minutes * 60 + 60,
         deadline=hold_minutes * 60 + 120,
         repeat=1,
@@ -253,6 +278,8 @@ def _client_cmd(target: Target, scenario: Scenario, share: int, of: int) -> list
         cmd.append("--fresh")
     if scenario.api != "chat":
         cmd += ["--api", scenario.api]
+    if scenario.warmup_model:
+        cmd += ["--warmup-model", scenario.warmup_model]
     if of > 1:
         cmd.append("--raw")
     return cmd
@@ -758,7 +785,11 @@ def main(argv: list[str] | None = None) -> int:
         upstream = python_service("upstream", "bench.upstream", ["--port", str(port)], tmp, port)
         services.append(upstream.start())
         targets = start_targets(
-            args, tmp, upstream, f"redis://127.0.0.1:{redis.port}/0", [s.model for s in chosen]
+            args,
+            tmp,
+            upstream,
+            f"redis://127.0.0.1:{redis.port}/0",
+            list(dict.fromkeys(m for s in chosen for m in (s.model, s.warmup_model) if m)),
         )
         services += [t.service for t in targets if t.service is not None]
         print(report.header(targets), flush=True)
