@@ -20,7 +20,8 @@ slow, long streams of reasoning models and a burst of new users; about 10 s per 
 and repeat). "Chunks" are SSE events as the client receives them: content chunks plus the
 finish, usage and [DONE] events. On demand only: `requests` (what setting up a request
 costs) and `soak-scale` (5,000 streams held open `--hold-minutes`, 3 by default, a chunk
-every 1.5 s; run once per target, with the relay's RSS every 10 s printed).
+every 1.5 s; run once per target, with the relay's RSS every 10 s printed). Scenarios run
+in that order, however they are named (a relay keeps the memory it grew for 3,000 streams).
 
 The scale scenarios split their streams over `--client-procs` load generator processes (2:
 with 1 the generator was the bottleneck, 4 did no better; docs/performance.md), which warm
@@ -771,7 +772,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.nofile = raise_nofile()  # the services started here inherit it
     all_scenarios = scenarios(args.rounds, args.hold_minutes, args.client_procs)
-    chosen = [all_scenarios[name] for name in args.scenario]
+    # Always in this order (latency ... scale), whatever order they were named in: a relay
+    # keeps the memory it grew for 3000 streams, which would hide paced's RSS after it.
+    chosen = [s for name, s in all_scenarios.items() if name in args.scenario]
     started = time.monotonic()
     judged = f"gateway-{args.transport[0]}"
     tmpdir = tempfile.mkdtemp(prefix="gateway-bench-")
