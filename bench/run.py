@@ -22,6 +22,8 @@ finish, usage and [DONE] events. On demand only: `requests` (what setting up a r
 costs) and `soak-scale` (5,000 streams held open `--hold-minutes`, 3 by default, a chunk
 every 1.5 s; run once per target, with the relay's RSS every 10 s printed). Scenarios run
 in that order, however they are named (a relay keeps the memory it grew for 3,000 streams).
+The scale scenarios skip the compared transports and the asyncio+h11 server (httpx's pool
+times out there: 30 s a run, for nothing learnt); candidates and worker counts still run.
 
 The scale scenarios split their streams over `--client-procs` load generator processes (2:
 with 1 the generator was the bottleneck, 4 did no better; docs/performance.md), which warm
@@ -115,6 +117,9 @@ class Scenario:
     """Runs per target, when not `--repeat` (soak-scale: one, it takes minutes)."""
     warmup_model: str = ""
     """The warm-up streams' model when not `model` (short streams, for slow scenarios)."""
+    variants: bool = True
+    """Also run the compared transports and the asyncio+h11 server (False for thousands of
+    streams: the time would go to httpx's pool timing out, 30 s a run)."""
 
 
 SCALE_PROCS = 2
@@ -178,6 +183,7 @@ def scenarios(
         f"connection each ({procs} client processes)",
         procs=procs,
         warmup_model="bench-n5-p20",
+        variants=False,
     )
     pace_ms = 1500
     chunks = max(2, round(hold_minutes * 60_000 / pace_ms))
@@ -192,6 +198,7 @@ def scenarios(
         f"{pace_ms} ms apart), a new connection each ({procs} client processes; on demand)",
         procs=procs,
         warmup_model="bench-n5-p20",
+        variants=False,
         timeout=hold_minutes * 60 + 60,
         deadline=hold_minutes * 60 + 120,
         repeat=1,
@@ -796,18 +803,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         services += [t.service for t in targets if t.service is not None]
         print(report.header(targets), flush=True)
+        variants = {f"gateway-{t}" for t in args.transport[1:]} | {f"{judged}-asyncio-h11"}
         for scenario in chosen:
-            runs: dict[str, list[Result]] = {t.name: [] for t in targets}
+            targets_now = [t for t in targets if scenario.variants or t.name not in variants]
+            runs: dict[str, list[Result]] = {t.name: [] for t in targets_now}
             # Repeats go round the targets, so a noisy moment on the machine hits each one.
             for rep in range(scenario.repeat or args.repeat):
-                for target in targets:
+                for target in targets_now:
                     profile = None
                     if args.profile == scenario.name and target.name == judged and rep == 0:
                         profile = tmp / f"profile-{target.name}-{scenario.name}.txt"
                     result = run_client(target, scenario, upstream, services, tmp, 300, profile)
                     runs[target.name].append(result)
                     time.sleep(0.5)  # let closed connections and background work settle
-            rows = [combine(runs[t.name]) for t in targets]
+            rows = [combine(runs[t.name]) for t in targets_now]
             results += rows
             print(report.scenario_table(scenario.name, scenario.what, rows), flush=True)
             if scenario.name == "soak-scale":
