@@ -271,6 +271,8 @@ def nginx_service(tmp: Path, upstream_url: str, nofile: int) -> Service:
     port = free_port()
     upstream = upstream_url.removeprefix("http://")
     connections = max(1024, min(nofile - 64, 65535))
+    # Beyond nginx/: `multi_accept on` (a burst is accepted in one go, as uvloop does) and
+    # the listen backlog of uvicorn's default (2048), so the gateway's and the floor's too.
     conf = f"""worker_processes 1;
 worker_rlimit_nofile {nofile};
 pid nginx.pid;
