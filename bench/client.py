@@ -39,6 +39,8 @@ import httptools
 import orjson
 import uvloop
 
+from bench.procs import raise_nofile
+
 _TOKEN = b'"content":" tok'
 _FINISH = b'"finish_reason":"stop"'
 _USAGE = b'"choices":[],"usage":{'
@@ -380,8 +382,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[rank - 1]
 
 
-def summary(totals: Totals, wall: float, cpu: float) -> dict[str, Any]:
+def summary(totals: Totals, wall: float, cpu: float, raw: bool = False) -> dict[str, Any]:
+    """The run in numbers; `raw` adds every TTFT and gap, for the orchestrator to take
+    percentiles over several client processes (`merge`)."""
     ttft, gaps = sorted(totals.ttft), sorted(totals.gaps)
+    extra = {"ttft": ttft, "gaps": gaps} if raw else {}
     return {
         "streams": totals.streams,
         "ok": totals.ok,
@@ -395,12 +400,35 @@ def summary(totals: Totals, wall: float, cpu: float) -> dict[str, Any]:
         "ttft_p99": percentile(ttft, 99),
         "gap_p50": percentile(gaps, 50),
         "gap_p99": percentile(gaps, 99),
+        **extra,
     }
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result for the client processes that shared a run (each with `raw` samples):
+    counts and CPU add up, the wall time is the longest, percentiles are over all samples."""
+    totals = Totals(
+        streams=sum(p["streams"] for p in parts),
+        ok=sum(p["ok"] for p in parts),
+        events=sum(p["events"] for p in parts),
+        errors=sum(p["errors"] for p in parts),
+        integrity=sum(p["integrity"] for p in parts),
+        ttft=[t for p in parts for t in p["ttft"]],
+        gaps=[g for p in parts for g in p["gaps"]],
+        samples=[s for p in parts for s in p["samples"]][:5],
+    )
+    wall = max(p["wall_s"] for p in parts)
+    return summary(totals, wall, sum(p["client_cpu_s"] for p in parts))
 
 
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _chunks(model: str) -> int:
+    """The content chunks a bench model streams: `[prefix-]bench-n<chunks>-p<pace ms>`."""
+    return int(model.split("bench-n")[1].split("-")[0])
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -410,7 +438,7 @@ async def main_async(args: argparse.Namespace) -> None:
         port=url.port or 80,
         key=args.key,
         model=args.model,
-        n=int(args.model.split("bench-n")[1].split("-")[0]),
+        n=_chunks(args.model),
         streams=args.streams,
         concurrency=min(args.concurrency, args.streams),
         fresh=args.fresh,
@@ -419,7 +447,16 @@ async def main_async(args: argparse.Namespace) -> None:
         api=args.api,
     )
     if args.warmup:
-        warm = Plan(**{**plan.__dict__, "streams": args.warmup, "run_id": plan.run_id + "w"})
+        model = args.warmup_model or plan.model
+        warm = Plan(
+            **{
+                **plan.__dict__,
+                "model": model,
+                "n": _chunks(model),
+                "streams": args.warmup,
+                "run_id": plan.run_id + "w",
+            }
+        )
         warm.concurrency = min(plan.concurrency, args.warmup)
         totals = await run_streams(warm, args.deadline)
         if totals.ok != totals.streams:
@@ -433,7 +470,7 @@ async def main_async(args: argparse.Namespace) -> None:
     cpu, started = _cpu(), perf_counter()
     totals = await run_streams(plan, args.deadline)
     wall = perf_counter() - started
-    print(orjson.dumps(summary(totals, wall, _cpu() - cpu)).decode(), flush=True)
+    print(orjson.dumps(summary(totals, wall, _cpu() - cpu, args.raw)).decode(), flush=True)
 
 
 def main() -> None:
@@ -448,9 +485,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="a new connection per stream")
     parser.add_argument("--warmup", type=int, default=0, help="streams to run before `ready`")
+    parser.add_argument(
+        "--warmup-model", default="", help="the warm-up streams' model (default: --model)"
+    )
     parser.add_argument("--wait-go", action="store_true", help="wait for `go` on stdin")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per stream")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds for the run")
+    parser.add_argument("--raw", action="store_true", help="print every TTFT and gap too")
+    raise_nofile()
     uvloop.run(main_async(parser.parse_args()))
 
 

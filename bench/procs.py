@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,19 @@ from gateway.config import hash_key
 REPO = Path(__file__).resolve().parent.parent
 BENCH_KEY = "sk-bench-key"
 """The client key the gateway is configured with (generous limits, so never denied)."""
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-file limit to its hard limit (thousands of streams are
+    thousands of sockets); processes it starts inherit it. The new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
 
 
 def free_port() -> int:
@@ -101,14 +117,24 @@ class Service:
         except OSError:
             return "(no output)"
 
-    def cpu_seconds(self) -> float:
+    def processes(self) -> list[psutil.Process]:
+        """The process and its children (nginx's worker, `gateway serve --workers N`'s
+        workers): what is measured is the sum over all of them."""
         assert self.ps is not None
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return [self.ps]
+
+    def cpu_seconds(self) -> float:
+        return process_cpu(self.processes())
 
     def rss(self) -> int:
-        assert self.ps is not None
-        return int(self.ps.memory_info().rss)
+        total = 0
+        for ps in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += int(ps.memory_info().rss)
+        return total
 
     def stop(self, timeout: float = 20.0) -> None:
         proc, self.proc = self.proc, None
@@ -196,7 +222,8 @@ def gateway_config(
             }
         ],
         "logging": {"file": str(tmp / f"{name}-requests.jsonl")},
-        "timeouts": {"connect": 5, "first_token": 30, "idle": 30, "total": 300},
+        # total: longer than soak-scale's streams (minutes each).
+        "timeouts": {"connect": 5, "first_token": 30, "idle": 30, "total": 3600},
     }
     if managed_keys:
         from bench.keys_seed import seed_keys
@@ -216,33 +243,143 @@ def gateway_config(
     return path
 
 
-class PeakRSS:
-    """Samples a process's RSS every `interval` seconds in a thread; `peak` is the max."""
+def process_cpu(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of these processes (those gone meanwhile count 0)."""
+    total = 0.0
+    for ps in processes:
+        with contextlib.suppress(psutil.Error):
+            times = ps.cpu_times()
+            total += times.user + times.system
+    return total
 
-    def __init__(self, service: Service | None, interval: float = 0.1) -> None:
-        self._service = service
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_available() -> bool:
+    return os.access(NGINX, os.X_OK)
+
+
+def nginx_service(tmp: Path, upstream_url: str, nofile: int) -> Service:
+    """nginx as a reference relay: the repo's production proxying directives for streams
+    (nginx/gateway.conf: no buffering, HTTP/1.1 keep-alive upstream with an empty
+    Connection header, long read timeout), one worker process, no access log, enough
+    connections for 5,000 streams (two sockets each), run as the current user with every
+    runtime path under its own prefix directory in the run's tmp."""
+    prefix = tmp / "nginx"
+    prefix.mkdir(exist_ok=True)
+    port = free_port()
+    upstream = upstream_url.removeprefix("http://")
+    connections = max(1024, min(nofile - 64, 65535))
+    # Beyond nginx/: `multi_accept on` (a burst is accepted in one go, as uvloop does) and
+    # the listen backlog of uvicorn's default (2048), so the gateway's and the floor's too.
+    conf = f"""worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid nginx.pid;
+error_log stderr warn;
+events {{
+    worker_connections {connections};
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    client_body_temp_path client_temp;
+    proxy_temp_path proxy_temp;
+    fastcgi_temp_path fastcgi_temp;
+    uwsgi_temp_path uwsgi_temp;
+    scgi_temp_path scgi_temp;
+    upstream fake {{
+        server {upstream} max_fails=0;
+        keepalive 4096;
+        keepalive_timeout 60s;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        client_max_body_size 8m;
+        client_body_buffer_size 1m;
+        keepalive_timeout 75s;
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+            proxy_cache off;
+            gzip off;
+            proxy_connect_timeout 2s;
+            proxy_send_timeout 60s;
+            proxy_read_timeout 660s;
+            send_timeout 60s;
+        }}
+    }}
+}}
+"""
+    path = prefix / "nginx.conf"
+    path.write_text(conf)
+    cmd = [NGINX, "-e", "stderr", "-p", str(prefix), "-c", str(path), "-g", "daemon off;"]
+    return Service("nginx", cmd, tmp, port)
+
+
+class Sampler:
+    """Samples, in a thread, the relay's RSS every `interval` seconds (`idle`: before the
+    run, `peak`: the highest, `timeline`: (seconds, bytes) every `every` seconds) and each
+    named process group's core use over `window`-second windows (`core_peak`: the highest
+    share of one core, 1.0 = a full core; a group of several processes can exceed 1)."""
+
+    def __init__(
+        self,
+        relay: Service | None,
+        groups: dict[str, Callable[[], list[psutil.Process]]],
+        interval: float = 0.1,
+        window: float = 0.25,
+        every: float = 10.0,
+    ) -> None:
+        self._relay = relay
+        self._groups = groups
         self._interval = interval
+        self._window = window
+        self._every = every
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.idle = 0
         self.peak = 0
+        self.timeline: list[tuple[float, int]] = []
+        self.core_peak: dict[str, float] = dict.fromkeys(groups, 0.0)
 
-    def __enter__(self) -> PeakRSS:
-        if self._service is not None:
-            self.peak = self._service.rss()
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
+    def __enter__(self) -> Sampler:
+        if self._relay is not None:
+            self.idle = self.peak = self._relay.rss()
+            self.timeline.append((0.0, self.idle))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
         return self
 
+    def _cpu(self) -> dict[str, float]:
+        return {name: process_cpu(procs()) for name, procs in self._groups.items()}
+
     def _run(self) -> None:
-        assert self._service is not None
+        started = last = time.monotonic()
+        cpu = self._cpu()
         while not self._stop.wait(self._interval):
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._service.rss())
+            now = time.monotonic()
+            if self._relay is not None:
+                with contextlib.suppress(psutil.Error):
+                    rss = self._relay.rss()
+                    self.peak = max(self.peak, rss)
+                    if now - started >= self._every * len(self.timeline):
+                        self.timeline.append((now - started, rss))
+            if now - last >= self._window:
+                fresh = self._cpu()
+                for name, seconds in fresh.items():
+                    share = (seconds - cpu[name]) / (now - last)
+                    self.core_peak[name] = max(self.core_peak[name], share)
+                cpu, last = fresh, now
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self._service is not None:
+        if self._relay is not None:
             with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._service.rss())
+                self.peak = max(self.peak, self._relay.rss())

@@ -51,12 +51,15 @@ def scenario_table(name: str, what: str, rows: Sequence[Result]) -> str:
         "chunks/s",
         "CPU ms/1k",
         "peak RSS",
+        "KB/stream",
         "errors",
         "integrity",
         "client CPU",
         "upstream CPU",
         "others CPU",
         "steal",
+        "peak core relay/up/client",
+        "listen drops",
     ]
     body = []
     for r in rows:
@@ -72,24 +75,46 @@ def scenario_table(name: str, what: str, rows: Sequence[Result]) -> str:
                 f"{r.chunks_per_s:,.0f}",
                 "-" if r.cpu_ms_per_1k is None else f"{r.cpu_ms_per_1k:.1f}",
                 "-" if r.peak_rss is None else f"{r.peak_rss / MB:.0f} MB",
+                "-" if r.rss_per_stream is None else f"{r.rss_per_stream / 1024:.1f}",
                 str(c["errors"]),
                 str(c["integrity"]),
                 f"{100 * c['client_cpu_s'] / wall:.0f}%",
                 f"{100 * r.upstream_cpu_s / wall:.0f}%",
                 f"{100 * r.others_cpu_s / wall:.0f}%",
                 f"{100 * r.steal_s / wall:.0f}%",
+                "/".join(_core(r, name) for name in ("relay", "upstream", "client")),
+                str(r.listen_drops),
             ]
         )
     out = [
         f"== {name}: {what}",
         "(times in ms; gap = between successive content chunks; "
         "CPU = relay process user+sys; CPU % of one core; others = the rest of the machine; "
-        "steal = CPU the hypervisor gave other guests, high means noisy numbers)",
+        "steal = CPU the hypervisor gave other guests, high means noisy numbers; "
+        "KB/stream = relay RSS (peak - idle before) / streams open at once; peak core = "
+        "highest % of a core over 250 ms windows: relay, upstream, busiest client process; "
+        "listen drops = connections the kernel dropped at a full accept queue, machine-wide "
+        "(other programs' too): each costs its client a 1 s SYN retransmit)",
         _table(headers, body),
     ]
     for r in rows:
         for sample in r.client["samples"]:
             out.append(f"  {r.target}: {sample}")
+    return "\n".join(out) + "\n"
+
+
+def _core(r: Result, name: str) -> str:
+    share = r.core_peak.get(name)
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
+def rss_timelines(rows: Sequence[Result]) -> str:
+    """Each relay's RSS through a long run (soak-scale): one line per target."""
+    out = ["== relay RSS over time (MB at seconds into the run)"]
+    for r in rows:
+        if r.rss_timeline:
+            points = ", ".join(f"{t:.0f}s {rss / MB:.0f}" for t, rss in r.rss_timeline)
+            out.append(f"  {r.target}: {points}")
     return "\n".join(out) + "\n"
 
 
@@ -175,6 +200,29 @@ def verdicts(results: Sequence[Result], transports: Sequence[str]) -> str:
             g, f = pac_g.client[key], pac_f.client[key]
             if g is not None and f is not None:
                 line(g <= f, f"paced: {what} vs floor", f"{_ms(g)} ms vs {_ms(f)} ms")
+    sca_g, sca_n = _find(results, gw, "scale"), _find(results, "nginx", "scale")
+    if sca_g:
+        bad = sca_g.client["errors"] + sca_g.client["integrity"]
+        line(bad == 0, "scale: errors and integrity failures", f"{bad} (0)")
+    if sca_g and sca_n:
+        for key, what in (("ttft_p99", "TTFT p99"), ("gap_p99", "inter-chunk p99")):
+            g, n = sca_g.client[key], sca_n.client[key]
+            if g is not None and n:
+                line(
+                    g <= 1.5 * n,
+                    f"scale: {what} vs nginx",
+                    f"{_ms(g)} ms vs {_ms(n)} ms, {g / n:.2f}x (<= 1.5x)",
+                )
+    for scenario in ("scale", "paced"):
+        g, n = _find(results, gw, scenario), _find(results, "nginx", scenario)
+        if g and n and g.cpu_ms_per_1k is not None and n.cpu_ms_per_1k:
+            ratio = g.cpu_ms_per_1k / n.cpu_ms_per_1k
+            line(ratio <= 2.0, f"CPU per 1k chunks vs nginx, {scenario}", f"{ratio:.2f}x (<= 2x)")
+    for scenario in ("scale", "soak-scale"):
+        g = _find(results, gw, scenario)
+        if g and g.rss_per_stream is not None:
+            kb = g.rss_per_stream / 1024
+            line(kb <= 25, f"RSS per open stream, {scenario}", f"{kb:.1f} KB (<= 25 KB)")
     for scenario in ("throughput", "paced", "latency"):
         g, f = _find(results, gw, scenario), _find(results, "floor", scenario)
         if g and f and g.cpu_ms_per_1k is not None and f.cpu_ms_per_1k:

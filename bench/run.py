@@ -1,8 +1,11 @@
-"""`python -m bench`: the gateway against a direct connection and a bare relay, one table.
+"""`python -m bench`: the gateway against a direct connection, a bare relay and nginx, one table.
 
 One command, loopback only, bounded in time. It starts a fast fake upstream
 (`bench.upstream`), a throwaway redis-server, the floor (`bench.floor`: a bare aiohttp
-byte relay) and `gateway serve` with everything on (a key whose limits run through Redis's
+byte relay), nginx as a reference relay (when installed: one worker process, the repo's
+streaming proxy directives from nginx/gateway.conf, its config written to the run's tmp
+directory by `bench.procs.nginx_service`; its CPU and RSS are master + worker) and
+`gateway serve` with everything on (a key whose limits run through Redis's
 Lua path on every request, metrics, a request log file): one per upstream transport
 compared (native, aiohttp, httpx) plus one on asyncio + h11 instead of uvloop + httptools.
 Then, for each scenario and target, a load generator process (`bench.client`) runs the
@@ -11,8 +14,29 @@ system, psutil) around the measured window and samples its RSS every 100 ms.
 
 Scenarios (the issue's): `latency` (1 stream at a time, 300 streams of 20 chunks),
 `throughput` (64 concurrent streams of 200 chunks, 10 rounds), `paced` (500 concurrent
-streams of 50 chunks 20 ms apart, each on a new connection). "Chunks" are SSE events as
-the client receives them: content chunks plus the finish, usage and [DONE] events.
+streams of 50 chunks 20 ms apart, each on a new connection), `scale` (3,000 concurrent
+streams of 20 chunks 200 ms apart, all arriving at once, each on a new connection: the
+slow, long streams of reasoning models and a burst of new users; about 10 s per target
+and repeat). "Chunks" are SSE events as the client receives them: content chunks plus the
+finish, usage and [DONE] events. On demand only: `requests` (what setting up a request
+costs) and `soak-scale` (5,000 streams held open `--hold-minutes`, 3 by default, a chunk
+every 1.5 s; run once per target, with the relay's RSS every 10 s printed). Scenarios run
+in that order, however they are named (a relay keeps the memory it grew for 3,000 streams).
+The scale scenarios skip the compared transports and the asyncio+h11 server (httpx's pool
+times out there: 30 s a run, for nothing learnt); candidates and worker counts still run.
+
+The scale scenarios split their streams over `--client-procs` load generator processes (2:
+with 1 the generator was the bottleneck, 4 did no better; docs/performance.md), which warm
+up apart and start together; their TTFTs and gaps are merged before taking percentiles.
+Every process raises its open-file limit to the hard limit. Besides TTFT, gaps, CPU per 1k
+chunks and peak RSS (sampled every 100 ms), each row shows the relay's RSS per open stream
+((peak - idle before the run) / streams open at once, for 500+ streams), each process's
+peak core use (CPU over 250 ms windows: relay, upstream, the busiest client) and the
+kernel's listen drops (connections dropped at a full accept queue; they retry 1 s later).
+
+`--workers N` runs the gateway targets as `gateway serve --workers N` (CPU and RSS summed
+over the workers and the supervisor); `--gateway-workers 1,2` runs the judged gateway with
+each worker count side by side.
 
 Each scenario runs `--repeat` times (3), going round the targets each time so that a noisy
 moment on a shared machine hits them all; the table shows medians (latencies) and totals
@@ -34,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import statistics
@@ -42,7 +67,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -51,15 +77,19 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the dev dependencie
 import yaml
 
 from bench import report
+from bench.client import merge
 from bench.otlp_sink import sink_stats, tracing_variant_config
 from bench.procs import (
     BENCH_KEY,
     REPO,
-    PeakRSS,
+    Sampler,
     Service,
     free_port,
     gateway_config,
+    nginx_available,
+    nginx_service,
     python_service,
+    raise_nofile,
     redis_command,
     redis_service,
 )
@@ -77,12 +107,35 @@ class Scenario:
     what: str
     api: str = "chat"
     """The API the client calls (`--routes`)."""
+    procs: int = 1
+    """Client processes sharing the streams (the scale scenarios: one process would be the
+    bottleneck, not the relay)."""
+    timeout: float = 60.0
+    """Seconds a stream may take (the client's `--timeout`)."""
+    deadline: float = 120.0
+    """Seconds the measured run may take (the client's `--deadline`)."""
+    repeat: int | None = None
+    """Runs per target, when not `--repeat` (soak-scale: one, it takes minutes)."""
+    warmup_model: str = ""
+    """The warm-up streams' model when not `model` (short streams, for slow scenarios)."""
+    variants: bool = True
+    """Also run the compared transports and the asyncio+h11 server (False for thousands of
+    streams: the time would go to httpx's pool timing out, 30 s a run)."""
 
 
-def scenarios(rounds: int) -> dict[str, Scenario]:
-    """The issue's three scenarios, and `requests` (run only when named: what setting up
-    one request costs); `rounds` sets how many streams each throughput worker runs back to
-    back (more rounds, a longer and steadier measurement)."""
+SCALE_PROCS = 2
+"""Client processes of the scale scenarios: enough that direct access (the generator and
+the fake upstream alone) keeps TTFT and gaps near the ideal (docs/performance.md)."""
+
+
+def scenarios(
+    rounds: int, hold_minutes: float = 3.0, procs: int = SCALE_PROCS
+) -> dict[str, Scenario]:
+    """The issue's scenarios, and `requests` and `soak-scale` (run only when named: what
+    setting up one request costs; thousands of streams held for minutes); `rounds` sets how
+    many streams each throughput worker runs back to back (more rounds, a longer and
+    steadier measurement), `hold_minutes` how long soak-scale's streams last, `procs` how
+    many client processes generate the scale scenarios' load."""
     latency = Scenario(
         name="latency",
         model="bench-n20-p0",
@@ -120,7 +173,38 @@ def scenarios(rounds: int) -> dict[str, Scenario]:
         what="5000 one-chunk streams, 32 at a time, a new connection each (on demand; "
         "4 events a stream, so CPU per 1k chunks times 4 is CPU µs per request)",
     )
-    return {s.name: s for s in (latency, throughput, paced, requests)}
+    scale = Scenario(
+        name="scale",
+        model="bench-n20-p200",
+        streams=3000,
+        concurrency=3000,
+        fresh=True,
+        warmup=20,
+        what=f"3000 concurrent streams of 20 chunks 200 ms apart, arriving at once, a new "
+        f"connection each ({procs} client processes)",
+        procs=procs,
+        warmup_model="bench-n5-p20",
+        variants=False,
+    )
+    pace_ms = 1500
+    chunks = max(2, round(hold_minutes * 60_000 / pace_ms))
+    soak_scale = Scenario(
+        name="soak-scale",
+        model=f"bench-n{chunks}-p{pace_ms}",
+        streams=5000,
+        concurrency=5000,
+        fresh=True,
+        warmup=20,
+        what=f"5000 concurrent streams held {hold_minutes:g} min ({chunks} chunks "
+        f"{pace_ms} ms apart), a new connection each ({procs} client processes; on demand)",
+        procs=procs,
+        warmup_model="bench-n5-p20",
+        variants=False,
+        timeout=hold_minutes * 60 + 60,
+        deadline=hold_minutes * 60 + 120,
+        repeat=1,
+    )
+    return {s.name: s for s in (latency, throughput, paced, scale, requests, soak_scale)}
 
 
 @dataclass
@@ -145,6 +229,19 @@ class Result:
     steal_s: float = 0.0
     """CPU time the hypervisor gave to other guests in the window (a virtual machine's
     noise: the processes here ran slower by about that much)."""
+    idle_rss: int | None = None
+    """The relay's RSS just before the measured streams (after the warm-up)."""
+    concurrency: int = 0
+    """Streams open at once."""
+    core_peak: dict[str, float] = field(default_factory=dict)
+    """Each process group's highest core use over 250 ms windows: relay, upstream, client
+    (the busiest client process)."""
+    rss_timeline: list[tuple[float, int]] = field(default_factory=list)
+    """The relay's RSS every 10 s of the run."""
+    listen_drops: int = 0
+    """Connections the kernel dropped in the window because a listening socket's accept
+    queue was full (TcpExt ListenDrops, the whole machine): each one costs its client a
+    SYN retransmit, 1 s and then 3 s later."""
 
     @property
     def events(self) -> int:
@@ -155,10 +252,46 @@ class Result:
         return self.events / self.client["wall_s"] if self.client["wall_s"] else 0.0
 
     @property
+    def rss_per_stream(self) -> float | None:
+        """Bytes of relay RSS per open stream: (peak - idle before) / streams open at once."""
+        if self.peak_rss is None or self.idle_rss is None or not self.concurrency:
+            return None
+        return (self.peak_rss - self.idle_rss) / self.concurrency
+
+    @property
     def cpu_ms_per_1k(self) -> float | None:
         if self.relay_cpu_s is None or not self.events:
             return None
         return self.relay_cpu_s * 1e6 / self.events
+
+
+def _client_cmd(target: Target, scenario: Scenario, share: int, of: int) -> list[str]:
+    """Client process `share` of `of`: its part of the streams, workers and warm-up."""
+
+    def part(n: int) -> int:
+        return n // of + (share < n % of)
+
+    cmd = [
+        sys.executable, "-m", "bench.client",
+        "--url", target.url,
+        "--key", BENCH_KEY,
+        "--model", scenario.model,
+        "--streams", str(part(scenario.streams)),
+        "--concurrency", str(max(1, part(scenario.concurrency))),
+        "--warmup", str(part(scenario.warmup)),
+        "--timeout", f"{scenario.timeout:g}",
+        "--deadline", f"{scenario.deadline:g}",
+        "--wait-go",
+    ]  # fmt: skip
+    if scenario.fresh:
+        cmd.append("--fresh")
+    if scenario.api != "chat":
+        cmd += ["--api", scenario.api]
+    if scenario.warmup_model:
+        cmd += ["--warmup-model", scenario.warmup_model]
+    if of > 1:
+        cmd.append("--raw")
+    return cmd
 
 
 def run_client(
@@ -170,50 +303,60 @@ def run_client(
     timeout: float,
     profile: Path | None = None,
 ) -> Result:
-    cmd = [
-        sys.executable, "-m", "bench.client",
-        "--url", target.url,
-        "--key", BENCH_KEY,
-        "--model", scenario.model,
-        "--streams", str(scenario.streams),
-        "--concurrency", str(scenario.concurrency),
-        "--warmup", str(scenario.warmup),
-        "--wait-go",
-    ]  # fmt: skip
-    if scenario.fresh:
-        cmd.append("--fresh")
-    if scenario.api != "chat":
-        cmd += ["--api", scenario.api]
-    errlog = tmp / f"client-{target.name}-{scenario.name}.err"
-    with open(errlog, "wb") as err:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=REPO
-        )
-    assert proc.stdin is not None and proc.stdout is not None
-    # The client bounds its own run (--deadline); this is the backstop if it hangs anyway.
-    watchdog = threading.Timer(timeout, proc.kill)
-    watchdog.start()
-    try:
-        line = proc.stdout.readline().strip()
-        if line != b"ready":
-            raise RuntimeError(
-                f"client for {target.name}/{scenario.name} failed its warm-up: "
-                f"{line.decode(errors='replace')[:1000]} {errlog.read_text()[-1000:]}"
+    """One measured run: `scenario.procs` client processes warm up, then all start at once
+    on `go`; the relay's and the upstream's CPU is read around the run, RSS and each
+    process's core use sampled during it."""
+    timeout = max(timeout, scenario.deadline + 60)
+    procs: list[subprocess.Popen[bytes]] = []
+    errlogs: list[Path] = []
+    for n in range(scenario.procs):
+        errlog = tmp / f"client-{target.name}-{scenario.name}-{n}.err"
+        errlogs.append(errlog)
+        with open(errlog, "wb") as err:
+            procs.append(
+                subprocess.Popen(
+                    _client_cmd(target, scenario, n, scenario.procs),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    cwd=REPO,
+                )
             )
+    # The client bounds its own run (--deadline); this is the backstop if it hangs anyway.
+    watchdogs = [threading.Timer(timeout, proc.kill) for proc in procs]
+    for watchdog in watchdogs:
+        watchdog.start()
+    try:
+        for proc, errlog in zip(procs, errlogs, strict=True):
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if line != b"ready":
+                raise RuntimeError(
+                    f"client for {target.name}/{scenario.name} failed its warm-up: "
+                    f"{line.decode(errors='replace')[:1000]} {errlog.read_text()[-1000:]}"
+                )
         relay = target.service
-        with PeakRSS(relay) as rss:
+        groups: dict[str, Callable[[], list[psutil.Process]]] = {"upstream": upstream.processes}
+        if relay is not None:
+            groups["relay"] = relay.processes
+        for n, proc in enumerate(procs):
+            groups[f"client{n}"] = functools.partial(list, [psutil.Process(proc.pid)])
+        with Sampler(relay, groups) as sampler:
             relay_cpu = relay.cpu_seconds() if relay else 0.0
             upstream_cpu = upstream.cpu_seconds()
             ours = sum(s.cpu_seconds() for s in services)
             machine = _busy_seconds()
             steal = _steal_seconds()
+            drops = _listen_drops()
             spy = _start_profiler(relay, profile) if profile else None
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            out = proc.stdout.readline()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+            outs = [proc.stdout.readline() for proc in procs if proc.stdout is not None]
             if spy is not None:
                 _stop_profiler(spy)
-            if not out:
+            if not all(outs):
                 raise RuntimeError(f"client for {target.name}/{scenario.name} gave no result")
             # Work the requests left behind (request log batches, Redis settles) belongs
             # to them; it finishes within a few event-loop turns.
@@ -223,22 +366,39 @@ def run_client(
             ours = sum(s.cpu_seconds() for s in services) - ours
             machine = _busy_seconds() - machine
             steal = _steal_seconds() - steal
-        proc.wait(10)
+            drops = _listen_drops() - drops
+        for proc in procs:
+            proc.wait(10)
     finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    client = orjson.loads(out)
+        for watchdog in watchdogs:
+            watchdog.cancel()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+    parts = [orjson.loads(out) for out in outs]
+    client = parts[0] if len(parts) == 1 else merge(parts)
+    cores = {name: share for name, share in sampler.core_peak.items() if name[:6] != "client"}
+    cores["client"] = max(v for k, v in sampler.core_peak.items() if k.startswith("client"))
     return Result(
         target=target.name,
         scenario=scenario.name,
         client=client,
         relay_cpu_s=relay_cpu if relay else None,
         upstream_cpu_s=upstream_cpu,
-        peak_rss=rss.peak if relay else None,
+        peak_rss=sampler.peak if relay else None,
         others_cpu_s=max(0.0, machine - ours - client["client_cpu_s"]),
         steal_s=steal,
+        idle_rss=sampler.idle if relay else None,
+        # RSS per open stream only where many streams are open at once (paced, scale):
+        # with 64 streams, warm-up and other runs' heap growth would be most of it.
+        concurrency=scenario.concurrency if scenario.concurrency >= 500 else 0,
+        core_peak=cores,
+        rss_timeline=sampler.timeline,
+        listen_drops=drops,
     )
 
 
@@ -257,6 +417,10 @@ def combine(runs: list[Result]) -> Result:
     client["samples"] = [s for r in runs for s in r.client["samples"]][:5]
     cpus = [r.relay_cpu_s for r in runs]
     rss = [r.peak_rss for r in runs]
+    # RSS per stream: the run that grew the most (the first, usually: later runs reuse
+    # the memory it grew), with its own idle RSS before.
+    highest = max(runs, key=lambda r: r.rss_per_stream or 0.0)
+    cores = {name: max(r.core_peak.get(name, 0.0) for r in runs) for name in first.core_peak}
     return Result(
         target=first.target,
         scenario=first.scenario,
@@ -266,6 +430,11 @@ def combine(runs: list[Result]) -> Result:
         peak_rss=None if None in rss else max(r or 0 for r in rss),
         others_cpu_s=sum(r.others_cpu_s for r in runs),
         steal_s=sum(r.steal_s for r in runs),
+        idle_rss=highest.idle_rss,
+        concurrency=first.concurrency,
+        core_peak=cores,
+        rss_timeline=first.rss_timeline,
+        listen_drops=sum(r.listen_drops for r in runs),
     )
 
 
@@ -273,6 +442,19 @@ def _busy_seconds() -> float:
     """CPU time the whole machine spent not idle, over all cores."""
     times = psutil.cpu_times()
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _listen_drops() -> int:
+    """The kernel's count of connections dropped at a full accept queue (0 if unknown)."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(fields.get("ListenDrops", 0))
+    return 0
 
 
 def _steal_seconds() -> float:
@@ -304,13 +486,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--scenario",
-        default="latency,throughput,paced",
-        help="comma-separated: latency, throughput, paced, requests (default: the first three)",
+        default="latency,throughput,paced,scale",
+        help="comma-separated: latency, throughput, paced, scale, requests, soak-scale "
+        "(default: the first four)",
     )
+    default_targets = "direct,floor,nginx,gateway" if nginx_available() else "direct,floor,gateway"
     parser.add_argument(
         "--targets",
-        default="direct,floor,gateway",
-        help="comma-separated: direct, floor, gateway (default: all)",
+        default=default_targets,
+        help="comma-separated: direct, floor, nginx, gateway (default: all; nginx when "
+        f"its binary is installed; here: {default_targets})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway serve --workers N for the gateway targets (default 1); CPU and RSS "
+        "are summed over the workers and their supervisor",
+    )
+    parser.add_argument(
+        "--gateway-workers",
+        default="",
+        metavar="N,M",
+        help="also run the judged gateway with each of these worker counts, side by side "
+        "(e.g. 1,2: targets gateway-native and gateway-native-w2)",
+    )
+    parser.add_argument(
+        "--hold-minutes",
+        type=float,
+        default=3.0,
+        help="soak-scale: how long its 5000 streams stay open (default 3)",
+    )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=SCALE_PROCS,
+        help=f"client processes of the scale scenarios (default {SCALE_PROCS})",
     )
     parser.add_argument(
         "--transport",
@@ -389,13 +600,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.targets = [t for t in args.targets.split(",") if t]
     args.transport = [t for t in args.transport.split(",") if t]
     args.tracing = [float(r) for r in args.tracing.split(",") if r]
+    try:
+        args.gateway_workers = [int(n) for n in args.gateway_workers.split(",") if n]
+    except ValueError:
+        parser.error(f"--gateway-workers: {args.gateway_workers!r} is not numbers, e.g. 1,2")
+    if args.workers < 1 or any(n < 1 for n in args.gateway_workers):
+        parser.error("--workers / --gateway-workers: at least 1")
+    if args.hold_minutes <= 0 or args.client_procs < 1:
+        parser.error("--hold-minutes must be > 0 and --client-procs >= 1")
     known = scenarios(args.rounds)
     for name in args.scenario:
         if name not in known:
             parser.error(f"--scenario: {name!r} is not one of {', '.join(known)}")
     for name in args.targets:
-        if name not in ("direct", "floor", "gateway"):
-            parser.error(f"--targets: {name!r} is not direct, floor or gateway")
+        if name not in ("direct", "floor", "nginx", "gateway"):
+            parser.error(f"--targets: {name!r} is not direct, floor, nginx or gateway")
+        if name == "nginx" and not nginx_available():
+            parser.error("--targets: nginx is not installed (.ci/system-deps installs it)")
     for transport in args.transport:
         if transport not in get_args(Transport):
             parser.error(
@@ -421,6 +642,10 @@ def start_targets(
             "floor", "bench.floor", ["--port", str(port), "--upstream", upstream.url], tmp, port
         ).start()
         targets.append(Target("floor", "floor (bare aiohttp relay)", floor, floor.url))
+    if "nginx" in args.targets:
+        nginx = nginx_service(tmp, upstream.url, args.nofile).start()
+        label = "nginx (1 worker, proxy_buffering off; CPU and RSS: master + worker)"
+        targets.append(Target("nginx", label, nginx, nginx.url))
     if "gateway" not in args.targets:
         return targets
 
@@ -433,9 +658,13 @@ def start_targets(
         managed_keys: int = 0
         spend: bool = False
         tracing: float | None = None
+        workers: int = args.workers
 
     variants = [Variant(f"gateway-{t}", t) for t in args.transport]
     first = args.transport[0]
+    for n in args.gateway_workers:
+        if n != args.workers:
+            variants.append(Variant(f"gateway-{first}-w{n}", first, workers=n))
     if args.server_variants:
         variants.append(
             Variant(f"gateway-{first}-asyncio-h11", first, ["--loop", "asyncio", "--http", "h11"])
@@ -465,6 +694,9 @@ def start_targets(
         if v.server_args is None:
             module, cmd = "gateway", ["serve", "--config", str(config), "--port", str(port)]
             how = "uvloop+httptools"
+            if v.workers != 1:
+                cmd += ["--workers", str(v.workers)]
+                how += f", {v.workers} workers (CPU and RSS: workers + supervisor)"
         else:
             module = "bench.serve_variant"
             cmd = ["--config", str(config), "--port", str(port), *v.server_args]
@@ -573,8 +805,11 @@ def ledger_rate(tmp: Path, name: str, results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    all_scenarios = scenarios(args.rounds)
-    chosen = [all_scenarios[name] for name in args.scenario]
+    args.nofile = raise_nofile()  # the services started here inherit it
+    all_scenarios = scenarios(args.rounds, args.hold_minutes, args.client_procs)
+    # Always in this order (latency ... scale), whatever order they were named in: a relay
+    # keeps the memory it grew for 3000 streams, which would hide paced's RSS after it.
+    chosen = [s for name, s in all_scenarios.items() if name in args.scenario]
     started = time.monotonic()
     judged = f"gateway-{args.transport[0]}"
     tmpdir = tempfile.mkdtemp(prefix="gateway-bench-")
@@ -595,25 +830,29 @@ def main(argv: list[str] | None = None) -> int:
             tmp,
             upstream,
             f"redis://127.0.0.1:{redis.port}/0",
-            [s.model for s in chosen],
+            list(dict.fromkeys(m for s in chosen for m in (s.model, s.warmup_model) if m)),
             sink.url if sink is not None else "",
         )
         services += [t.service for t in targets if t.service is not None]
         print(report.header(targets), flush=True)
+        variants = {f"gateway-{t}" for t in args.transport[1:]} | {f"{judged}-asyncio-h11"}
         for scenario in chosen:
-            runs: dict[str, list[Result]] = {t.name: [] for t in targets}
+            targets_now = [t for t in targets if scenario.variants or t.name not in variants]
+            runs: dict[str, list[Result]] = {t.name: [] for t in targets_now}
             # Repeats go round the targets, so a noisy moment on the machine hits each one.
-            for rep in range(args.repeat):
-                for target in targets:
+            for rep in range(scenario.repeat or args.repeat):
+                for target in targets_now:
                     profile = None
                     if args.profile == scenario.name and target.name == judged and rep == 0:
                         profile = tmp / f"profile-{target.name}-{scenario.name}.txt"
                     result = run_client(target, scenario, upstream, services, tmp, 300, profile)
                     runs[target.name].append(result)
                     time.sleep(0.5)  # let closed connections and background work settle
-            rows = [combine(runs[t.name]) for t in targets]
+            rows = [combine(runs[t.name]) for t in targets_now]
             results += rows
             print(report.scenario_table(scenario.name, scenario.what, rows), flush=True)
+            if scenario.name == "soak-scale":
+                print(report.rss_timelines(rows), flush=True)
             raw = tmp / f"profile-{judged}-{scenario.name}.txt"
             if raw.exists():
                 print(report.profile_summary(raw), flush=True)

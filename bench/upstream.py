@@ -35,6 +35,8 @@ import httptools
 import orjson
 import uvloop
 
+from bench.procs import raise_nofile
+
 _MODEL = re.compile(r"bench-n(\d+)-p(\d+)")
 _HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -333,6 +335,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    raise_nofile()  # thousands of concurrent streams (the scale scenarios)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,108 @@
+"""The benchmark's scale machinery (bench/): the nginx reference relay it writes a config
+for, load split over several client processes, and their results merged.
+
+Real processes throughout: the bench's fake upstream, nginx from the system (.ci/system-deps)
+and `bench.client` processes, on loopback, a few dozen short streams (seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.client import merge, percentile
+from bench.procs import Service, nginx_service, python_service, raise_nofile
+from bench.run import Scenario, Target, _client_cmd, run_client
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Service]:
+    from bench.procs import free_port
+
+    port = free_port()
+    service = python_service("upstream", "bench.upstream", ["--port", str(port)], tmp_path, port)
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+@pytest.mark.nginx
+def test_nginx_relays_streams_from_two_client_processes_intact(
+    upstream: Service, tmp_path: Path
+) -> None:
+    nginx = nginx_service(tmp_path, upstream.url, raise_nofile()).start()
+    try:
+        config = (tmp_path / "nginx" / "nginx.conf").read_text()
+        for directive in ("worker_processes 1;", "proxy_buffering off;", 'Connection "";'):
+            assert directive in config
+        scenario = Scenario(
+            name="small-scale",
+            model="bench-n5-p20",
+            streams=41,
+            concurrency=41,
+            fresh=True,
+            warmup=4,
+            what="41 streams of 5 chunks 20 ms apart over 2 client processes",
+            procs=2,
+            deadline=30,
+        )
+        target = Target("nginx", "nginx", nginx, nginx.url)
+        result = run_client(target, scenario, upstream, [upstream, nginx], tmp_path, 60)
+        # What is measured as nginx is its master and its one worker process.
+        assert len(nginx.processes()) == 2
+    finally:
+        nginx.stop()
+    client = result.client
+    assert (client["streams"], client["ok"], client["errors"], client["integrity"]) == (
+        41,
+        41,
+        0,
+        0,
+    ), client["samples"]
+    # 5 content chunks, the finish, usage and [DONE] events of every stream, through nginx.
+    assert result.events == 41 * 8
+    assert 0.015 < client["gap_p50"] < 0.2
+    assert result.relay_cpu_s is not None
+    assert result.idle_rss and result.peak_rss and result.peak_rss >= result.idle_rss
+    assert set(result.core_peak) == {"relay", "upstream", "client"}
+
+
+def test_client_processes_share_the_streams_exactly() -> None:
+    scenario = Scenario("s", "bench-n20-p200", 3001, 3001, True, 21, "", procs=2)
+    target = Target("t", "t", None, "http://127.0.0.1:1")
+    parts = [_client_cmd(target, scenario, n, 2) for n in range(2)]
+
+    def value(cmd: list[str], flag: str) -> int:
+        return int(cmd[cmd.index(flag) + 1])
+
+    for flag, total in (("--streams", 3001), ("--concurrency", 3001), ("--warmup", 21)):
+        assert sum(value(cmd, flag) for cmd in parts) == total
+    assert all("--raw" in cmd and "--fresh" in cmd for cmd in parts)
+
+
+def test_merged_percentiles_are_over_every_sample_not_averaged() -> None:
+    def part(ttft: list[float], wall: float) -> dict[str, object]:
+        return {
+            "streams": len(ttft),
+            "ok": len(ttft),
+            "events": 3 * len(ttft),
+            "errors": 0,
+            "integrity": 0,
+            "samples": [],
+            "wall_s": wall,
+            "client_cpu_s": 0.5,
+            "ttft": ttft,
+            "gaps": [0.2] * len(ttft),
+        }
+
+    fast = [0.001 * i for i in range(1, 100)]
+    slow = [2.0]  # one slow stream in the other process
+    merged = merge([part(fast, 4.0), part(slow, 5.0)])
+    everything = sorted(fast + slow)
+    assert merged["ttft_p99"] == percentile(everything, 99)
+    assert merged["ttft_p50"] == percentile(everything, 50)
+    assert merged["streams"] == 100 and merged["events"] == 300
+    assert merged["wall_s"] == 5.0 and merged["client_cpu_s"] == 1.0
