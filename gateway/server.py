@@ -130,7 +130,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # many socket objects made and detached); uvloop and asyncio keep both addresses.
         self.connections.add(self)
         self.transport = transport
-        self.flow = FlowControl(transport)
+        self.flow = _Flow(transport)
         self.server = _address(transport.get_extra_info("sockname"))
         peer = _address(transport.get_extra_info("peername"))
         self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
@@ -138,7 +138,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
-        self.flow._is_writable_event = _light_event(self.flow._is_writable_event)
         self.pipeline = cast(Any, _Pipeline())
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
@@ -300,6 +299,18 @@ class _ListEvent(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
         self._waiters = []  # type: ignore[assignment]
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control with its event a `_ListEvent` from the start (uvicorn's makes
+    an `asyncio.Event` that would be replaced at once)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:  # uvicorn 0.55's, but the event
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._is_writable_event = _ListEvent()
+        self._is_writable_event.set()
 
 
 class _Pipeline(list[Any]):
