@@ -40,11 +40,14 @@ import orjson
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.protocols.utils import is_ssl
 
 from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY, DisconnectHook, disconnect_hook
 from gateway.config import GatewayConfig
@@ -121,8 +124,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _refusal: tuple[int, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.flow._is_writable_event = _light_event(self.flow._is_writable_event)
+        # uvicorn 0.55's, with the addresses the transport noted when it connected: uvicorn
+        # asks `get_extra_info("socket")` for them, which on uvloop builds a Python socket
+        # per address (4 getsockname and 1 getpeername system calls per connection, and as
+        # many socket objects made and detached); uvloop and asyncio keep both addresses.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = _Flow(transport)
+        self.server = _address(transport.get_extra_info("sockname"))
+        peer = _address(transport.get_extra_info("peername"))
+        self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         self.pipeline = cast(Any, _Pipeline())
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
@@ -265,6 +280,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 hook.fire()
 
 
+def _address(info: object) -> tuple[str, int | None] | None:
+    """An address as uvicorn's scope has it (`server`, `client`): host and port of an IPv4
+    or IPv6 socket address, a Unix socket's path with no port."""
+    if isinstance(info, tuple | list) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str):
+        return (info, None)
+    return None
+
+
 class _ListEvent(asyncio.Event):
     """`asyncio.Event` with its waiters in a list. asyncio's keeps them in a deque, which
     takes 760 bytes even empty (a list: 56); uvicorn holds two per connection (its flow
@@ -274,6 +299,18 @@ class _ListEvent(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
         self._waiters = []  # type: ignore[assignment]
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control with its event a `_ListEvent` from the start (uvicorn's makes
+    an `asyncio.Event` that would be replaced at once)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:  # uvicorn 0.55's, but the event
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._is_writable_event = _ListEvent()
+        self._is_writable_event.set()
 
 
 class _Pipeline(list[Any]):

@@ -601,3 +601,41 @@ def test_the_connections_events_are_small_and_still_wake_their_waiters() -> None
     transport, _ = asyncio.run(run())
     assert got == [b"{}"]
     assert status_of(transport) == 404
+
+
+def test_the_addresses_are_the_ones_the_transport_kept_not_its_sockets() -> None:
+    """uvicorn asks the transport for its socket and asks that for both addresses: on uvloop
+    a Python socket made per address and 4 getsockname and 1 getpeername system calls per
+    connection. The protocol takes the addresses the transport noted when it connected."""
+    asked: list[str] = []
+
+    class Asked(RecordingTransport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            asked.append(name)
+            return super().get_extra_info(name, default)
+
+    async def connect() -> BoundedHttpToolsProtocol:
+        config = uvicorn.Config(lambda: None, log_level="warning", lifespan="off")
+        state = ServerState()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+        protocol.connection_made(Asked())  # type: ignore[arg-type]
+        return protocol
+
+    protocol = asyncio.run(connect())
+    assert "socket" not in asked
+    assert (protocol.server, protocol.client) == (("127.0.0.1", 8000), ("127.0.0.1", 50000))
+
+
+def test_on_a_socket_the_scope_has_the_connections_addresses() -> None:
+    addresses: list[tuple[Any, Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        addresses.append((scope["server"], scope["client"]))
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with served(app) as address, socket.create_connection(address, timeout=10) as conn:
+        conn.sendall(POST)
+        read_until(conn, b"0\r\n\r\n")
+        assert addresses == [(address, conn.getsockname()[:2])]

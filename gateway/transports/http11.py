@@ -323,9 +323,12 @@ def encode(request: httpx.Request, body: bytes, proxy: Proxy | None = None) -> b
         if (authorization := proxy.authorization) is not None:
             pairs = [*pairs, (b"proxy-authorization", authorization.encode("ascii"))]
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
-    if "transfer-encoding" in request.headers:
+    # On the raw pairs: `in request.headers` would have httpx work out the headers' text
+    # encoding (every name and value decoded) for one lookup, on each request.
+    kept = [p for p in pairs if p[0].lower() != b"transfer-encoding"]
+    if len(kept) != len(pairs):
         # A streamed body was read whole above: it goes out with its length instead.
-        pairs = [p for p in pairs if p[0].lower() != b"transfer-encoding"]
+        pairs = kept
         pairs.append((b"content-length", b"%d" % len(body)))
     lines.extend(b"%s: %s\r\n" % pair for pair in pairs)
     lines.append(b"\r\n")
