@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -301,3 +302,43 @@ def test_a_messages_client_with_thinking_gets_text_and_no_thinking_block(
     assert final.usage.output_tokens == len(text_tokens(6))
     (line,) = log_lines(gw, "o-messages", 1)
     assert line["reasoning_tokens"] == REASONING_TOKENS
+
+
+def test_silent_reasoning_past_the_idle_timeout_ends_in_response_failed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The idle timeout counts the upstream's silence, keep-alives or not: a model that
+    reasons silently longer than `timeouts.idle` is cut off, and the client's SDK sees a
+    `response.failed` after the reasoning item opened, never a `response.completed`."""
+    config = test_config(upstream.url)
+    config["timeouts"].update(keepalive=0.2, idle=0.6)
+    config["providers"].append(
+        {
+            "name": "fake-reasoner",
+            "type": "openai",
+            "base_url": upstream.url + "/v1",
+            "apis": ["chat", "responses"],
+        }
+    )
+    config["models"].append(
+        {
+            "name": "o-long-think",
+            "provider": "fake-reasoner",
+            "upstream_model": "reasoning?n=2&stall_s=3&as=o-long-think",
+        }
+    )
+    with (
+        GatewayProcess(config, tmp_path) as gw,
+        openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0) as client,
+    ):
+        events = list(client.responses.create(model="o-long-think", input="x", stream=True))
+        kinds = [event.type for event in events]
+        assert kinds == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.failed",
+        ]
+        (line,) = log_lines(gw, "o-long-think", 1)
+        assert line["outcome"] == "idle_timeout"
+    assert upstream.wait_for(lambda: seen_for(upstream, "o-long-think")[0].disconnected)
