@@ -184,17 +184,20 @@ def test_encrypted_content_round_trips_to_the_upstream_byte_identical(
             first = first_stream.get_final_response()
     else:
         first = oai.responses.create(model="o-trip", input="x", store=False, include=ENCRYPTED)
-    item = first.output[0].model_dump(exclude_none=True)
-    assert item["encrypted_content"] == encrypted_content()
+    # The next turn's input, as OpenAI's docs show it: the question, the whole output
+    # (reasoning item and message) and the new question.
+    items = [out.model_dump(exclude_none=True) for out in first.output]
+    assert [i["type"] for i in items] == ["reasoning", "message"]
+    assert items[0]["encrypted_content"] == encrypted_content()
+    turn: Any = [
+        {"role": "user", "content": "x"},
+        *items,
+        {"role": "user", "content": "And then?"},
+    ]
     before = len(seen_for(upstream, "o-trip"))
-    oai.responses.create(
-        model="o-trip",
-        input=[item, {"role": "user", "content": "And then?"}],  # type: ignore[list-item]
-        store=False,
-        include=ENCRYPTED,
-    )
+    oai.responses.create(model="o-trip", input=turn, store=False, include=ENCRYPTED)
     seen = seen_for(upstream, "o-trip")[before]
-    assert seen.body["input"][0] == item
+    assert seen.body["input"] == turn
     assert b'"encrypted_content":"' + encrypted_content().encode() + b'"' in seen.raw
 
 
