@@ -27,21 +27,24 @@ TEXT = "".join(text_tokens(6))
 ENCRYPTED: Any = ["reasoning.encrypted_content"]
 
 
+def reasoner(upstream: FakeUpstream) -> dict[str, Any]:
+    """The provider serving both OpenAI APIs, in front of the fake."""
+    return {
+        "name": "fake-reasoner",
+        "type": "openai",
+        "base_url": upstream.url + "/v1",
+        "api_key": "sk-upstream-secret-value",
+        "apis": ["chat", "responses"],
+    }
+
+
 @pytest.fixture(scope="module")
 def gw(
     upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     config = test_config(upstream.url)
     config["timeouts"]["keepalive"] = 0.4
-    config["providers"].append(
-        {
-            "name": "fake-reasoner",
-            "type": "openai",
-            "base_url": upstream.url + "/v1",
-            "api_key": "sk-upstream-secret-value",
-            "apis": ["chat", "responses"],
-        }
-    )
+    config["providers"].append(reasoner(upstream))
     target = f"reasoning?n=6&reasoning={REASONING_TOKENS}"
     # One alias per test, so that each finds its own request log lines by model.
     names = ("o-events", "o-sdk", "o-plain", "o-trip", "o-log", "o-chat", "o-messages")
@@ -315,14 +318,7 @@ def test_silent_reasoning_past_the_idle_timeout_ends_in_response_failed(
     `response.failed` after the reasoning item opened, never a `response.completed`."""
     config = test_config(upstream.url)
     config["timeouts"].update(keepalive=0.2, idle=0.6)
-    config["providers"].append(
-        {
-            "name": "fake-reasoner",
-            "type": "openai",
-            "base_url": upstream.url + "/v1",
-            "apis": ["chat", "responses"],
-        }
-    )
+    config["providers"].append(reasoner(upstream))
     config["models"].append(
         {
             "name": "o-long-think",
