@@ -14,6 +14,10 @@ takes `hold=1` (the body is held open after the last event until the client clos
 the OpenAI ones `usage=litellm|finish` (LiteLLM's usage chunk, or usage on the finish).
 `cached=N&reasoning=M` (OpenAI: usage details) and `cached=N&cache_write=M` (Anthropic:
 cache reads and writes, beside the 11 plain input tokens) report cache and reasoning tokens.
+`reasoning` on a Responses path is a reasoning model's answer written by hand in OpenAI's
+format (`tests/support/fake_responses.py`; `reasoning=M` its reasoning tokens, `stall_s=S`
+seconds of silent reasoning after its reasoning item opened); on Chat it
+is the text scenario (OpenAI's Chat API streams no reasoning, only its token count).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import orjson
 
 from gateway.protocols import stream_translator, translate_answer
 from gateway.sse import SSEDecoder
+from tests.support.fake_responses import reasoning_answer, reasoning_events
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Seen:
     chunks_sent: int = 0
     query: str = ""
     """The request target's query, for fakes that take it off `path` (`fake_clouds`)."""
+    raw: bytes = b""
+    """The request body as its bytes."""
 
 
 def _as_responses(chat_events: Any, request: dict[str, Any]) -> Any:
@@ -182,7 +189,9 @@ class FakeUpstream:
                     await writer.drain()
                     continue
                 data = orjson.loads(body) if body else {}
-                seen = Seen(path=path, headers=headers, body=data, started=time.monotonic())
+                seen = Seen(
+                    path=path, headers=headers, body=data, started=time.monotonic(), raw=body
+                )
                 self.seen.append(seen)
                 keep = await self._answer(seen, reader, writer)
                 if not keep:
@@ -291,7 +300,16 @@ class FakeUpstream:
             else self._openai_events(seen, scenario, params)
         )
         if seen.path.endswith("/responses"):
-            events = _as_responses(events, seen.body)
+            events = (
+                reasoning_events(
+                    seen.body,
+                    text_tokens(int(params.get("n", "12"))),
+                    int(params.get("reasoning", "0")),
+                    _STALL if "stall_s" in params else None,
+                )
+                if scenario == "reasoning"
+                else _as_responses(events, seen.body)
+            )
         ttft = float(params.get("ttft_ms", "0")) / 1000
         pace = float(params.get("pace_ms", "0")) / 1000
         self.open_streams += 1
@@ -459,6 +477,8 @@ class FakeUpstream:
         text = "".join(text_tokens(n))
         if seen.path.endswith("/count_tokens"):
             return {"input_tokens": 42}
+        if seen.path.endswith("/responses") and scenario == "reasoning":
+            return reasoning_answer(seen.body, text_tokens(n), int(params.get("reasoning", "0")))
         if seen.path.endswith("/responses"):
             chat = self._complete(
                 replace(seen, path="/v1/chat/completions"), scenario, params, False
