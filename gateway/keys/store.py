@@ -230,12 +230,22 @@ class KeyStore:
         import asyncpg
 
         dsn = "postgresql://" + engine_url(self.url).removeprefix("postgresql+asyncpg://")
+        errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
         try:
             conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
-            await conn.add_listener(CHANNEL, self._notified)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except errors as exc:
             self._set_reachable(False, exc)
             return
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+        except BaseException as exc:
+            # Failed or cancelled (`aclose` while following) half way: the connection is
+            # this call's alone, so it closes it rather than leave it to the collector.
+            conn.terminate()
+            if isinstance(exc, errors):
+                self._set_reachable(False, exc)
+                return
+            raise
         conn.add_termination_listener(self._listener_lost)
         self._listener = conn
 

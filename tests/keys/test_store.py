@@ -4,10 +4,13 @@ writes, on SQLite and on a throwaway PostgreSQL database alike."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import insert
 
@@ -138,3 +141,36 @@ def test_a_rotation_that_lost_a_race_conflicts_and_changes_nothing(database_url:
             await store.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.postgres
+def test_a_listener_cancelled_while_it_subscribes_leaves_no_connection_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`aclose` cancels the follow task; when that lands between connecting the listener
+    and subscribing it, the connection is closed there and then, not left to the collector
+    (an unclosed asyncpg connection warns when collected, in whatever runs at that moment)."""
+    entered = asyncio.Event()
+
+    async def stuck(*args: object) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async def main(url: str) -> None:
+        await migrate_database(url)
+        store = await started(url)
+        try:
+            await store._unlisten()
+            monkeypatch.setattr(asyncpg.Connection, "add_listener", stuck)
+            task = asyncio.create_task(store._listen())
+            await entered.wait()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert store._listener is None
+        finally:
+            await store.aclose()
+
+    with ThrowawayDatabase() as db:
+        asyncio.run(main(db.url))
+        gc.collect()  # an unclosed connection would warn here (warnings are errors)
