@@ -17,6 +17,10 @@ deployment of the plan had room, the first skipped one is waited for, briefly.
 
 `record.deployment`, `record.provider` and `record.answered_by` name the attempt in flight
 (one place per attempt, for traces too).
+
+A model with one deployment, no `limits` and no fallbacks (`Router.single`; most models)
+skips the plan and the limiter: its one deployment is started at once. Its health,
+in-flight count, latency, retries and metrics are kept as on the general path.
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ out when its turn comes):
 A deployment whose upstream account has nothing left (as it last reported in
 `x-ratelimit-remaining-*`, or as the upstream limiter counted it: `gateway.limits.upstream`)
 is put after the others; a deployment with `limits` is only tried with that limiter's
-ticket (none: the next deployment; none anywhere: a brief wait on the first). Health
+ticket (none: the next deployment; none anywhere: a brief wait on the first). Those
+headers are only read where they are used: for a deployment with `limits`, or one with
+other deployments of its model to be ranked against. Health
 (`routing.health`), in-flight counts and latencies are this process's own: with several
 workers or replicas each judges by what it sees.
 
