@@ -17,6 +17,10 @@ deployment of the plan had room, the first skipped one is waited for, briefly.
 
 `record.deployment`, `record.provider` and `record.answered_by` name the attempt in flight
 (one place per attempt, for traces too).
+
+A model with one deployment, no `limits` and no fallbacks (`Router.single`; most models)
+skips the plan and the limiter: its one deployment is started at once. Its health,
+in-flight count, latency, retries and metrics are kept as on the general path.
 """
 
 from __future__ import annotations
@@ -68,6 +72,14 @@ class Attempts(Generic[T]):
         """The first answer of the plan, and the lease of the deployment that gave it (the
         caller `finish`es it when the answer ends)."""
         router, tokens = self.router, self.tokens
+        if len(models) == 1 and (only := router.single.get(models[0].name)) is not None:
+            # The usual case: one deployment, no fallbacks, no upstream limits. Its plan is
+            # itself and it needs no ticket: no plan generator, no limiter call.
+            answer = await self.on(only, router.start(only))
+            if answer is not None:
+                return answer
+            assert self.last is not None
+            raise self.last
         skipped: list[Deployment] = []
         for deployment in router.plan(models):
             lease = await router.admit(deployment, tokens)

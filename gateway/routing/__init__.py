@@ -21,7 +21,9 @@ out when its turn comes):
 A deployment whose upstream account has nothing left (as it last reported in
 `x-ratelimit-remaining-*`, or as the upstream limiter counted it: `gateway.limits.upstream`)
 is put after the others; a deployment with `limits` is only tried with that limiter's
-ticket (none: the next deployment; none anywhere: a brief wait on the first). Health
+ticket (none: the next deployment; none anywhere: a brief wait on the first). Those
+headers are only read where they are used: for a deployment with `limits`, or one with
+other deployments of its model to be ranked against. Health
 (`routing.health`), in-flight counts and latencies are this process's own: with several
 workers or replicas each judges by what it sees.
 
@@ -77,6 +79,8 @@ class Deployment:
     health: Health
     only: bool
     """Its model's only deployment: then it is retried on its provider's `max_retries`."""
+    limited: bool = False
+    """It has `limits`: each attempt takes an upstream limiter ticket."""
     in_flight: int = 0
     sent: int = 0
     ewma_ttft: float | None = None
@@ -84,9 +88,13 @@ class Deployment:
     """Smooth weighted round robin's running weight."""
     key: str = field(init=False)
     """The upstream limiter's key for it."""
+    observed: bool = field(init=False)
+    """Its upstream's rate-limit headers are read: only its limiter ticket or a ranking
+    against its model's other deployments uses them."""
 
     def __post_init__(self) -> None:
         self.key = f"{self.model}/{self.config.name}"
+        self.observed = self.limited or not self.only
 
     @property
     def name(self) -> str:
@@ -133,12 +141,18 @@ class Router:
                     ),
                     health=Health(config.health),
                     only=only,
+                    limited=d.limits.any,
                 )
                 for d in m.deployments
             ]
             for d in self._by_model[m.name]:
                 metrics.set_deployment_healthy(m.name, d.name, True)
-        self._limited = {d.key for ds in self._by_model.values() for d in ds if d.config.limits.any}
+        self.single = {
+            name: ds[0] for name, ds in self._by_model.items() if len(ds) == 1 and not ds[0].limited
+        }
+        """The models with one deployment and no upstream account limits, by name: their
+        plan is that deployment, whatever its health, and it needs no ticket (the relay's
+        fast path, `relay/attempts.py`)."""
 
     def deployments(self, model: str) -> list[Deployment]:
         return self._by_model[model]
@@ -186,7 +200,7 @@ class Router:
         """Room under the deployment's upstream account limits: a lease to start the attempt
         with, or None (count it and try another deployment)."""
         ticket = None
-        if d.key in self._limited:
+        if d.limited:
             try:
                 ticket = await self.limits.acquire(d.key, d.config.limits, tokens, wait)
             except LimiterUnavailable:
@@ -217,10 +231,11 @@ class Router:
         d.ewma_ttft = (
             ttft if d.ewma_ttft is None else d.ewma_ttft + _EWMA_ALPHA * (ttft - d.ewma_ttft)
         )
-        if d.health.succeeded():
+        health = d.health
+        if (health.needs_probe or health.probing) and health.succeeded():
             self.metrics.set_deployment_healthy(d.model, d.name, True)
         self.metrics.deployment_attempt(d.model, d.name, "ok")
-        if headers is not None:
+        if headers is not None and d.observed:
             self.limits.observe(d.key, headers)
 
     def failed(self, lease: Lease, headers: Mapping[str, str], outcome: str) -> None:
@@ -229,7 +244,7 @@ class Router:
         if d.health.failed(self._clock(), retry_after(headers)):
             self.metrics.set_deployment_healthy(d.model, d.name, False)
         self.metrics.deployment_attempt(d.model, d.name, outcome)
-        if headers:
+        if headers and d.observed:
             self.limits.observe(d.key, headers)
         self.finish(lease, 0)
 

@@ -57,30 +57,33 @@ class Limiter:
         self.settled.append(tokens_used)
 
 
-def setup(limiter: Limiter | None = None) -> tuple[Router, Metrics, ModelConfig]:
+def setup(
+    limiter: Limiter | None = None, single: dict[str, Any] | None = None
+) -> tuple[Router, Metrics, ModelConfig]:
+    """The model `m` (deployments on a and b, both with limits); with `single`, the model
+    `s` instead: one deployment on a, with the limits `single` gives (maybe none)."""
     limits = {"rpm": 10}
+    deployments: list[dict[str, Any]] = [
+        {"provider": "a", "upstream_model": "u", "weight": 9, "limits": limits},
+        {"provider": "b", "upstream_model": "u", "limits": limits},
+    ]
+    if single is not None:
+        deployments = [{"provider": "a", "upstream_model": "u", "limits": single}]
+    name = "m" if single is None else "s"
     config = parse_config(
         {
             "providers": [
                 {"name": n, "type": "openai", "base_url": "http://x/v1", "max_retries": 2}
                 for n in ("a", "b")
             ],
-            "models": [
-                {
-                    "name": "m",
-                    "deployments": [
-                        {"provider": "a", "upstream_model": "u", "weight": 9, "limits": limits},
-                        {"provider": "b", "upstream_model": "u", "limits": limits},
-                    ],
-                }
-            ],
+            "models": [{"name": name, "deployments": deployments}],
             "keys": [{"id": "k", "key_sha256": HASH}],
         },
         "t.yaml",
         {},
     )
-    metrics = Metrics(["m"], ["a", "b"], ["k"])
-    model = config.model("m")
+    metrics = Metrics([name], ["a", "b"], ["k"])
+    model = config.model(name)
     assert model is not None
     return Router(config, metrics, limiter), metrics, model
 
@@ -93,6 +96,8 @@ def attempts(router: Router, metrics: Metrics, behave: dict[str, Any]) -> Attemp
 
     async def attempt(provider: Provider, call: UpstreamCall) -> str:
         outcome = behave[provider.config.name]
+        if isinstance(outcome, list):  # one outcome per attempt
+            outcome = outcome.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
         if outcome == "hang":
@@ -193,3 +198,42 @@ async def test_a_cancelled_attempt_leaves_nothing_in_flight_and_frees_its_probe(
         await task
     assert not a.health.probing and a.in_flight == 0
     assert next(router.plan([model])) is a  # probe-able again
+
+
+@in_loop
+async def test_a_single_unlimited_deployment_takes_the_fast_path_with_every_semantic() -> None:
+    """One deployment, no limits, no fallbacks (`Router.single`): no limiter call and its
+    headers unread, yet retried on `max_retries`, cooled by failures, healed by an answer,
+    counted, timed, and out of flight when its answer ends."""
+    limiter = Limiter(set())
+    router, metrics, model = setup(limiter, single={})
+    (d,) = router.deployments("s")
+    assert router.single == {"s": d}
+    down = UpstreamError("down", retryable=True)
+    with pytest.raises(UpstreamError):  # three attempts (max_retries 2), each failed
+        await attempts(router, metrics, {"a": [down, down, down]}).first_answer([model])
+    assert not d.health.healthy and d.in_flight == 0
+    body, _ = metrics.render()
+    assert value(body, "gateway_deployment_healthy", model="s") == 0
+    run = attempts(router, metrics, {"a": [down, "ok"]})
+    answer, lease = await run.first_answer([model])  # cooled, but the only one: tried
+    assert answer == "a:u" and run.record.attempts == 2 and run.record.deployment == "a/u"
+    assert d.health.healthy and d.in_flight == 1 and d.ewma_ttft is not None
+    router.finish(lease, 42)
+    assert d.in_flight == 0
+    body, _ = metrics.render()
+    assert value(body, "gateway_deployment_healthy", model="s") == 1
+    assert value(body, "gateway_deployment_requests_total", outcome="failed") == 4
+    assert value(body, "gateway_deployment_requests_total", outcome="ok") == 1
+    assert limiter.waits == [] and limiter.observed == [] and limiter.settled == []
+
+
+@in_loop
+async def test_a_single_deployment_with_limits_still_takes_a_ticket_and_reads_headers() -> None:
+    limiter = Limiter(set())
+    router, metrics, model = setup(limiter, single={"rpm": 10})
+    assert router.single == {}
+    answer, lease = await attempts(router, metrics, {"a": "ok"}).first_answer([model])
+    router.finish(lease, 42)
+    assert answer == "a:u" and limiter.waits == [("s/a/u", 0.0)] and limiter.settled == [42]
+    assert limiter.observed == [("s/a/u", {"x-ratelimit-remaining-requests": "7", "answer": "a:u"})]
