@@ -31,11 +31,13 @@ import yaml
 from bench.procs import (
     BENCH_KEY,
     REPO,
-    PeakRSS,
+    Sampler,
     Service,
     free_port,
     gateway_config,
+    nginx_service,
     python_service,
+    raise_nofile,
     redis_service,
 )
 
@@ -48,54 +50,9 @@ def netstat(*names: str) -> dict[str, int]:
     return {n: values.get(n, 0) for n in names}
 
 
-class ProcessTree(Service):
-    """A service whose work is done by its children too (nginx's worker)."""
-
-    def _procs(self) -> list[Any]:
-        assert self.ps is not None
-        return [self.ps, *self.ps.children(recursive=True)]
-
-    def cpu_seconds(self) -> float:
-        return sum(float(t.user + t.system) for t in (p.cpu_times() for p in self._procs()))
-
-    def rss(self) -> int:
-        return sum(int(p.memory_info().rss) for p in self._procs())
-
-
 def system_seconds(service: Service) -> float:
-    assert service.ps is not None
-    procs = [service.ps, *service.ps.children(recursive=True)]
-    return sum(float(p.cpu_times().system) for p in procs)
-
-
-def nginx_service(tmp: Path, upstream_port: int) -> Service:
-    port = free_port()
-    prefix = tmp / "nginx"
-    (prefix / "logs").mkdir(parents=True, exist_ok=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 16000; }}
-http {{
-  access_log off;
-  upstream u {{ server 127.0.0.1:{upstream_port}; keepalive 1024; }}
-  server {{
-    listen 127.0.0.1:{port} backlog=2048;
-    location / {{
-      proxy_pass http://u;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }}
-  }}
-}}
-"""
-    )
-    cmd = ["nginx", "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"]
-    return ProcessTree("nginx", cmd, tmp, port)
+    """The kernel's share of the relay's CPU, over its process tree (nginx's worker too)."""
+    return sum(float(p.cpu_times().system) for p in service.processes())
 
 
 def burst(
@@ -135,7 +92,7 @@ def burst(
     before = netstat("ListenOverflows", "ListenDrops")
     cpu0 = service.cpu_seconds()
     sys0 = system_seconds(service)
-    with PeakRSS(service, 0.05) as rss:
+    with Sampler(service, {}, interval=0.05) as rss:
         for p in procs:
             assert p.stdin is not None
             p.stdin.write(b"go\n")
@@ -198,6 +155,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="K=V for the gateways")
     parser.add_argument("--signal-at", type=float, default=0.0, help="SIGUSR1 after S s")
     args = parser.parse_args()
+    nofile = raise_nofile()  # the services started here inherit it
     tmp = Path(tempfile.mkdtemp(prefix="scale-probe-"))
     upstream_port = free_port()
     upstream = python_service(
@@ -232,7 +190,7 @@ def main() -> None:
             services.append(
                 (
                     name,
-                    ProcessTree(
+                    Service(
                         name,
                         [sys.executable, "-m", "gateway", *cmd],
                         tmp,
@@ -244,7 +202,7 @@ def main() -> None:
                 )
             )
         if args.nginx:
-            services.append(("nginx", nginx_service(tmp, upstream_port).start()))
+            services.append(("nginx", nginx_service(tmp, upstream.url, nofile).start()))
         for r in range(args.rounds):
             for name, service in services:
                 spy_out = None

@@ -7,6 +7,8 @@ and `bench.client` processes, on loopback, a few dozen short streams (seconds).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +108,27 @@ def test_merged_percentiles_are_over_every_sample_not_averaged() -> None:
     assert merged["ttft_p50"] == percentile(everything, 50)
     assert merged["streams"] == 100 and merged["events"] == 300
     assert merged["wall_s"] == 5.0 and merged["client_cpu_s"] == 1.0
+
+
+@pytest.mark.nginx
+def test_the_burst_probe_runs_a_gateway_tree_beside_the_bench_s_nginx() -> None:
+    """`python -m bench.scale_probe` (docs/performance.md's burst tool) end to end on a small
+    burst: it shares bench.procs' services and sampler, so a change there shows up here."""
+    import orjson
+
+    from bench.procs import REPO
+
+    probe = [sys.executable, "-m", "bench.scale_probe", "--tree", str(REPO), "--nginx"]
+    out = subprocess.run(
+        [*probe, "--streams", "20", "--clients", "1", "--model", "bench-n5-p20"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    ).stdout.decode()
+    rounds = [line.split(": ", 1) for line in out.splitlines() if line.startswith("round 0 ")]
+    assert [name.removeprefix("round 0 ") for name, _ in rounds] == [f"0-{REPO.name}", "nginx"]
+    for _, result in rounds:
+        data = orjson.loads(result)
+        assert (data["ok"], data["errors"]) == (20, 0)
+        assert data["peak_rss_mb"] > 0
