@@ -72,7 +72,8 @@ ACCOUNT_PREFIX = "dep/"
 
 MAX_OBSERVED_RESET_S = 3600.0
 """A reset further away than this is taken as this: a bogus header cannot shut a deployment
-for days (OpenAI's longest window that matters here, requests per day, is reported as hours)."""
+for days (OpenAI's longest window that matters here, requests per day, is reported as hours).
+The router's cool-down on a 429's `retry-after` is capped by the same hour (`routing.health`)."""
 
 OBSERVATION_TTL_S = float(WINDOW_S)
 """How long an observation without a reset (Azure sends remaining counts only) is used."""

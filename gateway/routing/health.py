@@ -21,10 +21,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from gateway.config import HealthConfig
-
-_MAX_RETRY_AFTER = 3600.0
-"""An upstream's retry-after is honoured up to an hour: a typo there must not park a
-deployment for a day."""
+from gateway.limits.upstream import MAX_OBSERVED_RESET_S
 
 
 class Health:
@@ -77,7 +74,7 @@ class Health:
     def _cool(self, now: float, cooldown: float, retry_after: float | None) -> None:
         self.needs_probe = True
         self._failures.clear()
-        until = now + max(cooldown, min(retry_after or 0.0, _MAX_RETRY_AFTER))
+        until = now + max(cooldown, min(retry_after or 0.0, MAX_OBSERVED_RESET_S))
         self.cooled_until = max(self.cooled_until, until)
 
 
