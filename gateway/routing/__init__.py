@@ -79,8 +79,6 @@ class Deployment:
     health: Health
     only: bool
     """Its model's only deployment: then it is retried on its provider's `max_retries`."""
-    limited: bool = False
-    """It has `limits`: each attempt takes an upstream limiter ticket."""
     in_flight: int = 0
     sent: int = 0
     ewma_ttft: float | None = None
@@ -88,12 +86,15 @@ class Deployment:
     """Smooth weighted round robin's running weight."""
     key: str = field(init=False)
     """The upstream limiter's key for it."""
+    limited: bool = field(init=False)
+    """It has `limits`: each attempt takes an upstream limiter ticket."""
     observed: bool = field(init=False)
     """Its upstream's rate-limit headers are read: only its limiter ticket or a ranking
     against its model's other deployments uses them."""
 
     def __post_init__(self) -> None:
         self.key = f"{self.model}/{self.config.name}"
+        self.limited = self.config.limits.any
         self.observed = self.limited or not self.only
 
     @property
@@ -141,7 +142,6 @@ class Router:
                     ),
                     health=Health(config.health),
                     only=only,
-                    limited=d.limits.any,
                 )
                 for d in m.deployments
             ]
