@@ -46,6 +46,7 @@ from gateway.providers.base import (
     StreamState,
     Usage,
     error_from_status,
+    translate_error,
     upstream_errors,
 )
 from gateway.providers.redact import Redactor
@@ -227,7 +228,9 @@ async def open_event_stream(
     gateway error (`error_body` turns the provider's error body, scrubbed of the
     credentials in `redact`, into OpenAI's shape). A request in bytes goes to the native
     transport (`gateway.providers.requests` makes one only for it)."""
-    with upstream_errors(provider):
+    # `upstream_errors`, written out: its generator and context object cost more than the
+    # rest of the native path's checks.
+    try:
         if type(request) is NativeRequest:
             assert isinstance(transport, NativeTransport)
             native = await transport.send_raw(request)
@@ -241,6 +244,8 @@ async def open_event_stream(
         else:
             assert isinstance(request, httpx.Request)
             response = await transport.handle_async_request(request)
+    except httpx.HTTPError as exc:
+        raise translate_error(provider, exc) from None
     try:
         if response.status_code != 200:
             with upstream_errors(provider):

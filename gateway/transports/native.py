@@ -349,10 +349,11 @@ class FieldHeaders(Mapping[str, str]):
     def raw(self, name: bytes) -> bytes | None:
         """A field's value by its lower-case name, as it came (several joined with ", ",
         as httpx joins them); None if absent."""
-        found = [value for key, value in self.fields if key.lower() == name]
-        if not found:
-            return None
-        return found[0] if len(found) == 1 else b", ".join(found)
+        found = None
+        for key, value in self.fields:
+            if key.lower() == name:
+                found = value if found is None else found + b", " + value
+        return found
 
     @property
     def _all(self) -> httpx.Headers:
