@@ -1,6 +1,7 @@
 """An upstream SSE response as an `EventStream`: read, frame, translate, hand on.
 
-`SSEUpstream` owns the upstream `httpx.Response`: it reads raw network chunks, frames them
+`SSEUpstream` owns the upstream response (an `httpx.Response`, or over the native transport
+its `NativeResponse`, read the same way): it reads raw network chunks, frames them
 into events with `SSEDecoder`, and asks its subclass to `translate` each batch of events
 into bytes for the client. Reads that complete no event yield nothing (no empty writes).
 The relay either iterates it (a task wakeup per read) or, when the response came over the

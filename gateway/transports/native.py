@@ -7,8 +7,8 @@ the parser, its bounds and the socket's back-pressure). Each body read is one wa
 reader; the bytes a read carries are whatever arrived since the last one, never re-chunked.
 
 What it keeps from httpx: providers build `httpx.Request`s and get `httpx.Response`s (the
-transport API), so headers, decoding of compressed plain answers (`aiter_bytes`) and the
-exception classes are httpx's: it raises nothing else (`MalformedResponse` is an
+transport API; their streams excepted, below), so headers, decoding of compressed plain
+answers (`aiter_bytes`) and the exception classes are httpx's: it raises nothing else (`MalformedResponse` is an
 `httpx.RemoteProtocolError`). What it leaves out, on purpose: HTTP/2, redirects, cookies (a
 gateway must keep no state between tenants' requests), `HEAD`, and `Expect: 100-continue`
 (an informational answer is skipped).
@@ -19,12 +19,14 @@ pool only once its response was read to the end; one closed mid-body is discarde
 connection the server closed while it was idle fails its request with RemoteProtocolError,
 as httpx's own pool does; the relay's attempts retry that.
 
-The providers' streaming requests skip httpx's objects (`send_raw`): their bytes come whole
-from `gateway.providers.requests` (a head made once per URL, the body's length added), and
-the answer is a `NativeResponse`: the status, the head's raw fields (as `httpx.Headers` only
-if something reads them) and the body. Such a request goes only where its bytes need no
-change: straight to the origin, or through a proxy's tunnel (https); an http origin behind
-a proxy takes the `httpx.Request` path (`raw_origin`).
+The providers' streams skip httpx's objects (`send_raw`), which cost about as much CPU as
+the rest of the transport and held ~2 KB per open stream: their bytes come whole from
+`gateway.providers.requests` (a head made once per URL, the body's length added), and the
+answer is a `NativeResponse`: the status, the head's fields as they came (`httpx.Headers`
+made only if something reads them) and the body. Such a request goes where its bytes need
+no change: straight to the origin, or through a proxy's tunnel (https); an http origin
+behind a proxy takes the `httpx.Request` path (`raw_origin`). The same connections, pool,
+bounds, timeouts and exceptions serve both.
 
 A body is read either by iterating it (a task wakes for each socket read) or, for the
 relay's push mode, by a listener the connection calls at the end of each socket read
