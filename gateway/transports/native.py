@@ -8,10 +8,10 @@ reader; the bytes a read carries are whatever arrived since the last one, never 
 
 What it keeps from httpx: providers build `httpx.Request`s and get `httpx.Response`s (the
 transport API; their streams excepted, below), so headers, decoding of compressed plain
-answers (`aiter_bytes`) and the exception classes are httpx's: it raises nothing else (`MalformedResponse` is an
-`httpx.RemoteProtocolError`). What it leaves out, on purpose: HTTP/2, redirects, cookies (a
-gateway must keep no state between tenants' requests), `HEAD`, and `Expect: 100-continue`
-(an informational answer is skipped).
+answers (`aiter_bytes`) and the exception classes are httpx's: it raises nothing else
+(`MalformedResponse` is an `httpx.RemoteProtocolError`). What it leaves out, on purpose:
+HTTP/2, redirects, cookies (a gateway must keep no state between tenants' requests),
+`HEAD`, and `Expect: 100-continue` (an informational answer is skipped).
 
 Connections: LIFO per origin, at most `max_keepalive` idle in all, closed after
 `keepalive_expiry` seconds idle or when the server closes them. A connection goes back to the

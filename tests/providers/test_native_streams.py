@@ -257,3 +257,27 @@ def test_a_malformed_head_is_malformed(run: Run) -> None:
             assert isinstance(error, UpstreamError) and error.kind == "malformed"
 
     run(scenario())
+
+
+def test_an_iterated_stream_waits_for_each_read_and_maps_a_broken_body(run: Run) -> None:
+    # Iterated (the relay's first read): each event that comes later is waited for, and a
+    # connection dropped mid-body is the gateway's error.
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        for _ in range(2):
+            await asyncio.sleep(0.02)
+            writer.write(b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK))
+            await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.transport.abort()  # mid-body: no last chunk
+
+    async def scenario() -> None:
+        async with _opened(answer) as (stream, _, _):
+            assert isinstance(stream, SSEUpstream)
+            assert await stream.__anext__() == CHUNK
+            assert await stream.__anext__() == CHUNK
+            with pytest.raises(UpstreamError) as caught:
+                await stream.__anext__()
+            assert caught.value.kind == "connection" and caught.value.retryable
+
+    run(scenario())
