@@ -84,7 +84,7 @@ class UpstreamRequests:
         transport, its streams' request head."""
         parsed = httpx.URL(url)
         origin = None if self._native is None else self._native.raw_origin(parsed)
-        head = b"" if origin is None else _head(parsed, self._fields(parsed, stream=True))
+        head = b"" if origin is None else _head(parsed, _ascii(self._fields(parsed, stream=True)))
         return Target(parsed, origin, head)
 
     def stream(
@@ -104,8 +104,10 @@ class UpstreamRequests:
             return request
         head = target.head
         if extra:
-            fields = self._fields(target.url, stream=True)
-            fields.update((name.lower(), value) for name, value in extra)
+            fields = _ascii(self._fields(target.url, stream=True))
+            # As `request.headers[name] = value` sets them: in UTF-8, where one of the same
+            # name stood (httpx.Headers.__setitem__).
+            fields.update((name.lower().encode(), value.encode()) for name, value in extra)
             head = _head(target.url, fields)
         trace = b"traceparent: %s\r\n" % traceparent.encode("ascii") if traceparent else b""
         data = b"".join((head, b"content-length: %d\r\n" % len(content), trace, b"\r\n", content))
@@ -148,9 +150,14 @@ class UpstreamRequests:
         return headers
 
 
-def _head(url: httpx.URL, fields: Mapping[str, str]) -> bytes:
-    """The request line and `fields`, encoded as httpx encodes them (ASCII: a value
-    outside it fails as it fails there), without the blank line that ends the head."""
+def _ascii(fields: Mapping[str, str]) -> dict[bytes, bytes]:
+    """Fields encoded as `httpx.Headers(fields)` encodes them: in ASCII (a value outside it
+    fails as it fails there)."""
+    return {name.encode("ascii"): value.encode("ascii") for name, value in fields.items()}
+
+
+def _head(url: httpx.URL, fields: Mapping[bytes, bytes]) -> bytes:
+    """The request line and `fields`, without the blank line that ends the head."""
     lines = [b"POST %s HTTP/1.1\r\n" % url.raw_path]
-    lines.extend(b"%s: %s\r\n" % (k.encode("ascii"), v.encode("ascii")) for k, v in fields.items())
+    lines.extend(b"%s: %s\r\n" % pair for pair in fields.items())
     return b"".join(lines)
