@@ -40,6 +40,7 @@ NS: dict[str, int] = collections.defaultdict(int)
 N: dict[str, int] = collections.defaultdict(int)
 SYNC_OUT, ASYNC_OUT, INSIDE = 0.8, 1.8, 0.7
 
+NATIVE = "native transport own: the response, NativeBody"
 # (module, attribute path, label, parent label, async?). A label's own time is its
 # inclusive time less its children's (and `uvicorn send`'s, which runs inside the relay).
 PROBES: list[tuple[str, str, str, str | None, bool]] = [
@@ -237,14 +238,28 @@ PROBES: list[tuple[str, str, str, str | None, bool]] = [
     (
         "gateway.providers.openai",
         "OpenAIProvider._request",
-        "upstream request build: body + httpx.Request",
+        "upstream request build: body + request",
         "open_event_stream + SSEUpstream (open_stream own)",
+        False,
+    ),
+    (
+        "gateway.providers.requests",
+        "UpstreamRequests.stream",
+        "encode request bytes (UpstreamRequests.stream)",
+        "upstream request build: body + request",
         False,
     ),
     (
         "gateway.transports.native",
         "NativeTransport.handle_async_request",
-        "native transport own: httpx.Response, NativeBody",
+        NATIVE,
+        "open_event_stream + SSEUpstream (open_stream own)",
+        True,
+    ),
+    (
+        "gateway.transports.native",
+        "NativeTransport.send_raw",
+        NATIVE,
         "open_event_stream + SSEUpstream (open_stream own)",
         True,
     ),
@@ -252,28 +267,16 @@ PROBES: list[tuple[str, str, str, str | None, bool]] = [
         "gateway.transports.native",
         "encode",
         "encode request bytes (http11.encode)",
-        "native transport own: httpx.Response, NativeBody",
+        NATIVE,
         False,
     ),
-    (
-        "gateway.transports.native",
-        "NativeTransport._take",
-        "pool checkout",
-        "native transport own: httpx.Response, NativeBody",
-        False,
-    ),
-    (
-        "gateway.transports.native",
-        "NativeTransport._connect",
-        "upstream connect",
-        "native transport own: httpx.Response, NativeBody",
-        True,
-    ),
+    ("gateway.transports.native", "NativeTransport._take", "pool checkout", NATIVE, False),
+    ("gateway.transports.native", "NativeTransport._connect", "upstream connect", NATIVE, True),
     (
         "gateway.transports.http11",
         "Connection.send",
         "upstream socket write (Connection.send)",
-        "native transport own: httpx.Response, NativeBody",
+        NATIVE,
         True,
     ),
     (

@@ -50,7 +50,7 @@ from gateway.providers.base import (
     Usage,
 )
 from gateway.providers.redact import Redactor
-from gateway.providers.requests import UpstreamRequests
+from gateway.providers.requests import Target, UpstreamRequests
 from gateway.providers.streams import (
     PassThroughStream,
     SSEUpstream,
@@ -61,6 +61,7 @@ from gateway.providers.streams import (
     open_event_stream,
 )
 from gateway.sse import SSEEvent
+from gateway.transports.native import NativeRequest, NativeResponse
 
 ANTHROPIC_VERSION = "2023-06-01"
 _DONE = b"data: [DONE]\n\n"
@@ -87,7 +88,7 @@ class AnthropicStream(SSEUpstream):
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: httpx.Response | NativeResponse,
         provider: str,
         *,
         include_usage: bool,
@@ -312,6 +313,7 @@ class AnthropicProvider:
             timeouts,
             defaults={"anthropic-version": ANTHROPIC_VERSION},
             auth={"x-api-key": config.api_key} if config.api_key else None,
+            transport=transport,
         )
         self._redact = Redactor.for_provider(config)
         self._pinned = frozenset(name.lower() for name in config.headers)
@@ -319,9 +321,35 @@ class AnthropicProvider:
         # A base_url written with or without Anthropic's /v1 both work; parsed on first use.
         base = config.base_url.rstrip("/")
         self._url_text = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        self._url: httpx.URL | None = None
+        self._target: Target | None = None
 
-    def _request(self, call: UpstreamCall, *, stream: bool) -> httpx.Request:
+    def _request(self, call: UpstreamCall) -> httpx.Request | NativeRequest:
+        """A stream's upstream request: in bytes over the native transport."""
+        content = self._content(call, stream=True)
+        return self._requests.stream(
+            self._messages_target(), content, traceparent=call.traceparent, extra=self._passed(call)
+        )
+
+    def _plain_request(self, call: UpstreamCall) -> httpx.Request:
+        content = self._content(call, stream=False)
+        request = self._requests.build(
+            self._messages_target().url, content, stream=False, traceparent=call.traceparent
+        )
+        for name, value in self._passed(call):
+            request.headers[name] = value
+        return request
+
+    def _messages_target(self) -> Target:
+        target = self._target
+        if target is None:
+            target = self._target = self._requests.target(self._url_text)
+        return target
+
+    def _passed(self, call: UpstreamCall) -> list[tuple[str, str]]:
+        """The client's headers sent on (`passed_headers`), but those the config sets."""
+        return [(k, v) for k, v in call.passed_headers if k not in self._pinned]
+
+    def _content(self, call: UpstreamCall, *, stream: bool) -> bytes:
         if call.route != "chat.completions":
             path = "/v1/" + call.route.replace(".", "/")
             raise InvalidRequest(
@@ -337,24 +365,16 @@ class AnthropicProvider:
             body["model"] = model
             body["stream"] = stream
         try:
-            content = orjson.dumps(body)
+            return orjson.dumps(body)
         except orjson.JSONEncodeError:
             # Tool-call arguments arrive as JSON strings, parsed only here: the client's body
             # passed the edge's depth check, what its strings held did not.
             raise InvalidRequest(
                 "a tool call's `arguments` nest too deeply to forward", status=400
             ) from None
-        url = self._url
-        if url is None:
-            url = self._url = httpx.URL(self._url_text)
-        request = self._requests.build(url, content, stream=stream, traceparent=call.traceparent)
-        for name, value in call.passed_headers:
-            if name not in self._pinned:
-                request.headers[name] = value
-        return request
 
     async def open_stream(self, call: UpstreamCall) -> SSEUpstream:
-        request = self._request(call, stream=True)
+        request = self._request(call)
         response = await open_event_stream(
             self._transport, request, self.config.name, openai_error_body, redact=self._redact
         )
@@ -389,7 +409,7 @@ class AnthropicProvider:
         )
 
     async def complete(self, call: UpstreamCall) -> Completion:
-        request = self._request(call, stream=False)
+        request = self._plain_request(call)
         headers: dict[str, str] = {}  # the router shows them to the upstream limiter
         raw, data = await fetch_json(
             self._transport,

@@ -174,10 +174,12 @@ def upstream_errors(provider: str) -> Iterator[None]:
     except GatewayError:
         raise
     except httpx.HTTPError as exc:
-        raise _translate(provider, exc) from None
+        raise translate_error(provider, exc) from None
 
 
-def _translate(provider: str, exc: httpx.HTTPError) -> UpstreamError:
+def translate_error(provider: str, exc: httpx.HTTPError) -> UpstreamError:
+    """The gateway's error for a transport's exception (`upstream_errors`, for code that
+    maps without the `with`)."""
     name = type(exc).__name__
     if isinstance(exc, httpx.ProxyError):
         # The transports' own messages name the proxy; this one does not.

@@ -29,7 +29,7 @@ from gateway.protocols import Api, translate_answer, translate_request
 from gateway.protocols.responses import usage_of as responses_usage
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.redact import Redactor
-from gateway.providers.requests import UpstreamRequests
+from gateway.providers.requests import Target, UpstreamRequests
 from gateway.providers.streams import (
     PassThroughStream,
     SSEUpstream,
@@ -40,6 +40,7 @@ from gateway.providers.streams import (
     open_event_stream,
 )
 from gateway.sse import SSEEvent
+from gateway.transports.native import NativeRequest
 
 API_PATHS = {
     "chat.completions": "/chat/completions",
@@ -237,11 +238,11 @@ class OpenAIProvider:
         self._transport = transport
         self._keep_text = keep_text
         self._max_event_bytes = max_event_bytes
-        self._requests = UpstreamRequests(config, timeouts, auth=self._auth())
+        self._requests = UpstreamRequests(config, timeouts, auth=self._auth(), transport=transport)
         self._redact = Redactor.for_provider(config)
         # URLs are parsed once, on first use (so a bad base_url fails the request, not the
         # start-up).
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self._urls: dict[tuple[str, str], Target] = {}
 
     # What a provider of another flavour of the same API (`azure`, `gemini`) changes:
     stream_class: type[OpenAIStream] = OpenAIStream
@@ -272,7 +273,15 @@ class OpenAIProvider:
             return "responses"
         return "chat"
 
-    def _request(self, call: UpstreamCall, api: Api = "chat") -> httpx.Request:
+    def _request(self, call: UpstreamCall, api: Api = "chat") -> httpx.Request | NativeRequest:
+        """The upstream request; a stream's is in bytes over the native transport."""
+        target, content = self._body(call, api)
+        if call.stream:
+            return self._requests.stream(target, content, traceparent=call.traceparent)
+        return self._requests.build(target.url, content, stream=False, traceparent=call.traceparent)
+
+    def _body(self, call: UpstreamCall, api: Api) -> tuple[Target, bytes]:
+        """Where the request goes, and its body's bytes."""
         body = translate_request(call.body, call.api, api) if call.api != api else call.body
         body = dict(body)
         model = body["model"] = call.model.upstream_model or call.model.name
@@ -283,12 +292,10 @@ class OpenAIProvider:
                 "include_usage": True,
             }
         path = "responses" if api == "responses" else call.route
-        url = self._urls.get((path, model))
-        if url is None:
-            url = self._urls[path, model] = httpx.URL(self._url(path, model))
-        return self._requests.build(
-            url, orjson.dumps(body), stream=call.stream, traceparent=call.traceparent
-        )
+        target = self._urls.get((path, model))
+        if target is None:
+            target = self._urls[path, model] = self._requests.target(self._url(path, model))
+        return target, orjson.dumps(body)
 
     async def open_stream(self, call: UpstreamCall) -> SSEUpstream:
         api = self._upstream_api(call)
@@ -331,9 +338,13 @@ class OpenAIProvider:
     async def complete(self, call: UpstreamCall) -> Completion:
         api = self._upstream_api(call)
         headers: dict[str, str] = {}
+        target, content = self._body(call, api)
+        request = self._requests.build(
+            target.url, content, stream=call.stream, traceparent=call.traceparent
+        )
         body, data = await fetch_json(
             self._transport,
-            self._request(call, api),
+            request,
             self.config.name,
             self._error_body,
             redact=self._redact,

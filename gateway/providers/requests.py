@@ -1,17 +1,26 @@
-"""How a provider builds its upstream requests: `httpx.Request`s, headers made once per URL.
+"""How a provider builds its upstream requests: headers made once per URL.
 
 The providers' tool, not a transport's: it decides what every provider sends (httpx's
 default headers, the provider's own, the config's, the credentials) and the timeouts each
 kind of request carries; the transport (`gateway.transports`) only sends it.
+
+Requests are `httpx.Request`s, but for a stream over the native transport: that one is
+written as bytes (`NativeRequest`), its head made once per URL (`Target`) with only the
+body's length and the `traceparent` added per request, the same fields in the same order
+as the `httpx.Request` would have sent. An `httpx.Request` costs more to build than to
+send (its headers' object, the URL's, the body's stream), and it lived as long as the
+stream did (the response kept it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import httpx
 
 from gateway.config import ProviderConfig, Timeouts
+from gateway.transports.http11 import Origin
+from gateway.transports.native import NativeRequest, NativeTransport
 
 _DEFAULT_HEADERS = {
     "accept": "*/*",
@@ -25,6 +34,22 @@ installed, which httpx may not decode)."""
 
 
 _JSON = {"content-type": "application/json"}
+_STREAM = {"accept": "text/event-stream", "accept-encoding": "identity"}
+
+
+class Target:
+    """One upstream URL, parsed, and what its streams' requests share: made once per URL
+    by the provider (`UpstreamRequests.target`)."""
+
+    __slots__ = ("head", "origin", "url")
+
+    def __init__(self, url: httpx.URL, origin: Origin | None, head: bytes) -> None:
+        self.url = url
+        self.origin = origin
+        """Where the native transport sends its streams' bytes; None: as `httpx.Request`s
+        (another transport, or an http origin behind a proxy)."""
+        self.head = head
+        """A stream request's line and header fields, but its length (b"" without origin)."""
 
 
 class UpstreamRequests:
@@ -43,6 +68,7 @@ class UpstreamRequests:
         *,
         defaults: Mapping[str, str] | None = None,
         auth: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         layers = [_DEFAULT_HEADERS, _JSON, defaults or {}, config.headers, auth or {}]
         # Names are case-insensitive: a config's "Authorization" replaces the default one.
@@ -50,6 +76,42 @@ class UpstreamRequests:
         self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
         self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
         self._cache: dict[tuple[httpx.URL, bool], httpx.Headers] = {}
+        self._native = transport if isinstance(transport, NativeTransport) else None
+        self._connect = timeouts.connect
+
+    def target(self, url: str) -> Target:
+        """`url` parsed (an invalid one raises httpx.InvalidURL), and, over the native
+        transport, its streams' request head."""
+        parsed = httpx.URL(url)
+        origin = None if self._native is None else self._native.raw_origin(parsed)
+        head = b"" if origin is None else _head(parsed, _ascii(self._fields(parsed, stream=True)))
+        return Target(parsed, origin, head)
+
+    def stream(
+        self,
+        target: Target,
+        content: bytes,
+        *,
+        traceparent: str = "",
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> httpx.Request | NativeRequest:
+        """A streaming request; `extra` fields replace the same-named ones (a client's own
+        `anthropic-version`). In bytes when the native transport takes them (`Target`)."""
+        if target.origin is None:
+            request = self.build(target.url, content, stream=True, traceparent=traceparent)
+            for name, value in extra:
+                request.headers[name] = value
+            return request
+        head = target.head
+        if extra:
+            fields = _ascii(self._fields(target.url, stream=True))
+            # As `request.headers[name] = value` sets them: in UTF-8, where one of the same
+            # name stood (httpx.Headers.__setitem__).
+            fields.update((name.lower().encode(), value.encode()) for name, value in extra)
+            head = _head(target.url, fields)
+        trace = b"traceparent: %s\r\n" % traceparent.encode("ascii") if traceparent else b""
+        data = b"".join((head, b"content-length: %d\r\n" % len(content), trace, b"\r\n", content))
+        return NativeRequest(target.origin, data, self._connect)
 
     def build(
         self, url: httpx.URL, content: bytes, *, stream: bool, traceparent: str = ""
@@ -79,7 +141,23 @@ class UpstreamRequests:
         return request
 
     def _headers_for(self, url: httpx.URL, stream: bool) -> httpx.Headers:
+        return httpx.Headers(self._fields(url, stream=stream))
+
+    def _fields(self, url: httpx.URL, *, stream: bool) -> dict[str, str]:
         headers = {"host": url.netloc.decode("ascii"), **self._headers}  # a config's own wins
         if stream:
-            headers |= {"accept": "text/event-stream", "accept-encoding": "identity"}
-        return httpx.Headers(headers)
+            headers |= _STREAM
+        return headers
+
+
+def _ascii(fields: Mapping[str, str]) -> dict[bytes, bytes]:
+    """Fields encoded as `httpx.Headers(fields)` encodes them: in ASCII (a value outside it
+    fails as it fails there)."""
+    return {name.encode("ascii"): value.encode("ascii") for name, value in fields.items()}
+
+
+def _head(url: httpx.URL, fields: Mapping[bytes, bytes]) -> bytes:
+    """The request line and `fields`, without the blank line that ends the head."""
+    lines = [b"POST %s HTTP/1.1\r\n" % url.raw_path]
+    lines.extend(b"%s: %s\r\n" % pair for pair in fields.items())
+    return b"".join(lines)

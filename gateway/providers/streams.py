@@ -1,6 +1,7 @@
 """An upstream SSE response as an `EventStream`: read, frame, translate, hand on.
 
-`SSEUpstream` owns the upstream `httpx.Response`: it reads raw network chunks, frames them
+`SSEUpstream` owns the upstream response (an `httpx.Response`, or over the native transport
+its `NativeResponse`, read the same way): it reads raw network chunks, frames them
 into events with `SSEDecoder`, and asks its subclass to `translate` each batch of events
 into bytes for the client. Reads that complete no event yield nothing (no empty writes).
 The relay either iterates it (a task wakeup per read) or, when the response came over the
@@ -46,11 +47,12 @@ from gateway.providers.base import (
     StreamState,
     Usage,
     error_from_status,
+    translate_error,
     upstream_errors,
 )
 from gateway.providers.redact import Redactor
 from gateway.sse import SSEDecoder, SSEError, SSEEvent
-from gateway.transports.native import NativeBody
+from gateway.transports.native import NativeBody, NativeRequest, NativeResponse, NativeTransport
 
 
 class SSEUpstream:
@@ -58,7 +60,7 @@ class SSEUpstream:
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: httpx.Response | NativeResponse,
         provider: str,
         *,
         include_usage: bool,
@@ -217,17 +219,34 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes | None:
 
 async def open_event_stream(
     transport: httpx.AsyncBaseTransport,
-    request: httpx.Request,
+    request: httpx.Request | NativeRequest,
     provider: str,
     error_body: Callable[[bytes], bytes] = _same,
     *,
     redact: Redactor,
-) -> httpx.Response:
+) -> httpx.Response | NativeResponse:
     """Send a streaming request; the response once it is a 200 SSE stream, else the
     gateway error (`error_body` turns the provider's error body, scrubbed of the
-    credentials in `redact`, into OpenAI's shape)."""
-    with upstream_errors(provider):
-        response = await transport.handle_async_request(request)
+    credentials in `redact`, into OpenAI's shape). A request in bytes goes to the native
+    transport (`gateway.providers.requests` makes one only for it)."""
+    # `upstream_errors`, written out: its generator and context object cost more than the
+    # rest of the native path's checks.
+    try:
+        if type(request) is NativeRequest:
+            assert isinstance(transport, NativeTransport)
+            native = await transport.send_raw(request)
+            # A stream's answer is checked on its raw fields; any other is read as httpx's
+            # below (the error body decoded as on the other path, the same messages).
+            if native.status_code == 200:
+                content_type = native.headers.raw(b"content-type")
+                if content_type is not None and content_type.startswith(b"text/event-stream"):
+                    return native
+            response = native.as_httpx()
+        else:
+            assert isinstance(request, httpx.Request)
+            response = await transport.handle_async_request(request)
+    except httpx.HTTPError as exc:
+        raise translate_error(provider, exc) from None
     try:
         if response.status_code != 200:
             with upstream_errors(provider):
@@ -301,7 +320,7 @@ class TranslatedStream(SSEUpstream):
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: httpx.Response | NativeResponse,
         provider: str,
         *,
         upstream: Api,
@@ -399,7 +418,7 @@ class PassThroughStream(SSEUpstream):
 
     def __init__(
         self,
-        response: httpx.Response,
+        response: httpx.Response | NativeResponse,
         provider: str,
         *,
         api: Api,

@@ -5,7 +5,8 @@ Providers build `httpx.Request`s and hand them straight to a transport (httpx's 
 passes requests through needs none of what the client does per request (merging default
 headers, cookies and params, extracting cookies, auth and redirect wrappers, a bound
 stream), and must keep no state between requests: a shared cookie jar would send one
-tenant's upstream cookie on another's requests.
+tenant's upstream cookie on another's requests. (Over the native transport a provider's
+stream skips even those objects: `NativeTransport.send_raw`.)
 
 One module per transport, chosen by `upstream_transport` in the config: `native` (the
 default, the gateway's own HTTP/1.1 client), `aiohttp` (httpx-aiohttp) and `httpx`

@@ -7,17 +7,26 @@ the parser, its bounds and the socket's back-pressure). Each body read is one wa
 reader; the bytes a read carries are whatever arrived since the last one, never re-chunked.
 
 What it keeps from httpx: providers build `httpx.Request`s and get `httpx.Response`s (the
-transport API), so headers, decoding of compressed plain answers (`aiter_bytes`) and the
-exception classes are httpx's: it raises nothing else (`MalformedResponse` is an
-`httpx.RemoteProtocolError`). What it leaves out, on purpose: HTTP/2, redirects, cookies (a
-gateway must keep no state between tenants' requests), `HEAD`, and `Expect: 100-continue`
-(an informational answer is skipped).
+transport API; their streams excepted, below), so headers, decoding of compressed plain
+answers (`aiter_bytes`) and the exception classes are httpx's: it raises nothing else
+(`MalformedResponse` is an `httpx.RemoteProtocolError`). What it leaves out, on purpose:
+HTTP/2, redirects, cookies (a gateway must keep no state between tenants' requests),
+`HEAD`, and `Expect: 100-continue` (an informational answer is skipped).
 
 Connections: LIFO per origin, at most `max_keepalive` idle in all, closed after
 `keepalive_expiry` seconds idle or when the server closes them. A connection goes back to the
 pool only once its response was read to the end; one closed mid-body is discarded. A reused
 connection the server closed while it was idle fails its request with RemoteProtocolError,
 as httpx's own pool does; the relay's attempts retry that.
+
+The providers' streams skip httpx's objects (`send_raw`), which cost about as much CPU as
+the rest of the transport and held ~2 KB per open stream: their bytes come whole from
+`gateway.providers.requests` (a head made once per URL, the body's length added), and the
+answer is a `NativeResponse`: the status, the head's fields as they came (`httpx.Headers`
+made only if something reads them) and the body. Such a request goes where its bytes need
+no change: straight to the origin, or through a proxy's tunnel (https); an http origin
+behind a proxy takes the `httpx.Request` path (`raw_origin`). The same connections, pool,
+bounds, timeouts and exceptions serve both.
 
 A body is read either by iterating it (a task wakes for each socket read) or, for the
 relay's push mode, by a listener the connection calls at the end of each socket read
@@ -33,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import httpx
 
@@ -42,7 +51,14 @@ from gateway.transports.errors import MalformedResponse
 from gateway.transports.http11 import Connection, Origin, encode
 from gateway.transports.proxy import connect_through, proxy_refused
 
-__all__ = ["MalformedResponse", "NativeBody", "NativeTransport"]
+__all__ = [
+    "FieldHeaders",
+    "MalformedResponse",
+    "NativeBody",
+    "NativeRequest",
+    "NativeResponse",
+    "NativeTransport",
+]
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
@@ -111,6 +127,33 @@ class NativeTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    def raw_origin(self, url: httpx.URL) -> Origin | None:
+        """The origin `send_raw` sends requests for `url` to; None when they must go as
+        `httpx.Request`s (not http or https, or an http origin reached through a proxy,
+        whose requests name their target in absolute form)."""
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            return None
+        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        if scheme == b"http" and self._proxies is not None and self._route(origin) is not None:
+            return None
+        return origin
+
+    async def send_raw(self, request: NativeRequest) -> NativeResponse:
+        """Send a request already in bytes to its origin (from `raw_origin`); the answer once
+        its head arrived. Fails as `handle_async_request` does."""
+        origin = request.origin
+        conn = self._take(origin)
+        if conn is None:
+            proxy = None if self._proxies is None else self._route(origin)
+            conn = await self._connect(origin, request.connect_timeout, proxy)
+        try:
+            status, fields = await conn.send(request.data, request.read_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return NativeResponse(status, fields, NativeBody(conn, request.read_timeout))
 
     async def aclose(self) -> None:
         for conn in list(self._open):
@@ -247,3 +290,95 @@ class NativeBody(httpx.AsyncByteStream):
             conn.pool.release(conn)
         else:
             conn.close()
+
+
+class NativeRequest:
+    """A request in bytes for `NativeTransport.send_raw`: its origin, its whole bytes (head
+    and body, written in one call) and its timeouts (as the `timeout` extension's)."""
+
+    __slots__ = ("connect_timeout", "data", "origin", "read_timeout")
+
+    def __init__(
+        self,
+        origin: Origin,
+        data: bytes,
+        connect_timeout: float | None,
+        read_timeout: float | None = None,
+    ) -> None:
+        self.origin = origin
+        self.data = data
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+
+class NativeResponse:
+    """What `send_raw` answers: the status, the head's fields and the body. Read like an
+    `httpx.Response` by a stream (`status_code`, `headers`, `stream`, `aclose`); anything
+    more (an error body to decode) takes `as_httpx()`."""
+
+    __slots__ = ("headers", "status_code", "stream")
+
+    def __init__(self, status: int, fields: list[tuple[bytes, bytes]], body: NativeBody) -> None:
+        self.status_code = status
+        self.headers = FieldHeaders(fields)
+        self.stream = body
+
+    def as_httpx(self) -> httpx.Response:
+        """The same answer as an `httpx.Response`, for what reads more than a stream does
+        (a compressed error body, every header); the body is not read yet."""
+        return httpx.Response(
+            self.status_code,
+            headers=self.headers.fields,
+            stream=self.stream,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class FieldHeaders(Mapping[str, str]):
+    """A response head's fields as they came, read as `httpx.Headers` (case-insensitive
+    names, several values joined): those are made on the first read, so an answer whose
+    headers nobody reads (most streams) never pays for them."""
+
+    __slots__ = ("_headers", "fields")
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.fields = fields
+        self._headers: httpx.Headers | None = None
+
+    def raw(self, name: bytes) -> bytes | None:
+        """A field's value by its lower-case name, as it came (several joined with ", ",
+        as httpx joins them); None if absent."""
+        found = None
+        for key, value in self.fields:
+            if key.lower() == name:
+                found = value if found is None else found + b", " + value
+        return found
+
+    @property
+    def _all(self) -> httpx.Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = httpx.Headers(self.fields)
+        return headers
+
+    def __getitem__(self, name: str) -> str:
+        return self._all[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        value: str | None = self._all.get(name, default)
+        return value
+
+    def __repr__(self) -> str:
+        return repr(self._all)
