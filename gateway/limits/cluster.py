@@ -154,8 +154,9 @@ class ClusterClient:
         return task
 
     def idle(self) -> bool:
-        """Every master's connection idle (see `RespClient.idle`)."""
-        return all(client.idle() for client in self._masters.values())
+        """No call on its way (`send_nowait`'s tasks) and every master's connection idle
+        (see `RespClient.idle`)."""
+        return not self._tasks and all(client.idle() for client in self._masters.values())
 
     def flush(self) -> None:
         for client in self._masters.values():

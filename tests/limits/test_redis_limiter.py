@@ -181,6 +181,75 @@ def test_an_idle_settle_frees_the_slot_for_another_replica_at_once(redis_url: st
     run_with(scenario())
 
 
+def _evalsha_calls(probe: redis.Redis) -> int:
+    return int(probe.info("commandstats")["cmdstat_evalsha"]["calls"])
+
+
+def test_settles_that_end_together_are_one_script_call(redis_url: str) -> None:
+    """A burst of ends (the scale scenario's 3,000 streams ending within a second) costs
+    Redis one command, not one per request, and each reservation is still settled to its
+    own usage, whatever its key."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, reader = _limiter(redis_url, errors), _limiter(redis_url)
+        async with running(limiter, reader):
+            keys = (
+                key("burst-a", tpm=10**6),
+                key("burst-b", max_concurrent=50, daily_tokens=10**6),
+            )
+            admissions = await asyncio.gather(
+                *(limiter.admit(keys[i % 2], 100, f"r{i}") for i in range(40))
+            )
+            with redis.Redis.from_url(redis_url) as probe:
+                before = _evalsha_calls(probe)
+                # Something in flight: the settles cannot leave at once, so they wait
+                # (SETTLE_DELAY_S) and leave together.
+                ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+                assert ping is not None
+                for i, admission in enumerate(admissions):
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, i)
+                await ping
+                await asyncio.sleep(SETTLE_DELAY_S + 0.05)
+                assert _evalsha_calls(probe) - before == 1
+            usage = await reader.usage(keys)
+            assert [u.concurrent for u in usage] == [0, 0]
+            assert usage[0].tokens_minute == sum(range(0, 40, 2))
+            assert usage[1].tokens_minute == usage[1].tokens_day == sum(range(1, 40, 2))
+        assert errors == []
+
+    run_with(scenario())
+
+
+def test_waiting_settles_ride_in_the_next_admission(redis_url: str) -> None:
+    """An admission leaving while settles wait carries them in its own script call, run
+    first: the slot they free is free for it, and Redis runs one script for all of them."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter = _limiter(redis_url, errors)
+        async with running(limiter):
+            k = key(max_concurrent=2, tpm=10_000)
+            held = [await limiter.admit(k, 100, f"r{i}") for i in range(2)]
+            assert not (await limiter.admit(k, 100, "full")).allowed
+            with redis.Redis.from_url(redis_url) as probe:
+                before = _evalsha_calls(probe)
+                ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+                for admission in held:
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, 10)
+                after = await limiter.admit(k, 100, "next")
+                assert after.allowed
+                assert after.state.used_tokens == 10 * 2 + 100  # both settled first
+                await asyncio.sleep(SETTLE_DELAY_S + 0.05)  # nothing left to leave later
+                assert _evalsha_calls(probe) - before == 1
+                assert ping is not None and await ping == "PONG"
+        assert errors == []
+
+    run_with(scenario())
+
+
 def test_close_sends_and_waits_for_queued_settles(redis_url: str) -> None:
     async def scenario() -> None:
         limiter, reader = _limiter(redis_url), _limiter(redis_url)
