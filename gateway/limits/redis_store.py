@@ -287,7 +287,7 @@ class RedisLimiter:
 
     async def admit(self, key: KeyConfig, tokens: int, request_id: str, cost: int = 0) -> Admission:
         limits, budget = key.limits, key.budget
-        if self._backing_off() or self._cluster_node:
+        if (self._skip_until and self._backing_off()) or self._cluster_node:
             return self._unavailable(key.id, tokens, request_id)
         cached = self._admit_heads.get(key.id)
         if cached is None or cached[0] is not limits or cached[1] is not budget:
@@ -306,7 +306,7 @@ class RedisLimiter:
             cached = (limits, budget, head, pack_items(names), pack_items(static))
             self._admit_heads[key.id] = cached
         lease = self._lease_prefix + str(next(self._lease_ids))
-        args = pack_items((tokens, cost, lease, self._time_override()))
+        args = _admit_args(tokens, cost, lease, self._time_override())
         settled = 0
         if not self._settles:
             command = cached[2] + args
@@ -332,14 +332,27 @@ class RedisLimiter:
             # Ahead of this admission, in the same write, for the same reason.
             self._send_settles()
             command = cached[2] + args
+        resp = self._resp
         try:
-            reply = await self._admit_script.run(command)
+            # On one Redis the call is queued here and its reply awaited (two coroutines
+            # fewer than `Script.run`'s way, on every request).
+            future = resp.send_nowait(command) if resp is not None else None
+            if future is None:
+                reply = await self._admit_script.run(command)
+            else:
+                try:
+                    reply = await future
+                except ResponseError as exc:
+                    if not is_noscript(exc):
+                        raise
+                    reply = await self._admit_script.run_again(command)
         except BACKEND_ERRORS as exc:
             self._failed(exc, "admit")
             for _ in range(settled):
                 self._on_backend_error()
             return self._unavailable(key.id, tokens, request_id)
-        self._recovered()
+        if self._skip_until:
+            self._recovered()
         allowed, denied, wait, now, requests, reset_requests, used_tokens, reset_tokens = (
             reply.split(b" ")
         )
@@ -350,7 +363,11 @@ class RedisLimiter:
             return Admission(
                 allowed=False, state=state, denied=_DENIED[denied], retry_after=float(wait)
             )
-        self._leases.setdefault(key.id, set()).add(lease)
+        held = self._leases.get(key.id)
+        if held is None:
+            self._leases[key.id] = {lease}
+        else:
+            held.add(lease)
         return Admission(
             allowed=True,
             state=state,
@@ -585,6 +602,14 @@ class RedisLimiter:
                 for key_id, ids in snapshot
             )
         )
+
+
+def _admit_args(tokens: int, cost: int, lease: str, override: str) -> bytes:
+    """`pack_items((tokens, cost, lease, override))`, for the types they always have."""
+    t, c, ls, o = b"%d" % tokens, b"%d" % cost, lease.encode(), override.encode()
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(t), t, len(c), c, len(ls), ls, len(o), o
+    )  # fmt: skip
 
 
 def _rate_state(

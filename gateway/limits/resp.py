@@ -423,6 +423,10 @@ class Script:
         except ResponseError as exc:
             if not is_noscript(exc):
                 raise
+        return await self.run_again(command)
+
+    async def run_again(self, command: bytes) -> Any:
+        """`run` after its call was answered NOSCRIPT: loads the script, sends it again."""
         await self.load()
         return await self.client.send(command)
 

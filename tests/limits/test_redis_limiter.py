@@ -114,13 +114,21 @@ def test_admit_and_settle_are_one_script_call_each(redis_url: str) -> None:
             await limiter.admit(k, 1, "warm-up")
             client = limiter._client
             sent: list[str] = []
-            send = client.send
+            send, send_nowait = client.send, client.send_nowait
+
+            def name(command: bytes) -> str:
+                return command.split(b"\r\n")[2].decode()  # *N, $len, the name
 
             async def counting(command: bytes, delay: float = 0.0) -> object:
-                sent.append(command.split(b"\r\n")[2].decode())  # *N, $len, the name
+                sent.append(name(command))
                 return await send(command, delay)
 
+            def counting_nowait(command: bytes, delay: float = 0.0) -> object:
+                sent.append(name(command))
+                return send_nowait(command, delay)
+
             client.send = counting  # type: ignore[method-assign]
+            client.send_nowait = counting_nowait  # type: ignore[method-assign]
             with redis.Redis.from_url(redis_url) as probe:
                 before = probe.info("commandstats")
                 admission = await limiter.admit(k, 100, "r1")
@@ -245,6 +253,32 @@ def test_waiting_settles_ride_in_the_next_admission(redis_url: str) -> None:
                 await asyncio.sleep(SETTLE_DELAY_S + 0.05)  # nothing left to leave later
                 assert _evalsha_calls(probe) - before == 1
                 assert ping is not None and await ping == "PONG"
+        assert errors == []
+
+    run_with(scenario())
+
+
+def test_settles_riding_in_an_admission_answered_noscript_run_once(redis_url: str) -> None:
+    """Redis lost its scripts: the admission carrying settles is answered NOSCRIPT (nothing
+    ran), loaded and sent again, and every settle counts exactly once."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, reader = _limiter(redis_url, errors), _limiter(redis_url)
+        async with running(limiter, reader):
+            k = key("noscript-ride", max_concurrent=3, tpm=10_000)
+            held = [await limiter.admit(k, 100, f"r{i}") for i in range(3)]
+            with redis.Redis.from_url(redis_url) as probe:
+                probe.script_flush()
+            ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+            for admission in held:
+                assert admission.reservation is not None
+                limiter.settle_soon(admission.reservation, 7)
+            after = await limiter.admit(k, 100, "next")
+            assert after.allowed and after.state.used_tokens == 3 * 7 + 100
+            assert ping is not None and await ping == "PONG"
+            (usage,) = await reader.usage((k,))
+            assert usage.concurrent == 1 and usage.tokens_minute == 3 * 7 + 100
         assert errors == []
 
     run_with(scenario())
