@@ -19,7 +19,12 @@ from redis.crc import key_slot
 
 from gateway.config import BackendFailure
 from gateway.limits.base import LimiterUnavailable, RateState
-from gateway.limits.redis_store import SETTLE_DELAY_S, RedisLimiter, key_names
+from gateway.limits.redis_store import (
+    SETTLE_DELAY_S,
+    SETTLES_PER_CALL,
+    RedisLimiter,
+    key_names,
+)
 from tests.limits.limits_support import FakeClock, key, run_with, running, utc
 from tests.support.redis_server import RedisServer
 
@@ -225,6 +230,34 @@ def test_settles_that_end_together_are_one_script_call(redis_url: str) -> None:
             assert [u.concurrent for u in usage] == [0, 0]
             assert usage[0].tokens_minute == sum(range(0, 40, 2))
             assert usage[1].tokens_minute == usage[1].tokens_day == sum(range(1, 40, 2))
+        assert errors == []
+
+    run_with(scenario())
+
+
+def test_a_burst_of_settles_is_split_into_calls_of_at_most_settles_per_call(
+    redis_url: str,
+) -> None:
+    """One script holds Redis for its whole run: 250 ends leave as 3 calls, not one."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, reader = _limiter(redis_url, errors), _limiter(redis_url)
+        async with running(limiter, reader):
+            k = key("burst-split", tpm=10**6)
+            admissions = await asyncio.gather(*(limiter.admit(k, 100, "r") for _ in range(250)))
+            with redis.Redis.from_url(redis_url) as probe:
+                before = _evalsha_calls(probe)
+                ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+                for admission in admissions:
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, 3)
+                assert ping is not None
+                await ping
+                await asyncio.sleep(SETTLE_DELAY_S + 0.05)
+                assert _evalsha_calls(probe) - before == -(-250 // SETTLES_PER_CALL) == 3
+            (usage,) = await reader.usage((k,))
+            assert usage.concurrent == 0 and usage.tokens_minute == 250 * 3
         assert errors == []
 
     run_with(scenario())
