@@ -85,7 +85,7 @@ class _Cluster(RedisCluster):
 
 
 class ClusterClient:
-    """`RespClient`'s API (`send`, `send_nowait`, `call`, `flush`, `aclose`) on a Redis
+    """`RespClient`'s API (`send`, `send_nowait`, `call`, `idle`, `flush`, `aclose`) on a Redis
     Cluster. `timeout` bounds connecting and each attempt of a call.
 
     A script call whose first key's master is known goes over that master's own
@@ -152,6 +152,11 @@ class ClusterClient:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def idle(self) -> bool:
+        """No call on its way (`send_nowait`'s tasks) and every master's connection idle
+        (see `RespClient.idle`)."""
+        return not self._tasks and all(client.idle() for client in self._masters.values())
 
     def flush(self) -> None:
         for client in self._masters.values():

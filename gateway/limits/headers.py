@@ -21,39 +21,54 @@ from gateway.limits.base import RateState
 
 def format_duration(seconds: float) -> str:
     """A duration as OpenAI's headers spell it: `0s`, `20ms`, `1s`, `1m30.5s`, `1h0m0s`."""
+    return _duration(seconds).decode()
+
+
+_MS = [b"0s", *(b"%dms" % ms for ms in range(1, 1000))]
+"""`_duration` of each whole ms below a second (the usual rpm reset under load)."""
+
+_FRACTION = [b"", *(b".%s" % (b"%03d" % ms).rstrip(b"0") for ms in range(1, 1000))]
+"""A second's fraction as `_duration` writes it: `.5` for 500 ms, `.464`, nothing for 0."""
+
+
+def _duration(seconds: float) -> bytes:
+    """`format_duration`, as header bytes; tables for the common parts, since every response
+    of a limited key carries two."""
     # round() first: 1.1 * 1000 is 1100.0000000000002, which must not become 1101 ms.
     ms = math.ceil(round(seconds * 1000, 6))
-    if ms <= 0:
-        return "0s"
     if ms < 1000:
-        return f"{ms}ms"
+        return _MS[ms] if ms > 0 else b"0s"
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
     whole, frac = divmod(rest, 1000)
-    secs = f"{whole}.{frac:03d}".rstrip("0").rstrip(".") if frac else str(whole)
     if hours:
-        return f"{hours}h{minutes}m{secs}s"
+        return b"%dh%dm%d%bs" % (hours, minutes, whole, _FRACTION[frac])
     if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
+        return b"%dm%d%bs" % (minutes, whole, _FRACTION[frac])
+    return b"%d%bs" % (whole, _FRACTION[frac])
 
 
 def rate_limit_headers(state: RateState) -> list[tuple[bytes, bytes]]:
     """The `x-ratelimit-*` headers for the limits the key has (none when degraded)."""
-    headers: list[tuple[bytes, bytes]] = []
-    if state.limit_requests is not None:
-        remaining = max(state.remaining_requests or 0, 0)
-        headers += [
-            (b"x-ratelimit-limit-requests", str(state.limit_requests).encode()),
-            (b"x-ratelimit-remaining-requests", str(remaining).encode()),
-            (b"x-ratelimit-reset-requests", format_duration(state.reset_requests_s).encode()),
+    rpm, tpm = state.limit_requests, state.limit_tokens
+    if rpm is None:
+        if tpm is None:
+            return []
+        return [
+            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
+            (b"x-ratelimit-remaining-tokens", b"%d" % max(state.remaining_tokens or 0, 0)),
+            (b"x-ratelimit-reset-tokens", _duration(state.reset_tokens_s)),
         ]
-    if state.limit_tokens is not None:
-        remaining = max(state.remaining_tokens or 0, 0)
+    headers = [
+        (b"x-ratelimit-limit-requests", b"%d" % rpm),
+        (b"x-ratelimit-remaining-requests", b"%d" % max(state.remaining_requests or 0, 0)),
+        (b"x-ratelimit-reset-requests", _duration(state.reset_requests_s)),
+    ]
+    if tpm is not None:
         headers += [
-            (b"x-ratelimit-limit-tokens", str(state.limit_tokens).encode()),
-            (b"x-ratelimit-remaining-tokens", str(remaining).encode()),
-            (b"x-ratelimit-reset-tokens", format_duration(state.reset_tokens_s).encode()),
+            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
+            (b"x-ratelimit-remaining-tokens", b"%d" % max(state.remaining_tokens or 0, 0)),
+            (b"x-ratelimit-reset-tokens", _duration(state.reset_tokens_s)),
         ]
     return headers
 

@@ -2,7 +2,7 @@
 
 Kept apart from the Python that calls them so each side reads on its own. `ADMIT` checks
 every limit of one API key and, only if all pass, counts, reserves and leases; `SETTLE`
-corrects a reservation to real usage and drops the lease; `USAGE` reads the counts;
+corrects reservations (one or many) to real usage and drops their leases; `USAGE` reads the counts;
 `RENEW` extends this process's live leases. All keys of one API key carry the same
 `{key id}` hash tag, so every script touches one Redis Cluster slot.
 """
@@ -96,15 +96,61 @@ local function wait_below(seconds_key, key, total, threshold, now, first)
 end
 """
 
+# Settles any number of admissions in one call (the ones that ended close together), so a
+# burst of N costs one command, not N. Used by SETTLE, and by ADMIT for the settles that
+# were waiting when an admission left (they run first, as they would have in the same write).
+SETTLE_MANY = """
+-- KEYS from `k` on: tpm, quota, leases of each settle in turn (one API key's, or several
+--   keys' on one Redis; on a Cluster the caller puts one slot's in a call)
+-- ARGV from `a` on: admission unix time, used - reserved tokens, lease id, used - reserved
+--   nano-USD of each settle in turn
+local function settle_many(k, a)
+  -- only buckets and periods that still exist: one the window or the TTL already dropped
+  -- counts nothing any more, and must not come back; returns what the field changed by (a
+  -- count never goes below 0); `by` is a number or, for nano-USD, the caller's decimal
+  -- string (HINCRBY stays exact)
+  local function adjust(key, field, by)
+    if redis.call('HEXISTS', key, field) == 0 then return 0 end
+    local new = redis.call('HINCRBY', key, field, by)
+    by = tonumber(by)
+    if new >= 0 then return by end
+    redis.call('HSET', key, field, 0)
+    return by - new
+  end
+  while k < #KEYS do
+    local tpm_key, quota_key = KEYS[k + 1], KEYS[k + 2]
+    redis.call('ZREM', KEYS[k + 3], ARGV[a + 3])
+    local delta, spent = tonumber(ARGV[a + 2]), ARGV[a + 4]
+    if delta ~= 0 or spent ~= '0' then
+      local at = tonumber(ARGV[a + 1])
+      local day_f, _, month_f = periods(at)
+      if delta ~= 0 then
+        local change = adjust(tpm_key, string.format('%d', math.floor(at)), delta)
+        if change ~= 0 then redis.call('HINCRBY', tpm_key, 'sum', change) end
+        adjust(quota_key, day_f, delta)
+        adjust(quota_key, month_f, delta)
+      end
+      if spent ~= '0' then
+        adjust(quota_key, 'usd:' .. day_f, spent)
+        adjust(quota_key, 'usd:' .. month_f, spent)
+      end
+    end
+    k, a = k + 3, a + 4
+  end
+end
+"""
+
 ADMIT = (
     PRELUDE
+    + SETTLE_MANY
     + """
--- KEYS: rpm, tpm, quota, leases, seconds
+-- KEYS: rpm, tpm, quota, leases, seconds, then those of any settles (see SETTLE_MANY)
 -- ARGV: rpm, tpm, max_concurrent, daily, monthly, daily nano-USD, monthly nano-USD (-1: not
 --       limited), lease ttl ms (the key's, the same on every call), then tokens, cost in
---       nano-USD, lease id, time override ('' : the server's TIME)
+--       nano-USD, lease id, time override ('' : the server's TIME), then the settles'
 -- Every admission runs this, so it reads each hash once (HMGET) and writes it once (HSET),
 -- and one look at the oldest seconds serves the window's slide and the resets.
+if #KEYS > 5 then settle_many(5, 12) end
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local daily, monthly = tonumber(ARGV[4]), tonumber(ARGV[5])
 local daily_usd, monthly_usd, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -215,37 +261,10 @@ return string.format('%d %s %.6f %.6f %d %.6f %d %.6f', denied == '' and 1 or 0,
 
 SETTLE = (
     PRELUDE
+    + SETTLE_MANY
     + """
--- KEYS: tpm, quota, leases
--- ARGV: admission unix time, used - reserved tokens, lease id, used - reserved nano-USD
-redis.call('ZREM', KEYS[3], ARGV[3])
-local delta, spent = tonumber(ARGV[2]), ARGV[4]
-if delta ~= 0 or spent ~= '0' then
-  local at = tonumber(ARGV[1])
-  -- only buckets and periods that still exist: one the window or the TTL already dropped
-  -- counts nothing any more, and must not come back
-  -- returns what the field changed by (a count never goes below 0); `by` is a number or,
-  -- for nano-USD, the caller's decimal string (HINCRBY stays exact)
-  local function adjust(key, field, by)
-    if redis.call('HEXISTS', key, field) == 0 then return 0 end
-    local new = redis.call('HINCRBY', key, field, by)
-    by = tonumber(by)
-    if new >= 0 then return by end
-    redis.call('HSET', key, field, 0)
-    return by - new
-  end
-  local day_f, _, month_f = periods(at)
-  if delta ~= 0 then
-    local change = adjust(KEYS[1], string.format('%d', math.floor(at)), delta)
-    if change ~= 0 then redis.call('HINCRBY', KEYS[1], 'sum', change) end
-    adjust(KEYS[2], day_f, delta)
-    adjust(KEYS[2], month_f, delta)
-  end
-  if spent ~= '0' then
-    adjust(KEYS[2], 'usd:' .. day_f, spent)
-    adjust(KEYS[2], 'usd:' .. month_f, spent)
-  end
-end
+-- KEYS, ARGV: SETTLE_MANY's, from the start
+settle_many(0, 0)
 return 1
 """
 )

@@ -1,8 +1,9 @@
 """Per-key limits and quotas in Redis, shared by any number of gateway processes and hosts.
 
 Each call is one round trip running one Lua script (over `gateway.limits.resp`: one
-pipelined connection, so concurrent admissions share writes, and settles, which nobody waits
-for, wait up to `SETTLE_DELAY_S` to share one), so check-and-reserve is
+pipelined connection, so concurrent admissions share writes; settles, which nobody waits
+for, wait up to `SETTLE_DELAY_S` and leave as one script call settling them all), so
+check-and-reserve is
 atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the
 monthly quota and, only if all pass, counts the request, reserves the tokens and takes a
 lease; `settle` corrects the reserved tokens in the admission's own tpm bucket and quota
@@ -66,9 +67,10 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from gateway.config import BackendFailure, Budget, KeyConfig, Limits
@@ -112,12 +114,18 @@ _DENIED: dict[bytes, LimitName] = {
 
 
 SETTLE_DELAY_S = 0.005
-"""How long a settle may wait to share its write to Redis with other calls. Nobody waits
-for a settle, and under load many end close together: one write (and one wakeup of Redis)
-carries them all; on an idle connection a settle leaves at once. The next admission of
-this process takes waiting settles along first, so this process never sees its own finished
-requests as open; other replicas may, for at most this long (as if the settle had crossed a
-slower network)."""
+"""How long a settle may wait for others to share one script call with. Nobody waits
+for a settle, and under load many end close together: one call (one command for Redis to
+run, one reply to read) settles them all; on an idle connection a settle leaves at once.
+The next admission of this process takes waiting settles along first, so this process
+never sees its own finished requests as open; other replicas may, for at most this long
+(as if the settle had crossed a slower network)."""
+
+
+SETTLES_PER_CALL = 100
+"""At most this many settles in one script call. A script holds Redis for its whole run
+(a settle's part is ~10 µs), so a burst of 3,000 ends in one call would stall every other
+client's call for ~30 ms; in calls of 100 the per-call cost is still shared 100 ways."""
 
 
 def key_names(prefix: str, key_id: str) -> tuple[str, str, str, str, str]:
@@ -168,11 +176,9 @@ class RedisLimiter:
         # cost one short timeout, not several. A Cluster URL gets redis-py's Cluster
         # client instead (gateway.limits.cluster says why).
         self._cluster = is_cluster_url(url)
-        self._client: Client = (
-            ClusterClient(url, timeout=socket_timeout)
-            if self._cluster
-            else RespClient(url, timeout=socket_timeout)
-        )
+        self._resp = None if self._cluster else RespClient(url, timeout=socket_timeout)
+        """The one server's client; None on a Cluster."""
+        self._client: Client = self._resp or ClusterClient(url, timeout=socket_timeout)
         self._cluster_node = False
         """A plain URL reached a Cluster node: admissions do not try Redis (they would be
         exact for that node's slots only) until readiness finds a plain server again."""
@@ -188,11 +194,16 @@ class RedisLimiter:
         self._skip_until = 0.0
         """time.monotonic() before which Redis is not tried after a failure."""
         self._renewal: asyncio.Task[None] | None = None
-        self._admit_heads: dict[str, tuple[Limits, Budget | None, bytes]] = {}
-        self._settle_heads: dict[str, bytes] = {}
-        """key id -> the packed start of its admit / settle calls (the same every time)."""
+        self._admit_heads: dict[str, tuple[Limits, Budget | None, bytes, bytes, bytes]] = {}
+        """key id -> the packed start of its admit calls (the same every time), and its
+        packed keys and fixed arguments (for a call carrying waiting settles too)."""
+        self._settle_keys: dict[str, tuple[int, bytes]] = {}
+        """key id -> its Cluster slot (0 on one Redis) and its packed keys of a settle."""
+        self._settles: list[tuple[int, bytes, bytes]] = []
+        """Settles waiting to leave together: slot, packed keys, packed arguments."""
+        self._settles_timer: asyncio.TimerHandle | None = None
         self._settling: set[asyncio.Future[Any]] = set()
-        """Settles sent and not answered yet (`aclose` waits for them)."""
+        """Settle calls sent and not answered yet (`aclose` waits for them)."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -222,6 +233,10 @@ class RedisLimiter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._settles_timer is not None:
+            self._settles_timer.cancel()
+            self._settles_timer = None
+        self._send_settles()
         if self._settling:
             # Settles queued for a shared write go out now; their replies are waited for.
             self._client.flush()
@@ -278,7 +293,7 @@ class RedisLimiter:
 
     async def admit(self, key: KeyConfig, tokens: int, request_id: str, cost: int = 0) -> Admission:
         limits, budget = key.limits, key.budget
-        if self._backing_off() or self._cluster_node:
+        if (self._skip_until and self._backing_off()) or self._cluster_node:
             return self._unavailable(key.id, tokens, request_id)
         cached = self._admit_heads.get(key.id)
         if cached is None or cached[0] is not limits or cached[1] is not budget:
@@ -292,16 +307,58 @@ class RedisLimiter:
                 _limit(budget.monthly_nanos if budget else None),
                 self._lease_ttl_ms,
             )
-            head = self._admit_script.head(key_names(self._prefix, key.id), static, 4)
-            cached = self._admit_heads[key.id] = (limits, budget, head)
+            names = key_names(self._prefix, key.id)
+            head = self._admit_script.head(names, static, 4)
+            cached = (limits, budget, head, pack_items(names), pack_items(static))
+            self._admit_heads[key.id] = cached
         lease = self._lease_prefix + str(next(self._lease_ids))
-        command = cached[2] + pack_items((tokens, cost, lease, self._time_override()))
+        args = _admit_args(tokens, cost, lease, self._time_override())
+        settled = 0
+        if not self._settles:
+            command = cached[2] + args
+        elif len(self._settles) <= SETTLES_PER_CALL and self._resp and self._resp.connected():
+            # The waiting settles ride in this call, run first: this process never counts
+            # its own finished requests as open, and Redis runs one script, not two.
+            # (Connected: the call is queued before this task can be cancelled.)
+            settles, self._settles = self._settles, []
+            settled = len(settles)
+            command = b"".join(
+                (
+                    b"*%d\r\n" % (3 + 5 + 12 + 7 * settled),
+                    self._admit_script.evalsha,
+                    pack_items((5 + 3 * settled,)),
+                    cached[3],
+                    *(settle[1] for settle in settles),
+                    cached[4],
+                    args,
+                    *(settle[2] for settle in settles),
+                )
+            )
+        else:
+            # Ahead of this admission, in the same write, for the same reason.
+            self._send_settles()
+            command = cached[2] + args
+        resp = self._resp
         try:
-            reply = await self._admit_script.run(command)
+            # On one Redis the call is queued here and its reply awaited (two coroutines
+            # fewer than `Script.run`'s way, on every request).
+            future = resp.send_nowait(command) if resp is not None else None
+            if future is None:
+                reply = await self._admit_script.run(command)
+            else:
+                try:
+                    reply = await future
+                except ResponseError as exc:
+                    if not is_noscript(exc):
+                        raise
+                    reply = await self._admit_script.run_again(command)
         except BACKEND_ERRORS as exc:
             self._failed(exc, "admit")
+            for _ in range(settled):
+                self._on_backend_error()
             return self._unavailable(key.id, tokens, request_id)
-        self._recovered()
+        if self._skip_until:
+            self._recovered()
         allowed, denied, wait, now, requests, reset_requests, used_tokens, reset_tokens = (
             reply.split(b" ")
         )
@@ -312,7 +369,11 @@ class RedisLimiter:
             return Admission(
                 allowed=False, state=state, denied=_DENIED[denied], retry_after=float(wait)
             )
-        self._leases.setdefault(key.id, set()).add(lease)
+        held = self._leases.get(key.id)
+        if held is None:
+            self._leases[key.id] = {lease}
+        else:
+            held.add(lease)
         return Admission(
             allowed=True,
             state=state,
@@ -327,30 +388,39 @@ class RedisLimiter:
         )
 
     async def settle(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
-        command = self._settle_command(reservation, used_tokens, used_cost)
-        if command is not None:
-            await self._settle(command)
+        parts = self._settle_parts(reservation, used_tokens, used_cost)
+        if parts is not None:
+            await self._settle(self._settle_call(1, parts[1], parts[2]), 1)
 
     def settle_soon(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
-        """`settle` without a task: the call is queued on the Redis connection (leaving
-        with other calls within `SETTLE_DELAY_S`) and its reply handled by a callback."""
-        command = self._settle_command(reservation, used_tokens, used_cost)
-        if command is None:
+        """`settle` without a task: queued to leave with the other settles of the next
+        `SETTLE_DELAY_S` as one script call (at once on an idle connection), its reply
+        handled by a callback."""
+        parts = self._settle_parts(reservation, used_tokens, used_cost)
+        if parts is None:
             return
-        future = self._client.send_nowait(command, SETTLE_DELAY_S)
-        if future is None:  # no connection open: the task opens one
-            self._settle_in_task(command)
-            return
-        self._settling.add(future)
-        future.add_done_callback(functools.partial(self._settled, command))
+        settles = self._settles
+        settles.append(parts)
+        if len(settles) == 1:
+            if self._client.idle():
+                # Nothing to batch with, so no reason to wait. Leaving at once, the slot it
+                # frees is free for another replica's next admission too (a client sending
+                # one request after another through two replicas of a max_concurrent 1 key
+                # would otherwise meet its own finished request).
+                self._send_settles()
+            elif self._settles_timer is None:
+                # Kept when an admission takes the settles along (one timer per
+                # SETTLE_DELAY_S at most, not one per settle): it then finds none or newer ones.
+                loop = asyncio.get_running_loop()
+                self._settles_timer = loop.call_later(SETTLE_DELAY_S, self._timed_settles)
 
-    def _settle_command(
+    def _settle_parts(
         self, reservation: Reservation, used_tokens: int, used_cost: int
-    ) -> bytes | None:
-        """The settle's EVALSHA, None when there is nothing to settle in Redis. Forgets the
-        lease first: whatever happens next, this process stops renewing it, so it expires by
-        itself if the ZREM never arrives. Counts a backend error (and gives None) during the
-        back-off after a failure."""
+    ) -> tuple[int, bytes, bytes] | None:
+        """One settle's slot and packed keys and arguments, None when there is nothing to
+        settle in Redis. Forgets the lease first: whatever happens next, this process stops
+        renewing it, so it expires by itself if the ZREM never arrives. Counts a backend
+        error (and gives None) during the back-off after a failure."""
         if reservation.degraded:
             return None
         lease = reservation.lease
@@ -362,29 +432,72 @@ class RedisLimiter:
         if self._backing_off():
             self._on_backend_error()
             return None
-        head = self._settle_heads.get(reservation.key_id)
-        if head is None:
+        keys = self._settle_keys.get(reservation.key_id)
+        if keys is None:
             _, tpm_key, quota_key, leases_key, _ = key_names(self._prefix, reservation.key_id)
-            head = self._settle_script.head((tpm_key, quota_key, leases_key), (), 4)
-            self._settle_heads[reservation.key_id] = head
-        delta = used_tokens - reservation.tokens
-        spent = used_cost - reservation.cost
-        return head + pack_items((f"{reservation.admitted_at:.6f}", delta, lease, spent))
+            slot = key_slot(tpm_key.encode()) if self._cluster else 0
+            keys = (slot, pack_items((tpm_key, quota_key, leases_key)))
+            self._settle_keys[reservation.key_id] = keys
+        at = b"%.6f" % reservation.admitted_at
+        delta = b"%d" % (used_tokens - reservation.tokens)
+        spent = b"%d" % (used_cost - reservation.cost)
+        lid = lease.encode()
+        args = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(at), at, len(delta), delta, len(lid), lid, len(spent), spent
+        )  # fmt: skip
+        return keys[0], keys[1], args
 
-    def _settle_in_task(self, command: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(command))
+    def _settle_call(self, count: int, keys: bytes, args: bytes) -> bytes:
+        """The EVALSHA of the settle script for `count` settles' packed keys and args."""
+        evalsha = self._settle_script.evalsha
+        return b"*%d\r\n" % (3 + 7 * count) + evalsha + pack_items((3 * count,)) + keys + args
+
+    def _timed_settles(self) -> None:
+        self._settles_timer = None
+        self._send_settles()
+
+    def _send_settles(self) -> None:
+        """The waiting settles off as one call per Cluster slot (one call on one Redis)."""
+        settles, self._settles = self._settles, []
+        if not settles:
+            return
+        batches: Iterable[list[tuple[int, bytes, bytes]]] = (settles,)
+        if self._cluster:
+            slots: dict[int, list[tuple[int, bytes, bytes]]] = {}
+            for settle in settles:
+                slots.setdefault(settle[0], []).append(settle)
+            batches = slots.values()
+        for slot_settles in batches:
+            for start in range(0, len(slot_settles), SETTLES_PER_CALL):
+                self._send_settle_call(slot_settles[start : start + SETTLES_PER_CALL])
+
+    def _send_settle_call(self, batch: list[tuple[int, bytes, bytes]]) -> None:
+        """One script call settling `batch` (settles of one slot)."""
+        count = len(batch)
+        command = self._settle_call(
+            count, b"".join(s[1] for s in batch), b"".join(s[2] for s in batch)
+        )
+        future = self._client.send_nowait(command)
+        if future is None:  # no connection open: the task opens one
+            self._settle_in_task(command, count)
+            return
+        self._settling.add(future)
+        future.add_done_callback(functools.partial(self._settled, command, count))
+
+    def _settle_in_task(self, command: bytes, count: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(command, count))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, command: bytes) -> None:
+    async def _settle(self, command: bytes, count: int) -> None:
         try:
-            await self._settle_script.run(command, SETTLE_DELAY_S)
+            await self._settle_script.run(command)
         except BACKEND_ERRORS as exc:
-            self._settle_failed(exc)
+            self._settle_failed(exc, count)
         else:
             self._recovered()
 
-    def _settled(self, command: bytes, future: asyncio.Future[Any]) -> None:
+    def _settled(self, command: bytes, count: int, future: asyncio.Future[Any]) -> None:
         self._settling.discard(future)
         if future.cancelled():
             return
@@ -393,13 +506,15 @@ class RedisLimiter:
             self._recovered()
         elif is_noscript(exc):
             # Redis lost its scripts (a restart, SCRIPT FLUSH): the task path loads it.
-            self._settle_in_task(command)
+            self._settle_in_task(command, count)
         elif isinstance(exc, BACKEND_ERRORS):
-            self._settle_failed(exc)
+            self._settle_failed(exc, count)
 
-    def _settle_failed(self, exc: BaseException) -> None:
+    def _settle_failed(self, exc: BaseException, count: int = 1) -> None:
+        """`count` settles failed: each is a request that met the backend unreachable."""
         self._failed(exc, "settle")
-        self._on_backend_error()
+        for _ in range(count):
+            self._on_backend_error()
 
     async def usage(self, keys: tuple[KeyConfig, ...]) -> list[KeyUsage]:
         """Raises LimiterUnavailable when Redis cannot be read (there is no usage to
@@ -498,6 +613,14 @@ class RedisLimiter:
                 for key_id, ids in snapshot
             )
         )
+
+
+def _admit_args(tokens: int, cost: int, lease: str, override: str) -> bytes:
+    """`pack_items((tokens, cost, lease, override))`, for the types they always have."""
+    t, c, ls, o = b"%d" % tokens, b"%d" % cost, lease.encode(), override.encode()
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(t), t, len(c), c, len(ls), ls, len(o), o
+    )  # fmt: skip
 
 
 def _rate_state(

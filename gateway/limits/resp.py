@@ -199,6 +199,11 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(now + delay + self.timeout, self._check)
         return future
 
+    @property
+    def idle(self) -> bool:
+        """Open, with no call in flight or queued: a call made now is written at once."""
+        return not self._waiting and self._transport is not None and not self.closed
+
     def _cancel_flush(self) -> None:
         for handle in (self._soon, self._later):
             if handle is not None:
@@ -287,6 +292,17 @@ class RespClient:
             return None
         return conn.call(command, delay)
 
+    def connected(self) -> bool:
+        """A connection is open: a call made now is queued before the caller awaits."""
+        conn = self._conn
+        return conn is not None and not conn.closed
+
+    def idle(self) -> bool:
+        """True when a call made now would be written at once, alone (a connection open with
+        nothing in flight); False when it would share a write, or needs a connection opened."""
+        conn = self._conn
+        return conn is not None and conn.idle
+
     def flush(self) -> None:
         """Write the calls waiting to share a write (delayed ones) now."""
         if self._conn is not None and not self._conn.closed:
@@ -373,6 +389,8 @@ class Client(Protocol):
 
     def send_nowait(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any] | None: ...
 
+    def idle(self) -> bool: ...
+
     def flush(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -385,6 +403,8 @@ class Script:
         self.client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.evalsha = pack_items(("EVALSHA", self.sha))
+        """The packed start of every call, after the array's header."""
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return await self.run(self.head(keys, (), len(args)) + pack_items(args))
@@ -403,6 +423,10 @@ class Script:
         except ResponseError as exc:
             if not is_noscript(exc):
                 raise
+        return await self.run_again(command)
+
+    async def run_again(self, command: bytes) -> Any:
+        """`run` after its call was answered NOSCRIPT: loads the script, sends it again."""
         await self.load()
         return await self.client.send(command)
 

@@ -339,3 +339,33 @@ def test_a_plain_url_to_a_cluster_node_is_found_out_by_moved_too(
             admin.execute_command("ACL", "SETUSER", "default", "+@all")
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 1 and "it answered MOVED" in lines[0], lines
+
+
+def test_settles_ending_together_are_batched_per_slot(redis_cluster: RedisCluster) -> None:
+    """Settles of keys on every master, ending together: one script call per slot (a call
+    naming keys of two slots would be refused CROSSSLOT), each settled to its own usage, and
+    an admission leaving meanwhile sends the waiting ones ahead instead of carrying them."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, reader = _limiter(redis_cluster.url, errors), _limiter(redis_cluster.url, [])
+        async with running(limiter, reader):
+            keys = _keys_on_every_master(redis_cluster, "batched", 6, max_concurrent=20)
+            for k in keys:  # each key's first call goes through redis-py
+                first = await limiter.admit(k, 1, "r")
+                assert first.reservation is not None
+                await limiter.settle(first.reservation, 1)
+            results = await asyncio.gather(*(limiter.admit(k, 10, "r") for k in keys * 4))
+            for i, r in enumerate(results):
+                assert r.reservation is not None and not r.reservation.degraded
+                limiter.settle_soon(r.reservation, i)
+            await limiter.admit(keys[0], 5, "meanwhile")
+            await asyncio.sleep(0.2)
+            usage = await reader.usage(tuple(keys))
+            assert [u.concurrent for u in usage] == [1] + [0] * 5
+            expected = [1 + sum(range(n, 24, 6)) for n in range(6)]
+            expected[0] += 5
+            assert [u.tokens_minute for u in usage] == expected
+        assert errors == []
+
+    run_with(scenario())

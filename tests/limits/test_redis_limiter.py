@@ -19,7 +19,12 @@ from redis.crc import key_slot
 
 from gateway.config import BackendFailure
 from gateway.limits.base import LimiterUnavailable, RateState
-from gateway.limits.redis_store import SETTLE_DELAY_S, RedisLimiter, key_names
+from gateway.limits.redis_store import (
+    SETTLE_DELAY_S,
+    SETTLES_PER_CALL,
+    RedisLimiter,
+    key_names,
+)
 from tests.limits.limits_support import FakeClock, key, run_with, running, utc
 from tests.support.redis_server import RedisServer
 
@@ -114,13 +119,21 @@ def test_admit_and_settle_are_one_script_call_each(redis_url: str) -> None:
             await limiter.admit(k, 1, "warm-up")
             client = limiter._client
             sent: list[str] = []
-            send = client.send
+            send, send_nowait = client.send, client.send_nowait
+
+            def name(command: bytes) -> str:
+                return command.split(b"\r\n")[2].decode()  # *N, $len, the name
 
             async def counting(command: bytes, delay: float = 0.0) -> object:
-                sent.append(command.split(b"\r\n")[2].decode())  # *N, $len, the name
+                sent.append(name(command))
                 return await send(command, delay)
 
+            def counting_nowait(command: bytes, delay: float = 0.0) -> object:
+                sent.append(name(command))
+                return send_nowait(command, delay)
+
             client.send = counting  # type: ignore[method-assign]
+            client.send_nowait = counting_nowait  # type: ignore[method-assign]
             with redis.Redis.from_url(redis_url) as probe:
                 before = probe.info("commandstats")
                 admission = await limiter.admit(k, 100, "r1")
@@ -177,6 +190,129 @@ def test_an_idle_settle_frees_the_slot_for_another_replica_at_once(redis_url: st
                 assert admission.reservation is not None
                 here.settle_soon(admission.reservation, 5)
                 await asyncio.sleep(SETTLE_DELAY_S / 5)  # a client's turnaround, not the delay
+
+    run_with(scenario())
+
+
+def _evalsha_calls(probe: redis.Redis) -> int:
+    return int(probe.info("commandstats")["cmdstat_evalsha"]["calls"])
+
+
+def test_settles_that_end_together_are_one_script_call(redis_url: str) -> None:
+    """A burst of ends (the scale scenario's 3,000 streams ending within a second) costs
+    Redis one command, not one per request, and each reservation is still settled to its
+    own usage, whatever its key."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, reader = _limiter(redis_url, errors), _limiter(redis_url)
+        async with running(limiter, reader):
+            keys = (
+                key("burst-a", tpm=10**6),
+                key("burst-b", max_concurrent=50, daily_tokens=10**6),
+            )
+            admissions = await asyncio.gather(
+                *(limiter.admit(keys[i % 2], 100, f"r{i}") for i in range(40))
+            )
+            with redis.Redis.from_url(redis_url) as probe:
+                before = _evalsha_calls(probe)
+                # Something in flight: the settles cannot leave at once, so they wait
+                # (SETTLE_DELAY_S) and leave together.
+                ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+                assert ping is not None
+                for i, admission in enumerate(admissions):
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, i)
+                await ping
+                await asyncio.sleep(SETTLE_DELAY_S + 0.05)
+                assert _evalsha_calls(probe) - before == 1
+            usage = await reader.usage(keys)
+            assert [u.concurrent for u in usage] == [0, 0]
+            assert usage[0].tokens_minute == sum(range(0, 40, 2))
+            assert usage[1].tokens_minute == usage[1].tokens_day == sum(range(1, 40, 2))
+        assert errors == []
+
+    run_with(scenario())
+
+
+def test_a_burst_of_settles_is_split_into_calls_of_at_most_settles_per_call(
+    redis_url: str,
+) -> None:
+    """One script holds Redis for its whole run: 250 ends leave as 3 calls, not one."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, reader = _limiter(redis_url, errors), _limiter(redis_url)
+        async with running(limiter, reader):
+            k = key("burst-split", tpm=10**6)
+            admissions = await asyncio.gather(*(limiter.admit(k, 100, "r") for _ in range(250)))
+            with redis.Redis.from_url(redis_url) as probe:
+                before = _evalsha_calls(probe)
+                ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+                for admission in admissions:
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, 3)
+                assert ping is not None
+                await ping
+                await asyncio.sleep(SETTLE_DELAY_S + 0.05)
+                assert _evalsha_calls(probe) - before == -(-250 // SETTLES_PER_CALL) == 3
+            (usage,) = await reader.usage((k,))
+            assert usage.concurrent == 0 and usage.tokens_minute == 250 * 3
+        assert errors == []
+
+    run_with(scenario())
+
+
+def test_waiting_settles_ride_in_the_next_admission(redis_url: str) -> None:
+    """An admission leaving while settles wait carries them in its own script call, run
+    first: the slot they free is free for it, and Redis runs one script for all of them."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter = _limiter(redis_url, errors)
+        async with running(limiter):
+            k = key(max_concurrent=2, tpm=10_000)
+            held = [await limiter.admit(k, 100, f"r{i}") for i in range(2)]
+            assert not (await limiter.admit(k, 100, "full")).allowed
+            with redis.Redis.from_url(redis_url) as probe:
+                before = _evalsha_calls(probe)
+                ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+                for admission in held:
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, 10)
+                after = await limiter.admit(k, 100, "next")
+                assert after.allowed
+                assert after.state.used_tokens == 10 * 2 + 100  # both settled first
+                await asyncio.sleep(SETTLE_DELAY_S + 0.05)  # nothing left to leave later
+                assert _evalsha_calls(probe) - before == 1
+                assert ping is not None and await ping == "PONG"
+        assert errors == []
+
+    run_with(scenario())
+
+
+def test_settles_riding_in_an_admission_answered_noscript_run_once(redis_url: str) -> None:
+    """Redis lost its scripts: the admission carrying settles is answered NOSCRIPT (nothing
+    ran), loaded and sent again, and every settle counts exactly once."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter, reader = _limiter(redis_url, errors), _limiter(redis_url)
+        async with running(limiter, reader):
+            k = key("noscript-ride", max_concurrent=3, tpm=10_000)
+            held = [await limiter.admit(k, 100, f"r{i}") for i in range(3)]
+            with redis.Redis.from_url(redis_url) as probe:
+                probe.script_flush()
+            ping = limiter._client.send_nowait(b"*1\r\n$4\r\nPING\r\n")
+            for admission in held:
+                assert admission.reservation is not None
+                limiter.settle_soon(admission.reservation, 7)
+            after = await limiter.admit(k, 100, "next")
+            assert after.allowed and after.state.used_tokens == 3 * 7 + 100
+            assert ping is not None and await ping == "PONG"
+            (usage,) = await reader.usage((k,))
+            assert usage.concurrent == 1 and usage.tokens_minute == 3 * 7 + 100
+        assert errors == []
 
     run_with(scenario())
 
