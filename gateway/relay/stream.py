@@ -41,7 +41,7 @@ from gateway.relay.attempts import Attempts
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
 from gateway.relay.watch import StreamWatch
-from gateway.routing import Lease, Router
+from gateway.routing import Router
 
 _DONE = b"data: [DONE]\n\n"
 _FINAL_SEND_TIMEOUT = 5.0
@@ -113,27 +113,13 @@ class Relay:
     # --- a token stream ---------------------------------------------------------------------
 
     async def stream(self, ctx: RelayContext, receive: Receive, send: Send) -> None:
-        watch = self._watch(ctx, receive, send)
-        try:
-            (upstream, first), lease = await self._open(ctx, watch)
-        except BaseException:
-            self._unwatch(watch)
-            raise
-        try:
-            outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
-        finally:
-            self.router.finish(lease, ctx.record.prompt_tokens + ctx.record.completion_tokens)
-        await self._finish(ctx, upstream, outcome, error, client_left, send)
-
-    async def _open(
-        self, ctx: RelayContext, watch: StreamWatch
-    ) -> tuple[tuple[EventStream, bytes], Lease]:
-        """The upstream stream and its first event, with failover, retries and fallbacks;
-        and the lease of the deployment it came from."""
+        watch = self._watch(ctx, receive, send, first_token=True)
         rec = ctx.record
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            attempts = Attempts(
+            # The upstream stream and its first event, with failover, retries and
+            # fallbacks; and the lease of the deployment it came from.
+            (upstream, first), lease = await Attempts(
                 self.router,
                 self.providers,
                 ctx.call_for,
@@ -141,33 +127,42 @@ class Relay:
                 rec,
                 self.metrics,
                 ctx.reserved_tokens,
+                watch,
                 _stream_headers,
-            )
-            return await attempts.first_answer(ctx.models)
+            ).first_answer(ctx.models)
         except asyncio.CancelledError:
+            self._unwatch(watch)
             if watch.ended is None:
                 raise  # not the watch's: the server's own cancellation
             raise self._stopped_early(watch) from None
+        except BaseException:
+            self._unwatch(watch)
+            raise
+        try:
+            outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+        finally:
+            self.router.finish(lease, rec.prompt_tokens + rec.completion_tokens)
+        await self._finish(ctx, upstream, outcome, error, client_left, send)
 
     async def _open_first(
-        self, provider: Provider, call: UpstreamCall
+        self, provider: Provider, call: UpstreamCall, watch: StreamWatch
     ) -> tuple[EventStream, bytes]:
         """Open the upstream stream and wait for its first event under the first-token
-        timeout."""
-        first_token = self.timeouts.first_token
+        timeout (the watch's timer: `StreamWatch.expect_first_token`)."""
+        watch.expect_first_token()
         stream: EventStream | None = None
         opened = False
         try:
-            async with asyncio.timeout(first_token):
-                stream = await provider.open_stream(call)
-                first = await stream.__anext__()
+            stream = await provider.open_stream(call)
+            first = await stream.__anext__()
             opened = True
             return stream, first
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"provider {provider.config.name!r} sent no first token within {first_token:g} s",
-                kind="first_token_timeout",
-            ) from None
+        except asyncio.CancelledError:
+            if not watch.first_token_late():
+                raise
+            raise self._first_token_timeout(provider) from None
+        except TimeoutError:  # a timeout of the transport's that escaped unconverted
+            raise self._first_token_timeout(provider) from None
         except StopAsyncIteration:
             raise UpstreamError(
                 f"provider {provider.config.name!r} ended the stream before its first event",
@@ -175,8 +170,16 @@ class Relay:
                 retryable=True,
             ) from None
         finally:
+            watch.first_token_seen()
             if stream is not None and not opened:
                 await _close_quietly(stream)
+
+    def _first_token_timeout(self, provider: Provider) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"provider {provider.config.name!r} sent no first token within "
+            f"{self.timeouts.first_token:g} s",
+            kind="first_token_timeout",
+        )
 
     async def _relay(
         self,
@@ -327,7 +330,7 @@ class Relay:
         watch = self._watch(ctx, receive, send)
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            attempts = Attempts(
+            result, lease = await Attempts(
                 self.router,
                 self.providers,
                 ctx.call_for,
@@ -335,9 +338,9 @@ class Relay:
                 rec,
                 self.metrics,
                 ctx.reserved_tokens,
+                watch,
                 _answer_headers,
-            )
-            result, lease = await attempts.first_answer(ctx.models)
+            ).first_answer(ctx.models)
         except asyncio.CancelledError:
             if watch.ended is None:
                 raise
@@ -355,9 +358,11 @@ class Relay:
 
     # --- the watch ---------------------------------------------------------------------------
 
-    def _watch(self, ctx: RelayContext, receive: Receive, send: Send) -> StreamWatch:
+    def _watch(
+        self, ctx: RelayContext, receive: Receive, send: Send, first_token: bool = False
+    ) -> StreamWatch:
         watch = StreamWatch(send, self.timeouts)
-        watch.start(receive, ctx.disconnect)
+        watch.start(receive, ctx.disconnect, first_token)
         self.watches.add(watch)
         return watch
 
@@ -404,7 +409,7 @@ class Relay:
         )
 
 
-async def _complete(provider: Provider, call: UpstreamCall) -> Completion:
+async def _complete(provider: Provider, call: UpstreamCall, _watch: StreamWatch) -> Completion:
     return await provider.complete(call)
 
 
