@@ -131,18 +131,21 @@ class RelayEndpoint:
         if rt.config.log_bodies:
             rec.request_body = raw
         model = resolve_model(rt, key, req, rec)
+        output = _output_reserve(rt, req)
         ctx = RelayContext(
             request=req,
-            models=[model, *(rt.models[name] for name in model.fallbacks)],
+            models=[model, *[rt.models[name] for name in model.fallbacks]]
+            if model.fallbacks
+            else [model],
             request_id=rec.request_id,
             record=rec,
             headers=headers,
             started_at=started_at,
             disconnect=disconnect_hook(scope),
             writer=body_writer(scope),
-            reserved_tokens=req.prompt_estimate + _output_reserve(rt, req),
+            reserved_tokens=req.prompt_estimate + output,
         )
-        return ctx, await _admit(rt, key, req, model, rec.request_id, headers)
+        return ctx, await _admit(rt, key, req, model, rec.request_id, output, headers)
 
     async def _failed(
         self, exc: Exception, rec: RequestRecord, send: Send, headers: Headers
@@ -233,10 +236,12 @@ async def _admit(
     req: ClientRequest,
     model: ModelConfig,
     rid: str,
+    output: int,
     headers: Headers,
 ) -> Reservation | None:
+    """The limits' verdict on a request reserving its prompt estimate and `output` tokens
+    (`_output_reserve`)."""
     limiter = rt.limiter
-    output = _output_reserve(rt, req)
     tokens = req.prompt_estimate + output
     # The reservation's cost at the primary model's prices: settled to the real
     # cost of whichever model answered when the request ends.
