@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -142,7 +142,9 @@ class Relay:
             outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
         finally:
             self.router.finish(lease, rec.prompt_tokens + rec.completion_tokens)
-        await self._finish(ctx, upstream, outcome, error, client_left, send)
+        rest = self._finish(ctx, upstream, outcome, error, client_left, send)
+        if rest is not None:
+            await self._end_late(rest, rec)
 
     async def _open_first(
         self, provider: Provider, call: UpstreamCall, watch: StreamWatch
@@ -189,9 +191,10 @@ class Relay:
         first: bytes,
         send: Send,
     ) -> tuple[Outcome, GatewayError | None, bool]:
-        """Send the answer; its outcome, the error to tell the client, and whether the
-        client left after the answer was whole. The upstream is closed and the tokens
-        accounted on every path."""
+        """Send the answer: the first event, then each upstream read as it arrives, until
+        the stream ends. Its outcome, the error to tell the client, and whether the client
+        left after the answer was whole. The upstream is closed and the tokens accounted on
+        every path."""
         rec = ctx.record
         model_label = ctx.models[0].name
         started = False
@@ -210,7 +213,24 @@ class Relay:
                 started = True
                 rec.status = 200
                 self.metrics.stream_opened(model_label)
-                await self._send_events(ctx, watch, upstream, first, received_at, send)
+                watch.start_relaying()
+                watch.sending_since = watch.last_read
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                watch.sending_since = 0.0
+                last = perf_counter()
+                rec.ttft_s = last - ctx.started_at
+                rec.overhead_s += last - received_at
+                gaps = rec.inter_token_s
+                pump = Pump(send, watch, gaps, last, ctx.writer)
+                if upstream.push(pump):
+                    await pump.run(upstream)
+                else:
+                    async for chunk in upstream:
+                        now = perf_counter()
+                        gaps.append(now - last)
+                        last = watch.last_read = watch.sending_since = now
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        watch.sending_since = 0.0
                 outcome: Outcome = "completed" if upstream.state.finished else "truncated"
             except asyncio.CancelledError:
                 if watch.ended is None:
@@ -230,7 +250,9 @@ class Relay:
                     error, outcome = exc, exc.outcome
         finally:
             self._unwatch(watch)
-            await _close_quietly(upstream)
+            # As `_close_quietly`, without a coroutine of its own on every request's path.
+            with contextlib.suppress(GatewayError, OSError, httpx.HTTPError):
+                await upstream.aclose()
             if started:
                 self.metrics.stream_closed(model_label)
             state = upstream.state
@@ -241,37 +263,7 @@ class Relay:
                 rec.response_text = state.kept_text()
         return outcome, error, client_left
 
-    @staticmethod
-    async def _send_events(
-        ctx: RelayContext,
-        watch: StreamWatch,
-        upstream: EventStream,
-        first: bytes,
-        received_at: float,
-        send: Send,
-    ) -> None:
-        """The first event, then each upstream read as it arrives, until the stream ends."""
-        rec = ctx.record
-        watch.start_relaying()
-        watch.sending_since = watch.last_read
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        watch.sending_since = 0.0
-        last = perf_counter()
-        rec.ttft_s = last - ctx.started_at
-        rec.overhead_s += last - received_at
-        gaps = rec.inter_token_s
-        pump = Pump(send, watch, gaps, last, ctx.writer)
-        if upstream.push(pump):
-            await pump.run(upstream)
-            return
-        async for chunk in upstream:
-            now = perf_counter()
-            gaps.append(now - last)
-            last = watch.last_read = watch.sending_since = now
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            watch.sending_since = 0.0
-
-    async def _finish(
+    def _finish(
         self,
         ctx: RelayContext,
         upstream: EventStream,
@@ -279,9 +271,11 @@ class Relay:
         error: GatewayError | None,
         client_left: bool,
         send: Send,
-    ) -> None:
+    ) -> Awaitable[None] | None:
         """Record the outcome and end the response: `[DONE]` when the upstream did not send
-        it, an SSE error event on a failure, nothing when nobody reads."""
+        it, an SSE error event on a failure, nothing when nobody reads. The end is written
+        at once in the usual case; else the rest of its send is returned, for the caller to
+        await under a timeout (`_end_late`): no coroutine for the usual case."""
         rec = ctx.record
         rec.outcome = outcome
         tail = b""
@@ -294,11 +288,11 @@ class Relay:
             # In the client's API: Chat's error chunk, else what the stream writes for it.
             tail = failure.sse() if state.error_event is None else state.error_event(failure)
         if outcome in ("client_cancelled", "slow_client") or client_left:
-            return  # nobody reads: uvicorn closes the connection of an unfinished response
-        end = {"type": "http.response.body", "body": tail, "more_body": False}
-        rest = start_send(send, end)
-        if rest is None:
-            return  # written at once, the usual case: no timer needed
+            return None  # nobody reads: uvicorn closes the connection of an unfinished response
+        return start_send(send, {"type": "http.response.body", "body": tail, "more_body": False})
+
+    @staticmethod
+    async def _end_late(rest: Awaitable[None], rec: RequestRecord) -> None:
         try:
             # A client that stops reading right now must not pin this task on a full buffer.
             async with asyncio.timeout(_FINAL_SEND_TIMEOUT):
