@@ -81,8 +81,9 @@ class RelayEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt: EdgeRuntime = scope["state"][STATE_KEY]
         started_at = perf_counter()
-        if rt.start_budget is not None:
-            await rt.start_budget.take()
+        budget = rt.start_budget
+        if budget is not None and not budget.take_now():
+            await budget.take()
         rid = request_id(scope)
         rec = RequestRecord(request_id=rid.decode(), route=self.name)
         if rt.traces is not None:  # tracing on: None unless this request is sampled
