@@ -40,7 +40,7 @@ from gateway.providers.base import Completion, EventStream, Provider, UpstreamCa
 from gateway.relay.attempts import Attempts
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
-from gateway.relay.watch import StreamWatch
+from gateway.relay.watch import StreamWatch, first_check_s
 from gateway.routing import Router
 
 _DONE = b"data: [DONE]\n\n"
@@ -90,7 +90,15 @@ class Relay:
     event, as the module docstring says.
     """
 
-    __slots__ = ("log_bodies", "metrics", "providers", "router", "timeouts", "watches")
+    __slots__ = (
+        "_first_check",
+        "log_bodies",
+        "metrics",
+        "providers",
+        "router",
+        "timeouts",
+        "watches",
+    )
 
     def __init__(
         self,
@@ -106,6 +114,7 @@ class Relay:
         """Which deployment each attempt goes to (`gateway.routing`)."""
         self.metrics = metrics
         self.timeouts = timeouts
+        self._first_check = first_check_s(timeouts)
         self.log_bodies = log_bodies
         self.watches = watches
         """Every open request's watch: shutdown ends them, tests check none is left."""
@@ -113,7 +122,7 @@ class Relay:
     # --- a token stream ---------------------------------------------------------------------
 
     async def stream(self, ctx: RelayContext, receive: Receive, send: Send) -> None:
-        watch = self._watch(ctx, receive, send, first_token=True)
+        watch = self._watch(ctx, receive, send, self._first_check)
         rec = ctx.record
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
@@ -353,10 +362,10 @@ class Relay:
     # --- the watch ---------------------------------------------------------------------------
 
     def _watch(
-        self, ctx: RelayContext, receive: Receive, send: Send, first_token: bool = False
+        self, ctx: RelayContext, receive: Receive, send: Send, first_check: float = 0.0
     ) -> StreamWatch:
         watch = StreamWatch(send, self.timeouts)
-        watch.start(receive, ctx.disconnect, first_token)
+        watch.start(receive, ctx.disconnect, first_check)
         self.watches.add(watch)
         return watch
 

@@ -40,6 +40,14 @@ from gateway.errors import Outcome
 KEEPALIVE = b": keep-alive\n\n"
 
 
+def first_check_s(timeouts: Timeouts) -> float:
+    """When a stream's watch first checks, in seconds from its start: the earliest of the
+    first-token deadline and the relay's first keep-alive/idle check, so that neither the
+    first attempt nor the start of the relay has to move the timer (a check that finds
+    nothing due just sets the timer for the next one). Computed once, not per request."""
+    return min(timeouts.first_token, timeouts.keepalive, timeouts.idle)
+
+
 class StreamWatch:
     __slots__ = (
         "_cancelling",
@@ -90,10 +98,10 @@ class StreamWatch:
         self._keepalive_task: asyncio.Task[None] | None = None
 
     def start(
-        self, receive: Receive, hook: DisconnectHook | None = None, first_token: bool = False
+        self, receive: Receive, hook: DisconnectHook | None = None, first_check: float = 0.0
     ) -> None:
-        """Watch from now on. `first_token`: a stream, whose first attempt opens a
-        first-token window at once (`expect_first_token`)."""
+        """Watch from now on. `first_check`, for a stream (whose first attempt opens a
+        first-token window at once, `expect_first_token`): `first_check_s(timeouts)`."""
         if hook is None:
             self._disconnect_task = self._loop.create_task(self._watch_disconnect(receive))
         elif hook.lost:
@@ -101,13 +109,9 @@ class StreamWatch:
         else:
             self._hook = hook
             hook.callback = self._client_gone
-        if first_token:
-            # The first check falls due at the earliest of the first-token deadline and the
-            # first keep-alive/idle check of the relay that follows it: neither the first
-            # attempt nor the start of the relay has to move the timer then (a check that
-            # finds nothing due just sets the timer for the next one).
-            t = self._timeouts
-            self._arm(min(self.deadline, perf_counter() + min(t.first_token, t.keepalive, t.idle)))
+        if first_check:
+            when = perf_counter() + first_check
+            self._arm(when if when < self.deadline else self.deadline)
         else:
             self._arm(self.deadline)
 

@@ -14,7 +14,7 @@ from starlette.types import Message
 
 from gateway.asgi import DisconnectHook
 from gateway.config import Timeouts
-from gateway.relay.watch import StreamWatch
+from gateway.relay.watch import StreamWatch, first_check_s
 
 
 async def _never() -> Message:
@@ -105,7 +105,7 @@ async def _first_token_window(
     async def request() -> tuple[bool | None, int]:
         watch = StreamWatch(_send, timeouts)
         watch_box.append(watch)
-        watch.start(_never, hook, first_token=True)
+        watch.start(_never, hook, first_check_s(timeouts))
         late: bool | None = None
         try:
             watch.expect_first_token()
