@@ -208,9 +208,16 @@ PROBES: list[tuple[str, str, str, str | None, bool]] = [
         False,
     ),
     (
-        "gateway.relay.stream",
-        "Relay._open",
-        "attempts + routing plan + UpstreamCall (Relay._open own)",
+        "gateway.relay.attempts",
+        "Attempts.on",
+        "attempts + UpstreamCall (Attempts.on own)",
+        "Relay.stream own",
+        True,
+    ),
+    (
+        "gateway.relay.attempts",
+        "Attempts._plan",
+        "routing plan (Attempts._plan own)",
         "Relay.stream own",
         True,
     ),
@@ -218,14 +225,14 @@ PROBES: list[tuple[str, str, str, str | None, bool]] = [
         "gateway.routing",
         "Router._order",
         "routing plan (Router._order)",
-        "attempts + routing plan + UpstreamCall (Relay._open own)",
+        "routing plan (Attempts._plan own)",
         False,
     ),
     (
         "gateway.relay.stream",
         "Relay._open_first",
         "first-token timeout scope (_open_first own)",
-        "attempts + routing plan + UpstreamCall (Relay._open own)",
+        "attempts + UpstreamCall (Attempts.on own)",
         True,
     ),
     (
@@ -296,9 +303,9 @@ PROBES: list[tuple[str, str, str, str | None, bool]] = [
     (
         "gateway.relay.stream",
         "Relay._finish",
-        "relay of the chunks and the end (without uvicorn send)",
+        "relay: the end (Relay._finish, with its uvicorn send)",
         "Relay.stream own",
-        True,
+        False,
     ),
     (
         "gateway.transports.http11",
@@ -439,7 +446,9 @@ def own_times(ns: dict[str, int], n: dict[str, int]) -> dict[str, float]:
         out = ASYNC_OUT if key in asyncs else SYNC_OUT
         own[parent] = own.get(parent, 0.0) - ns[key] / requests / 1000 - n[key] / requests * out
     # uvicorn's send runs inside the relay (2 of its 3 calls) and `Relay._finish` (the end),
-    # not as a child of the app entry's own code.
+    # not as a child of the app entry's own code. All three are taken from the relay's label
+    # (the end's included, which `Relay._finish`'s own label still holds): the two labels'
+    # sum is the relay's own time.
     if SEND in ns:
         relay = "relay of the chunks and the end (without uvicorn send)"
         send = ns[SEND] / requests / 1000 + n[SEND] / requests * ASYNC_OUT

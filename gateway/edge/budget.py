@@ -37,11 +37,18 @@ class StartBudget:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    async def take(self) -> None:
-        """Return at once while this turn has room and nobody is queued; else wait."""
+    def take_now(self) -> bool:
+        """Take a start of this turn if it has room and nobody is queued; False: wait for
+        one with `take()`. The usual case without a coroutine."""
         if self._used < self.per_turn and not self._waiting:
             self._used += 1
             self._next_turn_soon()
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Return at once while this turn has room and nobody is queued; else wait."""
+        if self.take_now():
             return
         ticket = asyncio.get_running_loop().create_future()
         self._waiting.append(ticket)

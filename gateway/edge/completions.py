@@ -81,8 +81,9 @@ class RelayEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt: EdgeRuntime = scope["state"][STATE_KEY]
         started_at = perf_counter()
-        if rt.start_budget is not None:
-            await rt.start_budget.take()
+        budget = rt.start_budget
+        if budget is not None and not budget.take_now():
+            await budget.take()
         rid = request_id(scope)
         rec = RequestRecord(request_id=rid.decode(), route=self.name)
         if rt.traces is not None:  # tracing on: None unless this request is sampled
@@ -131,18 +132,21 @@ class RelayEndpoint:
         if rt.config.log_bodies:
             rec.request_body = raw
         model = resolve_model(rt, key, req, rec)
+        output = _output_reserve(rt, req)
         ctx = RelayContext(
             request=req,
-            models=[model, *(rt.models[name] for name in model.fallbacks)],
+            models=[model, *[rt.models[name] for name in model.fallbacks]]
+            if model.fallbacks
+            else [model],
             request_id=rec.request_id,
             record=rec,
             headers=headers,
             started_at=started_at,
             disconnect=disconnect_hook(scope),
             writer=body_writer(scope),
-            reserved_tokens=req.prompt_estimate + _output_reserve(rt, req),
+            reserved_tokens=req.prompt_estimate + output,
         )
-        return ctx, await _admit(rt, key, req, model, rec.request_id, headers)
+        return ctx, await _admit(rt, key, req, model, rec.request_id, output, headers)
 
     async def _failed(
         self, exc: Exception, rec: RequestRecord, send: Send, headers: Headers
@@ -233,10 +237,12 @@ async def _admit(
     req: ClientRequest,
     model: ModelConfig,
     rid: str,
+    output: int,
     headers: Headers,
 ) -> Reservation | None:
+    """The limits' verdict on a request reserving its prompt estimate and `output` tokens
+    (`_output_reserve`)."""
     limiter = rt.limiter
-    output = _output_reserve(rt, req)
     tokens = req.prompt_estimate + output
     # The reservation's cost at the primary model's prices: settled to the real
     # cost of whichever model answered when the request ends.

@@ -8,8 +8,11 @@ from gateway.errors import Outcome
 from gateway.observability.trace_context import RequestTrace
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestRecord:
+    """One request's record, alive as long as the request (a stream's, for minutes):
+    slotted, so thousands of open streams keep no attribute dict each."""
+
     request_id: str
     route: str
     """chat.completions, completions, embeddings, models, ..."""

@@ -1,9 +1,9 @@
 """The request log: one JSON line per request, written off the request path.
 
 Finished requests reach `RequestLog.submit(record)` off the request path, a slice at a
-time (`gateway.observability.finished`). It renders the line through a locally built
-structlog logger (timestamp, level, event="request", then `RequestRecord.log_fields()`),
-puts it on a bounded asyncio queue and returns; it never awaits and never blocks. Rendering
+time (`gateway.observability.finished`). It renders the line (timestamp, level,
+event="request", then `RequestRecord.log_fields()`) with one `orjson.dumps`, puts it on a
+bounded asyncio queue and returns; it never awaits and never blocks. Rendering
 here, in the event loop's slices, rather than in the writer thread keeps a thread that
 would hold the GIL for a whole batch off the loop. One background task takes up to
 `logging.batch_size` lines at a time and writes them to the sink in a worker thread. A sink
@@ -19,11 +19,15 @@ The process's own logs (start-up, draining, upstream errors, tracebacks, uvicorn
 Python's warnings) are another pipeline, set up by `configure_process_logging`: stderr, so
 that stdout carries request-log lines only.
 
+The request log's line used to go through a structlog logger of its own (a processor
+chain, then structlog's JSON renderer); it is rendered directly now (`render_line`), to
+the same bytes (a test keeps the two side by side), because that chain of calls cost
+about as much as everything else the log does per request.
+
 Deliberately not here: log shipping, rotation (use logrotate with copytruncate, or stdout
-and the container runtime). Importing this module configures nothing: the request log
-builds its own structlog logger, and only `configure_process_logging` (called once per
-process by `gateway serve` and by each of its workers) touches structlog's and the stdlib's
-global configuration.
+and the container runtime). Importing this module configures nothing: only
+`configure_process_logging` (called once per process by `gateway serve` and by each of its
+workers) touches structlog's and the stdlib's global configuration.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def file_sink(path: str) -> StreamSink:
     return StreamSink(open(path, "ab"), close_stream=True)
 
 
-# --- structlog processors ------------------------------------------------------------------
+# --- the line -------------------------------------------------------------------------------
 
 EventDict = MutableMapping[str, Any]
 
@@ -154,16 +158,21 @@ EventDict = MutableMapping[str, Any]
 class DropSecrets:
     """Defence in depth: no field named like a credential reaches the log.
 
-    The verdict per field name is remembered (the names repeat on every line); the memo
-    stops growing at a bound so odd names cannot grow it without limit.
+    The verdict per field name is remembered (the names repeat on every line), and so is
+    the set of names found harmless, so a line whose names were all seen before costs one
+    set check. Both memos stop growing at a bound so odd names cannot grow them without
+    limit. Called like a structlog processor (`drop(None, method, fields)`).
     """
 
     _MEMO_LIMIT = 1024
 
     def __init__(self) -> None:
         self._secret: dict[str, bool] = {}
+        self._harmless: set[str] = set()
 
     def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
+        if self._harmless.issuperset(event_dict):
+            return event_dict  # the usual line: every name already known to be harmless
         memo = self._secret
         doomed: list[str] | None = None
         for name in event_dict:
@@ -174,6 +183,8 @@ class DropSecrets:
                     memo[name] = secret
             if secret:
                 doomed = [name] if doomed is None else [*doomed, name]
+            elif len(self._harmless) < self._MEMO_LIMIT:
+                self._harmless.add(name)
         for name in doomed or ():
             del event_dict[name]
         return event_dict
@@ -189,49 +200,37 @@ def is_secret_name(name: str) -> bool:
     )
 
 
-def drop_bodies(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
-    """Without `log_bodies: true` prompts and completions never reach the log."""
-    for name in BODY_FIELDS:
-        event_dict.pop(name, None)
-    return event_dict
+def _timestamp(ended_at: float) -> str:
+    """When the request ended, ISO 8601 UTC to the millisecond (`...T12:34:56.789Z`)."""
+    stamp = datetime.fromtimestamp(ended_at, UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def add_header(_logger: object, method: str, event_dict: EventDict) -> EventDict:
-    """timestamp (when the request ended, ISO 8601 UTC; `RequestLog._render` passes it as
-    `_ended_at`), level and event first: a person reading the raw file sees them where they
-    expect them."""
-    stamp = datetime.fromtimestamp(event_dict.pop("_ended_at"), UTC)
-    return {
-        "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "level": method,
-        "event": event_dict.pop("event", None),
-        **event_dict,
-    }
+def _unencodable(obj: object) -> object:
+    """What structlog's JSON renderer wrote for a value JSON has no type for (the line
+    used to be rendered by it; `RequestRecord.log_fields` gives none such today)."""
+    try:
+        return obj.__structlog__()  # type: ignore[attr-defined]
+    except AttributeError:
+        return repr(obj)
 
 
-class _LineCollector:
-    """The structlog "logger" at the end of the chain: keeps the rendered line, which
-    `RequestLog._render` takes at once."""
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-
-    def _keep(self, line: bytes) -> None:
-        self.lines.append(line + b"\n")
-
-    info = warning = error = _keep
-
-
-def request_logger(*, log_bodies: bool) -> tuple[Any, _LineCollector]:
-    """A structlog logger whose output lands in the returned collector."""
-    processors: list[Any] = [DropSecrets()]
+def render_line(rec: RequestRecord, drop_secrets: DropSecrets, *, log_bodies: bool) -> bytes:
+    """The record's JSON line (with its newline): timestamp, level and event first, where a
+    person reading the raw file expects them, then the record's fields, without bodies
+    unless `log_bodies`, without any field named like a credential. Raises TypeError when a
+    field cannot be encoded."""
+    fields = rec.log_fields()
     if not log_bodies:
-        processors.append(drop_bodies)
-    processors += [add_header, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
-    collector = _LineCollector()
-    # Built directly rather than via structlog.configure(): no global state is touched.
-    bound_class: Any = structlog.make_filtering_bound_logger(logging.INFO)
-    return bound_class(collector, processors=processors, context={}), collector
+        for name in BODY_FIELDS:
+            fields.pop(name, None)
+    line = {
+        "timestamp": _timestamp(rec.ended_at or time.time()),
+        "level": "error" if rec.status >= 500 else "info",
+        "event": "request",
+        **drop_secrets(None, "", fields),
+    }
+    return orjson.dumps(line, default=_unencodable, option=orjson.OPT_APPEND_NEWLINE)
 
 
 # --- the log ----------------------------------------------------------------------------------
@@ -267,7 +266,8 @@ class RequestLog:
         self._sink = sink
         self._ledger = ledger
         """`logging.sinks` names `database`: every batch goes to it too."""
-        self._logger, self._lines = request_logger(log_bodies=log_bodies)
+        self._log_bodies = log_bodies
+        self._drop_secrets = DropSecrets()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -311,13 +311,10 @@ class RequestLog:
     def _render(self, rec: RequestRecord) -> bytes | None:
         """The record's line, None when a field cannot be encoded (the line is lost, not
         the log)."""
-        method = self._logger.error if rec.status >= 500 else self._logger.info
-        lines = self._lines.lines
         try:
-            method("request", _ended_at=rec.ended_at or time.time(), **rec.log_fields())
+            return render_line(rec, self._drop_secrets, log_bodies=self._log_bodies)
         except TypeError:
             return None
-        return lines.pop() if lines else None
 
     # The drain deadline belongs to the log (it knows what it drops when it passes).
     async def aclose(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from gateway.config import ModelConfig
 from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamRejected
@@ -36,50 +35,81 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Provider, UpstreamCall
 from gateway.relay.traced import traced
+from gateway.relay.watch import StreamWatch
 from gateway.routing import QUEUE_WAIT, Deployment, Lease, Router
 
 T = TypeVar("T")
 
-Attempt = Callable[[Provider, UpstreamCall], Awaitable[T]]
+Attempt = Callable[[Provider, UpstreamCall, StreamWatch], Awaitable[T]]
+"""One attempt on one provider; it gets the request's watch (a stream's first-token
+timeout is the watch's timer)."""
 
 
 def _backoff(attempt: int) -> float:
     return min(0.05 * 4.0**attempt, 1.0)
 
 
-@dataclass
+def _no_headers(_answer: object) -> Mapping[str, str] | None:
+    return None
+
+
 class Attempts(Generic[T]):
     """One request's attempts: what they share, and the last failure."""
 
-    router: Router
-    providers: Mapping[str, Provider]
-    make_call: Callable[[ModelConfig], UpstreamCall]
-    attempt: Attempt[T]
-    record: RequestRecord
-    metrics: Metrics
-    tokens: int
-    """What the request reserved: asked of a deployment's upstream account limit."""
-    headers_of: Callable[[T], Mapping[str, str] | None] = lambda _: None
-    """The upstream response headers of an answer, for the upstream limiter."""
-    last: GatewayError | None = None
-    attempts: int = 0
+    __slots__ = (
+        "attempt",
+        "attempts",
+        "headers_of",
+        "last",
+        "make_call",
+        "metrics",
+        "providers",
+        "record",
+        "router",
+        "tokens",
+        "watch",
+    )
 
-    def __post_init__(self) -> None:
-        if self.record.trace is not None:  # traced: each attempt timed, a child span
-            self.attempt = traced(self.attempt, self.record)
+    def __init__(
+        self,
+        router: Router,
+        providers: Mapping[str, Provider],
+        make_call: Callable[[ModelConfig], UpstreamCall],
+        attempt: Attempt[T],
+        record: RequestRecord,
+        metrics: Metrics,
+        tokens: int,
+        watch: StreamWatch,
+        headers_of: Callable[[T], Mapping[str, str] | None] = _no_headers,
+    ) -> None:
+        self.router = router
+        self.providers = providers
+        self.make_call = make_call
+        self.attempt = attempt if record.trace is None else traced(attempt, record)
+        """Traced: each attempt timed, a child span."""
+        self.record = record
+        self.metrics = metrics
+        self.tokens = tokens
+        """What the request reserved: asked of a deployment's upstream account limit."""
+        self.watch = watch
+        self.headers_of = headers_of
+        """The upstream response headers of an answer, for the upstream limiter."""
+        self.last: GatewayError | None = None
+        self.attempts = 0
 
-    async def first_answer(self, models: list[ModelConfig]) -> tuple[T, Lease]:
+    def first_answer(self, models: list[ModelConfig]) -> Awaitable[tuple[T, Lease]]:
         """The first answer of the plan, and the lease of the deployment that gave it (the
         caller `finish`es it when the answer ends)."""
-        router, tokens = self.router, self.tokens
+        router = self.router
         if len(models) == 1 and (only := router.single.get(models[0].name)) is not None:
             # The usual case: one deployment, no fallbacks, no upstream limits. Its plan is
-            # itself and it needs no ticket: no plan generator, no limiter call.
-            answer = await self.on(only, router.start(only))
-            if answer is not None:
-                return answer
-            assert self.last is not None
-            raise self.last
+            # itself and it needs no ticket: no plan generator, no limiter call, and its
+            # attempts are awaited straight from the caller (`last`: its failure is raised).
+            return cast("Awaitable[tuple[T, Lease]]", self.on(only, router.start(only), last=True))
+        return self._plan(models)
+
+    async def _plan(self, models: list[ModelConfig]) -> tuple[T, Lease]:
+        router, tokens = self.router, self.tokens
         skipped: list[Deployment] = []
         for deployment in router.plan(models):
             lease = await router.admit(deployment, tokens)
@@ -104,9 +134,12 @@ class Attempts(Generic[T]):
         assert self.last is not None
         raise self.last
 
-    async def on(self, deployment: Deployment, lease: Lease) -> tuple[T, Lease] | None:
+    async def on(
+        self, deployment: Deployment, lease: Lease, *, last: bool = False
+    ) -> tuple[T, Lease] | None:
         """Try one deployment (and retry it when it is its model's only one): its answer and
-        lease, or None after it failed."""
+        lease, or None after it failed; with `last` (nothing else to try) its failure is
+        raised instead."""
         router, record = self.router, self.record
         provider = self.providers[deployment.provider]
         call = self.make_call(deployment.call_model)
@@ -118,7 +151,7 @@ class Attempts(Generic[T]):
             record.provider, record.answered_by = deployment.provider, deployment.model
             record.deployment = deployment.name
             try:
-                result = await self.attempt(provider, call)
+                result = await self.attempt(provider, call, self.watch)
             except UpstreamRejected as exc:
                 self.metrics.upstream_error(deployment.provider, f"http_{exc.status}")
                 if exc.status != 429:
@@ -126,12 +159,16 @@ class Attempts(Generic[T]):
                     raise
                 router.failed(lease, exc.upstream_headers, "rate_limited")
                 self.last = exc
+                if last:
+                    raise
                 return None
             except UpstreamError as exc:
                 self.metrics.upstream_error(deployment.provider, exc.kind)
                 router.failed(lease, exc.upstream_headers, "failed")
                 self.last = exc
                 if not exc.retryable or retry == retries:
+                    if last:
+                        raise
                     return None
             except BaseException:
                 router.abandon(lease)
@@ -143,5 +180,8 @@ class Attempts(Generic[T]):
             retry += 1
             again = await router.admit(deployment, self.tokens)
             if again is None:
+                if last:
+                    assert self.last is not None
+                    raise self.last
                 return None
             lease = again

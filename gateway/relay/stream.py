@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -40,8 +40,8 @@ from gateway.providers.base import Completion, EventStream, Provider, UpstreamCa
 from gateway.relay.attempts import Attempts
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
-from gateway.relay.watch import StreamWatch
-from gateway.routing import Lease, Router
+from gateway.relay.watch import StreamWatch, first_check_s
+from gateway.routing import Router
 
 _DONE = b"data: [DONE]\n\n"
 _FINAL_SEND_TIMEOUT = 5.0
@@ -90,7 +90,15 @@ class Relay:
     event, as the module docstring says.
     """
 
-    __slots__ = ("log_bodies", "metrics", "providers", "router", "timeouts", "watches")
+    __slots__ = (
+        "_first_check",
+        "log_bodies",
+        "metrics",
+        "providers",
+        "router",
+        "timeouts",
+        "watches",
+    )
 
     def __init__(
         self,
@@ -106,6 +114,7 @@ class Relay:
         """Which deployment each attempt goes to (`gateway.routing`)."""
         self.metrics = metrics
         self.timeouts = timeouts
+        self._first_check = first_check_s(timeouts)
         self.log_bodies = log_bodies
         self.watches = watches
         """Every open request's watch: shutdown ends them, tests check none is left."""
@@ -113,27 +122,13 @@ class Relay:
     # --- a token stream ---------------------------------------------------------------------
 
     async def stream(self, ctx: RelayContext, receive: Receive, send: Send) -> None:
-        watch = self._watch(ctx, receive, send)
-        try:
-            (upstream, first), lease = await self._open(ctx, watch)
-        except BaseException:
-            self._unwatch(watch)
-            raise
-        try:
-            outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
-        finally:
-            self.router.finish(lease, ctx.record.prompt_tokens + ctx.record.completion_tokens)
-        await self._finish(ctx, upstream, outcome, error, client_left, send)
-
-    async def _open(
-        self, ctx: RelayContext, watch: StreamWatch
-    ) -> tuple[tuple[EventStream, bytes], Lease]:
-        """The upstream stream and its first event, with failover, retries and fallbacks;
-        and the lease of the deployment it came from."""
+        watch = self._watch(ctx, receive, send, self._first_check)
         rec = ctx.record
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            attempts = Attempts(
+            # The upstream stream and its first event, with failover, retries and
+            # fallbacks; and the lease of the deployment it came from.
+            (upstream, first), lease = await Attempts(
                 self.router,
                 self.providers,
                 ctx.call_for,
@@ -141,33 +136,44 @@ class Relay:
                 rec,
                 self.metrics,
                 ctx.reserved_tokens,
+                watch,
                 _stream_headers,
-            )
-            return await attempts.first_answer(ctx.models)
+            ).first_answer(ctx.models)
         except asyncio.CancelledError:
+            self._unwatch(watch)
             if watch.ended is None:
                 raise  # not the watch's: the server's own cancellation
             raise self._stopped_early(watch) from None
+        except BaseException:
+            self._unwatch(watch)
+            raise
+        try:
+            outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+        finally:
+            self.router.finish(lease, rec.prompt_tokens + rec.completion_tokens)
+        rest = self._finish(ctx, upstream, outcome, error, client_left, send)
+        if rest is not None:
+            await self._end_late(rest, rec)
 
     async def _open_first(
-        self, provider: Provider, call: UpstreamCall
+        self, provider: Provider, call: UpstreamCall, watch: StreamWatch
     ) -> tuple[EventStream, bytes]:
         """Open the upstream stream and wait for its first event under the first-token
-        timeout."""
-        first_token = self.timeouts.first_token
+        timeout (the watch's timer: `StreamWatch.expect_first_token`)."""
+        watch.expect_first_token()
         stream: EventStream | None = None
         opened = False
         try:
-            async with asyncio.timeout(first_token):
-                stream = await provider.open_stream(call)
-                first = await stream.__anext__()
+            stream = await provider.open_stream(call)
+            first = await stream.__anext__()
             opened = True
             return stream, first
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"provider {provider.config.name!r} sent no first token within {first_token:g} s",
-                kind="first_token_timeout",
-            ) from None
+        except asyncio.CancelledError:
+            if not watch.first_token_late():
+                raise
+            raise self._first_token_timeout(provider) from None
+        except TimeoutError:  # a timeout of the transport's that escaped unconverted
+            raise self._first_token_timeout(provider) from None
         except StopAsyncIteration:
             raise UpstreamError(
                 f"provider {provider.config.name!r} ended the stream before its first event",
@@ -175,8 +181,16 @@ class Relay:
                 retryable=True,
             ) from None
         finally:
+            watch.first_token_seen()
             if stream is not None and not opened:
                 await _close_quietly(stream)
+
+    def _first_token_timeout(self, provider: Provider) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"provider {provider.config.name!r} sent no first token within "
+            f"{self.timeouts.first_token:g} s",
+            kind="first_token_timeout",
+        )
 
     async def _relay(
         self,
@@ -186,9 +200,10 @@ class Relay:
         first: bytes,
         send: Send,
     ) -> tuple[Outcome, GatewayError | None, bool]:
-        """Send the answer; its outcome, the error to tell the client, and whether the
-        client left after the answer was whole. The upstream is closed and the tokens
-        accounted on every path."""
+        """Send the answer: the first event, then each upstream read as it arrives, until
+        the stream ends. Its outcome, the error to tell the client, and whether the client
+        left after the answer was whole. The upstream is closed and the tokens accounted on
+        every path."""
         rec = ctx.record
         model_label = ctx.models[0].name
         started = False
@@ -207,7 +222,24 @@ class Relay:
                 started = True
                 rec.status = 200
                 self.metrics.stream_opened(model_label)
-                await self._send_events(ctx, watch, upstream, first, received_at, send)
+                watch.start_relaying()
+                watch.sending_since = watch.last_read
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                watch.sending_since = 0.0
+                last = perf_counter()
+                rec.ttft_s = last - ctx.started_at
+                rec.overhead_s += last - received_at
+                gaps = rec.inter_token_s
+                pump = Pump(send, watch, gaps, last, ctx.writer)
+                if upstream.push(pump):
+                    await pump.run(upstream)
+                else:
+                    async for chunk in upstream:
+                        now = perf_counter()
+                        gaps.append(now - last)
+                        last = watch.last_read = watch.sending_since = now
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        watch.sending_since = 0.0
                 outcome: Outcome = "completed" if upstream.state.finished else "truncated"
             except asyncio.CancelledError:
                 if watch.ended is None:
@@ -227,7 +259,9 @@ class Relay:
                     error, outcome = exc, exc.outcome
         finally:
             self._unwatch(watch)
-            await _close_quietly(upstream)
+            # As `_close_quietly`, without a coroutine of its own on every request's path.
+            with contextlib.suppress(GatewayError, OSError, httpx.HTTPError):
+                await upstream.aclose()
             if started:
                 self.metrics.stream_closed(model_label)
             state = upstream.state
@@ -238,37 +272,7 @@ class Relay:
                 rec.response_text = state.kept_text()
         return outcome, error, client_left
 
-    @staticmethod
-    async def _send_events(
-        ctx: RelayContext,
-        watch: StreamWatch,
-        upstream: EventStream,
-        first: bytes,
-        received_at: float,
-        send: Send,
-    ) -> None:
-        """The first event, then each upstream read as it arrives, until the stream ends."""
-        rec = ctx.record
-        watch.start_relaying()
-        watch.sending_since = watch.last_read
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        watch.sending_since = 0.0
-        last = perf_counter()
-        rec.ttft_s = last - ctx.started_at
-        rec.overhead_s += last - received_at
-        gaps = rec.inter_token_s
-        pump = Pump(send, watch, gaps, last, ctx.writer)
-        if upstream.push(pump):
-            await pump.run(upstream)
-            return
-        async for chunk in upstream:
-            now = perf_counter()
-            gaps.append(now - last)
-            last = watch.last_read = watch.sending_since = now
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            watch.sending_since = 0.0
-
-    async def _finish(
+    def _finish(
         self,
         ctx: RelayContext,
         upstream: EventStream,
@@ -276,9 +280,11 @@ class Relay:
         error: GatewayError | None,
         client_left: bool,
         send: Send,
-    ) -> None:
+    ) -> Awaitable[None] | None:
         """Record the outcome and end the response: `[DONE]` when the upstream did not send
-        it, an SSE error event on a failure, nothing when nobody reads."""
+        it, an SSE error event on a failure, nothing when nobody reads. The end is written
+        at once in the usual case; else the rest of its send is returned, for the caller to
+        await under a timeout (`_end_late`): no coroutine for the usual case."""
         rec = ctx.record
         rec.outcome = outcome
         tail = b""
@@ -291,11 +297,11 @@ class Relay:
             # In the client's API: Chat's error chunk, else what the stream writes for it.
             tail = failure.sse() if state.error_event is None else state.error_event(failure)
         if outcome in ("client_cancelled", "slow_client") or client_left:
-            return  # nobody reads: uvicorn closes the connection of an unfinished response
-        end = {"type": "http.response.body", "body": tail, "more_body": False}
-        rest = start_send(send, end)
-        if rest is None:
-            return  # written at once, the usual case: no timer needed
+            return None  # nobody reads: uvicorn closes the connection of an unfinished response
+        return start_send(send, {"type": "http.response.body", "body": tail, "more_body": False})
+
+    @staticmethod
+    async def _end_late(rest: Awaitable[None], rec: RequestRecord) -> None:
         try:
             # A client that stops reading right now must not pin this task on a full buffer.
             async with asyncio.timeout(_FINAL_SEND_TIMEOUT):
@@ -327,7 +333,7 @@ class Relay:
         watch = self._watch(ctx, receive, send)
         rec.overhead_s = perf_counter() - ctx.started_at
         try:
-            attempts = Attempts(
+            result, lease = await Attempts(
                 self.router,
                 self.providers,
                 ctx.call_for,
@@ -335,9 +341,9 @@ class Relay:
                 rec,
                 self.metrics,
                 ctx.reserved_tokens,
+                watch,
                 _answer_headers,
-            )
-            result, lease = await attempts.first_answer(ctx.models)
+            ).first_answer(ctx.models)
         except asyncio.CancelledError:
             if watch.ended is None:
                 raise
@@ -355,9 +361,11 @@ class Relay:
 
     # --- the watch ---------------------------------------------------------------------------
 
-    def _watch(self, ctx: RelayContext, receive: Receive, send: Send) -> StreamWatch:
+    def _watch(
+        self, ctx: RelayContext, receive: Receive, send: Send, first_check: float = 0.0
+    ) -> StreamWatch:
         watch = StreamWatch(send, self.timeouts)
-        watch.start(receive, ctx.disconnect)
+        watch.start(receive, ctx.disconnect, first_check)
         self.watches.add(watch)
         return watch
 
@@ -404,7 +412,7 @@ class Relay:
         )
 
 
-async def _complete(provider: Provider, call: UpstreamCall) -> Completion:
+async def _complete(provider: Provider, call: UpstreamCall, _watch: StreamWatch) -> Completion:
     return await provider.complete(call)
 
 

@@ -17,10 +17,11 @@ from typing import TypeVar
 from gateway.errors import GatewayError, UpstreamError, UpstreamRejected
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Provider, UpstreamCall
+from gateway.relay.watch import StreamWatch
 
 T = TypeVar("T")
 
-Attempt = Callable[[Provider, UpstreamCall], Awaitable[T]]
+Attempt = Callable[[Provider, UpstreamCall, StreamWatch], Awaitable[T]]
 
 
 def traced(attempt: Attempt[T], record: RequestRecord) -> Attempt[T]:
@@ -29,7 +30,7 @@ def traced(attempt: Attempt[T], record: RequestRecord) -> Attempt[T]:
     trace = record.trace
     assert trace is not None
 
-    async def run(provider: Provider, call: UpstreamCall) -> T:
+    async def run(provider: Provider, call: UpstreamCall, watch: StreamWatch) -> T:
         model = call.model
         timing = trace.begin_attempt(
             provider.config.name,
@@ -39,7 +40,7 @@ def traced(attempt: Attempt[T], record: RequestRecord) -> Attempt[T]:
         )
         try:
             traceparent = trace.traceparent(timing.span_id)
-            return await attempt(provider, replace(call, traceparent=traceparent))
+            return await attempt(provider, replace(call, traceparent=traceparent), watch)
         except UpstreamRejected as exc:
             timing.error = f"http_{exc.status}"
             raise

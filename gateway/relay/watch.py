@@ -6,13 +6,23 @@ side at almost no cost per chunk:
 
 - the server's `DisconnectHook` (under `gateway serve`), or else one task waiting on ASGI
   `receive()` for `http.disconnect`;
-- one timer (re-armed lazily, about once per keep-alive interval) checks the idle, total and
-  slow-client deadlines and sends `: keep-alive` comments during long upstream silence;
+- one timer (re-armed lazily, about once per keep-alive interval) checks the first-token,
+  idle, total and slow-client deadlines and sends `: keep-alive` comments during long
+  upstream silence;
 - shutdown calls `end("shutdown")` when the grace period runs out.
 
 Whoever wins calls `end(outcome)`, which cancels the request task once; the relay catches
 that cancellation, asks `ended` why, and finishes the stream with that outcome. A
 cancellation the watch did not cause (the server's own) is re-raised untouched.
+
+The first-token timeout is the one deadline that does not end the request: it fails one
+upstream attempt, and the next one (a retry, another deployment) gets a deadline of its
+own. The attempt opens a window (`expect_first_token`); when the timer finds it still open
+past its deadline it cancels the task without setting `ended`, and the attempt, on that
+cancellation, asks `first_token_late()` whether it was this (then it is a timeout, and the
+cancellation is taken back, as `asyncio.timeout` does). The same timer as the others, rather
+than an `asyncio.timeout` scope per attempt: that scope cost a timer, an object and its
+context manager per request, for a deadline that almost never passes.
 """
 
 from __future__ import annotations
@@ -30,9 +40,20 @@ from gateway.errors import Outcome
 KEEPALIVE = b": keep-alive\n\n"
 
 
+def first_check_s(timeouts: Timeouts) -> float:
+    """When a stream's watch first checks, in seconds from its start: the earliest of the
+    first-token deadline and the relay's first keep-alive/idle check, so that neither the
+    first attempt nor the start of the relay has to move the timer (a check that finds
+    nothing due just sets the timer for the next one). Computed once, not per request."""
+    return min(timeouts.first_token, timeouts.keepalive, timeouts.idle)
+
+
 class StreamWatch:
     __slots__ = (
+        "_cancelling",
         "_disconnect_task",
+        "_first_token_by",
+        "_first_token_late",
         "_hook",
         "_keepalive_task",
         "_last_keepalive",
@@ -40,6 +61,7 @@ class StreamWatch:
         "_send",
         "_timeouts",
         "_timer",
+        "_timer_at",
         "deadline",
         "ended",
         "last_read",
@@ -65,11 +87,21 @@ class StreamWatch:
         """True once the response started: idle and keep-alive rules apply from then."""
         self.ended: Outcome | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        """perf_counter() the timer is set for (when `_timer` is not None)."""
+        self._first_token_by = 0.0
+        """The open first-token window's deadline (perf_counter()); 0 when none is open."""
+        self._first_token_late = False
+        self._cancelling = 0
         self._disconnect_task: asyncio.Task[None] | None = None
         self._hook: DisconnectHook | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
 
-    def start(self, receive: Receive, hook: DisconnectHook | None = None) -> None:
+    def start(
+        self, receive: Receive, hook: DisconnectHook | None = None, first_check: float = 0.0
+    ) -> None:
+        """Watch from now on. `first_check`, for a stream (whose first attempt opens a
+        first-token window at once, `expect_first_token`): `first_check_s(timeouts)`."""
         if hook is None:
             self._disconnect_task = self._loop.create_task(self._watch_disconnect(receive))
         elif hook.lost:
@@ -77,15 +109,46 @@ class StreamWatch:
         else:
             self._hook = hook
             hook.callback = self._client_gone
-        self._arm(self.deadline)
+        if first_check:
+            when = perf_counter() + first_check
+            self._arm(when if when < self.deadline else self.deadline)
+        else:
+            self._arm(self.deadline)
+
+    def expect_first_token(self) -> None:
+        """An upstream attempt starts: its first event is due within the first-token
+        timeout. Close the window with `first_token_seen()` on every way out."""
+        by = perf_counter() + self._timeouts.first_token
+        self._first_token_by = by
+        self._first_token_late = False
+        self._cancelling = self.task.cancelling()
+        if self._timer is None or self._timer_at > by:
+            self._arm(by)
+        # else the timer fires earlier (or at the previous attempt's deadline, set in
+        # `start`, a moment before): `_check` then sets it for this deadline.
+
+    def first_token_seen(self) -> None:
+        """The attempt's window closes (its first event came, or it failed)."""
+        self._first_token_by = 0.0
+
+    def first_token_late(self) -> bool:
+        """On a cancellation in the window: whether it was the first-token timeout (then it
+        is taken back, and the attempt fails with a timeout) rather than the watch's own
+        end or the server's cancellation (re-raise those)."""
+        if not self._first_token_late:
+            return False
+        self._first_token_late = False
+        return self.task.uncancel() <= self._cancelling and self.ended is None
 
     def _client_gone(self) -> None:
         self.end("client_cancelled")
 
     def start_relaying(self) -> None:
         self.relaying = True
-        self.last_read = self._last_keepalive = perf_counter()
-        self._arm(self.last_read + min(self._timeouts.keepalive, self._timeouts.idle))
+        now = self.last_read = self._last_keepalive = perf_counter()
+        due = now + min(self._timeouts.keepalive, self._timeouts.idle)
+        if self._timer is None or self._timer_at > due:
+            self._arm(due)
 
     def end(self, outcome: Outcome) -> None:
         if self.ended is None:
@@ -107,6 +170,7 @@ class StreamWatch:
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._timer_at = when
         self._timer = self._loop.call_later(max(when - perf_counter(), 0.0), self._check)
 
     def _check(self) -> None:
@@ -118,7 +182,14 @@ class StreamWatch:
             self.end("upstream_error")  # total time ran out; the relay words it as a timeout
             return
         if not self.relaying:
-            self._arm(self.deadline)
+            by = self._first_token_by
+            if by and now >= by:
+                # The attempt's first event is late: fail that attempt, not the request.
+                self._first_token_by = 0.0
+                self._first_token_late = True
+                self.task.cancel()
+                by = 0.0
+            self._arm(min(self.deadline, by) if by else self.deadline)
             return
         t = self._timeouts
         if self.sending_since and now - self.sending_since >= t.idle:

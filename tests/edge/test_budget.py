@@ -74,3 +74,13 @@ def test_a_cancelled_waiter_gives_its_place_to_the_next() -> None:
 def test_at_least_one_per_turn() -> None:
     with pytest.raises(ValueError):
         StartBudget(0)
+
+
+def test_take_now_takes_this_turns_room_and_the_next_turn_has_room_again() -> None:
+    async def main() -> tuple[list[bool], bool]:
+        budget = StartBudget(2)
+        now = [budget.take_now() for _ in range(3)]  # the endpoint's way: take() on False
+        await asyncio.sleep(0)  # the loop comes round: the count starts over
+        return now, budget.take_now()
+
+    assert asyncio.run(main()) == ([True, True, False], True)

@@ -8,8 +8,9 @@ import logging
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,13 +20,16 @@ from gateway.config import LoggingConfig
 from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.observability.requestlog import (
+    BODY_FIELDS,
     LOG_FORMAT_ENV,
     DropSecrets,
+    EventDict,
     FanOut,
     RequestLog,
     StreamSink,
     configure_process_logging,
     logs_as_json,
+    render_line,
 )
 from tests.observability.obs_support import make_record, value
 
@@ -446,3 +450,64 @@ def test_a_fan_out_writes_every_sink_even_when_one_fails() -> None:
     assert kept.lines == [b"one\n"]
     fan.close()
     assert kept.closed
+
+
+def structlog_line(rec: RequestRecord, *, log_bodies: bool) -> bytes:
+    """The line as the structlog chain the request log used before rendered it (kept here
+    as the reference `render_line` must match byte for byte)."""
+
+    def drop_bodies(_logger: object, _method: str, event: EventDict) -> EventDict:
+        for name in BODY_FIELDS:
+            event.pop(name, None)
+        return event
+
+    def add_header(_logger: object, method: str, event: EventDict) -> EventDict:
+        stamp = datetime.fromtimestamp(event.pop("_ended_at"), UTC)
+        return {
+            "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": method,
+            "event": event.pop("event", None),
+            **event,
+        }
+
+    lines: list[bytes] = []
+
+    class Collector:
+        def _keep(self, line: bytes) -> None:
+            lines.append(line + b"\n")
+
+        info = error = _keep
+
+    processors: list[Any] = [DropSecrets()]
+    if not log_bodies:
+        processors.append(drop_bodies)
+    processors += [add_header, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+    logger: Any = structlog.make_filtering_bound_logger(logging.INFO)(
+        Collector(), processors=processors, context={}
+    )
+    method = logger.error if rec.status >= 500 else logger.info
+    method("request", _ended_at=rec.ended_at, **rec.log_fields())
+    (line,) = lines
+    return line
+
+
+@pytest.mark.parametrize("log_bodies", [False, True])
+def test_the_line_is_byte_for_byte_what_the_structlog_chain_rendered(log_bodies: bool) -> None:
+    ended = 1_765_000_000.0
+    records = [
+        make_record("completed"),
+        make_record("upstream_error", error='upstream said "no" \u00e9', attempts=3),
+        make_record("client_cancelled", ttft_s=None, usage_reported=False),
+        make_record(cached_tokens=5, cache_write_tokens=2, reasoning_tokens=1, cost_nanos=1234),
+        make_record(request_body=b'{"prompt": "hi \xff"}', response_text="hello\n"),
+        make_record(model="m" * 200, deployment="east", duration_s=1 / 3, overhead_s=2e-7),
+        LeakyRecord(request_id="r1", route="chat.completions", key_id="team-a"),
+    ]
+    drop = DropSecrets()
+    for i, rec in enumerate(records):
+        for ended_at in (ended + i + 0.0004, ended + i + 0.9996, ended + i + 0.123456):
+            rec.ended_at = ended_at
+            expected = structlog_line(rec, log_bodies=log_bodies)
+            # Twice: the second time through the secret filter's memo of harmless names.
+            assert render_line(rec, drop, log_bodies=log_bodies) == expected
+            assert render_line(rec, drop, log_bodies=log_bodies) == expected

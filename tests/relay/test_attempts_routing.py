@@ -9,14 +9,16 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, cast
 
 import pytest
+from starlette.types import Message
 
-from gateway.config import Limits, ModelConfig, ProviderConfig, parse_config
+from gateway.config import Limits, ModelConfig, ProviderConfig, Timeouts, parse_config
 from gateway.errors import RateLimited, UpstreamError, UpstreamRejected
 from gateway.limits.upstream import UpstreamTicket
 from gateway.observability.metrics import Metrics
 from gateway.observability.records import RequestRecord
 from gateway.providers.base import Provider, UpstreamCall
 from gateway.relay.attempts import Attempts
+from gateway.relay.watch import StreamWatch
 from gateway.routing import QUEUE_WAIT, Router
 from tests.observability.obs_support import value
 from tests.test_config import HASH
@@ -94,7 +96,7 @@ def attempts(router: Router, metrics: Metrics, behave: dict[str, Any]) -> Attemp
         for n in ("a", "b")
     }
 
-    async def attempt(provider: Provider, call: UpstreamCall) -> str:
+    async def attempt(provider: Provider, call: UpstreamCall, _watch: StreamWatch) -> str:
         outcome = behave[provider.config.name]
         if isinstance(outcome, list):  # one outcome per attempt
             outcome = outcome.pop(0)
@@ -122,8 +124,13 @@ def attempts(router: Router, metrics: Metrics, behave: dict[str, Any]) -> Attemp
         RequestRecord("r", "chat.completions"),
         metrics,
         100,
+        StreamWatch(_send, Timeouts()),
         lambda answer: {"x-ratelimit-remaining-requests": "7", "answer": answer},
     )
+
+
+async def _send(_message: Message) -> None:
+    pass
 
 
 @in_loop

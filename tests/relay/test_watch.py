@@ -8,12 +8,13 @@ checked on its own: lost while relaying, lost before the watch started, and afte
 from __future__ import annotations
 
 import asyncio
+import time
 
 from starlette.types import Message
 
 from gateway.asgi import DisconnectHook
 from gateway.config import Timeouts
-from gateway.relay.watch import StreamWatch
+from gateway.relay.watch import StreamWatch, first_check_s
 
 
 async def _never() -> Message:
@@ -87,3 +88,79 @@ def test_after_stop_the_hook_ends_nothing() -> None:
         return watch.ended
 
     assert asyncio.run(main()) is None
+
+
+async def _first_token_window(
+    timeouts: Timeouts, wait: float, also: str | None = None
+) -> tuple[bool | None, int, str | None]:
+    """An attempt's first-token window around a `wait`-second wait; `also`: "disconnect"
+    (the client leaves just after the deadline passed, before the task ran again) or
+    "server" (the server cancels the task halfway to the deadline). Whether the
+    cancellation was the first-token timeout (None: no cancellation), the task's pending
+    cancellations after, and the watch's outcome."""
+    hook = DisconnectHook()
+    loop = asyncio.get_running_loop()
+    watch_box: list[StreamWatch] = []
+
+    async def request() -> tuple[bool | None, int]:
+        watch = StreamWatch(_send, timeouts)
+        watch_box.append(watch)
+        watch.start(_never, hook, first_check_s(timeouts))
+        late: bool | None = None
+        try:
+            watch.expect_first_token()
+            try:
+                if also == "disconnect":
+                    # The loop is held past both moments: they are handled in their order
+                    # before this task runs again.
+                    loop.call_later(timeouts.first_token * 1.5, hook.fire)
+                    time.sleep(timeouts.first_token * 3)  # noqa: ASYNC251
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:
+                late = watch.first_token_late()
+            finally:
+                watch.first_token_seen()
+            await asyncio.sleep(2 * timeouts.first_token)  # past a deadline that is closed
+        except asyncio.CancelledError:
+            pass
+        finally:
+            watch.stop()
+        task = asyncio.current_task()
+        assert task is not None
+        return late, task.cancelling()
+
+    task = asyncio.ensure_future(request())
+    if also == "server":
+        await asyncio.sleep(timeouts.first_token / 2)
+        task.cancel()
+    late, cancelling = await asyncio.wait_for(task, 5.0)
+    return late, cancelling, watch_box[0].ended
+
+
+def test_a_late_first_token_fails_the_attempt_not_the_request() -> None:
+    timeouts = Timeouts(first_token=0.05, keepalive=0.02)
+    late, cancelling, ended = asyncio.run(_first_token_window(timeouts, wait=1.0))
+    # A timeout of the attempt, taken back from the task: the request goes on (a retry).
+    assert (late, cancelling, ended) == (True, 0, None)
+
+
+def test_a_first_token_in_time_closes_the_window() -> None:
+    timeouts = Timeouts(first_token=0.05, keepalive=0.02)
+    late, cancelling, ended = asyncio.run(_first_token_window(timeouts, wait=0.01))
+    assert (late, cancelling, ended) == (None, 0, None)
+
+
+def test_a_client_that_leaves_as_the_first_token_is_late_ends_the_request() -> None:
+    timeouts = Timeouts(first_token=0.05)
+    late, cancelling, ended = asyncio.run(
+        _first_token_window(timeouts, wait=1.0, also="disconnect")
+    )
+    # Two cancellations: the timeout's is taken back, the watch's end is the relay's to
+    # take (`Relay._stopped`).
+    assert (late, cancelling, ended) == (False, 1, "client_cancelled")
+
+
+def test_the_servers_cancellation_in_the_window_is_not_a_timeout() -> None:
+    timeouts = Timeouts(first_token=0.2)
+    late, cancelling, ended = asyncio.run(_first_token_window(timeouts, wait=1.0, also="server"))
+    assert (late, cancelling, ended) == (False, 1, None)
