@@ -5,6 +5,8 @@ write, except where it must leave on its own), and on a real socket under uvicor
 Where each of `gateway.server`'s patches to uvicorn is tested:
 - the head held for the first body part (`_HeadWithBody`): here, recorded and on a socket;
 - the direct body writer (`_ChunkWriter`): here, recorded and on a socket;
+- both of them referring to their request cycle weakly (a request freed with its connection,
+  not left to the collector): here, recorded;
 - the disconnect hook: here, on a socket; tests/integration/test_stream_semantics.py through
   the real gateway;
 - the per-connection write high-water mark (from the lifespan state):

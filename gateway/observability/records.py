@@ -21,8 +21,8 @@ class Gaps:
     a count per bucket and their sum. A stream holds its gaps from its first event to its
     end, and a list of them grew by 32 bytes per relayed read (a float and its slot), 64 KB
     for an answer of 2,000 events; this stays at about 300 bytes however long the stream.
-    Adding a gap here costs about what counting it at the end did, so the request path pays
-    no more in all."""
+    Counting a gap as it comes costs about 0.1 µs more per relayed read than appending it
+    did, and the request's bookkeeping as much less (metrics no longer walks every gap)."""
 
     __slots__ = ("counts", "total")
 
