@@ -381,9 +381,9 @@ class _ChunkWriter:
     reference back made every request a reference cycle (the cycle, its scope, flow control,
     events, transport: about 26 objects) that outlived its connection until a full
     collection, which under load comes seldom: after a burst of 3,000 streams 78,000 such
-    objects were still waiting, and the next burst's memory came on top of them (3-4 KB more
-    per stream in each later burst). While the app runs, its task holds the cycle, so the
-    reference always resolves."""
+    objects were still waiting, and a next burst's memory could come on top of them, and
+    the collector spent 12-18 µs per request on them. While the app runs, its task holds
+    the cycle, so the reference always resolves."""
 
     __slots__ = ("_cycle",)
 
