@@ -231,6 +231,10 @@ class Result:
     noise: the processes here ran slower by about that much)."""
     idle_rss: int | None = None
     """The relay's RSS just before the measured streams (after the warm-up)."""
+    run_peak_rss: int | None = None
+    """The relay's peak RSS in the same run as `idle_rss`: what RSS per open stream counts
+    from. (`peak_rss` of a row combining repeats is the highest of any run, which includes
+    what the runs before left behind; `idle_rss` is from one run only.)"""
     concurrency: int = 0
     """Streams open at once."""
     core_peak: dict[str, float] = field(default_factory=dict)
@@ -253,10 +257,11 @@ class Result:
 
     @property
     def rss_per_stream(self) -> float | None:
-        """Bytes of relay RSS per open stream: (peak - idle before) / streams open at once."""
-        if self.peak_rss is None or self.idle_rss is None or not self.concurrency:
+        """Bytes of relay RSS per open stream: (peak - idle before) / streams open at once,
+        both from one run."""
+        if self.run_peak_rss is None or self.idle_rss is None or not self.concurrency:
             return None
-        return (self.peak_rss - self.idle_rss) / self.concurrency
+        return (self.run_peak_rss - self.idle_rss) / self.concurrency
 
     @property
     def cpu_ms_per_1k(self) -> float | None:
@@ -393,6 +398,7 @@ def run_client(
         others_cpu_s=max(0.0, machine - ours - client["client_cpu_s"]),
         steal_s=steal,
         idle_rss=sampler.idle if relay else None,
+        run_peak_rss=sampler.peak if relay else None,
         # RSS per open stream only where many streams are open at once (paced, scale):
         # with 64 streams, warm-up and other runs' heap growth would be most of it.
         concurrency=scenario.concurrency if scenario.concurrency >= 500 else 0,
@@ -417,8 +423,10 @@ def combine(runs: list[Result]) -> Result:
     client["samples"] = [s for r in runs for s in r.client["samples"]][:5]
     cpus = [r.relay_cpu_s for r in runs]
     rss = [r.peak_rss for r in runs]
-    # RSS per stream: the run that grew the most (the first, usually: later runs reuse
-    # the memory it grew), with its own idle RSS before.
+    # RSS per stream: the run that grew the most from its own idle RSS (the first, usually:
+    # later runs reuse the memory it grew). Not the highest peak of all runs minus the first
+    # run's idle: that counts every run's leftovers (heap the allocators keep, garbage not
+    # yet collected) as if the streams of one run held them.
     highest = max(runs, key=lambda r: r.rss_per_stream or 0.0)
     cores = {name: max(r.core_peak.get(name, 0.0) for r in runs) for name in first.core_peak}
     return Result(
@@ -431,6 +439,7 @@ def combine(runs: list[Result]) -> Result:
         others_cpu_s=sum(r.others_cpu_s for r in runs),
         steal_s=sum(r.steal_s for r in runs),
         idle_rss=highest.idle_rss,
+        run_peak_rss=highest.run_peak_rss,
         concurrency=first.concurrency,
         core_peak=cores,
         rss_timeline=first.rss_timeline,

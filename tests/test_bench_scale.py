@@ -16,7 +16,7 @@ import pytest
 
 from bench.client import merge, percentile
 from bench.procs import Service, nginx_service, python_service, raise_nofile
-from bench.run import Scenario, Target, _client_cmd, run_client
+from bench.run import Result, Scenario, Target, _client_cmd, combine, run_client
 
 
 @pytest.fixture
@@ -132,3 +132,29 @@ def test_the_burst_probe_runs_a_gateway_tree_beside_the_bench_s_nginx() -> None:
         data = orjson.loads(result)
         assert (data["ok"], data["errors"]) == (20, 0)
         assert data["peak_rss_mb"] > 0
+
+
+def test_rss_per_stream_of_repeats_is_one_run_s_growth_not_the_last_peak_over_the_first_idle() -> (
+    None
+):
+    """Three bursts on one relay: each starts from what the one before left (the heap the
+    allocators keep), so the last peak is the highest. Per open stream counts one run's own
+    growth: the most any run grew, not the last peak minus the first idle (which counted all
+    three bursts' leftovers against one burst's 3,000 streams)."""
+    mb = 2**20
+    client = {
+        "streams": 3000, "ok": 3000, "errors": 0, "integrity": 0, "events": 69000,
+        "wall_s": 5.0, "client_cpu_s": 1.0, "ttft_p50": 1.0, "ttft_p99": 2.0,
+        "gap_p50": 0.2, "gap_p99": 0.3, "samples": [],
+    }  # fmt: skip
+
+    def run(idle: int, peak: int) -> Result:
+        return Result(
+            "gateway", "scale", dict(client), 3.0, 1.0, peak * mb, 0.0,
+            idle_rss=idle * mb, run_peak_rss=peak * mb, concurrency=3000,
+        )  # fmt: skip
+
+    row = combine([run(54, 119), run(119, 132), run(132, 141)])
+    assert row.peak_rss == 141 * mb  # the peak RSS column: the highest seen
+    assert row.rss_per_stream == (119 - 54) * mb / 3000
+    assert combine([run(54, 119)]).rss_per_stream == (119 - 54) * mb / 3000

@@ -24,7 +24,6 @@ Nor is there any module-level registry: importing this module registers nothing.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, get_args
@@ -42,7 +41,7 @@ from prometheus_client import values as _values
 
 from gateway.errors import Outcome
 from gateway.limits.base import LimitName
-from gateway.observability.records import RequestRecord
+from gateway.observability.records import INTER_TOKEN_BUCKETS, Gaps, RequestRecord
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Set (to an emptied directory) before the workers start to switch multiprocess mode on."""
@@ -55,10 +54,6 @@ NONE = "none"
 TTFT_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0,
     20.0, 30.0, 60.0, 120.0,
-)  # fmt: skip
-INTER_TOKEN_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 OVERHEAD_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -279,12 +274,12 @@ class Metrics:
         if rec.ttft_s is not None:
             timings.ttft.observe(rec.ttft_s)
         timings.duration.observe(rec.duration_s)
-        if rec.inter_token_s:
-            if timings.batch_inter_token and len(rec.inter_token_s) >= 8:
-                _observe_in_batch(timings.inter_token, rec.inter_token_s)
+        gaps = rec.inter_token_s
+        if gaps.total or any(gaps.counts):
+            if timings.batch_inter_token:
+                _observe_counted(timings.inter_token, gaps)
             else:
-                for gap in rec.inter_token_s:
-                    timings.inter_token.observe(gap)
+                _observe_bounds(timings.inter_token, gaps)
         self._overhead.observe(rec.overhead_s)
 
         if rec.prompt_tokens > 0 or rec.completion_tokens > 0:
@@ -536,21 +531,24 @@ def _can_observe_in_batch(child: Histogram) -> bool:
     )
 
 
-def _observe_in_batch(child: Histogram, gaps: list[float]) -> None:
-    """observe() every gap, adding to each bucket once.
-
-    A long stream brings thousands of gaps and observe() takes a lock (an mmap write in
-    multiprocess mode) per call; counting per bucket first gives the same numbers for a
-    fraction of the cost.
-    """
-    bounds = INTER_TOKEN_BUCKETS
-    counts = [0] * (len(bounds) + 1)
-    for gap in gaps:
-        if gap == gap:  # NaN lands in no bucket, as with observe()
-            counts[bisect_left(bounds, gap)] += 1
+def _observe_counted(child: Histogram, gaps: Gaps) -> None:
+    """observe() every gap of a stream, from their counts per bucket (`Gaps`): the same
+    numbers, one add per bucket instead of a lock (an mmap write in multiprocess mode) per
+    gap."""
     internals: Any = child
-    internals._sum.inc(sum(gaps))
+    internals._sum.inc(gaps.total)
     buckets = internals._buckets
-    for i, n in enumerate(counts):
+    for i, n in enumerate(gaps.counts):
         if n:
             buckets[i].inc(n)
+
+
+def _observe_bounds(child: Histogram, gaps: Gaps) -> None:
+    """Without the internals `_observe_counted` adds to (a prometheus_client that reshaped
+    them): each gap observed as its bucket's upper bound (above the last bound: twice it).
+    The buckets and the count stay exact; the sum is only an estimate."""
+    bounds = INTER_TOKEN_BUCKETS
+    for i, n in enumerate(gaps.counts):
+        value = bounds[i] if i < len(bounds) else 2 * bounds[-1]
+        for _ in range(n):
+            child.observe(value)

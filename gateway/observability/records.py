@@ -2,10 +2,46 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.errors import Outcome
 from gateway.observability.trace_context import RequestTrace
+
+INTER_TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds of gateway_inter_token_latency_seconds' buckets (and +Inf after them)."""
+
+
+class Gaps:
+    """A stream's gaps between upstream reads, kept as the inter-token histogram counts them:
+    a count per bucket and their sum. A stream holds its gaps from its first event to its
+    end, and a list of them grew by 32 bytes per relayed read (a float and its slot), 64 KB
+    for an answer of 2,000 events; this stays at about 300 bytes however long the stream.
+    Counting a gap as it comes costs about 0.1 µs more per relayed read than appending it
+    did, and the request's bookkeeping as much less (metrics no longer walks every gap)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, gaps: Iterable[float] = ()) -> None:
+        self.counts = [0] * (len(INTER_TOKEN_BUCKETS) + 1)
+        """Gaps per bucket: at most INTER_TOKEN_BUCKETS[i] (and above the last: +Inf)."""
+        self.total = 0.0
+        for gap in gaps:
+            self.append(gap)
+
+    def append(self, gap: float) -> None:
+        """Count one gap where observe() would: the first bucket whose bound is not below
+        it; NaN in none, but in the sum (so the sum is NaN), as observe() does."""
+        if gap == gap:
+            self.counts[bisect_left(INTER_TOKEN_BUCKETS, gap)] += 1
+        self.total += gap
+
+    def __len__(self) -> int:
+        return sum(self.counts)
 
 
 @dataclass(slots=True)
@@ -49,7 +85,7 @@ class RequestRecord:
     """Parts of prompt_tokens / completion_tokens the provider reported (gateway.pricing)."""
     cost_nanos: int = 0
     """What the request cost, in nano-dollars (`cost_usd` in the log line)."""
-    inter_token_s: list[float] = field(default_factory=list)
+    inter_token_s: Gaps = field(default_factory=Gaps)
     """Gaps between successive upstream reads carrying events (metrics only, not logged)."""
     error: str = ""
     attempts: int = 1

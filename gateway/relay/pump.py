@@ -28,6 +28,7 @@ from typing import Any, cast
 from starlette.types import Send
 
 from gateway.asgi import BodyWriter, Waiting, run_until_wait
+from gateway.observability.records import Gaps
 from gateway.providers.base import EventStream
 from gateway.relay.watch import StreamWatch
 
@@ -51,7 +52,7 @@ class Pump:
         self,
         send: Send,
         watch: StreamWatch,
-        gaps: list[float],
+        gaps: Gaps,
         last: float,
         writer: BodyWriter | None = None,
     ) -> None:

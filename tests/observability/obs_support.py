@@ -9,7 +9,7 @@ from prometheus_client.samples import Sample
 
 from gateway.errors import Outcome
 from gateway.observability.metrics import Metrics
-from gateway.observability.records import RequestRecord
+from gateway.observability.records import Gaps, RequestRecord
 
 MODELS = ("gpt-test", "claude-test")
 PROVIDERS = ("openai-main", "anthropic-main")
@@ -45,7 +45,7 @@ def make_record(outcome: Outcome = "completed", **overrides: object) -> RequestR
         prompt_tokens=11,
         completion_tokens=7,
         usage_reported=True,
-        inter_token_s=[0.02, 0.03, 0.025],
+        inter_token_s=Gaps([0.02, 0.03, 0.025]),
     )
     for name, val in overrides.items():
         setattr(rec, name, val)

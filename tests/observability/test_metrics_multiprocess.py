@@ -30,7 +30,7 @@ if sys.argv[1] == "late":
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[2]
 
 from gateway.observability.metrics import Metrics
-from gateway.observability.records import RequestRecord
+from gateway.observability.records import Gaps, RequestRecord
 
 metrics = Metrics(["gpt-test"], ["openai-main"], ["team-a"])
 for _ in range(3):
@@ -38,7 +38,7 @@ for _ in range(3):
         RequestRecord(
             request_id="r", route="chat.completions", key_id="team-a", model="gpt-test",
             provider="openai-main", status=200, ttft_s=0.1, duration_s=1.0,
-            prompt_tokens=10, completion_tokens=5, inter_token_s=[0.01] * 20,
+            prompt_tokens=10, completion_tokens=5, inter_token_s=Gaps([0.01] * 20),
         )
     )
 metrics.stream_opened("gpt-test")

@@ -16,6 +16,7 @@ from starlette.types import Message
 
 from gateway.config import Timeouts
 from gateway.errors import UpstreamError
+from gateway.observability.records import Gaps
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.watch import StreamWatch
 
@@ -104,7 +105,7 @@ async def _pumped(
     ("close"/"open", None) on the client's gate. What was sent, and what run() raised."""
     client, upstream = Client(), Upstream()
     watch = StreamWatch(client.send, Timeouts())
-    pump = Pump(client.send, watch, [], 0.0)
+    pump = Pump(client.send, watch, Gaps(), 0.0)
     loop = asyncio.get_running_loop()
     for at, what, arg in events:
         if what == "relay":
@@ -176,7 +177,7 @@ class Writer:
 def test_reads_go_to_the_servers_writer_and_to_send_when_it_declines() -> None:
     async def main() -> tuple[Client, Writer, BaseException | None]:
         client, upstream, writer = Client(), Upstream(), Writer()
-        pump = Pump(client.send, StreamWatch(client.send, Timeouts()), [], 0.0, writer)
+        pump = Pump(client.send, StreamWatch(client.send, Timeouts()), Gaps(), 0.0, writer)
         loop = asyncio.get_running_loop()
         loop.call_later(0.01, pump.relay, b"a")
         loop.call_later(0.02, setattr, writer, "open", False)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import random
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -263,6 +265,33 @@ def test_an_answer_that_does_not_keep_the_connection_alive(run: Run, answer: byt
             await transport.aclose()
 
     run(scenario())
+
+
+def test_a_closed_connection_is_freed_with_its_socket_not_left_to_the_collector(run: Run) -> None:
+    """A connection's parser calls its methods back: unless it lets go of the parser when the
+    socket closes, every closed connection (its transport, futures and lists) waits for a
+    full collection, which under load comes seldom."""
+
+    async def scenario() -> None:
+        transport = NativeTransport()
+        answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello"
+        async with Upstream(answering(answer)) as upstream:
+            response = await transport.handle_async_request(post(upstream.url))
+            conn = weakref.ref(connection_of(response))
+            assert await response.aread() == b"hello"
+            del response
+            await eventually(lambda: not transport._open)
+            for _ in range(3):
+                await asyncio.sleep(0)  # the loop lets go of the closed socket
+            assert conn() is None
+            await transport.aclose()
+
+    gc.collect()
+    gc.disable()  # freed by reference counting alone, or not at all
+    try:
+        run(scenario())
+    finally:
+        gc.enable()
 
 
 def test_an_idle_connection_the_server_closed_is_not_handed_out(run: Run) -> None:
