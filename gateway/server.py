@@ -180,7 +180,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # many socket objects made and detached); uvloop and asyncio keep both addresses.
         self.connections.add(self)
         self.transport = transport
-        self.flow = _Flow(transport)
+        self.flow = cast(FlowControl, _Flow(transport))
         self.server = _address(transport.get_extra_info("sockname"))
         peer = _address(transport.get_extra_info("peername"))
         self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
@@ -398,27 +398,78 @@ def _address(info: object) -> tuple[str, int | None] | None:
     return None
 
 
-class _ListEvent(asyncio.Event):
-    """`asyncio.Event` with its waiters in a list. asyncio's keeps them in a deque, which
-    takes 760 bytes even empty (a list: 56); uvicorn holds two per connection (its flow
+class _ListEvent:
+    """`asyncio.Event`'s `wait`, `set`, `clear` and `is_set`, with the waiters in a list and
+    the fields in slots. asyncio's keeps its waiters in a deque, which takes 760 bytes even
+    empty (a list: 56), and its fields in a dict; a connection holds two events (its flow
     control's and the request cycle's) for as long as a stream is open, and has at most one
-    waiter on either. `wait` appends and removes, `set` iterates: a list does both."""
+    waiter on either."""
+
+    __slots__ = ("_value", "_waiters")
 
     def __init__(self) -> None:
-        super().__init__()
-        self._waiters = []  # type: ignore[assignment]
+        self._value = False
+        self._waiters: list[asyncio.Future[bool]] = []
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
 
 
-class _Flow(FlowControl):
-    """uvicorn's flow control with its event a `_ListEvent` from the start (uvicorn's makes
-    an `asyncio.Event` that would be replaced at once)."""
+class _Flow:
+    """uvicorn's `FlowControl` (0.55's, as 0.50's), in slots and with a `_ListEvent`."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:  # uvicorn 0.55's, but the event
+    __slots__ = ("_is_writable_event", "_transport", "read_paused", "write_paused")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self.read_paused = False
         self.write_paused = False
         self._is_writable_event = _ListEvent()
-        self._is_writable_event.set()
+        self._is_writable_event._value = True
+
+    async def drain(self) -> None:
+        await self._is_writable_event.wait()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            self._is_writable_event.clear()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            self._is_writable_event.set()
 
 
 class _Pipeline(list[Any]):
@@ -566,7 +617,7 @@ class _Cycle(DisconnectHook):
         self._protocol = protocol
         self.transport = protocol.transport
         self.flow = protocol.flow
-        self.message_event: asyncio.Event = _ListEvent()
+        self.message_event = _ListEvent()
         self.scope: Any = None
         self.disconnected = False
         self.keep_alive = keep_alive
@@ -747,8 +798,10 @@ class _Cycle(DisconnectHook):
             self.waiting_for_100_continue = False
         if not self.disconnected and not self.response_complete:
             self.flow.resume_reading()
-            await self.message_event.wait()
-            self.message_event.clear()
+            event = self.message_event
+            if not event._value:  # the body is usually in by the time the app asks
+                await event.wait()
+            event._value = False
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
