@@ -200,12 +200,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, with the head bound: see the class docstring.
-        self._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
         left = self._head_left
         if left == _NOT_IN_HEAD or len(data) <= left:
             if left != _NOT_IN_HEAD:
                 self._head_left = left - len(data)
-            self._feed(data)
+            try:  # `_feed`'s, inline: a request's head and body usually come in one read
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self._unparsable()
+            except httptools.HttpParserUpgrade:
+                self._upgrade()
         else:
             self._feed_bounded(memoryview(data))
 
@@ -233,21 +239,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            refusal = self._refusal
-            if refusal is not None:
-                self._refuse(*refusal)
-                return False
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+            self._unparsable()
             return False
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            self._upgrade()
             return False
         return True
+
+    def _unparsable(self) -> None:
+        refusal = self._refusal
+        if refusal is not None:
+            self._refuse(*refusal)
+            return
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    def _upgrade(self) -> None:
+        if self._should_upgrade():
+            self.handle_websocket_upgrade()
+        else:
+            self._unsupported_upgrade_warning()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a head that passed a bound and close the connection. While an answer to an
@@ -339,8 +351,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             app = self.app
         existing = self.cycle
         self.cycle = cast(RequestResponseCycle, cycle)
-        if existing is None or existing.response_complete:
-            self._start_asgi_task(cast(RequestResponseCycle, cycle), app)
+        if existing is None or existing.response_complete:  # `_start_asgi_task`, inline
+            if shared.fresh_context:
+                task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+            else:
+                task = self.loop.create_task(cycle.run_asgi(app))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
         else:  # a pipelined request waits for the answers before it
             self.flow.pause_reading()
             if not self.pipeline:
