@@ -107,9 +107,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     the response ended, each response's head sent together with its first body part, and
     bounded request heads.
 
-    uvicorn's two events per connection (flow control, the request cycle's body) are
-    replaced by ones that keep their waiters in a list (`_ListEvent`), and its queue of
-    pipelined requests by a list (`_Pipeline`): 2.1 KB less for each open stream.
+    Its request cycle is the gateway's own (`_Cycle`: uvicorn's, leaner), and so are the
+    parts of uvicorn's protocol that run per connection and per request (the scope in one
+    dict, what is the same for every connection worked out once: `_Shared`), since uvicorn
+    took about 70 µs of CPU per request in all (docs/performance.md, "Round 3"). uvicorn's
+    two events per connection (flow control, the request cycle's body) are replaced by
+    slotted ones that keep their waiters in a list (`_ListEvent`), and its queue of
+    pipelined requests by a list made for the first pipelined request (`_Pipeline`).
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
@@ -316,6 +320,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         parser = self.parser
         http_version = parser.get_http_version()
         method = parser.get_method()
+        if parser.should_upgrade() and self._should_upgrade():
+            # What uvicorn's scope has by then, for `handle_websocket_upgrade`.
+            self.scope = cast(Any, {"method": method.decode("ascii"), "headers": self.headers})
+            return
         target = shared.targets.get(self.url)
         if target is None:
             target = shared.target(self.url)
@@ -339,8 +347,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "extensions": {DISCONNECT: cycle, BODY_WRITER: cycle},
         }
         cycle.scope = self.scope = scope
-        if parser.should_upgrade() and self._should_upgrade():
-            return
         if self.limit_concurrency is not None and (
             len(self.connections) >= self.limit_concurrency
             or len(self.tasks) >= self.limit_concurrency
@@ -511,8 +517,17 @@ _HEAD_OK = re.compile(
 name lower-case and without the characters uvicorn refuses in a name, each value without
 the control characters it refuses in a value (so no CR, LF or NUL: no header injection),
 and none of the three fields that change the framing. One match over a head's lines
-instead of two regex searches and a `lower()` per field; a head that does not match takes
-uvicorn's way (`_Cycle._uvicorn_head`), which also raises its errors."""
+(with a count of its LFs: `_checked`) instead of two regex searches and a `lower()` per
+field; a head that does not pass takes uvicorn's way (`_Cycle._uvicorn_head`), which also
+raises its errors."""
+
+
+def _checked(lines: bytes, fields: int) -> bool:
+    """Whether `lines`, `fields` header fields joined as head lines, pass `_HEAD_OK` as
+    those fields: one LF per field, so that no name or value brought a line of its own
+    (`_HEAD_OK` sees only lines)."""
+    return lines.count(b"\n") == fields and _HEAD_OK.fullmatch(lines) is not None
+
 
 _TAIL = {
     (True, False): b"\r\n",
@@ -588,7 +603,7 @@ class _Shared:
         or None when they need uvicorn's way."""
         if headers is not self.default_headers:
             block = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
-            self.default_block = block if _HEAD_OK.fullmatch(block) else None
+            self.default_block = block if _checked(block, len(headers)) else None
             self.default_headers = headers
         return self.default_block
 
@@ -757,8 +772,9 @@ class _Cycle(DisconnectHook):
                 status,
             )
         defaults = protocol._shared.defaults(protocol.server_state.default_headers)
-        lines = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
-        if defaults is None or _HEAD_OK.fullmatch(lines) is None:
+        fields = [b"%s: %s\r\n" % (name, value) for name, value in headers]
+        lines = b"".join(fields)
+        if defaults is None or not _checked(lines, len(fields)):
             return self._uvicorn_head(status, headers)
         chunked = not self._is_head and status != 204 and status != 304
         if chunked:

@@ -420,6 +420,89 @@ def test_what_the_protocol_took_over_from_uvicorn_still_works() -> None:
         assert callable(getattr(BoundedHttpToolsProtocol, name))
 
 
+# --- the gateway's response cycle against uvicorn's --------------------------------------------
+
+DEFAULTS = [(b"date", b"Sat, 05 Dec 2026 21:00:00 GMT"), (b"server", b"uvicorn")]
+
+HEADER_SETS = [
+    [],
+    [(b"content-type", b"text/event-stream"), (b"x-request-id", b"abc")],
+    [(b"x-tab", b"a\tb"), (b"x-obs", b"\xe9t\xe9"), (b"x-empty", b""), (b"x/y", b"1")],
+    [(b"Content-Type", b"application/json"), (b"content-length", b"2")],
+    [(b"connection", b"keep-alive, Close")],
+    [(b"x-connection", b"close"), (b"transfer-encoding", b"chunked")],
+    [(b"x-bad", b"a\r\nx-injected: 1")],
+    [(b"x-bad", b"a\nx-injected: 1")],
+    [(b"x-bad", b"a\rb")],
+    [(b"x-nul", b"a\x00b")],
+    [(b"x bad", b"1")],
+    [(b"x-bad:", b"1")],
+]
+
+REQUESTS = [
+    b"GET /a%20b/c?x=1&y=%20 HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET / HTTP/1.0\r\nhost: x\r\n\r\n",
+    b"GET /v1/chat HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n{}",
+]
+
+
+async def answer_with(
+    protocol_class: Any, request: bytes, status: int, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, bool, list[Any]]:
+    """What a connection of `protocol_class` writes (all of it), whether it closed, and what
+    the app saw of its scope, for an app that answers `status` with `headers`."""
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        keys = ("type", "asgi", "http_version", "server", "client", "scheme", "root_path")
+        seen.append([scope[k] for k in keys])
+        seen.append([scope[k] for k in ("headers", "state", "method", "path", "raw_path")])
+        seen.append(scope["query_string"])
+        await receive()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if (b"content-length", b"2") in headers:
+            await send({"type": "http.response.body", "body": b"{}"})
+            return
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", proxy_headers=False)
+    config.load()
+    state = ServerState()
+    state.default_headers = DEFAULTS
+    protocol = protocol_class(config=config, server_state=state, app_state={"k": 1})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if not state.tasks:
+            break
+    assert not state.tasks
+    return b"".join(transport.writes), transport.closed, seen
+
+
+@pytest.mark.parametrize("request_", REQUESTS)
+@pytest.mark.parametrize("status", [200, 204, 304, 404])
+def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
+    request_: bytes, status: int
+) -> None:
+    """Byte for byte, for heads the cycle builds in one piece and those it leaves to
+    uvicorn's way (upper-case names, the framing fields), for HEAD, HTTP/1.0,
+    `connection: close` and `100 Continue`; and a header that uvicorn refuses (a CR, LF or
+    NUL in a value: no header injection; a separator in a name) is refused the same way:
+    nothing of it is written, and the connection closes."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    for headers in HEADER_SETS:
+        ours = asyncio.run(answer_with(BoundedHttpToolsProtocol, request_, status, headers))
+        theirs = asyncio.run(answer_with(HttpToolsProtocol, request_, status, headers))
+        assert ours == theirs, headers
+        assert b"x-injected" not in ours[0]
+
+
 # --- on a real socket, under uvicorn's own server ---------------------------------------------
 
 
