@@ -56,7 +56,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string, is_ssl
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
 from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY, DisconnectHook
@@ -188,7 +188,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.server = _address(transport.get_extra_info("sockname"))
         peer = _address(transport.get_extra_info("peername"))
         self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
-        self.scheme = "https" if is_ssl(transport) else "http"
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"  # is_ssl
         if self.logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
@@ -382,11 +382,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         # uvicorn 0.55's, with the head bound's switch.
         self._head_left = _NOT_IN_HEAD
-        cycle = self.cycle
+        cycle: _Cycle = self.cycle  # type: ignore[assignment]
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
-        cycle.body += body
-        if len(cycle.body) > HIGH_WATER_LIMIT:
+        # The usual body is one part: kept as it came, which `receive` hands on uncopied.
+        so_far = cycle.body
+        if not so_far:
+            cycle.body = so_far = body
+        else:
+            if type(so_far) is bytes:
+                cycle.body = so_far = bytearray(so_far)
+            so_far += body
+        if len(so_far) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
         cycle.message_event.set()
 
@@ -654,7 +661,7 @@ class _Cycle(DisconnectHook):
         self.disconnected = False
         self.keep_alive = keep_alive
         self.waiting_for_100_continue = expect
-        self.body = bytearray()
+        self.body: bytes | bytearray = b""
         self.more_body = True
         self.response_started = False
         self.response_complete = False
@@ -837,9 +844,8 @@ class _Cycle(DisconnectHook):
             event._value = False
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
-        message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
-        self.body = bytearray()
-        return message
+        body, self.body = self.body, b""
+        return {"type": "http.request", "body": bytes(body), "more_body": self.more_body}
 
     def write(self, data: bytes) -> bool:
         """The `BodyWriter`: a body part framed as `send` frames it (chunked encoding) and

@@ -327,6 +327,28 @@ def test_a_read_with_a_small_head_and_a_body_past_the_bound_is_served_whole() ->
     assert status_of(transport) == 404 and b"".join(seen) == body
 
 
+@pytest.mark.parametrize("read", [0, 7, 1000])
+def test_a_body_in_one_part_or_many_reaches_the_app_whole(read: int) -> None:
+    """A body that came in one part is handed on as it came; one in several parts is
+    gathered, whether the app asks before, between or after they arrive."""
+    body = bytes(range(256)) * 20
+    seen: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        more = True
+        while more:
+            message = await receive()
+            seen.append(message["body"])
+            more = message["more_body"]
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    request = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    transport = asyncio.run(exchange(app, request + body, read))
+    assert status_of(transport) == 404 and b"".join(seen) == body
+    assert all(type(part) is bytes for part in seen)
+
+
 def test_pipelined_requests_each_get_the_whole_bound() -> None:
     # Two heads of 40 KiB in one read: 80 KiB, but each head is within its bound.
     request = get_of(40 * 1024) + get_of(40 * 1024)
