@@ -296,7 +296,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         headers = self.headers
         if len(headers) >= MAX_HEADERS:
             self._stop(431, f"the request has more than {MAX_HEADERS} header fields")
-        name = name.lower()
+        lower = _NAMES.get(name)
+        if lower is None:
+            lower = _learn_name(name)
+        name = lower
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5)
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
@@ -416,6 +419,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         if cycle is not None and cycle.disconnected:
             cast(_Cycle, cycle).fire()
+
+
+_NAMES: dict[bytes, bytes] = {}
+"""Header names as clients spell them, to the lower-case name: one shared `bytes` per
+name instead of a new one per field of every request (each open stream keeps its
+request's fields), and no `lower()`."""
+_NAMES_KEPT = 1024
+
+
+def _learn_name(name: bytes) -> bytes:
+    lower = name.lower()
+    if len(_NAMES) < _NAMES_KEPT:  # past it, new spellings are lowered each time
+        lower = _NAMES.setdefault(lower, lower)
+        _NAMES[name] = lower
+    return lower
 
 
 def _address(info: object) -> tuple[str, int | None] | None:
