@@ -426,11 +426,15 @@ _NAMES: dict[bytes, bytes] = {}
 name instead of a new one per field of every request (each open stream keeps its
 request's fields), and no `lower()`."""
 _NAMES_KEPT = 1024
+_KEPT_BYTES = 64
+"""The longest header name or request target remembered (`_NAMES`, `_Shared.targets`):
+the remembered ones take at most 1024 x 64 and 256 x 64 bytes, whatever clients send."""
 
 
 def _learn_name(name: bytes) -> bytes:
     lower = name.lower()
-    if len(_NAMES) < _NAMES_KEPT:  # past it, new spellings are lowered each time
+    # Past the bounds, new spellings are lowered each time.
+    if len(_NAMES) < _NAMES_KEPT and len(name) <= _KEPT_BYTES:
         lower = _NAMES.setdefault(lower, lower)
         _NAMES[name] = lower
     return lower
@@ -618,9 +622,10 @@ class _Shared:
             path = urllib.parse.unquote(path)
         root = self.root_path
         target = (root + path, root.encode("ascii") + raw_path, parsed.query or b"")
-        if len(self.targets) >= _TARGETS_KEPT:
-            self.targets.clear()  # many distinct targets: the small routes' queries
-        self.targets[url] = target
+        if len(url) <= _KEPT_BYTES:
+            if len(self.targets) >= _TARGETS_KEPT:
+                self.targets.clear()  # many distinct targets: the small routes' queries
+            self.targets[url] = target
         return target
 
     def defaults(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:

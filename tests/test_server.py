@@ -525,6 +525,30 @@ def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
         assert b"x-injected" not in ours[0]
 
 
+def test_header_names_and_targets_are_remembered_only_when_short() -> None:
+    """The protocol remembers header names as clients spell them and request targets as
+    parsed, for the next requests; a long name or target is not kept (clients choose them)."""
+    from gateway import server
+
+    long_name, long_target = b"X-" + b"n" * 100, b"/" + b"t" * 100
+    request = b"GET %s HTTP/1.1\r\nHost: x\r\n%s: 1\r\n\r\n"
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope["headers"], scope["path"]))
+        await plain(scope, receive, send)
+
+    for _ in range(2):
+        asyncio.run(exchange(app, request % (long_target, long_name)))
+        asyncio.run(exchange(app, request % (b"/short", b"X-Short")))
+    assert (
+        seen[0] == seen[2] == ([(b"host", b"x"), (long_name.lower(), b"1")], long_target.decode())
+    )
+    assert seen[1] == seen[3] == ([(b"host", b"x"), (b"x-short", b"1")], "/short")
+    assert server._NAMES[b"X-Short"] == b"x-short" and long_name not in server._NAMES
+    assert seen[1][0][1][0] is seen[3][0][1][0]  # one shared name
+
+
 # --- on a real socket, under uvicorn's own server ---------------------------------------------
 
 
