@@ -451,17 +451,18 @@ def _address(info: object) -> tuple[str, int | None] | None:
 
 
 class _ListEvent:
-    """`asyncio.Event`'s `wait`, `set`, `clear` and `is_set`, with the waiters in a list and
-    the fields in slots. asyncio's keeps its waiters in a deque, which takes 760 bytes even
-    empty (a list: 56), and its fields in a dict; a connection holds two events (its flow
-    control's and the request cycle's) for as long as a stream is open, and has at most one
-    waiter on either."""
+    """`asyncio.Event`'s `wait`, `set`, `clear` and `is_set`, with the fields in slots and
+    the waiters in a list made for the first one. asyncio's keeps its waiters in a deque,
+    which takes 760 bytes even empty, and its fields in a dict; a connection holds two
+    events (its flow control's and the request cycle's) for as long as a stream is open,
+    and most never have a waiter (at most one: the app waiting for its body, or a send for
+    the client's buffer to drain)."""
 
     __slots__ = ("_value", "_waiters")
 
     def __init__(self) -> None:
         self._value = False
-        self._waiters: list[asyncio.Future[bool]] = []
+        self._waiters: list[asyncio.Future[bool]] | None = None
 
     def is_set(self) -> bool:
         return self._value
@@ -469,7 +470,7 @@ class _ListEvent:
     def set(self) -> None:
         if not self._value:
             self._value = True
-            for waiter in self._waiters:
+            for waiter in self._waiters or ():
                 if not waiter.done():
                     waiter.set_result(True)
 
@@ -480,6 +481,8 @@ class _ListEvent:
         if self._value:
             return True
         waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append(waiter)
         try:
             await waiter

@@ -3,10 +3,11 @@ transport that records each write (a response's head leaves with its first body 
 write, except where it must leave on its own), and on a real socket under uvicorn's server.
 
 Where each of `gateway.server`'s patches to uvicorn is tested:
-- the head held for the first body part (`_HeadWithBody`): here, recorded and on a socket;
-- the direct body writer (`_ChunkWriter`): here, recorded and on a socket;
-- both of them referring to their request cycle weakly (a request freed with its connection,
-  not left to the collector): here, recorded;
+- the gateway's own request cycle (`_Cycle`), byte for byte against uvicorn's: here;
+- the head held for the first body part (`_Cycle`): here, recorded and on a socket;
+- the direct body writer (`_Cycle.write`): here, recorded and on a socket;
+- a request freed with its connection, not left to the collector (nothing refers back to
+  the cycle once its app is done): here, recorded;
 - the disconnect hook: here, on a socket; tests/integration/test_stream_semantics.py through
   the real gateway;
 - the per-connection write high-water mark (from the lifespan state):
