@@ -654,7 +654,6 @@ class _Cycle(DisconnectHook):
     """
 
     __slots__ = (
-        "_detached",
         "_head",
         "_hold",
         "_is_head",
@@ -679,7 +678,7 @@ class _Cycle(DisconnectHook):
     ) -> None:
         self.callback = None
         self.lost = False
-        self._protocol = protocol
+        self._protocol: BoundedHttpToolsProtocol | None = protocol
         self.transport = protocol.transport
         self.flow = protocol.flow
         self.message_event = _ListEvent()
@@ -696,20 +695,19 @@ class _Cycle(DisconnectHook):
         self._is_head = is_head
         self._hold = not (expect or is_head)
         self._head: bytes | None = None
-        self._detached = False
 
     async def run_asgi(self, app: Any) -> None:
         # uvicorn 0.55's (a held head is written before the connection closes).
+        logger = cast(BoundedHttpToolsProtocol, self._protocol).logger
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            self._protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
+            logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
                 await self.send_500_response()
             else:
                 self._close()
         else:
-            logger = self._protocol.logger
             if result is not None:
                 logger.error("ASGI callable should return None, but returned '%s'.", result)
                 self._close()
@@ -720,7 +718,10 @@ class _Cycle(DisconnectHook):
                 logger.error("ASGI callable returned without completing response.")
                 self._close()
         finally:
-            self._detached = True  # uvicorn's `on_response = lambda: None`
+            # uvicorn's `on_response = lambda: None`; and no references back from the cycle
+            # (the scope's extensions and the protocol hold it), so that a closed
+            # connection's objects go at once rather than at the collector's next pass.
+            self._protocol = self.scope = None
 
     async def send_500_response(self) -> None:
         await self.send(
@@ -787,13 +788,13 @@ class _Cycle(DisconnectHook):
             self.message_event.set()
             if not self.keep_alive:
                 self.transport.close()
-            if not self._detached:
+            if self._protocol is not None:
                 self._protocol.on_response_complete()
 
     def _start(self, status: int, headers: Any) -> bytes:
         """The response's head; sets the framing (`chunked_encoding`, the length expected)
         and `keep_alive` as uvicorn's `send` does."""
-        protocol = self._protocol
+        protocol = cast(BoundedHttpToolsProtocol, self._protocol)  # while the app runs
         if protocol.access_log:
             scope = self.scope
             protocol.access_logger.info(
@@ -818,7 +819,8 @@ class _Cycle(DisconnectHook):
         """uvicorn 0.55's head, field by field, for what `_HEAD_OK` does not pass."""
         content = [STATUS_LINE[status]]
         has_connection_close = False
-        for name, value in self._protocol.server_state.default_headers + list(headers):
+        defaults = cast(BoundedHttpToolsProtocol, self._protocol).server_state.default_headers
+        for name, value in defaults + list(headers):
             if HEADER_RE.search(name):
                 raise RuntimeError("Invalid HTTP header name.")
             if HEADER_VALUE_RE.search(value):
