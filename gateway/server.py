@@ -654,6 +654,7 @@ class _Cycle(DisconnectHook):
     """
 
     __slots__ = (
+        "__weakref__",  # for tests/test_server.py's check that a request is freed at once
         "_head",
         "_hold",
         "_is_head",

@@ -443,30 +443,6 @@ def test_what_the_protocol_took_over_from_uvicorn_still_works() -> None:
         assert callable(getattr(BoundedHttpToolsProtocol, name))
 
 
-def test_a_closed_connections_objects_go_without_the_collector() -> None:
-    """Once the app is done and the connection closed, nothing refers back to the protocol
-    or the request cycle: they go when the last reference does, not at the collector's next
-    pass (which, with `GatewayServer`'s thresholds, can be thousands of requests later)."""
-
-    async def run() -> weakref.ref[Any]:
-        protocol, transport, state = connected(streaming)
-        protocol.data_received(POST)
-        for _ in range(100):
-            await asyncio.sleep(0)
-            if not state.tasks:
-                break
-        assert not state.tasks and transport.writes[-1] == b"0\r\n\r\n"
-        protocol.connection_lost(None)
-        return weakref.ref(protocol)  # the cycle is slotted: no weak references to it
-
-    gc.disable()
-    try:
-        protocol = asyncio.run(run())
-        assert protocol() is None
-    finally:
-        gc.enable()
-
-
 # --- the gateway's response cycle against uvicorn's --------------------------------------------
 
 DEFAULTS = [(b"date", b"Sat, 05 Dec 2026 21:00:00 GMT"), (b"server", b"uvicorn")]
