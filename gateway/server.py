@@ -22,16 +22,18 @@ more.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
-import weakref
+import urllib.parse
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any, cast
@@ -42,15 +44,22 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
 from uvicorn.logging import TRACE_LOG_LEVEL
-from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.flow_control import (
+    HIGH_WATER_LIMIT,
+    FlowControl,
+    service_unavailable,
+)
 from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
-from uvicorn.protocols.utils import is_ssl
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.server import ServerState
 
-from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY, DisconnectHook, disconnect_hook
+from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY, DisconnectHook
 from gateway.config import GatewayConfig
 from gateway.observability.metrics import mark_process_dead
 from gateway.observability.requestlog import configure_process_logging
@@ -98,9 +107,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     the response ended, each response's head sent together with its first body part, and
     bounded request heads.
 
-    uvicorn's two events per connection (flow control, the request cycle's body) are
-    replaced by ones that keep their waiters in a list (`_ListEvent`), and its queue of
-    pipelined requests by a list (`_Pipeline`): 2.1 KB less for each open stream.
+    Its request cycle is the gateway's own (`_Cycle`: uvicorn's, leaner), and so are the
+    parts of uvicorn's protocol that run per connection and per request (the scope in one
+    dict, what is the same for every connection worked out once: `_Shared`), since uvicorn
+    took about 70 µs of CPU per request in all (docs/performance.md, "Round 3"). uvicorn's
+    two events per connection (flow control, the request cycle's body) are replaced by
+    slotted ones that keep their waiters in a list (`_ListEvent`), and its queue of
+    pipelined requests by a list made for the first pipelined request (`_Pipeline`).
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
@@ -124,6 +137,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _head_left = GatewayConfig.max_header_bytes
     _refusal: tuple[int, str] | None = None
 
+    pipeline: Any = ()
+    """uvicorn's queue of pipelined requests: a `_Pipeline` from the first one on (most
+    connections never have one)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn 0.55's, with what is the same for every connection of a server (its
+        # loggers, whether the access log has a handler, the loaded app) worked out once.
+        shared = _Shared.of(config)
+        self._shared = shared
+        self.config = config
+        self.app = shared.app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = shared.logger
+        self.access_logger = shared.access_logger
+        self.access_log = shared.access_log
+        self.parser = parser = httptools.HttpRequestParser(self)
+        if shared.lenient:
+            # Answer the first of pipelined requests that came after a `connection: close`.
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.ws_protocol_class = config.ws_protocol_class
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task = None
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.scope = cast(Any, None)
+        self.headers = cast(Any, None)
+        self.expect_100_continue = False
+        self.cycle = cast(Any, None)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn 0.55's, with the addresses the transport noted when it connected: uvicorn
         # asks `get_extra_info("socket")` for them, which on uvloop builds a Python socket
@@ -131,15 +184,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # many socket objects made and detached); uvloop and asyncio keep both addresses.
         self.connections.add(self)
         self.transport = transport
-        self.flow = _Flow(transport)
+        self.flow = cast(FlowControl, _Flow(transport))
         self.server = _address(transport.get_extra_info("sockname"))
         peer = _address(transport.get_extra_info("peername"))
         self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
-        self.scheme = "https" if is_ssl(transport) else "http"
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"  # is_ssl
         if self.logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
-        self.pipeline = cast(Any, _Pipeline())
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
         runtime: Runtime | None = self.app_state.get(STATE_KEY)
@@ -152,12 +204,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, with the head bound: see the class docstring.
-        self._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
         left = self._head_left
         if left == _NOT_IN_HEAD or len(data) <= left:
             if left != _NOT_IN_HEAD:
                 self._head_left = left - len(data)
-            self._feed(data)
+            try:  # `_feed`'s, inline: a request's head and body usually come in one read
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self._unparsable()
+            except httptools.HttpParserUpgrade:
+                self._upgrade()
         else:
             self._feed_bounded(memoryview(data))
 
@@ -185,21 +243,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            refusal = self._refusal
-            if refusal is not None:
-                self._refuse(*refusal)
-                return False
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+            self._unparsable()
             return False
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            self._upgrade()
             return False
         return True
+
+    def _unparsable(self) -> None:
+        refusal = self._refusal
+        if refusal is not None:
+            self._refuse(*refusal)
+            return
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    def _upgrade(self) -> None:
+        if self._should_upgrade():
+            self.handle_websocket_upgrade()
+        else:
+            self._unsupported_upgrade_warning()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a head that passed a bound and close the connection. While an answer to an
@@ -220,10 +284,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(message)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        scope: Any = self.scope  # uvicorn's TypedDict types extensions' values narrowly
-        # uvicorn 0.55's scope has no extensions; any a later one adds (e.g. "tls") are kept.
-        scope.setdefault("extensions", {})[DISCONNECT] = DisconnectHook()
+        # uvicorn's builds the scope here and fills it in as the head ends; the scope is
+        # built whole, in one dict, in `on_headers_complete`.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # uvicorn 0.55's, with the count: calling it would cost a call per field, a third of
@@ -231,7 +296,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         headers = self.headers
         if len(headers) >= MAX_HEADERS:
             self._stop(431, f"the request has more than {MAX_HEADERS} header fields")
-        name = name.lower()
+        lower = _NAMES.get(name)
+        if lower is None:
+            lower = _learn_name(name)
+        name = lower
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5)
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
@@ -247,21 +315,90 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 if len(name) + len(value) > MAX_LINE_BYTES:
                     self._stop(431, f"a header field is over {MAX_LINE_BYTES} bytes")
         self._head_left = _NOT_IN_HEAD
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is None:
+        # uvicorn 0.55's, but the scope is one dict (its `asgi` part shared, the target's
+        # parse remembered per target, as a few targets take all the requests) and the
+        # cycle is the gateway's own (`_Cycle`), which is also the scope's disconnect hook
+        # and body writer.
+        shared = self._shared
+        parser = self.parser
+        http_version = parser.get_http_version()
+        method = parser.get_method()
+        if parser.should_upgrade() and self._should_upgrade():
+            # What uvicorn's scope has by then, for `handle_websocket_upgrade`.
+            self.scope = cast(Any, {"method": method.decode("ascii"), "headers": self.headers})
             return
-        cycle.message_event = _light_event(cycle.message_event)
-        # Not when the client waits for `100 Continue` (that must leave on its own), nor for
-        # HEAD (its answer has no body part to carry the head).
-        if not self.expect_100_continue and self.scope["method"] != "HEAD":
-            cycle.transport = cast(asyncio.Transport, _HeadWithBody(cycle, self.transport))
-        scope: Any = self.scope
-        scope["extensions"][BODY_WRITER] = _ChunkWriter(cycle)
+        target = shared.targets.get(self.url)
+        if target is None:
+            target = shared.target(self.url)
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()
+        cycle = _Cycle(self, keep_alive, self.expect_100_continue, method == b"HEAD")
+        # Any: uvicorn's TypedDict types the extensions' values (and `asgi`) narrowly.
+        scope: Any = {
+            "type": "http",
+            "asgi": shared.asgi,
+            "http_version": http_version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            "method": _METHODS.get(method) or method.decode("ascii"),
+            "path": target[0],
+            "raw_path": target[1],
+            "query_string": target[2],
+            "extensions": {DISCONNECT: cycle, BODY_WRITER: cycle},
+        }
+        cycle.scope = self.scope = scope
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency
+            or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+        existing = self.cycle
+        self.cycle = cast(RequestResponseCycle, cycle)
+        if existing is None or existing.response_complete:  # `_start_asgi_task`, inline
+            if shared.fresh_context:
+                task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+            else:
+                task = self.loop.create_task(cycle.run_asgi(app))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        else:  # a pipelined request waits for the answers before it
+            self.flow.pause_reading()
+            if not self.pipeline:
+                self.pipeline = cast(Any, _Pipeline())
+            self.pipeline.appendleft((cycle, app))
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn 0.55's, with its config's contextvars choice read once per server.
+        if self._shared.fresh_context:
+            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def on_body(self, body: bytes) -> None:
+        # uvicorn 0.55's, with the head bound's switch.
         self._head_left = _NOT_IN_HEAD
-        super().on_body(body)
+        cycle: _Cycle = self.cycle  # type: ignore[assignment]
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        # The usual body is one part: kept as it came, which `receive` hands on uncopied.
+        so_far = cycle.body
+        if not so_far:
+            cycle.body = so_far = body
+        else:
+            if type(so_far) is bytes:
+                cycle.body = so_far = bytearray(so_far)
+            so_far += body
+        if len(so_far) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_chunk_header(self) -> None:
         # After the last chunk come the trailers, header fields llhttp hands over as the head's
@@ -269,16 +406,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_left = self._max_head
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        # uvicorn 0.55's, with the head bound's switch.
         self._head_left = self._max_head
+        cycle = self.cycle
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and cycle.disconnected:
-            hook = disconnect_hook(cast(Any, cycle.scope))
-            if hook is not None:
-                hook.fire()
+            cast(_Cycle, cycle).fire()
+
+
+_NAMES: dict[bytes, bytes] = {}
+"""Header names as clients spell them, to the lower-case name: one shared `bytes` per
+name instead of a new one per field of every request (each open stream keeps its
+request's fields), and no `lower()`."""
+_NAMES_KEPT = 1024
+_KEPT_BYTES = 64
+"""The longest header name or request target remembered (`_NAMES`, `_Shared.targets`):
+the remembered ones take at most 1024 x 64 and 256 x 64 bytes, whatever clients send."""
+
+
+def _learn_name(name: bytes) -> bytes:
+    lower = name.lower()
+    # Past the bounds, new spellings are lowered each time.
+    if len(_NAMES) < _NAMES_KEPT and len(name) <= _KEPT_BYTES:
+        lower = _NAMES.setdefault(lower, lower)
+        _NAMES[name] = lower
+    return lower
 
 
 def _address(info: object) -> tuple[str, int | None] | None:
@@ -291,27 +450,81 @@ def _address(info: object) -> tuple[str, int | None] | None:
     return None
 
 
-class _ListEvent(asyncio.Event):
-    """`asyncio.Event` with its waiters in a list. asyncio's keeps them in a deque, which
-    takes 760 bytes even empty (a list: 56); uvicorn holds two per connection (its flow
-    control's and the request cycle's) for as long as a stream is open, and has at most one
-    waiter on either. `wait` appends and removes, `set` iterates: a list does both."""
+class _ListEvent:
+    """`asyncio.Event`'s `wait`, `set`, `clear` and `is_set`, with the fields in slots and
+    the waiters in a list made for the first one. asyncio's keeps its waiters in a deque,
+    which takes 760 bytes even empty, and its fields in a dict; a connection holds two
+    events (its flow control's and the request cycle's) for as long as a stream is open,
+    and most never have a waiter (at most one: the app waiting for its body, or a send for
+    the client's buffer to drain)."""
+
+    __slots__ = ("_value", "_waiters")
 
     def __init__(self) -> None:
-        super().__init__()
-        self._waiters = []  # type: ignore[assignment]
+        self._value = False
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters or ():
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
 
 
-class _Flow(FlowControl):
-    """uvicorn's flow control with its event a `_ListEvent` from the start (uvicorn's makes
-    an `asyncio.Event` that would be replaced at once)."""
+class _Flow:
+    """uvicorn's `FlowControl` (0.55's, as 0.50's), in slots and with a `_ListEvent`."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:  # uvicorn 0.55's, but the event
+    __slots__ = ("_is_writable_event", "_transport", "read_paused", "write_paused")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self.read_paused = False
         self.write_paused = False
         self._is_writable_event = _ListEvent()
-        self._is_writable_event.set()
+        self._is_writable_event._value = True
+
+    async def drain(self) -> None:
+        await self._is_writable_event.wait()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            self._is_writable_event.clear()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            self._is_writable_event.set()
 
 
 class _Pipeline(list[Any]):
@@ -325,85 +538,364 @@ class _Pipeline(list[Any]):
         self.insert(0, item)
 
 
-def _light_event(event: asyncio.Event) -> asyncio.Event:
-    """A `_ListEvent` in the state of `event`, which nothing waits on yet."""
-    light = _ListEvent()
-    if event.is_set():
-        light.set()
-    return light
+_METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS")}
+"""The methods' `str`s, so that a request's is looked up rather than decoded."""
+
+_HEAD_OK = re.compile(
+    rb"(?:(?!content-length:|transfer-encoding:|connection:)"
+    rb'[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"A-Z]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*'
+)
+"""Header lines (`name: value\r\n`) that need nothing of uvicorn's per-field work: each
+name lower-case and without the characters uvicorn refuses in a name, each value without
+the control characters it refuses in a value (so no CR, LF or NUL: no header injection),
+and none of the three fields that change the framing. One match over a head's lines
+(with a count of its LFs: `_checked`) instead of two regex searches and a `lower()` per
+field; a head that does not pass takes uvicorn's way (`_Cycle._uvicorn_head`), which also
+raises its errors."""
 
 
-class _HeadWithBody:
-    """A response cycle's transport until its first body part: uvicorn writes the status
-    line and headers on `http.response.start`, this holds them and writes them with the
-    next write (the first body part), one syscall and one packet instead of two. Then the
-    cycle gets the real transport back, so later parts pay nothing for it. (A relayed
-    stream's head and first event are sent back to back; so are plain answers'.)
+def _checked(lines: bytes, fields: int) -> bool:
+    """Whether `lines`, `fields` header fields joined as head lines, pass `_HEAD_OK` as
+    those fields: one LF per field, so that no name or value brought a line of its own
+    (`_HEAD_OK` sees only lines)."""
+    return lines.count(b"\n") == fields and _HEAD_OK.fullmatch(lines) is not None
 
-    It holds the cycle by a weak reference, as `_ChunkWriter` does and for the same reason:
-    a client gone before the first body part would otherwise leave the cycle and this in a
-    reference cycle for the collector."""
 
-    __slots__ = ("_cycle", "_head", "_transport")
+_TAIL = {
+    (True, False): b"\r\n",
+    (True, True): b"transfer-encoding: chunked\r\n\r\n",
+    (False, False): b"connection: close\r\n\r\n",
+    (False, True): b"connection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+}
+"""A checked head's end, by (keep-alive, chunked)."""
 
-    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
-        self._cycle = weakref.ref(cycle)
-        self._transport = transport
+_TARGETS_KEPT = 256
+
+
+class _Shared:
+    """What every connection of one server has in common, worked out once (uvicorn's
+    protocol does it per connection, or per request)."""
+
+    __slots__ = (
+        "access_log",
+        "access_logger",
+        "app",
+        "asgi",
+        "default_block",
+        "default_headers",
+        "fresh_context",
+        "lenient",
+        "logger",
+        "root_path",
+        "targets",
+    )
+
+    @classmethod
+    def of(cls, config: uvicorn.Config) -> _Shared:
+        shared: _Shared | None = config.__dict__.get("_gateway_shared")
+        if shared is None:
+            shared = config.__dict__["_gateway_shared"] = cls(config)
+        return shared
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        if not config.loaded:
+            config.load()
+        self.app = config.loaded_app
+        self.logger = logging.getLogger("uvicorn.error")
+        self.access_logger = logging.getLogger("uvicorn.access")
+        # uvicorn asks per connection; a handler added to it while serving is not seen.
+        self.access_log = self.access_logger.hasHandlers()
+        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
+        # uvicorn 0.55 makes each request's task a fresh context only when told to; 0.50
+        # always did.
+        self.fresh_context = getattr(config, "reset_contextvars", True)
+        self.lenient = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")
+        self.root_path = config.root_path
+        self.targets: dict[bytes, tuple[str, bytes, bytes]] = {}
+        self.default_headers: list[tuple[bytes, bytes]] | None = None
+        self.default_block: bytes | None = b""
+
+    def target(self, url: bytes) -> tuple[str, bytes, bytes]:
+        """A request target's path, raw path and query as uvicorn's scope has them (its
+        parse raises on a target it cannot parse), remembered for the next request."""
+        parsed = httptools.parse_url(url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root = self.root_path
+        target = (root + path, root.encode("ascii") + raw_path, parsed.query or b"")
+        if len(url) <= _KEPT_BYTES:
+            if len(self.targets) >= _TARGETS_KEPT:
+                self.targets.clear()  # many distinct targets: the small routes' queries
+            self.targets[url] = target
+        return target
+
+    def defaults(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """uvicorn's default headers (`date`, `server`; renewed each second) as head lines,
+        or None when they need uvicorn's way."""
+        if headers is not self.default_headers:
+            block = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
+            self.default_block = block if _checked(block, len(headers)) else None
+            self.default_headers = headers
+        return self.default_block
+
+
+class _Cycle(DisconnectHook):
+    """One request and its response: uvicorn 0.55's `RequestResponseCycle` with the same
+    attributes its protocol and server read, in slots, and besides:
+
+    - the response's head built in one piece (`_HEAD_OK`);
+    - the head held until the first body part and written with it, one write and one
+      packet instead of two (not for HEAD, whose answer has no body part, nor after
+      `100 Continue`, which must be followed by the head on its own);
+    - the scope's `DisconnectHook` (`fire`, from `connection_lost`) and `BodyWriter`
+      (`write`): no objects of their own.
+    """
+
+    __slots__ = (
+        "__weakref__",  # for tests/test_server.py's check that a request is freed at once
+        "_head",
+        "_hold",
+        "_is_head",
+        "_protocol",
+        "body",
+        "chunked_encoding",
+        "disconnected",
+        "expected_content_length",
+        "flow",
+        "keep_alive",
+        "message_event",
+        "more_body",
+        "response_complete",
+        "response_started",
+        "scope",
+        "transport",
+        "waiting_for_100_continue",
+    )
+
+    def __init__(
+        self, protocol: BoundedHttpToolsProtocol, keep_alive: bool, expect: bool, is_head: bool
+    ) -> None:
+        self.callback = None
+        self.lost = False
+        self._protocol: BoundedHttpToolsProtocol | None = protocol
+        self.transport = protocol.transport
+        self.flow = protocol.flow
+        self.message_event = _ListEvent()
+        self.scope: Any = None
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect
+        self.body: bytes | bytearray = b""
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding: bool | None = None
+        self.expected_content_length = 0
+        self._is_head = is_head
+        self._hold = not (expect or is_head)
         self._head: bytes | None = None
 
-    def _give_back(self) -> None:
-        cycle = self._cycle()
-        if cycle is not None:
-            cycle.transport = self._transport
+    async def run_asgi(self, app: Any) -> None:
+        # uvicorn 0.55's (a held head is written before the connection closes).
+        logger = cast(BoundedHttpToolsProtocol, self._protocol).logger
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self.send_500_response()
+            else:
+                self._close()
+        else:
+            if result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self._close()
+            elif not self.response_started and not self.disconnected:
+                logger.error("ASGI callable returned without starting response.")
+                await self.send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                logger.error("ASGI callable returned without completing response.")
+                self._close()
+        finally:
+            # uvicorn's `on_response = lambda: None`; and no references back from the cycle
+            # (the scope's extensions and the protocol hold it), so that a closed
+            # connection's objects go at once rather than at the collector's next pass.
+            self._protocol = self.scope = None
 
-    def write(self, data: bytes) -> None:
-        if self._head is None:
-            self._head = data
+    async def send_500_response(self) -> None:
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"21"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self.send(
+            {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False}
+        )
+
+    async def send(self, message: Any) -> None:
+        # uvicorn 0.55's, with the head built by `_start` and held for the first body part.
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
             return
-        self._give_back()
-        self._transport.write(self._head + data)
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
+                )
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            head = self._start(message["status"], message.get("headers", ()))
+            if self._hold:
+                self._head = head
+            else:
+                self.transport.write(head)
+            return
+        if self.response_complete:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, after response already "
+                "completed."
+            )
+        if message["type"] != "http.response.body":
+            raise RuntimeError(
+                f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
+            )
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if self._is_head:
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            if more_body:
+                self._write(b"%x\r\n%s\r\n" % (len(body), body) if body else b"")
+            else:
+                self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else _LAST)
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            self._write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            if self._protocol is not None:
+                self._protocol.on_response_complete()
 
-    def close(self) -> None:
-        self._give_back()
-        if self._head is not None:
-            self._transport.write(self._head)
-        self._transport.close()
+    def _start(self, status: int, headers: Any) -> bytes:
+        """The response's head; sets the framing (`chunked_encoding`, the length expected)
+        and `keep_alive` as uvicorn's `send` does."""
+        protocol = cast(BoundedHttpToolsProtocol, self._protocol)  # while the app runs
+        if protocol.access_log:
+            scope = self.scope
+            protocol.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(scope),
+                scope["method"],
+                get_path_with_query_string(scope),
+                scope["http_version"],
+                status,
+            )
+        defaults = protocol._shared.defaults(protocol.server_state.default_headers)
+        fields = [b"%s: %s\r\n" % (name, value) for name, value in headers]
+        lines = b"".join(fields)
+        if defaults is None or not _checked(lines, len(fields)):
+            return self._uvicorn_head(status, headers)
+        chunked = not self._is_head and status != 204 and status != 304
+        if chunked:
+            self.chunked_encoding = True
+        return STATUS_LINE[status] + defaults + lines + _TAIL[self.keep_alive, chunked]
 
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
+    def _uvicorn_head(self, status: int, headers: Any) -> bytes:
+        """uvicorn 0.55's head, field by field, for what `_HEAD_OK` does not pass."""
+        content = [STATUS_LINE[status]]
+        has_connection_close = False
+        defaults = cast(BoundedHttpToolsProtocol, self._protocol).server_state.default_headers
+        for name, value in defaults + list(headers):
+            if HEADER_RE.search(name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                connection = [token.lower().strip() for token in value.split(b",")]
+                if b"close" in connection:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content.extend([name, b": ", value, b"\r\n"])
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and not self._is_head and status not in (204, 304):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
 
+    def _write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        self.transport.write(data)
 
-class _ChunkWriter:
-    """The `BodyWriter` of one response: a body part framed as uvicorn frames it (chunked
-    encoding) and written to the transport, when uvicorn's `send` would write it at once.
+    def _close(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self.transport.write(head)
+        self.transport.close()
 
-    It holds its cycle by a weak reference: the cycle's scope holds the writer, and a strong
-    reference back made every request a reference cycle (the cycle, its scope, flow control,
-    events, transport: about 26 objects) that outlived its connection until a full
-    collection, which under load comes seldom: after a burst of 3,000 streams 78,000 such
-    objects were still waiting, and a next burst's memory could come on top of them, and
-    the collector spent 12-18 µs per request on them. While the app runs, its task holds
-    the cycle, so the reference always resolves."""
-
-    __slots__ = ("_cycle",)
-
-    def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = weakref.ref(cycle)
+    async def receive(self) -> Any:
+        # uvicorn 0.55's.
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            event = self.message_event
+            if not event._value:  # the body is usually in by the time the app asks
+                await event.wait()
+            event._value = False
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body, self.body = self.body, b""
+        return {"type": "http.request", "body": bytes(body), "more_body": self.more_body}
 
     def write(self, data: bytes) -> bool:
-        cycle = self._cycle()
+        """The `BodyWriter`: a body part framed as `send` frames it (chunked encoding) and
+        written at once, when `send` would write it at once."""
         if (
-            cycle is None
-            or not cycle.response_started
-            or cycle.response_complete
-            or not cycle.chunked_encoding
-            or cycle.flow.write_paused
-            or cycle.disconnected
+            not self.response_started
+            or self.response_complete
+            or not self.chunked_encoding
+            or self.flow.write_paused
+            or self.disconnected
         ):
             return False
         if data:  # an empty chunk would end the body
-            cycle.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            if self._head is None:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                self._write(b"%x\r\n%s\r\n" % (len(data), data))
         return True
+
+
+_LAST = b"0\r\n\r\n"
 
 
 class GatewayServer(uvicorn.Server):

@@ -3,10 +3,11 @@ transport that records each write (a response's head leaves with its first body 
 write, except where it must leave on its own), and on a real socket under uvicorn's server.
 
 Where each of `gateway.server`'s patches to uvicorn is tested:
-- the head held for the first body part (`_HeadWithBody`): here, recorded and on a socket;
-- the direct body writer (`_ChunkWriter`): here, recorded and on a socket;
-- both of them referring to their request cycle weakly (a request freed with its connection,
-  not left to the collector): here, recorded;
+- the gateway's own request cycle (`_Cycle`), byte for byte against uvicorn's: here;
+- the head held for the first body part (`_Cycle`): here, recorded and on a socket;
+- the direct body writer (`_Cycle.write`): here, recorded and on a socket;
+- a request freed with its connection, not left to the collector (nothing refers back to
+  the cycle once its app is done): here, recorded;
 - the disconnect hook: here, on a socket; tests/integration/test_stream_semantics.py through
   the real gateway;
 - the per-connection write high-water mark (from the lifespan state):
@@ -327,6 +328,28 @@ def test_a_read_with_a_small_head_and_a_body_past_the_bound_is_served_whole() ->
     assert status_of(transport) == 404 and b"".join(seen) == body
 
 
+@pytest.mark.parametrize("read", [0, 7, 1000])
+def test_a_body_in_one_part_or_many_reaches_the_app_whole(read: int) -> None:
+    """A body that came in one part is handed on as it came; one in several parts is
+    gathered, whether the app asks before, between or after they arrive."""
+    body = bytes(range(256)) * 20
+    seen: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        more = True
+        while more:
+            message = await receive()
+            seen.append(message["body"])
+            more = message["more_body"]
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    request = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    transport = asyncio.run(exchange(app, request + body, read))
+    assert status_of(transport) == 404 and b"".join(seen) == body
+    assert all(type(part) is bytes for part in seen)
+
+
 def test_pipelined_requests_each_get_the_whole_bound() -> None:
     # Two heads of 40 KiB in one read: 80 KiB, but each head is within its bound.
     request = get_of(40 * 1024) + get_of(40 * 1024)
@@ -418,6 +441,113 @@ def test_what_the_protocol_took_over_from_uvicorn_still_works() -> None:
     assert status_of(refused) == 400 and refused.closed
     for name in ("_unset_keepalive_if_required", "send_400_response", "handle_websocket_upgrade"):
         assert callable(getattr(BoundedHttpToolsProtocol, name))
+
+
+# --- the gateway's response cycle against uvicorn's --------------------------------------------
+
+DEFAULTS = [(b"date", b"Sat, 05 Dec 2026 21:00:00 GMT"), (b"server", b"uvicorn")]
+
+HEADER_SETS = [
+    [],
+    [(b"content-type", b"text/event-stream"), (b"x-request-id", b"abc")],
+    [(b"x-tab", b"a\tb"), (b"x-obs", b"\xe9t\xe9"), (b"x-empty", b""), (b"x/y", b"1")],
+    [(b"Content-Type", b"application/json"), (b"content-length", b"2")],
+    [(b"connection", b"keep-alive, Close")],
+    [(b"x-connection", b"close"), (b"transfer-encoding", b"chunked")],
+    [(b"x-bad", b"a\r\nx-injected: 1")],
+    [(b"x-bad", b"a\nx-injected: 1")],
+    [(b"x-bad", b"a\rb")],
+    [(b"x-nul", b"a\x00b")],
+    [(b"x bad", b"1")],
+    [(b"x-bad:", b"1")],
+]
+
+REQUESTS = [
+    b"GET /a%20b/c?x=1&y=%20 HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET / HTTP/1.0\r\nhost: x\r\n\r\n",
+    b"GET /v1/chat HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n{}",
+]
+
+
+async def answer_with(
+    protocol_class: Any, request: bytes, status: int, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, bool, list[Any]]:
+    """What a connection of `protocol_class` writes (all of it), whether it closed, and what
+    the app saw of its scope, for an app that answers `status` with `headers`."""
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        keys = ("type", "asgi", "http_version", "server", "client", "scheme", "root_path")
+        seen.append([scope[k] for k in keys])
+        seen.append([scope[k] for k in ("headers", "state", "method", "path", "raw_path")])
+        seen.append(scope["query_string"])
+        await receive()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if (b"content-length", b"2") in headers:
+            await send({"type": "http.response.body", "body": b"{}"})
+            return
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", proxy_headers=False)
+    config.load()
+    state = ServerState()
+    state.default_headers = DEFAULTS
+    protocol = protocol_class(config=config, server_state=state, app_state={"k": 1})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if not state.tasks:
+            break
+    assert not state.tasks
+    return b"".join(transport.writes), transport.closed, seen
+
+
+@pytest.mark.parametrize("request_", REQUESTS)
+@pytest.mark.parametrize("status", [200, 204, 304, 404])
+def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
+    request_: bytes, status: int
+) -> None:
+    """Byte for byte, for heads the cycle builds in one piece and those it leaves to
+    uvicorn's way (upper-case names, the framing fields), for HEAD, HTTP/1.0,
+    `connection: close` and `100 Continue`; and a header that uvicorn refuses (a CR, LF or
+    NUL in a value: no header injection; a separator in a name) is refused the same way:
+    nothing of it is written, and the connection closes."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    for headers in HEADER_SETS:
+        ours = asyncio.run(answer_with(BoundedHttpToolsProtocol, request_, status, headers))
+        theirs = asyncio.run(answer_with(HttpToolsProtocol, request_, status, headers))
+        assert ours == theirs, headers
+        assert b"x-injected" not in ours[0]
+
+
+def test_header_names_and_targets_are_remembered_only_when_short() -> None:
+    """The protocol remembers header names as clients spell them and request targets as
+    parsed, for the next requests; a long name or target is not kept (clients choose them)."""
+    from gateway import server
+
+    long_name, long_target = b"X-" + b"n" * 100, b"/" + b"t" * 100
+    request = b"GET %s HTTP/1.1\r\nHost: x\r\n%s: 1\r\n\r\n"
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope["headers"], scope["path"]))
+        await plain(scope, receive, send)
+
+    for _ in range(2):
+        asyncio.run(exchange(app, request % (long_target, long_name)))
+        asyncio.run(exchange(app, request % (b"/short", b"X-Short")))
+    assert (
+        seen[0] == seen[2] == ([(b"host", b"x"), (long_name.lower(), b"1")], long_target.decode())
+    )
+    assert seen[1] == seen[3] == ([(b"host", b"x"), (b"x-short", b"1")], "/short")
+    assert server._NAMES[b"X-Short"] == b"x-short" and long_name not in server._NAMES
+    assert seen[1][0][1][0] is seen[3][0][1][0]  # one shared name
 
 
 # --- on a real socket, under uvicorn's own server ---------------------------------------------
