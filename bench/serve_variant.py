@@ -17,7 +17,8 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.config import resolve_config
-from gateway.server import BoundedHttpToolsProtocol, GatewayServer
+from gateway.server import GatewayServer
+from gateway.server.protocol import BoundedHttpToolsProtocol
 
 
 def main() -> None:

@@ -222,7 +222,7 @@ class GatewayConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     """Bound of a request's head (request line and header fields) as a client sends it; past
-    it the answer is 431 and the connection closes (`gateway/server.py`)."""
+    it the answer is 431 and the connection closes (`gateway/server/protocol.py`)."""
     default_max_tokens: int = 4096
     """Tokens reserved for a request that names no max_tokens."""
     admin_key_sha256: str = field(default="", repr=False)

@@ -47,13 +47,8 @@ from uvicorn.server import ServerState
 
 from gateway.asgi import body_writer, disconnect_hook
 from gateway.config import GatewayConfig
-from gateway.server import (
-    LISTEN_BACKLOG,
-    MAX_HEADERS,
-    MAX_LINE_BYTES,
-    BoundedHttpToolsProtocol,
-    bind,
-)
+from gateway.server import LISTEN_BACKLOG, bind
+from gateway.server.protocol import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
 from tests.support.gateway_proc import GatewayProcess
 
 
@@ -529,7 +524,7 @@ def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
 def test_header_names_and_targets_are_remembered_only_when_short() -> None:
     """The protocol remembers header names as clients spell them and request targets as
     parsed, for the next requests; a long name or target is not kept (clients choose them)."""
-    from gateway import server
+    from gateway.server import protocol
 
     long_name, long_target = b"X-" + b"n" * 100, b"/" + b"t" * 100
     request = b"GET %s HTTP/1.1\r\nHost: x\r\n%s: 1\r\n\r\n"
@@ -546,7 +541,7 @@ def test_header_names_and_targets_are_remembered_only_when_short() -> None:
         seen[0] == seen[2] == ([(b"host", b"x"), (long_name.lower(), b"1")], long_target.decode())
     )
     assert seen[1] == seen[3] == ([(b"host", b"x"), (b"x-short", b"1")], "/short")
-    assert server._NAMES[b"X-Short"] == b"x-short" and long_name not in server._NAMES
+    assert protocol._NAMES[b"X-Short"] == b"x-short" and long_name not in protocol._NAMES
     assert seen[1][0][1][0] is seen[3][0][1][0]  # one shared name
 
 
