@@ -8,8 +8,8 @@ an SSE error event. Only then does uvicorn's shutdown run (the request log drain
 app's lifespan) and the process exits 0. A second signal exits at once.
 
 This package is the one place that touches uvicorn's internals: here its `_subprocess` for
-workers and its server's tick, in `gateway.server.protocol` its httptools protocol (with the
-gateway's own request cycle). Importing either on a uvicorn outside `gateway.versions.TESTED`
+workers and its server's tick, in `gateway.server.protocol` its httptools protocol, in
+`gateway.server.cycle` the gateway's own request cycle under it. Importing either on a uvicorn outside `gateway.versions.TESTED`
 raises `UntestedUvicorn` (the package's `__init__` runs first). Each patch has a test in
 tests/test_server.py, and its cost or saving is in docs/performance.md.
 """

@@ -1,0 +1,389 @@
+"""The gateway's own request cycle (`_Cycle`) under uvicorn's httptools protocol, and the
+slotted events and flow control each connection holds.
+
+`_Cycle` replaces uvicorn's `RequestResponseCycle`: one object per request that is also the
+scope's disconnect hook and body writer, its response head built and checked in one pass
+(uvicorn's field-by-field checks are the fallback for anything unusual, with the same
+errors). Imported through the `gateway.server` package, whose version guard runs first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any, cast
+
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from gateway.asgi import DisconnectHook
+
+if TYPE_CHECKING:
+    from gateway.server.protocol import BoundedHttpToolsProtocol
+
+
+class _ListEvent:
+    """`asyncio.Event`'s `wait`, `set`, `clear` and `is_set`, with the fields in slots and
+    the waiters in a list made for the first one. asyncio's keeps its waiters in a deque,
+    which takes 760 bytes even empty, and its fields in a dict; a connection holds two
+    events (its flow control's and the request cycle's) for as long as a stream is open,
+    and most never have a waiter (at most one: the app waiting for its body, or a send for
+    the client's buffer to drain)."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters or ():
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
+
+
+class _Flow:
+    """uvicorn's `FlowControl` (0.55's, as 0.50's), in slots and with a `_ListEvent`."""
+
+    __slots__ = ("_is_writable_event", "_transport", "read_paused", "write_paused")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._is_writable_event = _ListEvent()
+        self._is_writable_event._value = True
+
+    async def drain(self) -> None:
+        await self._is_writable_event.wait()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            self._is_writable_event.clear()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            self._is_writable_event.set()
+
+
+_HEAD_OK = re.compile(
+    rb"(?:(?!content-length:|transfer-encoding:|connection:)"
+    rb'[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"A-Z]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*'
+)
+"""Header lines (`name: value\r\n`) that need nothing of uvicorn's per-field work: each
+name lower-case and without the characters uvicorn refuses in a name, each value without
+the control characters it refuses in a value (so no CR, LF or NUL: no header injection),
+and none of the three fields that change the framing. One match over a head's lines
+(with a count of its LFs: `_checked`) instead of two regex searches and a `lower()` per
+field; a head that does not pass takes uvicorn's way (`_Cycle._uvicorn_head`), which also
+raises its errors."""
+
+
+def _checked(lines: bytes, fields: int) -> bool:
+    """Whether `lines`, `fields` header fields joined as head lines, pass `_HEAD_OK` as
+    those fields: one LF per field, so that no name or value brought a line of its own
+    (`_HEAD_OK` sees only lines)."""
+    return lines.count(b"\n") == fields and _HEAD_OK.fullmatch(lines) is not None
+
+
+_TAIL = {
+    (True, False): b"\r\n",
+    (True, True): b"transfer-encoding: chunked\r\n\r\n",
+    (False, False): b"connection: close\r\n\r\n",
+    (False, True): b"connection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+}
+"""A checked head's end, by (keep-alive, chunked)."""
+
+
+class _Cycle(DisconnectHook):
+    """One request and its response: uvicorn 0.55's `RequestResponseCycle` with the same
+    attributes its protocol and server read, in slots, and besides:
+
+    - the response's head built in one piece (`_HEAD_OK`);
+    - the head held until the first body part and written with it, one write and one
+      packet instead of two (not for HEAD, whose answer has no body part, nor after
+      `100 Continue`, which must be followed by the head on its own);
+    - the scope's `DisconnectHook` (`fire`, from `connection_lost`) and `BodyWriter`
+      (`write`): no objects of their own.
+    """
+
+    __slots__ = (
+        "__weakref__",  # for tests/test_server.py's check that a request is freed at once
+        "_head",
+        "_hold",
+        "_is_head",
+        "_protocol",
+        "body",
+        "chunked_encoding",
+        "disconnected",
+        "expected_content_length",
+        "flow",
+        "keep_alive",
+        "message_event",
+        "more_body",
+        "response_complete",
+        "response_started",
+        "scope",
+        "transport",
+        "waiting_for_100_continue",
+    )
+
+    def __init__(
+        self, protocol: BoundedHttpToolsProtocol, keep_alive: bool, expect: bool, is_head: bool
+    ) -> None:
+        self.callback = None
+        self.lost = False
+        self._protocol: BoundedHttpToolsProtocol | None = protocol
+        self.transport = protocol.transport
+        self.flow = protocol.flow
+        self.message_event = _ListEvent()
+        self.scope: Any = None
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect
+        self.body: bytes | bytearray = b""
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding: bool | None = None
+        self.expected_content_length = 0
+        self._is_head = is_head
+        self._hold = not (expect or is_head)
+        self._head: bytes | None = None
+
+    async def run_asgi(self, app: Any) -> None:
+        # uvicorn 0.55's (a held head is written before the connection closes).
+        logger = cast("BoundedHttpToolsProtocol", self._protocol).logger
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self.send_500_response()
+            else:
+                self._close()
+        else:
+            if result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self._close()
+            elif not self.response_started and not self.disconnected:
+                logger.error("ASGI callable returned without starting response.")
+                await self.send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                logger.error("ASGI callable returned without completing response.")
+                self._close()
+        finally:
+            # uvicorn's `on_response = lambda: None`; and no references back from the cycle
+            # (the scope's extensions and the protocol hold it), so that a closed
+            # connection's objects go at once rather than at the collector's next pass.
+            self._protocol = self.scope = None
+
+    async def send_500_response(self) -> None:
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"21"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self.send(
+            {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False}
+        )
+
+    async def send(self, message: Any) -> None:
+        # uvicorn 0.55's, with the head built by `_start` and held for the first body part.
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
+                )
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            head = self._start(message["status"], message.get("headers", ()))
+            if self._hold:
+                self._head = head
+            else:
+                self.transport.write(head)
+            return
+        if self.response_complete:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}' sent, after response already "
+                "completed."
+            )
+        if message["type"] != "http.response.body":
+            raise RuntimeError(
+                f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
+            )
+        body = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        if self._is_head:
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            if more_body:
+                self._write(b"%x\r\n%s\r\n" % (len(body), body) if body else b"")
+            else:
+                self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else _LAST)
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            self._write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            if self._protocol is not None:
+                self._protocol.on_response_complete()
+
+    def _start(self, status: int, headers: Any) -> bytes:
+        """The response's head; sets the framing (`chunked_encoding`, the length expected)
+        and `keep_alive` as uvicorn's `send` does."""
+        protocol = cast("BoundedHttpToolsProtocol", self._protocol)  # while the app runs
+        if protocol.access_log:
+            scope = self.scope
+            protocol.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(scope),
+                scope["method"],
+                get_path_with_query_string(scope),
+                scope["http_version"],
+                status,
+            )
+        defaults = protocol._shared.defaults(protocol.server_state.default_headers)
+        fields = [b"%s: %s\r\n" % (name, value) for name, value in headers]
+        lines = b"".join(fields)
+        if defaults is None or not _checked(lines, len(fields)):
+            return self._uvicorn_head(status, headers)
+        chunked = not self._is_head and status != 204 and status != 304
+        if chunked:
+            self.chunked_encoding = True
+        return STATUS_LINE[status] + defaults + lines + _TAIL[self.keep_alive, chunked]
+
+    def _uvicorn_head(self, status: int, headers: Any) -> bytes:
+        """uvicorn 0.55's head, field by field, for what `_HEAD_OK` does not pass."""
+        content = [STATUS_LINE[status]]
+        has_connection_close = False
+        defaults = cast("BoundedHttpToolsProtocol", self._protocol).server_state.default_headers
+        for name, value in defaults + list(headers):
+            if HEADER_RE.search(name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                connection = [token.lower().strip() for token in value.split(b",")]
+                if b"close" in connection:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content.extend([name, b": ", value, b"\r\n"])
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and not self._is_head and status not in (204, 304):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
+
+    def _write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        self.transport.write(data)
+
+    def _close(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self.transport.write(head)
+        self.transport.close()
+
+    async def receive(self) -> Any:
+        # uvicorn 0.55's.
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            event = self.message_event
+            if not event._value:  # the body is usually in by the time the app asks
+                await event.wait()
+            event._value = False
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body, self.body = self.body, b""
+        return {"type": "http.request", "body": bytes(body), "more_body": self.more_body}
+
+    def write(self, data: bytes) -> bool:
+        """The `BodyWriter`: a body part framed as `send` frames it (chunked encoding) and
+        written at once, when `send` would write it at once."""
+        if (
+            not self.response_started
+            or self.response_complete
+            or not self.chunked_encoding
+            or self.flow.write_paused
+            or self.disconnected
+        ):
+            return False
+        if data:  # an empty chunk would end the body
+            if self._head is None:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
+
+
+_LAST = b"0\r\n\r\n"
