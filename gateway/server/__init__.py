@@ -9,9 +9,10 @@ app's lifespan) and the process exits 0. A second signal exits at once.
 
 This package is the one place that touches uvicorn's internals: here its `_subprocess` for
 workers and its server's tick, in `gateway.server.protocol` its httptools protocol, in
-`gateway.server.cycle` the gateway's own request cycle under it. Importing either on a uvicorn outside `gateway.versions.TESTED`
-raises `UntestedUvicorn` (the package's `__init__` runs first). Each patch has a test in
-tests/test_server.py, and its cost or saving is in docs/performance.md.
+`gateway.server.cycle` the gateway's own request cycle under it. Importing any of them on a
+uvicorn outside `gateway.versions.TESTED` raises `UntestedUvicorn` (the package's `__init__`
+runs first). Each patch has a test in tests/test_server.py, and its cost or saving is in
+docs/performance.md.
 """
 
 from __future__ import annotations
