@@ -44,6 +44,20 @@ def _parse_block(block: bytes, raw: bytes) -> SSEEvent:
     # Fast path: the one-line `data: ...` event every OpenAI-compatible server sends.
     if block.startswith(b"data: ") and b"\n" not in block and b"\r" not in block:
         return SSEEvent(data=block[6:], event=None, raw=raw)
+    # And the two-line `event: NAME` / `data: ...` event of the Messages and Responses APIs.
+    if block.startswith(b"event: "):
+        end = block.find(b"\n")
+        if (
+            end > 0
+            and block.startswith(b"data: ", end + 1)
+            and block.find(b"\n", end + 1) < 0
+            and b"\r" not in block
+        ):
+            try:
+                label = block[7:end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise SSEError("an SSE event name is not valid UTF-8") from None
+            return _new_event(SSEEvent, (block[end + 7 :], label, raw))
     data: list[bytes] = []
     event: str | None = None
     for line in _LINE_END.split(block):
