@@ -74,7 +74,7 @@ class OpenAIStream(SSEUpstream):
             chunk.endswith(_WHOLE_DELTA_ENDS)
             and chunk.startswith(b"data: {")
             and chunk.find(b"\n") == len(chunk) - 2
-            and b"\r" not in chunk
+            and 13 not in chunk  # no CR (an int: see gateway.sse)
             and self._whole_deltas
             and not self.keep_text
             and not self._decoder.pending

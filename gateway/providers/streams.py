@@ -456,7 +456,7 @@ class PassThroughStream(SSEUpstream):
                 chunk.startswith(b"data: ", end + 1)
                 and chunk.startswith(deltas, end + 7)
                 and chunk.find(b"\n", end + 1) == len(chunk) - 2
-                and b"\r" not in chunk
+                and 13 not in chunk  # no CR (an int: see gateway.sse)
                 and chunk[7:end].isascii()  # the decoder refuses a name not in UTF-8
                 and not self._ended
                 and not self._decoder.pending
