@@ -62,3 +62,28 @@ def test_an_event_that_never_ends_is_refused_not_buffered_forever() -> None:
     decoder.feed(b"data: " + b"x" * 900)
     with pytest.raises(SSEError):
         decoder.feed(b"x" * 200)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"event: content_block_delta\ndata: {}",
+        b"event:  spaced\ndata: a:b",
+        b"event: \ndata: ",
+        b"event: x\ndata:  two spaces",
+        b"event: x\ndata: one\ndata: two",
+        b"event: x\ndata:no-space",
+        b"event: x\n: a comment",
+    ],
+)
+def test_two_line_events_read_as_the_general_parse_reads_them(block: bytes) -> None:
+    # CR line ends take the general parse; LF ones the two-line fast path where it applies.
+    [fast] = SSEDecoder().feed(block + b"\n\n")
+    [general] = SSEDecoder().feed(block.replace(b"\n", b"\r") + b"\r\r")
+    assert (fast.data, fast.event) == (general.data, general.event)
+    assert fast.raw == block + b"\n\n"
+
+
+def test_an_event_name_not_in_utf8_is_refused_on_the_fast_path_too() -> None:
+    with pytest.raises(SSEError):
+        SSEDecoder().feed(b"event: \xff\ndata: {}\n\n")

@@ -445,6 +445,28 @@ class PassThroughStream(SSEUpstream):
         self.state.end_event = self._end_event
         self.state.error_event = self._error_event
 
+    def _client_bytes(self, chunk: bytes) -> bytes | None:
+        # The usual read when tokens are paced: exactly one two-line event (`event: NAME`,
+        # `data: ...`) whose data begins as a per-token delta, nothing buffered before it.
+        # Relayed as `translate` would relay it, without building the event and the lists.
+        deltas = self._deltas
+        if deltas and chunk.startswith(b"event: ") and chunk.endswith(b"\n\n"):
+            end = chunk.find(b"\n")
+            if (
+                chunk.startswith(b"data: ", end + 1)
+                and chunk.startswith(deltas, end + 7)
+                and chunk.find(b"\n", end + 1) == len(chunk) - 2
+                and 13 not in chunk  # no CR (an int: see gateway.sse)
+                and chunk[7:end].isascii()  # the decoder refuses a name not in UTF-8
+                and not self._ended
+                and not self._decoder.pending
+            ):
+                self.state.completion_estimate += 1
+                self._sequence += 1
+                self._relayed = True
+                return self._redact.scrub(chunk)
+        return super()._client_bytes(chunk)
+
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
         if self._ended:
             return

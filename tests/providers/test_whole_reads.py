@@ -1,0 +1,163 @@
+"""A read that is one per-token delta by itself (the usual read when tokens are paced) is
+relayed without the decoder (`_client_bytes`' shortcut in the Chat and the Messages /
+Responses pass-throughs). What the client gets and what the gateway learns must be what
+the same events give read all at once, which takes the general path."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.protocols import Api
+from gateway.providers.azure import AzureStream
+from gateway.providers.base import StreamState
+from gateway.providers.gemini import GeminiStream
+from gateway.providers.openai import OpenAIStream
+from gateway.providers.redact import Redactor
+from gateway.providers.streams import PassThroughStream, SSEUpstream
+from gateway.sse import SSEEvent
+from tests.providers.test_openai_deltas import PARSED, PLAIN
+
+SECRET = "sk-upstream-secret-1234"
+RESPONSE = httpx.Response(200, stream=httpx.ByteStream(b""))
+
+
+def chat(**kwargs: object) -> OpenAIStream:
+    return OpenAIStream(RESPONSE, "p", include_usage=False, redact=Redactor([SECRET]), **kwargs)  # type: ignore[arg-type]
+
+
+def passthrough(api: Api) -> PassThroughStream:
+    return PassThroughStream(RESPONSE, "p", api=api, redact=Redactor([SECRET]))
+
+
+def event(name: str, data: str) -> bytes:
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+def text(value: str) -> bytes:
+    return event(
+        "content_block_delta",
+        '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
+        + value
+        + '"}}',
+    )
+
+
+MESSAGES = [
+    event(
+        "message_start",
+        '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+        '"model":"m","content":[],"stop_reason":null,"usage":{"input_tokens":5,"output_tokens":1}}}',
+    ),
+    event(
+        "content_block_start",
+        '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+    ),
+    text(" tok"),
+    text("héllo 世界"),
+    text(SECRET),  # an echoed credential is scrubbed on the shortcut too
+    event("content_block_stop", '{"type":"content_block_stop","index":0}'),
+    event(
+        "message_delta",
+        '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}',
+    ),
+    event("message_stop", '{"type":"message_stop"}'),
+    text(" after the end"),  # not relayed
+]
+RESPONSES = [
+    event(
+        "response.output_text.delta",
+        f'{{"type":"response.output_text.delta","sequence_number":{i},"item_id":"msg_1",'
+        f'"output_index":0,"content_index":0,"delta":"{delta}"}}',
+    )
+    for i, delta in enumerate([" tok", "héllo 世界", SECRET])
+]
+CHAT = [b"data: " + data + b"\n\n" for data in [*PLAIN, *PARSED[:3]]] + [
+    b'data: {"choices":[{"delta":{"content":"%s"},"finish_reason":null}]}\n\n' % SECRET.encode(),
+    b"data: [DONE]\n\n",
+]
+
+
+def learnt(upstream: SSEUpstream) -> tuple[object, ...]:
+    state: StreamState = upstream.state
+    extra = (
+        (upstream._sequence, upstream._relayed, upstream._ended)
+        if isinstance(upstream, PassThroughStream)
+        else ()
+    )
+    return (
+        state.completion_estimate,
+        state.usage,
+        state.finish_reason,
+        state.finished,
+        state.done_sent,
+        *extra,
+    )
+
+
+def relayed(upstream: SSEUpstream, reads: list[bytes]) -> bytes:
+    return b"".join(data for read in reads if (data := upstream._client_bytes(read)) is not None)
+
+
+@pytest.mark.parametrize(
+    ("make", "reads"),
+    [
+        (chat, CHAT),
+        (lambda: passthrough("messages"), MESSAGES),
+        (lambda: passthrough("responses"), RESPONSES),
+    ],
+)
+def test_one_event_per_read_relays_and_learns_what_one_read_of_all_does(
+    make: object, reads: list[bytes]
+) -> None:
+    assert callable(make)
+    each, whole = make(), make()
+    each_out = relayed(each, reads)
+    assert each_out == relayed(whole, [b"".join(reads)])
+    assert learnt(each) == learnt(whole)
+    assert SECRET.encode() not in each_out and b"[redacted]" in each_out
+
+
+class _NoDecoder:
+    """A decoder that fails the test if a read reaches it."""
+
+    pending = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        raise AssertionError(f"decoded: {chunk!r}")
+
+
+def test_a_read_of_one_plain_delta_skips_the_decoder() -> None:
+    upstream = chat()
+    upstream._decoder = _NoDecoder()  # type: ignore[assignment]
+    for data in PLAIN:
+        read = b"data: " + data + b"\n\n"
+        assert upstream._client_bytes(read) == read
+    for api, read in (("messages", MESSAGES[2]), ("responses", RESPONSES[0])):
+        stream = passthrough(api)  # type: ignore[arg-type]
+        stream._decoder = _NoDecoder()  # type: ignore[assignment]
+        assert stream._client_bytes(read) == read
+
+
+def test_what_the_shortcut_cannot_take_goes_to_the_decoder() -> None:
+    upstream = chat()
+    upstream._decoder = _NoDecoder()  # type: ignore[assignment]
+    line = b"data: " + PLAIN[1]
+    for read in (
+        line + b"\r\n\r\n",  # other line ends
+        line + b"\n\n" + line + b"\n\n",  # two events
+        b"event: x\n" + line + b"\n\n",  # a named one
+        b"data: " + PARSED[0] + b"\n\n",  # a finish
+        b"data: " + PARSED[6] + b"\n\n",  # not UTF-8
+    ):
+        with pytest.raises(AssertionError, match="decoded"):
+            upstream._client_bytes(read)
+    kept = chat(keep_text=True)  # the text is read out of each event
+    kept._decoder = _NoDecoder()  # type: ignore[assignment]
+    with pytest.raises(AssertionError, match="decoded"):
+        kept._client_bytes(line + b"\n\n")
+
+
+def test_a_subclass_that_translates_otherwise_never_takes_the_shortcut() -> None:
+    assert OpenAIStream._whole_deltas
+    assert not AzureStream._whole_deltas and not GeminiStream._whole_deltas
