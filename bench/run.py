@@ -640,8 +640,11 @@ def start_targets(
     upstream: Service,
     redis_url: str,
     models: list[str],
+    started: list[Service],
     sink_url: str = "",
 ) -> list[Target]:
+    """The targets of the run; each service is added to `started` as soon as it runs, so the
+    caller stops the ones already up when a later one fails to start."""
     targets: list[Target] = []
     if "direct" in args.targets:
         targets.append(Target("direct", "direct (no relay)", None, upstream.url))
@@ -650,9 +653,11 @@ def start_targets(
         floor = python_service(
             "floor", "bench.floor", ["--port", str(port), "--upstream", upstream.url], tmp, port
         ).start()
+        started.append(floor)
         targets.append(Target("floor", "floor (bare aiohttp relay)", floor, floor.url))
     if "nginx" in args.targets:
         nginx = nginx_service(tmp, upstream.url, args.nofile).start()
+        started.append(nginx)
         label = "nginx (1 worker, proxy_buffering off; CPU and RSS: master + worker)"
         targets.append(Target("nginx", label, nginx, nginx.url))
     if "gateway" not in args.targets:
@@ -714,6 +719,7 @@ def start_targets(
         service = python_service(
             v.name, module, cmd, tmp, port, env=env, health="/healthz", cwd=v.tree
         ).start()
+        started.append(service)
         managed = f", bench key among {v.managed_keys} database keys" if v.managed_keys else ""
         managed += ", budget + prices + database ledger" if v.spend else ""
         managed += f", tracing at sample ratio {v.tracing:g}" if v.tracing is not None else ""
@@ -840,9 +846,9 @@ def main(argv: list[str] | None = None) -> int:
             upstream,
             f"redis://127.0.0.1:{redis.port}/0",
             list(dict.fromkeys(m for s in chosen for m in (s.model, s.warmup_model) if m)),
+            services,
             sink.url if sink is not None else "",
         )
-        services += [t.service for t in targets if t.service is not None]
         print(report.header(targets), flush=True)
         variants = {f"gateway-{t}" for t in args.transport[1:]} | {f"{judged}-asyncio-h11"}
         for scenario in chosen:

@@ -7,6 +7,7 @@ and `bench.client` processes, on loopback, a few dozen short streams (seconds).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -158,3 +159,44 @@ def test_rss_per_stream_of_repeats_is_one_run_s_growth_not_the_last_peak_over_th
     assert row.peak_rss == 141 * mb  # the peak RSS column: the highest seen
     assert row.rss_per_stream == (119 - 54) * mb / 3000
     assert combine([run(54, 119)]).rss_per_stream == (119 - 54) * mb / 3000
+
+
+def test_a_target_failing_at_start_up_leaves_no_process_of_the_run_behind(
+    tmp_path: Path,
+) -> None:
+    """The targets started before one that fails to start are stopped with the rest (the
+    gateway, Redis and the upstream of the run): the run's processes carry its tmp dir
+    (under this test's TMPDIR) in their command lines, and none is left once it exits."""
+    broken = tmp_path / "broken"
+    (broken / "gateway").mkdir(parents=True)
+    (broken / "gateway" / "__init__.py").write_text("")
+    (broken / "gateway" / "__main__.py").write_text('raise SystemExit("broken on purpose")\n')
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--scenario", "latency", "--targets", "gateway"),
+            *("--transport", "native", "--no-server-variants", "--no-routes"),
+            *("--candidate", str(broken)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "TMPDIR": str(runs)},
+    )
+    assert run.returncode != 0 and "broken on purpose" in run.stderr + run.stdout
+    # gateway-native (the judged target) starts before any candidate: it ran, and is gone
+    left = [cmdline for cmdline in _command_lines() if str(runs) in cmdline]
+    assert not left, left
+
+
+def _command_lines() -> list[str]:
+    """Every process's command line (from /proc: `ps` cuts them at its output's width)."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+    return lines
