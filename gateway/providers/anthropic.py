@@ -332,12 +332,13 @@ class AnthropicProvider:
 
     def _plain_request(self, call: UpstreamCall) -> httpx.Request:
         content = self._content(call, stream=False)
-        request = self._requests.build(
-            self._messages_target().url, content, stream=False, traceparent=call.traceparent
+        return self._requests.build(
+            self._messages_target().url,
+            content,
+            stream=False,
+            traceparent=call.traceparent,
+            extra=self._passed(call),
         )
-        for name, value in self._passed(call):
-            request.headers[name] = value
-        return request
 
     def _messages_target(self) -> Target:
         target = self._target

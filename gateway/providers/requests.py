@@ -98,10 +98,9 @@ class UpstreamRequests:
         """A streaming request; `extra` fields replace the same-named ones (a client's own
         `anthropic-version`). In bytes when the native transport takes them (`Target`)."""
         if target.origin is None:
-            request = self.build(target.url, content, stream=True, traceparent=traceparent)
-            for name, value in extra:
-                request.headers[name] = value
-            return request
+            return self.build(
+                target.url, content, stream=True, traceparent=traceparent, extra=extra
+            )
         head = target.head
         if extra:
             fields = _ascii(self._fields(target.url, stream=True))
@@ -114,8 +113,15 @@ class UpstreamRequests:
         return NativeRequest(target.origin, data, self._connect)
 
     def build(
-        self, url: httpx.URL, content: bytes, *, stream: bool, traceparent: str = ""
+        self,
+        url: httpx.URL,
+        content: bytes,
+        *,
+        stream: bool,
+        traceparent: str = "",
+        extra: Iterable[tuple[str, str]] = (),
     ) -> httpx.Request:
+        """An `httpx.Request`; `extra` fields replace the same-named ones, as in `stream`."""
         # `content=` would make httpx parse, encode and complete the headers on every
         # request (most of the cost of building one); a request given `stream=` takes its
         # headers as they are, so they are made whole here, once per URL, and only the
@@ -138,6 +144,8 @@ class UpstreamRequests:
         request.headers["content-length"] = str(len(content))
         if traceparent:  # a traced request: the attempt's span is the upstream's parent
             request.headers["traceparent"] = traceparent
+        for name, value in extra:
+            request.headers[name] = value
         return request
 
     def _headers_for(self, url: httpx.URL, stream: bool) -> httpx.Headers:
