@@ -36,7 +36,7 @@ import types
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -812,6 +812,114 @@ def test_the_addresses_are_the_ones_the_transport_kept_not_its_sockets() -> None
     protocol = asyncio.run(connect())
     assert "socket" not in asked
     assert (protocol.server, protocol.client) == (("127.0.0.1", 8000), ("127.0.0.1", 50000))
+    # A server without TLS has no TLS transports: the scheme is not asked for either.
+    assert "sslcontext" not in asked and protocol.scheme == "http"
+
+
+def test_a_tls_servers_connections_get_their_scheme_from_the_transport() -> None:
+    class Tls(RecordingTransport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return object() if name == "sslcontext" else super().get_extra_info(name, default)
+
+    async def connect(transport: RecordingTransport) -> BoundedHttpToolsProtocol:
+        config = uvicorn.Config(lambda: None, log_level="warning", lifespan="off")
+        config.load()
+        config.ssl = cast(Any, object())  # as `load()` sets it for a server with a certificate
+        state = ServerState()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        return protocol
+
+    assert asyncio.run(connect(Tls())).scheme == "https"
+    assert asyncio.run(connect(RecordingTransport())).scheme == "http"
+
+
+# --- per server, not per connection: the loop, the keep-alive timer ---------------------------
+
+
+def test_a_servers_connections_ask_asyncio_for_the_loop_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Python 3.11 asking asyncio for the running loop is a getpid() system call; uvicorn's
+    protocol asks per connection. A server run again, on a new loop, gets that loop."""
+    config = uvicorn.Config(plain, log_level="warning", lifespan="off")
+    state = ServerState()
+    asked: list[object] = []
+    get_event_loop = asyncio.get_event_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        asked.append(None)
+        return get_event_loop()
+
+    async def connect(count: int) -> set[asyncio.AbstractEventLoop]:
+        monkeypatch.setattr(asyncio, "get_event_loop", counted)
+        protocols = [
+            BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+            for _ in range(count)
+        ]
+        monkeypatch.undo()
+        assert {p.loop for p in protocols} == {asyncio.get_running_loop()}
+        return {p.loop for p in protocols}
+
+    first = asyncio.run(connect(3))
+    assert len(asked) == 1
+    second = asyncio.run(connect(2))
+    assert len(asked) == 2 and first != second
+
+
+def test_idle_connections_close_at_their_keep_alive_deadlines_on_one_timer() -> None:
+    """uvicorn arms and cancels a loop timer per response; the gateway keeps a server's idle
+    connections in the order they went idle with their deadlines, under one timer. A
+    connection closes when its keep-alive timeout has passed since its last response, not
+    while a request is coming in or after it was lost, and is not kept once it is gone."""
+
+    async def run() -> None:
+        config = uvicorn.Config(plain, log_level="warning", lifespan="off", proxy_headers=False)
+        config.timeout_keep_alive = cast(Any, 0.2)
+        config.load()
+        state = ServerState()
+        loop = asyncio.get_running_loop()
+        connections = []
+        for _ in range(4):
+            protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+            transport = RecordingTransport()
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            connections.append((protocol, transport))
+        shared = connections[0][0]._shared
+        keep_alive = shared.keep_alive
+
+        async def until(done: Any, pause: float = 0.0) -> float:
+            for _ in range(1000):
+                if done():
+                    return loop.time()
+                await asyncio.sleep(pause)
+            raise AssertionError("timed out")
+
+        async def served(protocol: BoundedHttpToolsProtocol) -> float:
+            protocol.data_received(POST)
+            return await until(lambda: not state.tasks)
+
+        (_, a_t), (b, b_t), (c, c_t), (d, d_t) = connections
+        idle_at = [await served(p) for p, _ in connections]
+        assert len(keep_alive) == 4 and keep_alive._timer is not None
+        assert [t.writes != [] for _, t in connections] == [True] * 4
+        b.data_received(POST[:10])  # b's next request is coming in: no timeout now
+        c.connection_lost(ConnectionResetError())  # c is gone (its transport not closed)
+        assert len(keep_alive) == 2
+        await asyncio.sleep(0.1)
+        d_idle = await served(d)  # d's next request, answered: its timeout starts again
+        a_closed = await until(lambda: a_t.closed, 0.005)
+        assert a_closed - idle_at[0] >= 0.2 - 0.002  # uvloop's timers round to 1 ms
+        assert not (b_t.closed or c_t.closed or d_t.closed)
+        d_closed = await until(lambda: d_t.closed, 0.005)
+        assert d_closed - d_idle >= 0.2 - 0.002
+        assert not (b_t.closed or c_t.closed)
+        assert len(keep_alive) == 0 and keep_alive._timer is None
+        for protocol, _ in connections:
+            protocol.connection_lost(None)
+        assert len(keep_alive) == 0
+
+    asyncio.run(run())
 
 
 def test_on_a_socket_the_scope_has_the_connections_addresses() -> None:

@@ -38,7 +38,7 @@ from uvicorn.server import ServerState
 from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY
 from gateway.config import GatewayConfig
 from gateway.runtime import Runtime
-from gateway.server.cycle import _checked, _Cycle, _Flow
+from gateway.server.cycle import _checked, _Cycle, _Flow, _KeepAlive
 
 MAX_HEADERS = 100
 """Header fields in one request, trailers included (nginx and Node.js also stop at 100)."""
@@ -88,6 +88,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _max_head = GatewayConfig.max_header_bytes
     _head_left = GatewayConfig.max_header_bytes
     _refusal: tuple[int, str] | None = None
+    _idle = False
+    """Whether the connection waits for its next request, its keep-alive timeout armed on
+    the server's timer (`_KeepAlive`; uvicorn's own `timeout_keep_alive_task` stays None)."""
 
     pipeline: Any = ()
     """uvicorn's queue of pipelined requests: a `_Pipeline` from the first one on (most
@@ -101,12 +104,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         # uvicorn 0.55's, with what is the same for every connection of a server (its
-        # loggers, whether the access log has a handler, the loaded app) worked out once.
-        shared = _Shared.of(config)
+        # loggers, whether the access log has a handler, the loaded app, the loop: asking
+        # asyncio for it is a getpid() system call on Python 3.11) worked out once.
+        shared = _Shared.of(config, server_state)
         self._shared = shared
         self.config = config
         self.app = shared.app
-        self.loop = _loop or asyncio.get_event_loop()
+        self.loop = _loop or shared.loop
         self.logger = shared.logger
         self.access_logger = shared.access_logger
         self.access_log = shared.access_log
@@ -140,7 +144,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.server = _address(transport.get_extra_info("sockname"))
         peer = _address(transport.get_extra_info("peername"))
         self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
-        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"  # is_ssl
+        # uvicorn's `is_ssl`, asked only of a server that has TLS at all.
+        tls = self._shared.tls and transport.get_extra_info("sslcontext")
+        self.scheme = "https" if tls else "http"
         if self.logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
@@ -156,7 +162,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, with the head bound: see the class docstring.
-        if self.timeout_keep_alive_task is not None:
+        if self._idle:
             self._unset_keepalive_if_required()
         left = self._head_left
         if left == _NOT_IN_HEAD or len(data) <= left:
@@ -367,10 +373,47 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # uvicorn 0.55's (as 0.50's), with the keep-alive timeout on the server's timer (also
+        # after a lost connection: uvicorn's timer would fire on a closed transport, which
+        # does nothing), and the disconnect hook fired.
+        self.connections.discard(self)
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection lost", prefix)
         cycle = self.cycle
-        super().connection_lost(exc)
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.message_event.set()
+        if self.flow is not None:
+            self.flow.resume_writing()
+        if exc is None:
+            self.transport.close()
+        if self._idle:
+            self._unset_keepalive_if_required()
+        self.parser = cast(Any, None)
         if cycle is not None and cycle.disconnected:
             cast(_Cycle, cycle).fire()
+
+    def on_response_complete(self) -> None:
+        # uvicorn 0.55's (as 0.50's), with the keep-alive timeout on the server's timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if self._idle:
+            self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request waits: start it
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle = True
+            self._shared.keep_alive.arm(self)
+
+    def _unset_keepalive_if_required(self) -> None:
+        if self._idle:
+            self._idle = False
+            self._shared.keep_alive.disarm(self)
 
 
 _NAMES: dict[bytes, bytes] = {}
@@ -392,10 +435,13 @@ def _learn_name(name: bytes) -> bytes:
     return lower
 
 
+_SEQUENCES = (tuple, list)  # made once: `tuple | list` would make a union per call
+
+
 def _address(info: object) -> tuple[str, int | None] | None:
     """An address as uvicorn's scope has it (`server`, `client`): host and port of an IPv4
     or IPv6 socket address, a Unix socket's path with no port."""
-    if isinstance(info, tuple | list) and len(info) >= 2:
+    if isinstance(info, _SEQUENCES) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
     if isinstance(info, str):
         return (info, None)
@@ -421,33 +467,42 @@ _TARGETS_KEPT = 256
 
 class _Shared:
     """What every connection of one server has in common, worked out once (uvicorn's
-    protocol does it per connection, or per request)."""
+    protocol does it per connection, or per request), kept on the server's state."""
 
     __slots__ = (
         "access_log",
         "access_logger",
         "app",
         "asgi",
+        "config",
         "default_block",
         "default_headers",
         "fresh_context",
+        "keep_alive",
         "lenient",
         "logger",
+        "loop",
         "root_path",
         "targets",
+        "tls",
     )
 
     @classmethod
-    def of(cls, config: uvicorn.Config) -> _Shared:
-        shared: _Shared | None = config.__dict__.get("_gateway_shared")
-        if shared is None:
-            shared = config.__dict__["_gateway_shared"] = cls(config)
+    def of(cls, config: uvicorn.Config, server_state: ServerState) -> _Shared:
+        shared: _Shared | None = server_state.__dict__.get("_gateway_shared")
+        # A server run again (a new loop) or handed another config starts afresh.
+        if shared is None or shared.config is not config or shared.loop.is_closed():
+            shared = server_state.__dict__["_gateway_shared"] = cls(config)
         return shared
 
     def __init__(self, config: uvicorn.Config) -> None:
         if not config.loaded:
             config.load()
+        self.config = config
         self.app = config.loaded_app
+        # Made by the first connection, inside the server's running loop.
+        self.loop = asyncio.get_event_loop()
+        self.keep_alive = _KeepAlive(self.loop, config.timeout_keep_alive)
         self.logger = logging.getLogger("uvicorn.error")
         self.access_logger = logging.getLogger("uvicorn.access")
         # uvicorn asks per connection; a handler added to it while serving is not seen.
@@ -458,6 +513,8 @@ class _Shared:
         self.fresh_context = getattr(config, "reset_contextvars", True)
         self.lenient = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")
         self.root_path = config.root_path
+        # Without an SSL context the server's transports are all plain TCP.
+        self.tls = config.ssl is not None
         self.targets: dict[bytes, tuple[str, bytes, bytes]] = {}
         self.default_headers: list[tuple[bytes, bytes]] | None = None
         self.default_block: bytes | None = b""
