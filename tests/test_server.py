@@ -455,6 +455,11 @@ HEADER_SETS = [
     [(b"x-nul", b"a\x00b")],
     [(b"x bad", b"1")],
     [(b"x-bad:", b"1")],
+    [(b"x-del", b"a\x7fb"), (b"x-us", b"a\x1fb")],
+    [(b"x\tname", b"1")],
+    [(b"", b"an empty name"), (b"x-high", b"\xff\x80")],
+    [(bytearray(b"x-bytearray"), b"1")],
+    [(b"transfer-encoding", b"gzip")],
 ]
 
 REQUESTS = [
@@ -530,6 +535,37 @@ def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
             continue
         theirs = asyncio.run(answer_with(HttpToolsProtocol, request_, status, headers))
         assert ours == theirs, headers
+
+
+def test_the_one_pass_head_check_passes_exactly_the_fields_uvicorn_takes_as_they_are() -> None:
+    """`_checked` (a set of names known good, one `translate` over the lines) against
+    uvicorn's own per-field rules, on random fields: whatever it passes, uvicorn would write
+    unchanged, with no framing field among them; whatever it refuses takes uvicorn's way."""
+    import random
+
+    from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
+
+    from gateway.server.cycle import _checked
+
+    def as_is(name: bytes, value: bytes) -> bool:
+        framing = name in (b"content-length", b"transfer-encoding", b"connection")
+        lower = name == name.lower()
+        return not (HEADER_RE.search(name) or HEADER_VALUE_RE.search(value) or framing) and lower
+
+    alphabet = b"ab-\t\r\n\x00\x1f\x7f\x80 :A"
+    rng = random.Random(22)
+    words = [b"content-length", b"connection", b"x-a", b"", b"Content-Type"]
+    passed = 0
+    for _ in range(3000):
+        headers = []
+        for _ in range(rng.randrange(0, 4)):
+            name = rng.choice(words) if rng.random() < 0.2 else bytes(rng.choices(alphabet, k=3))
+            headers.append((name, bytes(rng.choices(alphabet, k=rng.randrange(0, 5)))))
+        lines = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
+        expected = all(as_is(name, value) for name, value in headers)
+        assert _checked(lines, headers, len(headers)) == expected, headers
+        passed += expected
+    assert 100 < passed < 2900  # both answers were tried
 
 
 def test_header_names_and_targets_are_remembered_only_when_short() -> None:

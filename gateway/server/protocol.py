@@ -540,6 +540,6 @@ class _Shared:
         or None when they need uvicorn's way."""
         if headers is not self.default_headers:
             block = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
-            self.default_block = block if _checked(block, len(headers)) else None
+            self.default_block = block if _checked(block, headers, len(headers)) else None
             self.default_headers = headers
         return self.default_block
