@@ -903,6 +903,32 @@ def test_a_servers_connections_ask_asyncio_for_the_loop_once(
     assert len(asked) == 2 and first != second
 
 
+def test_the_protocol_has_every_attribute_uvicorns_sets_with_uvicorns_values() -> None:
+    """What is the same for every connection of a server is read through the server's
+    `_Shared` and a connection's defaults are class attributes, but each attribute uvicorn's
+    protocol sets in its `__init__` and `connection_made` reads as uvicorn's does."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    async def both() -> tuple[Any, Any]:
+        config = uvicorn.Config(plain, log_level="warning", lifespan="off", root_path="/r")
+        config.load()
+        state = ServerState()
+        made = []
+        transport = RecordingTransport()
+        for cls in (HttpToolsProtocol, BoundedHttpToolsProtocol):
+            protocol = cls(config=config, server_state=state, app_state={"k": 1})
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            made.append(protocol)
+        return made[0], made[1]
+
+    theirs, ours = asyncio.run(both())
+    names = set(vars(theirs)) - {"parser", "flow", "pipeline"}  # ours: own kinds, tested above
+    assert len(names) > 20
+    for name in sorted(names):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert list(ours.pipeline) == list(theirs.pipeline) == []
+
+
 def test_idle_connections_close_at_their_keep_alive_deadlines_on_one_timer() -> None:
     """uvicorn arms and cancels a loop timer per response; the gateway keeps a server's idle
     connections in the order they went idle with their deadlines, under one timer. A

@@ -360,9 +360,10 @@ class _Cycle(DisconnectHook):
         """The response's head; sets the framing (`chunked_encoding`, the length expected)
         and `keep_alive` as uvicorn's `send` does."""
         protocol = cast("BoundedHttpToolsProtocol", self._protocol)  # while the app runs
-        if protocol.access_log:
+        shared = protocol._shared
+        if shared.access_log:
             scope = self.scope
-            protocol.access_logger.info(
+            shared.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
                 get_client_addr(scope),
                 scope["method"],
@@ -370,7 +371,7 @@ class _Cycle(DisconnectHook):
                 scope["http_version"],
                 status,
             )
-        defaults = protocol._shared.defaults(protocol.server_state.default_headers)
+        defaults = shared.defaults(protocol.server_state.default_headers)
         fields = [b"%s: %s\r\n" % (name, value) for name, value in headers]
         lines = b"".join(fields)
         if defaults is None or not _checked(lines, headers, len(fields)):

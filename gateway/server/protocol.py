@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import logging
 import urllib.parse
+from operator import attrgetter
 from typing import Any, cast
 
 import httptools
@@ -108,30 +109,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # asyncio for it is a getpid() system call on Python 3.11) worked out once.
         shared = _Shared.of(config, server_state)
         self._shared = shared
-        self.config = config
-        self.app = shared.app
         self.loop = _loop or shared.loop
-        self.logger = shared.logger
-        self.access_logger = shared.access_logger
-        self.access_log = shared.access_log
         self.parser = parser = httptools.HttpRequestParser(self)
         if shared.lenient:
             # Answer the first of pipelined requests that came after a `connection: close`.
             parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        self.ws_protocol_class = config.ws_protocol_class
-        self.root_path = config.root_path
-        self.asgi_version = config.asgi_version
-        self.limit_concurrency = config.limit_concurrency
         self.app_state = app_state
-        self.timeout_keep_alive_task = None
-        self.timeout_keep_alive = config.timeout_keep_alive
         self.server_state = server_state
         self.connections = server_state.connections
         self.tasks = server_state.tasks
-        self.scope = cast(Any, None)
-        self.headers = cast(Any, None)
-        self.expect_100_continue = False
-        self.cycle = cast(Any, None)
+        # The rest of uvicorn's attributes: the server's as properties below, the
+        # connection's defaults as class attributes (an attribute set per connection
+        # costs about 60 ns here).
+
+    # uvicorn's attributes that are the same for every connection of a server.
+    config = property(attrgetter("_shared.config"))
+    app = property(attrgetter("_shared.app"))
+    logger = property(attrgetter("_shared.logger"))
+    access_logger = property(attrgetter("_shared.access_logger"))
+    access_log = property(attrgetter("_shared.access_log"))
+    ws_protocol_class = property(attrgetter("_shared.config.ws_protocol_class"))
+    root_path = property(attrgetter("_shared.root_path"))
+    asgi_version = property(attrgetter("_shared.config.asgi_version"))
+    limit_concurrency = property(attrgetter("_shared.limit_concurrency"))
+    timeout_keep_alive = property(attrgetter("_shared.config.timeout_keep_alive"))
+    # uvicorn's per-connection attributes, until set.
+    timeout_keep_alive_task = None
+    scope: Any = None
+    headers: Any = None
+    expect_100_continue = False
+    cycle: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn 0.55's, with the addresses the transport noted when it connected: uvicorn
@@ -147,9 +154,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's `is_ssl`, asked only of a server that has TLS at all.
         tls = self._shared.tls and transport.get_extra_info("sslcontext")
         self.scheme = "https" if tls else "http"
-        if self.logger.level <= TRACE_LOG_LEVEL:
+        logger = self._shared.logger
+        if logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
-            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
+            logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
         runtime: Runtime | None = self.app_state.get(STATE_KEY)
@@ -298,7 +306,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "root_path": self.root_path,
+            "root_path": shared.root_path,
             "headers": self.headers,
             "state": self.app_state.copy(),
             "method": _METHODS.get(method) or method.decode("ascii"),
@@ -308,14 +316,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "extensions": {DISCONNECT: cycle, BODY_WRITER: cycle},
         }
         cycle.scope = self.scope = scope
-        if self.limit_concurrency is not None and (
-            len(self.connections) >= self.limit_concurrency
-            or len(self.tasks) >= self.limit_concurrency
-        ):
+        limit = shared.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
         else:
-            app = self.app
+            app = shared.app
         existing = self.cycle
         self.cycle = cast(RequestResponseCycle, cycle)
         if existing is None or existing.response_complete:  # `_start_asgi_task`, inline
@@ -343,7 +349,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         # uvicorn 0.55's, with the head bound's switch.
         self._head_left = _NOT_IN_HEAD
-        cycle: _Cycle = self.cycle  # type: ignore[assignment]
+        cycle: _Cycle = self.cycle
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
         # The usual body is one part: kept as it came, which `receive` hands on uncopied.
@@ -377,9 +383,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # after a lost connection: uvicorn's timer would fire on a closed transport, which
         # does nothing), and the disconnect hook fired.
         self.connections.discard(self)
-        if self.logger.level <= TRACE_LOG_LEVEL:
+        logger = self._shared.logger
+        if logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
-            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection lost", prefix)
+            logger.log(TRACE_LOG_LEVEL, "%sHTTP connection lost", prefix)
         cycle = self.cycle
         if cycle is not None:
             if not cycle.response_complete:
@@ -480,6 +487,7 @@ class _Shared:
         "fresh_context",
         "keep_alive",
         "lenient",
+        "limit_concurrency",
         "logger",
         "loop",
         "root_path",
@@ -513,6 +521,7 @@ class _Shared:
         self.fresh_context = getattr(config, "reset_contextvars", True)
         self.lenient = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")
         self.root_path = config.root_path
+        self.limit_concurrency = config.limit_concurrency
         # Without an SSL context the server's transports are all plain TCP.
         self.tls = config.ssl is not None
         self.targets: dict[bytes, tuple[str, bytes, bytes]] = {}
