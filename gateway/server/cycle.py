@@ -69,7 +69,8 @@ class _ListEvent:
 
 
 class _Flow:
-    """uvicorn's `FlowControl` (0.55's, as 0.50's), in slots and with a `_ListEvent`."""
+    """uvicorn's `FlowControl` (0.55's, as 0.50's), in slots and with a `_ListEvent` made
+    the first time writing pauses (most connections never pause: one object less each)."""
 
     __slots__ = ("_is_writable_event", "_transport", "read_paused", "write_paused")
 
@@ -77,11 +78,12 @@ class _Flow:
         self._transport = transport
         self.read_paused = False
         self.write_paused = False
-        self._is_writable_event = _ListEvent()
-        self._is_writable_event._value = True
+        self._is_writable_event: _ListEvent | None = None  # None: never paused, so set
 
     async def drain(self) -> None:
-        await self._is_writable_event.wait()
+        event = self._is_writable_event
+        if event is not None:
+            await event.wait()
 
     def pause_reading(self) -> None:
         if not self.read_paused:
@@ -96,12 +98,14 @@ class _Flow:
     def pause_writing(self) -> None:
         if not self.write_paused:
             self.write_paused = True
+            if self._is_writable_event is None:
+                self._is_writable_event = _ListEvent()
             self._is_writable_event.clear()
 
     def resume_writing(self) -> None:
         if self.write_paused:
             self.write_paused = False
-            self._is_writable_event.set()
+            cast(_ListEvent, self._is_writable_event).set()
 
 
 class _KeepAlive:
@@ -263,7 +267,7 @@ class _Cycle(DisconnectHook):
 
     async def run_asgi(self, app: Any) -> None:
         # uvicorn 0.55's (a held head is written before the connection closes).
-        logger = cast("BoundedHttpToolsProtocol", self._protocol).logger
+        logger = cast("BoundedHttpToolsProtocol", self._protocol)._shared.logger
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
