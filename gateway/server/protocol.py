@@ -39,7 +39,7 @@ from uvicorn.server import ServerState
 from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY
 from gateway.config import GatewayConfig
 from gateway.runtime import Runtime
-from gateway.server.cycle import _checked, _Cycle, _Flow, _KeepAlive
+from gateway.server.cycle import _Cycle, _Flow, _KeepAlive, _lines
 
 MAX_HEADERS = 100
 """Header fields in one request, trailers included (nginx and Node.js also stop at 100)."""
@@ -548,7 +548,6 @@ class _Shared:
         """uvicorn's default headers (`date`, `server`; renewed each second) as head lines,
         or None when they need uvicorn's way."""
         if headers is not self.default_headers:
-            block = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
-            self.default_block = block if _checked(block, headers, len(headers)) else None
+            self.default_block = _lines(headers)
             self.default_headers = headers
         return self.default_block
