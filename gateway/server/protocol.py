@@ -65,8 +65,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     dict, what is the same for every connection worked out once: `_Shared`), since uvicorn
     took about 70 µs of CPU per request in all (docs/performance.md, "Round 3"). uvicorn's
     two events per connection (flow control, the request cycle's body) are replaced by
-    slotted ones that keep their waiters in a list (`_ListEvent`), and its queue of
-    pipelined requests by a list made for the first pipelined request (`_Pipeline`).
+    slotted ones that keep their waiters in a list (`_ListEvent`; flow control's made only
+    when writing first pauses), and its queue of pipelined requests by a list made for the
+    first pipelined request (`_Pipeline`). Per server, not per connection: the loop (asking
+    asyncio is a getpid() on 3.11), the keep-alive timer (`_KeepAlive`: one loop timer for
+    all idle connections, not one armed and cancelled per response), and uvicorn's
+    attributes that are alike for all connections (read through `_Shared`).
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
