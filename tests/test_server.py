@@ -36,7 +36,7 @@ import types
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -455,6 +455,11 @@ HEADER_SETS = [
     [(b"x-nul", b"a\x00b")],
     [(b"x bad", b"1")],
     [(b"x-bad:", b"1")],
+    [(b"x-del", b"a\x7fb"), (b"x-us", b"a\x1fb")],
+    [(b"x\tname", b"1")],
+    [(b"", b"an empty name"), (b"x-high", b"\xff\x80")],
+    [(bytearray(b"x-bytearray"), b"1")],
+    [(b"transfer-encoding", b"gzip")],
 ]
 
 REQUESTS = [
@@ -530,6 +535,37 @@ def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
             continue
         theirs = asyncio.run(answer_with(HttpToolsProtocol, request_, status, headers))
         assert ours == theirs, headers
+
+
+def test_the_one_pass_head_check_passes_exactly_the_fields_uvicorn_takes_as_they_are() -> None:
+    """`_lines` (a set of names known good, one `translate` over the lines) against
+    uvicorn's own per-field rules, on random fields: whatever it passes, uvicorn would write
+    unchanged, with no framing field among them; whatever it refuses takes uvicorn's way."""
+    import random
+
+    from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
+
+    from gateway.server.cycle import _lines
+
+    def as_is(name: bytes, value: bytes) -> bool:
+        framing = name in (b"content-length", b"transfer-encoding", b"connection")
+        lower = name == name.lower()
+        return not (HEADER_RE.search(name) or HEADER_VALUE_RE.search(value) or framing) and lower
+
+    alphabet = b"ab-\t\r\n\x00\x1f\x7f\x80 :A"
+    rng = random.Random(22)
+    words = [b"content-length", b"connection", b"x-a", b"", b"Content-Type"]
+    passed = 0
+    for _ in range(3000):
+        headers = []
+        for _ in range(rng.randrange(0, 4)):
+            name = rng.choice(words) if rng.random() < 0.2 else bytes(rng.choices(alphabet, k=3))
+            headers.append((name, bytes(rng.choices(alphabet, k=rng.randrange(0, 5)))))
+        lines = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
+        expected = all(as_is(name, value) for name, value in headers)
+        assert _lines(headers) == (lines if expected else None), headers
+        passed += expected
+    assert 100 < passed < 2900  # both answers were tried
 
 
 def test_header_names_and_targets_are_remembered_only_when_short() -> None:
@@ -764,15 +800,16 @@ def test_the_connections_events_are_small_and_still_wake_their_waiters() -> None
     async def run() -> tuple[RecordingTransport, BoundedHttpToolsProtocol]:
         protocol, transport, state = connected(app)
         assert sys.getsizeof(protocol.pipeline) < 100
-        events = [protocol.flow._is_writable_event]
+        assert protocol.flow._is_writable_event is None  # made when writing first pauses
         protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
-        events.append(protocol.cycle.message_event)
-        assert all(sys.getsizeof(event._waiters) < 100 for event in events)
+        events = [protocol.cycle.message_event]
         for _ in range(5):
             await asyncio.sleep(0)
-        assert not got and len(events[1]._waiters) == 1  # the app waits for its body
+        assert not got and len(events[0]._waiters) == 1  # the app waits for its body
         protocol.data_received(b"{}")
         protocol.flow.pause_writing()
+        events.append(protocol.flow._is_writable_event)
+        assert all(sys.getsizeof(event._waiters) < 100 for event in events)
         drained = asyncio.ensure_future(protocol.flow.drain())
         for _ in range(20):
             await asyncio.sleep(0)
@@ -812,6 +849,140 @@ def test_the_addresses_are_the_ones_the_transport_kept_not_its_sockets() -> None
     protocol = asyncio.run(connect())
     assert "socket" not in asked
     assert (protocol.server, protocol.client) == (("127.0.0.1", 8000), ("127.0.0.1", 50000))
+    # A server without TLS has no TLS transports: the scheme is not asked for either.
+    assert "sslcontext" not in asked and protocol.scheme == "http"
+
+
+def test_a_tls_servers_connections_get_their_scheme_from_the_transport() -> None:
+    class Tls(RecordingTransport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return object() if name == "sslcontext" else super().get_extra_info(name, default)
+
+    async def connect(transport: RecordingTransport) -> BoundedHttpToolsProtocol:
+        config = uvicorn.Config(lambda: None, log_level="warning", lifespan="off")
+        config.load()
+        config.ssl = cast(Any, object())  # as `load()` sets it for a server with a certificate
+        state = ServerState()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        return protocol
+
+    assert asyncio.run(connect(Tls())).scheme == "https"
+    assert asyncio.run(connect(RecordingTransport())).scheme == "http"
+
+
+# --- per server, not per connection: the loop, the keep-alive timer ---------------------------
+
+
+def test_a_servers_connections_ask_asyncio_for_the_loop_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Python 3.11 asking asyncio for the running loop is a getpid() system call; uvicorn's
+    protocol asks per connection. A server run again, on a new loop, gets that loop."""
+    config = uvicorn.Config(plain, log_level="warning", lifespan="off")
+    state = ServerState()
+    asked: list[object] = []
+    get_event_loop = asyncio.get_event_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        asked.append(None)
+        return get_event_loop()
+
+    async def connect(count: int) -> set[asyncio.AbstractEventLoop]:
+        monkeypatch.setattr(asyncio, "get_event_loop", counted)
+        protocols = [
+            BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+            for _ in range(count)
+        ]
+        monkeypatch.undo()
+        assert {p.loop for p in protocols} == {asyncio.get_running_loop()}
+        return {p.loop for p in protocols}
+
+    first = asyncio.run(connect(3))
+    assert len(asked) == 1
+    second = asyncio.run(connect(2))
+    assert len(asked) == 2 and first != second
+
+
+def test_the_protocol_has_every_attribute_uvicorns_sets_with_uvicorns_values() -> None:
+    """What is the same for every connection of a server is read through the server's
+    `_Shared` and a connection's defaults are class attributes, but each attribute uvicorn's
+    protocol sets in its `__init__` and `connection_made` reads as uvicorn's does."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    async def both() -> tuple[Any, Any]:
+        config = uvicorn.Config(plain, log_level="warning", lifespan="off", root_path="/r")
+        config.load()
+        state = ServerState()
+        made = []
+        transport = RecordingTransport()
+        for cls in (HttpToolsProtocol, BoundedHttpToolsProtocol):
+            protocol = cls(config=config, server_state=state, app_state={"k": 1})
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            made.append(protocol)
+        return made[0], made[1]
+
+    theirs, ours = asyncio.run(both())
+    names = set(vars(theirs)) - {"parser", "flow", "pipeline"}  # ours: own kinds, tested above
+    assert len(names) > 20
+    for name in sorted(names):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert list(ours.pipeline) == list(theirs.pipeline) == []
+
+
+def test_idle_connections_close_at_their_keep_alive_deadlines_on_one_timer() -> None:
+    """uvicorn arms and cancels a loop timer per response; the gateway keeps a server's idle
+    connections in the order they went idle with their deadlines, under one timer. A
+    connection closes when its keep-alive timeout has passed since its last response, not
+    while a request is coming in or after it was lost, and is not kept once it is gone."""
+
+    async def run() -> None:
+        config = uvicorn.Config(plain, log_level="warning", lifespan="off", proxy_headers=False)
+        config.timeout_keep_alive = cast(Any, 0.2)
+        config.load()
+        state = ServerState()
+        loop = asyncio.get_running_loop()
+        connections = []
+        for _ in range(4):
+            protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+            transport = RecordingTransport()
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            connections.append((protocol, transport))
+        shared = connections[0][0]._shared
+        keep_alive = shared.keep_alive
+
+        async def until(done: Any, pause: float = 0.0) -> float:
+            for _ in range(1000):
+                if done():
+                    return loop.time()
+                await asyncio.sleep(pause)
+            raise AssertionError("timed out")
+
+        async def served(protocol: BoundedHttpToolsProtocol) -> float:
+            protocol.data_received(POST)
+            return await until(lambda: not state.tasks)
+
+        (_, a_t), (b, b_t), (c, c_t), (d, d_t) = connections
+        idle_at = [await served(p) for p, _ in connections]
+        assert len(keep_alive) == 4 and keep_alive._timer is not None
+        assert [t.writes != [] for _, t in connections] == [True] * 4
+        b.data_received(POST[:10])  # b's next request is coming in: no timeout now
+        c.connection_lost(ConnectionResetError())  # c is gone (its transport not closed)
+        assert len(keep_alive) == 2
+        await asyncio.sleep(0.1)
+        d_idle = await served(d)  # d's next request, answered: its timeout starts again
+        a_closed = await until(lambda: a_t.closed, 0.005)
+        assert a_closed - idle_at[0] >= 0.2 - 0.002  # uvloop's timers round to 1 ms
+        assert not (b_t.closed or c_t.closed or d_t.closed)
+        d_closed = await until(lambda: d_t.closed, 0.005)
+        assert d_closed - d_idle >= 0.2 - 0.002
+        assert not (b_t.closed or c_t.closed)
+        assert len(keep_alive) == 0 and keep_alive._timer is None
+        for protocol, _ in connections:
+            protocol.connection_lost(None)
+        assert len(keep_alive) == 0
+
+    asyncio.run(run())
 
 
 def test_on_a_socket_the_scope_has_the_connections_addresses() -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import logging
 import urllib.parse
+from operator import attrgetter
 from typing import Any, cast
 
 import httptools
@@ -38,7 +39,7 @@ from uvicorn.server import ServerState
 from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY
 from gateway.config import GatewayConfig
 from gateway.runtime import Runtime
-from gateway.server.cycle import _checked, _Cycle, _Flow
+from gateway.server.cycle import _Cycle, _Flow, _KeepAlive, _lines
 
 MAX_HEADERS = 100
 """Header fields in one request, trailers included (nginx and Node.js also stop at 100)."""
@@ -64,8 +65,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     dict, what is the same for every connection worked out once: `_Shared`), since uvicorn
     took about 70 µs of CPU per request in all (docs/performance.md, "Round 3"). uvicorn's
     two events per connection (flow control, the request cycle's body) are replaced by
-    slotted ones that keep their waiters in a list (`_ListEvent`), and its queue of
-    pipelined requests by a list made for the first pipelined request (`_Pipeline`).
+    slotted ones that keep their waiters in a list (`_ListEvent`; flow control's made only
+    when writing first pauses), and its queue of pipelined requests by a list made for the
+    first pipelined request (`_Pipeline`). Per server, not per connection: the loop (asking
+    asyncio is a getpid() on 3.11), the keep-alive timer (`_KeepAlive`: one loop timer for
+    all idle connections, not one armed and cancelled per response), and uvicorn's
+    attributes that are alike for all connections (read through `_Shared`).
 
     uvicorn pauses an ASGI `send()` while the transport's buffer is over its high-water mark;
     the relay awaits that send before reading the upstream again, so this number bounds what
@@ -88,6 +93,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _max_head = GatewayConfig.max_header_bytes
     _head_left = GatewayConfig.max_header_bytes
     _refusal: tuple[int, str] | None = None
+    _idle = False
+    """Whether the connection waits for its next request, its keep-alive timeout armed on
+    the server's timer (`_KeepAlive`; uvicorn's own `timeout_keep_alive_task` stays None)."""
 
     pipeline: Any = ()
     """uvicorn's queue of pipelined requests: a `_Pipeline` from the first one on (most
@@ -101,33 +109,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         # uvicorn 0.55's, with what is the same for every connection of a server (its
-        # loggers, whether the access log has a handler, the loaded app) worked out once.
-        shared = _Shared.of(config)
+        # loggers, whether the access log has a handler, the loaded app, the loop: asking
+        # asyncio for it is a getpid() system call on Python 3.11) worked out once.
+        shared = _Shared.of(config, server_state)
         self._shared = shared
-        self.config = config
-        self.app = shared.app
-        self.loop = _loop or asyncio.get_event_loop()
-        self.logger = shared.logger
-        self.access_logger = shared.access_logger
-        self.access_log = shared.access_log
+        self.loop = _loop or shared.loop
         self.parser = parser = httptools.HttpRequestParser(self)
         if shared.lenient:
             # Answer the first of pipelined requests that came after a `connection: close`.
             parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        self.ws_protocol_class = config.ws_protocol_class
-        self.root_path = config.root_path
-        self.asgi_version = config.asgi_version
-        self.limit_concurrency = config.limit_concurrency
         self.app_state = app_state
-        self.timeout_keep_alive_task = None
-        self.timeout_keep_alive = config.timeout_keep_alive
         self.server_state = server_state
         self.connections = server_state.connections
         self.tasks = server_state.tasks
-        self.scope = cast(Any, None)
-        self.headers = cast(Any, None)
-        self.expect_100_continue = False
-        self.cycle = cast(Any, None)
+        # The rest of uvicorn's attributes: the server's as properties below, the
+        # connection's defaults as class attributes (an attribute set per connection
+        # costs about 60 ns here).
+
+    # uvicorn's attributes that are the same for every connection of a server.
+    config = property(attrgetter("_shared.config"))
+    app = property(attrgetter("_shared.app"))
+    logger = property(attrgetter("_shared.logger"))
+    access_logger = property(attrgetter("_shared.access_logger"))
+    access_log = property(attrgetter("_shared.access_log"))
+    ws_protocol_class = property(attrgetter("_shared.config.ws_protocol_class"))
+    root_path = property(attrgetter("_shared.root_path"))
+    asgi_version = property(attrgetter("_shared.config.asgi_version"))
+    limit_concurrency = property(attrgetter("_shared.limit_concurrency"))
+    timeout_keep_alive = property(attrgetter("_shared.config.timeout_keep_alive"))
+    # uvicorn's per-connection attributes, until set.
+    timeout_keep_alive_task = None
+    scope: Any = None
+    headers: Any = None
+    expect_100_continue = False
+    cycle: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn 0.55's, with the addresses the transport noted when it connected: uvicorn
@@ -140,10 +155,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.server = _address(transport.get_extra_info("sockname"))
         peer = _address(transport.get_extra_info("peername"))
         self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
-        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"  # is_ssl
-        if self.logger.level <= TRACE_LOG_LEVEL:
+        # uvicorn's `is_ssl`, asked only of a server that has TLS at all.
+        tls = self._shared.tls and transport.get_extra_info("sslcontext")
+        self.scheme = "https" if tls else "http"
+        logger = self._shared.logger
+        if logger.level <= TRACE_LOG_LEVEL:
             prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
-            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
+            logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         # The app's lifespan state (uvicorn hands it to every protocol): without a gateway
         # there, no high-water mark and the default head bound.
         runtime: Runtime | None = self.app_state.get(STATE_KEY)
@@ -156,7 +174,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, with the head bound: see the class docstring.
-        if self.timeout_keep_alive_task is not None:
+        if self._idle:
             self._unset_keepalive_if_required()
         left = self._head_left
         if left == _NOT_IN_HEAD or len(data) <= left:
@@ -292,7 +310,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "root_path": self.root_path,
+            "root_path": shared.root_path,
             "headers": self.headers,
             "state": self.app_state.copy(),
             "method": _METHODS.get(method) or method.decode("ascii"),
@@ -302,14 +320,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "extensions": {DISCONNECT: cycle, BODY_WRITER: cycle},
         }
         cycle.scope = self.scope = scope
-        if self.limit_concurrency is not None and (
-            len(self.connections) >= self.limit_concurrency
-            or len(self.tasks) >= self.limit_concurrency
-        ):
+        limit = shared.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
         else:
-            app = self.app
+            app = shared.app
         existing = self.cycle
         self.cycle = cast(RequestResponseCycle, cycle)
         if existing is None or existing.response_complete:  # `_start_asgi_task`, inline
@@ -337,7 +353,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         # uvicorn 0.55's, with the head bound's switch.
         self._head_left = _NOT_IN_HEAD
-        cycle: _Cycle = self.cycle  # type: ignore[assignment]
+        cycle: _Cycle = self.cycle
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
         # The usual body is one part: kept as it came, which `receive` hands on uncopied.
@@ -367,10 +383,48 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # uvicorn 0.55's (as 0.50's), with the keep-alive timeout on the server's timer (also
+        # after a lost connection: uvicorn's timer would fire on a closed transport, which
+        # does nothing), and the disconnect hook fired.
+        self.connections.discard(self)
+        logger = self._shared.logger
+        if logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            logger.log(TRACE_LOG_LEVEL, "%sHTTP connection lost", prefix)
         cycle = self.cycle
-        super().connection_lost(exc)
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.message_event.set()
+        if self.flow is not None:
+            self.flow.resume_writing()
+        if exc is None:
+            self.transport.close()
+        if self._idle:
+            self._unset_keepalive_if_required()
+        self.parser = cast(Any, None)
         if cycle is not None and cycle.disconnected:
             cast(_Cycle, cycle).fire()
+
+    def on_response_complete(self) -> None:
+        # uvicorn 0.55's (as 0.50's), with the keep-alive timeout on the server's timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if self._idle:
+            self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request waits: start it
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle = True
+            self._shared.keep_alive.arm(self)
+
+    def _unset_keepalive_if_required(self) -> None:
+        if self._idle:
+            self._idle = False
+            self._shared.keep_alive.disarm(self)
 
 
 _NAMES: dict[bytes, bytes] = {}
@@ -392,10 +446,13 @@ def _learn_name(name: bytes) -> bytes:
     return lower
 
 
+_SEQUENCES = (tuple, list)  # made once: `tuple | list` would make a union per call
+
+
 def _address(info: object) -> tuple[str, int | None] | None:
     """An address as uvicorn's scope has it (`server`, `client`): host and port of an IPv4
     or IPv6 socket address, a Unix socket's path with no port."""
-    if isinstance(info, tuple | list) and len(info) >= 2:
+    if isinstance(info, _SEQUENCES) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
     if isinstance(info, str):
         return (info, None)
@@ -421,33 +478,43 @@ _TARGETS_KEPT = 256
 
 class _Shared:
     """What every connection of one server has in common, worked out once (uvicorn's
-    protocol does it per connection, or per request)."""
+    protocol does it per connection, or per request), kept on the server's state."""
 
     __slots__ = (
         "access_log",
         "access_logger",
         "app",
         "asgi",
+        "config",
         "default_block",
         "default_headers",
         "fresh_context",
+        "keep_alive",
         "lenient",
+        "limit_concurrency",
         "logger",
+        "loop",
         "root_path",
         "targets",
+        "tls",
     )
 
     @classmethod
-    def of(cls, config: uvicorn.Config) -> _Shared:
-        shared: _Shared | None = config.__dict__.get("_gateway_shared")
-        if shared is None:
-            shared = config.__dict__["_gateway_shared"] = cls(config)
+    def of(cls, config: uvicorn.Config, server_state: ServerState) -> _Shared:
+        shared: _Shared | None = server_state.__dict__.get("_gateway_shared")
+        # A server run again (a new loop) or handed another config starts afresh.
+        if shared is None or shared.config is not config or shared.loop.is_closed():
+            shared = server_state.__dict__["_gateway_shared"] = cls(config)
         return shared
 
     def __init__(self, config: uvicorn.Config) -> None:
         if not config.loaded:
             config.load()
+        self.config = config
         self.app = config.loaded_app
+        # Made by the first connection, inside the server's running loop.
+        self.loop = asyncio.get_event_loop()
+        self.keep_alive = _KeepAlive(self.loop, config.timeout_keep_alive)
         self.logger = logging.getLogger("uvicorn.error")
         self.access_logger = logging.getLogger("uvicorn.access")
         # uvicorn asks per connection; a handler added to it while serving is not seen.
@@ -458,6 +525,9 @@ class _Shared:
         self.fresh_context = getattr(config, "reset_contextvars", True)
         self.lenient = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")
         self.root_path = config.root_path
+        self.limit_concurrency = config.limit_concurrency
+        # Without an SSL context the server's transports are all plain TCP.
+        self.tls = config.ssl is not None
         self.targets: dict[bytes, tuple[str, bytes, bytes]] = {}
         self.default_headers: list[tuple[bytes, bytes]] | None = None
         self.default_block: bytes | None = b""
@@ -482,7 +552,6 @@ class _Shared:
         """uvicorn's default headers (`date`, `server`; renewed each second) as head lines,
         or None when they need uvicorn's way."""
         if headers is not self.default_headers:
-            block = b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
-            self.default_block = block if _checked(block, len(headers)) else None
+            self.default_block = _lines(headers)
             self.default_headers = headers
         return self.default_block
