@@ -40,7 +40,7 @@ from gateway.providers.base import Completion, EventStream, Provider, UpstreamCa
 from gateway.relay.attempts import Attempts
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
-from gateway.relay.watch import StreamWatch, first_check_s
+from gateway.relay.watch import Alarms, StreamWatch, first_check_s
 from gateway.routing import Router
 
 _DONE = b"data: [DONE]\n\n"
@@ -91,6 +91,7 @@ class Relay:
     """
 
     __slots__ = (
+        "_alarms",
         "_first_check",
         "log_bodies",
         "metrics",
@@ -118,6 +119,8 @@ class Relay:
         self.log_bodies = log_bodies
         self.watches = watches
         """Every open request's watch: shutdown ends them, tests check none is left."""
+        self._alarms: Alarms | None = None
+        """The watches' shared timers, made on the first request (in the loop it serves)."""
 
     # --- a token stream ---------------------------------------------------------------------
 
@@ -364,7 +367,10 @@ class Relay:
     def _watch(
         self, ctx: RelayContext, receive: Receive, send: Send, first_check: float = 0.0
     ) -> StreamWatch:
-        watch = StreamWatch(send, self.timeouts)
+        alarms = self._alarms
+        if alarms is None:
+            alarms = self._alarms = Alarms(asyncio.get_running_loop())
+        watch = StreamWatch(send, self.timeouts, alarms)
         watch.start(receive, ctx.disconnect, first_check)
         self.watches.add(watch)
         return watch
