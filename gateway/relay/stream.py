@@ -68,15 +68,16 @@ class RelayContext:
 
     def call_for(self, model: ModelConfig) -> UpstreamCall:
         req = self.request
+        # Positional, in the fields' order: a quarter of the call's cost by keyword.
         return UpstreamCall(
-            route=req.route,
-            body=req.body,
-            model=model,
-            stream=req.stream,
-            include_usage=req.include_usage,
-            request_id=self.request_id,
-            api=req.api,
-            passed_headers=req.passed_headers,
+            req.route,
+            req.body,
+            model,
+            req.stream,
+            req.include_usage,
+            self.request_id,
+            req.api,
+            req.passed_headers,
         )
 
 
