@@ -47,9 +47,10 @@ _DONE = b"data: [DONE]\n\n"
 _FINAL_SEND_TIMEOUT = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayContext:
-    """What one request's relay needs from the edge (built by the endpoint)."""
+    """What one request's relay needs from the edge (built by the endpoint). Slotted: it
+    lives as long as its stream, and thousands of open streams keep no dict each."""
 
     request: ClientRequest
     models: list[ModelConfig]
