@@ -206,19 +206,42 @@ def test_a_watch_that_left_its_slot_while_it_fired_is_not_checked() -> None:
     assert asyncio.run(main()) == [None, True]
 
 
+def test_a_check_that_fails_is_reported_and_the_slot_goes_on() -> None:
+    async def main() -> tuple[list[bool | None], list[str]]:
+        loop = asyncio.get_running_loop()
+        reported: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+        alarms = Alarms(loop)
+        first = _Counted(_send, Timeouts(), alarms)
+        second = _Counted(_send, Timeouts(), alarms)
+        first.fails = second.fails = True  # each fails after recording: the other still runs
+        at = time.perf_counter() + 0.02
+        first._arm(at)
+        second._arm(at)
+        await asyncio.sleep(0.02 + 3 * GRAIN)
+        return [first.checked_in_time, second.checked_in_time], reported
+
+    checked, reported = asyncio.run(main())
+    assert checked == [True, True]
+    assert reported == ["StreamWatch check failed"] * 2
+
+
 class _Counted(StreamWatch):
     """A watch whose check records whether it ran no earlier than asked (and may stop
     another watch, as a check that ends a request could)."""
 
-    __slots__ = ("checked_in_time", "stops")
+    __slots__ = ("checked_in_time", "fails", "stops")
 
     def __init__(self, send: Send, timeouts: Timeouts, alarms: Alarms) -> None:
         super().__init__(send, timeouts, alarms)
         self.checked_in_time: bool | None = None
         self.stops: StreamWatch | None = None
+        self.fails = False
 
     def _check(self) -> None:
         self.checked_in_time = time.perf_counter() >= self._timer_at
         self._timer = None
         if self.stops is not None:
             self.stops.stop()
+        if self.fails:
+            raise RuntimeError("a bug in a check")
