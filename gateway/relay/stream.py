@@ -264,9 +264,12 @@ class Relay:
                     error, outcome = exc, exc.outcome
         finally:
             self._unwatch(watch)
-            # As `_close_quietly`, without a coroutine of its own on every request's path.
-            with contextlib.suppress(GatewayError, OSError, httpx.HTTPError):
+            # As `_close_quietly`, without a coroutine of its own on every request's path
+            # (nor `contextlib.suppress`'s object and calls, 0.65 µs: a bare try costs nothing).
+            try:  # noqa: SIM105
                 await upstream.aclose()
+            except (GatewayError, OSError, httpx.HTTPError):
+                pass
             if started:
                 self.metrics.stream_closed(model_label)
             state = upstream.state

@@ -8,6 +8,7 @@ checked on its own: lost while relaying, lost before the watch started, and afte
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from starlette.types import Message, Send
@@ -175,14 +176,14 @@ def test_watches_due_within_a_grain_share_one_loop_timer() -> None:
         alarms = Alarms(asyncio.get_running_loop())
         checked: list[bool] = []
         watches = [_Counted(_send, Timeouts(), alarms) for _ in range(3)]
-        at = time.perf_counter() + 0.05
-        # Two in one slot (due within its grain), one in a later slot.
+        # The middle of a grain 50 ms ahead: two in its slot, one in a later slot.
+        at = (math.ceil(time.perf_counter() / GRAIN) + 5.5) * GRAIN
         for watch, when in zip(watches, (at, at + GRAIN / 10, at + 3 * GRAIN), strict=True):
             watch._arm(when)
         both = alarms.pending()
         watches[2].stop()  # its slot's only watch: the slot's timer goes
         one = alarms.pending()
-        await asyncio.sleep(0.05 + 3 * GRAIN)
+        await asyncio.sleep(0.06 + 3 * GRAIN)
         checked = [w.checked_in_time for w in watches]
         return both, one, alarms.pending(), checked
 
