@@ -28,8 +28,12 @@ from gateway.transports import MalformedResponse
 Route = Literal["chat.completions", "completions", "embeddings"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UpstreamCall:
+    """One attempt's request. Treat as immutable (make a changed copy with `replace`): it
+    is not frozen only because a frozen dataclass sets each field through
+    `object.__setattr__`, 2.3 µs of its 2.7 on every request."""
+
     route: Route
     body: dict[str, Any]
     """The client's JSON body as parsed; providers copy before changing it."""

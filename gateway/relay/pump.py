@@ -59,7 +59,7 @@ class Pump:
         self._send = send
         self._writer = writer
         self._watch = watch
-        self._loop = asyncio.get_running_loop()
+        self._loop = watch.loop  # not `asyncio.get_running_loop()`: a getpid() call each
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.gaps = gaps

@@ -40,16 +40,17 @@ from gateway.providers.base import Completion, EventStream, Provider, UpstreamCa
 from gateway.relay.attempts import Attempts
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.request import ClientRequest
-from gateway.relay.watch import StreamWatch, first_check_s
+from gateway.relay.watch import Alarms, StreamWatch, first_check_s
 from gateway.routing import Router
 
 _DONE = b"data: [DONE]\n\n"
 _FINAL_SEND_TIMEOUT = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayContext:
-    """What one request's relay needs from the edge (built by the endpoint)."""
+    """What one request's relay needs from the edge (built by the endpoint). Slotted: it
+    lives as long as its stream, and thousands of open streams keep no dict each."""
 
     request: ClientRequest
     models: list[ModelConfig]
@@ -68,15 +69,16 @@ class RelayContext:
 
     def call_for(self, model: ModelConfig) -> UpstreamCall:
         req = self.request
+        # Positional, in the fields' order: a quarter of the call's cost by keyword.
         return UpstreamCall(
-            route=req.route,
-            body=req.body,
-            model=model,
-            stream=req.stream,
-            include_usage=req.include_usage,
-            request_id=self.request_id,
-            api=req.api,
-            passed_headers=req.passed_headers,
+            req.route,
+            req.body,
+            model,
+            req.stream,
+            req.include_usage,
+            self.request_id,
+            req.api,
+            req.passed_headers,
         )
 
 
@@ -91,6 +93,7 @@ class Relay:
     """
 
     __slots__ = (
+        "_alarms",
         "_first_check",
         "log_bodies",
         "metrics",
@@ -118,6 +121,8 @@ class Relay:
         self.log_bodies = log_bodies
         self.watches = watches
         """Every open request's watch: shutdown ends them, tests check none is left."""
+        self._alarms: Alarms | None = None
+        """The watches' shared timers, made on the first request (in the loop it serves)."""
 
     # --- a token stream ---------------------------------------------------------------------
 
@@ -259,9 +264,12 @@ class Relay:
                     error, outcome = exc, exc.outcome
         finally:
             self._unwatch(watch)
-            # As `_close_quietly`, without a coroutine of its own on every request's path.
-            with contextlib.suppress(GatewayError, OSError, httpx.HTTPError):
+            # As `_close_quietly`, without a coroutine of its own on every request's path
+            # (nor `contextlib.suppress`'s object and calls, 0.65 µs: a bare try costs nothing).
+            try:  # noqa: SIM105
                 await upstream.aclose()
+            except (GatewayError, OSError, httpx.HTTPError):
+                pass
             if started:
                 self.metrics.stream_closed(model_label)
             state = upstream.state
@@ -364,7 +372,10 @@ class Relay:
     def _watch(
         self, ctx: RelayContext, receive: Receive, send: Send, first_check: float = 0.0
     ) -> StreamWatch:
-        watch = StreamWatch(send, self.timeouts)
+        alarms = self._alarms
+        if alarms is None:
+            alarms = self._alarms = Alarms(asyncio.get_running_loop())
+        watch = StreamWatch(send, self.timeouts, alarms)
         watch.start(receive, ctx.disconnect, first_check)
         self.watches.add(watch)
         return watch

@@ -8,13 +8,14 @@ checked on its own: lost while relaying, lost before the watch started, and afte
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
-from starlette.types import Message
+from starlette.types import Message, Send
 
 from gateway.asgi import DisconnectHook
 from gateway.config import Timeouts
-from gateway.relay.watch import StreamWatch, first_check_s
+from gateway.relay.watch import GRAIN, Alarms, StreamWatch, first_check_s
 
 
 async def _never() -> Message:
@@ -164,3 +165,84 @@ def test_the_servers_cancellation_in_the_window_is_not_a_timeout() -> None:
     timeouts = Timeouts(first_token=0.2)
     late, cancelling, ended = asyncio.run(_first_token_window(timeouts, wait=1.0, also="server"))
     assert (late, cancelling, ended) == (False, 1, None)
+
+
+def test_watches_due_within_a_grain_share_one_loop_timer() -> None:
+    """The watches' shared timers (`Alarms`): one loop timer per `GRAIN` of time, its
+    watches checked when it fires (never before their moment), cancelled when the last
+    one leaves."""
+
+    async def main() -> tuple[int, int, int, list[bool]]:
+        alarms = Alarms(asyncio.get_running_loop())
+        checked: list[bool] = []
+        watches = [_Counted(_send, Timeouts(), alarms) for _ in range(3)]
+        # The middle of a grain 50 ms ahead: two in its slot, one in a later slot.
+        at = (math.ceil(time.perf_counter() / GRAIN) + 5.5) * GRAIN
+        for watch, when in zip(watches, (at, at + GRAIN / 10, at + 3 * GRAIN), strict=True):
+            watch._arm(when)
+        both = alarms.pending()
+        watches[2].stop()  # its slot's only watch: the slot's timer goes
+        one = alarms.pending()
+        await asyncio.sleep(0.06 + 3 * GRAIN)
+        checked = [w.checked_in_time for w in watches]
+        return both, one, alarms.pending(), checked
+
+    both, one, after, checked = asyncio.run(main())
+    assert (both, one, after) == (2, 1, 0)
+    assert checked == [True, True, None]
+
+
+def test_a_watch_that_left_its_slot_while_it_fired_is_not_checked() -> None:
+    async def main() -> list[bool | None]:
+        alarms = Alarms(asyncio.get_running_loop())
+        first = _Counted(_send, Timeouts(), alarms)
+        second = _Counted(_send, Timeouts(), alarms)
+        first.stops, second.stops = second, first  # whichever is checked first stops the other
+        at = time.perf_counter() + 0.02
+        first._arm(at)
+        second._arm(at)
+        await asyncio.sleep(0.02 + 3 * GRAIN)
+        return sorted([first.checked_in_time, second.checked_in_time], key=str)
+
+    assert asyncio.run(main()) == [None, True]
+
+
+def test_a_check_that_fails_is_reported_and_the_slot_goes_on() -> None:
+    async def main() -> tuple[list[bool | None], list[str]]:
+        loop = asyncio.get_running_loop()
+        reported: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+        alarms = Alarms(loop)
+        first = _Counted(_send, Timeouts(), alarms)
+        second = _Counted(_send, Timeouts(), alarms)
+        first.fails = second.fails = True  # each fails after recording: the other still runs
+        at = time.perf_counter() + 0.02
+        first._arm(at)
+        second._arm(at)
+        await asyncio.sleep(0.02 + 3 * GRAIN)
+        return [first.checked_in_time, second.checked_in_time], reported
+
+    checked, reported = asyncio.run(main())
+    assert checked == [True, True]
+    assert reported == ["StreamWatch check failed"] * 2
+
+
+class _Counted(StreamWatch):
+    """A watch whose check records whether it ran no earlier than asked (and may stop
+    another watch, as a check that ends a request could)."""
+
+    __slots__ = ("checked_in_time", "fails", "stops")
+
+    def __init__(self, send: Send, timeouts: Timeouts, alarms: Alarms) -> None:
+        super().__init__(send, timeouts, alarms)
+        self.checked_in_time: bool | None = None
+        self.stops: StreamWatch | None = None
+        self.fails = False
+
+    def _check(self) -> None:
+        self.checked_in_time = time.perf_counter() >= self._timer_at
+        self._timer = None
+        if self.stops is not None:
+            self.stops.stop()
+        if self.fails:
+            raise RuntimeError("a bug in a check")
