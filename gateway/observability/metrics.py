@@ -18,8 +18,8 @@ environment variable:
 
 The request path's values (requests, latencies, tokens, active streams, attempts, refusals,
 spend) are kept in plain Python by `gateway.observability.tally` and handed to their
-prometheus_client children when rendered (with --workers: as they change), so an update
-takes no lock; the exposition is the same to the last bit.
+prometheus_client children when rendered (with --workers: at the end of the loop turn they
+change in), so an update takes no lock; the exposition is the same to the last bit.
 
 Deliberately not here: timing. Callers measure with `perf_counter()` and hand over the
 durations in a `RequestRecord`; prometheus `.time()` is never used (it mis-times coroutines).
@@ -28,6 +28,7 @@ Nor is there any module-level registry: importing this module registers nothing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -195,9 +196,13 @@ class Metrics:
         # tally), one per labelled child, created on first use and kept: an update is a few
         # attribute adds, with no lock and no labels() call. Keys are label values already
         # bounded, so the caches are bounded too. `_publish_all` hands them to
-        # prometheus_client before a render; with --workers each is published as it changes
-        # (another worker's scrape reads this one's files).
+        # prometheus_client before a render. With --workers another worker's scrape reads
+        # this one's files, so what changed is published at the end of the loop turn
+        # (`_changed`): one file write per value per turn rather than one per update (each
+        # behind a lock and a getpid()), however many requests ended in the turn.
         self._eager = self._multiproc_dir is not None
+        self._unpublished: set[Cell | Tally] = set()
+        self._publish_scheduled = False
         self._requests_by: dict[tuple[str, str, int, str, str], Cell] = {}
         self._timings_by: dict[tuple[str, str], _Timings] = {}
         self._tokens_by: dict[tuple[str, str], _Tokens] = {}
@@ -259,7 +264,26 @@ class Metrics:
     def _add(self, cell: Cell, amount: float) -> None:
         cell.value += amount
         if self._eager:
-            cell.publish()
+            self._changed(cell)
+
+    def _changed(self, *held: Cell | Tally) -> None:
+        """With --workers: publish these at the end of this loop turn (at once outside a
+        loop: a script, a test)."""
+        self._unpublished.update(held)
+        if self._publish_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._publish_unpublished()
+            return
+        self._publish_scheduled = True
+        loop.call_soon(self._publish_unpublished)
+
+    def _publish_unpublished(self) -> None:
+        self._publish_scheduled = False
+        held, self._unpublished = self._unpublished, set()
+        _publish(*held)
 
     def record(self, rec: RequestRecord) -> None:
         """Count one finished request: status and outcome, latencies, tokens."""
@@ -303,7 +327,7 @@ class Metrics:
             if rec.completion_tokens > 0:
                 tokens.completion.value += rec.completion_tokens
         if self._eager:
-            _publish(requests, *timings, self._overhead_tally, *(tokens or ()))
+            self._changed(requests, *timings, self._overhead_tally, *(tokens or ()))
 
     def _new_timings(self, model: str, provider: str) -> _Timings:
         inter_token = Tally(self._inter_token.labels(model, provider))
@@ -386,6 +410,7 @@ class Metrics:
         dies without this (SIGKILL) leaves its gauges until the parent's mark_process_dead.
         """
         if self._multiproc_dir is not None:
+            self._publish_unpublished()  # the counts stay in the sums
             _multiprocess.mark_process_dead(os.getpid(), self._multiproc_dir)  # type: ignore[no-untyped-call]
 
     # --- reading ---------------------------------------------------------------------------
@@ -404,6 +429,7 @@ class Metrics:
         if self._registry is not None:
             self._publish_all()
             return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        self._publish_unpublished()  # this worker's own, up to now
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry, self._multiproc_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -7,8 +7,8 @@ loop's CPU. The gateway updates these values from its event loop only (one threa
 process), so it keeps them itself: a `Cell` per counter or gauge child, a `Tally` per
 histogram child, each a few attribute adds. `publish()` then writes what changed into the
 child's own prometheus_client values, which render them as before: `Metrics` publishes
-every cell right before rendering (one process) and a cell as soon as it changes
-(`--workers N`, where another worker's scrape reads this one's files).
+every cell right before rendering (one process), and with `--workers N`, where another
+worker's scrape reads this one's files, those that changed at the end of each loop turn.
 
 The arithmetic is prometheus_client's own, in the same order (`value += amount` from the
 child's starting value, the bucket `observe()` would pick), so the exposition is the same

@@ -10,6 +10,7 @@ To rewrite them after a deliberate change of the metrics (not of how they are ke
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from prometheus_client import values
+from prometheus_client import CollectorRegistry, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.errors import Outcome
 from gateway.observability.metrics import MULTIPROC_ENV, Metrics, prepare_multiprocess_dir
@@ -118,15 +120,44 @@ def test_workers_render_what_prometheus_client_s_own_updates_rendered(multi: Met
     assert exposition(multi) == EXPECTED["multi"].read_text()
 
 
-def test_with_workers_each_update_reaches_the_files_at_once(multi: Metrics) -> None:
-    """Another worker's scrape reads this one's files: nothing may wait for a publish."""
-    multi.stream_opened("gpt-test")
+def on_file(directory: str, name: str) -> float:
+    """What another worker's scrape reads: the sum of `name`'s samples in the files."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def test_with_workers_a_loop_turn_s_updates_reach_the_files_at_its_end(multi: Metrics) -> None:
+    directory = os.environ[MULTIPROC_ENV]
+
+    async def turns() -> None:
+        for _ in range(50):
+            multi.stream_opened("gpt-test")
+            multi.record(make_record())
+            multi.deployment_attempt("gpt-test", "d", "ok")
+        assert on_file(directory, "gateway_requests_total") == 0  # not yet: one write a turn
+        await asyncio.sleep(0)
+        assert on_file(directory, "gateway_requests_total") == 50
+        assert on_file(directory, "gateway_active_streams") == 50
+        assert on_file(directory, "gateway_deployment_requests_total") == 50
+        assert on_file(directory, "gateway_request_duration_seconds_count") == 50
+        multi.record(make_record())
+        # The worker's own scrape does not wait for the turn to end.
+        assert b"gateway_requests_total{" in multi.render()[0]
+        assert on_file(directory, "gateway_requests_total") == 51
+
+    asyncio.run(turns())
+    multi.record(make_record())  # outside a loop: at once
+    assert on_file(directory, "gateway_requests_total") == 52
+    multi.stream_closed("gpt-test")
     multi.record(make_record())
-    multi.deployment_attempt("gpt-test", "d", "ok")
-    body = multi.render()[0].decode()  # in multiprocess mode: what the files hold
-    assert 'gateway_active_streams{model="gpt-test"} 1.0' in body
-    assert "gateway_requests_total{" in body
-    assert 'gateway_deployment_requests_total{deployment="d"' in body
+    multi.close()  # the last counts stay counted, the live gauge leaves
+    assert on_file(directory, "gateway_requests_total") == 53
 
 
 def _print_expected(mode: str) -> None:
