@@ -16,6 +16,11 @@ environment variable:
   use `livesum`, so a dead worker's streams and queue drop out of the totals (after
   `mark_process_dead`), while its counters keep counting towards the sums.
 
+The request path's values (requests, latencies, tokens, active streams, attempts, refusals,
+spend) are kept in plain Python by `gateway.observability.tally` and handed to their
+prometheus_client children when rendered (with --workers: at the end of the loop turn they
+change in), so an update takes no lock; the exposition is the same to the last bit.
+
 Deliberately not here: timing. Callers measure with `perf_counter()` and hand over the
 durations in a `RequestRecord`; prometheus `.time()` is never used (it mis-times coroutines).
 Nor is there any module-level registry: importing this module registers nothing.
@@ -23,6 +28,7 @@ Nor is there any module-level registry: importing this module registers nothing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,7 +47,8 @@ from prometheus_client import values as _values
 
 from gateway.errors import Outcome
 from gateway.limits.base import LimitName
-from gateway.observability.records import INTER_TOKEN_BUCKETS, Gaps, RequestRecord
+from gateway.observability.records import INTER_TOKEN_BUCKETS, RequestRecord
+from gateway.observability.tally import Cell, Tally
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Set (to an emptied directory) before the workers start to switch multiprocess mode on."""
@@ -101,15 +108,14 @@ _LIMITS = frozenset(get_args(LimitName))
 class _Timings(NamedTuple):
     """The per-(model, provider) histogram children, looked up once per record."""
 
-    ttft: Histogram
-    inter_token: Histogram
-    duration: Histogram
-    batch_inter_token: bool
+    ttft: Tally
+    inter_token: Tally
+    duration: Tally
 
 
 class _Tokens(NamedTuple):
-    prompt: Counter
-    completion: Counter
+    prompt: Cell
+    completion: Cell
 
 
 def multiprocess_dir() -> str | None:
@@ -186,19 +192,29 @@ class Metrics:
         )
         self._deployment_requests, self._deployment_healthy = _deployment_metrics(reg)
 
-        # Labelled children, created on first use and kept: labels() costs a lock, a tuple
-        # and a dict lookup per call; these caches cost one dict lookup. Keys are label
-        # values already bounded, so the caches are bounded too.
-        self._requests_by: dict[tuple[str, str, int, str, str], Counter] = {}
+        # The request path's values live in these cells and tallies (gateway.observability.
+        # tally), one per labelled child, created on first use and kept: an update is a few
+        # attribute adds, with no lock and no labels() call. Keys are label values already
+        # bounded, so the caches are bounded too. `_publish_all` hands them to
+        # prometheus_client before a render. With --workers another worker's scrape reads
+        # this one's files, so what changed is published at the end of the loop turn
+        # (`_changed`): one file write per value per turn rather than one per update (each
+        # behind a lock and a getpid()), however many requests ended in the turn.
+        self._eager = self._multiproc_dir is not None
+        self._unpublished: set[Cell | Tally] = set()
+        self._publish_scheduled = False
+        self._requests_by: dict[tuple[str, str, int, str, str], Cell] = {}
         self._timings_by: dict[tuple[str, str], _Timings] = {}
         self._tokens_by: dict[tuple[str, str], _Tokens] = {}
-        self._active_by: dict[str, Gauge] = {}
-        self._rate_limited_by: dict[tuple[str, str], Counter] = {}
-        self._upstream_errors_by: dict[tuple[str, str], Counter] = {}
-        self._deployment_requests_by: dict[tuple[str, str, str], Counter] = {}
+        self._active_by: dict[str, Cell] = {}
+        self._rate_limited_by: dict[tuple[str, str], Cell] = {}
+        self._upstream_errors_by: dict[tuple[str, str], Cell] = {}
+        self._deployment_requests_by: dict[tuple[str, str, str], Cell] = {}
+        self._spend_by: dict[tuple[str, str], Cell] = {}
+        self._overhead_tally = Tally(self._overhead)
         for model in self._models:
             # Configured models show 0 active streams rather than no series.
-            self._active_by[model] = self._active.labels(model)
+            self._active_by[model] = Cell(self._active.labels(model))
 
     # --- label bounding --------------------------------------------------------------------
 
@@ -233,17 +249,41 @@ class Metrics:
     # --- the request path ------------------------------------------------------------------
 
     def stream_opened(self, model: str) -> None:
-        self._active_child(model).inc()
+        self._add(self._active_child(model), 1)
 
     def stream_closed(self, model: str) -> None:
-        self._active_child(model).dec()
+        self._add(self._active_child(model), -1)
 
-    def _active_child(self, model: str) -> Gauge:
+    def _active_child(self, model: str) -> Cell:
         label = self._model(model)
-        child = self._active_by.get(label)
-        if child is None:
-            child = self._active_by[label] = self._active.labels(label)
-        return child
+        cell = self._active_by.get(label)
+        if cell is None:
+            cell = self._active_by[label] = Cell(self._active.labels(label))
+        return cell
+
+    def _add(self, cell: Cell, amount: float) -> None:
+        cell.value += amount
+        if self._eager:
+            self._changed(cell)
+
+    def _changed(self, *held: Cell | Tally) -> None:
+        """With --workers: publish these at the end of this loop turn (at once outside a
+        loop: a script, a test)."""
+        self._unpublished.update(held)
+        if self._publish_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._publish_unpublished()
+            return
+        self._publish_scheduled = True
+        loop.call_soon(self._publish_unpublished)
+
+    def _publish_unpublished(self) -> None:
+        self._publish_scheduled = False
+        held, self._unpublished = self._unpublished, set()
+        _publish(*held)
 
     def record(self, rec: RequestRecord) -> None:
         """Count one finished request: status and outcome, latencies, tokens."""
@@ -257,88 +297,93 @@ class Metrics:
         requests = self._requests_by.get(key)
         if requests is None:
             status_label = str(status) if status >= 0 else OTHER
-            requests = self._requests_by[key] = self._requests.labels(
-                model, provider, status_label, outcome, api
+            requests = self._requests_by[key] = Cell(
+                self._requests.labels(model, provider, status_label, outcome, api)
             )
-        requests.inc()
+        requests.value += 1
 
         timings = self._timings_by.get((model, provider))
         if timings is None:
-            inter_token = self._inter_token.labels(model, provider)
-            timings = self._timings_by[(model, provider)] = _Timings(
-                self._ttft.labels(model, provider),
-                inter_token,
-                self._duration.labels(model, provider),
-                _can_observe_in_batch(inter_token),
-            )
+            timings = self._timings_by[(model, provider)] = self._new_timings(model, provider)
         if rec.ttft_s is not None:
             timings.ttft.observe(rec.ttft_s)
         timings.duration.observe(rec.duration_s)
         gaps = rec.inter_token_s
         if gaps.total or any(gaps.counts):
-            if timings.batch_inter_token:
-                _observe_counted(timings.inter_token, gaps)
-            else:
-                _observe_bounds(timings.inter_token, gaps)
-        self._overhead.observe(rec.overhead_s)
+            timings.inter_token.add(gaps)
+        self._overhead_tally.observe(rec.overhead_s)
 
+        tokens = None
         if rec.prompt_tokens > 0 or rec.completion_tokens > 0:
             key_id = self._key_id(rec.key_id)
             tokens = self._tokens_by.get((model, key_id))
             if tokens is None:
                 tokens = self._tokens_by[(model, key_id)] = _Tokens(
-                    self._tokens.labels(model, key_id, "prompt"),
-                    self._tokens.labels(model, key_id, "completion"),
+                    Cell(self._tokens.labels(model, key_id, "prompt")),
+                    Cell(self._tokens.labels(model, key_id, "completion")),
                 )
             if rec.prompt_tokens > 0:
-                tokens.prompt.inc(rec.prompt_tokens)
+                tokens.prompt.value += rec.prompt_tokens
             if rec.completion_tokens > 0:
-                tokens.completion.inc(rec.completion_tokens)
+                tokens.completion.value += rec.completion_tokens
+        if self._eager:
+            self._changed(requests, *timings, self._overhead_tally, *(tokens or ()))
+
+    def _new_timings(self, model: str, provider: str) -> _Timings:
+        inter_token = Tally(self._inter_token.labels(model, provider))
+        # Gaps counts per bucket of INTER_TOKEN_BUCKETS: the same bounds, or miscounted.
+        if inter_token.bounds != INTER_TOKEN_BUCKETS:
+            raise RuntimeError("gateway_inter_token_latency_seconds: bounds are not Gaps'")
+        return _Timings(
+            Tally(self._ttft.labels(model, provider)),
+            inter_token,
+            Tally(self._duration.labels(model, provider)),
+        )
 
     def count_spend(self, rec: RequestRecord) -> None:
         """gateway_spend_usd_total{key_id, model}: what finished requests cost (a handler of
         `Finished`, beside `record`). Created on first use, children cached per labels."""
         if not rec.cost_nanos:
             return
-        spend: dict[tuple[str, str], Any] | None = getattr(self, "_spend_by", None)
+        if rec.cost_nanos < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        spend = getattr(self, "_spend", None)
         if spend is None:
-            self._spend = Counter(
+            spend = self._spend = Counter(
                 "gateway_spend_usd",
                 "USD spent, by key and model: the price table applied to the usage.",
                 ("key_id", "model"),
                 registry=self._registry,
             )
-            spend = {}
-            self._spend_by: dict[tuple[str, str], Any] = spend
         labels = (self._key_id(rec.key_id), self._model(rec.model))
-        child = spend.get(labels)
-        if child is None:
-            child = spend[labels] = self._spend.labels(*labels)
-        child.inc(rec.cost_nanos / 1e9)
+        cell = self._spend_by.get(labels)
+        if cell is None:
+            cell = self._spend_by[labels] = Cell(spend.labels(*labels))
+        self._add(cell, rec.cost_nanos / 1e9)
 
     def rate_limited(self, key_id: str, limit: str) -> None:
         key = (self._key_id(key_id), limit if limit in _LIMITS else OTHER)
-        child = self._rate_limited_by.get(key)
-        if child is None:
-            child = self._rate_limited_by[key] = self._rate_limited.labels(*key)
-        child.inc()
+        cell = self._rate_limited_by.get(key)
+        if cell is None:
+            cell = self._rate_limited_by[key] = Cell(self._rate_limited.labels(*key))
+        self._add(cell, 1)
 
     def upstream_error(self, provider: str, kind: str) -> None:
         key = (self._provider(provider), kind if kind in UPSTREAM_ERROR_KINDS else OTHER)
-        child = self._upstream_errors_by.get(key)
-        if child is None:
-            child = self._upstream_errors_by[key] = self._upstream_errors.labels(*key)
-        child.inc()
+        cell = self._upstream_errors_by.get(key)
+        if cell is None:
+            cell = self._upstream_errors_by[key] = Cell(self._upstream_errors.labels(*key))
+        self._add(cell, 1)
 
     def deployment_attempt(self, model: str, deployment: str, outcome: str) -> None:
         """gateway_deployment_requests_total: one attempt on one deployment and how it went
         (`ok`, `failed`, `rate_limited`, `refused`, `cancelled`, `over_limit`). The router
         passes configured names only."""
         key = (self._model(model), deployment, outcome)
-        child = self._deployment_requests_by.get(key)
-        if child is None:
-            child = self._deployment_requests_by[key] = self._deployment_requests.labels(*key)
-        child.inc()
+        cell = self._deployment_requests_by.get(key)
+        if cell is None:
+            cell = self._deployment_requests_by[key] = Cell(self._deployment_requests.labels(*key))
+        self._add(cell, 1)
 
     def set_deployment_healthy(self, model: str, deployment: str, healthy: bool) -> None:
         """gateway_deployment_healthy: 0 while this process has the deployment cooled down."""
@@ -365,6 +410,7 @@ class Metrics:
         dies without this (SIGKILL) leaves its gauges until the parent's mark_process_dead.
         """
         if self._multiproc_dir is not None:
+            self._publish_unpublished()  # the counts stay in the sums
             _multiprocess.mark_process_dead(os.getpid(), self._multiproc_dir)  # type: ignore[no-untyped-call]
 
     # --- reading ---------------------------------------------------------------------------
@@ -376,20 +422,38 @@ class Metrics:
 
     def active_streams_total(self) -> float:
         """Streams open in this process, over all models (tests, graceful shutdown)."""
-        return sum(
-            sample.value
-            for metric in self._active.collect()
-            for sample in metric.samples
-            if sample.name == "gateway_active_streams"
-        )
+        return sum(cell.value for cell in self._active_by.values())
 
     def render(self) -> tuple[bytes, str]:
         """The exposition for GET /metrics: (body, content type)."""
         if self._registry is not None:
+            self._publish_all()
             return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        self._publish_unpublished()  # this worker's own, up to now
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry, self._multiproc_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def _publish_all(self) -> None:
+        """Every cell and tally's value into its prometheus_client child (once per scrape:
+        a few hundred comparisons at most, the labels being bounded)."""
+        _publish(self._overhead_tally, *self._active_by.values(), *self._requests_by.values())
+        for timings in self._timings_by.values():
+            _publish(*timings)
+        for tokens in self._tokens_by.values():
+            _publish(*tokens)
+        for cells in (
+            self._rate_limited_by,
+            self._upstream_errors_by,
+            self._deployment_requests_by,
+            self._spend_by,
+        ):
+            _publish(*cells.values())
+
+
+def _publish(*held: Cell | Tally) -> None:
+    for values in held:
+        values.publish()
 
 
 # --- the metric families, one builder each (names, help texts, labels and buckets are
@@ -509,46 +573,3 @@ def _request_log_metrics(reg: CollectorRegistry | None) -> tuple[Gauge, Counter]
         registry=reg,
     )
     return depth, dropped
-
-
-def _can_observe_in_batch(child: Histogram) -> bool:
-    """Whether prometheus_client's histogram internals are the ones the batch path uses.
-
-    Checked once at start-up so a future prometheus_client that reshapes them falls back to
-    plain observe() instead of miscounting.
-    """
-    internals: Any = child
-    bounds = getattr(internals, "_upper_bounds", None)
-    buckets = getattr(internals, "_buckets", None)
-    total = getattr(internals, "_sum", None)
-    return (
-        bounds is not None
-        and list(bounds) == [*INTER_TOKEN_BUCKETS, float("inf")]
-        and isinstance(buckets, list)
-        and len(buckets) == len(bounds)
-        and all(hasattr(b, "inc") for b in buckets)
-        and hasattr(total, "inc")
-    )
-
-
-def _observe_counted(child: Histogram, gaps: Gaps) -> None:
-    """observe() every gap of a stream, from their counts per bucket (`Gaps`): the same
-    numbers, one add per bucket instead of a lock (an mmap write in multiprocess mode) per
-    gap."""
-    internals: Any = child
-    internals._sum.inc(gaps.total)
-    buckets = internals._buckets
-    for i, n in enumerate(gaps.counts):
-        if n:
-            buckets[i].inc(n)
-
-
-def _observe_bounds(child: Histogram, gaps: Gaps) -> None:
-    """Without the internals `_observe_counted` adds to (a prometheus_client that reshaped
-    them): each gap observed as its bucket's upper bound (above the last bound: twice it).
-    The buckets and the count stay exact; the sum is only an estimate."""
-    bounds = INTER_TOKEN_BUCKETS
-    for i, n in enumerate(gaps.counts):
-        value = bounds[i] if i < len(bounds) else 2 * bounds[-1]
-        for _ in range(n):
-            child.observe(value)

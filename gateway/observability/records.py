@@ -16,6 +16,30 @@ INTER_TOKEN_BUCKETS = (
 """Upper bounds of gateway_inter_token_latency_seconds' buckets (and +Inf after them)."""
 
 
+_SCALES = (1.0, 10.0, 100.0, 1000.0)
+
+
+def round_to(value: float, digits: int) -> float:
+    """`round(value, digits)` (0 to 3 digits), the same float, at about a third of its cost.
+
+    round() with digits writes the value out in decimal and reads it back, about 0.5 µs; the
+    request log's line takes three. Here: the value times 10**digits, rounded to an integer
+    n, divided back. Where that integer is surely the decimal rounding round() makes (the
+    scaled value below 1e12, so its own rounding error is under 0.0002, and at least 0.01
+    away from a .5 tie), n / 10**digits is the float nearest that decimal, which is what
+    round() returns: one IEEE division of exact numbers is correctly rounded. Anything else
+    (ties, huge values, NaN, infinities, and 0, whose sign round() keeps) goes to round().
+    tests/observability/test_log_numbers.py compares the two on 400,000 values.
+    """
+    scale = _SCALES[digits]
+    scaled = value * scale
+    if -1e12 < scaled < 1e12:
+        n = round(scaled)
+        if n and abs(scaled - n) < 0.49:
+            return n / scale
+    return round(value, digits)
+
+
 class Gaps:
     """A stream's gaps between upstream reads, kept as the inter-token histogram counts them:
     a count per bucket and their sum. A stream holds its gaps from its first event to its
@@ -109,9 +133,9 @@ class RequestRecord:
             "status": self.status,
             "outcome": self.outcome,
             "stream": self.stream,
-            "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 2),
-            "duration_ms": round(self.duration_s * 1000, 2),
-            "overhead_ms": round(self.overhead_s * 1000, 3),
+            "ttft_ms": None if self.ttft_s is None else round_to(self.ttft_s * 1000, 2),
+            "duration_ms": round_to(self.duration_s * 1000, 2),
+            "overhead_ms": round_to(self.overhead_s * 1000, 3),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "usage_reported": self.usage_reported,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import select
 import sys
@@ -200,10 +201,36 @@ def is_secret_name(name: str) -> bool:
     )
 
 
-def _timestamp(ended_at: float) -> str:
-    """When the request ended, ISO 8601 UTC to the millisecond (`...T12:34:56.789Z`)."""
-    stamp = datetime.fromtimestamp(ended_at, UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
+class _Timestamps:
+    """When a request ended, ISO 8601 UTC to the millisecond (`...T12:34:56.789Z`): what
+    `datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")` writes, with Z for
+    +00:00, without building and formatting a datetime per line (3 µs, a third of the
+    line's rendering). The date and time of day are made once per second, and the
+    fraction is rounded as `fromtimestamp` rounds it: to the microsecond, half to even,
+    carrying into the second (tests/observability/test_log_numbers.py compares the two)."""
+
+    def __init__(self) -> None:
+        self._memo: tuple[int, str] | None = None
+        """(second, its "YYYY-MM-DDTHH:MM:SS"): one tuple, replaced whole."""
+
+    def __call__(self, ended_at: float) -> str:
+        fraction, whole = math.modf(ended_at)
+        micros = round(fraction * 1e6)
+        second = int(whole)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        elif micros < 0:
+            second, micros = second - 1, micros + 1_000_000
+        memo = self._memo
+        if memo is None or memo[0] != second:
+            memo = self._memo = (second, datetime.fromtimestamp(second, UTC).isoformat()[:19])
+        return memo[1] + _MILLIS[micros // 1000]
+
+
+_timestamp = _Timestamps()
 
 
 def _unencodable(obj: object) -> object:
