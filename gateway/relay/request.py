@@ -13,8 +13,12 @@ from gateway.protocols import Api
 from gateway.providers.base import Route
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ClientRequest:
+    """Not frozen, though nothing changes one after its parse (`dataclasses.replace` makes
+    a new one): a frozen dataclass's `__init__` sets each of its nine fields through
+    `object.__setattr__`, about 2 µs per request more than plain slots."""
+
     route: Route
     body: dict[str, Any]
     model: str
