@@ -25,6 +25,9 @@ class StartBudget:
     """At most `per_turn` calls of `take()` return in one event-loop turn; the rest wait
     in FIFO order. A turn's count starts over when the loop comes round again."""
 
+    _loop: asyncio.AbstractEventLoop
+    """The loop of the turns scheduled (set whenever the first of a run of them is)."""
+
     def __init__(self, per_turn: int) -> None:
         if per_turn < 1:
             raise ValueError("per_turn must be at least 1")
@@ -50,7 +53,11 @@ class StartBudget:
         """Return at once while this turn has room and nobody is queued; else wait."""
         if self.take_now():
             return
-        ticket = asyncio.get_running_loop().create_future()
+        # take_now() says no only while a turn is scheduled (this turn is full, or others
+        # wait): its loop is the running one, and a burst's waiters need no
+        # get_running_loop() (a getpid() system call on 3.11) each.
+        loop = self._loop if self._scheduled else asyncio.get_running_loop()
+        ticket = loop.create_future()
         self._waiting.append(ticket)
         self._next_turn_soon()
         await ticket  # a cancelled waiter's ticket is cancelled too, and skipped
@@ -58,7 +65,8 @@ class StartBudget:
     def _next_turn_soon(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._next_turn)
+            self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
         # Runs once per turn while there is anything to count: lets the queue's head go
@@ -72,4 +80,7 @@ class StartBudget:
                 ticket.set_result(None)
                 self._used += 1
         if waiting or self._used:
-            self._next_turn_soon()
+            # The loop running this callback: no get_running_loop() (a getpid() system
+            # call on 3.11) for each turn of a busy loop.
+            self._scheduled = True
+            self._loop.call_soon(self._next_turn)

@@ -38,7 +38,7 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from gateway.limits.base import LimiterUnavailable, Reservation
+from gateway.limits.base import Admission, LimiterUnavailable, Reservation
 from gateway.limits.headers import rate_limit_headers, retry_after_header
 from gateway.observability.records import RequestRecord
 from gateway.pricing import TokenCounts
@@ -146,7 +146,19 @@ class RelayEndpoint:
             writer=body_writer(scope),
             reserved_tokens=req.prompt_estimate + output,
         )
-        return ctx, await _admit(rt, key, req, model, rec.request_id, output, headers)
+        # The limits, reserving the prompt estimate and `output` tokens (`_output_reserve`),
+        # awaited here rather than in a coroutine of their own: one frame less for the
+        # request to pass through. The reservation's cost is at the primary model's prices:
+        # settled to the real cost of whichever model answered when the request ends.
+        cost = rt.prices.reserve(model.name, req.prompt_estimate, output)
+        try:
+            admission = await rt.limiter.admit(key, ctx.reserved_tokens, rec.request_id, cost)
+        except LimiterUnavailable:
+            raise ServiceUnavailable(
+                "rate limits cannot be checked right now (limits backend unreachable); retry",
+                headers={"retry-after": "1"},
+            ) from None
+        return ctx, _admitted(rt, key, admission, headers)
 
     async def _failed(
         self, exc: Exception, rec: RequestRecord, send: Send, headers: Headers
@@ -231,29 +243,12 @@ def _output_reserve(rt: EdgeRuntime, req: ClientRequest) -> int:
     return 0 if req.route == "embeddings" else req.max_tokens or rt.config.default_max_tokens
 
 
-async def _admit(
-    rt: EdgeRuntime,
-    key: KeyConfig,
-    req: ClientRequest,
-    model: ModelConfig,
-    rid: str,
-    output: int,
-    headers: Headers,
+def _admitted(
+    rt: EdgeRuntime, key: KeyConfig, admission: Admission, headers: Headers
 ) -> Reservation | None:
-    """The limits' verdict on a request reserving its prompt estimate and `output` tokens
-    (`_output_reserve`)."""
-    limiter = rt.limiter
-    tokens = req.prompt_estimate + output
-    # The reservation's cost at the primary model's prices: settled to the real
-    # cost of whichever model answered when the request ends.
-    cost = rt.prices.reserve(model.name, req.prompt_estimate, output)
-    try:
-        admission = await limiter.admit(key, tokens, rid, cost)
-    except LimiterUnavailable:
-        raise ServiceUnavailable(
-            "rate limits cannot be checked right now (limits backend unreachable); retry",
-            headers={"retry-after": "1"},
-        ) from None
+    """The limits' verdict: the reservation of an admitted request (None when the limiter
+    keeps none), else the error naming the limit reached. Either way the rate-limit
+    headers join the response's."""
     headers.extend(rate_limit_headers(admission.state))
     if admission.allowed:
         return admission.reservation

@@ -20,6 +20,9 @@ from gateway.tokens import estimate_tokens
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _MAX_DEPTH = 254
 """orjson.dumps's recursion limit: the deepest body a provider can send on."""
+_TOKEN_LIMITS = ("max_completion_tokens", "max_tokens")
+"""Either caps the answer; the first given wins (`ClientRequest.max_tokens`)."""
+_NUMBERS = ("temperature", "top_p")
 
 
 def bad_request(message: str, param: str | None = None) -> InvalidRequest:
@@ -42,11 +45,13 @@ def optional_field(
 def json_object(raw: bytes) -> dict[str, Any]:
     """A request body that is a JSON object the providers can forward, naming a model; every
     ingress API's body starts so."""
-    if not raw.strip():
-        raise bad_request("the request body is empty; send a JSON object")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # Only a body that failed to parse is looked at for being empty: stripping every
+        # body first copied it whole, for a case orjson refuses anyway.
+        if not raw.strip():
+            raise bad_request("the request body is empty; send a JSON object") from None
         raise bad_request(f"the request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
@@ -61,32 +66,34 @@ def parse_request(route: Route, raw: bytes) -> ClientRequest:
     body = json_object(raw)
     model: str = body["model"]
     stream = optional_field(body, "stream", bool, "true or false") or False
-    options = optional_field(body, "stream_options", dict, "an object")
     include_usage = False
-    if options is not None:
-        if not stream:
-            raise bad_request(
-                "'stream_options' is only allowed when 'stream' is true", "stream_options"
-            )
-        include_usage = optional_field(options, "include_usage", bool, "true or false") or False
+    if "stream_options" in body:
+        include_usage = _include_usage(body, stream)
     max_tokens = None
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = optional_field(body, name, int, "a positive integer")
-        if value is not None:
-            if value <= 0:
-                raise bad_request(f"'{name}' must be a positive integer", name)
-            max_tokens = max_tokens or value
-    for name in ("temperature", "top_p"):
-        optional_field(body, name, (int, float), "a number")
-    n = optional_field(body, "n", int, "a positive integer")
-    if n is not None and n < 1:
-        raise bad_request("'n' must be a positive integer", "n")
+    # The optional fields below are checked only when the body has them (most bodies have
+    # one or two): a call less each for the others. In the same order as always, so a
+    # body with several bad fields is still answered about the same one.
+    for name in _TOKEN_LIMITS:
+        if name in body:
+            value = optional_field(body, name, int, "a positive integer")
+            if value is not None:
+                if value <= 0:
+                    raise bad_request(f"'{name}' must be a positive integer", name)
+                max_tokens = max_tokens or value
+    for name in _NUMBERS:
+        if name in body:
+            optional_field(body, name, (int, float), "a number")
+    if "n" in body:
+        n = optional_field(body, "n", int, "a positive integer")
+        if n is not None and n < 1:
+            raise bad_request("'n' must be a positive integer", "n")
 
     if route == "chat.completions":
         estimate = _check_messages(body)
-        tools = optional_field(body, "tools", list, "a list")
-        if tools is not None and not all(isinstance(t, dict) for t in tools):
-            raise bad_request("'tools' must be a list of objects", "tools")
+        if "tools" in body:
+            tools = optional_field(body, "tools", list, "a list")
+            if tools is not None and not all(isinstance(t, dict) for t in tools):
+                raise bad_request("'tools' must be a list of objects", "tools")
     elif route == "completions":
         prompt = body.get("prompt")
         if not isinstance(prompt, (str, list)):
@@ -110,14 +117,27 @@ def parse_request(route: Route, raw: bytes) -> ClientRequest:
     )
 
 
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    """`stream_options.include_usage`, checked (False when `stream_options` is null)."""
+    options = optional_field(body, "stream_options", dict, "an object")
+    if options is None:
+        return False
+    if not stream:
+        raise bad_request(
+            "'stream_options' is only allowed when 'stream' is true", "stream_options"
+        )
+    return optional_field(options, "include_usage", bool, "true or false") or False
+
+
 def check_depth(raw: bytes, body: dict[str, Any]) -> None:
     """Refuse nesting the gateway could not forward.
 
     orjson reads up to 1024 levels but writes at most 254, and every provider re-serialises
     the body; Python's own recursion (a prompt's estimate) gives out near 1000. Only a body
-    with that many brackets at all can nest that deep, so the common case costs two counts.
+    with that many brackets at all can nest that deep, so the common case costs two counts,
+    and a body shorter than that (most: a short chat is about 200 bytes) none.
     """
-    if raw.count(b"[") + raw.count(b"{") < _MAX_DEPTH:
+    if len(raw) < _MAX_DEPTH or raw.count(b"[") + raw.count(b"{") < _MAX_DEPTH:
         return
     try:
         orjson.dumps(body)
@@ -130,12 +150,14 @@ def _check_messages(body: dict[str, Any]) -> int:
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' is required and must be a non-empty list", "messages")
     chars = 0
+    # A message's name for an error (`messages[3]`) is only spelt out when it is needed.
     for i, message in enumerate(messages):
-        param = f"messages[{i}]"
         if not isinstance(message, dict):
+            param = f"messages[{i}]"
             raise bad_request(f"'{param}' must be an object", param)
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:
+            param = f"messages[{i}]"
             raise bad_request(
                 f"'{param}.role' must be one of {', '.join(sorted(_ROLES))}", f"{param}.role"
             )
@@ -143,17 +165,24 @@ def _check_messages(body: dict[str, Any]) -> int:
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise bad_request(
-                        f"'{param}.content[{j}]' must be an object with a 'type'",
-                        f"{param}.content[{j}]",
-                    )
-                text = part.get("text")
-                chars += len(text) if isinstance(text, str) else 0
+            chars += _parts_chars(i, content)
         elif content is not None:
+            param = f"messages[{i}]"
             raise bad_request(f"'{param}.content' must be a string or a list of parts", param)
         elif role in ("user", "system", "developer"):
+            param = f"messages[{i}]"
             raise bad_request(f"'{param}.content' is required for role {role}", f"{param}.content")
         chars += 16  # role and framing tokens per message
     return max(1, chars // 4)
+
+
+def _parts_chars(i: int, content: list[Any]) -> int:
+    """The characters of message `i`'s text parts, each part checked."""
+    chars = 0
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            param = f"messages[{i}].content[{j}]"
+            raise bad_request(f"'{param}' must be an object with a 'type'", param)
+        text = part.get("text")
+        chars += len(text) if isinstance(text, str) else 0
+    return chars

@@ -84,3 +84,22 @@ def test_take_now_takes_this_turns_room_and_the_next_turn_has_room_again() -> No
         return now, budget.take_now()
 
     assert asyncio.run(main()) == ([True, True, False], True)
+
+
+def test_a_burst_asks_for_the_running_loop_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The turns and the waiters use the loop the first turn was scheduled on: on 3.11
+    each `get_running_loop()` is a getpid() system call, and a burst has thousands of
+    waiters."""
+    calls = Counter[str]()
+    real = asyncio.get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        calls["get_running_loop"] += 1
+        return real()
+
+    monkeypatch.setattr("gateway.edge.budget.asyncio.get_running_loop", counted)
+    started = asyncio.run(_starts(StartBudget(4), 200))
+    assert len(started) == 200
+    assert calls["get_running_loop"] == 2  # _starts' own and the budget's first turn
+    # the budget still works on a later loop once its turns have stopped
+    assert len(asyncio.run(_starts(StartBudget(4), 8))) == 8

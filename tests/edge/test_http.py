@@ -1,15 +1,18 @@
-"""Reading a request body: whole, bounded in size, and in time only when it has to wait."""
+"""Reading a request body: whole, bounded in size, and in time only when it has to wait;
+request ids."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import Awaitable, Callable
 
 import pytest
 from starlette.types import Message
 
 from gateway.asgi import ClientGone, Waiting, run_until_wait
-from gateway.edge.http import read_body
+from gateway.edge.http import new_request_id, read_body, request_id
 from gateway.errors import PayloadTooLarge
 
 SCOPE = {"type": "http", "headers": []}
@@ -94,3 +97,41 @@ def test_waiting_passes_a_cancellation_into_the_coroutine() -> None:
 
     asyncio.run(scenario())
     assert cleaned == ["finally"]
+
+
+def test_a_body_in_one_part_is_checked_as_one_in_parts_is() -> None:
+    with pytest.raises(PayloadTooLarge):
+        read([(0, body(b"x" * 101))])
+    assert read([(0, body(b"x" * 100))]) == b"x" * 100
+    assert read([(0, {"type": "http.request"})]) == b""  # no body at all
+    with pytest.raises(ClientGone):
+        read([(0, {"type": "http.disconnect"})])
+
+
+def test_a_new_request_id_is_32_hex_digits_and_never_repeats() -> None:
+    ids = [request_id(SCOPE) for _ in range(10_000)]
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", rid) for rid in ids)
+    assert len(set(ids)) == len(ids)
+    # a safe id of the client's is kept; an unsafe one replaced by a new one
+    given = {"type": "http", "headers": [(b"x-request-id", b"abc-1.2:3_4")]}
+    assert request_id(given) == b"abc-1.2:3_4"
+    unsafe = {"type": "http", "headers": [(b"x-request-id", b"a b\r\nx-evil: 1")]}
+    assert re.fullmatch(rb"[0-9a-f]{32}", request_id(unsafe))
+
+
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    """Ids are a per-process prefix and a counter: a child forked after its parent made
+    some must not make the same ones (its counter starts where the parent's was)."""
+    parent = new_request_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id to the parent, then out without pytest's exit
+        os.write(write_end, new_request_id())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 64)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    mine = new_request_id()
+    assert len(child) == 32 and child[:16] != mine[:16]
+    assert mine[:16] == parent[:16] and int(mine[16:], 16) == int(parent[16:], 16) + 1
