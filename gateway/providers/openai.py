@@ -209,6 +209,7 @@ _loads = orjson.loads
 _DELTA_END = b'"finish_reason":null}]}'
 _DELTA_END_NO_USAGE = b'"finish_reason":null}],"usage":null}'
 _CONTENT = b'"content":"'
+_CONTENT_LENGTH = len(_CONTENT)  # a constant: `_counts` runs on every relayed read
 _WHOLE_DELTA_ENDS = (_DELTA_END + b"\n\n", _DELTA_END_NO_USAGE + b"\n\n")
 
 
@@ -254,7 +255,7 @@ def _counts(data: bytes) -> bool:
     """A plain delta that counts towards the completion estimate, as `_scan_choices` counts:
     one with content (not empty), tool calls or reasoning."""
     at = data.find(_CONTENT)
-    if at >= 0 and data[at + len(_CONTENT)] != 0x22:  # not `"content":""`
+    if at >= 0 and data[at + _CONTENT_LENGTH] != 0x22:  # not `"content":""`
         return True
     return b'"tool_calls"' in data or b'"reasoning_content":"' in data
 
