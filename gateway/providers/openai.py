@@ -48,6 +48,8 @@ API_PATHS = {
     "embeddings": "/embeddings",
     "responses": "/responses",
 }
+_DONE = b"data: [DONE]\n\n"
+_DONE_EVENT = _DONE[:-2]
 
 
 class OpenAIStream(SSEUpstream):
@@ -111,6 +113,10 @@ class OpenAIStream(SSEUpstream):
                 continue
             if not data:
                 continue  # comments and pings: the relay sends its own keep-alives
+            if data == b"[DONE]":
+                state.done_sent = True
+                out.append(_DONE)  # as OpenAI writes it, whatever the upstream's spelling
+                continue
             sent = self._parsed(data)
             if sent is None:
                 out.append(raw if raw.endswith(b"\n\n") else b"data: " + data + b"\n\n")
@@ -118,13 +124,10 @@ class OpenAIStream(SSEUpstream):
                 out.append(sent)
 
     def _parsed(self, data: bytes) -> bytes | None:
-        """Learn what one event that is not a plain delta says (done, usage, finish, the
-        completion estimate; an error event raises); what the client gets for it: None for
-        its own bytes, b"" for nothing, else the event(s) re-serialised."""
+        """Learn what one event that is neither a plain delta nor `[DONE]` says (usage, a
+        finish, the completion estimate; an error event raises); what the client gets for
+        it: None for its own bytes, b"" for nothing, else the event(s) re-serialised."""
         state = self.state
-        if data == b"[DONE]":
-            state.done_sent = True
-            return None
         try:
             chunk = _loads(data)
         except orjson.JSONDecodeError:
@@ -179,6 +182,10 @@ class OpenAIStream(SSEUpstream):
                 ):
                     if _counts(part):
                         state.completion_estimate += 1
+                    out.append(part)
+                    continue
+                if part == _DONE_EVENT:
+                    state.done_sent = True
                     out.append(part)
                     continue
                 sent = self._parsed(part[6:]) if len(part) > 6 else b""
