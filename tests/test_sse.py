@@ -87,3 +87,14 @@ def test_two_line_events_read_as_the_general_parse_reads_them(block: bytes) -> N
 def test_an_event_name_not_in_utf8_is_refused_on_the_fast_path_too() -> None:
     with pytest.raises(SSEError):
         SSEDecoder().feed(b"event: \xff\ndata: {}\n\n")
+
+
+def test_pending_counts_the_bytes_of_an_event_not_ended_yet() -> None:
+    decoder = SSEDecoder()
+    assert decoder.pending == 0
+    decoder.feed(b'data: {"a": 1}\n\ndata: {"b"')
+    assert decoder.pending == len(b'data: {"b"')
+    decoder.feed(b": 2}\n")
+    assert decoder.pending == len(b'data: {"b": 2}\n')
+    assert decoder.feed(b"\n") == [(b'{"b": 2}', None, b'data: {"b": 2}\n\n')]
+    assert decoder.pending == 0

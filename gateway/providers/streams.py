@@ -85,7 +85,8 @@ class SSEUpstream:
         self._decoder = SSEDecoder(max_event_bytes)
         self._pending_error: GatewayError | None = None
         self._sink: Sink | None = None
-        self._body: NativeBody | None = None
+        self._body = stream if isinstance(stream, NativeBody) else None
+        """The native transport's body, read without waiting when bytes are there."""
 
     def __aiter__(self) -> SSEUpstream:
         return self
@@ -96,7 +97,11 @@ class SSEUpstream:
                 error, self._pending_error = self._pending_error, None
                 raise error
             try:
-                chunk = await self._raw.__anext__()
+                # Over the native transport, what already arrived is taken without the body's
+                # own `__anext__` coroutine: a stream's first read usually came with the head.
+                chunk = self._body.read_nowait() if self._body is not None else b""
+                if not chunk:
+                    chunk = await self._raw.__anext__()
             except httpx.HTTPError:
                 # Mapped here rather than under a `with` around the read: a context manager
                 # per read costs more than the read's own bookkeeping.
@@ -109,10 +114,10 @@ class SSEUpstream:
     def push(self, sink: Sink) -> bool:
         """Hand the rest of the stream to `sink` from the connection's own callbacks (native
         transport only; False: keep iterating)."""
-        body = self._response.stream
-        if not isinstance(body, NativeBody) or self._pending_error is not None:
+        body = self._body
+        if body is None or self._pending_error is not None:
             return False
-        self._sink, self._body = sink, body
+        self._sink = sink
         body.listen(self.resume_push)
         self.resume_push()
         return True

@@ -65,12 +65,16 @@ pool closed 1,391 connections it could not keep idle, all of them waiting there.
 class Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: one request at a time, the response parsed as it arrives."""
 
-    def __init__(self, pool: Pool, origin: Origin) -> None:
+    def __init__(
+        self, pool: Pool, origin: Origin, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.pool = pool
         self.origin = origin
         self.idle_since = 0.0
         self.reusable = False
-        self._loop = asyncio.get_running_loop()
+        # The running loop, when the caller has it at hand: `get_running_loop()` makes a
+        # getpid() system call on Python 3.11, and a burst opens a connection per stream.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._closed = False

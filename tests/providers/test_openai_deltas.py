@@ -138,3 +138,12 @@ def test_usage_riding_on_news_is_taken_out_for_a_client_that_did_not_ask() -> No
         assert upstream.state.usage is not None and upstream.state.usage.prompt_tokens == 5
         _, out = relay_to([event], include_usage=True)
         assert out == b"data: " + event + b"\n\n"  # asked: the upstream's own bytes
+
+
+@pytest.mark.parametrize(
+    "done", [b"data:[DONE]\n\n", b": bye\ndata: [DONE]\n\n", b"data: [DONE]\n\n"]
+)
+def test_the_end_is_relayed_as_openai_writes_it(done: bytes) -> None:
+    upstream = stream(keep_text=False)
+    assert upstream._client_bytes(done) == b"data: [DONE]\n\n"
+    assert upstream.state.done_sent

@@ -12,11 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.openai import OpenAIStream
 from gateway.sse import SSEEvent
-from gateway.transports.native import NativeTransport
+from gateway.transports.native import NativeBody, NativeTransport
 
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"t%d"},"finish_reason":null}]}\n\n'
 FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
@@ -132,3 +133,25 @@ def test_a_sink_that_is_not_ready_gets_nothing_until_resumed() -> None:
     held, got, error = asyncio.run(main())
     assert held == []
     assert error is None and b"".join(got) == b"".join(events)
+
+
+def test_iterating_takes_what_already_arrived_without_the_bodys_own_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    anext = NativeBody.__anext__
+
+    async def counted(body: NativeBody) -> bytes:
+        calls.append(1)
+        return await anext(body)
+
+    monkeypatch.setattr(NativeBody, "__anext__", counted)
+    events = [CHUNK % 0, CHUNK % 1, FINISH, DONE]
+
+    async def main() -> list[bytes]:
+        async with _opened(events) as stream:
+            await asyncio.sleep(0.1)  # everything arrived, the end too
+            return [data async for data in stream]
+
+    assert b"".join(asyncio.run(main())) == b"".join(events)
+    assert calls == [1]  # only to learn the end: every read was there already

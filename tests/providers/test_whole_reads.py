@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from gateway.errors import GatewayError
 from gateway.protocols import Api
 from gateway.providers.azure import AzureStream
 from gateway.providers.base import StreamState
@@ -145,10 +146,13 @@ def test_what_the_shortcut_cannot_take_goes_to_the_decoder() -> None:
     line = b"data: " + PLAIN[1]
     for read in (
         line + b"\r\n\r\n",  # other line ends
-        line + b"\n\n" + line + b"\n\n",  # two events
+        line + b"\n\n" + line + b"\n\n" + line,  # the next event not whole
+        line + b"\n\n\n\n" + line + b"\n\n",  # an empty event between
+        line + b"\n\n\n" + line + b"\n\n",  # a stray line end
+        line + b"\n" + line + b"\n\n",  # an event of two lines
+        line + b"\n\n: ping\n\n",  # a comment
         b"event: x\n" + line + b"\n\n",  # a named one
-        b"data: " + PARSED[0] + b"\n\n",  # a finish
-        b"data: " + PARSED[6] + b"\n\n",  # not UTF-8
+        line + b"\n\ndata:" + PLAIN[1] + b"\n\n",  # `data:` without its space
     ):
         with pytest.raises(AssertionError, match="decoded"):
             upstream._client_bytes(read)
@@ -161,3 +165,81 @@ def test_what_the_shortcut_cannot_take_goes_to_the_decoder() -> None:
 def test_a_subclass_that_translates_otherwise_never_takes_the_shortcut() -> None:
     assert OpenAIStream._whole_deltas
     assert not AzureStream._whole_deltas and not GeminiStream._whole_deltas
+    response = RESPONSE
+    for stream in (
+        AzureStream(response, "p", include_usage=False),
+        GeminiStream(response, "p", include_usage=False),
+    ):
+        stream._decoder = _NoDecoder()  # type: ignore[assignment]
+        for read in (
+            b"data: " + PLAIN[1] + b"\n\n",
+            b"data: " + PARSED[0] + b"\n\ndata: [DONE]\n\n",
+        ):
+            with pytest.raises(AssertionError, match="decoded"):
+                stream._client_bytes(read)
+
+
+def general(upstream: OpenAIStream, read: bytes) -> bytes | None:
+    """The decoder and `translate`: what every read took before the shortcuts."""
+    return SSEUpstream._client_bytes(upstream, read)
+
+
+def outcome(upstream: OpenAIStream, read: bytes, way: object) -> tuple[object, ...]:
+    """What one read relays, raises or holds back, and what the stream learnt from it."""
+    assert callable(way)
+    try:
+        sent, raised = way(upstream, read), None
+    except GatewayError as exc:
+        sent, raised = None, repr(exc)
+    return sent, raised, repr(upstream._pending_error), learnt(upstream)
+
+
+def lines(*events: bytes) -> bytes:
+    return b"".join(b"data: " + data + b"\n\n" for data in events)
+
+
+ERROR = PARSED[4]
+USAGE_NEWS = b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}'
+WHOLE = [
+    lines(PLAIN[0], PARSED[0], PARSED[2], b"[DONE]"),  # a short stream in one read
+    lines(PARSED[0], PARSED[2], b"[DONE]"),  # a stream's last read
+    lines(*PLAIN),  # a fast upstream's deltas
+    lines(PARSED[0]),  # one event, parsed
+    lines(b"[DONE]"),
+    lines(PARSED[2]),  # usage only: nothing for a client that did not ask
+    lines(PLAIN[1], USAGE_NEWS, b"[DONE]"),  # usage taken out of a chunk with news
+    lines(PLAIN[1], ERROR, PLAIN[1]),  # an error after a delta: the delta, then the error
+    lines(ERROR, PLAIN[1]),  # an error first: raised
+    lines(PARSED[2], ERROR),  # an error after a dropped event: raised
+    lines(PLAIN[1], PARSED[6]),  # not UTF-8 (parsed: not JSON)
+    lines(PLAIN[4], PLAIN[1]),  # UTF-8 beyond ASCII
+    lines(PLAIN[1], b"", PLAIN[1]),  # `data: ` with nothing: dropped
+    lines(
+        PLAIN[1], b'{"choices":[{"delta":{"content":"%s"},"finish_reason":null}]}' % SECRET.encode()
+    ),
+    lines(b"[1,2]", PLAIN[1]),  # not an object
+]
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+@pytest.mark.parametrize("read", WHOLE)
+def test_a_read_of_whole_one_line_events_relays_and_learns_what_the_decoder_does(
+    read: bytes, include_usage: bool
+) -> None:
+    fast = (
+        chat()
+        if not include_usage
+        else OpenAIStream(RESPONSE, "p", include_usage=True, redact=Redactor([SECRET]))
+    )
+    slow = (
+        chat()
+        if not include_usage
+        else OpenAIStream(RESPONSE, "p", include_usage=True, redact=Redactor([SECRET]))
+    )
+    fast._decoder = _NoDecoder()  # type: ignore[assignment]
+    assert outcome(fast, read, OpenAIStream._client_bytes) == outcome(slow, read, general)
+
+
+def test_a_read_whose_events_all_go_as_they_came_is_relayed_as_it_came() -> None:
+    read = lines(PLAIN[0], PARSED[0], b"[DONE]")
+    assert chat()._client_bytes(read) is read
