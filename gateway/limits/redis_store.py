@@ -366,25 +366,16 @@ class RedisLimiter:
             limits, int(requests), float(reset_requests), int(used_tokens), float(reset_tokens)
         )
         if allowed != b"1":
-            return Admission(
-                allowed=False, state=state, denied=_DENIED[denied], retry_after=float(wait)
-            )
+            return Admission(False, state, None, _DENIED[denied], float(wait))
         held = self._leases.get(key.id)
         if held is None:
             self._leases[key.id] = {lease}
         else:
             held.add(lease)
+        # Positional (allowed, state, reservation; key_id, request_id, tokens, admitted_at,
+        # cost, lease): keywords cost a few tenths of a µs more, on every request.
         return Admission(
-            allowed=True,
-            state=state,
-            reservation=Reservation(
-                key_id=key.id,
-                request_id=request_id,
-                tokens=tokens,
-                admitted_at=float(now),
-                cost=cost,
-                lease=lease,
-            ),
+            True, state, Reservation(key.id, request_id, tokens, float(now), cost, lease)
         )
 
     async def settle(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
@@ -429,7 +420,7 @@ class RedisLimiter:
             held.discard(lease)
             if not held:
                 del self._leases[reservation.key_id]
-        if self._backing_off():
+        if self._skip_until and self._backing_off():
             self._on_backend_error()
             return None
         keys = self._settle_keys.get(reservation.key_id)
@@ -617,7 +608,10 @@ class RedisLimiter:
 
 def _admit_args(tokens: int, cost: int, lease: str, override: str) -> bytes:
     """`pack_items((tokens, cost, lease, override))`, for the types they always have."""
-    t, c, ls, o = b"%d" % tokens, b"%d" % cost, lease.encode(), override.encode()
+    t, ls = b"%d" % tokens, lease.encode()
+    if not cost and not override:  # production without prices: two of the four are fixed
+        return b"$%d\r\n%b\r\n$1\r\n0\r\n$%d\r\n%b\r\n$0\r\n\r\n" % (len(t), t, len(ls), ls)
+    c, o = b"%d" % cost, override.encode()
     return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
         len(t), t, len(c), c, len(ls), ls, len(o), o
     )  # fmt: skip
@@ -627,15 +621,21 @@ def _rate_state(
     limits: Limits, requests: int, reset_requests: float, tokens: int, reset_tokens: float
 ) -> RateState:
     rpm, tpm = limits.rpm, limits.tpm
+    # Positional, in RateState's field order (limit, remaining and reset of requests, then
+    # of tokens, then the tokens used): keywords cost 0.5 µs more, on every request.
+    if rpm is None:
+        if tpm is None:
+            return _NO_LIMITS
+        return RateState(None, None, 0.0, tpm, max(tpm - tokens, 0), reset_tokens, tokens)
+    if tpm is None:
+        return RateState(rpm, max(rpm - requests, 0), reset_requests)
     return RateState(
-        limit_requests=rpm,
-        remaining_requests=None if rpm is None else max(rpm - requests, 0),
-        reset_requests_s=0.0 if rpm is None else reset_requests,
-        limit_tokens=tpm,
-        remaining_tokens=None if tpm is None else max(tpm - tokens, 0),
-        reset_tokens_s=0.0 if tpm is None else reset_tokens,
-        used_tokens=None if tpm is None else tokens,
+        rpm, max(rpm - requests, 0), reset_requests, tpm, max(tpm - tokens, 0), reset_tokens, tokens
     )
+
+
+_NO_LIMITS = RateState()
+"""The state of a key with neither rpm nor tpm (immutable, so one serves every admission)."""
 
 
 def _describe(exc: BaseException) -> str:
