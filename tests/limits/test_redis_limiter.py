@@ -19,9 +19,8 @@ from redis.crc import key_slot
 
 from gateway.config import BackendFailure, Limits
 from gateway.limits.base import LimiterUnavailable, RateState
+from gateway.limits.redis_settle import SETTLE_DELAY_S, SETTLES_PER_CALL
 from gateway.limits.redis_store import (
-    SETTLE_DELAY_S,
-    SETTLES_PER_CALL,
     RedisLimiter,
     _admit_args,
     _rate_state,
