@@ -72,25 +72,23 @@ def _duration(seconds: float) -> bytes:
 def rate_limit_headers(state: RateState) -> list[tuple[bytes, bytes]]:
     """The `x-ratelimit-*` headers for the limits the key has (none when degraded)."""
     rpm, tpm = state.limit_requests, state.limit_tokens
-    if rpm is None:
-        if tpm is None:
-            return []
-        return [
-            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
-            (b"x-ratelimit-remaining-tokens", b"%d" % max(state.remaining_tokens or 0, 0)),
-            (b"x-ratelimit-reset-tokens", _duration(state.reset_tokens_s)),
-        ]
-    headers = [
-        (b"x-ratelimit-limit-requests", b"%d" % rpm),
-        (b"x-ratelimit-remaining-requests", b"%d" % max(state.remaining_requests or 0, 0)),
-        (b"x-ratelimit-reset-requests", _duration(state.reset_requests_s)),
-    ]
+    headers: list[tuple[bytes, bytes]] = []
+    # Remaining counts are clamped at 0 with a conditional, not max(): every response of a
+    # limited key formats two.
+    if rpm is not None:
+        left = state.remaining_requests
+        headers += (
+            (b"x-ratelimit-limit-requests", b"%d" % rpm),
+            (b"x-ratelimit-remaining-requests", b"%d" % left if left and left > 0 else b"0"),
+            (b"x-ratelimit-reset-requests", _duration(state.reset_requests_s)),
+        )
     if tpm is not None:
-        headers += [
+        left = state.remaining_tokens
+        headers += (
             (b"x-ratelimit-limit-tokens", b"%d" % tpm),
-            (b"x-ratelimit-remaining-tokens", b"%d" % max(state.remaining_tokens or 0, 0)),
+            (b"x-ratelimit-remaining-tokens", b"%d" % left if left and left > 0 else b"0"),
             (b"x-ratelimit-reset-tokens", _duration(state.reset_tokens_s)),
-        ]
+        )
     return headers
 
 

@@ -299,16 +299,17 @@ class RedisLimiter:
             # (Connected: the call is queued before this task can be cancelled.)
             settles = self._settles.take()
             settled = len(settles)
+            numkeys = b"%d" % (5 + 3 * settled)
             command = b"".join(
                 (
                     b"*%d\r\n" % (3 + 5 + 12 + 7 * settled),
                     self._admit_script.evalsha,
-                    pack_items((5 + 3 * settled,)),
+                    b"$%d\r\n%b\r\n" % (len(numkeys), numkeys),
                     cached[3],
-                    *(settle[1] for settle in settles),
+                    b"".join([settle[1] for settle in settles]),
                     cached[4],
                     args,
-                    *(settle[2] for settle in settles),
+                    b"".join([settle[2] for settle in settles]),
                 )
             )
         else:
@@ -504,15 +505,19 @@ def _rate_state(
 ) -> RateState:
     rpm, tpm = limits.rpm, limits.tpm
     # Positional, in RateState's field order (limit, remaining and reset of requests, then
-    # of tokens, then the tokens used): keywords cost 0.5 µs more, on every request.
+    # of tokens, then the tokens used), and clamped with conditionals, not max(): keywords
+    # and max() calls cost about 1.5 µs more, on every request.
     if rpm is None:
         if tpm is None:
             return _NO_LIMITS
-        return RateState(None, None, 0.0, tpm, max(tpm - tokens, 0), reset_tokens, tokens)
+        return RateState(
+            None, None, 0.0, tpm, tpm - tokens if tokens < tpm else 0, reset_tokens, tokens
+        )
+    left = rpm - requests if requests < rpm else 0
     if tpm is None:
-        return RateState(rpm, max(rpm - requests, 0), reset_requests)
+        return RateState(rpm, left, reset_requests)
     return RateState(
-        rpm, max(rpm - requests, 0), reset_requests, tpm, max(tpm - tokens, 0), reset_tokens, tokens
+        rpm, left, reset_requests, tpm, tpm - tokens if tokens < tpm else 0, reset_tokens, tokens
     )
 
 
