@@ -37,10 +37,10 @@ def _ceil_ms(seconds: float) -> int:
     become 1101 ms).
 
     Without `round()` where it cannot change the answer (it costs 0.6 µs, and every
-    response of a limited key formats two resets): `round(x, 6)` rounds the fraction of
-    `x` (exact: `x - int(x)` is) down to 0 when it is below 5e-7 and up past it when it is
-    above, so only a fraction within float error of 5e-7 needs `round()` to decide.
-    tests/limits/test_limit_headers.py checks it against the formula."""
+    response of a limited key formats two resets): `round(x, 6)` takes a fraction below
+    5e-7 down to the whole ms and one above it past the whole ms, and the fraction
+    `x - int(x)` is computed exactly, so only one within float error of 5e-7 needs
+    `round()` to decide. tests/limits/test_limit_headers.py checks it against the formula."""
     x = seconds * 1000
     if x <= 0:
         return 0
