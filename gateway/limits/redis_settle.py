@@ -79,7 +79,7 @@ class SettleQueue:
         self._sent: set[asyncio.Future[Any]] = set()
         """Settle calls sent and not answered yet (`aclose` waits for them)."""
 
-    def parts(self, reservation: Reservation, used_tokens: int, used_cost: int) -> Settle:
+    def _pack(self, reservation: Reservation, used_tokens: int, used_cost: int) -> Settle:
         """One settle, packed: what `add` queues and `settle_now` sends."""
         keys = self._key_parts.get(reservation.key_id)
         if keys is None:
@@ -96,11 +96,11 @@ class SettleQueue:
         )  # fmt: skip
         return keys[0], keys[1], args
 
-    def add(self, settle: Settle) -> None:
-        """Queue `settle` to leave with the others of the next `SETTLE_DELAY_S` (at once on
-        an idle connection)."""
+    def add(self, reservation: Reservation, used_tokens: int, used_cost: int) -> None:
+        """Queue the settle of `reservation` to leave with the others of the next
+        `SETTLE_DELAY_S` (at once on an idle connection)."""
         waiting = self.waiting
-        waiting.append(settle)
+        waiting.append(self._pack(reservation, used_tokens, used_cost))
         if len(waiting) == 1:
             if self._client.idle():
                 # Nothing to batch with, so no reason to wait. Leaving at once, the slot it
@@ -124,9 +124,10 @@ class SettleQueue:
         evalsha = self._script.evalsha
         return b"*%d\r\n" % (3 + 7 * count) + evalsha + pack_items((3 * count,)) + keys + args
 
-    async def settle_now(self, settle: Settle) -> None:
+    async def settle_now(self, reservation: Reservation, used_tokens: int, used_cost: int) -> None:
         """One settle in a call of its own, its reply awaited (`RedisLimiter.settle`)."""
-        await self._run(self.call(1, settle[1], settle[2]), 1)
+        _, keys, args = self._pack(reservation, used_tokens, used_cost)
+        await self._run(self.call(1, keys, args), 1)
 
     def send(self) -> None:
         """The waiting settles off as one call per Cluster slot (one call on one Redis)."""

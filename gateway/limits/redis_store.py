@@ -358,14 +358,14 @@ class RedisLimiter:
 
     async def settle(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
         if self._release(reservation):
-            await self._settles.settle_now(self._settles.parts(reservation, used_tokens, used_cost))
+            await self._settles.settle_now(reservation, used_tokens, used_cost)
 
     def settle_soon(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
         """`settle` without a task: queued to leave with the other settles of the next
         `SETTLE_DELAY_S` as one script call (at once on an idle connection), its reply
         handled by a callback (`gateway.limits.redis_settle`)."""
         if self._release(reservation):
-            self._settles.add(self._settles.parts(reservation, used_tokens, used_cost))
+            self._settles.add(reservation, used_tokens, used_cost)
 
     def _release(self, reservation: Reservation) -> bool:
         """Forget the reservation's lease; True when its settle is for Redis to make. The
