@@ -2,8 +2,8 @@
 
 Each call is one round trip running one Lua script (over `gateway.limits.resp`: one
 pipelined connection, so concurrent admissions share writes; settles, which nobody waits
-for, wait up to `SETTLE_DELAY_S` and leave as one script call settling them all), so
-check-and-reserve is
+for, wait up to `SETTLE_DELAY_S` and leave as one script call settling them all, or ride in
+the next admission's call: `gateway.limits.redis_settle`), so check-and-reserve is
 atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the
 monthly quota and, only if all pass, counts the request, reserves the tokens and takes a
 lease; `settle` corrects the reserved tokens in the admission's own tpm bucket and quota
@@ -60,18 +60,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from gateway.config import BackendFailure, Budget, KeyConfig, Limits
 from gateway.limits import redis_lua
@@ -84,17 +81,16 @@ from gateway.limits.base import (
     Reservation,
 )
 from gateway.limits.cluster import ClusterClient
+from gateway.limits.redis_settle import (
+    BACKEND_ERRORS,
+    SETTLES_PER_CALL,
+    SettleQueue,
+)
 from gateway.limits.report import key_usage
 from gateway.limits.resp import Client, RespClient, Script, is_noscript, pack_items
 from gateway.redis_url import is_cluster_url
 
 _log = logging.getLogger(__name__)
-
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
-"""What counts as "the backend is unreachable". Redis's own ConnectionError and
-TimeoutError are RedisErrors; the builtin ones (and asyncio's) are OSErrors. Other Redis
-errors (READONLY after a failover, OOM, LOADING) leave the limits just as unknown, and so
-do redis-py's Cluster errors that are no RedisError (no node reachable, a slot unserved)."""
 
 _CLUSTER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "CROSSSLOT")
 """Replies only a Redis Cluster node gives: a plain redis:// URL points at a Cluster."""
@@ -111,21 +107,6 @@ _DENIED: dict[bytes, LimitName] = {
     b"daily_usd": "daily_usd",
     b"monthly_usd": "monthly_usd",
 }
-
-
-SETTLE_DELAY_S = 0.005
-"""How long a settle may wait for others to share one script call with. Nobody waits
-for a settle, and under load many end close together: one call (one command for Redis to
-run, one reply to read) settles them all; on an idle connection a settle leaves at once.
-The next admission of this process takes waiting settles along first, so this process
-never sees its own finished requests as open; other replicas may, for at most this long
-(as if the settle had crossed a slower network)."""
-
-
-SETTLES_PER_CALL = 100
-"""At most this many settles in one script call. A script holds Redis for its whole run
-(a settle's part is ~10 µs), so a burst of 3,000 ends in one call would stall every other
-client's call for ~30 ms; in calls of 100 the per-call cost is still shared 100 ways."""
 
 
 def key_names(prefix: str, key_id: str) -> tuple[str, str, str, str, str]:
@@ -197,13 +178,15 @@ class RedisLimiter:
         self._admit_heads: dict[str, tuple[Limits, Budget | None, bytes, bytes, bytes]] = {}
         """key id -> the packed start of its admit calls (the same every time), and its
         packed keys and fixed arguments (for a call carrying waiting settles too)."""
-        self._settle_keys: dict[str, tuple[int, bytes]] = {}
-        """key id -> its Cluster slot (0 on one Redis) and its packed keys of a settle."""
-        self._settles: list[tuple[int, bytes, bytes]] = []
-        """Settles waiting to leave together: slot, packed keys, packed arguments."""
-        self._settles_timer: asyncio.TimerHandle | None = None
-        self._settling: set[asyncio.Future[Any]] = set()
-        """Settle calls sent and not answered yet (`aclose` waits for them)."""
+        self._settles = SettleQueue(
+            self._client,
+            self._settle_script,
+            cluster=self._cluster,
+            keys=lambda key_id: key_names(prefix, key_id)[1:4],
+            failed=self._settle_failed,
+            recovered=self._recovered,
+        )
+        """Settles not sent yet (or not answered yet)."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -233,14 +216,7 @@ class RedisLimiter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._settles_timer is not None:
-            self._settles_timer.cancel()
-            self._settles_timer = None
-        self._send_settles()
-        if self._settling:
-            # Settles queued for a shared write go out now; their replies are waited for.
-            self._client.flush()
-            await asyncio.wait(set(self._settling), timeout=self._client.timeout + 0.1)
+        await self._settles.aclose()
         await self._client.aclose()
 
     async def ready(self) -> bool:
@@ -314,29 +290,31 @@ class RedisLimiter:
         lease = self._lease_prefix + str(next(self._lease_ids))
         args = _admit_args(tokens, cost, lease, self._time_override())
         settled = 0
-        if not self._settles:
+        waiting = self._settles.waiting
+        if not waiting:
             command = cached[2] + args
-        elif len(self._settles) <= SETTLES_PER_CALL and self._resp and self._resp.connected():
+        elif len(waiting) <= SETTLES_PER_CALL and self._resp and self._resp.connected():
             # The waiting settles ride in this call, run first: this process never counts
             # its own finished requests as open, and Redis runs one script, not two.
             # (Connected: the call is queued before this task can be cancelled.)
-            settles, self._settles = self._settles, []
+            settles = self._settles.take()
             settled = len(settles)
+            numkeys = b"%d" % (5 + 3 * settled)
             command = b"".join(
                 (
                     b"*%d\r\n" % (3 + 5 + 12 + 7 * settled),
                     self._admit_script.evalsha,
-                    pack_items((5 + 3 * settled,)),
+                    b"$%d\r\n%b\r\n" % (len(numkeys), numkeys),
                     cached[3],
-                    *(settle[1] for settle in settles),
+                    b"".join([settle[1] for settle in settles]),
                     cached[4],
                     args,
-                    *(settle[2] for settle in settles),
+                    b"".join([settle[2] for settle in settles]),
                 )
             )
         else:
             # Ahead of this admission, in the same write, for the same reason.
-            self._send_settles()
+            self._settles.send()
             command = cached[2] + args
         resp = self._resp
         try:
@@ -366,149 +344,45 @@ class RedisLimiter:
             limits, int(requests), float(reset_requests), int(used_tokens), float(reset_tokens)
         )
         if allowed != b"1":
-            return Admission(
-                allowed=False, state=state, denied=_DENIED[denied], retry_after=float(wait)
-            )
+            return Admission(False, state, None, _DENIED[denied], float(wait))
         held = self._leases.get(key.id)
         if held is None:
             self._leases[key.id] = {lease}
         else:
             held.add(lease)
+        # Positional (allowed, state, reservation; key_id, request_id, tokens, admitted_at,
+        # cost, lease): keywords cost a few tenths of a µs more, on every request.
         return Admission(
-            allowed=True,
-            state=state,
-            reservation=Reservation(
-                key_id=key.id,
-                request_id=request_id,
-                tokens=tokens,
-                admitted_at=float(now),
-                cost=cost,
-                lease=lease,
-            ),
+            True, state, Reservation(key.id, request_id, tokens, float(now), cost, lease)
         )
 
     async def settle(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
-        parts = self._settle_parts(reservation, used_tokens, used_cost)
-        if parts is not None:
-            await self._settle(self._settle_call(1, parts[1], parts[2]), 1)
+        if self._release(reservation):
+            await self._settles.settle_now(reservation, used_tokens, used_cost)
 
     def settle_soon(self, reservation: Reservation, used_tokens: int, used_cost: int = 0) -> None:
         """`settle` without a task: queued to leave with the other settles of the next
         `SETTLE_DELAY_S` as one script call (at once on an idle connection), its reply
-        handled by a callback."""
-        parts = self._settle_parts(reservation, used_tokens, used_cost)
-        if parts is None:
-            return
-        settles = self._settles
-        settles.append(parts)
-        if len(settles) == 1:
-            if self._client.idle():
-                # Nothing to batch with, so no reason to wait. Leaving at once, the slot it
-                # frees is free for another replica's next admission too (a client sending
-                # one request after another through two replicas of a max_concurrent 1 key
-                # would otherwise meet its own finished request).
-                self._send_settles()
-            elif self._settles_timer is None:
-                # Kept when an admission takes the settles along (one timer per
-                # SETTLE_DELAY_S at most, not one per settle): it then finds none or newer ones.
-                loop = asyncio.get_running_loop()
-                self._settles_timer = loop.call_later(SETTLE_DELAY_S, self._timed_settles)
+        handled by a callback (`gateway.limits.redis_settle`)."""
+        if self._release(reservation):
+            self._settles.add(reservation, used_tokens, used_cost)
 
-    def _settle_parts(
-        self, reservation: Reservation, used_tokens: int, used_cost: int
-    ) -> tuple[int, bytes, bytes] | None:
-        """One settle's slot and packed keys and arguments, None when there is nothing to
-        settle in Redis. Forgets the lease first: whatever happens next, this process stops
-        renewing it, so it expires by itself if the ZREM never arrives. Counts a backend
-        error (and gives None) during the back-off after a failure."""
+    def _release(self, reservation: Reservation) -> bool:
+        """Forget the reservation's lease; True when its settle is for Redis to make. The
+        lease goes first: whatever happens next, this process stops renewing it, so it
+        expires by itself if the ZREM never arrives. Counts a backend error (and gives
+        False) during the back-off after a failure."""
         if reservation.degraded:
-            return None
-        lease = reservation.lease
+            return False
         held = self._leases.get(reservation.key_id)
         if held is not None:
-            held.discard(lease)
+            held.discard(reservation.lease)
             if not held:
                 del self._leases[reservation.key_id]
-        if self._backing_off():
+        if self._skip_until and self._backing_off():
             self._on_backend_error()
-            return None
-        keys = self._settle_keys.get(reservation.key_id)
-        if keys is None:
-            _, tpm_key, quota_key, leases_key, _ = key_names(self._prefix, reservation.key_id)
-            slot = key_slot(tpm_key.encode()) if self._cluster else 0
-            keys = (slot, pack_items((tpm_key, quota_key, leases_key)))
-            self._settle_keys[reservation.key_id] = keys
-        at = b"%.6f" % reservation.admitted_at
-        delta = b"%d" % (used_tokens - reservation.tokens)
-        spent = b"%d" % (used_cost - reservation.cost)
-        lid = lease.encode()
-        args = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            len(at), at, len(delta), delta, len(lid), lid, len(spent), spent
-        )  # fmt: skip
-        return keys[0], keys[1], args
-
-    def _settle_call(self, count: int, keys: bytes, args: bytes) -> bytes:
-        """The EVALSHA of the settle script for `count` settles' packed keys and args."""
-        evalsha = self._settle_script.evalsha
-        return b"*%d\r\n" % (3 + 7 * count) + evalsha + pack_items((3 * count,)) + keys + args
-
-    def _timed_settles(self) -> None:
-        self._settles_timer = None
-        self._send_settles()
-
-    def _send_settles(self) -> None:
-        """The waiting settles off as one call per Cluster slot (one call on one Redis)."""
-        settles, self._settles = self._settles, []
-        if not settles:
-            return
-        batches: Iterable[list[tuple[int, bytes, bytes]]] = (settles,)
-        if self._cluster:
-            slots: dict[int, list[tuple[int, bytes, bytes]]] = {}
-            for settle in settles:
-                slots.setdefault(settle[0], []).append(settle)
-            batches = slots.values()
-        for slot_settles in batches:
-            for start in range(0, len(slot_settles), SETTLES_PER_CALL):
-                self._send_settle_call(slot_settles[start : start + SETTLES_PER_CALL])
-
-    def _send_settle_call(self, batch: list[tuple[int, bytes, bytes]]) -> None:
-        """One script call settling `batch` (settles of one slot)."""
-        count = len(batch)
-        command = self._settle_call(
-            count, b"".join(s[1] for s in batch), b"".join(s[2] for s in batch)
-        )
-        future = self._client.send_nowait(command)
-        if future is None:  # no connection open: the task opens one
-            self._settle_in_task(command, count)
-            return
-        self._settling.add(future)
-        future.add_done_callback(functools.partial(self._settled, command, count))
-
-    def _settle_in_task(self, command: bytes, count: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(command, count))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _settle(self, command: bytes, count: int) -> None:
-        try:
-            await self._settle_script.run(command)
-        except BACKEND_ERRORS as exc:
-            self._settle_failed(exc, count)
-        else:
-            self._recovered()
-
-    def _settled(self, command: bytes, count: int, future: asyncio.Future[Any]) -> None:
-        self._settling.discard(future)
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is None:
-            self._recovered()
-        elif is_noscript(exc):
-            # Redis lost its scripts (a restart, SCRIPT FLUSH): the task path loads it.
-            self._settle_in_task(command, count)
-        elif isinstance(exc, BACKEND_ERRORS):
-            self._settle_failed(exc, count)
+            return False
+        return True
 
     def _settle_failed(self, exc: BaseException, count: int = 1) -> None:
         """`count` settles failed: each is a request that met the backend unreachable."""
@@ -617,7 +491,10 @@ class RedisLimiter:
 
 def _admit_args(tokens: int, cost: int, lease: str, override: str) -> bytes:
     """`pack_items((tokens, cost, lease, override))`, for the types they always have."""
-    t, c, ls, o = b"%d" % tokens, b"%d" % cost, lease.encode(), override.encode()
+    t, ls = b"%d" % tokens, lease.encode()
+    if not cost and not override:  # production without prices: two of the four are fixed
+        return b"$%d\r\n%b\r\n$1\r\n0\r\n$%d\r\n%b\r\n$0\r\n\r\n" % (len(t), t, len(ls), ls)
+    c, o = b"%d" % cost, override.encode()
     return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
         len(t), t, len(c), c, len(ls), ls, len(o), o
     )  # fmt: skip
@@ -627,15 +504,25 @@ def _rate_state(
     limits: Limits, requests: int, reset_requests: float, tokens: int, reset_tokens: float
 ) -> RateState:
     rpm, tpm = limits.rpm, limits.tpm
+    # Positional, in RateState's field order (limit, remaining and reset of requests, then
+    # of tokens, then the tokens used), and clamped with conditionals, not max(): keywords
+    # and max() calls cost about 1.5 µs more, on every request.
+    if rpm is None:
+        if tpm is None:
+            return _NO_LIMITS
+        return RateState(
+            None, None, 0.0, tpm, tpm - tokens if tokens < tpm else 0, reset_tokens, tokens
+        )
+    left = rpm - requests if requests < rpm else 0
+    if tpm is None:
+        return RateState(rpm, left, reset_requests)
     return RateState(
-        limit_requests=rpm,
-        remaining_requests=None if rpm is None else max(rpm - requests, 0),
-        reset_requests_s=0.0 if rpm is None else reset_requests,
-        limit_tokens=tpm,
-        remaining_tokens=None if tpm is None else max(tpm - tokens, 0),
-        reset_tokens_s=0.0 if tpm is None else reset_tokens,
-        used_tokens=None if tpm is None else tokens,
+        rpm, left, reset_requests, tpm, tpm - tokens if tokens < tpm else 0, reset_tokens, tokens
     )
+
+
+_NO_LIMITS = RateState()
+"""The state of a key with neither rpm nor tpm (immutable, so one serves every admission)."""
 
 
 def _describe(exc: BaseException) -> str:

@@ -139,13 +139,19 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        # Usually a read holds whole replies: they are parsed from `data` itself, and only
+        # the start of a reply cut off at the end is copied (to `_buf`, for the next read).
         buf = self._buf
-        buf += data
+        replies: bytes | bytearray = data
+        if buf:
+            buf += data
+            replies = buf
         pos = 0
+        size = len(replies)
         waiting = self._waiting
         try:
-            while pos < len(buf):
-                reply, pos = parse(buf, pos)
+            while pos < size:
+                reply, pos = parse(replies, pos)
                 if not waiting:
                     raise RedisConnectionError("Redis sent a reply nobody asked for")
                 future, _ = waiting.popleft()
@@ -160,7 +166,10 @@ class _Connection(asyncio.Protocol):
         except (RedisConnectionError, ValueError) as exc:
             self.fail(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
             return
-        del buf[:pos]
+        if buf:
+            del buf[:pos]
+        elif pos < size:
+            buf += data[pos:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         why = self._why or RedisConnectionError(
@@ -178,10 +187,12 @@ class _Connection(asyncio.Protocol):
         is written at once, with whatever waits."""
         if self.closed:
             raise self._failure()
-        future = self._loop.create_future()
-        now = self._loop.time()
-        in_flight = len(self._waiting) > len(self._out)
-        self._out.append(command)
+        loop = self._loop
+        future = loop.create_future()
+        now = loop.time()
+        out = self._out
+        in_flight = len(self._waiting) > len(out)
+        out.append(command)
         if not in_flight and self._transport is not None:
             # Nothing to batch with, so no reason to wait. A settle leaves at once too: the
             # slot it frees is then free for another replica's next admission as well (a
@@ -212,7 +223,8 @@ class _Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         """Write what is queued now."""
-        self._cancel_flush()
+        if self._soon is not None or self._later is not None:
+            self._cancel_flush()
         out, self._out = self._out, []
         if out and self._transport is not None and not self.closed:
             self._transport.write(b"".join(out) if len(out) > 1 else out[0])

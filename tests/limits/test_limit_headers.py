@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from gateway.limits.base import RateState
-from gateway.limits.headers import format_duration, rate_limit_headers, retry_after_header
+from gateway.limits.headers import (
+    _ceil_ms,
+    format_duration,
+    rate_limit_headers,
+    retry_after_header,
+)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +38,28 @@ from gateway.limits.headers import format_duration, rate_limit_headers, retry_af
 )
 def test_durations_are_written_the_way_openai_writes_them(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_whole_ms_are_the_formula_without_its_round() -> None:
+    """`_ceil_ms` skips `round()` where it cannot change the result: same answer as
+    `math.ceil(round(seconds * 1000, 6))` everywhere, the rounding boundary included."""
+    rng = random.Random(22)
+    boundary = [ms + f for ms in (0, 1, 999, 86_399_999) for f in (4.998e-7, 4.9999e-7, 5e-7)]
+    cases = [
+        *(ms / 1000 for ms in range(-5, 5_000)),  # whole ms, as float seconds
+        *(us / 1e6 for us in range(0, 3_000_000, 7)),  # Redis's resets: whole µs
+        *(rng.uniform(0, 100_000) for _ in range(100_000)),
+        *(x / 1000 for x in boundary),
+        *(x / 1000 for x in (f + 2e-13 for f in boundary)),
+        *(x / 1000 for x in (f + 1e-7 for f in boundary)),
+        1.1,
+        0.0011,
+        -0.5,
+        0.0,
+        5e-10,
+    ]
+    for seconds in cases:
+        assert _ceil_ms(seconds) == max(math.ceil(round(seconds * 1000, 6)), 0), seconds
 
 
 def test_headers_for_both_limits() -> None:

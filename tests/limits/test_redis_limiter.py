@@ -17,14 +17,16 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from gateway.config import BackendFailure
+from gateway.config import BackendFailure, Limits
 from gateway.limits.base import LimiterUnavailable, RateState
+from gateway.limits.redis_settle import SETTLE_DELAY_S, SETTLES_PER_CALL
 from gateway.limits.redis_store import (
-    SETTLE_DELAY_S,
-    SETTLES_PER_CALL,
     RedisLimiter,
+    _admit_args,
+    _rate_state,
     key_names,
 )
+from gateway.limits.resp import pack_items
 from tests.limits.limits_support import FakeClock, key, run_with, running, utc
 from tests.support.redis_server import RedisServer
 
@@ -36,6 +38,34 @@ ROOT = Path(__file__).resolve().parents[2]
 def _limiter(url: str, errors: list[str] | None = None, **options: object) -> RedisLimiter:
     sink = [] if errors is None else errors
     return RedisLimiter(url, on_backend_error=lambda: sink.append("error"), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cost", [0, 7_500])
+@pytest.mark.parametrize("override", ["", "1767225600.250000"])
+def test_admit_arguments_are_packed_as_pack_items_packs_them(cost: int, override: str) -> None:
+    for tokens in (0, 1, 4_096):
+        args = (tokens, cost, "host:42:a1b2c3:7", override)
+        assert _admit_args(*args) == pack_items(args)
+
+
+def test_rate_state_from_a_reply_for_each_set_of_limits() -> None:
+    both = _rate_state(Limits(rpm=10, tpm=1000), 12, 1.5, 400, 2.25)
+    assert both == RateState(
+        limit_requests=10,
+        remaining_requests=0,
+        reset_requests_s=1.5,
+        limit_tokens=1000,
+        remaining_tokens=600,
+        reset_tokens_s=2.25,
+        used_tokens=400,
+    )
+    assert _rate_state(Limits(rpm=10), 3, 1.5, 400, 2.25) == RateState(
+        limit_requests=10, remaining_requests=7, reset_requests_s=1.5
+    )
+    assert _rate_state(Limits(tpm=1000), 3, 1.5, 1200, 2.25) == RateState(
+        limit_tokens=1000, remaining_tokens=0, reset_tokens_s=2.25, used_tokens=1200
+    )
+    assert _rate_state(Limits(max_concurrent=2), 3, 1.5, 400, 2.25) == RateState()
 
 
 def test_two_limiters_share_one_limit_exactly(redis_url: str) -> None:

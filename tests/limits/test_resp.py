@@ -160,6 +160,16 @@ def test_partial_replies_are_reassembled_byte_by_byte(run: Run) -> None:
         assert first.result() == [42, b"he\r\no", [None, "OK"]]
         with pytest.raises(ResponseError, match="ERR bad"):
             second.result()
+        # Two reads cut anywhere (whole replies are parsed from the read itself, a cut-off
+        # one waits in the buffer), and one read holding both.
+        for cut in range(1, len(wire) + 1):
+            first, second = conn.call(pack(["A"])), conn.call(pack(["B"]))
+            conn.data_received(wire[:cut])
+            if cut < len(wire):
+                conn.data_received(wire[cut:])
+            assert first.result() == [42, b"he\r\no", [None, "OK"]]
+            assert isinstance(second.exception(), ResponseError)
+            assert not conn._buf and not conn._waiting
 
     run(scenario())
 
