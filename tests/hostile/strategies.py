@@ -78,7 +78,9 @@ def mutate(
         node: Any = body
         for step in path:
             if isinstance(step, int):
-                node = node[step] if isinstance(node, list) and node else None
+                # A place past the end of a list an earlier change shrank is skipped too.
+                inside = isinstance(node, list) and -len(node) <= step < len(node)
+                node = node[step] if inside else None
             else:
                 node = node.get(step) if isinstance(node, dict) else None
         if not isinstance(node, dict):
