@@ -112,9 +112,11 @@ class Sink(Protocol):
     def relay(self, data: bytes) -> None:
         """Bytes for the client: whole SSE events, as `__anext__` would have returned them."""
 
-    def end(self, error: Exception | None) -> None:
+    def end(self, error: Exception | None, last: bytes = b"") -> None:
         """The stream ended (None) or failed (a GatewayError; anything else is a gateway
-        bug, raised in the request's task all the same); nothing is delivered after this."""
+        bug, raised in the request's task all the same); nothing is delivered after this.
+        `last`: the client's bytes of the read that ended the stream, not relayed: they go
+        out with the response's end, in one write to the client instead of two."""
 
 
 class EventStream(Protocol):

@@ -141,6 +141,9 @@ class SSEUpstream:
                 if not chunk:
                     return
                 data = self._client_bytes(chunk)
+                if data is not None and self._pending_error is None and body.ended():
+                    self._end(sink, None, data)  # the body ended with this read
+                    return
                 if data is not None:
                     sink.relay(data)
                 if self._pending_error is not None:
@@ -149,12 +152,12 @@ class SSEUpstream:
         except Exception as exc:  # a GatewayError, or a bug: the relay's task raises it
             self._end(sink, exc)
 
-    def _end(self, sink: Sink, error: Exception | None) -> None:
+    def _end(self, sink: Sink, error: Exception | None, last: bytes = b"") -> None:
         self._sink = None
         self._pending_error = None
         if self._body is not None:
             self._body.listen(None)
-        sink.end(error)
+        sink.end(error, last)
 
     def _client_bytes(self, chunk: bytes) -> bytes | None:
         """The client's bytes for one upstream read; None when it completed no event that

@@ -46,6 +46,7 @@ class Pump:
         "last",
         "pending",
         "ready",
+        "tail",
     )
 
     def __init__(
@@ -69,6 +70,9 @@ class Pump:
         self.ended = False
         self.pending: Awaitable[None] | None = None
         """The rest of a send that had to wait; the task awaits it."""
+        self.tail = b""
+        """The read that ended the stream, not written: the relay sends it with the end of
+        the response, in one write (`Sink.end`'s `last`)."""
 
     # --- Sink: called from the upstream connection's callbacks ----------------------------------
 
@@ -92,9 +96,14 @@ class Pump:
             self._watch.sending_since = now
             self._wake()
 
-    def end(self, error: BaseException | None) -> None:
+    def end(self, error: BaseException | None, last: bytes = b"") -> None:
         if self.ended:
             return  # the first end stands (a failed send, then the stream's own end)
+        if last:  # taken as relayed now: the gap and the watch's clock as `relay` stamps them
+            now = perf_counter()
+            self.gaps.append(now - self.last)
+            self.last = self._watch.last_read = now
+            self.tail = last
         self.ended = True
         self._error = error
         self.ready = False

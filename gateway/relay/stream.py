@@ -153,10 +153,10 @@ class Relay:
             self._unwatch(watch)
             raise
         try:
-            outcome, error, client_left = await self._relay(ctx, watch, upstream, first, send)
+            outcome, error, client_left, held = await self._relay(ctx, watch, upstream, first, send)
         finally:
             self.router.finish(lease, rec.prompt_tokens + rec.completion_tokens)
-        rest = self._finish(ctx, upstream, outcome, error, client_left, send)
+        rest = self._finish(ctx, upstream, outcome, error, client_left, send, held)
         if rest is not None:
             await self._end_late(rest, rec)
 
@@ -204,16 +204,18 @@ class Relay:
         upstream: EventStream,
         first: bytes,
         send: Send,
-    ) -> tuple[Outcome, GatewayError | None, bool]:
+    ) -> tuple[Outcome, GatewayError | None, bool, bytes]:
         """Send the answer: the first event, then each upstream read as it arrives, until
-        the stream ends. Its outcome, the error to tell the client, and whether the client
-        left after the answer was whole. The upstream is closed and the tokens accounted on
+        the stream ends. Its outcome, the error to tell the client, whether the client left
+        after the answer was whole, and the stream's last read when it is still to be sent
+        (with the end: `Pump.tail`). The upstream is closed and the tokens accounted on
         every path."""
         rec = ctx.record
         model_label = ctx.models[0].name
         started = False
         error: GatewayError | None = None
         client_left = False
+        pump: Pump | None = None
         try:
             try:
                 received_at = perf_counter()
@@ -278,7 +280,7 @@ class Relay:
                 rec.trace.finish_reason = state.finish_reason
             if self.log_bodies:
                 rec.response_text = state.kept_text()
-        return outcome, error, client_left
+        return outcome, error, client_left, b"" if pump is None else pump.tail
 
     def _finish(
         self,
@@ -288,11 +290,13 @@ class Relay:
         error: GatewayError | None,
         client_left: bool,
         send: Send,
+        held: bytes = b"",
     ) -> Awaitable[None] | None:
         """Record the outcome and end the response: `[DONE]` when the upstream did not send
         it, an SSE error event on a failure, nothing when nobody reads. The end is written
         at once in the usual case; else the rest of its send is returned, for the caller to
-        await under a timeout (`_end_late`): no coroutine for the usual case."""
+        await under a timeout (`_end_late`): no coroutine for the usual case. `held`: the
+        stream's last read, not sent yet, goes first in the same write."""
         rec = ctx.record
         rec.outcome = outcome
         tail = b""
@@ -306,7 +310,8 @@ class Relay:
             tail = failure.sse() if state.error_event is None else state.error_event(failure)
         if outcome in ("client_cancelled", "slow_client") or client_left:
             return None  # nobody reads: uvicorn closes the connection of an unfinished response
-        return start_send(send, {"type": "http.response.body", "body": tail, "more_body": False})
+        body = held + tail if held else tail
+        return start_send(send, {"type": "http.response.body", "body": body, "more_body": False})
 
     @staticmethod
     async def _end_late(rest: Awaitable[None], rec: RequestRecord) -> None:

@@ -322,6 +322,12 @@ class NativeBody(httpx.AsyncByteStream):
             raise conn.error
         return b""
 
+    def ended(self) -> bool:
+        """Whether the body has ended with what was read: nothing left, nothing to come
+        (`read_nowait` would say None; `aclose` gives the connection back)."""
+        conn = self._conn
+        return conn is None or (conn.complete and not conn.chunks)
+
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:

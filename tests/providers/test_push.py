@@ -28,20 +28,27 @@ class Sink:
     def __init__(self) -> None:
         self.ready = True
         self.got: list[bytes] = []
+        self.last = b""
         self.ended = asyncio.get_running_loop().create_future()
 
     def relay(self, data: bytes) -> None:
         self.got.append(data)
 
-    def end(self, error: Exception | None) -> None:
+    def end(self, error: Exception | None, last: bytes = b"") -> None:
+        self.last = last
+        self.got.append(last)  # for the client all the same: sent with the response's end
         self.ended.set_result(error)
 
 
 @contextlib.asynccontextmanager
 async def _opened(
-    events: list[bytes], stream_class: type[OpenAIStream] = OpenAIStream
+    events: list[bytes],
+    stream_class: type[OpenAIStream] = OpenAIStream,
+    *,
+    last_with_end: bool = False,
 ) -> AsyncIterator[OpenAIStream]:
-    """A stream from a server that sends `events`, each its own write, then ends."""
+    """A stream from a server that sends `events`, each its own write, then ends (in the
+    last event's write with `last_with_end`)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -50,8 +57,10 @@ async def _opened(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                 b"transfer-encoding: chunked\r\n\r\n"
             )
-            for event in events:
+            for i, event in enumerate(events):
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                if last_with_end and i == len(events) - 1:
+                    break
                 await writer.drain()
                 await asyncio.sleep(0.005)
             writer.write(b"0\r\n\r\n")
@@ -80,9 +89,12 @@ async def _opened(
 
 
 async def _push(
-    events: list[bytes], stream_class: type[OpenAIStream] = OpenAIStream
+    events: list[bytes],
+    stream_class: type[OpenAIStream] = OpenAIStream,
+    *,
+    last_with_end: bool = False,
 ) -> tuple[Sink, Exception | None, OpenAIStream]:
-    async with _opened(events, stream_class) as stream:
+    async with _opened(events, stream_class, last_with_end=last_with_end) as stream:
         sink = Sink()
         assert stream.push(sink)
         error = await asyncio.wait_for(sink.ended, 5)
@@ -96,6 +108,20 @@ def test_every_event_is_delivered_in_order_then_the_end() -> None:
     assert b"".join(sink.got) == b"".join(events)
     assert stream.state.finished and stream.state.done_sent
     assert stream.state.completion_estimate == 5
+
+
+def test_the_read_that_ends_the_body_is_handed_over_with_the_end() -> None:
+    """Its bytes go to `end` (`last`), for the relay to write with the response's end in
+    one write; a last read the end does not come with is relayed as any other."""
+    events = [CHUNK % 0, CHUNK % 1, FINISH + DONE]
+    sink, error, stream = asyncio.run(_push(events, last_with_end=True))
+    assert error is None
+    assert sink.last == FINISH + DONE
+    assert sink.got == [CHUNK % 0, CHUNK % 1, FINISH + DONE]
+    assert stream.state.finished and stream.state.done_sent
+    sink, error, _ = asyncio.run(_push(events))
+    assert error is None and sink.last == b""
+    assert sink.got == [CHUNK % 0, CHUNK % 1, FINISH + DONE, b""]
 
 
 def test_an_event_that_is_not_json_ends_the_stream_after_the_ones_before() -> None:
