@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from gateway.protocols import chat, messages, responses
+from gateway.protocols import chat, messages, responses, responses_answer
 from gateway.protocols.errors import (
     anthropic_error_body,
     error_from_anthropic,
@@ -155,7 +155,7 @@ def message_from_answer(api: Api, body: Any) -> Message:
     if api == "chat":
         return chat.message_from_answer(body)
     if api == "responses":
-        return responses.message_from_answer(body)
+        return responses_answer.message_from_answer(body)
     return messages.message_from_answer(body)
 
 
@@ -165,7 +165,7 @@ def answer_from_message(
     if api == "chat":
         return chat.answer_from_message(message)
     if api == "responses":
-        return responses.answer_from_message(message, request)
+        return responses_answer.answer_from_message(message, request)
     return messages.answer_from_message(message)
 
 

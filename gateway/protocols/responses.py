@@ -1,4 +1,5 @@
-"""OpenAI Responses: its stream and its answer to and from the neutral events.
+"""OpenAI Responses' stream to and from the neutral events (its non-streamed answer:
+`gateway.protocols.responses_answer`).
 
 `ResponsesDecoder` reads Responses stream payloads into neutral events: each `output_text`
 (or `refusal`) content part a text block, each `function_call` item a tool call (its
@@ -26,17 +27,15 @@ from typing import Any
 import orjson
 
 from gateway.protocols.chat import as_int, core_id
-from gateway.protocols.errors import error_from_openai, malformed, openai_error_body
+from gateway.protocols.errors import error_from_openai, malformed
 from gateway.protocols.events import (
     DONE,
-    Block,
     BlockEnd,
     Done,
     Error,
     Event,
     Finish,
     FinishReason,
-    Message,
     ReasoningDelta,
     ReasoningStart,
     Start,
@@ -46,7 +45,6 @@ from gateway.protocols.events import (
     ToolArgsDelta,
     ToolCallStart,
     Usage,
-    events_of,
     new_event,
 )
 
@@ -94,7 +92,8 @@ def usage_body(usage: TokenUsage) -> dict[str, Any]:
     }
 
 
-def _error_status(code: Any) -> int:
+def error_status(code: Any) -> int:
+    """The HTTP status a Responses error `code` stands for (a failed Response has none)."""
     return 429 if code in ("rate_limit_exceeded", "insufficient_quota") else 500
 
 
@@ -234,14 +233,14 @@ class ResponsesDecoder:
             message = error.get("message")
             out.append(
                 Error(
-                    _error_status(code),
+                    error_status(code),
                     message if isinstance(message, str) and message else "the response failed",
                     code if isinstance(code, str) else None,
                 )
             )
         elif kind == "error":
             code = payload.get("code")
-            out.append(error_from_openai({"error": payload}, _error_status(code)))
+            out.append(error_from_openai({"error": payload}, error_status(code)))
         # response.in_progress, annotations, built-in tool progress: nothing to say
 
     def _item_added(self, payload: dict[str, Any], index: int, out: list[Event]) -> None:
@@ -532,89 +531,3 @@ class ResponsesEncoder:
 
 def responses_id(answer_id: str) -> str:
     return answer_id if answer_id.startswith("resp_") else "resp_" + core_id(answer_id)
-
-
-# --- the non-streamed answer --------------------------------------------------------------
-
-
-def message_from_answer(body: Any) -> Message:
-    """A Response object (or OpenAI error body) as a neutral `Message`."""
-    message = Message()
-    if not isinstance(body, dict):
-        return message
-    if "error" in body and body.get("object") != "response":
-        message.error = error_from_openai(body)
-        return message
-    message.id, message.model = str(body.get("id") or ""), str(body.get("model") or "")
-    message.usage = usage_of(body.get("usage"))
-    output = body.get("output")
-    tools = False
-    for item in output if isinstance(output, list) else ():
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
-        if kind == "message":
-            content = item.get("content")
-            for part in content if isinstance(content, list) else ():
-                if isinstance(part, dict) and part.get("type") in ("output_text", "refusal"):
-                    text = part.get("text") or part.get("refusal")
-                    message.blocks.append(Block("text", text if isinstance(text, str) else ""))
-        elif kind == "function_call":
-            tools = True
-            arguments = item.get("arguments")
-            message.blocks.append(
-                Block(
-                    "tool_call",
-                    arguments if isinstance(arguments, str) else "",
-                    call_id=str(item.get("call_id") or ""),
-                    name=str(item.get("name") or ""),
-                )
-            )
-        elif kind == "reasoning":
-            texts = [
-                part["text"]
-                for key in ("summary", "content")
-                for part in (item.get(key) or ())
-                if isinstance(part, dict) and isinstance(part.get("text"), str)
-            ]
-            signature = item.get("encrypted_content")
-            message.blocks.append(
-                Block(
-                    "reasoning",
-                    "\n\n".join(texts),
-                    signature=signature if isinstance(signature, str) and signature else None,
-                )
-            )
-    status = body.get("status")
-    if status == "failed":
-        error = body.get("error")
-        error = error if isinstance(error, dict) else {}
-        code = error.get("code")
-        message.error = Error(
-            _error_status(code), str(error.get("message") or "the response failed"), code
-        )
-        return message
-    message.done = True
-    if status == "incomplete":
-        details = body.get("incomplete_details")
-        reason = details.get("reason") if isinstance(details, dict) else None
-        message.finish = "content_filter" if reason == "content_filter" else "length"
-    else:
-        message.finish = "tool_calls" if tools else "stop"
-    return message
-
-
-def answer_from_message(message: Message, request: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A neutral `Message` as a Response object (an error as OpenAI's error body: a
-    non-streamed failure is an HTTP error, not a failed Response)."""
-    if message.error is not None:
-        error = message.error
-        return openai_error_body(error.status, error.message, code=error.code)
-    encoder = ResponsesEncoder(request)
-    out: list[bytes] = []
-    for event in events_of(message):
-        encoder.encode(event, out)
-    last = out[-1]
-    payload = orjson.loads(last[last.index(b"data: ") + 6 :])
-    response: dict[str, Any] = payload["response"]
-    return response

@@ -27,7 +27,7 @@ def body(model: str, **extra: object) -> dict[str, object]:
 
 
 def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
-    text = httpx.get(gateway.url + "/metrics").text
+    text = gateway.probe.get("/metrics").text
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):

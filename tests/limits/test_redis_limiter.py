@@ -540,9 +540,12 @@ def test_a_hung_redis_costs_one_short_timeout_then_nothing(unused_tcp_listener: 
             started = time.monotonic()
             first = await limiter.admit(key(rpm=1), 1, "a")
             assert 0.25 <= time.monotonic() - started < 0.8
-            started = time.monotonic()
-            second = await limiter.admit(key(rpm=1), 1, "b")
-            assert time.monotonic() - started < 0.01
+            # Within the back-off the admission awaits nothing at all: it is done at its first
+            # step. (Timed instead, < 10 ms failed whenever a busy box preempted the process.)
+            pending = limiter.admit(key(rpm=1), 1, "b")
+            with pytest.raises(StopIteration) as done:
+                pending.send(None)
+            second = done.value.value
             assert first.reservation and first.reservation.degraded
             assert second.reservation and second.reservation.degraded
             assert len(errors) == 2

@@ -10,7 +10,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,13 +69,30 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
     run(scenario())
 
 
+async def until(check: Callable[[], bool]) -> None:
+    """Until `check()` holds, giving the loop turns (the scenario's guard bounds the wait)."""
+    while not check():  # noqa: ASYNC110 (the client's writes have no event to wait on)
+        await asyncio.sleep(0.001)
+
+
 def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_along(
     run: Run, redis_url: str, writes: list[int]
 ) -> None:
+    """ "In flight" is a BLPOP on a list that stays empty until the test pushes to it, not
+    one that times out by itself: on a busy box a 50 ms BLPOP could end before the calls
+    meant to be queued behind it were made (they then left at once, on an idle connection)."""
+
     async def scenario() -> None:
-        client = RespClient(redis_url)
+        client = RespClient(redis_url, timeout=4)  # the blocked BLPOP is not a lost reply
+        pusher = redis.Redis.from_url(redis_url)  # its writes are not the client's
+        blocked = ("BLPOP", "gate", "0")
+        released = [b"gate", b"go"]
+
+        def release() -> None:
+            pusher.rpush("gate", "go")
+
         try:
-            await client.call("DEL", "n")
+            await client.call("DEL", "n", "gate")
             # On an idle connection a delayed call leaves at once, like any other.
             writes.clear()
             assert await client.call("INCR", "n", delay=10) == 1
@@ -83,10 +100,12 @@ def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_al
             # A delayed call queued while another was in flight leaves with the next call
             # made once nothing is in flight, at once and in call order.
             writes.clear()
-            busy = asyncio.ensure_future(client.call("BLPOP", "nothing", "0.05"))
-            await asyncio.sleep(0.01)
+            busy = asyncio.ensure_future(client.call(*blocked))
+            await until(lambda: writes == [1])
             waiting = [asyncio.ensure_future(client.call("INCR", "n", delay=10)) for _ in range(2)]
-            assert await busy is None
+            await asyncio.sleep(0.01)
+            release()
+            assert await busy == released
             assert not any(w.done() for w in waiting)
             assert await client.call("PING") == "PONG"
             assert writes == [1, 3]
@@ -94,28 +113,31 @@ def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_al
             # While a call is in flight, delayed calls wait (up to their delay) and then
             # leave in one write.
             writes.clear()
-            busy = asyncio.ensure_future(client.call("BLPOP", "nothing", "0.05"))
-            await asyncio.sleep(0.01)
+            busy = asyncio.ensure_future(client.call(*blocked))
+            await until(lambda: writes == [1])
             started = time.perf_counter()
-            assert await asyncio.gather(
-                *(client.call("INCR", "n", delay=0.1) for _ in range(3))
-            ) == [4, 5, 6]
+            delayed = asyncio.gather(*(client.call("INCR", "n", delay=0.1) for _ in range(3)))
+            await until(lambda: writes == [1, 3])
             assert time.perf_counter() - started >= 0.095  # uvloop's timers are in whole ms
-            assert writes == [1, 3]
-            assert await busy is None
+            release()
+            assert await busy == released
+            assert await delayed == [4, 5, 6]
             # An undelayed call does not wait for them: all leave at once, in call order.
             writes.clear()
-            busy = asyncio.ensure_future(client.call("BLPOP", "nothing", "0.05"))
-            await asyncio.sleep(0.01)
+            busy = asyncio.ensure_future(client.call(*blocked))
+            await until(lambda: writes == [1])
             waiting = [asyncio.ensure_future(client.call("INCR", "n", delay=10)) for _ in range(2)]
             await asyncio.sleep(0.01)
             assert not any(w.done() for w in waiting)
-            assert await client.call("GET", "n") == b"8"
+            got = asyncio.ensure_future(client.call("GET", "n"))
+            await until(lambda: writes == [1, 3])
+            release()
+            assert await busy == released
+            assert await got == b"8"
             assert [w.result() for w in waiting] == [7, 8]
-            assert writes == [1, 3]
-            await busy
         finally:
             await client.aclose()
+            pusher.close()
 
     run(scenario())
 
@@ -326,13 +348,19 @@ def test_tls_verified_against_the_given_ca(run: Run, tmp_path: Path) -> None:
         "tls-auth-clients": "no",
     }
 
+    # What is tested is the certificate check, not the connect timeout: a TLS context (the
+    # system's CAs: ~35 ms of CPU) and a handshake took more than the default 0.5 s on a
+    # busy 2-core box.
+    timeout = 3.0
+
     async def scenario() -> None:
-        client = RespClient(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}")
+        client = RespClient(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}", timeout=timeout)
         try:
             assert await client.call("ECHO", "over tls") == b"over tls"
         finally:
             await client.aclose()
-        untrusted = RespClient(f"rediss://127.0.0.1:{tls_port}/0")  # the system's CAs
+        # the system's CAs
+        untrusted = RespClient(f"rediss://127.0.0.1:{tls_port}/0", timeout=timeout)
         try:
             with pytest.raises(ssl.SSLCertVerificationError):
                 await untrusted.call("PING")

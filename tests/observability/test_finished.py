@@ -133,17 +133,32 @@ def test_a_failing_handler_is_logged_and_the_others_carry_on(
 
 
 def test_the_first_slice_lingers_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(finished, "LINGER_S", 0.05)
+    """The second record comes a few loop turns after the first: both are handled in one
+    slice, no sooner than the linger after the first. (The linger is long beside those
+    turns: a 20 ms sleep inside a 50 ms linger let a busy box's stall end it first.)"""
+    linger = 0.3
+    monkeypatch.setattr(finished, "LINGER_S", linger)
     seen: list[str] = []
 
     async def scenario() -> None:
-        queue = Finished(lambda rec: seen.append(rec.request_id))
+        loop = asyncio.get_running_loop()
+        handled: asyncio.Future[float] = loop.create_future()
+
+        def handle(rec: RequestRecord) -> None:
+            seen.append(rec.request_id)
+            if not handled.done():
+                handled.set_result(loop.time())
+
+        queue = Finished(handle)
+        started = loop.time()
         queue.add(make_record(request_id="first"))
-        await asyncio.sleep(0.02)
-        queue.add(make_record(request_id="second"))
+        for _ in range(3):  # the loop comes round: the first record waits for company
+            await asyncio.sleep(0)
         assert seen == []
-        await asyncio.sleep(0.05)
-        assert seen == ["first", "second"]
+        queue.add(make_record(request_id="second"))
+        first_handled = await asyncio.wait_for(handled, 5)
+        assert seen == ["first", "second"]  # by the time the first was, in the same slice
+        assert first_handled - started >= linger - 0.001
 
     asyncio.run(scenario())
 

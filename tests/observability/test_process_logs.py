@@ -34,7 +34,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
 def health(gateway: GatewayProcess) -> dict[str, Any] | None:
     """/healthz on a new connection (so any worker may answer), None when none answers."""
     try:
-        response = httpx.get(gateway.url + "/healthz", timeout=2)
+        response = gateway.probe.get("/healthz", timeout=2)
     except httpx.HTTPError:
         return None
     return dict(response.json()) if response.status_code == 200 else None
@@ -84,9 +84,10 @@ def open_stream(gateway: GatewayProcess, model: str) -> Iterator[httpx.Response]
 
 def config_with_long_stream(upstream: FakeUpstream, **extra: Any) -> dict[str, Any]:
     config = test_config(upstream.url, **extra)
-    # 400 tokens 50 ms apart: open for far longer than the test needs.
+    # 2,400 tokens 50 ms apart (2 minutes): open for far longer than the test needs, even
+    # when a worker's start-up takes 20 s.
     config["models"].append(
-        {"name": "gpt-long", "provider": "fake", "upstream_model": "text?n=400&pace_ms=50"}
+        {"name": "gpt-long", "provider": "fake", "upstream_model": "text?n=2400&pace_ms=50"}
     )
     return config
 
@@ -100,8 +101,10 @@ def test_a_killed_workers_streams_leave_the_active_streams_gauge(
             assert metric(gw, "gateway_active_streams") == 1
             victim = worker_with_open_request(gw)
             os.kill(victim, signal.SIGKILL)
-            # The supervisor notices within its 0.5 s tick and starts a replacement.
-            assert wait_until(lambda: len(live_pids(gw, tries=10) - {victim}) == 2), gw.output()
+            # The supervisor notices within its 0.5 s tick and starts a replacement, which
+            # imports the gateway (~2 s of CPU: on a busy 2-core box, 10-20 s to answer).
+            replaced = wait_until(lambda: len(live_pids(gw, tries=10) - {victim}) == 2, 60)
+            assert replaced, gw.output()
         active = metric(gw, "gateway_active_streams")
         assert active == 0, f"gateway_active_streams stayed {active} after the worker died"
         assert "restarting" in gw.output()
@@ -149,7 +152,7 @@ def test_stdout_is_the_request_log_alone_and_every_stderr_line_is_json(
         with open_stream(gw, "gpt-long"):
             victim = worker_with_open_request(gw)
             os.kill(victim, signal.SIGKILL)
-            assert wait_until(lambda: len(live_pids(gw, tries=10) - {victim}) == 2)
+            assert wait_until(lambda: len(live_pids(gw, tries=10) - {victim}) == 2, 60)
         assert gw.stop() == 0
     finally:
         gw.stop()

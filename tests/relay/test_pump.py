@@ -134,17 +134,30 @@ def test_reads_are_sent_from_the_callbacks_and_the_end_returns() -> None:
 
 
 def test_a_send_that_waits_stops_the_pump_until_the_task_finished_it() -> None:
-    client, upstream, pump, raised = asyncio.run(
-        _pumped(
-            [
-                (0.0, "close", None),
-                (0.01, "relay", b"a"),
-                (0.05, "open", None),
-                (0.08, "end", None),
-            ]
-        )
-    )
-    assert raised is None and client.sent == [b"a"]
+    """Each step waits for the one before it to have happened. (Timed callbacks 30 ms apart
+    ran in one loop turn after a busy box's stall: the end came before the task had finished
+    the waiting send, and the pump rightly never asked the upstream to go on.)"""
+
+    async def main() -> tuple[Client, Upstream, Pump]:
+        client, upstream = Client(), Upstream()
+        pump = Pump(client.send, StreamWatch(client.send, Timeouts()), Gaps(), 0.0)
+        loop = asyncio.get_running_loop()
+        running = asyncio.ensure_future(pump.run(upstream))  # type: ignore[arg-type]
+        client.gate.clear()
+        loop.call_soon(pump.relay, b"a")  # from a callback, as the upstream's reads come
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert client.sent == [] and not pump.ready  # the send waits; the pump stopped
+        client.gate.set()
+        while not upstream.resumed:  # noqa: ASYNC110 (the pump's resume has no event)
+            await asyncio.sleep(0)
+        assert client.sent == [b"a"]
+        loop.call_soon(pump.end, None)
+        await asyncio.wait_for(running, 2.0)
+        return client, upstream, pump
+
+    client, upstream, pump = asyncio.run(asyncio.wait_for(main(), 5.0))
+    assert client.sent == [b"a"]
     assert upstream.resumed == 1  # asked to go on once the send was done
     assert pump.ready is False  # ended
 

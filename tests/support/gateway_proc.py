@@ -118,12 +118,28 @@ class GatewayProcess:
         self.env = {**os.environ, **(env or {})}
         self.env.pop("GATEWAY_CONFIG", None)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._probe: httpx.Client | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> GatewayProcess:
+    @property
+    def probe(self) -> httpx.Client:
+        """A client for the test's own small requests (health, metrics): `httpx.get` builds
+        a client and loads its TLS context per call, ~35 ms of CPU taken from the gateway
+        beside it on a busy box. No connection is kept, so each request may reach any
+        worker. Closed by `stop()`."""
+        if self._probe is None:
+            self._probe = httpx.Client(
+                base_url=self.url, limits=httpx.Limits(max_keepalive_connections=0), timeout=5
+            )
+        return self._probe
+
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
+        """Started once every worker answers /healthz. `timeout` guards against a hang, it
+        is no performance claim: a worker imports the whole gateway (~2 s of CPU), and two
+        workers on a busy 2-core box took 11-29 s to answer."""
         cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
@@ -134,17 +150,30 @@ class GatewayProcess:
         if self.stderr_path is not None:
             err = self._err = open(self.stderr_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=err, env=self.env)
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:
+            # Stopped here: a `with` block whose start failed never calls stop(), and the
+            # process left running (its Popen's ResourceWarning an error in whichever test
+            # was running when it was collected) failed the next test too.
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         pids: set[int] = set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.output()}{self.errors()}")
             try:
-                health = httpx.get(self.url + "/healthz", timeout=0.5)
+                # (20 a second: with `httpx.get` the probing alone took ~0.7 of a core)
+                health = self.probe.get("/healthz", timeout=0.5)
                 if health.status_code == 200:
                     pids.add(health.json()["pid"])
                     if len(pids) >= self.workers:  # every worker answers, not just the first
-                        return self
+                        return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
@@ -175,6 +204,9 @@ class GatewayProcess:
         self._out.close()
         if self.stderr_path is not None:
             self._err.close()
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         return code
 
     def __enter__(self) -> GatewayProcess:
