@@ -100,7 +100,9 @@ class Service:
             if self._ready():
                 return self
             time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not become ready in {timeout:g} s:\n{self.tail()}")
+        tail = self.tail()
+        self.stop()  # not left running: nothing else knows of it (seen: a gateway for 90 min)
+        raise RuntimeError(f"{self.name} did not become ready in {timeout:g} s:\n{tail}")
 
     def _ready(self) -> bool:
         if self.health is None:

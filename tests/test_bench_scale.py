@@ -200,3 +200,16 @@ def _command_lines() -> list[str]:
         except (OSError, ValueError):
             continue  # not a process, or gone meanwhile
     return lines
+
+
+def test_a_service_that_never_becomes_ready_is_stopped(tmp_path: Path) -> None:
+    """A target that does not answer its health check in time is not left running."""
+    from bench.procs import free_port
+
+    never = Service(
+        "never", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, free_port()
+    )
+    with pytest.raises(RuntimeError, match="did not become ready"):
+        never.start(timeout=0.5)
+    assert never.proc is None
+    assert never.ps is not None and not never.ps.is_running()
