@@ -196,13 +196,7 @@ class OpenAIStream(SSEUpstream):
                 if sent:
                     out.append(sent[:-2])
         except GatewayError as exc:
-            # As `SSEUpstream._client_bytes` handles a `translate` that raised.
-            message = self._redact.scrub_text(exc.message)
-            if message is not exc.message:
-                exc.message, exc.args = message, (message,)
-            if not out:
-                raise
-            self._pending_error = exc
+            self._hold_error(exc, bool(out))
             whole = False
         if whole:
             return self._redact.scrub(chunk)

@@ -174,19 +174,23 @@ class SSEUpstream:
         try:
             self.translate(events, out)
         except GatewayError as exc:
-            # An error event's message is the upstream's own words, and goes to the client
-            # and the log.
-            message = self._redact.scrub_text(exc.message)
-            if message is not exc.message:
-                exc.message, exc.args = message, (message,)
-            if not out:
-                raise
-            self._pending_error = exc
+            self._hold_error(exc, bool(out))
         if not out:
             return None
         # One scan per form of each secret: the events are whole, so no secret is split
         # between this read's bytes and the next's.
         return self._redact.scrub(b"".join(out) if len(out) > 1 else out[0])
+
+    def _hold_error(self, exc: GatewayError, relayed: bool) -> None:
+        """An upstream failure met within a read: raised at once when nothing of the read
+        goes out before it, else kept in `_pending_error` for the next read. Its message is
+        the upstream's own words, which go to the client and the log: scrubbed first."""
+        message = self._redact.scrub_text(exc.message)
+        if message is not exc.message:
+            exc.message, exc.args = message, (message,)
+        if not relayed:
+            raise exc
+        self._pending_error = exc
 
     def translate(self, events: list[SSEEvent], out: list[bytes]) -> None:
         """Append the client's bytes for one read's events to `out`; raise a GatewayError
