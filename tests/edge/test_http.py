@@ -4,6 +4,7 @@ request ids."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -120,8 +121,8 @@ def test_a_new_request_id_is_32_hex_digits_and_never_repeats() -> None:
 
 
 def test_a_forked_child_makes_ids_of_its_own() -> None:
-    """Ids are a per-process prefix and a counter: a child forked after its parent made
-    some must not make the same ones (its counter starts where the parent's was)."""
+    """Ids are drawn from random bytes a batch at a time: a child forked after its parent
+    drew a batch must not hand out the rest of that batch (the parent will)."""
     parent = new_request_id()
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -133,5 +134,12 @@ def test_a_forked_child_makes_ids_of_its_own() -> None:
     os.close(read_end)
     os.waitpid(pid, 0)
     mine = new_request_id()
-    assert len(child) == 32 and child[:16] != mine[:16]
-    assert mine[:16] == parent[:16] and int(mine[16:], 16) == int(parent[16:], 16) + 1
+    assert re.fullmatch(rb"[0-9a-f]{32}", child) and child not in (parent, mine)
+
+
+def test_new_request_ids_are_not_a_count() -> None:
+    """Echoed to every client, ids must not tell how many requests went between two: no
+    two successive ids share their first half (a prefix-and-counter scheme would)."""
+    ids = [new_request_id() for _ in range(1_000)]  # several batches
+    assert len(set(ids)) == len(ids)
+    assert sum(a[:16] == b[:16] for a, b in itertools.pairwise(ids)) == 0
