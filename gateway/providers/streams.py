@@ -141,10 +141,10 @@ class SSEUpstream:
                 if not chunk:
                     return
                 data = self._client_bytes(chunk)
-                if data is not None and self._pending_error is None and body.ended():
-                    self._end(sink, None, data)  # the body ended with this read
-                    return
                 if data is not None:
+                    if self._pending_error is None and body.ended():
+                        self._end(sink, None, data)  # the body ended with this read
+                        return
                     sink.relay(data)
                 if self._pending_error is not None:
                     self._end(sink, self._pending_error)
