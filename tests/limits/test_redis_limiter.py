@@ -539,7 +539,7 @@ def test_a_hung_redis_costs_one_short_timeout_then_nothing(unused_tcp_listener: 
         async with running(limiter):
             started = time.monotonic()
             first = await limiter.admit(key(rpm=1), 1, "a")
-            assert 0.25 <= time.monotonic() - started < 0.8
+            assert 0.25 <= time.monotonic() - started < 1.2  # one 0.3 s timeout
             # Within the back-off the admission awaits nothing at all: it is done at its first
             # step. (Timed instead, < 10 ms failed whenever a busy box preempted the process.)
             pending = limiter.admit(key(rpm=1), 1, "b")

@@ -247,7 +247,7 @@ def test_an_unanswered_call_times_out_with_every_call_in_flight(run: Run, silent
         )
         elapsed = time.monotonic() - started
         assert all(isinstance(r, RedisTimeoutError) for r in results), results
-        assert 0.25 <= elapsed < 0.8
+        assert 0.25 <= elapsed < 1.4  # one 0.3 s timeout for all five, not five in a row
 
     run(scenario())
 

@@ -510,7 +510,7 @@ def test_a_connect_timeout(run: Run, full_backlog: int) -> None:
             await transport.handle_async_request(
                 post(f"http://127.0.0.1:{full_backlog}/", connect=0.2)
             )
-        assert 0.15 < time.monotonic() - started < 1.0
+        assert 0.15 < time.monotonic() - started < 2.5  # 0.2 s, not a hang
         assert not transport._open
         await transport.aclose()
 
@@ -528,7 +528,7 @@ def test_no_answer_within_the_read_timeout(run: Run) -> None:
             started = time.monotonic()
             with pytest.raises(httpx.ReadTimeout):
                 await transport.handle_async_request(post(upstream.url, read=0.2))
-            assert 0.15 < time.monotonic() - started < 1.0
+            assert 0.15 < time.monotonic() - started < 2.5  # 0.2 s, not a hang
             await eventually(lambda: upstream.hung_up == 1)  # the client closed it
             await eventually(lambda: not transport._open)
             await transport.aclose()
@@ -552,7 +552,7 @@ def test_a_stalled_body_times_out_between_reads(run: Run) -> None:
             started = time.monotonic()
             with pytest.raises(httpx.ReadTimeout):
                 await anext(reads)
-            assert 0.15 < time.monotonic() - started < 1.0
+            assert 0.15 < time.monotonic() - started < 2.5  # 0.2 s, not a hang
             await response.aclose()
             await eventually(lambda: upstream.hung_up == 1)
             assert transport._idle_count == 0
