@@ -5,7 +5,9 @@ write, except where it must leave on its own), and on a real socket under uvicor
 Where each of `gateway.server`'s patches to uvicorn is tested:
 - the gateway's own request cycle (`_Cycle`), byte for byte against uvicorn's: here;
 - the head held for the first body part (`_Cycle`): here, recorded and on a socket;
-- the direct body writer (`_Cycle.write`): here, recorded and on a socket;
+- the direct body writer (`_Cycle.write`): here, recorded and on a socket; its `start` and
+  `end` byte for byte against the sends, here (and on every stream through the real
+  gateway: tests/integration);
 - a request freed with its connection, not left to the collector (nothing refers back to
   the cycle once its app is done): here, recorded;
 - the disconnect hook: here, on a socket; tests/integration/test_stream_semantics.py through
