@@ -100,6 +100,23 @@ PROBES: list[tuple[str, str, str, str | None, bool]] = [
         "uvicorn send: start, body, end (without the socket write)",
         False,
     ),
+    # The body writer's start (head and first event) and end, which the relay calls instead
+    # of `send` where the server would write at once: `send`'s own steps, so its label
+    # (their socket write is `_write`'s, as for `send`).
+    (
+        "gateway.server.cycle",
+        "_Cycle.start",
+        "uvicorn send: start, body, end (without the socket write)",
+        "ASGI app entry + routing (run_asgi, GatewayApp)",
+        False,
+    ),
+    (
+        "gateway.server.cycle",
+        "_Cycle.end",
+        "uvicorn send: start, body, end (without the socket write)",
+        "ASGI app entry + routing (run_asgi, GatewayApp)",
+        False,
+    ),
     ("gateway.server.cycle", "_Cycle.write", "client socket write (chunk)", None, False),
     (
         "gateway.edge.completions",
@@ -360,6 +377,9 @@ PROBES: list[tuple[str, str, str, str | None, bool]] = [
 ]
 REQUESTS = "request id, RequestRecord, endpoint frame"
 SEND = "uvicorn send: start, body, end (without the socket write)"
+SYNC_CALLS = " (sync calls)"
+"""Appended to a label's key in the call counts for the calls of its sync probes when the
+label also has async ones (`uvicorn send`): each kind of probe costs its own."""
 
 
 class _Timed:
@@ -395,7 +415,10 @@ class _Timed:
             N[self.key] += 1
 
 
-def _probe(f: Callable[..., Any], key: str, is_async: bool) -> Callable[..., Any]:
+def _probe(
+    f: Callable[..., Any], key: str, is_async: bool, count: str | None = None
+) -> Callable[..., Any]:
+    calls = key if count is None else count
     if is_async:
 
         @functools.wraps(f)
@@ -411,19 +434,26 @@ def _probe(f: Callable[..., Any], key: str, is_async: bool) -> Callable[..., Any
             return f(*a, **kw)
         finally:
             NS[key] += tt() - t
-            N[key] += 1
+            N[calls] += 1
 
     return timed
 
 
-def install() -> None:
-    """Wrap every step in `PROBES` (before the app is built) and dump the sums at exit."""
+def install(strict: bool = True) -> None:
+    """Wrap every step in `PROBES` (before the app is built) and dump the sums at exit. Not
+    `strict` (a probed tree: perhaps an older checkout's code), a step whose function the
+    code does not have is left out, and said so on stderr."""
+    mixed = {p[2] for p in PROBES if p[4]} & {p[2] for p in PROBES if not p[4]}
     for module, path, key, _, is_async in PROBES:
         owner: Any = importlib.import_module(module)
         *outer, name = path.split(".")
         for part in outer:
             owner = getattr(owner, part)
-        setattr(owner, name, _probe(getattr(owner, name), key, is_async))
+        if not strict and not hasattr(owner, name):
+            print(f"step_probe: no {module}.{path} here, not probed", file=sys.stderr)
+            continue
+        count = key + SYNC_CALLS if key in mixed and not is_async else key
+        setattr(owner, name, _probe(getattr(owner, name), key, is_async, count))
     # The relayed routes took `parse_request` as a default argument when defined.
     completions: Any = importlib.import_module("gateway.edge.completions")
     parse = importlib.import_module("gateway.edge.requests").parse_request
@@ -445,21 +475,30 @@ def install() -> None:
 def own_times(ns: dict[str, int], n: dict[str, int]) -> dict[str, float]:
     """Each label's own µs per request, the probes' cost taken out."""
     requests = n[REQUESTS]
-    own = {key: ns[key] / requests / 1000 - n.get(key, 0) / requests * INSIDE for key in ns}
     asyncs = {key for _, _, key, _, is_async in PROBES if is_async}
+
+    def calls(key: str) -> float:
+        return (n.get(key, 0) + n.get(key + SYNC_CALLS, 0)) / requests
+
+    def outside(key: str) -> float:
+        """The probes' own cost around `key`'s calls, per request."""
+        first = ASYNC_OUT if key in asyncs else SYNC_OUT
+        return (n.get(key, 0) * first + n.get(key + SYNC_CALLS, 0) * SYNC_OUT) / requests
+
+    own = {key: ns[key] / requests / 1000 - calls(key) * INSIDE for key in ns}
     parents = {key: parent for _, _, key, parent, _ in PROBES}
     for key, parent in parents.items():
         if parent is None or key not in ns:
             continue
-        out = ASYNC_OUT if key in asyncs else SYNC_OUT
-        own[parent] = own.get(parent, 0.0) - ns[key] / requests / 1000 - n[key] / requests * out
-    # uvicorn's send runs inside the relay (2 of its 3 calls) and `Relay._finish` (the end),
-    # not as a child of the app entry's own code. All three are taken from the relay's label
+        own[parent] = own.get(parent, 0.0) - ns[key] / requests / 1000 - outside(key)
+    # uvicorn's send (or the body writer's start and end in its stead) runs inside the
+    # relay (the start and first event) and `Relay._finish` (the end), not as a child of
+    # the app entry's own code. All three are taken from the relay's label
     # (the end's included, which `Relay._finish`'s own label still holds): the two labels'
     # sum is the relay's own time.
     if SEND in ns:
         relay = "relay of the chunks and the end (without uvicorn send)"
-        send = ns[SEND] / requests / 1000 + n[SEND] / requests * ASYNC_OUT
+        send = ns[SEND] / requests / 1000 + outside(SEND)
         own[relay] = own.get(relay, 0.0) - send
         app = "ASGI app entry + routing (run_asgi, GatewayApp)"
         own[app] = own.get(app, 0.0) + send
@@ -490,7 +529,7 @@ def make_tree(dest: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
     (dest / "gateway" / "__main__.py").write_text(
-        "from bench.step_probe import install\n\ninstall()\n"
+        "from bench.step_probe import install\n\ninstall(strict=False)\n"
         "from gateway.cli import main  # noqa: E402\n\nraise SystemExit(main())\n"
     )
 

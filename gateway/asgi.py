@@ -115,12 +115,22 @@ BODY_WRITER = "gateway.body_writer"
 class BodyWriter(Protocol):
     """Writes one part of a streamed (chunked) response body straight to the connection,
     without an ASGI message: under `gateway serve`, each relayed upstream read is one such
-    write (a coroutine, a message and the server's checks less per token)."""
+    write (a coroutine, a message and the server's checks less per token), and so are a
+    stream's start (head and first event) and end."""
 
     def write(self, data: bytes) -> bool:
         """True when `data` was written; False when it was not and the caller must `send`
         it instead (the response has not started or is not chunked, the client's buffer is
         full so the send must wait, or the client is gone)."""
+
+    def start(self, status: int, headers: Headers, data: bytes) -> bool:
+        """The response's start and its first body part (more to follow), as the two
+        `send`s would write them; False when nothing was written and the caller must `send`
+        both instead (as for `write`, or when the head needs the server's slower way)."""
+
+    def end(self, data: bytes) -> bool:
+        """The body's last part (may be empty) and its end, as `send` would write them;
+        False when nothing was written and the caller must `send` it instead."""
 
 
 def body_writer(scope: Scope) -> BodyWriter | None:

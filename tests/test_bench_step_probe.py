@@ -73,6 +73,19 @@ def test_own_time_is_inclusive_less_children_and_probe_costs() -> None:
     assert own[parent] == pytest.approx(10 - inside)
 
 
+def test_the_sync_calls_of_a_label_with_async_probes_cost_a_sync_probe_each() -> None:
+    """`uvicorn send`: async `send`, and the body writer's sync `start` and `end`."""
+    send, app = step_probe.SEND, "ASGI app entry + routing (run_asgi, GatewayApp)"
+    relay = "relay of the chunks and the end (without uvicorn send)"
+    ns = {REQUESTS: 100_000, app: 200_000, relay: 50_000, send: 20_000}
+    n = {REQUESTS: 1, app: 1, relay: 1, send: 1, send + step_probe.SYNC_CALLS: 2}
+    own = own_times(ns, n)
+    inside, a_out, s_out = step_probe.INSIDE, step_probe.ASYNC_OUT, step_probe.SYNC_OUT
+    assert own[send] == pytest.approx(20 - 3 * inside)
+    assert own[relay] == pytest.approx(50 - inside - 20 - a_out - 2 * s_out)
+    assert own[app] == pytest.approx(200 - inside - 100 - a_out)
+
+
 def test_every_probed_function_exists_and_the_sums_are_written_at_exit(tmp_path: Path) -> None:
     code = "from bench.step_probe import install; install()"
     env = {**os.environ, "STEP_PROBE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}

@@ -5,7 +5,9 @@ write, except where it must leave on its own), and on a real socket under uvicor
 Where each of `gateway.server`'s patches to uvicorn is tested:
 - the gateway's own request cycle (`_Cycle`), byte for byte against uvicorn's: here;
 - the head held for the first body part (`_Cycle`): here, recorded and on a socket;
-- the direct body writer (`_Cycle.write`): here, recorded and on a socket;
+- the direct body writer (`_Cycle.write`): here, recorded and on a socket; its `start` and
+  `end` byte for byte against the sends, here (and on every stream through the real
+  gateway: tests/integration);
 - a request freed with its connection, not left to the collector (nothing refers back to
   the cycle once its app is done): here, recorded;
 - the disconnect hook: here, on a socket; tests/integration/test_stream_semantics.py through
@@ -45,7 +47,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from gateway.asgi import body_writer, disconnect_hook
+from gateway.asgi import SSE_HEADERS, body_writer, disconnect_hook
 from gateway.config import GatewayConfig
 from gateway.server import LISTEN_BACKLOG, bind
 from gateway.server.protocol import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
@@ -535,6 +537,94 @@ def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
             continue
         theirs = asyncio.run(answer_with(HttpToolsProtocol, request_, status, headers))
         assert ours == theirs, headers
+
+
+async def served_by(app: Any, request: bytes) -> tuple[bytes, bool]:
+    """What a connection of the gateway's protocol writes (all of it) for `app`, and
+    whether it closed."""
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", proxy_headers=False)
+    config.load()
+    state = ServerState()
+    state.default_headers = DEFAULTS
+    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(request)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if not state.tasks:
+            break
+    assert not state.tasks
+    return b"".join(transport.writes), transport.closed
+
+
+@pytest.mark.parametrize("request_", REQUESTS)
+@pytest.mark.parametrize("status", [200, 204, 404])
+def test_the_body_writers_start_and_end_write_what_the_sends_write(
+    request_: bytes, status: int
+) -> None:
+    """`start` (the head and the first body part) and `end` (the last part), or the sends
+    where they decline, against the three sends alone: byte for byte, closed alike, the same
+    errors (a refused header, a body on a 204) answered the same way."""
+
+    def app_of(direct: bool, headers: list[tuple[bytes, bytes]]) -> Any:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            writer = body_writer(scope)
+            assert writer is not None
+            await receive()
+            if not (direct and writer.start(status, headers, b"first")):
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            if not (direct and writer.end(b"last")):
+                await send({"type": "http.response.body", "body": b"last", "more_body": False})
+
+        return app
+
+    for headers in [*HEADER_SETS, [*SSE_HEADERS, (b"x-request-id", b"abc")]]:
+        ours = asyncio.run(served_by(app_of(True, headers), request_))
+        assert ours == asyncio.run(served_by(app_of(False, headers), request_)), headers
+
+
+def test_the_body_writers_start_and_end_decline_where_send_must_do_it() -> None:
+    seen: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        writer = body_writer(scope)
+        assert writer is not None
+        protocol = scope["state"]["protocol"]
+        await receive()
+        seen.append(writer.end(b"early"))  # not started: send's job (and its error)
+        seen.append(writer.start(200, [(b"X-Upper", b"1")], b"x"))  # uvicorn's way: send's
+        protocol.pause_writing()
+        seen.append(writer.start(200, [], b"held"))  # the client is slow: send waits
+        protocol.resume_writing()
+        seen.append(writer.start(200, [(b"a", b"1")], b"first"))
+        seen.append(writer.start(200, [], b"again"))  # started already
+        protocol.pause_writing()
+        seen.append(writer.end(b"held"))
+        protocol.resume_writing()
+        seen.append(writer.end(b"last"))
+        seen.append(writer.end(b"late"))  # complete already
+
+    writes = asyncio.run(exchange(app, POST)).writes
+    assert seen == [False, False, False, True, False, False, True, False]
+    assert len(writes) == 2
+    assert writes[0].endswith(b"\r\na: 1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    assert writes[1] == b"4\r\nlast\r\n0\r\n\r\n"
+
+    async def heads(scope: Scope, receive: Receive, send: Send) -> None:
+        writer = body_writer(scope)
+        assert writer is not None
+        await receive()
+        if scope["method"] == "POST" and b"expect" not in dict(scope["headers"]):
+            scope["state"]["protocol"].connection_lost(None)  # the client is gone
+        seen.append(writer.start(200, [], b""))  # nor for HEAD, nor after 100 Continue
+
+    seen.clear()
+    asyncio.run(exchange(heads, b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n"))
+    asyncio.run(exchange(heads, b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n"))
+    asyncio.run(exchange(heads, POST))
+    assert seen == [False, False, False]
 
 
 def test_the_one_pass_head_check_passes_exactly_the_fields_uvicorn_takes_as_they_are() -> None:

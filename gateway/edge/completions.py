@@ -41,7 +41,6 @@ from gateway.errors import (
 from gateway.limits.base import Admission, LimiterUnavailable, Reservation
 from gateway.limits.headers import rate_limit_headers, retry_after_header
 from gateway.observability.records import RequestRecord
-from gateway.pricing import TokenCounts
 from gateway.providers.base import Route
 from gateway.relay.request import ClientRequest
 from gateway.relay.stream import RelayContext
@@ -189,12 +188,13 @@ def _finish(
     if rec.prompt_tokens or rec.completion_tokens:
         # The prices of the deployment that answered (of a fallback model's, or of another
         # upstream model than the model's first deployment).
-        rec.cost_nanos = rt.prices.cost(
+        rec.cost_nanos = rt.prices.cost_of(
             rec.answered_by or rec.model,
-            TokenCounts(
-                rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.cache_write_tokens
-            ),
             rec.deployment,
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cached_tokens,
+            rec.cache_write_tokens,
         )
     if reservation is not None:
         rt.limiter.settle_soon(

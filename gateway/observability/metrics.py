@@ -103,6 +103,9 @@ _APIS = {
 }
 """A record's route -> the `api` label: the API the client called."""
 _LIMITS = frozenset(get_args(LimitName))
+_RECORD_KINDS_KEPT = 1024
+"""Combinations of a record's labelled fields whose cells `Metrics.record` remembers (the
+model as asked is a client's string: past the bound, the rest are looked up each time)."""
 
 
 class _Timings(NamedTuple):
@@ -204,6 +207,8 @@ class Metrics:
         self._unpublished: set[Cell | Tally] = set()
         self._publish_scheduled = False
         self._requests_by: dict[tuple[str, str, int, str, str], Cell] = {}
+        self._cells_by_record: dict[tuple[str, str, int, str, str], tuple[Cell, _Timings, str]]
+        self._cells_by_record = {}
         self._timings_by: dict[tuple[str, str], _Timings] = {}
         self._tokens_by: dict[tuple[str, str], _Tokens] = {}
         self._active_by: dict[str, Cell] = {}
@@ -287,24 +292,19 @@ class Metrics:
 
     def record(self, rec: RequestRecord) -> None:
         """Count one finished request: status and outcome, latencies, tokens."""
-        model = self._model(rec.model)
-        provider = self._provider(rec.provider)
-        status = rec.status if 0 <= rec.status <= 599 else -1
-        outcome: str = rec.outcome if rec.outcome in _OUTCOMES else OTHER
-
-        api = _APIS.get(rec.route, OTHER)
-        key = (model, provider, status, outcome, api)
-        requests = self._requests_by.get(key)
-        if requests is None:
-            status_label = str(status) if status >= 0 else OTHER
-            requests = self._requests_by[key] = Cell(
-                self._requests.labels(model, provider, status_label, outcome, api)
-            )
+        # Most requests have one of a few combinations of these fields: their cells are
+        # remembered by the fields as they are (model and provider labels are fixed at
+        # start, unlike key ids), so a record bounds and looks up its labels once per
+        # combination rather than each time.
+        raw = (rec.model, rec.provider, rec.status, rec.outcome, rec.route)
+        cells = self._cells_by_record.get(raw)
+        if cells is None:
+            cells = self._cells_of(rec)
+            if len(self._cells_by_record) < _RECORD_KINDS_KEPT:
+                self._cells_by_record[raw] = cells
+        requests, timings, model = cells
         requests.value += 1
 
-        timings = self._timings_by.get((model, provider))
-        if timings is None:
-            timings = self._timings_by[(model, provider)] = self._new_timings(model, provider)
         if rec.ttft_s is not None:
             timings.ttft.observe(rec.ttft_s)
         timings.duration.observe(rec.duration_s)
@@ -328,6 +328,25 @@ class Metrics:
                 tokens.completion.value += rec.completion_tokens
         if self._eager:
             self._changed(requests, *timings, self._overhead_tally, *(tokens or ()))
+
+    def _cells_of(self, rec: RequestRecord) -> tuple[Cell, _Timings, str]:
+        """A record's requests counter and timings children, and its model label."""
+        model = self._model(rec.model)
+        provider = self._provider(rec.provider)
+        status = rec.status if 0 <= rec.status <= 599 else -1
+        outcome: str = rec.outcome if rec.outcome in _OUTCOMES else OTHER
+        api = _APIS.get(rec.route, OTHER)
+        key = (model, provider, status, outcome, api)
+        requests = self._requests_by.get(key)
+        if requests is None:
+            status_label = str(status) if status >= 0 else OTHER
+            requests = self._requests_by[key] = Cell(
+                self._requests.labels(model, provider, status_label, outcome, api)
+            )
+        timings = self._timings_by.get((model, provider))
+        if timings is None:
+            timings = self._timings_by[(model, provider)] = self._new_timings(model, provider)
+        return requests, timings, model
 
     def _new_timings(self, model: str, provider: str) -> _Timings:
         inter_token = Tally(self._inter_token.labels(model, provider))

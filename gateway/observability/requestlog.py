@@ -3,7 +3,7 @@
 Finished requests reach `RequestLog.submit(record)` off the request path, a slice at a
 time (`gateway.observability.finished`). It renders the line (timestamp, level,
 event="request", then `RequestRecord.log_fields()`) with one `orjson.dumps`, puts it on a
-bounded asyncio queue and returns; it never awaits and never blocks. Rendering
+bounded queue and returns; it never awaits and never blocks. Rendering
 here, in the event loop's slices, rather than in the writer thread keeps a thread that
 would hold the GIL for a whole batch off the loop. One background task takes up to
 `logging.batch_size` lines at a time and writes them to the sink in a worker thread. A sink
@@ -40,6 +40,7 @@ import os
 import select
 import sys
 import time
+from collections import deque
 from collections.abc import MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol, TextIO
@@ -288,8 +289,14 @@ class RequestLog:
         self._metrics = metrics
         self._batch_size = max(1, config.batch_size)
         self._queue_size = max(1, config.queue_size)
-        # None wakes the consumer at shutdown when the queue is empty.
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(self._queue_size)
+        self._lines: deque[bytes] = deque()
+        """Rendered lines waiting for the writer task, at most `queue_size`: a deque and a
+        future to wake the task, not an `asyncio.Queue`, whose bookkeeping (a full() check
+        in each put, an unfinished-task count and its event, the getters' and putters'
+        wake-ups) for one producer and one consumer cost 0.4 µs a line, as much as the
+        rest of a submit."""
+        self._wakeup: asyncio.Future[None] | None = None
+        """What the writer task awaits while no line waits."""
         self._sink = sink
         self._ledger = ledger
         """`logging.sinks` names `database`: every batch goes to it too."""
@@ -300,7 +307,7 @@ class RequestLog:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._lines)
 
     async def start(self) -> None:
         if self._task is not None:
@@ -325,7 +332,8 @@ class RequestLog:
         if self._closed:
             self._metrics.log_record_dropped()
             return
-        if self._queue.full():
+        lines = self._lines
+        if len(lines) >= self._queue_size:
             self._metrics.log_record_dropped()
             self._metrics.set_log_queue_depth(self._queue_size)
             return
@@ -333,7 +341,13 @@ class RequestLog:
         if line is None:
             self._metrics.log_record_dropped()
             return
-        self._queue.put_nowait(line)
+        lines.append(line)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _render(self, rec: RequestRecord) -> bytes | None:
         """The record's line, None when a field cannot be encoded (the line is lost, not
@@ -355,8 +369,7 @@ class RequestLog:
             self._drop_queued()
             await self._close_sink()
             return
-        if self._queue.empty():
-            self._queue.put_nowait(None)
+        self._wake()  # a writer task waiting for lines: there will be none
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
@@ -380,34 +393,28 @@ class RequestLog:
             _log.warning("request log: closing the sink failed (%s)", exc)
 
     def _drop_queued(self) -> None:
-        dropped = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if item is not None:
-                dropped += 1
+        dropped = len(self._lines)
+        self._lines.clear()
         self._metrics.log_record_dropped(dropped)
         self._metrics.set_log_queue_depth(0)
 
     async def _consume(self, sink: Sink) -> None:
-        queue = self._queue
-        while not (self._closed and queue.empty()):
-            first = await queue.get()
-            batch: list[bytes] = [] if first is None else [first]
-            if first is not None and not self._closed and queue.qsize() < self._batch_size:
+        lines = self._lines
+        loop = asyncio.get_running_loop()
+        while not (self._closed and not lines):
+            if not lines:
+                self._wakeup = loop.create_future()
+                try:
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
+                continue
+            if not self._closed and len(lines) <= self._batch_size:
                 # Linger a moment so a trickle of requests is written in batches: each batch
                 # is one hand-off to the writer thread.
                 await asyncio.sleep(_LINGER_S)
-            while len(batch) < self._batch_size:
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if item is not None:
-                    batch.append(item)
-            self._metrics.set_log_queue_depth(queue.qsize())
+            batch = [lines.popleft() for _ in range(min(len(lines), self._batch_size))]
+            self._metrics.set_log_queue_depth(len(lines))
             if not batch:
                 continue
             if self._ledger is not None:

@@ -136,19 +136,35 @@ class Prices:
     def cost(self, model: str, used: TokenCounts, deployment: str = "") -> int:
         """Nano-dollars for `used` tokens of `model`, as its `deployment` (the one that
         answered: its name) charges them."""
+        return self.cost_of(
+            model, deployment, used.prompt, used.completion, used.cached, used.cache_write
+        )
+
+    def cost_of(
+        self,
+        model: str,
+        deployment: str,
+        prompt: int,
+        completion: int,
+        cached: int = 0,
+        cache_write: int = 0,
+    ) -> int:
+        """`cost` of the counts as they are: every finished request's cost is worked out,
+        and a `TokenCounts` made for it took half the time (a frozen dataclass sets each
+        field through `object.__setattr__`)."""
         rate = self._deployed.get((model, deployment)) if deployment else None
         if rate is None:
             rate = self._rates.get(model)
         if rate is None:
             return 0
-        cached = min(used.cached, used.prompt)
-        write = min(used.cache_write, used.prompt - cached)
-        plain = used.prompt - cached - write
+        cached = min(cached, prompt)
+        write = min(cache_write, prompt - cached)
+        plain = prompt - cached - write
         return (
             plain * rate.input
             + cached * rate.cached_input
             + write * rate.cache_write
-            + used.completion * rate.output
+            + completion * rate.output
         )
 
     def reserve(self, model: str, prompt: int, completion: int) -> int:

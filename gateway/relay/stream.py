@@ -219,20 +219,22 @@ class Relay:
         try:
             try:
                 received_at = perf_counter()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [*SSE_HEADERS, *ctx.headers],
-                    }
-                )
+                headers = [*SSE_HEADERS, *ctx.headers]
+                # Under `gateway serve`, the head and the first event in one call when the
+                # server would write them at once (the usual case): two messages and
+                # coroutines less than the two sends.
+                writer = ctx.writer
+                direct = writer is not None and writer.start(200, headers, first)
+                if not direct:
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
                 started = True
                 rec.status = 200
                 self.metrics.stream_opened(model_label)
                 watch.start_relaying()
-                watch.sending_since = watch.last_read
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-                watch.sending_since = 0.0
+                if not direct:
+                    watch.sending_since = watch.last_read
+                    await send({"type": "http.response.body", "body": first, "more_body": True})
+                    watch.sending_since = 0.0
                 last = perf_counter()
                 rec.ttft_s = last - ctx.started_at
                 rec.overhead_s += last - received_at
@@ -311,6 +313,9 @@ class Relay:
         if outcome in ("client_cancelled", "slow_client") or client_left:
             return None  # nobody reads: uvicorn closes the connection of an unfinished response
         body = held + tail if held else tail
+        writer = ctx.writer
+        if writer is not None and writer.end(body):
+            return None  # written at once by the server, without a message and a coroutine
         return start_send(send, {"type": "http.response.body", "body": body, "more_body": False})
 
     @staticmethod

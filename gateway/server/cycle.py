@@ -224,7 +224,8 @@ class _Cycle(DisconnectHook):
       packet instead of two (not for HEAD, whose answer has no body part, nor after
       `100 Continue`, which must be followed by the head on its own);
     - the scope's `DisconnectHook` (`fire`, from `connection_lost`) and `BodyWriter`
-      (`write`): no objects of their own.
+      (`write`, `start`, `end`: `send`'s own steps, `_begin` and `_body`, without the
+      messages and coroutines): no objects of their own.
     """
 
     __slots__ = (
@@ -325,13 +326,8 @@ class _Cycle(DisconnectHook):
                 raise RuntimeError(
                     f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
                 )
-            self.response_started = True
-            self.waiting_for_100_continue = False
-            head = self._start(message["status"], message.get("headers", ()))
-            if self._hold:
-                self._head = head
-            else:
-                self.transport.write(head)
+            headers = message.get("headers", ())
+            self._begin(message["status"], headers, _lines(headers))
             return
         if self.response_complete:
             raise RuntimeError(
@@ -342,8 +338,21 @@ class _Cycle(DisconnectHook):
             raise RuntimeError(
                 f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
             )
-        body = message.get("body", b"")
-        more_body = message.get("more_body", False)
+        self._body(message.get("body", b""), message.get("more_body", False))
+
+    def _begin(self, status: int, headers: Any, lines: bytes | None) -> None:
+        """`send`'s start: the head made, and held for the first body part or written."""
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        head = self._start(status, headers, lines)
+        if self._hold:
+            self._head = head
+        else:
+            self.transport.write(head)
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        """`send`'s body part: framed and written (with a held head), and the response
+        completed after the last."""
         if self._is_head:
             self.expected_content_length = 0
         elif self.chunked_encoding:
@@ -366,9 +375,10 @@ class _Cycle(DisconnectHook):
             if self._protocol is not None:
                 self._protocol.on_response_complete()
 
-    def _start(self, status: int, headers: Any) -> bytes:
-        """The response's head; sets the framing (`chunked_encoding`, the length expected)
-        and `keep_alive` as uvicorn's `send` does."""
+    def _start(self, status: int, headers: Any, lines: bytes | None) -> bytes:
+        """The response's head (`lines`: `_lines(headers)`); sets the framing
+        (`chunked_encoding`, the length expected) and `keep_alive` as uvicorn's `send`
+        does."""
         protocol = cast("BoundedHttpToolsProtocol", self._protocol)  # while the app runs
         shared = protocol._shared
         if shared.access_log:
@@ -382,7 +392,6 @@ class _Cycle(DisconnectHook):
                 status,
             )
         defaults = shared.defaults(protocol.server_state.default_headers)
-        lines = _lines(headers)
         if defaults is None or lines is None:
             return self._uvicorn_head(status, headers)
         chunked = not self._is_head and status != 204 and status != 304
@@ -466,6 +475,37 @@ class _Cycle(DisconnectHook):
                 self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
             else:
                 self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
+
+    def start(self, status: int, headers: Any, data: bytes) -> bool:
+        """The `BodyWriter`'s start: what `send` does for the response's start and its first
+        body part (`data`, more to come), without the two messages and coroutines, when
+        `send` would do it at once: the head held for the part and written with it. False,
+        nothing done, when the caller must `send` them instead: the response started, the
+        head would not be held (HEAD, `100 Continue`), the client's buffer is full, the
+        client is gone, or the head needs uvicorn's field-by-field way."""
+        if self.response_started or not self._hold or self.flow.write_paused or self.disconnected:
+            return False
+        lines = _lines(headers)
+        if lines is None:
+            return False
+        self._begin(status, headers, lines)
+        self._body(data, True)
+        return True
+
+    def end(self, data: bytes) -> bool:
+        """The `BodyWriter`'s end: what `send` does for the last body part (`data`, may be
+        empty), without the message and its coroutine, when `send` would do it at once.
+        False, nothing done, when the caller must `send` it instead: the response has not
+        started or is complete, the client's buffer is full, or the client is gone."""
+        if (
+            not self.response_started
+            or self.response_complete
+            or self.flow.write_paused
+            or self.disconnected
+        ):
+            return False
+        self._body(data, False)
         return True
 
 

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 
 from gateway.errors import Outcome
+from gateway.observability import metrics as metrics_module
 from gateway.observability.metrics import (
     INTER_TOKEN_BUCKETS,
     Metrics,
@@ -19,7 +20,9 @@ from gateway.observability.metrics import (
 from gateway.observability.records import Gaps
 from gateway.observability.tally import Cell, Tally
 from tests.observability.obs_support import (
+    MODELS,
     OUTCOMES,
+    PROVIDERS,
     STATUS_OF,
     exercise_every_metric,
     families,
@@ -122,6 +125,26 @@ def test_unknown_label_values_collapse_to_other_and_empty_ones_to_none(metrics: 
     assert value(body, "gateway_upstream_errors_total", provider="other", kind="other") == 1
     label_values = {v for s in samples(body) for k, v in s.labels.items() if k != "le"}
     assert not any(v.startswith(("client-chosen", "k1", "p1", "Traceback")) for v in label_values)
+
+
+def test_records_are_counted_alike_before_and_past_the_remembered_combinations(
+    metrics: Metrics,
+) -> None:
+    """`record` remembers the cells of 1024 combinations of a record's fields; the rest
+    are looked up each time, to the same cells."""
+    kept = metrics_module._RECORD_KINDS_KEPT
+    for i in range(kept + 100):
+        metrics.record(make_record(model=f"client-chosen-{i}"))
+    for _ in range(3):
+        metrics.record(make_record(model=f"client-chosen-{kept + 50}", ttft_s=None))
+        metrics.record(make_record())
+    assert len(metrics._cells_by_record) == kept
+    body, _ = metrics.render()
+    req = "gateway_requests_total"
+    assert value(body, req, model="other", provider=PROVIDERS[0]) == kept + 103
+    assert value(body, req, model=MODELS[0], provider=PROVIDERS[0]) == 3
+    ttft = "gateway_time_to_first_token_seconds_count"
+    assert value(body, ttft, model="other", provider=PROVIDERS[0]) == kept + 100
 
 
 def test_two_metrics_in_one_process_keep_separate_registries(metrics: Metrics) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -296,6 +297,36 @@ def test_records_submitted_before_start_are_written_once_started(metrics: Metric
 
     asyncio.run(scenario())
     assert len(sink.lines) == 1
+
+
+def test_the_writer_task_waits_for_lines_and_ends_when_closed_with_none_waiting(
+    metrics: Metrics,
+) -> None:
+    """Lines in batches of at most `batch_size` as they come (the task woken by the first
+    of each), and a close while the task waits for lines ends it at once."""
+    sink = ListSink()
+
+    async def scenario() -> None:
+        log = RequestLog(LoggingConfig(batch_size=3), metrics, log_bodies=False, sink=sink)
+        await log.start()
+        for burst in (numbered(1), numbered(7)):
+            for rec in burst:
+                log.submit(rec)
+            written = len(sink.lines) + len(burst)
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if len(sink.lines) == written:
+                    break
+            assert log.depth == 0
+        await asyncio.sleep(0)  # the task waits for lines again
+        started = time.perf_counter()
+        await log.aclose()
+        assert time.perf_counter() - started < 0.04  # less than a linger
+
+    asyncio.run(scenario())
+    assert len(sink.lines) == 8
+    assert sink.writes == 1 + 3  # 1, then 3 + 3 + 1
+    assert not dropped(metrics)
 
 
 def test_stdout_is_the_default_sink(

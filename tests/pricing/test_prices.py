@@ -123,3 +123,20 @@ def test_pricing_and_budgets_are_checked_at_start_up() -> None:
         parse_config({**base, "logging": {"sinks": ["stdout", "database"]}}, "test.yaml", {})
     with pytest.raises(ConfigError, match=r"logging\.sinks: expected a list of"):
         parse_config({**base, "logging": {"sinks": ["kafka"]}}, "test.yaml", {})
+
+
+def test_cost_of_the_counts_as_they_are_is_the_cost_of_their_token_counts() -> None:
+    model = ModelConfig(
+        "claude",
+        "anthropic",
+        upstream_model="claude-3-5-haiku-20241022",
+        deployments=(DeploymentConfig("anthropic", "house", name="apart"),),
+    )
+    prices = Prices([model], {"apart": ModelPrice(7.0, 8.0, 0.5, 9.0)})
+    for counts in [(100, 10, 40, 50), (100, 10, 0, 0), (30, 0, 40, 0), (0, 7, 0, 0)]:
+        for deployment in ("", "apart", "unknown"):
+            used = TokenCounts(*counts)
+            assert prices.cost_of("claude", deployment, *counts) == prices.cost(
+                "claude", used, deployment
+            )
+    assert prices.cost_of("unpriced", "", 100, 10) == 0
