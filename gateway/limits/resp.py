@@ -7,10 +7,9 @@ and under a burst of 500 new requests its pool opens dozens of connections. The 
 needs only a few commands, so it speaks RESP itself:
 
 - One connection, opened on first use (and again after it is lost). A call on an idle
-  connection is written at once; calls made while others are in flight wait for the next
-  reply to come in (at most `_HOLD_S`) and leave together, in one write, and Redis answers
-  them in order: a burst of admissions is one pipeline, without any caller waiting for a
-  batch to fill, and calls made a loop turn or two apart share a write too. A call
+  connection is written at once; calls made while others are in flight leave together at
+  the end of the event-loop turn, in one write, and Redis answers them in order: a burst
+  of admissions is one pipeline, without any caller waiting for a batch to fill. A call
   nobody waits for (a settle) may be given a `delay`: made while others are in flight, it
   waits up to that long for company, and the next call without one takes it along.
 - Commands can be packed once and sent many times (`Script.head` + `pack_items`): the
@@ -51,15 +50,6 @@ Arg = bytes | str | int | float
 
 _GRACE_S = 0.001
 """How long after its deadline an unanswered call is judged again (past one I/O poll)."""
-
-_HOLD_S = 0.001
-"""How long a call made while others are in flight waits at most for a reply to leave with
-(`_Connection.call`). Redis answers in order, so until the call ahead is answered one
-queued behind it would mostly wait in Redis's socket instead; held here, the calls made
-meanwhile leave in one write (a write to Redis is ~15 µs of system time, about as much as
-the rest of an admission's Python): with 32 requests at a time about 0.7 writes per call
-instead of 1.0, where calls came about one per loop turn (docs/performance.md, session
-11)."""
 
 
 def pack(args: Sequence[Arg]) -> bytes:
@@ -132,8 +122,8 @@ class _Connection(asyncio.Protocol):
         self.timeout = timeout
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
-        """Commands to write at the next reply or `_HOLD_S` (`_soon`), or a little later."""
-        self._soon: asyncio.TimerHandle | None = None
+        """Commands to write at the end of this loop turn (`_soon`) or a little later."""
+        self._soon: asyncio.Handle | None = None
         self._later: asyncio.TimerHandle | None = None
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         """Calls sent or about to be, oldest first, each with its deadline."""
@@ -180,8 +170,6 @@ class _Connection(asyncio.Protocol):
             del buf[:pos]
         elif pos < size:
             buf += data[pos:]
-        if self._soon is not None:
-            self.flush()  # the calls held for a reply (`call`)
 
     def connection_lost(self, exc: Exception | None) -> None:
         why = self._why or RedisConnectionError(
@@ -192,13 +180,11 @@ class _Connection(asyncio.Protocol):
     # --- calls -----------------------------------------------------------------------------
 
     def call(self, command: bytes, delay: float = 0.0) -> asyncio.Future[Any]:
-        """Queue one command; its reply's future. Made while others are in flight, it
-        leaves when the next reply comes in, or `_HOLD_S` after the first call held, with
-        every call queued by then. With a `delay`, such a command may wait up to that many
-        seconds to leave together with later ones (for calls nobody waits on, such as
-        settles); a call without one takes everything queued along, in order. On a
-        connection with nothing in flight every call is written at once, with whatever
-        waits."""
+        """Queue one command; its reply's future. With a `delay`, a command made while
+        others are in flight may wait up to that many seconds to leave together with later
+        ones (for calls nobody waits on, such as settles); a call without one takes
+        everything queued along, in order. On a connection with nothing in flight every call
+        is written at once, with whatever waits."""
         if self.closed:
             raise self._failure()
         loop = self._loop
@@ -218,7 +204,7 @@ class _Connection(asyncio.Protocol):
             if self._soon is None and self._later is None:
                 self._later = self._loop.call_at(now + delay, self.flush)
         elif self._soon is None:
-            self._soon = self._loop.call_at(now + _HOLD_S, self.flush)
+            self._soon = self._loop.call_soon(self.flush)
         self._waiting.append((future, now + delay + self.timeout))
         if self._timer is None:
             self._timer = self._loop.call_at(now + delay + self.timeout, self._check)

@@ -1,6 +1,5 @@
 """The limiter's own Redis client (`gateway.limits.resp`) against a real redis-server:
-replies matched to their callers under pipelining, calls made while others are in flight
-held for the next reply and written together, failures
+replies matched to their callers under pipelining, one write per event-loop turn, failures
 that fail every call in flight and heal on the next call, scripts after a SCRIPT FLUSH,
 passwords, databases and Unix sockets."""
 
@@ -57,7 +56,7 @@ def test_concurrent_calls_get_their_own_replies_in_one_write(
             )
             assert replies == [f"caller-{i}".encode() for i in range(300)]
             # The first call found the connection idle and went at once; the other 299,
-            # made while it was in flight, left together when its reply came in.
+            # made while it was in flight, left together at the end of the turn.
             assert writes == [1, 299]
             writes.clear()
             assert await client.call("PING") == "PONG"
@@ -74,50 +73,6 @@ async def until(check: Callable[[], bool]) -> None:
     """Until `check()` holds, giving the loop turns (the scenario's guard bounds the wait)."""
     while not check():  # noqa: ASYNC110 (the client's writes have no event to wait on)
         await asyncio.sleep(0.001)
-
-
-def test_calls_made_while_one_is_in_flight_wait_for_its_reply_at_most_the_hold(
-    run: Run, redis_url: str, writes: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Calls made turns apart while another is unanswered leave in one write when its reply
-    comes in; with no reply, they leave once the first of them has waited `_HOLD_S`."""
-
-    async def scenario() -> None:
-        client = RespClient(redis_url, timeout=4)  # the blocked BLPOP is not a lost reply
-        pusher = redis.Redis.from_url(redis_url)
-        blocked = ("BLPOP", "hold-gate", "0")
-        try:
-            await client.call("DEL", "m", "hold-gate")
-            monkeypatch.setattr(resp, "_HOLD_S", 30.0)  # only the reply can release them
-            writes.clear()
-            busy = asyncio.ensure_future(client.call(*blocked))
-            await until(lambda: writes == [1])
-            calls = []
-            for _ in range(3):
-                calls.append(asyncio.ensure_future(client.call("INCR", "m")))
-                await asyncio.sleep(0.002)  # a few loop turns apart
-            assert writes == [1]
-            pusher.rpush("hold-gate", "go")
-            assert await busy == [b"hold-gate", b"go"]
-            assert await asyncio.gather(*calls) == [1, 2, 3]
-            assert writes == [1, 3]
-            # Without a reply, the hold ends them: at most `_HOLD_S` after the first.
-            monkeypatch.setattr(resp, "_HOLD_S", 0.05)
-            writes.clear()
-            busy = asyncio.ensure_future(client.call(*blocked))
-            await until(lambda: writes == [1])
-            started = time.perf_counter()
-            held = asyncio.ensure_future(client.call("INCR", "m"))
-            await until(lambda: writes == [1, 1])
-            assert time.perf_counter() - started >= 0.045  # uvloop's timers are in whole ms
-            pusher.rpush("hold-gate", "go")
-            assert await busy == [b"hold-gate", b"go"]
-            assert await held == 4
-        finally:
-            await client.aclose()
-            pusher.close()
-
-    run(scenario())
 
 
 def test_delayed_calls_wait_to_share_a_write_and_an_undelayed_call_takes_them_along(
