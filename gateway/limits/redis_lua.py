@@ -253,9 +253,15 @@ end
 reset_r = reset_r or reset(KEYS[1], rt, rpm)
 reset_t = reset(KEYS[2], tt, tpm)
 
--- one bulk string, space-separated (cheaper to read than an array of eight replies)
-return string.format('%d %s %.6f %.6f %d %.6f %d %.6f', denied == '' and 1 or 0, denied, wait,
-                     now, rt, reset_r, tt, reset_t)
+-- one bulk string, space-separated (cheaper to read than an array of eight replies); times
+-- as whole microseconds: the digits of '%.6f' without its point, which Python reads as
+-- int / 1e6, the same double as float('%.6f') (both the correctly rounded quotient) at a
+-- third of the cost
+local function us(x)
+  return (string.gsub(string.format('%.6f', x), '%.', '', 1))
+end
+return string.format('%d %s %s %s %d %s %d %s', denied == '' and 1 or 0, denied, us(wait),
+                     us(now), rt, us(reset_r), tt, us(reset_t))
 """
 )
 

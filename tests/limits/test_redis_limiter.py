@@ -68,6 +68,46 @@ def test_rate_state_from_a_reply_for_each_set_of_limits() -> None:
     assert _rate_state(Limits(max_concurrent=2), 3, 1.5, 400, 2.25) == RateState()
 
 
+def test_rate_states_and_admissions_are_whole_named_tuples(redis_url: str) -> None:
+    """They are made by `tuple.__new__` (`redis_store._new`), which would take a tuple short
+    of a field without a word: each must equal the one its NamedTuple makes of its fields."""
+
+    def whole(value: tuple[object, ...]) -> None:
+        assert type(value)(*value) == value and len(value) == len(type(value)._fields)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        limiter = _limiter(redis_url, clock=FakeClock(utc(2026, 3, 1, 12)))
+        async with running(limiter):
+            for limits in ({}, {"rpm": 1}, {"tpm": 10}, {"rpm": 1, "tpm": 10}):
+                k = key(f"whole-{len(limits)}-{sorted(limits)}", **limits)
+                allowed = await limiter.admit(k, 10, "r1")
+                assert allowed.allowed and allowed.reservation is not None
+                whole(allowed)
+                whole(allowed.state)
+                if limits:
+                    denied = await limiter.admit(k, 50, "r2")
+                    assert not denied.allowed and denied.retry_after > 0
+                    whole(denied)
+                    whole(denied.state)
+
+    run_with(scenario())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_times_read_as_whole_microseconds_are_the_doubles_float_reads(seed: int) -> None:
+    """ADMIT's reply gives each time as the digits of '%.6f' without the point; `admit`
+    divides them by 1e6 instead of float()-ing the six-decimal string: the same double."""
+    import random
+
+    rng = random.Random(seed)
+    values = [rng.uniform(0, 4e9) for _ in range(20_000)] + [
+        rng.uniform(-70, 70) for _ in range(20_000)
+    ]
+    for value in values:
+        text = f"{value:.6f}"
+        assert int(text.replace(".", "")) / 1e6 == float(text), text
+
+
 def test_two_limiters_share_one_limit_exactly(redis_url: str) -> None:
     async def scenario() -> None:
         a, b = _limiter(redis_url), _limiter(redis_url)
