@@ -18,6 +18,7 @@ Where each of `gateway.server`'s patches to uvicorn is tested:
 - the supervisor's restart and mark-dead: tests/observability/test_process_logs.py
   (`test_a_killed_workers_streams_leave_the_active_streams_gauge`) and
   tests/deploy/test_shutdown.py (two workers draining);
+- the app's POST routes called without the app's own frame (`post_routes`): here;
 - the version guard: tests/test_versions.py.
 """
 
@@ -83,10 +84,12 @@ class RecordingTransport:
         pass
 
 
-def connected(app: Any) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, ServerState]:
+def connected(
+    app: Any, **config_args: Any
+) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, ServerState]:
     """A fresh connection of the gateway's protocol serving `app`, on a recording transport
     (call it inside a running event loop)."""
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", **config_args)
     config.load()
     state = ServerState()
     protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
@@ -95,11 +98,13 @@ def connected(app: Any) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, S
     return protocol, transport, state
 
 
-async def exchange(app: Any, request: bytes, read: int = 0) -> RecordingTransport:
+async def exchange(
+    app: Any, request: bytes, read: int = 0, **config_args: Any
+) -> RecordingTransport:
     """Feed one request to a fresh connection (in reads of `read` bytes, or one read); the
     transport once the answer is done. The app can reach the protocol as
     `scope["state"]["protocol"]`."""
-    protocol, transport, state = connected(app)
+    protocol, transport, state = connected(app, **config_args)
     protocol.app_state["protocol"] = protocol
     step = read or len(request)
     for at in range(0, len(request), step):
@@ -998,3 +1003,62 @@ def test_on_a_socket_the_scope_has_the_connections_addresses() -> None:
         conn.sendall(POST)
         read_until(conn, b"0\r\n\r\n")
         assert addresses == [(address, conn.getsockname()[:2])]
+
+
+class Routed:
+    """An app with POST routes the server may call directly (as `GatewayApp` has); each
+    answer names who gave it."""
+
+    def __init__(self) -> None:
+        self.post_routes = {"/direct": self.route}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.answer(send, b"app " + scope["method"].encode())
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.answer(send, b"route " + scope["path"].encode())
+
+    async def answer(self, send: Send, body: bytes) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize(
+    ("request_line", "answered_by"),
+    [
+        (b"POST /direct", b"route /direct"),
+        (b"POST /direct?x=1", b"route /direct"),
+        (b"GET /direct", b"app GET"),
+        (b"POST /other", b"app POST"),
+        (b"POST /direct/", b"app POST"),
+    ],
+)
+def test_a_post_to_one_of_the_apps_post_routes_goes_straight_to_its_endpoint(
+    request_line: bytes, answered_by: bytes
+) -> None:
+    # What `GatewayApp.__call__` would have done, without its frame (as `gateway serve`
+    # runs it: uvicorn's proxy-headers middleware off).
+    request = request_line + b" HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+    transport = asyncio.run(exchange(Routed(), request, proxy_headers=False))
+    assert b"".join(transport.writes).endswith(b"\r\n%b\r\n0\r\n\r\n" % answered_by)
+    # An app uvicorn wrapped in a middleware of its own gets every request through it.
+    transport = asyncio.run(exchange(Routed(), request, proxy_headers=True))
+    answered = b"app " + request_line.split(b" ")[0]
+    assert b"".join(transport.writes).endswith(b"\r\n%b\r\n0\r\n\r\n" % answered)
+
+
+def test_the_gateway_app_names_its_relayed_routes_as_post_routes() -> None:
+    from gateway.app import GatewayApp, create_app
+    from gateway.config import embedded_default
+    from gateway.edge.completions import RelayEndpoint
+
+    app = create_app(embedded_default())
+    assert isinstance(app, GatewayApp)
+    assert set(app.post_routes) == {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+    assert all(isinstance(e, RelayEndpoint) for e in app.post_routes.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,6 +26,10 @@ from gateway.asgi import DisconnectHook
 
 if TYPE_CHECKING:
     from gateway.server.protocol import BoundedHttpToolsProtocol
+
+
+_logger = logging.getLogger("uvicorn.error")
+"""uvicorn's error logger (`_Shared.logger` is the same one)."""
 
 
 class _ListEvent:
@@ -272,25 +277,26 @@ class _Cycle(DisconnectHook):
         self._head: bytes | None = None
 
     async def run_asgi(self, app: Any) -> None:
-        # uvicorn 0.55's (a held head is written before the connection closes).
-        logger = cast("BoundedHttpToolsProtocol", self._protocol)._shared.logger
+        # uvicorn 0.55's (a held head is written before the connection closes); its logger
+        # is this module's (the process's one "uvicorn.error", as `_Shared.logger`), not
+        # read through the protocol on every request.
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            logger.error("Exception in ASGI application\n", exc_info=exc)
+            _logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
                 await self.send_500_response()
             else:
                 self._close()
         else:
             if result is not None:
-                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                _logger.error("ASGI callable should return None, but returned '%s'.", result)
                 self._close()
             elif not self.response_started and not self.disconnected:
-                logger.error("ASGI callable returned without starting response.")
+                _logger.error("ASGI callable returned without starting response.")
                 await self.send_500_response()
             elif not self.response_complete and not self.disconnected:
-                logger.error("ASGI callable returned without completing response.")
+                _logger.error("ASGI callable returned without completing response.")
                 self._close()
         finally:
             # uvicorn's `on_response = lambda: None`; and no references back from the cycle

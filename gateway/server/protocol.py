@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import logging
 import urllib.parse
+from collections.abc import Mapping
 from operator import attrgetter
 from typing import Any, cast
 
@@ -326,6 +327,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.warning("Exceeded concurrency limit.")
         else:
             app = shared.app
+            # The app's own POST routes (`GatewayApp.post_routes`), called directly: one
+            # coroutine less per request, and one frame less on each of its resumptions.
+            if method == b"POST" and shared.post_routes is not None:
+                app = shared.post_routes.get(target[0], app)
         existing = self.cycle
         self.cycle = cast(RequestResponseCycle, cycle)
         if existing is None or existing.response_complete:  # `_start_asgi_task`, inline
@@ -494,6 +499,7 @@ class _Shared:
         "limit_concurrency",
         "logger",
         "loop",
+        "post_routes",
         "root_path",
         "targets",
         "tls",
@@ -512,6 +518,10 @@ class _Shared:
             config.load()
         self.config = config
         self.app = config.loaded_app
+        # An app that would hand POSTs to these paths straight to these ASGI apps says so
+        # (`gateway.app.GatewayApp`); the server then calls them itself. Not when uvicorn
+        # wrapped the app (a middleware of its own: it must see every request).
+        self.post_routes: Mapping[str, Any] | None = getattr(self.app, "post_routes", None)
         # Made by the first connection, inside the server's running loop.
         self.loop = asyncio.get_event_loop()
         self.keep_alive = _KeepAlive(self.loop, config.timeout_keep_alive)
