@@ -70,6 +70,17 @@ async def read_body(scope: Scope, receive: Receive, limit: int, stall_s: float) 
     """The whole request body, refusing more than `limit` bytes before reading them all;
     TimeoutError when it takes longer than `stall_s` seconds. A body that came with the
     headers (nearly every one) is read without arming a timer."""
+    body = start_body(scope, receive, limit, stall_s)
+    return body if isinstance(body, bytes) else await body
+
+
+def start_body(
+    scope: Scope, receive: Receive, limit: int, stall_s: float
+) -> bytes | Coroutine[Any, Any, bytes]:
+    """`read_body` without a coroutine of its own for a body that came with the headers
+    (nearly every one): that body, else a coroutine reading the rest (TimeoutError past
+    `stall_s`) for the caller to await. A request's set-up reads its body so, saving the
+    coroutines of every layer in between."""
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -80,9 +91,15 @@ async def read_body(scope: Scope, receive: Receive, limit: int, stall_s: float) 
             raise _too_large(limit)
     message = run_until_wait(cast("Coroutine[Any, Any, Message]", receive()))
     if isinstance(message, Waiting) or message.get("more_body", False):
-        async with asyncio.timeout(stall_s):
-            return await _read_body(message, receive, limit)
+        return _read_rest(message, receive, limit, stall_s)
     return _one_part(message, limit)  # the one part is here: no wait, no coroutine
+
+
+async def _read_rest(
+    first: Message | Waiting[Message], receive: Receive, limit: int, stall_s: float
+) -> bytes:
+    async with asyncio.timeout(stall_s):
+        return await _read_body(first, receive, limit)
 
 
 async def _read_body(first: Message | Waiting[Message], receive: Receive, limit: int) -> bytes:
@@ -111,7 +128,8 @@ def _one_part(message: Message, limit: int) -> bytes:
     chunk: bytes = message.get("body", b"")
     if len(chunk) > limit:
         raise _too_large(limit)
-    return chunk
+    # bytes, as `start_body`'s callers tell it from a coroutine by (ASGI's bodies are bytes)
+    return chunk if type(chunk) is bytes else bytes(chunk)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
