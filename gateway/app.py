@@ -155,7 +155,8 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
             Router(config, metrics, upstream_limits),
         ),
         watches=watches,
-        start_budget=start_budget(config),
+        # The runtime lives on this loop: the budget needs not ask for it per request.
+        start_budget=start_budget(config, asyncio.get_running_loop()),
         key_store=key_store,
         prices=prices,
         ledger=ledger,
