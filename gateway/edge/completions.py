@@ -86,7 +86,7 @@ class RelayEndpoint:
         if budget is not None and not budget.take_now():
             await budget.take()
         rid = request_id(scope)
-        rec = RequestRecord(request_id=rid.decode(), route=self.name)
+        rec = RequestRecord(rid.decode(), self.name)
         if rt.traces is not None:  # tracing on: None unless this request is sampled
             rec.trace = rt.traces.start(scope["headers"], started_at)
         headers: Headers = [(b"x-request-id", rid)]
@@ -135,18 +135,18 @@ class RelayEndpoint:
             rec.request_body = raw
         model = resolve_model(rt, key, req, rec)
         output = _output_reserve(rt, req)
+        # Positional, in the fields' order (request, models, request_id, record, headers,
+        # started_at, disconnect, writer, reserved_tokens): a keyword call costs more.
         ctx = RelayContext(
-            request=req,
-            models=[model, *[rt.models[name] for name in model.fallbacks]]
-            if model.fallbacks
-            else [model],
-            request_id=rec.request_id,
-            record=rec,
-            headers=headers,
-            started_at=started_at,
-            disconnect=disconnect_hook(scope),
-            writer=body_writer(scope),
-            reserved_tokens=req.prompt_estimate + output,
+            req,
+            [model, *[rt.models[name] for name in model.fallbacks]] if model.fallbacks else [model],
+            rec.request_id,
+            rec,
+            headers,
+            started_at,
+            disconnect_hook(scope),
+            body_writer(scope),
+            req.prompt_estimate + output,
         )
         # The limits, reserving the prompt estimate and `output` tokens (`_output_reserve`),
         # awaited here rather than in a coroutine of their own: one frame less for the
