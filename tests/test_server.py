@@ -46,7 +46,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from gateway.asgi import body_writer, disconnect_hook
+from gateway.asgi import body_reader, body_writer, disconnect_hook
 from gateway.config import GatewayConfig
 from gateway.server import LISTEN_BACKLOG, bind
 from gateway.server.protocol import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
@@ -1062,3 +1062,72 @@ def test_the_gateway_app_names_its_relayed_routes_as_post_routes() -> None:
         "/v1/messages",
     }
     assert all(isinstance(e, RelayEndpoint) for e in app.post_routes.values())
+
+
+def reads_with(use_reader: bool) -> Any:
+    """An app answering with every message it got for its body (the body reader's first,
+    when `use_reader`, then `receive()`'s until `more_body` is false), and whether the
+    reader gave one."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        messages: list[Any] = []
+        given = None
+        if use_reader:
+            given = body_reader(scope).body_now()  # type: ignore[union-attr]
+            if given is not None:
+                messages.append({"type": "http.request", "body": given, "more_body": False})
+                # taken: the reader has nothing more to give, as `receive()` would not
+                assert body_reader(scope).body_now() is None  # type: ignore[union-attr]
+        while not messages or messages[-1].get("more_body"):
+            messages.append(await receive())
+        answer = [{**m, "body": m.get("body", b"").hex()} for m in messages]
+        body = orjson.dumps({"messages": answer, "reader": int(given is not None)})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "read", "by_reader"),
+    [
+        (POST, 0, True),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n", 0, True),
+        (b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", 0, True),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789", 4, True),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+         0, True),
+        (b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n{}", 0,
+         False),
+    ],
+)  # fmt: skip
+def test_the_body_reader_gives_what_receive_would_or_leaves_it_to_receive(
+    request_bytes: bytes, read: int, by_reader: bool
+) -> None:
+    with_reader = asyncio.run(exchange(reads_with(True), request_bytes, read))
+    with_receive = asyncio.run(exchange(reads_with(False), request_bytes, read))
+    mine = b"".join(with_reader.writes)
+    assert (b'"reader":1' in mine) is by_reader
+    assert b'"messages":[{' in mine
+    assert mine.replace(b'"reader":1', b'"reader":0') == b"".join(with_receive.writes)
+
+
+def test_the_body_reader_leaves_a_body_still_arriving_to_receive() -> None:
+    async def scenario() -> list[bytes]:
+        answers = []
+        for use_reader in (True, False):
+            protocol, transport, state = connected(reads_with(use_reader))
+            protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123")
+            for _ in range(5):  # the app asks while the body is still arriving
+                await asyncio.sleep(0)
+            protocol.data_received(b"456789")
+            for _ in range(100):
+                await asyncio.sleep(0)
+                if not state.tasks:
+                    break
+            answers.append(b"".join(transport.writes))
+        return answers
+
+    with_reader, with_receive = asyncio.run(scenario())
+    assert b'"reader":0' in with_reader and b'"more_body":true' in with_reader
+    assert with_reader == with_receive

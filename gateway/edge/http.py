@@ -14,7 +14,15 @@ from typing import Any, cast
 
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.asgi import JSON_HEADERS, ClientGone, Waiting, header, run_until_wait, send_bytes
+from gateway.asgi import (
+    JSON_HEADERS,
+    ClientGone,
+    Waiting,
+    body_reader,
+    header,
+    run_until_wait,
+    send_bytes,
+)
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -89,6 +97,11 @@ def start_body(
             raise InvalidRequest("content-length is not a number") from None
         if declared > limit:
             raise _too_large(limit)
+    reader = body_reader(scope)
+    if reader is not None:  # the server hands a whole body over without `receive()`
+        whole = reader.body_now()
+        if whole is not None:
+            return _within(whole, limit)
     message = run_until_wait(cast("Coroutine[Any, Any, Message]", receive()))
     if isinstance(message, Waiting) or message.get("more_body", False):
         return _read_rest(message, receive, limit, stall_s)
@@ -125,11 +138,14 @@ def _one_part(message: Message, limit: int) -> bytes:
     """`_read_body` of a body that came whole in its first message (or of a disconnect)."""
     if message["type"] == "http.disconnect":
         raise ClientGone()
-    chunk: bytes = message.get("body", b"")
-    if len(chunk) > limit:
+    return _within(message.get("body", b""), limit)
+
+
+def _within(body: bytes, limit: int) -> bytes:
+    if len(body) > limit:
         raise _too_large(limit)
     # bytes, as `start_body`'s callers tell it from a coroutine by (ASGI's bodies are bytes)
-    return chunk if type(chunk) is bytes else bytes(chunk)
+    return body if type(body) is bytes else bytes(body)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -228,8 +228,8 @@ class _Cycle(DisconnectHook):
     - the head held until the first body part and written with it, one write and one
       packet instead of two (not for HEAD, whose answer has no body part, nor after
       `100 Continue`, which must be followed by the head on its own);
-    - the scope's `DisconnectHook` (`fire`, from `connection_lost`) and `BodyWriter`
-      (`write`): no objects of their own.
+    - the scope's `DisconnectHook` (`fire`, from `connection_lost`), `BodyWriter`
+      (`write`) and `BodyReader` (`body_now`): no objects of their own.
     """
 
     __slots__ = (
@@ -440,8 +440,27 @@ class _Cycle(DisconnectHook):
             self.transport.write(head)
         self.transport.close()
 
+    def body_now(self) -> bytes | None:
+        """The `BodyReader`: what `receive` hands over at once when the whole body is in
+        (its one message's body), taken as `receive` takes it; None in every other case."""
+        if (
+            self.more_body
+            or not self.message_event._value
+            or self.waiting_for_100_continue
+            or self.disconnected
+            or self.response_complete
+        ):
+            return None
+        self.flow.resume_reading()
+        self.message_event._value = False
+        body, self.body = self.body, b""
+        return bytes(body)
+
     async def receive(self) -> Any:
-        # uvicorn 0.55's.
+        # uvicorn 0.55's, its usual case (the whole body in) by `body_now`.
+        whole = self.body_now()
+        if whole is not None:
+            return {"type": "http.request", "body": whole, "more_body": False}
         if self.waiting_for_100_continue and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.waiting_for_100_continue = False

@@ -37,7 +37,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from gateway.asgi import BODY_WRITER, DISCONNECT, STATE_KEY
+from gateway.asgi import BODY_READER, BODY_WRITER, DISCONNECT, STATE_KEY
 from gateway.config import GatewayConfig
 from gateway.runtime import Runtime
 from gateway.server.cycle import _Cycle, _Flow, _KeepAlive, _lines
@@ -288,8 +288,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_left = _NOT_IN_HEAD
         # uvicorn 0.55's, but the scope is one dict (its `asgi` part shared, the target's
         # parse remembered per target, as a few targets take all the requests) and the
-        # cycle is the gateway's own (`_Cycle`), which is also the scope's disconnect hook
-        # and body writer.
+        # cycle is the gateway's own (`_Cycle`), which is also the scope's disconnect hook,
+        # body writer and body reader.
         shared = self._shared
         parser = self.parser
         http_version = parser.get_http_version()
@@ -318,7 +318,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "path": target[0],
             "raw_path": target[1],
             "query_string": target[2],
-            "extensions": {DISCONNECT: cycle, BODY_WRITER: cycle},
+            "extensions": {DISCONNECT: cycle, BODY_WRITER: cycle, BODY_READER: cycle},
         }
         cycle.scope = self.scope = scope
         limit = shared.limit_concurrency
