@@ -49,7 +49,12 @@ from uvicorn.server import ServerState
 from gateway.asgi import body_reader, body_writer, disconnect_hook
 from gateway.config import GatewayConfig
 from gateway.server import LISTEN_BACKLOG, bind
-from gateway.server.protocol import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
+from gateway.server.protocol import (
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
+    BoundedHttpToolsProtocol,
+    _address,
+)
 from tests.support.gateway_proc import GatewayProcess
 
 
@@ -1131,3 +1136,21 @@ def test_the_body_reader_leaves_a_body_still_arriving_to_receive() -> None:
     with_reader, with_receive = asyncio.run(scenario())
     assert b'"reader":0' in with_reader and b'"more_body":true' in with_reader
     assert with_reader == with_receive
+
+
+@pytest.mark.parametrize(
+    ("info", "address"),
+    [
+        (("127.0.0.1", 8000), ("127.0.0.1", 8000)),
+        (("::1", 8000, 0, 0), ("::1", 8000)),
+        (["10.0.0.1", 80], ("10.0.0.1", 80)),
+        (("10.0.0.1", True), ("10.0.0.1", 1)),
+        ("/run/gateway.sock", ("/run/gateway.sock", None)),
+        (None, None),
+        (("x",), None),
+    ],
+)
+def test_an_address_is_the_one_uvicorn_would_make(info: Any, address: Any) -> None:
+    # An IPv4 address is taken as it is (already a (str, int) pair); the rest made anew.
+    made = _address(info)
+    assert made == address and (made is None or type(made[1]) in (int, type(None)))

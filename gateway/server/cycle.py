@@ -375,7 +375,7 @@ class _Cycle(DisconnectHook):
     def _start(self, status: int, headers: Any) -> bytes:
         """The response's head; sets the framing (`chunked_encoding`, the length expected)
         and `keep_alive` as uvicorn's `send` does."""
-        protocol = cast("BoundedHttpToolsProtocol", self._protocol)  # while the app runs
+        protocol: BoundedHttpToolsProtocol = self._protocol  # type: ignore[assignment]  # set while the app runs (no cast(): a call)
         shared = protocol._shared
         if shared.access_log:
             scope = self.scope

@@ -27,7 +27,6 @@ import uvicorn
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import (
     HIGH_WATER_LIMIT,
-    FlowControl,
     service_unavailable,
 )
 from uvicorn.protocols.http.httptools_impl import (
@@ -152,7 +151,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # many socket objects made and detached); uvloop and asyncio keep both addresses.
         self.connections.add(self)
         self.transport = transport
-        self.flow = cast(FlowControl, _Flow(transport))
+        # (No `cast()`s on the request path here: each is a function call.)
+        self.flow = _Flow(transport)  # type: ignore[assignment]  # FlowControl's duck
         self.server = _address(transport.get_extra_info("sockname"))
         peer = _address(transport.get_extra_info("peername"))
         self.client = (peer[0], peer[1]) if peer is not None and peer[1] is not None else None
@@ -332,7 +332,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if method == b"POST" and shared.post_routes is not None:
                 app = shared.post_routes.get(target[0], app)
         existing = self.cycle
-        self.cycle = cast(RequestResponseCycle, cycle)
+        self.cycle = cycle
         if existing is None or existing.response_complete:  # `_start_asgi_task`, inline
             if shared.fresh_context:
                 task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
@@ -407,7 +407,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         if self._idle:
             self._unset_keepalive_if_required()
-        self.parser = cast(Any, None)
+        self.parser = None  # type: ignore[assignment]
         if cycle is not None and cycle.disconnected:
             cast(_Cycle, cycle).fire()
 
@@ -457,6 +457,8 @@ _SEQUENCES = (tuple, list)  # made once: `tuple | list` would make a union per c
 def _address(info: object) -> tuple[str, int | None] | None:
     """An address as uvicorn's scope has it (`server`, `client`): host and port of an IPv4
     or IPv6 socket address, a Unix socket's path with no port."""
+    if type(info) is tuple and len(info) == 2 and type(info[0]) is str and type(info[1]) is int:
+        return info  # an IPv4 address is already one (no str(), int() and tuple each)
     if isinstance(info, _SEQUENCES) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
     if isinstance(info, str):
