@@ -155,7 +155,8 @@ async def _build_runtime(config: GatewayConfig, stack: contextlib.AsyncExitStack
             Router(config, metrics, upstream_limits),
         ),
         watches=watches,
-        start_budget=start_budget(config),
+        # The runtime lives on this loop: the budget needs not ask for it per request.
+        start_budget=start_budget(config, asyncio.get_running_loop()),
         key_store=key_store,
         prices=prices,
         ledger=ledger,
@@ -253,15 +254,22 @@ class GatewayApp:
     Starlette's middleware stack wraps `send` in two closures per message; on a token stream
     that is every event. The relay endpoints answer their own errors (OpenAI-shaped, 500s
     included), so they need none of it.
+
+    `post_routes` says which: `gateway serve`'s HTTP protocol reads it and calls the
+    endpoint of a POST to one of those paths itself, without this app's `__call__` in
+    between (`gateway.server.protocol`); other servers go through `__call__`, to the same
+    endpoint.
     """
+
+    __slots__ = ("app", "post_routes")
 
     def __init__(self, app: RequestIds, relay: dict[str, RelayEndpoint]) -> None:
         self.app = app
-        self._relay = relay
+        self.post_routes = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self._relay.get(scope["path"])
+            endpoint = self.post_routes.get(scope["path"])
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return

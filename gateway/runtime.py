@@ -11,6 +11,7 @@ built yet. Closing is the lifespan's (in reverse order of building), not this mo
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,10 @@ class Runtime:
         self.keys = Keys(self.config.keys, self.key_store)
 
 
-def start_budget(config: GatewayConfig) -> StartBudget | None:
-    """The start budget `max_requests_per_loop_turn` asks for; None when it is 0."""
+def start_budget(
+    config: GatewayConfig, loop: asyncio.AbstractEventLoop | None = None
+) -> StartBudget | None:
+    """The start budget `max_requests_per_loop_turn` asks for (on `loop` only, when given);
+    None when it is 0."""
     per_turn = config.max_requests_per_loop_turn
-    return StartBudget(per_turn) if per_turn > 0 else None
+    return StartBudget(per_turn, loop) if per_turn > 0 else None

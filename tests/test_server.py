@@ -20,6 +20,8 @@ Where each of `gateway.server`'s patches to uvicorn is tested:
 - the supervisor's restart and mark-dead: tests/observability/test_process_logs.py
   (`test_a_killed_workers_streams_leave_the_active_streams_gauge`) and
   tests/deploy/test_shutdown.py (two workers draining);
+- the app's POST routes called without the app's own frame (`post_routes`), the body reader
+  (`_Cycle.body_now`): tests/test_server_fast_paths.py;
 - the version guard: tests/test_versions.py.
 """
 
@@ -85,10 +87,12 @@ class RecordingTransport:
         pass
 
 
-def connected(app: Any) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, ServerState]:
+def connected(
+    app: Any, **config_args: Any
+) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, ServerState]:
     """A fresh connection of the gateway's protocol serving `app`, on a recording transport
     (call it inside a running event loop)."""
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", **config_args)
     config.load()
     state = ServerState()
     protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
@@ -97,11 +101,13 @@ def connected(app: Any) -> tuple[BoundedHttpToolsProtocol, RecordingTransport, S
     return protocol, transport, state
 
 
-async def exchange(app: Any, request: bytes, read: int = 0) -> RecordingTransport:
+async def exchange(
+    app: Any, request: bytes, read: int = 0, **config_args: Any
+) -> RecordingTransport:
     """Feed one request to a fresh connection (in reads of `read` bytes, or one read); the
     transport once the answer is done. The app can reach the protocol as
     `scope["state"]["protocol"]`."""
-    protocol, transport, state = connected(app)
+    protocol, transport, state = connected(app, **config_args)
     protocol.app_state["protocol"] = protocol
     step = read or len(request)
     for at in range(0, len(request), step):

@@ -135,9 +135,9 @@ class CountTokens:
         try:
             key = rt.keys.authenticate(scope)
             rec.key_id = key.id
-            req = parse_messages(
-                "chat.completions", await read_request_body(rt, scope, receive), counting=True
-            )
+            body = read_request_body(rt, scope, receive)
+            raw = body if isinstance(body, bytes) else await body
+            req = parse_messages("chat.completions", raw, counting=True)
             model = resolve_model(rt, key, req, rec)
             provider = rt.relay.providers[model.provider]
             if isinstance(provider, AnthropicProvider):

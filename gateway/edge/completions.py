@@ -16,17 +16,18 @@ Everything else (keys, limits, fallbacks, the relay, accounting) is shared.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from time import perf_counter
+from typing import Any
 
 import structlog
 from starlette.types import Receive, Scope, Send
 
 from gateway.asgi import STATE_KEY, ClientGone, Headers, body_writer, disconnect_hook
 from gateway.config import KeyConfig, ModelConfig
-from gateway.edge.http import read_body, request_id, send_error
+from gateway.edge.http import request_id, send_error, start_body
 from gateway.edge.requests import parse_request
 from gateway.edge.shared import EdgeRuntime
 from gateway.errors import (
@@ -84,7 +85,7 @@ class RelayEndpoint:
         if budget is not None and not budget.take_now():
             await budget.take()
         rid = request_id(scope)
-        rec = RequestRecord(request_id=rid.decode(), route=self.name)
+        rec = RequestRecord(rid.decode(), self.name)
         if rt.traces is not None:  # tracing on: None unless this request is sampled
             rec.trace = rt.traces.start(scope["headers"], started_at)
         headers: Headers = [(b"x-request-id", rid)]
@@ -123,7 +124,8 @@ class RelayEndpoint:
             )
         key = rt.keys.authenticate(scope)
         rec.key_id = key.id
-        raw = await read_request_body(rt, scope, receive)
+        body = read_request_body(rt, scope, receive)
+        raw = body if isinstance(body, bytes) else await body
         req = self._parse(self.route, raw)
         if self._passed:
             req = replace(req, passed_headers=passed_headers(scope, self._passed))
@@ -132,18 +134,18 @@ class RelayEndpoint:
             rec.request_body = raw
         model = resolve_model(rt, key, req, rec)
         output = _output_reserve(rt, req)
+        # Positional, in the fields' order (request, models, request_id, record, headers,
+        # started_at, disconnect, writer, reserved_tokens): a keyword call costs more.
         ctx = RelayContext(
-            request=req,
-            models=[model, *[rt.models[name] for name in model.fallbacks]]
-            if model.fallbacks
-            else [model],
-            request_id=rec.request_id,
-            record=rec,
-            headers=headers,
-            started_at=started_at,
-            disconnect=disconnect_hook(scope),
-            writer=body_writer(scope),
-            reserved_tokens=req.prompt_estimate + output,
+            req,
+            [model, *[rt.models[name] for name in model.fallbacks]] if model.fallbacks else [model],
+            rec.request_id,
+            rec,
+            headers,
+            started_at,
+            disconnect_hook(scope),
+            body_writer(scope),
+            req.prompt_estimate + output,
         )
         # The limits, reserving the prompt estimate and `output` tokens (`_output_reserve`),
         # awaited here rather than in a coroutine of their own: one frame less for the
@@ -204,11 +206,20 @@ def _finish(
     rt.finished.add(rec)
 
 
-async def read_request_body(rt: EdgeRuntime, scope: Scope, receive: Receive) -> bytes:
+def read_request_body(
+    rt: EdgeRuntime, scope: Scope, receive: Receive
+) -> bytes | Coroutine[Any, Any, bytes]:
+    """The request body when it came with the head (nearly always), else a coroutine for
+    the caller to await (`start_body`: no coroutine in between for the usual body)."""
     idle = rt.config.timeouts.idle
+    # A client that declares a body and stalls must not hold its request forever.
+    body = start_body(scope, receive, rt.config.max_body_bytes, idle)
+    return body if isinstance(body, bytes) else _in_time(body, idle)
+
+
+async def _in_time(rest: Coroutine[Any, Any, bytes], idle: float) -> bytes:
     try:
-        # A client that declares a body and stalls must not hold its request forever.
-        return await read_body(scope, receive, rt.config.max_body_bytes, idle)
+        return await rest
     except TimeoutError:
         raise InvalidRequest(
             f"the request body did not arrive within {idle:g} s",

@@ -14,7 +14,15 @@ from typing import Any, cast
 
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.asgi import JSON_HEADERS, ClientGone, Waiting, header, run_until_wait, send_bytes
+from gateway.asgi import (
+    JSON_HEADERS,
+    ClientGone,
+    Waiting,
+    body_reader,
+    header,
+    run_until_wait,
+    send_bytes,
+)
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -70,6 +78,17 @@ async def read_body(scope: Scope, receive: Receive, limit: int, stall_s: float) 
     """The whole request body, refusing more than `limit` bytes before reading them all;
     TimeoutError when it takes longer than `stall_s` seconds. A body that came with the
     headers (nearly every one) is read without arming a timer."""
+    body = start_body(scope, receive, limit, stall_s)
+    return body if isinstance(body, bytes) else await body
+
+
+def start_body(
+    scope: Scope, receive: Receive, limit: int, stall_s: float
+) -> bytes | Coroutine[Any, Any, bytes]:
+    """`read_body` without a coroutine of its own for a body that came with the headers
+    (nearly every one): that body, else a coroutine reading the rest (TimeoutError past
+    `stall_s`) for the caller to await. A request's set-up reads its body so, saving the
+    coroutines of every layer in between."""
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -78,11 +97,22 @@ async def read_body(scope: Scope, receive: Receive, limit: int, stall_s: float) 
             raise InvalidRequest("content-length is not a number") from None
         if declared > limit:
             raise _too_large(limit)
+    reader = body_reader(scope)
+    if reader is not None:  # the server hands a whole body over without `receive()`
+        whole = reader.body_now()
+        if whole is not None:
+            return _within(whole, limit)
     message = run_until_wait(cast("Coroutine[Any, Any, Message]", receive()))
     if isinstance(message, Waiting) or message.get("more_body", False):
-        async with asyncio.timeout(stall_s):
-            return await _read_body(message, receive, limit)
+        return _read_rest(message, receive, limit, stall_s)
     return _one_part(message, limit)  # the one part is here: no wait, no coroutine
+
+
+async def _read_rest(
+    first: Message | Waiting[Message], receive: Receive, limit: int, stall_s: float
+) -> bytes:
+    async with asyncio.timeout(stall_s):
+        return await _read_body(first, receive, limit)
 
 
 async def _read_body(first: Message | Waiting[Message], receive: Receive, limit: int) -> bytes:
@@ -108,10 +138,14 @@ def _one_part(message: Message, limit: int) -> bytes:
     """`_read_body` of a body that came whole in its first message (or of a disconnect)."""
     if message["type"] == "http.disconnect":
         raise ClientGone()
-    chunk: bytes = message.get("body", b"")
-    if len(chunk) > limit:
+    return _within(message.get("body", b""), limit)
+
+
+def _within(body: bytes, limit: int) -> bytes:
+    if len(body) > limit:
         raise _too_large(limit)
-    return chunk
+    # bytes, as `start_body`'s callers tell it from a coroutine by (ASGI's bodies are bytes)
+    return body if type(body) is bytes else bytes(body)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -65,7 +65,11 @@ def json_object(raw: bytes) -> dict[str, Any]:
 def parse_request(route: Route, raw: bytes) -> ClientRequest:
     body = json_object(raw)
     model: str = body["model"]
-    stream = optional_field(body, "stream", bool, "true or false") or False
+    # A value of the exact type asked for passes without `optional_field`'s call (it would
+    # pass it too); anything else (null, a wrong type) goes through it.
+    stream = body.get("stream", False)
+    if stream is not True and stream is not False:
+        stream = optional_field(body, "stream", bool, "true or false") or False
     include_usage = False
     if "stream_options" in body:
         include_usage = _include_usage(body, stream)
@@ -75,7 +79,9 @@ def parse_request(route: Route, raw: bytes) -> ClientRequest:
     # body with several bad fields is still answered about the same one.
     for name in _TOKEN_LIMITS:
         if name in body:
-            value = optional_field(body, name, int, "a positive integer")
+            value = body[name]
+            if type(value) is not int:  # bool is not int here: it takes the check's way
+                value = optional_field(body, name, int, "a positive integer")
             if value is not None:
                 if value <= 0:
                     raise bad_request(f"'{name}' must be a positive integer", name)
@@ -106,26 +112,24 @@ def parse_request(route: Route, raw: bytes) -> ClientRequest:
         if not isinstance(value, (str, list)) or not value:
             raise bad_request("'input' is required: a non-empty string or list", "input")
         estimate = estimate_tokens(value if isinstance(value, str) else str(value))
-    return ClientRequest(
-        route=route,
-        body=body,
-        model=model,
-        stream=stream,
-        include_usage=include_usage,
-        max_tokens=max_tokens,
-        prompt_estimate=estimate,
-    )
+    # Positional, in the fields' order: a keyword call costs more.
+    return ClientRequest(route, body, model, stream, include_usage, max_tokens, estimate)
 
 
 def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     """`stream_options.include_usage`, checked (False when `stream_options` is null)."""
-    options = optional_field(body, "stream_options", dict, "an object")
-    if options is None:
-        return False
+    options = body["stream_options"]
+    if type(options) is not dict:  # as in `parse_request`: the exact type passes at once
+        options = optional_field(body, "stream_options", dict, "an object")
+        if options is None:
+            return False
     if not stream:
         raise bad_request(
             "'stream_options' is only allowed when 'stream' is true", "stream_options"
         )
+    include_usage = options.get("include_usage", False)
+    if include_usage is True or include_usage is False:
+        return include_usage
     return optional_field(options, "include_usage", bool, "true or false") or False
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,6 +26,10 @@ from gateway.asgi import DisconnectHook
 
 if TYPE_CHECKING:
     from gateway.server.protocol import BoundedHttpToolsProtocol
+
+
+_logger = logging.getLogger("uvicorn.error")
+"""uvicorn's error logger (`_Shared.logger` is the same one)."""
 
 
 class _ListEvent:
@@ -223,9 +228,9 @@ class _Cycle(DisconnectHook):
     - the head held until the first body part and written with it, one write and one
       packet instead of two (not for HEAD, whose answer has no body part, nor after
       `100 Continue`, which must be followed by the head on its own);
-    - the scope's `DisconnectHook` (`fire`, from `connection_lost`) and `BodyWriter`
+    - the scope's `DisconnectHook` (`fire`, from `connection_lost`), `BodyWriter`
       (`write`, `start`, `end`: `send`'s own steps, `_begin` and `_body`, without the
-      messages and coroutines): no objects of their own.
+      messages and coroutines) and `BodyReader` (`body_now`): no objects of their own.
     """
 
     __slots__ = (
@@ -273,25 +278,26 @@ class _Cycle(DisconnectHook):
         self._head: bytes | None = None
 
     async def run_asgi(self, app: Any) -> None:
-        # uvicorn 0.55's (a held head is written before the connection closes).
-        logger = cast("BoundedHttpToolsProtocol", self._protocol)._shared.logger
+        # uvicorn 0.55's (a held head is written before the connection closes); its logger
+        # is this module's (the process's one "uvicorn.error", as `_Shared.logger`), not
+        # read through the protocol on every request.
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            logger.error("Exception in ASGI application\n", exc_info=exc)
+            _logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
                 await self.send_500_response()
             else:
                 self._close()
         else:
             if result is not None:
-                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                _logger.error("ASGI callable should return None, but returned '%s'.", result)
                 self._close()
             elif not self.response_started and not self.disconnected:
-                logger.error("ASGI callable returned without starting response.")
+                _logger.error("ASGI callable returned without starting response.")
                 await self.send_500_response()
             elif not self.response_complete and not self.disconnected:
-                logger.error("ASGI callable returned without completing response.")
+                _logger.error("ASGI callable returned without completing response.")
                 self._close()
         finally:
             # uvicorn's `on_response = lambda: None`; and no references back from the cycle
@@ -379,7 +385,7 @@ class _Cycle(DisconnectHook):
         """The response's head (`lines`: `_lines(headers)`); sets the framing
         (`chunked_encoding`, the length expected) and `keep_alive` as uvicorn's `send`
         does."""
-        protocol = cast("BoundedHttpToolsProtocol", self._protocol)  # while the app runs
+        protocol: BoundedHttpToolsProtocol = self._protocol  # type: ignore[assignment]  # set while the app runs (no cast(): a call)
         shared = protocol._shared
         if shared.access_log:
             scope = self.scope
@@ -443,8 +449,27 @@ class _Cycle(DisconnectHook):
             self.transport.write(head)
         self.transport.close()
 
+    def body_now(self) -> bytes | None:
+        """The `BodyReader`: what `receive` hands over at once when the whole body is in
+        (its one message's body), taken as `receive` takes it; None in every other case."""
+        if (
+            self.more_body
+            or not self.message_event._value
+            or self.waiting_for_100_continue
+            or self.disconnected
+            or self.response_complete
+        ):
+            return None
+        self.flow.resume_reading()
+        self.message_event._value = False
+        body, self.body = self.body, b""
+        return bytes(body)
+
     async def receive(self) -> Any:
-        # uvicorn 0.55's.
+        # uvicorn 0.55's, its usual case (the whole body in) by `body_now`.
+        whole = self.body_now()
+        if whole is not None:
+            return {"type": "http.request", "body": whole, "more_body": False}
         if self.waiting_for_100_continue and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.waiting_for_100_continue = False

@@ -103,3 +103,33 @@ def test_a_burst_asks_for_the_running_loop_once(monkeypatch: pytest.MonkeyPatch)
     assert calls["get_running_loop"] == 2  # _starts' own and the budget's first turn
     # the budget still works on a later loop once its turns have stopped
     assert len(asyncio.run(_starts(StartBudget(4), 8))) == 8
+
+
+def test_a_budget_made_for_its_loop_never_asks_for_the_running_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway's runtime lives on one loop and makes its budget for it: on a lightly
+    loaded gateway each request starts a run of turns of its own, and asking for the loop
+    then would be a getpid() per request."""
+    calls = Counter[str]()
+    real = asyncio.get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        calls["get_running_loop"] += 1
+        return real()
+
+    async def main() -> tuple[list[bool], bool, list[tuple[int, int]]]:
+        budget = StartBudget(2, real())
+        monkeypatch.setattr("gateway.edge.budget.asyncio.get_running_loop", counted)
+        now = [budget.take_now() for _ in range(3)]
+        await asyncio.sleep(0)  # the loop comes round: the count starts over
+        again = budget.take_now()
+        await asyncio.sleep(0)
+        started = await _starts(budget, 20)
+        return now, again, started
+
+    now, again, started = asyncio.run(main())
+    assert (now, again) == ([True, True, False], True)
+    assert [i for _, i in started] == list(range(20))
+    assert max(Counter(t for t, _ in started).values()) <= 2
+    assert calls["get_running_loop"] == 1  # _starts' own

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from starlette.types import Message
 
-from gateway.asgi import ClientGone, Waiting, run_until_wait
-from gateway.edge.http import new_request_id, read_body, request_id
+from gateway.asgi import BODY_READER, ClientGone, Waiting, run_until_wait
+from gateway.edge.http import new_request_id, read_body, request_id, start_body
 from gateway.errors import PayloadTooLarge
 
 SCOPE = {"type": "http", "headers": []}
@@ -143,3 +143,25 @@ def test_new_request_ids_are_not_a_count() -> None:
     ids = [new_request_id() for _ in range(1_000)]  # several batches
     assert len(set(ids)) == len(ids)
     assert sum(a[:16] == b[:16] for a, b in itertools.pairwise(ids)) == 0
+
+
+class Reader:
+    def __init__(self, body: bytes | None) -> None:
+        self.body = body
+
+    def body_now(self) -> bytes | None:
+        body, self.body = self.body, None
+        return body
+
+
+def test_a_body_the_server_hands_over_whole_is_read_without_receive() -> None:
+    def never() -> Awaitable[Message]:
+        raise AssertionError("receive() called")
+
+    scope = {**SCOPE, "extensions": {BODY_READER: Reader(b"{}")}}
+    assert start_body(scope, never, 100, 0.2) == b"{}"
+    with pytest.raises(PayloadTooLarge):
+        start_body({**SCOPE, "extensions": {BODY_READER: Reader(b"x" * 101)}}, never, 100, 0.2)
+    # the reader has none to give: receive() as before
+    scope = {**SCOPE, "extensions": {BODY_READER: Reader(None)}}
+    assert asyncio.run(read_body(scope, receiver([(0, body(b"ab"))]), 100, 0.2)) == b"ab"

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.edge.requests import parse_request
+from gateway.edge.requests import bad_request, optional_field, parse_request
 from gateway.errors import InvalidRequest
 from gateway.providers.base import Route
 
@@ -147,3 +147,56 @@ def test_a_body_nested_too_deep_is_refused_however_short_the_rest() -> None:
     # 253 brackets in all (252 and the messages') still go through
     ok = b'{"model":"m","x":' + b"[" * 252 + b"]" * 252 + b',"messages":[{"role":"tool"}]}'
     assert parse_request("chat.completions", ok).model == "m"
+
+
+_VALUES: list[Any] = [None, True, False, 0, 1, 7, -1, 1.5, "x", [], {}]
+_ABSENT = object()
+
+
+def _reference(body: dict[str, Any]) -> tuple[bool, bool, int | None]:
+    """The stream, include_usage and max_tokens `parse_request` gave before the exact types
+    took a way of their own: every field through `optional_field`."""
+    stream = optional_field(body, "stream", bool, "true or false") or False
+    include_usage = False
+    if "stream_options" in body:
+        options = optional_field(body, "stream_options", dict, "an object")
+        if options is not None:
+            if not stream:
+                raise bad_request(
+                    "'stream_options' is only allowed when 'stream' is true", "stream_options"
+                )
+            include_usage = optional_field(options, "include_usage", bool, "true or false")
+    max_tokens = None
+    for name in ("max_completion_tokens", "max_tokens"):
+        if name in body:
+            value = optional_field(body, name, int, "a positive integer")
+            if value is not None:
+                if value <= 0:
+                    raise bad_request(f"'{name}' must be a positive integer", name)
+                max_tokens = max_tokens or value
+    return stream, include_usage or False, max_tokens
+
+
+def _outcome(parse: Any, body: dict[str, Any]) -> Any:
+    try:
+        return parse(body)
+    except InvalidRequest as exc:
+        return (exc.message, exc.param)
+
+
+def test_the_exact_types_way_gives_what_the_checks_gave_for_every_value() -> None:
+    def parsed(body: dict[str, Any]) -> tuple[bool, bool, int | None]:
+        req = parse_request("chat.completions", orjson.dumps(body))
+        return req.stream, req.include_usage, req.max_tokens
+
+    options: list[Any] = [_ABSENT, *_VALUES, *({"include_usage": v} for v in _VALUES)]
+    compared = 0
+    for stream in [_ABSENT, *_VALUES]:
+        for option in options:
+            for limit in [_ABSENT, *_VALUES]:
+                for first in ("max_tokens", "max_completion_tokens"):
+                    fields = {"stream": stream, "stream_options": option, first: limit}
+                    body = {**CHAT, **{k: v for k, v in fields.items() if v is not _ABSENT}}
+                    assert _outcome(parsed, body) == _outcome(_reference, body), body
+                    compared += 1
+    assert compared == 12 * 23 * 12 * 2
