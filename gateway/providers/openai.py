@@ -166,7 +166,9 @@ class OpenAIStream(SSEUpstream):
         (`_one_line_events`), without the decoder: what `translate` relays and learns for
         them, the read itself when every event goes as it came (a stream's last read: the
         finish, the usage and `[DONE]`; over a fast upstream, several deltas)."""
-        parts = chunk.split(b"\n\n")
+        # Split at each LF, every other piece kept: each LF is half of an event's end
+        # (`_one_line_events`), and a split at one byte costs half a split at two.
+        parts = chunk.split(b"\n")[::2]
         del parts[-1]  # what follows the last event's end: nothing
         out: list[bytes] = []
         whole = True  # every event went as it came, so far: the client's bytes are `chunk`
@@ -240,8 +242,10 @@ def _one_line_events(chunk: bytes) -> bool:
     followed by the next one's `data: `."""
     if not (chunk.endswith(b"\n\n") and chunk.startswith(b"data: ")) or 13 in chunk:
         return False
-    events = chunk.count(b"\n\n")
-    return chunk.count(10) == 2 * events and chunk.count(b"\n\ndata: ") == events - 1
+    # Counted by the ends followed by a `data: `, plus the last: the same test as counting
+    # every `\n\n` (those are then the same ends), at a quarter of the cost (a search for
+    # two bytes is CPython's slowest kind; a longer one skips ahead).
+    return chunk.count(10) == 2 * (chunk.count(b"\n\ndata: ") + 1)
 
 
 def _utf8(data: bytes) -> bool:
