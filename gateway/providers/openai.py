@@ -241,11 +241,7 @@ def _one_line_events(chunk: bytes) -> list[bytes] | None:
     # nothing; the ends followed by a `data: ` are all but the last.
     lines = chunk.split(b"\n")
     events = lines[::2]
-    if (
-        len(lines) % 2 == 0
-        or any(lines[1::2])
-        or chunk.count(b"\n\ndata: ") != len(events) - 2
-    ):
+    if len(lines) % 2 == 0 or any(lines[1::2]) or chunk.count(b"\n\ndata: ") != len(events) - 2:
         return None
     del events[-1]  # what follows the last event's end: nothing
     return events

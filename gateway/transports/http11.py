@@ -306,9 +306,7 @@ class Connection(asyncio.Protocol):
             # By length first: most fields are neither, and need no lower-cased copy.
             size = len(name)
             if (size == 14 and name.lower() == b"content-length") or (
-                size == 17
-                and name.lower() == b"transfer-encoding"
-                and b"chunked" in value.lower()
+                size == 17 and name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
             ):
                 self._has_length = True
         if status in (204, 304):
