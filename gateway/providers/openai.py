@@ -307,11 +307,14 @@ def _usage(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    # Positional, in the fields' order (no cache writes in Chat's usage): every stream's
+    # last read makes one, and by keyword a third of its cost is the keywords'.
     return Usage(
-        prompt_tokens=prompt if isinstance(prompt, int) else 0,
-        completion_tokens=completion if isinstance(completion, int) else 0,
-        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
-        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+        _detail(usage, "prompt_tokens_details", "cached_tokens"),
+        0,
+        _detail(usage, "completion_tokens_details", "reasoning_tokens"),
     )
 
 
