@@ -174,7 +174,9 @@ class Attempts(Generic[T]):
                 router.abandon(lease)
                 raise
             else:
-                router.answered(lease, self.headers_of(result))
+                # The answer's headers only where the router reads them (`observed`).
+                headers = self.headers_of(result) if deployment.observed else None
+                router.answered(lease, headers)
                 return result, lease
             await asyncio.sleep(_backoff(retry))
             retry += 1

@@ -91,19 +91,17 @@ class Deployment:
     observed: bool = field(init=False)
     """Its upstream's rate-limit headers are read: only its limiter ticket or a ranking
     against its model's other deployments uses them."""
+    name: str = field(init=False)
+    """The config's `name`: copied, not a property, as every attempt reads it."""
+    provider: str = field(init=False)
+    """The config's `provider`, copied alike."""
 
     def __post_init__(self) -> None:
         self.key = f"{self.model}/{self.config.name}"
         self.limited = self.config.limits.any
         self.observed = self.limited or not self.only
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def provider(self) -> str:
-        return self.config.provider
+        self.name = self.config.name
+        self.provider = self.config.provider
 
 
 class Lease:

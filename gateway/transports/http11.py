@@ -120,7 +120,13 @@ class Connection(asyncio.Protocol):
         self.error = None
         self._head = head = self._loop.create_future()
         self._transport.write(data)
-        await self._wait(head, read_timeout)
+        if read_timeout is None and self.error is None and not self._closed:
+            # A stream's request (no read timeout): `_wait` without a coroutine of its own.
+            await head
+            if self.error is not None:
+                raise self.error
+        else:
+            await self._wait(head, read_timeout)
         return self._status, self._fields
 
     async def wait_body(self, read_timeout: float | None) -> None:
@@ -297,9 +303,10 @@ class Connection(asyncio.Protocol):
         # Trailers that come in the same read as the head must not join its fields.
         self._fields, self._headers = self._headers, []
         for name, value in self._fields:
-            lowered = name.lower()
-            if lowered == b"content-length" or (
-                lowered == b"transfer-encoding" and b"chunked" in value.lower()
+            # By length first: most fields are neither, and need no lower-cased copy.
+            size = len(name)
+            if (size == 14 and name.lower() == b"content-length") or (
+                size == 17 and name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
             ):
                 self._has_length = True
         if status in (204, 304):
@@ -316,7 +323,9 @@ class Connection(asyncio.Protocol):
         # `_notify`, inlined (a call less per read): the parser calls this only from
         # `feed_data`, so a listener always hears after the read, in `data_received`.
         if self.listener is None:
-            self._wake(self._waiter)
+            waiter = self._waiter  # `_wake`, inlined too
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         else:
             self._heard = True
 

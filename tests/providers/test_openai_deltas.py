@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamError
-from gateway.providers.openai import OpenAIStream, _plain_delta
+from gateway.providers.base import Usage
+from gateway.providers.openai import OpenAIStream, _plain_delta, _usage
 from gateway.sse import SSEDecoder
 
 HEAD = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
@@ -147,3 +148,17 @@ def test_the_end_is_relayed_as_openai_writes_it(done: bytes) -> None:
     upstream = stream(keep_text=False)
     assert upstream._client_bytes(done) == b"data: [DONE]\n\n"
     assert upstream.state.done_sent
+
+
+def test_a_chat_usage_lands_in_each_field_as_by_keyword() -> None:
+    # `_usage` builds its Usage positionally: each count must land in its own field.
+    usage = {
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 5},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    assert _usage(usage) == Usage(
+        prompt_tokens=11, completion_tokens=7, cached_tokens=5, reasoning_tokens=3
+    )
+    assert _usage({"prompt_tokens": "x", "completion_tokens": None}) == Usage()

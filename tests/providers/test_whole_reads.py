@@ -5,6 +5,8 @@ the same events give read all at once, which takes the general path."""
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 
@@ -13,7 +15,7 @@ from gateway.protocols import Api
 from gateway.providers.azure import AzureStream
 from gateway.providers.base import StreamState
 from gateway.providers.gemini import GeminiStream
-from gateway.providers.openai import OpenAIStream
+from gateway.providers.openai import OpenAIStream, _one_line_events
 from gateway.providers.redact import Redactor
 from gateway.providers.streams import PassThroughStream, SSEUpstream
 from gateway.sse import SSEEvent
@@ -243,3 +245,24 @@ def test_a_read_of_whole_one_line_events_relays_and_learns_what_the_decoder_does
 def test_a_read_whose_events_all_go_as_they_came_is_relayed_as_it_came() -> None:
     read = lines(PLAIN[0], PARSED[0], b"[DONE]")
     assert chat()._client_bytes(read) is read
+
+
+def _one_line_events_by_every_end(chunk: bytes) -> bool:
+    """`_one_line_events` as first written: every `\\n\\n` counted."""
+    if not (chunk.endswith(b"\n\n") and chunk.startswith(b"data: ")) or 13 in chunk:
+        return False
+    events = chunk.count(b"\n\n")
+    return chunk.count(10) == 2 * events and chunk.count(b"\n\ndata: ") == events - 1
+
+
+def test_whole_one_line_events_are_told_as_by_counting_every_end() -> None:
+    # Every read of up to 6 pieces out of the bytes that decide it, and the WHOLE reads.
+    pieces = [b"data: ", b"x", b"\n", b"\n\n", b"\n\ndata: ", b"\r", b"data: x\n\n", b"event: e\n"]
+    reads = [*WHOLE, b"", b"\n\n", b"data: \n\n"]
+    for size in range(1, 7):
+        reads += [b"".join(p) for p in itertools.product(pieces, repeat=size)]
+    for read in reads:
+        events = _one_line_events(read)
+        assert (events is not None) == _one_line_events_by_every_end(read), read
+        if events is not None:
+            assert events == read.split(b"\n\n")[:-1], read
