@@ -143,7 +143,7 @@ class SSEUpstream:
                 data = self._client_bytes(chunk)
                 if data is not None:
                     if self._pending_error is None:
-                        if body.ended():
+                        if body.took_last:
                             self._end(sink, None, data)  # the body ended with this read
                         else:
                             # All that had arrived was taken, and nothing arrives during
