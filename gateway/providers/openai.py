@@ -171,7 +171,7 @@ class OpenAIStream(SSEUpstream):
             for part in parts:
                 # `_plain_delta`, on the event with its `data: ` (which it does not change).
                 if (
-                    (part.endswith(_DELTA_END) or part.endswith(_DELTA_END_NO_USAGE))
+                    (part.endswith(_DELTA_END_NO_USAGE) or part.endswith(_DELTA_END))
                     and part.startswith(b"{", 6)
                     and (ascii_only or _utf8(part))
                 ):
@@ -206,7 +206,10 @@ _DELTA_END = b'"finish_reason":null}]}'
 _DELTA_END_NO_USAGE = b'"finish_reason":null}],"usage":null}'
 _CONTENT = b'"content":"'
 _CONTENT_LENGTH = len(_CONTENT)  # a constant: `_counts` runs on every relayed read
-_WHOLE_DELTA_ENDS = (_DELTA_END + b"\n\n", _DELTA_END_NO_USAGE + b"\n\n")
+# The `"usage":null` ending tried first (here and in the two checks of that ending that
+# spell it out): the gateway asks every Chat stream for its usage (`include_usage`), and
+# OpenAI then writes `"usage":null` into each chunk before the usage's own.
+_WHOLE_DELTA_ENDS = (_DELTA_END_NO_USAGE + b"\n\n", _DELTA_END + b"\n\n")
 
 
 def _plain_delta(data: bytes) -> bool:
@@ -222,7 +225,7 @@ def _plain_delta(data: bytes) -> bool:
     chunk. Not checked on this path: that the bytes between the braces are valid JSON.
     """
     return (
-        (data.endswith(_DELTA_END) or data.endswith(_DELTA_END_NO_USAGE))
+        (data.endswith(_DELTA_END_NO_USAGE) or data.endswith(_DELTA_END))
         and data.startswith(b"{")
         and (data.isascii() or _utf8(data))
     )

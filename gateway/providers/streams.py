@@ -142,8 +142,15 @@ class SSEUpstream:
                     return
                 data = self._client_bytes(chunk)
                 if data is not None:
-                    if self._pending_error is None and body.ended():
-                        self._end(sink, None, data)  # the body ended with this read
+                    if self._pending_error is None:
+                        if body.took_last:
+                            self._end(sink, None, data)  # the body ended with this read
+                        else:
+                            # All that had arrived was taken, and nothing arrives during
+                            # this call (the connection hears from the event loop only, once
+                            # this returned): another `read_nowait` would say b"". Returning
+                            # spares that call on every relayed read.
+                            sink.relay(data)
                         return
                     sink.relay(data)
                 if self._pending_error is not None:

@@ -283,6 +283,10 @@ class NativeBody(httpx.AsyncByteStream):
     def __init__(self, conn: Connection, read_timeout: float | None) -> None:
         self._conn: Connection | None = conn
         self._read_timeout = read_timeout
+        self.took_last = False
+        """Whether the bytes `read_nowait` returned last ended the body (nothing left,
+        nothing to come: the next `read_nowait` says None). An attribute rather than a
+        method: a push reader asks it after every read."""
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -312,6 +316,7 @@ class NativeBody(httpx.AsyncByteStream):
         if conn is None:
             return None
         if conn.chunks:
+            self.took_last = conn.complete
             return conn.take()
         if conn.complete:
             self._conn = None
@@ -321,12 +326,6 @@ class NativeBody(httpx.AsyncByteStream):
         if conn.error is not None:
             raise conn.error
         return b""
-
-    def ended(self) -> bool:
-        """Whether the body has ended with what was read: nothing left, nothing to come
-        (`read_nowait` would say None; `aclose` gives the connection back)."""
-        conn = self._conn
-        return conn is None or (conn.complete and not conn.chunks)
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None

@@ -16,7 +16,8 @@ from starlette.types import Message
 
 from gateway.config import Timeouts
 from gateway.errors import UpstreamError
-from gateway.observability.records import Gaps
+from gateway.observability.records import INTER_TOKEN_BUCKETS, Gaps
+from gateway.relay import pump as pump_module
 from gateway.relay.pump import Pump, start_send
 from gateway.relay.watch import StreamWatch
 
@@ -209,3 +210,25 @@ def test_reads_go_to_the_servers_writer_and_to_send_when_it_declines() -> None:
     assert raised is None
     assert writer.written == [b"a", b"c"]
     assert client.sent == [b"b"]
+
+
+def test_relayed_reads_count_their_gaps_as_gaps_append_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Pump.relay` counts a read's gap itself (`Gaps.append` written out): the same buckets
+    and sum, bounds included, as the histogram's own method."""
+    gaps = [0.0, 0.0004, *INTER_TOKEN_BUCKETS, 0.0200001, 0.3, 7.5, 11.0, 1e9]
+
+    async def main() -> Gaps:
+        client = Client()
+        pump = Pump(client.send, StreamWatch(client.send, Timeouts()), Gaps(), 0.0, Writer())
+        for gap in gaps:
+            pump.last = 0.0  # so that the gap is `now` exactly
+            monkeypatch.setattr(pump_module, "perf_counter", lambda gap=gap: gap)
+            pump.relay(b"x")
+        return pump.gaps
+
+    counted = asyncio.run(main())
+    expected = Gaps(gaps)
+    assert counted.counts == expected.counts
+    assert counted.total == expected.total

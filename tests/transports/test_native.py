@@ -1007,3 +1007,64 @@ def test_trailers_in_the_read_of_the_head_do_not_join_its_fields(run: Run) -> No
             await transport.aclose()
 
     run(scenario())
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.released: list[http11.Connection] = []
+
+    def lost(self, conn: http11.Connection) -> None:
+        pass
+
+    def release(self, conn: http11.Connection) -> None:
+        self.released.append(conn)
+
+
+class _Socket:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_took_last_says_whether_the_read_returned_ended_the_body() -> None:
+    """`NativeBody.took_last`: true only after the read that brought the body's last bytes,
+    with the end (what a push reader sends with the response's end); not after a read the
+    end came after, whose end `read_nowait` says with None."""
+
+    def answer(pool: _Pool, head: bytes) -> tuple[http11.Connection, native.NativeBody]:
+        conn = http11.Connection(pool, (b"http", "upstream", 80))
+        conn.connection_made(_Socket())  # type: ignore[arg-type]
+        conn._head = asyncio.get_running_loop().create_future()
+        conn.data_received(head)
+        return conn, native.NativeBody(conn, None)
+
+    async def scenario() -> list[tuple[bytes | None, bool]]:
+        pool = _Pool()
+        conn, body = answer(pool, CHUNKED_HEAD)
+        seen: list[tuple[bytes | None, bool]] = []
+        for data in (b"5\r\nhello\r\n", b"", b"6\r\n world\r\n0\r\n\r\n"):
+            if data:
+                conn.data_received(data)
+            seen.append((body.read_nowait(), body.took_last))
+        seen.append((body.read_nowait(), body.took_last))
+        assert pool.released == [conn]
+        # A body whose end comes on its own, after its last bytes.
+        conn, body = answer(pool, CHUNKED_HEAD + b"5\r\nhello\r\n")
+        seen.append((body.read_nowait(), body.took_last))
+        conn.data_received(b"0\r\n\r\n")
+        seen.append((body.read_nowait(), body.took_last))
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        (b"hello", False),
+        (b"", False),
+        (b" world", True),
+        (None, True),
+        (b"hello", False),
+        (None, False),
+    ]
