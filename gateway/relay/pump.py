@@ -21,7 +21,6 @@ its cancellation reaches the task in `run()`.
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_left
 from collections.abc import Awaitable, Coroutine
 from time import perf_counter
 from typing import Any, cast
@@ -29,7 +28,7 @@ from typing import Any, cast
 from starlette.types import Send
 
 from gateway.asgi import BodyWriter, Waiting, run_until_wait
-from gateway.observability.records import INTER_TOKEN_BUCKETS, Gaps
+from gateway.observability.records import Gaps
 from gateway.providers.base import EventStream
 from gateway.relay.watch import StreamWatch
 
@@ -79,13 +78,7 @@ class Pump:
 
     def relay(self, data: bytes) -> None:
         now = perf_counter()
-        # `self.gaps.append(now - self.last)` written out, a call less on every relayed read
-        # (tests/relay/test_pump.py compares the two); its NaN check is left out: a
-        # difference of two perf_counter() readings is never NaN.
-        gap = now - self.last
-        gaps = self.gaps
-        gaps.counts[bisect_left(INTER_TOKEN_BUCKETS, gap)] += 1
-        gaps.total += gap
+        self.gaps.append(now - self.last)
         self.last = self._watch.last_read = now
         writer = self._writer
         if writer is not None and writer.write(data):

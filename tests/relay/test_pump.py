@@ -215,8 +215,8 @@ def test_reads_go_to_the_servers_writer_and_to_send_when_it_declines() -> None:
 def test_relayed_reads_count_their_gaps_as_gaps_append_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`Pump.relay` counts a read's gap itself (`Gaps.append` written out): the same buckets
-    and sum, bounds included, as the histogram's own method."""
+    """`Pump.relay` counts each read's gap, from the previous read's time to this one's, in
+    the same buckets and sum, bounds included, as `Gaps` of those gaps."""
     gaps = [0.0, 0.0004, *INTER_TOKEN_BUCKETS, 0.0200001, 0.3, 7.5, 11.0, 1e9]
 
     async def main() -> Gaps:
