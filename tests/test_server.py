@@ -49,7 +49,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from gateway.asgi import SSE_HEADERS, body_writer, disconnect_hook
+from gateway.asgi import SSE_HEADERS, BodyWriter, body_writer, disconnect_hook
 from gateway.config import GatewayConfig
 from gateway.server import LISTEN_BACKLOG, bind
 from gateway.server.protocol import MAX_HEADERS, MAX_LINE_BYTES, BoundedHttpToolsProtocol
@@ -122,6 +122,17 @@ async def exchange(
 
 
 POST = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+
+
+async def writer_after_the_body(
+    scope: Scope, receive: Receive
+) -> tuple[BodyWriter, BoundedHttpToolsProtocol]:
+    """For an app under `exchange`: the request's body writer and its protocol (to play the
+    client slow or gone), once the body is read."""
+    writer = body_writer(scope)
+    assert writer is not None
+    await receive()
+    return writer, scope["state"]["protocol"]
 
 
 async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
@@ -256,10 +267,7 @@ def test_the_body_writer_declines_while_the_client_is_slow_or_gone() -> None:
     seen: list[bool] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        writer = body_writer(scope)
-        assert writer is not None
-        protocol = scope["state"]["protocol"]
-        await receive()
+        writer, protocol = await writer_after_the_body(scope, receive)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"first", "more_body": True})
         protocol.pause_writing()  # the transport's buffer passed its high-water mark
@@ -595,10 +603,7 @@ def test_the_body_writers_start_and_end_decline_where_send_must_do_it() -> None:
     seen: list[bool] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        writer = body_writer(scope)
-        assert writer is not None
-        protocol = scope["state"]["protocol"]
-        await receive()
+        writer, protocol = await writer_after_the_body(scope, receive)
         seen.append(writer.end(b"early"))  # not started: send's job (and its error)
         seen.append(writer.start(200, [(b"X-Upper", b"1")], b"x"))  # uvicorn's way: send's
         protocol.pause_writing()
@@ -619,11 +624,9 @@ def test_the_body_writers_start_and_end_decline_where_send_must_do_it() -> None:
     assert writes[1] == b"4\r\nlast\r\n0\r\n\r\n"
 
     async def heads(scope: Scope, receive: Receive, send: Send) -> None:
-        writer = body_writer(scope)
-        assert writer is not None
-        await receive()
+        writer, protocol = await writer_after_the_body(scope, receive)
         if scope["method"] == "POST" and b"expect" not in dict(scope["headers"]):
-            scope["state"]["protocol"].connection_lost(None)  # the client is gone
+            protocol.connection_lost(None)  # the client is gone
         seen.append(writer.start(200, [], b""))  # nor for HEAD, nor after 100 Continue
 
     seen.clear()

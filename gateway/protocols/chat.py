@@ -43,6 +43,7 @@ from gateway.protocols.events import (
     ToolCallStart,
     Usage,
     new_event,
+    tool_call_block,
 )
 
 _FINISH: dict[Any, FinishReason] = {
@@ -338,14 +339,8 @@ def message_from_answer(body: Any) -> Message:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             continue
-        arguments = function.get("arguments")
         message.blocks.append(
-            Block(
-                "tool_call",
-                arguments if isinstance(arguments, str) else "",
-                call_id=str(call.get("id") or ""),
-                name=str(function.get("name") or ""),
-            )
+            tool_call_block(function.get("arguments"), call.get("id"), function.get("name"))
         )
     return message
 

@@ -28,7 +28,7 @@ Deliberately not here: JSON, bytes or any one API's names (see `chat`, `response
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 """Why the answer ended, in Chat's vocabulary: `stop` (the model finished, or hit a stop
@@ -152,6 +152,18 @@ class Block:
     signature: str | None = None
     call_id: str = ""
     name: str = ""
+
+
+def tool_call_block(arguments: Any, call_id: Any, name: Any) -> Block:
+    """A tool call's `Block` from the fields of a non-streamed answer as parsed from JSON,
+    where any of them may be missing or of the wrong type: arguments that are not a string
+    become "", an id or name is made a string ("" when missing)."""
+    return Block(
+        "tool_call",
+        arguments if isinstance(arguments, str) else "",
+        call_id=str(call_id or ""),
+        name=str(name or ""),
+    )
 
 
 @dataclass

@@ -44,6 +44,7 @@ from gateway.protocols.events import (
     ToolCallStart,
     Usage,
     new_event,
+    tool_call_block,
 )
 
 _FINISH: dict[Any, FinishReason] = {
@@ -420,14 +421,8 @@ def message_from_answer(body: Any) -> Message:
             )
         elif kind == "tool_use":
             given = block.get("input")
-            message.blocks.append(
-                Block(
-                    "tool_call",
-                    json_text(given if isinstance(given, dict) else {}),
-                    call_id=str(block.get("id") or ""),
-                    name=str(block.get("name") or ""),
-                )
-            )
+            arguments = json_text(given if isinstance(given, dict) else {})
+            message.blocks.append(tool_call_block(arguments, block.get("id"), block.get("name")))
     return message
 
 

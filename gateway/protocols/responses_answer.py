@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.protocols.errors import error_from_openai, openai_error_body
-from gateway.protocols.events import Block, Error, Message, events_of
+from gateway.protocols.events import Block, Error, Message, events_of, tool_call_block
 from gateway.protocols.responses import ResponsesEncoder, error_status, usage_of
 
 
@@ -42,14 +42,8 @@ def message_from_answer(body: Any) -> Message:
                     message.blocks.append(Block("text", text if isinstance(text, str) else ""))
         elif kind == "function_call":
             tools = True
-            arguments = item.get("arguments")
             message.blocks.append(
-                Block(
-                    "tool_call",
-                    arguments if isinstance(arguments, str) else "",
-                    call_id=str(item.get("call_id") or ""),
-                    name=str(item.get("name") or ""),
-                )
+                tool_call_block(item.get("arguments"), item.get("call_id"), item.get("name"))
             )
         elif kind == "reasoning":
             texts = [

@@ -35,6 +35,7 @@ from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.protocols import translate_answer, translate_request
 from gateway.protocols.messages import usage_of
+from gateway.providers.answers import fetch_json, malformed, open_event_stream
 from gateway.providers.anthropic_format import (
     INPUT_KEYS,
     as_int,
@@ -56,9 +57,6 @@ from gateway.providers.streams import (
     SSEUpstream,
     TranslatedStream,
     charged_usage,
-    fetch_json,
-    malformed,
-    open_event_stream,
 )
 from gateway.sse import SSEEvent
 from gateway.transports.native import NativeRequest, NativeResponse

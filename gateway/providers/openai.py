@@ -27,6 +27,7 @@ from gateway.config import ProviderConfig, Timeouts
 from gateway.errors import GatewayError, UpstreamError
 from gateway.protocols import Api, translate_answer, translate_request
 from gateway.protocols.responses import usage_of as responses_usage
+from gateway.providers.answers import fetch_json, malformed, open_event_stream
 from gateway.providers.base import Completion, StreamState, UpstreamCall, Usage
 from gateway.providers.redact import Redactor
 from gateway.providers.requests import Target, UpstreamRequests
@@ -35,9 +36,6 @@ from gateway.providers.streams import (
     SSEUpstream,
     TranslatedStream,
     charged_usage,
-    fetch_json,
-    malformed,
-    open_event_stream,
 )
 from gateway.sse import SSEEvent
 from gateway.transports.native import NativeRequest

@@ -22,7 +22,7 @@ from gateway.protocols import (
     translate_error,
 )
 from gateway.protocols.errors import anthropic_error_body, error_from_anthropic, error_from_openai
-from gateway.protocols.events import Error, Event
+from gateway.protocols.events import Block, Error, Event
 from tests.protocols.streams import comparable, json_argument_streams, reassemble
 
 ANTHROPIC_ANSWER = {
@@ -198,6 +198,33 @@ def test_an_upstream_error_response_in_the_client_api_shape() -> None:
         "type": "error",
         "error": {"type": "api_error", "message": "the upstream answered HTTP 502"},
     }
+
+
+def tool_call_answer(api: Api, call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+    """A non-streamed answer of `api` holding one tool call with these fields, as given."""
+    if api == "chat":
+        call = {"id": call_id, "function": {"name": name, "arguments": arguments}}
+        return {"choices": [{"message": {"tool_calls": [call]}}]}
+    if api == "responses":
+        item = {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+        return {"output": [item]}
+    return {"content": [{"type": "tool_use", "id": call_id, "name": name, "input": arguments}]}
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_tool_call_reads_alike_from_each_apis_answer_and_odd_fields_become_empty(
+    api: Api,
+) -> None:
+    # Messages carries the arguments as an object, the OpenAI APIs as its JSON text.
+    arguments = {"a": 1} if api == "messages" else '{"a":1}'
+    good = tool_call_answer(api, "call_1", "weather", arguments)
+    assert message_from_answer(api, good).blocks == [
+        Block("tool_call", '{"a":1}', call_id="call_1", name="weather")
+    ]
+    odd = tool_call_answer(api, None, None, 7)
+    # Messages' arguments that are not an object read as an empty one.
+    empty = "{}" if api == "messages" else ""
+    assert message_from_answer(api, odd).blocks == [Block("tool_call", empty)]
 
 
 PAIRS = list(itertools.permutations(APIS, 2))
