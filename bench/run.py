@@ -93,6 +93,7 @@ from bench.procs import (
     redis_command,
     redis_service,
 )
+from bench.rawfloor import RUNGS
 from gateway.config import Transport
 
 
@@ -503,8 +504,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default=default_targets,
-        help="comma-separated: direct, floor, nginx, gateway (default: all; nginx when "
+        help="comma-separated: direct, floor, rawfloor, nginx, gateway (default: all but "
+        "rawfloor; nginx when "
         f"its binary is installed; here: {default_targets})",
+    )
+    parser.add_argument(
+        "--rawfloor-ladder",
+        action="store_true",
+        help="also run the raw floor with each of its rungs added in turn (bench.rawfloor: "
+        "what each of the least of the gateway's per-request work costs)",
     )
     parser.add_argument(
         "--workers",
@@ -622,8 +630,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name not in known:
             parser.error(f"--scenario: {name!r} is not one of {', '.join(known)}")
     for name in args.targets:
-        if name not in ("direct", "floor", "nginx", "gateway"):
-            parser.error(f"--targets: {name!r} is not direct, floor, nginx or gateway")
+        if name not in ("direct", "floor", "rawfloor", "nginx", "gateway"):
+            parser.error(f"--targets: {name!r} is not direct, floor, rawfloor, nginx or gateway")
         if name == "nginx" and not nginx_available():
             parser.error("--targets: nginx is not installed (.ci/system-deps installs it)")
     for transport in args.transport:
@@ -655,6 +663,31 @@ def start_targets(
         ).start()
         started.append(floor)
         targets.append(Target("floor", "floor (bare aiohttp relay)", floor, floor.url))
+    if "rawfloor" in args.targets:
+        port = free_port()
+        raw = python_service(
+            "rawfloor",
+            "bench.rawfloor",
+            ["--port", str(port), "--upstream", upstream.url],
+            tmp,
+            port,
+        ).start()
+        started.append(raw)
+        targets.append(
+            Target("rawfloor", "raw floor (uvloop+httptools protocols, no framework)", raw, raw.url)
+        )
+    if args.rawfloor_ladder:
+        config = gateway_config(tmp, "rawfloor", upstream.url, redis_url, models)
+        for n in range(1, len(RUNGS) + 1):
+            rungs = ",".join(RUNGS[:n])
+            port = free_port()
+            name = f"rawfloor+{RUNGS[n - 1]}"
+            argv = ["--port", str(port), "--upstream", upstream.url, "--rungs", rungs]
+            raw = python_service(
+                name, "bench.rawfloor", [*argv, "--config", str(config)], tmp, port
+            ).start()
+            started.append(raw)
+            targets.append(Target(name, f"raw floor with {rungs}", raw, raw.url))
     if "nginx" in args.targets:
         nginx = nginx_service(tmp, upstream.url, args.nofile).start()
         started.append(nginx)
