@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bench.procs import (
-    BENCH_KEY,
     Service,
     free_port,
     gateway_config,
