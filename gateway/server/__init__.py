@@ -55,6 +55,7 @@ if _guard.refuse:
     raise UntestedUvicorn(_guard.messages[0])
 
 
+from gateway.server.collector import Collector, take_over  # noqa: E402
 from gateway.server.protocol import BoundedHttpToolsProtocol  # noqa: E402
 
 LISTEN_BACKLOG = 65535
@@ -70,16 +71,18 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self._drain_since: float | None = None
         self._signals = 0
+        self._collector: Collector | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        # What exists now (app, config, clients) lives as long as the process: freeze it out
-        # of the collector's scans, and let the young generation grow before a collection,
-        # since every relayed event allocates a few short-lived objects. The older
-        # generations keep short intervals: cancelled streams leave reference cycles, and
-        # `bench.soak` showed RSS creeping for minutes with rarer full collections.
-        gc.freeze()
-        gc.set_threshold(20_000, 10, 10)
+        # The cycle collector runs from the tick, between bursts (gateway.server.collector).
+        self._collector = take_over()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            gc.enable()  # the process may go on (tests, an embedding program)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # One stop can arrive twice: Ctrl-C or systemd signal the whole process group, and
@@ -95,6 +98,8 @@ class GatewayServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         should_exit = await super().on_tick(counter)
+        if self._collector is not None:
+            self._collector.tick()
         if self._drain_since is None or should_exit:
             return should_exit
         state: Runtime | None = self.lifespan.state.get(STATE_KEY)

@@ -1,0 +1,151 @@
+"""The cycle collector run from the server's tick (gateway.server.collector): CPython's
+thresholds and generations, put off while the process is busy, never past its bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import Any
+
+import uvicorn
+
+from gateway.server import GatewayServer, bind
+from gateway.server.collector import THRESHOLDS, Collector
+
+
+class Box:
+    """A fake process: wall clock, CPU time and the gc counts, moved by the test."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 10.0
+        self.count = (0, 0, 0)
+        self.collected: list[int] = []
+
+    def collector(self, **kw: Any) -> Collector:
+        return Collector(
+            clock=lambda: self.wall,
+            cpu=lambda: self.cpu,
+            get_count=lambda: self.count,
+            collect=lambda generation: self.collected.append(generation) or 0,
+            **kw,
+        )
+
+    def later(self, seconds: float, busy: float) -> None:
+        """`seconds` pass, `busy` of them on the CPU."""
+        self.wall += seconds
+        self.cpu += seconds * busy
+
+
+def test_nothing_is_collected_until_the_young_count_passes_its_threshold() -> None:
+    box = Box()
+    collector = box.collector()
+    box.count = (THRESHOLDS[0], 0, 0)
+    box.later(0.1, 0.0)
+    assert collector.tick() is None
+    box.count = (THRESHOLDS[0] + 1, 0, 0)
+    box.later(0.1, 0.0)
+    assert collector.tick() == 0
+    assert box.collected == [0]
+
+
+def test_the_oldest_generation_past_its_threshold_is_collected_as_cpython_does() -> None:
+    box = Box()
+    collector = box.collector()
+    young = THRESHOLDS[0] + 1
+    for counts, generation in [
+        ((young, THRESHOLDS[1], 0), 0),
+        ((young, THRESHOLDS[1] + 1, 0), 1),
+        ((young, THRESHOLDS[1] + 1, THRESHOLDS[2] + 1), 2),
+        ((young, 0, THRESHOLDS[2] + 1), 2),
+    ]:
+        box.count = counts
+        box.later(0.1, 0.1)
+        assert collector.tick() == generation, counts
+    assert box.collected == [0, 1, 2, 2]
+
+
+def test_a_busy_process_puts_a_due_collection_off_until_it_has_time() -> None:
+    box = Box()
+    collector = box.collector(busy=0.6)
+    box.count = (THRESHOLDS[0] * 3, 0, 0)
+    for _ in range(4):  # a burst: 90% of each tick on the CPU
+        box.later(0.1, 0.9)
+        assert collector.tick() is None
+    assert collector.deferred == 4 and box.collected == []
+    box.later(0.1, 0.3)  # the burst is over
+    assert collector.tick() == 0
+
+
+def test_a_collection_is_put_off_at_most_max_delay_seconds() -> None:
+    box = Box()
+    collector = box.collector(max_delay=1.0)
+    box.count = (THRESHOLDS[0] + 1, 0, 0)
+    ticks = 1
+    box.later(0.1, 1.0)  # busy throughout
+    while collector.tick() is None:
+        box.later(0.1, 1.0)
+        ticks += 1
+        assert ticks < 20
+    assert 10 <= ticks <= 12 and box.collected == [0]
+
+
+def test_a_collection_is_not_put_off_past_the_cap_however_busy() -> None:
+    box = Box()
+    collector = box.collector(cap=100_000)
+    box.count = (99_999, 0, 0)
+    box.later(0.1, 1.0)
+    assert collector.tick() is None
+    box.count = (100_000, 0, 0)
+    box.later(0.1, 1.0)
+    assert collector.tick() == 0
+
+
+async def plain(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_server_runs_the_collector_from_its_tick_and_gives_gc_back_at_shutdown() -> None:
+    """The real server: automatic collection off while it runs, a reference cycle still
+    collected (by the tick) once enough objects have piled up, gc on again after."""
+
+    async def run() -> tuple[bool, bool, int, bool]:
+        sock = bind("127.0.0.1", 0)
+        config = uvicorn.Config(plain, log_level="warning", lifespan="off")
+        config.load()
+        server = GatewayServer(config)
+        server.lifespan = config.lifespan_class(config)  # as uvicorn's `_serve` does
+        await server.startup(sockets=[sock])
+        enabled_while_serving = gc.isenabled()
+        cycle = Cycle()
+        dead = weakref.ref(cycle)
+        del cycle
+        alive = [[] for _ in range(THRESHOLDS[0] + 1000)]  # the young count past its threshold
+        ticks = 0
+        while dead() is not None and ticks < 40:  # put off at most 1 s, the tick is 0.1 s
+            await asyncio.sleep(0.1)
+            await server.on_tick(ticks)
+            ticks += 1
+        collected = dead() is None
+        del alive
+        server.should_exit = True
+        await server.shutdown(sockets=[sock])
+        sock.close()
+        return enabled_while_serving, collected, ticks, gc.isenabled()
+
+    was_enabled = gc.isenabled()
+    try:
+        enabled_while_serving, collected, ticks, enabled_after = asyncio.run(run())
+    finally:
+        gc.enable() if was_enabled else gc.disable()
+        gc.unfreeze()
+    assert not enabled_while_serving
+    assert collected, f"the cycle outlived {ticks} ticks"
+    assert enabled_after
