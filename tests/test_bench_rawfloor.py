@@ -19,17 +19,14 @@ from bench.procs import (
     redis_service,
 )
 from bench.rawfloor import RUNGS
-from bench.run import Scenario, Target, run_client
+from bench.run import Target, run_client
+from tests.support.bench_services import bench_upstream, small_scale
 
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Service]:
-    port = free_port()
-    service = python_service("upstream", "bench.upstream", ["--port", str(port)], tmp_path, port)
-    try:
-        yield service.start()
-    finally:
-        service.stop()
+    with bench_upstream(tmp_path) as service:
+        yield service
 
 
 @pytest.fixture
@@ -65,17 +62,7 @@ def test_the_raw_floor_relays_streams_intact(
         argv += ["--rungs", ",".join(RUNGS[:rungs]), "--config", str(config)]
     raw = python_service("rawfloor", "bench.rawfloor", argv, tmp_path, port).start()
     try:
-        scenario = Scenario(
-            name="small-scale",
-            model="bench-n5-p20",
-            streams=41,
-            concurrency=41,
-            fresh=True,
-            warmup=4,
-            what="41 streams of 5 chunks 20 ms apart",
-            procs=1,
-            deadline=30,
-        )
+        scenario = small_scale(procs=1)
         result = run_client(
             Target("raw", "raw", raw, raw.url), scenario, upstream, [raw], tmp_path, 60
         )

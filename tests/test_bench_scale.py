@@ -16,20 +16,15 @@ from pathlib import Path
 import pytest
 
 from bench.client import merge, percentile
-from bench.procs import Service, nginx_service, python_service, raise_nofile
+from bench.procs import Service, nginx_service, raise_nofile
 from bench.run import Result, Scenario, Target, _client_cmd, combine, run_client
+from tests.support.bench_services import bench_upstream, small_scale
 
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Service]:
-    from bench.procs import free_port
-
-    port = free_port()
-    service = python_service("upstream", "bench.upstream", ["--port", str(port)], tmp_path, port)
-    try:
-        yield service.start()
-    finally:
-        service.stop()
+    with bench_upstream(tmp_path) as service:
+        yield service
 
 
 @pytest.mark.nginx
@@ -41,17 +36,7 @@ def test_nginx_relays_streams_from_two_client_processes_intact(
         config = (tmp_path / "nginx" / "nginx.conf").read_text()
         for directive in ("worker_processes 1;", "proxy_buffering off;", 'Connection "";'):
             assert directive in config
-        scenario = Scenario(
-            name="small-scale",
-            model="bench-n5-p20",
-            streams=41,
-            concurrency=41,
-            fresh=True,
-            warmup=4,
-            what="41 streams of 5 chunks 20 ms apart over 2 client processes",
-            procs=2,
-            deadline=30,
-        )
+        scenario = small_scale(procs=2)
         target = Target("nginx", "nginx", nginx, nginx.url)
         result = run_client(target, scenario, upstream, [upstream, nginx], tmp_path, 60)
         # What is measured as nginx is its master and its one worker process.
