@@ -220,6 +220,9 @@ class Metrics:
         for model in self._models:
             # Configured models show 0 active streams rather than no series.
             self._active_by[model] = Cell(self._active.labels(model))
+        self._active_of = dict(self._active_by)
+        """A configured model's active-streams cell by the model's name, which is every
+        relayed stream's (the relay's model is a configured one)."""
 
     # --- label bounding --------------------------------------------------------------------
 
@@ -254,10 +257,22 @@ class Metrics:
     # --- the request path ------------------------------------------------------------------
 
     def stream_opened(self, model: str) -> None:
-        self._add(self._active_child(model), 1)
+        # A configured model's cell in one lookup, and `_add` written out: three calls
+        # less (about 3,000 instructions) before each stream's first byte.
+        cell = self._active_of.get(model)
+        if cell is None:
+            cell = self._active_child(model)
+        cell.value += 1
+        if self._eager:
+            self._changed(cell)
 
     def stream_closed(self, model: str) -> None:
-        self._add(self._active_child(model), -1)
+        cell = self._active_of.get(model)
+        if cell is None:
+            cell = self._active_child(model)
+        cell.value -= 1
+        if self._eager:
+            self._changed(cell)
 
     def _active_child(self, model: str) -> Cell:
         label = self._model(model)
