@@ -413,11 +413,16 @@ class Metrics:
         """gateway_deployment_requests_total: one attempt on one deployment and how it went
         (`ok`, `failed`, `rate_limited`, `refused`, `cancelled`, `over_limit`). The router
         passes configured names only."""
-        key = (self._model(model), deployment, outcome)
+        # `_model` and `_add` written out: every relayed request counts its answer here,
+        # before its first byte (two calls, about 2,000 instructions, less).
+        label = self._models.get(model) or (OTHER if model else NONE)
+        key = (label, deployment, outcome)
         cell = self._deployment_requests_by.get(key)
         if cell is None:
             cell = self._deployment_requests_by[key] = Cell(self._deployment_requests.labels(*key))
-        self._add(cell, 1)
+        cell.value += 1
+        if self._eager:
+            self._changed(cell)
 
     def set_deployment_healthy(self, model: str, deployment: str, healthy: bool) -> None:
         """gateway_deployment_healthy: 0 while this process has the deployment cooled down."""
