@@ -30,6 +30,11 @@ _MS = [b"0s", *(b"%dms" % ms for ms in range(1, 1000))]
 _FRACTION = [b"", *(b".%s" % (b"%03d" % ms).rstrip(b"0") for ms in range(1, 1000))]
 """A second's fraction as `_duration` writes it: `.5` for 500 ms, `.464`, nothing for 0."""
 
+_SECONDS = [b"%d" % s for s in range(60)]
+_FRACTION_S = [fraction + b"s" for fraction in _FRACTION]
+"""`_duration` below a minute (every rpm and tpm reset) is `_SECONDS[s] + _FRACTION_S[ms]`:
+one concatenation, where the general way's divisions and `%` cost about 3,000 instructions."""
+
 
 def _ceil_ms(seconds: float) -> int:
     """`math.ceil(round(seconds * 1000, 6))`: whole ms rounded up, after rounding away the
@@ -59,6 +64,9 @@ def _duration(seconds: float) -> bytes:
     ms = _ceil_ms(seconds)
     if ms < 1000:
         return _MS[ms] if ms > 0 else b"0s"
+    if ms < 60_000:
+        whole, frac = divmod(ms, 1000)
+        return _SECONDS[whole] + _FRACTION_S[frac]
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
     whole, frac = divmod(rest, 1000)
@@ -72,24 +80,33 @@ def _duration(seconds: float) -> bytes:
 def rate_limit_headers(state: RateState) -> list[tuple[bytes, bytes]]:
     """The `x-ratelimit-*` headers for the limits the key has (none when degraded)."""
     rpm, tpm = state.limit_requests, state.limit_tokens
-    headers: list[tuple[bytes, bytes]] = []
     # Remaining counts are clamped at 0 with a conditional, not max(): every response of a
-    # limited key formats two.
+    # limited key formats two. Both resets are usually the same window's end: written once
+    # then (a duration is about 6,500 instructions, a third of this function's cost).
     if rpm is not None:
         left = state.remaining_requests
-        headers += (
+        reset = _duration(state.reset_requests_s)
+        requests = [
             (b"x-ratelimit-limit-requests", b"%d" % rpm),
             (b"x-ratelimit-remaining-requests", b"%d" % left if left and left > 0 else b"0"),
-            (b"x-ratelimit-reset-requests", _duration(state.reset_requests_s)),
-        )
-    if tpm is not None:
-        left = state.remaining_tokens
-        headers += (
-            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
-            (b"x-ratelimit-remaining-tokens", b"%d" % left if left and left > 0 else b"0"),
-            (b"x-ratelimit-reset-tokens", _duration(state.reset_tokens_s)),
-        )
-    return headers
+            (b"x-ratelimit-reset-requests", reset),
+        ]
+        if tpm is None:
+            return requests
+        if state.reset_tokens_s != state.reset_requests_s:
+            reset = _duration(state.reset_tokens_s)
+    elif tpm is not None:
+        requests = []
+        reset = _duration(state.reset_tokens_s)
+    else:
+        return []
+    left = state.remaining_tokens
+    requests += (
+        (b"x-ratelimit-limit-tokens", b"%d" % tpm),
+        (b"x-ratelimit-remaining-tokens", b"%d" % left if left and left > 0 else b"0"),
+        (b"x-ratelimit-reset-tokens", reset),
+    )
+    return requests
 
 
 def retry_after_header(seconds: float) -> tuple[bytes, bytes]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 from gateway.config import ModelConfig
 from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamRejected
@@ -105,7 +105,8 @@ class Attempts(Generic[T]):
             # The usual case: one deployment, no fallbacks, no upstream limits. Its plan is
             # itself and it needs no ticket: no plan generator, no limiter call, and its
             # attempts are awaited straight from the caller (`last`: its failure is raised).
-            return cast("Awaitable[tuple[T, Lease]]", self.on(only, router.start(only), last=True))
+            # (`last`: never None. No cast(): a function call on every request.)
+            return self.on(only, router.start(only), last=True)  # type: ignore[return-value]
         return self._plan(models)
 
     async def _plan(self, models: list[ModelConfig]) -> tuple[T, Lease]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 import httptools
 import httpx
@@ -200,7 +200,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport: no isinstance here.
-        self._transport = cast(asyncio.Transport, transport)
+        # (No cast(): a function call for every new connection.)
+        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         # httptools joins a header field's pieces until it ends: an answer whose head never

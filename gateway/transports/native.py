@@ -398,8 +398,11 @@ class FieldHeaders(Mapping[str, str]):
         """A field's value by its lower-case name, as it came (several joined with ", ",
         as httpx joins them); None if absent."""
         found = None
+        size = len(name)
         for key, value in self.fields:
-            if key.lower() == name:
+            # By length first (lower() keeps it): most fields are not the one asked for,
+            # and need no lower-cased copy (OpenAI's streams come with about 20 fields).
+            if len(key) == size and key.lower() == name:
                 found = value if found is None else found + b", " + value
         return found
 

@@ -62,6 +62,31 @@ def test_whole_ms_are_the_formula_without_its_round() -> None:
         assert _ceil_ms(seconds) == max(math.ceil(round(seconds * 1000, 6)), 0), seconds
 
 
+def test_durations_under_a_minute_are_the_general_spelling() -> None:
+    """Below a minute (every rpm and tpm reset) a duration is read from tables: the same
+    text as the general way, `<seconds>.<ms, trailing zeros dropped>s`, for every ms."""
+    for ms in range(0, 61_000):
+        whole, frac = divmod(ms, 1000)
+        if ms < 1000:
+            expected = f"{ms}ms" if ms else "0s"
+        elif ms < 60_000:
+            expected = f"{whole}{f'.{frac:03d}'.rstrip('0') if frac else ''}s"
+        else:
+            expected = f"1m{whole - 60}{f'.{frac:03d}'.rstrip('0') if frac else ''}s"
+        assert format_duration(ms / 1000) == expected, ms
+
+
+def test_resets_of_different_windows_are_written_each() -> None:
+    """The tokens' reset is written on its own when it is not the requests' (written once
+    when they are the same)."""
+    same = RateState(60, 59, 59.817358, 1000, 900, 59.817358)
+    assert dict(rate_limit_headers(same))[b"x-ratelimit-reset-tokens"] == b"59.818s"
+    apart = RateState(60, 59, 1.5, 1000, 900, 0.25)
+    headers = dict(rate_limit_headers(apart))
+    assert headers[b"x-ratelimit-reset-requests"] == b"1.5s"
+    assert headers[b"x-ratelimit-reset-tokens"] == b"250ms"
+
+
 def test_headers_for_both_limits() -> None:
     state = RateState(
         limit_requests=60,

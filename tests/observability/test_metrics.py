@@ -171,6 +171,22 @@ def test_active_streams_go_back_to_zero_when_streams_close(metrics: Metrics) -> 
     assert value(body, "gateway_active_streams", model="claude-test") == 0
 
 
+def test_active_streams_of_unconfigured_names_keep_their_bounded_labels(
+    metrics: Metrics,
+) -> None:
+    """A configured model's cell is found by its name at once; any other name still goes
+    through the label's bounding, also one that is spelt like a label ("none", "other")."""
+    for model in ("none", "", "other", "gpt-test"):
+        metrics.stream_opened(model)
+    body, _ = metrics.render()
+    assert value(body, "gateway_active_streams", model="other") == 2
+    assert value(body, "gateway_active_streams", model="none") == 1
+    assert value(body, "gateway_active_streams", model="gpt-test") == 1
+    for model in ("none", "", "other", "gpt-test"):
+        metrics.stream_closed(model)
+    assert metrics.active_streams_total() == 0
+
+
 def test_many_inter_token_gaps_land_in_the_same_buckets_as_one_observe_each(
     metrics: Metrics,
 ) -> None:

@@ -1068,3 +1068,22 @@ def test_took_last_says_whether_the_read_returned_ended_the_body() -> None:
         (b"hello", False),
         (None, False),
     ]
+
+
+def test_a_raw_field_is_found_by_its_lower_case_name_whatever_its_neighbours() -> None:
+    """`FieldHeaders.raw`: names compared case-insensitively (fields of the same length as
+    the name, and of other lengths, around it), several values joined as httpx joins
+    them, None when there is none."""
+    fields = [
+        (b"X-Request-Id", b"req_1"),  # as long as "content-type", another name
+        (b"Content-Type", b"text/event-stream"),
+        (b"content-type-options", b"nosniff"),
+        (b"Set-Cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+    ]
+    headers = native.FieldHeaders(fields)
+    assert headers.raw(b"content-type") == b"text/event-stream"
+    assert headers.raw(b"set-cookie") == b"a=1, b=2"
+    assert headers.raw(b"x-request-id") == b"req_1"
+    assert headers.raw(b"content-length") is None
+    assert headers.raw(b"set-cookie") == httpx.Headers(fields)["set-cookie"].encode()
