@@ -86,27 +86,27 @@ def rate_limit_headers(state: RateState) -> list[tuple[bytes, bytes]]:
     if rpm is not None:
         left = state.remaining_requests
         reset = _duration(state.reset_requests_s)
-        requests = [
+        headers = [
             (b"x-ratelimit-limit-requests", b"%d" % rpm),
             (b"x-ratelimit-remaining-requests", b"%d" % left if left and left > 0 else b"0"),
             (b"x-ratelimit-reset-requests", reset),
         ]
         if tpm is None:
-            return requests
+            return headers
         if state.reset_tokens_s != state.reset_requests_s:
             reset = _duration(state.reset_tokens_s)
     elif tpm is not None:
-        requests = []
+        headers = []
         reset = _duration(state.reset_tokens_s)
     else:
         return []
     left = state.remaining_tokens
-    requests += (
+    headers += (
         (b"x-ratelimit-limit-tokens", b"%d" % tpm),
         (b"x-ratelimit-remaining-tokens", b"%d" % left if left and left > 0 else b"0"),
         (b"x-ratelimit-reset-tokens", reset),
     )
-    return requests
+    return headers
 
 
 def retry_after_header(seconds: float) -> tuple[bytes, bytes]:
