@@ -30,8 +30,9 @@ bounds, timeouts and exceptions serve both.
 
 A body is read either by iterating it (a task wakes for each socket read) or, for the
 relay's push mode, by a listener the connection calls at the end of each socket read
-(`NativeBody.listen`, `read_nowait`). Host names are resolved by the event loop for each
-new connection (no cache of its own; kept-alive connections make that rare).
+(`NativeBody.listen`, `read_nowait`). A new connection's host name is looked up once for
+all the connections a burst opens and kept 10 s (`gateway.transports.resolve`); the
+addresses are tried in order.
 
 Egress proxies (`gateway.egress`) are chosen per origin, once; the tunnel and the requests
 in absolute form are `gateway.transports.proxy`'s. A connection through a proxy is pooled
@@ -51,6 +52,7 @@ from gateway.egress import EgressProxies, Proxy
 from gateway.transports.errors import MalformedResponse
 from gateway.transports.http11 import Connection, Origin, encode
 from gateway.transports.proxy import connect_through, proxy_refused
+from gateway.transports.resolve import Address, Resolver
 
 __all__ = [
     "FieldHeaders",
@@ -87,6 +89,8 @@ class NativeTransport(httpx.AsyncBaseTransport):
         self._proxies = proxies if proxies is not None and proxies.active else None
         self._routes: dict[Origin, Proxy | None] = {}
         """Each origin's proxy, looked up once: origins are the configured providers'."""
+        self._resolver = Resolver()
+        """Host names of new connections, looked up once for a burst (`transports.resolve`)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -223,19 +227,43 @@ class NativeTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         try:
             with _Deadline(loop, seconds):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self, origin, loop),
-                    host,
-                    port,
-                    ssl=context,
-                    server_hostname=host if context is not None else None,
-                )
+                if self._resolver.is_address(host):
+                    addresses: list[Address] = [(host, port)]
+                else:
+                    addresses = await self._resolver.addresses(loop, host, port)
+                conn = await self._open_one(loop, origin, addresses, context)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._open.add(conn)
         return conn
+
+    async def _open_one(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: Origin,
+        addresses: list[Address],
+        context: ssl.SSLContext | None,
+    ) -> Connection:
+        """A connection to the first of `addresses` that takes one (in the resolver's order,
+        as `create_connection` tries a name's); the last one's error when none does."""
+        host = origin[1]
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self, origin, loop),
+                    address[0],
+                    address[1],
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                )
+                return conn
+            except OSError as exc:
+                error = exc
+        assert error is not None  # the resolver never answers with no address
+        raise error
 
 
 class _Deadline:
