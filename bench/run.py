@@ -509,6 +509,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"its binary is installed; here: {default_targets})",
     )
     parser.add_argument(
+        "--upstream-host",
+        default="127.0.0.1",
+        help="the host the gateway targets' config names the fake upstream by (e.g. localhost: "
+        "a name, looked up as a real provider's is; default 127.0.0.1)",
+    )
+    parser.add_argument(
         "--rawfloor-ladder",
         action="store_true",
         help="also run the raw floor with each of its rungs added in turn (bench.rawfloor: "
@@ -725,10 +731,11 @@ def start_targets(
         variants.append(Variant(f"gateway-{first}-spend", first, spend=True))
     for ratio in args.tracing:
         variants.append(Variant(f"gateway-{first}-trace{ratio:g}", first, tracing=ratio))
+    upstream_url = upstream.url.replace("127.0.0.1", args.upstream_host)
     for v in variants:
         port = free_port()
         config = gateway_config(
-            tmp, v.name, upstream.url, redis_url, models, v.transport, v.managed_keys, v.spend
+            tmp, v.name, upstream_url, redis_url, models, v.transport, v.managed_keys, v.spend
         )
         if v.tracing is not None:
             tracing_variant_config(config, sink_url, v.tracing)
