@@ -1,9 +1,9 @@
 """CPU of one relayed upstream read in push mode, on the real objects, in a loop.
 
 The path `paced` and `scale` pay per token: the native transport's `Connection`
-(`data_received`: the chunked body parsed by httptools) calls its listener, the OpenAI
-stream's `resume_push` takes the read (`NativeBody.read_nowait`), makes the client's bytes
-(`_client_bytes`, the redactor's scrub), hands them to the `Pump` (gaps, the watch's stamp),
+(`data_received`: the chunked body parsed by httptools) hands the read's bytes to its
+listener, the OpenAI stream's `_pushed`, which makes the client's bytes (`_client_bytes`,
+the redactor's scrub), hands them to the `Pump` (gaps, the watch's stamp),
 which writes them with the server's `_Cycle` (chunked framing). Both sockets are fakes that
 keep nothing; everything else is the gateway's own code. Each read is one event the bench's
 fake upstream sends (`bench.upstream.StreamPlan.content`), in its own chunk.

@@ -107,7 +107,9 @@ class Sink(Protocol):
     connection's callbacks, not from a task, so none of these may block or raise."""
 
     ready: bool
-    """False while the sink cannot take more (a send to the client is waiting)."""
+    """False while the sink cannot take more (a send to the client is waiting). It turns
+    False only in `relay` or `end` (a stream checks it after each `relay`, not before), and
+    True again only before the relay calls the stream's `resume_push`."""
 
     def relay(self, data: bytes) -> None:
         """Bytes for the client: whole SSE events, as `__anext__` would have returned them."""

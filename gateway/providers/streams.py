@@ -6,7 +6,9 @@ into events with `SSEDecoder`, and asks its subclass to `translate` each batch o
 into bytes for the client. Reads that complete no event yield nothing (no empty writes).
 The relay either iterates it (a task wakeup per read) or, when the response came over the
 native transport, has it push each read to a `Sink` from the connection's own callback
-(`push`, `resume_push`); both go through `_client_bytes`, so they relay the same bytes.
+(`push`: the connection hands each read's bytes to `_pushed`; `resume_push` takes what
+waited while the sink was not ready); both go through `_client_bytes`, so they relay the
+same bytes.
 
 An error event in the middle of a batch is held back until the events before it were
 handed on, so the client receives everything up to the failure, then the error.
@@ -113,18 +115,18 @@ class SSEUpstream:
         if body is None or self._pending_error is not None:
             return False
         self._sink = sink
-        body.listen(self.resume_push)
         self.resume_push()
         return True
 
     def resume_push(self) -> None:
         """Relay what arrived, for as long as the sink is ready (it stops being ready while
-        a send to the client waits; the relay calls this again once the send is done)."""
+        a send to the client waits; the relay calls this again once the send is done); once
+        nothing waits unread, have the body hand each read to `_pushed` as it arrives."""
         sink, body = self._sink, self._body
         if sink is None or body is None:
             return
         try:
-            while sink.ready:
+            while self._sink is sink and sink.ready:
                 try:
                     chunk = body.read_nowait()
                 except httpx.HTTPError:
@@ -134,23 +136,40 @@ class SSEUpstream:
                     self._end(sink, self._pending_error)
                     return
                 if not chunk:
+                    body.listen(self._pushed)
                     return
-                data = self._client_bytes(chunk)
-                if data is not None:
-                    if self._pending_error is None:
-                        if body.took_last:
-                            self._end(sink, None, data)  # the body ended with this read
-                        else:
-                            # All that had arrived was taken, and nothing arrives during
-                            # this call (the connection hears from the event loop only, once
-                            # this returned): another `read_nowait` would say b"". Returning
-                            # spares that call on every relayed read.
-                            sink.relay(data)
-                        return
-                    sink.relay(data)
-                if self._pending_error is not None:
-                    self._end(sink, self._pending_error)
+                self._pushed(chunk, body.took_last)
+        except Exception as exc:  # a GatewayError, or a bug: the relay's task raises it
+            self._end(sink, exc)
+
+    def _pushed(self, chunk: bytes, last: bool) -> None:
+        """One read's bytes to the sink (`last`: the body ended with them): the body's
+        listener, and what `resume_push` does with each read it takes. From the body, b""
+        says the body ended or failed with no more bytes; `read_nowait` says which."""
+        sink = self._sink
+        if sink is None:
+            return  # ended: `_end` unset the listener, so only a stray call gets here
+        if not chunk:
+            self.resume_push()
+            return
+        try:
+            data = self._client_bytes(chunk)
+            if data is not None:
+                if self._pending_error is None:
+                    if last:
+                        self._end(sink, None, data)  # one write with the response's end
+                    else:
+                        sink.relay(data)
+                        if not sink.ready and self._body is not None:
+                            # What arrives now waits in the connection (up to its high-water
+                            # mark) for `resume_push`, which the relay calls once it is ready.
+                            self._body.listen(None)
                     return
+                sink.relay(data)
+            if self._pending_error is not None:
+                self._end(sink, self._pending_error)
+            elif last:
+                self._end(sink, None)  # the end came with bytes that completed no event
         except Exception as exc:  # a GatewayError, or a bug: the relay's task raises it
             self._end(sink, exc)
 

@@ -93,8 +93,9 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self.complete = False
         self.error: httpx.TransportError | None = None
-        self.listener: Callable[[], None] | None = None
-        """Push mode (`NativeBody.listen`): called instead of waking a reader."""
+        self.listener: Callable[[bytes, bool], None] | None = None
+        """Push mode (`NativeBody.listen`): called instead of waking a reader, with the
+        body bytes it takes (see `_notify`). Nothing waits unread while it is set."""
         self._feeding = False
         self._heard = False
         self._head_left = MAX_HEAD
@@ -181,13 +182,17 @@ class Connection(asyncio.Protocol):
     def _notify(self) -> None:
         """Body bytes arrived, the body ended or the connection failed: tell the reader. A
         listener hears once per socket read, after the parser is done with it, so it gets
-        all the read's body bytes at once, as a pulling reader does."""
-        if self.listener is None:
+        all the read's body bytes at once, as a pulling reader does: `listener(data, last)`,
+        the bytes taken as `take` takes them (b"" when the read brought none) and whether
+        the body ended with them (`complete`). The bytes are handed over rather than left
+        for the listener to take: that is two calls less on every relayed read."""
+        listener = self.listener
+        if listener is None:
             self._wake(self._waiter)
         elif self._feeding:
             self._heard = True
         else:
-            self.listener()
+            listener(self.take(), self.complete)
 
     def _fail(self, error: httpx.TransportError) -> None:
         if self.error is None and not self.complete:
@@ -228,8 +233,8 @@ class Connection(asyncio.Protocol):
         heard, self._heard = self._heard, False
         if error is not None:
             self.close(error)  # tells the reader, listener or not
-        elif heard and self.listener is not None:
-            self.listener()
+        elif heard and (listener := self.listener) is not None:
+            listener(self.take(), self.complete)  # `_notify`'s, once the read was parsed
 
     def _feed_bounded(self, view: memoryview) -> None:
         """A read longer than the count allows: fed up to the bound, then on while a body part
@@ -317,18 +322,20 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._head_left = MAX_HEAD
         self.chunks.append(body)
+        # `_notify`, inlined (a call less per read): the parser calls this only from
+        # `feed_data`, so a listener always hears after the read, in `data_received`.
+        if self.listener is not None:
+            # Not counted towards the high-water mark: the listener takes them all at the
+            # end of this read, so no bytes wait unread in push mode.
+            self._heard = True
+            return
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
-        # `_notify`, inlined (a call less per read): the parser calls this only from
-        # `feed_data`, so a listener always hears after the read, in `data_received`.
-        if self.listener is None:
-            waiter = self._waiter  # `_wake`, inlined too
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-        else:
-            self._heard = True
+        waiter = self._waiter  # `_wake`, inlined too
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         if self._informational:

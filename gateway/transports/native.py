@@ -29,10 +29,10 @@ behind a proxy takes the `httpx.Request` path (`raw_origin`). The same connectio
 bounds, timeouts and exceptions serve both.
 
 A body is read either by iterating it (a task wakes for each socket read) or, for the
-relay's push mode, by a listener the connection calls at the end of each socket read
-(`NativeBody.listen`, `read_nowait`). A new connection's host name is looked up once for
-all the connections a burst opens and kept 10 s (`gateway.transports.resolve`); the
-addresses are tried in order.
+relay's push mode, by a listener the connection hands each socket read's bytes to, at the
+end of the read (`NativeBody.listen`; `read_nowait` for what waited while none was set).
+A new connection's host name is looked up once for all the connections a burst opens and
+kept 10 s (`gateway.transports.resolve`); the addresses are tried in order.
 
 Egress proxies (`gateway.egress`) are chosen per origin, once; the tunnel and the requests
 in absolute form are `gateway.transports.proxy`'s. A connection through a proxy is pooled
@@ -329,12 +329,25 @@ class NativeBody(httpx.AsyncByteStream):
             assert self._conn is not None  # read_nowait keeps it until the body ended
             await self._conn.wait_body(self._read_timeout)
 
-    def listen(self, listener: Callable[[], None] | None) -> None:
-        """Push mode: `listener()` is called from the connection's own callbacks, with no
-        task in between, whenever body bytes arrive, the body ends or the connection fails;
-        it reads with `read_nowait()`. It must not raise. None returns to `__anext__`."""
-        if self._conn is not None:
-            self._conn.listener = listener
+    def listen(self, listener: Callable[[bytes, bool], None] | None) -> None:
+        """Push mode: `listener(data, last)` is called from the connection's own callbacks,
+        with no task in between, at the end of each socket read that brought body bytes,
+        the body's end or the connection's failure. `data` is all the read's body bytes,
+        taken as `read_nowait` would have returned them (b"" if it brought none); `last`:
+        the body ended with them (as `took_last` says after a `read_nowait`). When `data`
+        is b"" and the body ended or failed, `read_nowait()` says which (None, or raises),
+        as it does while no listener is set. It must not raise.
+
+        Set it only when nothing waits unread (`read_nowait()` said b""): from then on no
+        byte does, so the high-water mark never pauses the socket. None returns to pulling
+        (`read_nowait`, `__anext__`): a listener that cannot take more sets it (in its call,
+        or before), and the bytes that arrive then wait, pausing the socket past the mark."""
+        conn = self._conn
+        if conn is None:
+            return
+        if listener is not None and conn.chunks:
+            raise RuntimeError("a listener is set only once the unread bytes were read")
+        conn.listener = listener
 
     def read_nowait(self) -> bytes | None:
         """What arrived since the last read (b"" if nothing did), None once the body ended;

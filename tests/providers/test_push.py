@@ -181,3 +181,68 @@ def test_iterating_takes_what_already_arrived_without_the_bodys_own_wait(
 
     assert b"".join(asyncio.run(main())) == b"".join(events)
     assert calls == [1]  # only to learn the end: every read was there already
+
+
+def test_a_sink_that_stops_being_ready_in_relay_gets_the_rest_once_resumed() -> None:
+    """As the relay's pump does when a send to the client must wait: what arrives meanwhile
+    waits in the connection, and is relayed in order (the end after it) on `resume_push`."""
+    events = [CHUNK % i for i in range(4)] + [FINISH, DONE]
+
+    class Stalling(Sink):
+        def relay(self, data: bytes) -> None:
+            super().relay(data)
+            self.ready = False
+
+    async def main() -> tuple[list[bytes], list[bytes], Exception | None]:
+        async with _opened(events) as stream:
+            sink = Stalling()
+            assert stream.push(sink)
+            await asyncio.sleep(0.2)  # the whole answer has arrived by now
+            held = list(sink.got)
+            assert not sink.ended.done()
+            while not sink.ended.done():
+                sink.ready = True
+                stream.resume_push()
+            error = await asyncio.wait_for(sink.ended, 5)
+            return held, sink.got, error
+
+    held, got, error = asyncio.run(main())
+    assert held == [CHUNK % 0]
+    assert error is None and b"".join(got) == b"".join(events)
+
+
+def test_a_connection_broken_mid_body_ends_the_push_with_the_error_after_the_events() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for i in range(2):
+            event = CHUNK % i
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        writer.close()  # in the middle of the body
+
+    async def main() -> tuple[Sink, Exception | None]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport = NativeTransport()
+        try:
+            request = httpx.Request("POST", f"http://127.0.0.1:{port}/v1/chat/completions")
+            response = await transport.handle_async_request(request)
+            stream = OpenAIStream(response, "p", include_usage=False)
+            sink = Sink()
+            assert stream.push(sink)
+            error = await asyncio.wait_for(sink.ended, 5)
+            await stream.aclose()
+            return sink, error
+        finally:
+            await transport.aclose()
+            server.close()
+            await server.wait_closed()
+
+    sink, error = asyncio.run(main())
+    assert b"".join(sink.got) == CHUNK % 0 + CHUNK % 1
+    assert isinstance(error, UpstreamError)

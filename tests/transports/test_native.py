@@ -1021,6 +1021,9 @@ class _Pool:
 
 
 class _Socket:
+    def __init__(self) -> None:
+        self.paused = False
+
     def write(self, data: bytes) -> None:
         pass
 
@@ -1029,6 +1032,32 @@ class _Socket:
 
     def close(self) -> None:
         pass
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def _answered(pool: _Pool, head: bytes) -> tuple[http11.Connection, _Socket, native.NativeBody]:
+    """A connection whose answer's head (and what comes with it) was read from a fake
+    socket: reads are fed with `data_received`, the loop plays no part."""
+    conn = http11.Connection(pool, (b"http", "upstream", 80))
+    sock = _Socket()
+    conn.connection_made(sock)  # type: ignore[arg-type]
+    conn._head = asyncio.get_running_loop().create_future()
+    conn.data_received(head)
+    return conn, sock, native.NativeBody(conn, None)
+
+
+Heard = list[tuple[bytes, bool]]
+
+
+def _listening(body: native.NativeBody) -> Heard:
+    heard: Heard = []
+    body.listen(lambda data, last: heard.append((data, last)))
+    return heard
 
 
 def test_took_last_says_whether_the_read_returned_ended_the_body() -> None:
@@ -1068,6 +1097,97 @@ def test_took_last_says_whether_the_read_returned_ended_the_body() -> None:
         (b"hello", False),
         (None, False),
     ]
+
+
+def test_a_listener_is_handed_each_reads_bytes_and_the_end_with_the_last_of_them() -> None:
+    """`NativeBody.listen`: once per socket read, all its body bytes (several chunks of it
+    joined), taken: `read_nowait` finds nothing left. The read that ends the body says so
+    with its bytes; an end that comes on its own is (b"", True), and `read_nowait` then
+    says None and hands the connection back."""
+
+    async def scenario() -> tuple[Heard, Heard, list[bytes | None], list[http11.Connection]]:
+        pool = _Pool()
+        conn, _, body = _answered(pool, CHUNKED_HEAD)
+        heard = _listening(body)
+        seen: list[bytes | None] = []
+        conn.data_received(b"5\r\nhello\r\n")
+        seen.append(body.read_nowait())
+        conn.data_received(b"1\r\n \r\n5\r\nworld\r\n")
+        conn.data_received(b"1\r\n!\r\n0\r\n\r\n")
+        # The end on its own read.
+        conn2, _, body2 = _answered(pool, CHUNKED_HEAD)
+        heard2 = _listening(body2)
+        conn2.data_received(b"5\r\nhello\r\n")
+        conn2.data_received(b"0\r\n\r\n")
+        seen.append(body2.read_nowait())
+        return heard, heard2, seen, pool.released
+
+    heard, heard2, seen, released = asyncio.run(scenario())
+    assert heard == [(b"hello", False), (b" world", False), (b"!", True)]
+    assert heard2 == [(b"hello", False), (b"", True)]
+    assert seen == [b"", None]
+    assert len(released) == 1  # the second: the first is for its reader's `aclose` to release
+
+
+def test_bytes_wait_past_the_high_water_mark_while_no_listener_is_set() -> None:
+    """A listener that cannot take more unsets itself: the reads after it wait unread and
+    pause the socket past the mark, as for a pulling reader; `read_nowait` takes them and
+    resumes reading, and only then may a listener be set again, which hears every read
+    from there on, the end included. A listener takes every byte: none count towards the
+    mark."""
+    big = b"x" * (http11.HIGH_WATER // 2 + 1)
+    part = b"%x\r\n%s\r\n" % (len(big), big)
+
+    async def scenario() -> None:
+        pool = _Pool()
+        conn, sock, body = _answered(pool, CHUNKED_HEAD)
+        heard = _listening(body)
+        for _ in range(3):  # 1.5 times the mark, all handed over: never paused
+            conn.data_received(part)
+        assert heard == [(big, False)] * 3 and not sock.paused
+        body.listen(None)
+        conn.data_received(part)
+        assert not sock.paused  # under the mark
+        conn.data_received(part)
+        assert sock.paused and len(heard) == 3
+        with pytest.raises(RuntimeError):
+            body.listen(lambda data, last: None)  # bytes wait: they would never be heard
+        assert body.read_nowait() == big + big
+        assert not sock.paused
+        assert body.read_nowait() == b""
+        heard = _listening(body)
+        conn.data_received(b"5\r\nhello\r\n0\r\n\r\n")
+        assert heard == [(b"hello", True)]
+
+    asyncio.run(scenario())
+
+
+def test_a_listener_hears_a_read_that_fails_with_its_bytes_then_the_failure() -> None:
+    """A read whose body bytes come before malformed framing: the listener gets those bytes
+    (nothing is lost), `read_nowait` then raises, and when the connection is gone the
+    listener hears once more, with no bytes, and `read_nowait` raises the same error."""
+
+    async def scenario() -> tuple[Heard, list[Exception]]:
+        pool = _Pool()
+        conn, _, body = _answered(pool, CHUNKED_HEAD)
+        heard = _listening(body)
+        raised: list[Exception] = []
+        conn.data_received(b"5\r\nhello\r\nzz\r\n")
+        assert heard == [(b"hello", False)]
+        for lose in (True, False):
+            try:
+                body.read_nowait()
+            except httpx.TransportError as exc:
+                raised.append(exc)
+            if lose:
+                conn.connection_lost(None)  # what closing the socket brings
+        return heard, raised
+
+    heard, raised = asyncio.run(scenario())
+    assert heard[0] == (b"hello", False)
+    assert heard[1:] == [(b"", False)]
+    assert len(raised) == 2 and raised[0] is raised[1]
+    assert isinstance(raised[0], native.MalformedResponse)
 
 
 def test_a_raw_field_is_found_by_its_lower_case_name_whatever_its_neighbours() -> None:
