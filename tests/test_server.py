@@ -507,20 +507,8 @@ async def answer_with(
         await send({"type": "http.response.body", "body": b"first", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    config = uvicorn.Config(app, log_level="critical", lifespan="off", proxy_headers=False)
-    config.load()
-    state = ServerState()
-    state.default_headers = DEFAULTS
-    protocol = protocol_class(config=config, server_state=state, app_state={"k": 1})
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
-    protocol.data_received(request)
-    for _ in range(100):
-        await asyncio.sleep(0)
-        if not state.tasks:
-            break
-    assert not state.tasks
-    return b"".join(transport.writes), transport.closed, seen
+    written, closed = await served_by(app, request, protocol_class, {"k": 1})
+    return written, closed, seen
 
 
 @pytest.mark.parametrize("request_", REQUESTS)
@@ -553,14 +541,19 @@ def test_the_gateways_cycle_writes_and_closes_what_uvicorns_does(
         assert ours == theirs, headers
 
 
-async def served_by(app: Any, request: bytes) -> tuple[bytes, bool]:
-    """What a connection of the gateway's protocol writes (all of it) for `app`, and
-    whether it closed."""
+async def served_by(
+    app: Any,
+    request: bytes,
+    protocol_class: Any = BoundedHttpToolsProtocol,
+    app_state: dict[str, Any] | None = None,
+) -> tuple[bytes, bool]:
+    """What a connection of `protocol_class` (the gateway's) writes (all of it) for `app`,
+    and whether it closed."""
     config = uvicorn.Config(app, log_level="critical", lifespan="off", proxy_headers=False)
     config.load()
     state = ServerState()
     state.default_headers = DEFAULTS
-    protocol = BoundedHttpToolsProtocol(config=config, server_state=state, app_state={})
+    protocol = protocol_class(config=config, server_state=state, app_state=app_state or {})
     transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(request)

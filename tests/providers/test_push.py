@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -71,6 +71,16 @@ async def _opened(
         finally:
             writer.close()
 
+    async with _served(handle, stream_class) as stream:
+        yield stream
+
+
+@contextlib.asynccontextmanager
+async def _served(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    stream_class: type[OpenAIStream] = OpenAIStream,
+) -> AsyncIterator[OpenAIStream]:
+    """A stream over the native transport from a server on 127.0.0.1 that runs `handle`."""
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     transport = NativeTransport()
@@ -226,22 +236,10 @@ def test_a_connection_broken_mid_body_ends_the_push_with_the_error_after_the_eve
         writer.close()  # in the middle of the body
 
     async def main() -> tuple[Sink, Exception | None]:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        transport = NativeTransport()
-        try:
-            request = httpx.Request("POST", f"http://127.0.0.1:{port}/v1/chat/completions")
-            response = await transport.handle_async_request(request)
-            stream = OpenAIStream(response, "p", include_usage=False)
+        async with _served(handle) as stream:
             sink = Sink()
             assert stream.push(sink)
-            error = await asyncio.wait_for(sink.ended, 5)
-            await stream.aclose()
-            return sink, error
-        finally:
-            await transport.aclose()
-            server.close()
-            await server.wait_closed()
+            return sink, await asyncio.wait_for(sink.ended, 5)
 
     sink, error = asyncio.run(main())
     assert b"".join(sink.got) == CHUNK % 0 + CHUNK % 1
