@@ -11,8 +11,9 @@ boundary: to every upstream body they read (error bodies before they become a
 `GatewayError`, non-streamed answers), to the bytes of every relayed stream read, to
 messages taken from error events, and to the text kept for `log_bodies`.
 
-The check is a `bytes.find` per secret (`_probes`), so the per-read cost on a stream is a
-scan or two of bytes already in cache (about 0.15 µs for a 240-byte event per secret).
+The check is a substring search (`bytes.partition`) per secret (`_probes`), so the per-read
+cost on a stream is a scan or two of bytes already in cache (about 0.15 µs for a 240-byte
+event per secret).
 A relayed read is whole SSE events (`SSEDecoder` keeps a partial event buffered), so a
 secret inside one event is never split between two reads.
 
