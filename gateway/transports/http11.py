@@ -241,7 +241,9 @@ class Connection(asyncio.Protocol):
             # the socket is not paused): a call less per relayed read.
             chunks = self.chunks
             if len(chunks) == 1:
-                listener(chunks.pop(), self.complete)
+                data = chunks[0]
+                chunks.clear()
+                listener(data, self.complete)
             else:
                 listener(self.take(), self.complete)
 
