@@ -89,6 +89,14 @@ def start_body(
     (nearly every one): that body, else a coroutine reading the rest (TimeoutError past
     `stall_s`) for the caller to await. A request's set-up reads its body so, saving the
     coroutines of every layer in between."""
+    reader = body_reader(scope)
+    if reader is not None:  # the server hands a whole body over without `receive()`
+        whole = reader.body_now()
+        if whole is not None:
+            # Its parser framed it to the declared `content-length` (a number, else the
+            # request was refused as unparsable): the body's own length is what the
+            # declared one would be checked for, without a look through the headers.
+            return _within(whole, limit)
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -97,11 +105,6 @@ def start_body(
             raise InvalidRequest("content-length is not a number") from None
         if declared > limit:
             raise _too_large(limit)
-    reader = body_reader(scope)
-    if reader is not None:  # the server hands a whole body over without `receive()`
-        whole = reader.body_now()
-        if whole is not None:
-            return _within(whole, limit)
     message = run_until_wait(cast("Coroutine[Any, Any, Message]", receive()))
     if isinstance(message, Waiting) or message.get("more_body", False):
         return _read_rest(message, receive, limit, stall_s)

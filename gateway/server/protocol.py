@@ -270,11 +270,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         lower = _NAMES.get(name)
         if lower is None:
             lower = _learn_name(name)
-        name = lower
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 5.5)
-        if name == b"expect" and value.lower() == b"100-continue":
+        if lower == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
-        headers.append((name, value))
+        headers.append((lower, value))
 
     def on_headers_complete(self) -> None:
         # `_head_left` counted every byte fed in this head (and maybe a body part): a field

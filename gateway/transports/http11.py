@@ -22,7 +22,7 @@ answer (`100 Continue`) is skipped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httptools
@@ -114,6 +114,13 @@ class Connection(asyncio.Protocol):
         self, data: bytes, read_timeout: float | None
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Write one request; the response's status and headers once they arrived."""
+        await self.start(data, read_timeout)
+        return self.head()
+
+    def start(self, data: bytes, read_timeout: float | None) -> Awaitable[None]:
+        """`send` in two steps, without a coroutine of its own: write one request, and give
+        what to await until the response's head arrived; then `head()`. (The native
+        transport's `send_raw` awaits it straight from the request's task.)"""
         assert self._transport is not None
         self._headers = []
         self._head_left = MAX_HEAD
@@ -122,12 +129,16 @@ class Connection(asyncio.Protocol):
         self._head = head = self._loop.create_future()
         self._transport.write(data)
         if read_timeout is None and self.error is None and not self._closed:
-            # A stream's request (no read timeout): `_wait` without a coroutine of its own.
-            await head
-            if self.error is not None:
-                raise self.error
-        else:
-            await self._wait(head, read_timeout)
+            # A stream's request (no read timeout): the head's future itself, without
+            # `_wait`'s coroutine (`head()` raises the failure that woke it, if any).
+            return head
+        return self._wait(head, read_timeout)
+
+    def head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """After `start`'s awaitable: the response's status and headers, or the failure
+        that ended the wait."""
+        if self.error is not None:
+            raise self.error
         return self._status, self._fields
 
     async def wait_body(self, read_timeout: float | None) -> None:

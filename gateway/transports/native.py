@@ -154,7 +154,9 @@ class NativeTransport(httpx.AsyncBaseTransport):
             proxy = None if self._proxies is None else self._route(origin)
             conn = await self._connect(origin, request.connect_timeout, proxy)
         try:
-            status, fields = await conn.send(request.data, request.read_timeout)
+            # `conn.send`, without its coroutine: the head's future awaited from here.
+            await conn.start(request.data, request.read_timeout)
+            status, fields = conn.head()
         except BaseException:
             conn.close()
             raise

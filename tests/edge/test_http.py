@@ -14,7 +14,7 @@ from starlette.types import Message
 
 from gateway.asgi import BODY_READER, ClientGone, Waiting, run_until_wait
 from gateway.edge.http import new_request_id, read_body, request_id, start_body
-from gateway.errors import PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge
 
 SCOPE = {"type": "http", "headers": []}
 
@@ -165,3 +165,20 @@ def test_a_body_the_server_hands_over_whole_is_read_without_receive() -> None:
     # the reader has none to give: receive() as before
     scope = {**SCOPE, "extensions": {BODY_READER: Reader(None)}}
     assert asyncio.run(read_body(scope, receiver([(0, body(b"ab"))]), 100, 0.2)) == b"ab"
+
+
+@pytest.mark.parametrize("reader", [None, Reader(None)])
+def test_a_declared_length_is_refused_before_the_body_arrives(reader: Reader | None) -> None:
+    """While the body is still on its way (no server reader, or one with no whole body
+    yet), a `content-length` over the limit, or not a number, is refused at once."""
+
+    def never() -> Awaitable[Message]:
+        raise AssertionError("receive() called")
+
+    extensions = {} if reader is None else {"extensions": {BODY_READER: reader}}
+    too_long = {**SCOPE, "headers": [(b"content-length", b"101")], **extensions}
+    with pytest.raises(PayloadTooLarge):
+        start_body(too_long, never, 100, 0.2)
+    not_a_number = {**SCOPE, "headers": [(b"content-length", b"ten")], **extensions}
+    with pytest.raises(InvalidRequest, match="content-length is not a number"):
+        start_body(not_a_number, never, 100, 0.2)
