@@ -52,7 +52,7 @@ from gateway.egress import EgressProxies, Proxy
 from gateway.transports.errors import MalformedResponse
 from gateway.transports.http11 import Connection, Origin, encode
 from gateway.transports.proxy import connect_through, proxy_refused
-from gateway.transports.resolve import Address, Resolver
+from gateway.transports.resolve import Resolver, connect_first
 
 __all__ = [
     "FieldHeaders",
@@ -223,49 +223,25 @@ class NativeTransport(httpx.AsyncBaseTransport):
             context = self._ssl
         if proxy is not None:
             conn = Connection(self, origin)
-            await connect_through(proxy, host, port, conn, context, seconds)
+            await connect_through(proxy, host, port, conn, context, seconds, self._resolver)
             self._open.add(conn)
             return conn
         loop = asyncio.get_running_loop()
         try:
             with _Deadline(loop, seconds):
-                if self._resolver.is_address(host):
-                    addresses: list[Address] = [(host, port)]
-                else:
-                    addresses = await self._resolver.addresses(loop, host, port)
-                conn = await self._open_one(loop, origin, addresses, context)
+                _, conn = await connect_first(
+                    loop,
+                    lambda: Connection(self, origin, loop),
+                    await self._resolver.to_try(loop, host, port),
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._open.add(conn)
         return conn
-
-    async def _open_one(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        origin: Origin,
-        addresses: list[Address],
-        context: ssl.SSLContext | None,
-    ) -> Connection:
-        """A connection to the first of `addresses` that takes one (in the resolver's order,
-        as `create_connection` tries a name's); the last one's error when none does."""
-        host = origin[1]
-        error: OSError | None = None
-        for address in addresses:
-            try:
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self, origin, loop),
-                    address[0],
-                    address[1],
-                    ssl=context,
-                    server_hostname=host if context is not None else None,
-                )
-                return conn
-            except OSError as exc:
-                error = exc
-        assert error is not None  # the resolver never answers with no address
-        raise error
 
 
 class _Deadline:

@@ -28,6 +28,7 @@ from typing import cast
 import httpx
 
 from gateway.egress import EgressProxies, Proxy
+from gateway.transports.resolve import Resolver, connect_first
 
 _MAX_PROXY_HEAD = 16 * 1024
 """The most a proxy's answer to CONNECT may take, status line and headers."""
@@ -41,18 +42,21 @@ async def connect_through(
     conn: asyncio.Protocol,
     context: ssl.SSLContext | None,
     seconds: float | None,
+    resolver: Resolver,
 ) -> None:
     """Connect `conn` to `host:port` through `proxy`: to the proxy itself for an http origin
     (its requests are sent in absolute form), a CONNECT tunnel with TLS inside for an https
-    one (`context`). The timeout covers the whole setup."""
+    one (`context`). The proxy's name is looked up by `resolver` (once for a burst of new
+    connections, as an origin's). The timeout covers the whole setup."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(seconds):
+            addresses = await resolver.to_try(loop, proxy.host, proxy.port)
             if context is None:
-                await loop.create_connection(lambda: conn, proxy.host, proxy.port)
+                await connect_first(loop, lambda: conn, addresses)
             else:
                 tunnel = _TunnelOpener()
-                raw, _ = await loop.create_connection(lambda: tunnel, proxy.host, proxy.port)
+                raw, _ = await connect_first(loop, lambda: tunnel, addresses)
                 try:
                     await tunnel.open(raw, proxy, host, port)
                     tls = await loop.start_tls(raw, conn, context, server_hostname=host)

@@ -18,12 +18,13 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 Address = tuple[Any, ...]
 """A socket address as `getaddrinfo` gives it: (host, port) or (host, port, flow, scope)."""
 
 TTL_S = 10.0
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 class Resolver:
@@ -49,6 +50,13 @@ class Resolver:
             if len(self._numeric) < 1024:  # hosts are the configured providers'
                 self._numeric[host] = known
         return known
+
+    async def to_try(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Address]:
+        """The addresses to connect to for `host` and `port`: the host itself when it is an
+        address, else `addresses`'."""
+        if self.is_address(host):
+            return [(host, port)]
+        return await self.addresses(loop, host, port)
 
     async def addresses(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int
@@ -82,6 +90,25 @@ class Resolver:
             raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
         self._known[key] = (self._clock() + self.ttl, addresses)
         return addresses
+
+
+async def connect_first(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], _P],
+    addresses: list[Address],
+    **kw: Any,
+) -> tuple[asyncio.Transport, _P]:
+    """`loop.create_connection(factory, ...)` to the first of `addresses` that takes one (in
+    the resolver's order, as `create_connection` tries a name's); the last one's error when
+    none does. `kw`: create_connection's (ssl, server_hostname)."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return await loop.create_connection(factory, address[0], address[1], **kw)
+        except OSError as exc:
+            error = exc
+    assert error is not None  # the resolver never answers with no address
+    raise error
 
 
 def _retrieve(task: asyncio.Task[list[Address]]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.egress import EgressProxies
 from gateway.transports.native import NativeTransport
 from gateway.transports.resolve import Resolver
 from tests.support.loops import Run
@@ -56,6 +57,25 @@ def test_a_burst_of_connections_to_a_name_makes_one_lookup(run: Run) -> None:
             assert answers == [(200, b"hello")] * 50
             assert transport._resolver.lookups == 1
             assert up.accepted == 50
+            await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_burst_through_a_named_egress_proxy_makes_one_lookup(run: Run) -> None:
+    """50 new connections at once to an http origin through a proxy named `localhost`: the
+    proxy's name is looked up once (the origin's never: the proxy reaches it), and every
+    request reaches the proxy in absolute form."""
+
+    async def scenario() -> None:
+        async with Upstream(answering(OK)) as proxy:
+            egress = EgressProxies.from_env({"HTTP_PROXY": f"http://localhost:{proxy.port}"})
+            transport = NativeTransport(proxies=egress)
+            url = "http://api.example.invalid/v1/x"
+            answers = await asyncio.gather(*(fetch(transport, url) for _ in range(50)))
+            assert answers == [(200, b"hello")] * 50
+            assert transport._resolver.lookups == 1
+            assert proxy.accepted == 50
             await transport.aclose()
 
     run(scenario())
