@@ -252,13 +252,23 @@ def render_line(rec: RequestRecord, drop_secrets: DropSecrets, *, log_bodies: bo
     if not log_bodies:
         for name in BODY_FIELDS:
             fields.pop(name, None)
-    line = {
-        "timestamp": _timestamp(rec.ended_at or time.time()),
-        "level": "error" if rec.status >= 500 else "info",
-        "event": "request",
-        **drop_secrets(None, "", fields),
-    }
+    kept = drop_secrets(None, "", fields)
+    timestamp = _timestamp(rec.ended_at or time.time())
+    level = "error" if rec.status >= 500 else "info"
+    if kept and "timestamp" not in kept and "level" not in kept and "event" not in kept:
+        # The fields rendered as they are, the head's three written before them: the bytes
+        # of one object of all of them (the timestamp's characters need no escaping),
+        # without copying every field into a second dict (a sixth of the line's cost).
+        rest = orjson.dumps(kept, default=_unencodable, option=orjson.OPT_APPEND_NEWLINE)
+        return b"".join((b'{"timestamp":"', timestamp.encode(), _HEADS[level], rest[1:]))
+    line = {"timestamp": timestamp, "level": level, "event": "request", **kept}
     return orjson.dumps(line, default=_unencodable, option=orjson.OPT_APPEND_NEWLINE)
+
+
+_HEADS = {
+    level: b'","level":"%s","event":"request",' % level.encode() for level in ("info", "error")
+}
+"""What follows the timestamp's value in a line, by level, up to the record's first field."""
 
 
 # --- the log ----------------------------------------------------------------------------------

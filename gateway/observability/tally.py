@@ -22,7 +22,7 @@ is pinned to 0.26.x).
 from __future__ import annotations
 
 from bisect import bisect_left
-from operator import add
+from itertools import compress
 from typing import Any
 
 from gateway.observability.records import Gaps
@@ -86,8 +86,12 @@ class Tally:
 
     def add(self, gaps: Gaps) -> None:
         """A stream's inter-token gaps, already counted per bucket (the histogram's bounds)."""
-        # One pass in C (adding 0 leaves a float count as it was).
-        self.counts = list(map(add, self.counts, gaps.counts))
+        counts, theirs = self.counts, gaps.counts
+        # Only the buckets its gaps fell in (adding 0 would leave a count as it was), found
+        # in C by `compress`: a stream's gaps fill a few of the 19, and adding all of them
+        # made a new float for each (10k instructions per request against ~4k).
+        for i in compress(range(len(theirs)), theirs):
+            counts[i] += theirs[i]
         self.total += gaps.total
 
     def publish(self) -> None:

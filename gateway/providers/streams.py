@@ -84,6 +84,9 @@ class SSEUpstream:
         self._sink: Sink | None = None
         self._body = stream if isinstance(stream, NativeBody) else None
         """The native transport's body, read without waiting when bytes are there."""
+        self._native = self._body is not None and type(response) is NativeResponse
+        """The answer is the native transport's own (not an `httpx.Response`): closing it is
+        closing its body (`aclose`)."""
 
     def __aiter__(self) -> SSEUpstream:
         return self
@@ -220,7 +223,11 @@ class SSEUpstream:
 
     async def aclose(self) -> None:
         self._sink = None
-        await self._response.aclose()
+        if self._native:
+            # What `NativeResponse.aclose` does, without its coroutine and the body's.
+            self._body.close()  # type: ignore[union-attr]  # set with `_native`
+        else:
+            await self._response.aclose()
 
 
 # --- streams of the Responses and Messages APIs ------------------------------------------------

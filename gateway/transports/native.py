@@ -347,6 +347,11 @@ class NativeBody(httpx.AsyncByteStream):
         return b""
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """`aclose` without a coroutine (it never waits): the connection back to the pool
+        if the body was read to its end, else closed."""
         conn, self._conn = self._conn, None
         if conn is None:
             return

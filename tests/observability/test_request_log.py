@@ -100,6 +100,32 @@ def test_every_submitted_record_becomes_one_json_line_in_the_file(
     assert not dropped(metrics)
 
 
+class HeadNamedRecord(RequestRecord):
+    """Fields named as the line's head (or none at all): the head keeps its place, the
+    field's value wins, as when both were one dict."""
+
+    extra: dict[str, object] | None = None
+
+    def log_fields(self) -> dict[str, object]:
+        if self.extra is None:
+            return {}
+        return {**super().log_fields(), **self.extra}
+
+
+@pytest.mark.parametrize(
+    "extra", [None, {"level": "loud"}, {"timestamp": 1}, {"status_text": "ok"}]
+)
+def test_a_line_whose_fields_name_its_head_is_rendered_as_one_object(
+    extra: dict[str, object] | None,
+) -> None:
+    rec = HeadNamedRecord(request_id="r1", route="chat.completions", status=503)
+    rec.extra = extra
+    rec.ended_at = 1_765_000_000.25
+    line = render_line(rec, DropSecrets(), log_bodies=False)
+    assert line == structlog_line(rec, log_bodies=False)
+    assert list(orjson.loads(line))[:3] == list(HEADER)
+
+
 def test_bodies_are_logged_only_with_log_bodies(metrics: Metrics) -> None:
     def run(log_bodies: bool) -> dict[str, object]:
         sink = ListSink()

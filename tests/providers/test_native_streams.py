@@ -238,6 +238,29 @@ def test_a_200_that_is_not_a_stream_is_malformed(run: Run, head: bytes, said: st
     run(scenario())
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_closing_a_stream_gives_back_or_closes_its_connection(run: Run, whole: bool) -> None:
+    # `SSEUpstream.aclose` closes the native answer's body itself: read to its end, the
+    # connection goes back to the pool; closed before the end, it is closed.
+    async def scenario() -> None:
+        body = _chunked(CHUNK) if whole else b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK)
+        async with _opened(_writes(SSE_HEAD + body)) as (stream, _, transport):
+            assert isinstance(stream, SSEUpstream)
+            assert isinstance(stream._response, NativeResponse)
+            assert await stream.__anext__() == CHUNK  # the end came with it, when whole
+            await stream.aclose()
+            assert transport._idle_count == (1 if whole else 0)
+            await stream.aclose()  # a second close does nothing
+            assert transport._idle_count == (1 if whole else 0)
+            for _ in range(100):  # the closed connection's end reaches the pool
+                if len(transport._open) == (1 if whole else 0):
+                    break
+                await asyncio.sleep(0.01)
+            assert len(transport._open) == (1 if whole else 0)
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_a_connection_closed_before_any_answer_is_retryable(run: Run, kind: str) -> None:
     # What a stale kept-alive connection looks like to the request: the relay retries it.
