@@ -68,7 +68,8 @@ def test_a_burst_through_a_named_egress_proxy_makes_one_lookup(run: Run) -> None
     request reaches the proxy in absolute form."""
 
     async def scenario() -> None:
-        async with Upstream(answering(OK)) as proxy:
+        seen: list[bytes] = []
+        async with Upstream(answering(OK, seen)) as proxy:
             egress = EgressProxies.from_env({"HTTP_PROXY": f"http://localhost:{proxy.port}"})
             transport = NativeTransport(proxies=egress)
             url = "http://api.example.invalid/v1/x"
@@ -76,6 +77,8 @@ def test_a_burst_through_a_named_egress_proxy_makes_one_lookup(run: Run) -> None
             assert answers == [(200, b"hello")] * 50
             assert transport._resolver.lookups == 1
             assert proxy.accepted == 50
+            assert len(seen) == 50
+            assert all(r.startswith(b"POST http://api.example.invalid/v1/x HTTP/1.1") for r in seen)
             await transport.aclose()
 
     run(scenario())
