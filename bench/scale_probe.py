@@ -7,7 +7,8 @@ Each target gets the same fresh upstream (`bench.upstream`) and Redis; the load 
 `--clients` processes of `bench.client`, each opening its share of the streams at once (a
 new connection each). Printed per round and target: TTFT p50/p99, inter-chunk p99, the
 relay's CPU per 1k chunks, its peak RSS, its RSS per open stream (peak minus the RSS before
-the burst, over the streams) and the kernel's ListenOverflows/ListenDrops during the burst.
+the burst, over the streams), the kernel's ListenOverflows/ListenDrops during the burst and
+the CPU Redis and the upstream spent meanwhile.
 `--spy DIR` records a py-spy profile of each gateway's burst. A throwaway measuring tool,
 not part of `make bench` (bench/run.py's `scale` scenario is).
 """
@@ -56,7 +57,11 @@ def system_seconds(service: Service) -> float:
 
 
 def burst(
-    service: Service, args: argparse.Namespace, tmp: Path, spy_out: Path | None
+    service: Service,
+    args: argparse.Namespace,
+    tmp: Path,
+    spy_out: Path | None,
+    others: dict[str, Service],
 ) -> dict[str, Any]:
     per, extra = divmod(args.streams, args.clients)
     procs = []
@@ -92,6 +97,7 @@ def burst(
     before = netstat("ListenOverflows", "ListenDrops")
     cpu0 = service.cpu_seconds()
     sys0 = system_seconds(service)
+    others0 = {name: other.cpu_seconds() for name, other in others.items()}
     with Sampler(service, {}, interval=0.05) as rss:
         for p in procs:
             assert p.stdin is not None
@@ -107,6 +113,7 @@ def burst(
         time.sleep(0.25)
         cpu = service.cpu_seconds() - cpu0
         sys_cpu = system_seconds(service) - sys0
+        others_cpu = {n: o.cpu_seconds() - others0[n] for n, o in others.items()}
     after = netstat("ListenOverflows", "ListenDrops")
     for p in procs:
         p.wait(10)
@@ -127,6 +134,8 @@ def burst(
         "cpu_ms_per_1k": cpu * 1e6 / events if events else None,
         "cpu_s": cpu,
         "sys_share": sys_cpu / cpu if cpu else None,
+        # The services beside the relay, on the same cores (Redis works for the gateway only).
+        **{f"{n}_cpu_s": round(c, 3) for n, c in others_cpu.items()},
         "peak_rss_mb": rss.peak / 2**20,
         "rss_per_stream_kb": (rss.peak - base_rss) / args.streams / 1024,
         "overflows": after["ListenOverflows"] - before["ListenOverflows"],
@@ -209,7 +218,8 @@ def main() -> None:
                 if args.spy is not None and name != "nginx":
                     args.spy.mkdir(parents=True, exist_ok=True)
                     spy_out = args.spy / f"{name}-r{r}.txt"
-                result = burst(service, args, tmp, spy_out)
+                others = {"redis": redis, "upstream": upstream}
+                result = burst(service, args, tmp, spy_out, others)
                 print(f"round {r} {name}: {orjson.dumps(result).decode()}", flush=True)
                 time.sleep(2)
     finally:
