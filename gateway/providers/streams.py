@@ -67,7 +67,7 @@ class SSEUpstream:
     ) -> None:
         self.provider = provider
         self._redact = redact if redact is not None else Redactor([])
-        self.state = StreamState(scrub=self._redact.scrub_text if self._redact else None)
+        self.state = StreamState(self._redact.scrub_text if self._redact else None)
         self.state.upstream_headers = response.headers
         self.include_usage = include_usage
         self.keep_text = keep_text
