@@ -59,7 +59,6 @@ class SSEUpstream:
         self,
         response: httpx.Response | NativeResponse,
         provider: str,
-        *,
         include_usage: bool,
         keep_text: bool = False,
         max_event_bytes: int = 1024 * 1024,
