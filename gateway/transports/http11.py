@@ -94,6 +94,7 @@ class Connection(asyncio.Protocol):
         "listener",
         "origin",
         "pool",
+        "pooled",
         "reusable",
     )
 
@@ -103,6 +104,8 @@ class Connection(asyncio.Protocol):
         self.pool = pool
         self.origin = origin
         self.idle_since = 0.0
+        self.pooled = False
+        """Whether it may be among the pool's idle connections (set by the pool)."""
         self.reusable = False
         # The running loop, when the caller has it at hand: `get_running_loop()` makes a
         # getpid() system call on Python 3.11, and a burst opens a connection per stream.
