@@ -1251,3 +1251,30 @@ def test_the_pool_forgets_exactly_the_idle_connections_it_loses() -> None:
     transport.lost(b)
     assert transport._idle[origin] == [] and transport._idle_count == 0
     assert transport._take(origin) is None
+
+
+@pytest.mark.parametrize(
+    ("coding", "framed"),
+    [
+        (b"chunked", True),
+        (b"Chunked", True),
+        (b"gzip, chunked", True),
+        (b"identity", False),
+    ],
+)
+def test_a_chunked_body_is_told_from_one_the_close_ends(coding: bytes, framed: bool) -> None:
+    """A head without a length whose transfer coding names `chunked` anywhere, in any case,
+    frames its body: the connection closing mid-body fails it. Any other body ends where the
+    connection does."""
+
+    async def scenario() -> tuple[bool, Exception | None]:
+        conn = http11.Connection(_Pool(), (b"http", "upstream", 80))
+        conn.connection_made(_Socket())  # type: ignore[arg-type]
+        conn._head = asyncio.get_running_loop().create_future()
+        conn.data_received(b"HTTP/1.1 200 OK\r\ntransfer-encoding: %s\r\n\r\n" % coding)
+        conn.connection_lost(None)
+        return conn.complete, conn.error
+
+    complete, error = asyncio.run(scenario())
+    assert complete is not framed
+    assert (error is not None) is framed
