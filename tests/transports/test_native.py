@@ -1254,24 +1254,26 @@ def test_the_pool_forgets_exactly_the_idle_connections_it_loses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("coding", "framed"),
+    ("field", "framed"),
     [
-        (b"chunked", True),
-        (b"Chunked", True),
-        (b"gzip, chunked", True),
-        (b"identity", False),
+        (b"transfer-encoding: chunked", True),
+        (b"Transfer-Encoding: Chunked", True),
+        (b"transfer-encoding: gzip, chunked", True),
+        (b"content-length: 5", True),
+        (b"transfer-encoding: identity", False),
+        (b"x-other: 1", False),
     ],
 )
-def test_a_chunked_body_is_told_from_one_the_close_ends(coding: bytes, framed: bool) -> None:
-    """A head without a length whose transfer coding names `chunked` anywhere, in any case,
-    frames its body: the connection closing mid-body fails it. Any other body ends where the
-    connection does."""
+def test_a_framed_body_is_told_from_one_the_close_ends(field: bytes, framed: bool) -> None:
+    """A head that gives its body a length, or a transfer coding naming `chunked` anywhere in
+    any case, frames it: the connection closing mid-body fails it. Any other body ends where
+    the connection does. (Asked of the head's fields only when the connection closes.)"""
 
     async def scenario() -> tuple[bool, Exception | None]:
         conn = http11.Connection(_Pool(), (b"http", "upstream", 80))
         conn.connection_made(_Socket())  # type: ignore[arg-type]
         conn._head = asyncio.get_running_loop().create_future()
-        conn.data_received(b"HTTP/1.1 200 OK\r\ntransfer-encoding: %s\r\n\r\n" % coding)
+        conn.data_received(b"HTTP/1.1 200 OK\r\n%s\r\n\r\n" % field)
         conn.connection_lost(None)
         return conn.complete, conn.error
 
