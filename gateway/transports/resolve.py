@@ -58,10 +58,7 @@ class Resolver:
         coroutines (a burst opens a connection per stream)."""
         if self.is_address(host):
             return [(host, port)]
-        known = self._known.get((host, port))
-        if known is not None and known[0] > self._clock():
-            return known[1]
-        return None
+        return self._kept(host, port)
 
     async def to_try(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Address]:
         """The addresses to connect to for `host` and `port`: `at_hand`'s, else `addresses`'."""
@@ -76,15 +73,22 @@ class Resolver:
         """`host`'s addresses for `port`, from the last `ttl` seconds' lookup or a new one
         shared by every caller that asks meanwhile. Raises `OSError` as `getaddrinfo` does.
         A caller cancelled while waiting leaves the lookup running for the others."""
+        kept = self._kept(host, port)
+        if kept is not None:
+            return kept
         key = (host, port)
-        known = self._known.get(key)
-        if known is not None and known[0] > self._clock():
-            return known[1]
         asking = self._asking.get(key)
         if asking is None:
             asking = self._asking[key] = loop.create_task(self._look_up(loop, host, port))
             asking.add_done_callback(_retrieve)  # its callers may all have been cancelled
         return await asyncio.shield(asking)
+
+    def _kept(self, host: str, port: int) -> list[Address] | None:
+        """The last `ttl` seconds' lookup of `host` for `port`, if there was one."""
+        known = self._known.get((host, port))
+        if known is not None and known[0] > self._clock():
+            return known[1]
+        return None
 
     async def _look_up(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int
