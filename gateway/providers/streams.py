@@ -59,7 +59,6 @@ class SSEUpstream:
         self,
         response: httpx.Response | NativeResponse,
         provider: str,
-        *,
         include_usage: bool,
         keep_text: bool = False,
         max_event_bytes: int = 1024 * 1024,
@@ -67,7 +66,7 @@ class SSEUpstream:
     ) -> None:
         self.provider = provider
         self._redact = redact if redact is not None else Redactor([])
-        self.state = StreamState(scrub=self._redact.scrub_text if self._redact else None)
+        self.state = StreamState(self._redact.scrub_text if self._redact else None)
         self.state.upstream_headers = response.headers
         self.include_usage = include_usage
         self.keep_text = keep_text

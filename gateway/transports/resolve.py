@@ -17,7 +17,7 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 Address = tuple[Any, ...]
@@ -51,11 +51,20 @@ class Resolver:
                 self._numeric[host] = known
         return known
 
-    async def to_try(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Address]:
-        """The addresses to connect to for `host` and `port`: the host itself when it is an
-        address, else `addresses`'."""
+    def at_hand(self, host: str, port: int) -> list[Address] | None:
+        """`to_try`'s answer when it needs no waiting: the host itself when it is an address,
+        the last `ttl` seconds' lookup for a name; None when a lookup is needed. A new
+        connection's caller takes it from here without `to_try`'s and `addresses`'
+        coroutines (a burst opens a connection per stream)."""
         if self.is_address(host):
             return [(host, port)]
+        return self._kept(host, port)
+
+    async def to_try(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Address]:
+        """The addresses to connect to for `host` and `port`: `at_hand`'s, else `addresses`'."""
+        addresses = self.at_hand(host, port)
+        if addresses is not None:
+            return addresses
         return await self.addresses(loop, host, port)
 
     async def addresses(
@@ -64,15 +73,22 @@ class Resolver:
         """`host`'s addresses for `port`, from the last `ttl` seconds' lookup or a new one
         shared by every caller that asks meanwhile. Raises `OSError` as `getaddrinfo` does.
         A caller cancelled while waiting leaves the lookup running for the others."""
+        kept = self._kept(host, port)
+        if kept is not None:
+            return kept
         key = (host, port)
-        known = self._known.get(key)
-        if known is not None and known[0] > self._clock():
-            return known[1]
         asking = self._asking.get(key)
         if asking is None:
             asking = self._asking[key] = loop.create_task(self._look_up(loop, host, port))
             asking.add_done_callback(_retrieve)  # its callers may all have been cancelled
         return await asyncio.shield(asking)
+
+    def _kept(self, host: str, port: int) -> list[Address] | None:
+        """The last `ttl` seconds' lookup of `host` for `port`, if there was one."""
+        known = self._known.get((host, port))
+        if known is not None and known[0] > self._clock():
+            return known[1]
+        return None
 
     async def _look_up(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int
@@ -92,15 +108,29 @@ class Resolver:
         return addresses
 
 
-async def connect_first(
+def connect_first(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], _P],
+    addresses: list[Address],
+    **kw: Any,
+) -> Awaitable[tuple[asyncio.Transport, _P]]:
+    """`loop.create_connection(factory, ...)` to the first of `addresses` that takes one (in
+    the resolver's order, as `create_connection` tries a name's); the last one's error when
+    none does. `kw`: create_connection's (ssl, server_hostname)."""
+    if len(addresses) == 1:
+        # One address (an IP literal, or a name with one): `create_connection`'s own
+        # awaitable, which raises that address's error, without a coroutine around it.
+        address = addresses[0]
+        return loop.create_connection(factory, address[0], address[1], **kw)
+    return _connect_each(loop, factory, addresses, **kw)
+
+
+async def _connect_each(
     loop: asyncio.AbstractEventLoop,
     factory: Callable[[], _P],
     addresses: list[Address],
     **kw: Any,
 ) -> tuple[asyncio.Transport, _P]:
-    """`loop.create_connection(factory, ...)` to the first of `addresses` that takes one (in
-    the resolver's order, as `create_connection` tries a name's); the last one's error when
-    none does. `kw`: create_connection's (ssl, server_hostname)."""
     error: OSError | None = None
     for address in addresses:
         try:

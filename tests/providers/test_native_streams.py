@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -20,11 +21,11 @@ from gateway.egress import EgressProxies
 from gateway.errors import UpstreamError, UpstreamRejected
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import UpstreamCall
-from gateway.providers.openai import OpenAIProvider
+from gateway.providers.openai import OpenAIProvider, OpenAIStream
 from gateway.providers.requests import UpstreamRequests
 from gateway.providers.streams import SSEUpstream
 from gateway.transports.http11 import encode
-from gateway.transports.native import NativeRequest, NativeResponse, NativeTransport
+from gateway.transports.native import NativeBody, NativeRequest, NativeResponse, NativeTransport
 from tests.support.loops import Run
 from tests.support.loops import run as run  # the fixture, used by name
 
@@ -305,3 +306,30 @@ def test_an_iterated_stream_waits_for_each_read_and_maps_a_broken_body(run: Run)
             assert caught.value.kind == "connection" and caught.value.retryable
 
     run(scenario())
+
+
+def test_a_chat_stream_gets_the_providers_settings_in_their_places(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`open_stream` makes a Chat client's stream with its arguments by position: each lands
+    where it belongs (booleans swapped would pass unnoticed by most streams)."""
+
+    async def answered(*_args: object, **_kw: object) -> NativeResponse:
+        return NativeResponse(200, [], NativeBody(object(), None))  # type: ignore[arg-type]
+
+    monkeypatch.setattr("gateway.providers.openai.open_event_stream", answered)
+    provider = OpenAIProvider(
+        _config(), NativeTransport(), Timeouts(), keep_text=False, max_event_bytes=4096
+    )
+    call = dataclasses.replace(_call(), include_usage=True)
+    stream = asyncio.run(provider.open_stream(call))
+    assert type(stream) is OpenAIStream
+    assert stream.provider == "up"
+    assert stream.include_usage is True and stream.keep_text is False
+    assert stream._decoder.max_event_bytes == 4096
+    assert stream._redact is provider._redact
+    assert stream.state.scrub is not None  # the provider's key is scrubbed from kept text
+    kept = OpenAIProvider(_config(), NativeTransport(), Timeouts(), keep_text=True)
+    stream = asyncio.run(kept.open_stream(_call()))
+    assert stream.include_usage is False and stream.keep_text is True
+    assert stream._decoder.max_event_bytes == 1024 * 1024

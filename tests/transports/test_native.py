@@ -1207,3 +1207,76 @@ def test_a_raw_field_is_found_by_its_lower_case_name_whatever_its_neighbours() -
     assert headers.raw(b"x-request-id") == b"req_1"
     assert headers.raw(b"content-length") is None
     assert headers.raw(b"set-cookie") == httpx.Headers(fields)["set-cookie"].encode()
+
+
+class _OpenTransport:
+    """A connection's transport that is open until closed (no socket)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pool_forgets_exactly_the_idle_connections_it_loses() -> None:
+    """`lost` looks only for a connection that went idle (`Connection.pooled`): one closed
+    while idle leaves the pool, one the full pool closed or one taken out leaves it as it
+    was, and the count of idle connections stays right through all of it."""
+    transport = NativeTransport(max_keepalive=2)
+    origin = (b"http", "up.test", 80)
+
+    def opened() -> http11.Connection:
+        conn = http11.Connection(transport, origin, cast(asyncio.AbstractEventLoop, object()))
+        conn.connection_made(cast(asyncio.Transport, _OpenTransport()))
+        conn.reusable = True
+        return conn
+
+    a, b, c, d = opened(), opened(), opened(), opened()
+    transport.release(a)
+    transport.release(b)
+    transport.lost(a)  # the server closed it while idle
+    assert transport._idle[origin] == [b] and transport._idle_count == 1
+    transport.release(c)
+    transport.release(d)  # the pool is full: closed
+    assert not d.pooled
+    transport.lost(d)
+    assert transport._idle[origin] == [b, c] and transport._idle_count == 2
+    assert transport._take(origin) is c and not c.pooled
+    transport.lost(c)  # closed while in use: not idle, nothing to forget
+    assert transport._idle[origin] == [b] and transport._idle_count == 1
+    transport.lost(b)
+    assert transport._idle[origin] == [] and transport._idle_count == 0
+    assert transport._take(origin) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "framed"),
+    [
+        (b"transfer-encoding: chunked", True),
+        (b"Transfer-Encoding: Chunked", True),
+        (b"transfer-encoding: gzip, chunked", True),
+        (b"content-length: 5", True),
+        (b"transfer-encoding: identity", False),
+        (b"x-other: 1", False),
+    ],
+)
+def test_a_framed_body_is_told_from_one_the_close_ends(field: bytes, framed: bool) -> None:
+    """A head that gives its body a length, or a transfer coding naming `chunked` anywhere in
+    any case, frames it: the connection closing mid-body fails it. Any other body ends where
+    the connection does. (Asked of the head's fields only when the connection closes.)"""
+
+    async def scenario() -> tuple[bool, Exception | None]:
+        conn = http11.Connection(_Pool(), (b"http", "upstream", 80))
+        conn.connection_made(_Socket())  # type: ignore[arg-type]
+        conn._head = asyncio.get_running_loop().create_future()
+        conn.data_received(b"HTTP/1.1 200 OK\r\n%s\r\n\r\n" % field)
+        conn.connection_lost(None)
+        return conn.complete, conn.error
+
+    complete, error = asyncio.run(scenario())
+    assert complete is not framed
+    assert (error is not None) is framed

@@ -9,6 +9,7 @@ import gc
 import socket
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.egress import EgressProxies
@@ -179,5 +180,45 @@ def test_the_addresses_of_a_name_are_tried_in_order(run: Run) -> None:
             assert answer == (200, b"hello")
             assert resolver.lookups == 0
             await transport.aclose()
+
+    run(scenario())
+
+
+def test_addresses_at_hand_without_waiting() -> None:
+    """`at_hand`: an address itself, a name's answer while it is kept, else None (a lookup
+    is needed: `to_try` makes it)."""
+    clock = Clock()
+    resolver = Resolver(ttl=10.0, clock=clock)
+    assert resolver.at_hand("127.0.0.1", 80) == [("127.0.0.1", 80)]
+    assert resolver.at_hand("::1", 443) == [("::1", 443)]
+    assert resolver.at_hand("api.example", 443) is None
+    resolver._known[("api.example", 443)] = (clock.now + 10.0, [("10.0.0.5", 443)])
+    assert resolver.at_hand("api.example", 443) == [("10.0.0.5", 443)]
+    assert resolver.at_hand("api.example", 80) is None  # kept per port
+    clock.now += 10.0
+    assert resolver.at_hand("api.example", 443) is None  # expired
+    assert resolver.lookups == 0
+
+
+def test_a_names_one_address_refusing_fails_with_its_error(run: Run) -> None:
+    """A name with one address is connected to without `connect_first`'s loop over the
+    addresses: its refusal is still the connection's error."""
+
+    async def scenario() -> None:
+        closed = socket.socket()
+        closed.bind(("127.0.0.2", 0))  # bound, never listening: a connect is refused
+        refused = closed.getsockname()[1]
+        transport = NativeTransport()
+        transport._resolver._known[("one.example", refused)] = (
+            float("inf"),
+            [("127.0.0.2", refused)],
+        )
+        try:
+            with pytest.raises(httpx.ConnectError, match=r"cannot connect to one\.example"):
+                await fetch(transport, f"http://one.example:{refused}/")
+        finally:
+            closed.close()
+        assert transport._resolver.lookups == 0
+        await transport.aclose()
 
     run(scenario())
