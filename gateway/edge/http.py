@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, cast
 
 from starlette.types import Message, Receive, Scope, Send
@@ -37,7 +37,22 @@ def request_id(scope: Scope) -> bytes:
     given = header(scope, b"x-request-id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
-    return new_request_id()
+    # `new_request_id()` without the call through its `__call__` (about 450 instructions).
+    return next(new_request_id.ids)
+
+
+_BATCH = 256
+"""Request ids drawn from one `os.urandom` call."""
+
+
+def _draw() -> Iterator[bytes]:
+    """Request ids: 32 hex digits at a time of a batch of random bytes, a batch when the one
+    before is used up. A generator: `next()` on it costs about 500 instructions less than a
+    method that keeps its place in attributes (callgrind)."""
+    while True:
+        hexed = os.urandom(16 * _BATCH).hex().encode()
+        for at in range(0, len(hexed), 32):
+            yield hexed[at : at + 32]
 
 
 class _RequestIds:
@@ -47,27 +62,20 @@ class _RequestIds:
     Random, not a counter: the id is echoed in every response, to any client, and a
     counter's would tell them how many requests the process served (and between two of
     theirs, how many others sent). A forked child drops what its parent drew
-    (`os.register_at_fork`), so it never repeats the parent's ids.
+    (`os.register_at_fork`), so it never repeats the parent's ids. For the event loop's
+    thread (`ids` is a generator: two threads may not take from it at once).
     """
 
-    __slots__ = ("_at", "_hex")
-
-    _BATCH = 256
+    __slots__ = ("ids",)
 
     def __init__(self) -> None:
         self.reseed()
 
     def reseed(self) -> None:
-        self._hex = b""
-        self._at = 0
+        self.ids = _draw()
 
     def __call__(self) -> bytes:
-        at = self._at
-        if at >= len(self._hex):
-            self._hex = os.urandom(16 * self._BATCH).hex().encode()
-            at = 0
-        self._at = at + 32
-        return self._hex[at : at + 32]
+        return next(self.ids)
 
 
 new_request_id = _RequestIds()

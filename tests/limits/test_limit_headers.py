@@ -133,3 +133,16 @@ def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one(
     seconds: float, value: bytes
 ) -> None:
     assert retry_after_header(seconds) == (b"retry-after", value)
+
+
+def test_limits_are_written_right_however_many_were_seen() -> None:
+    """The limit fields are remembered per limit (and forgotten past a bound): each response
+    still names its own key's limits, a requests limit never a tokens one."""
+    for rpm in [*range(1, 3000, 7), 60, 1, 60]:
+        tpm = rpm * 1000 + 1
+        state = RateState(rpm, 0, 1.0, tpm, 0, 1.0)
+        fields = dict(rate_limit_headers(state))
+        assert fields[b"x-ratelimit-limit-requests"] == str(rpm).encode()
+        assert fields[b"x-ratelimit-limit-tokens"] == str(tpm).encode()
+        only_tokens = dict(rate_limit_headers(RateState(None, None, 0.0, rpm, 0, 1.0)))
+        assert only_tokens[b"x-ratelimit-limit-tokens"] == str(rpm).encode()
