@@ -233,7 +233,9 @@ def _one_line_events(chunk: bytes) -> list[bytes] | None:
     path takes, and all it would take from this read; else None. Every LF is then half of
     an event's end (none inside an event, no empty event), and each event's end is followed
     by the next one's `data: `."""
-    if not (chunk.endswith(b"\n\n") and chunk.startswith(b"data: ")) or 13 in chunk:
+    # Slices compared rather than `endswith` and `startswith`, which parse their arguments
+    # the general way (as in `_client_bytes`).
+    if chunk[-2:] != b"\n\n" or chunk[:6] != b"data: " or 13 in chunk:
         return None
     # Split once, at each LF (a split or count at two bytes, `\n\n`, is CPython's slowest
     # search): the events are every other piece, and what lies between two LFs must be
