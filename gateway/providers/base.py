@@ -99,6 +99,11 @@ class StreamState:
     (b"" when the stream already ended); None: Chat's `data: {"error": ...}`."""
     upstream_headers: Mapping[str, str] | None
     """The upstream response's headers (the router reads `x-ratelimit-*` from them)."""
+    over: bool
+    """Nothing more to relay and nothing to raise: the upstream body ended with the last
+    read iterating took, and no error waits for the next one (set by the streams over the
+    native transport; False for others). After the first event: a short answer came whole
+    in it, with the body's end."""
 
     def __init__(self, scrub: Callable[[str], str] | None = None) -> None:
         self.usage = None
@@ -111,6 +116,7 @@ class StreamState:
         self.end_event = None
         self.error_event = None
         self.upstream_headers = None
+        self.over = False
 
     def kept_text(self) -> str:
         """The relayed text for the request log, whole, so a secret the model spelt out

@@ -111,6 +111,8 @@ class SSEUpstream:
                     raise
             data = self._client_bytes(chunk)
             if data is not None:
+                if self._body is not None:  # the relay asks after the first event
+                    self.state.over = self._body.took_last and self._pending_error is None
                 return data
 
     def push(self, sink: Sink) -> bool:
