@@ -651,7 +651,7 @@ def test_the_body_writers_start_and_end_decline_where_send_must_do_it() -> None:
 
 
 def test_the_one_pass_head_check_passes_exactly_the_fields_uvicorn_takes_as_they_are() -> None:
-    """`_lines` (a set of names known good, one `translate` over the lines) against
+    """`_lines` (a set of names known good, one `translate` over the values) against
     uvicorn's own per-field rules, on random fields: whatever it passes, uvicorn would write
     unchanged, with no framing field among them; whatever it refuses takes uvicorn's way."""
     import random

@@ -94,11 +94,16 @@ class StreamState:
     (b"" when the stream already ended); None: Chat's `data: {"error": ...}`."""
     upstream_headers: Mapping[str, str] | None = None
     """The upstream response's headers (the router reads `x-ratelimit-*` from them)."""
+    over: bool = False
+    """Nothing more to relay and nothing to raise: the upstream body ended with the last
+    read iterating took, and no error waits for the next one (set by the streams over the
+    native transport; False for others). After the first event: a short answer came whole
+    in it, with the body's end."""
 
     def __init__(self, scrub: Callable[[str], str] | None = None) -> None:
         # Made for every stream: only the fields without a class default are set, the others
-        # read from the class until a stream sets them. The generated `__init__` set all
-        # ten, from a keyword argument's dict (~2.2k instructions more per stream, callgrind).
+        # read from the class until a stream sets them. The generated `__init__` set every
+        # field, from a keyword argument's dict (~2.2k instructions more a stream, callgrind).
         self.text = []
         self.scrub = scrub
 

@@ -170,12 +170,10 @@ class OpenAIStream(SSEUpstream):
         ascii_only = chunk.isascii()
         try:
             for part in parts:
-                # `_plain_delta`, on the event with its `data: ` (which it does not change).
-                if (
-                    (part.endswith(_DELTA_END_NO_USAGE) or part.endswith(_DELTA_END))
-                    and part.startswith(b"{", 6)
-                    and (ascii_only or _utf8(part))
-                ):
+                # `_plain_delta`, on the event with its `data: ` (which it does not change);
+                # its `{` an int compared (`startswith` with a start parses its arguments the
+                # general way), after the ending that makes the event long enough for it.
+                if part.endswith(_DELTA_ENDS) and part[6] == 0x7B and (ascii_only or _utf8(part)):
                     if _counts(part):
                         state.completion_estimate += 1
                     out.append(part)
@@ -206,9 +204,11 @@ _loads = orjson.loads
 _DELTA_END = b'"finish_reason":null}]}'
 _DELTA_END_NO_USAGE = b'"finish_reason":null}],"usage":null}'
 _CONTENT = b'"content":"'
-# The `"usage":null` ending tried first (here and in the two checks of that ending that
-# spell it out): the gateway asks every Chat stream for its usage (`include_usage`), and
-# OpenAI then writes `"usage":null` into each chunk before the usage's own.
+# The `"usage":null` ending tried first (in both tuples): the gateway asks every Chat
+# stream for its usage (`include_usage`), and OpenAI then writes `"usage":null` into each
+# chunk before the usage's own. Both endings in one `endswith`: its argument parsing costs
+# about as much as the comparison, and an event that is not a plain delta fails both.
+_DELTA_ENDS = (_DELTA_END_NO_USAGE, _DELTA_END)
 _WHOLE_DELTA_ENDS = (_DELTA_END_NO_USAGE + b"\n\n", _DELTA_END + b"\n\n")
 
 
@@ -224,11 +224,7 @@ def _plain_delta(data: bytes) -> bool:
     delta's choices would be missed, but the usage that counts comes in the stream's last
     chunk. Not checked on this path: that the bytes between the braces are valid JSON.
     """
-    return (
-        (data.endswith(_DELTA_END_NO_USAGE) or data.endswith(_DELTA_END))
-        and data.startswith(b"{")
-        and (data.isascii() or _utf8(data))
-    )
+    return data.endswith(_DELTA_ENDS) and data.startswith(b"{") and (data.isascii() or _utf8(data))
 
 
 def _one_line_events(chunk: bytes) -> list[bytes] | None:
@@ -237,7 +233,9 @@ def _one_line_events(chunk: bytes) -> list[bytes] | None:
     path takes, and all it would take from this read; else None. Every LF is then half of
     an event's end (none inside an event, no empty event), and each event's end is followed
     by the next one's `data: `."""
-    if not (chunk.endswith(b"\n\n") and chunk.startswith(b"data: ")) or 13 in chunk:
+    # Slices compared rather than `endswith` and `startswith`, which parse their arguments
+    # the general way (as in `_client_bytes`).
+    if chunk[-2:] != b"\n\n" or chunk[:6] != b"data: " or 13 in chunk:
         return None
     # Split once, at each LF (a split or count at two bytes, `\n\n`, is CPython's slowest
     # search): the events are every other piece, and what lies between two LFs must be

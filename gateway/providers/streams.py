@@ -65,8 +65,10 @@ class SSEUpstream:
         redact: Redactor | None = None,
     ) -> None:
         self.provider = provider
-        self._redact = redact if redact is not None else Redactor([])
-        self.state = StreamState(self._redact.scrub_text if self._redact else None)
+        self._redact = redact = redact if redact is not None else Redactor([])
+        # Its `scrub_text` even when it holds no secret (the text then comes back as it is):
+        # asking would call `Redactor.__bool__`, a method in Python, for every stream.
+        self.state = StreamState(redact.scrub_text)
         self.state.upstream_headers = response.headers
         self.include_usage = include_usage
         self.keep_text = keep_text
@@ -108,6 +110,8 @@ class SSEUpstream:
                     raise
             data = self._client_bytes(chunk)
             if data is not None:
+                if self._body is not None:  # the relay asks after the first event
+                    self.state.over = self._body.took_last and self._pending_error is None
                 return data
 
     def push(self, sink: Sink) -> bool:

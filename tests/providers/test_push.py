@@ -134,6 +134,24 @@ def test_the_read_that_ends_the_body_is_handed_over_with_the_end() -> None:
     assert sink.got == [CHUNK % 0, CHUNK % 1, FINISH + DONE, b""]
 
 
+def test_the_first_event_says_whether_the_stream_is_over_with_it() -> None:
+    """`state.over` after the first event, which the relay reads to go without a pump: True
+    only when the body's end came in that read and no error waits for the next one."""
+    error = b'data: {"error":{"message":"overloaded"}}\n\n'
+
+    async def first(events: list[bytes], last_with_end: bool) -> tuple[bytes, bool]:
+        async with _opened(events, last_with_end=last_with_end) as stream:
+            data = await stream.__anext__()
+            return data, stream.state.over
+
+    assert asyncio.run(first([CHUNK % 0 + FINISH + DONE], True)) == (
+        CHUNK % 0 + FINISH + DONE,
+        True,
+    )
+    assert asyncio.run(first([CHUNK % 0, FINISH + DONE], False)) == (CHUNK % 0, False)
+    assert asyncio.run(first([CHUNK % 0 + error], True)) == (CHUNK % 0, False)
+
+
 def test_an_event_that_is_not_json_ends_the_stream_after_the_ones_before() -> None:
     events = [CHUNK % 0, CHUNK % 1, b"data: {not json\n\n", CHUNK % 2]
     sink, error, _ = asyncio.run(_push(events))

@@ -220,6 +220,7 @@ WHOLE = [
         PLAIN[1], b'{"choices":[{"delta":{"content":"%s"},"finish_reason":null}]}' % SECRET.encode()
     ),
     lines(b"[1,2]", PLAIN[1]),  # not an object
+    lines(PLAIN[1], b'["x","finish_reason":null}]}'),  # a delta's end, not an object's start
 ]
 
 
