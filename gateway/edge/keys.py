@@ -6,6 +6,7 @@ up by its digest and compared in constant time, and never stored, logged or echo
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 from typing import Protocol
@@ -15,14 +16,6 @@ from starlette.types import Scope
 from gateway.asgi import presented_secret
 from gateway.config import KeyConfig
 from gateway.errors import InvalidApiKey
-
-try:
-    # CPython's own sha256 (what `hashlib` falls back to without OpenSSL): the same digest,
-    # about 1,500 instructions less per presented key than OpenSSL's (callgrind), whose
-    # context is allocated and initialised through its provider table on every call.
-    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # a Python without it (3.12 calls it `_sha2`)
-    from hashlib import sha256
 
 
 class KeyLookup(Protocol):
@@ -66,7 +59,7 @@ class Keys:
             raise InvalidApiKey(
                 "Missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'."
             )
-        digest = sha256(secret).hexdigest()
+        digest = hashlib.sha256(secret).hexdigest()
         key = self._by_hash.get(digest)
         if key is None and self._store is not None:
             # The store's table holds live secrets only (a rotated one until its grace ends).
