@@ -25,6 +25,7 @@ answers).
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -55,6 +56,11 @@ from gateway.transports.native import NativeBody, NativeResponse
 class SSEUpstream:
     """Base for providers whose upstream speaks SSE; subclasses implement `translate`."""
 
+    # Read from the class until a stream sets them (most streams never do): two stores
+    # fewer in the `__init__` every stream runs.
+    _pending_error: GatewayError | None = None
+    _sink: Sink | None = None
+
     def __init__(
         self,
         response: httpx.Response | NativeResponse,
@@ -68,8 +74,8 @@ class SSEUpstream:
         self._redact = redact = redact if redact is not None else Redactor([])
         # Its `scrub_text` even when it holds no secret (the text then comes back as it is):
         # asking would call `Redactor.__bool__`, a method in Python, for every stream.
-        self.state = StreamState(redact.scrub_text)
-        self.state.upstream_headers = response.headers
+        self.state = state = StreamState(redact.scrub_text)
+        state.upstream_headers = response.headers
         self.include_usage = include_usage
         self.keep_text = keep_text
         self._response = response
@@ -77,15 +83,20 @@ class SSEUpstream:
         # async generator and a re-chunker per read and does nothing a relay needs (the
         # stream is closed by `aclose`, and the bytes are counted by nobody).
         stream = response.stream
-        if not isinstance(stream, httpx.AsyncByteStream):
+        raw: AsyncIterator[bytes]
+        if isinstance(stream, NativeBody):
+            # Its own iterator, taken without its `__aiter__` (a method in Python, ~800
+            # instructions a stream).
+            body = raw = stream
+        elif isinstance(stream, httpx.AsyncByteStream):
+            body, raw = None, stream.__aiter__()
+        else:
             raise TypeError("an upstream stream needs an async httpx response")
-        self._raw = stream.__aiter__()
+        self._raw = raw
         self._decoder = SSEDecoder(max_event_bytes)
-        self._pending_error: GatewayError | None = None
-        self._sink: Sink | None = None
-        self._body = stream if isinstance(stream, NativeBody) else None
+        self._body = body
         """The native transport's body, read without waiting when bytes are there."""
-        self._native = self._body is not None and type(response) is NativeResponse
+        self._native = body is not None and type(response) is NativeResponse
         """The answer is the native transport's own (not an `httpx.Response`): closing it is
         closing its body (`aclose`)."""
 

@@ -329,6 +329,9 @@ def test_a_chat_stream_gets_the_providers_settings_in_their_places(
     assert stream._decoder.max_event_bytes == 4096
     assert stream._redact is provider._redact
     assert stream.state.scrub is not None  # the provider's key is scrubbed from kept text
+    # The native body is its own iterator (taken without its `__aiter__`), read directly.
+    assert stream._raw is stream._body is not None and stream._native
+    assert stream._pending_error is None and stream._sink is None  # the class's defaults
     kept = OpenAIProvider(_config(), NativeTransport(), Timeouts(), keep_text=True)
     stream = asyncio.run(kept.open_stream(_call()))
     assert stream.include_usage is False and stream.keep_text is True
