@@ -162,3 +162,19 @@ def test_a_chat_usage_lands_in_each_field_as_by_keyword() -> None:
         prompt_tokens=11, completion_tokens=7, cached_tokens=5, reasoning_tokens=3
     )
     assert _usage({"prompt_tokens": "x", "completion_tokens": None}) == Usage()
+
+
+@pytest.mark.parametrize("details", [None, {}, [], 0, "x", {"cached_tokens": "5"}, [5]])
+def test_chat_usage_details_that_say_nothing_count_nothing(details: object) -> None:
+    # `_detail` is asked only about details that are there: absent, empty or not an
+    # object, each count is 0 (the other count unaffected).
+    usage = {
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "prompt_tokens_details": details,
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    assert _usage(usage) == Usage(prompt_tokens=11, completion_tokens=7, reasoning_tokens=3)
+    usage["prompt_tokens_details"] = {"cached_tokens": 5}
+    usage["completion_tokens_details"] = details
+    assert _usage(usage) == Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=5)
