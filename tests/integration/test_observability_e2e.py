@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -133,6 +134,14 @@ def test_a_blocking_log_sink_does_not_slow_streams(upstream: FakeUpstream, tmp_p
     fifo = tmp_path / "blocked.log"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # held open, never read: writes block
+    # Fill the pipe before the gateway writes, so its first write blocks whatever the
+    # pipe's capacity (64 KiB here; a CI kernel's was bigger than the 350 lines this test
+    # logs, so the writer never blocked and the queue was empty at the end).
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(filler, b"x" * 65536)
+    os.close(filler)
     try:
         blocked_config = test_config(upstream.url, logging={"file": str(fifo), "queue_size": 50})
         with (
