@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig, Timeouts, parse_config
+from gateway.config import ConfigError, GatewayConfig, Timeouts, load_config, parse_config
 from gateway.observability.metrics import Metrics
 from gateway.routing import Router
-from tests.test_config import HASH
+from tests.test_config import HASH, ROOT
 
 
 def config_with(models: list[dict[str, Any]], **extra: Any) -> GatewayConfig:
@@ -190,3 +190,12 @@ def test_wrong_timeouts_are_refused_with_their_path(
     message = error_of(models, **extra)
     assert message.startswith(f"gw.yaml: {path}: "), message
     assert words in message, message
+
+
+def test_the_example_config_gives_its_reasoning_model_its_own_timeouts() -> None:
+    env = {"OPENAI_API_KEY": "sk-1", "ANTHROPIC_API_KEY": "sk-2"}
+    config = load_config(ROOT / "config" / "example.yaml", env)
+    o3, mini = config.model("o3"), config.model("gpt-4o-mini")
+    assert o3 is not None and mini is not None
+    assert o3.timeouts == Timeouts(connect=5, first_token=300, idle=120, total=1800)
+    assert mini.timeouts is None
