@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
@@ -208,10 +209,13 @@ def _apis(r: Reader, ptype: str) -> tuple[str, ...]:
     return apis
 
 
-def _read_model(source: str, path: str, node: Any) -> ModelConfig:
+def _read_model(source: str, path: str, node: Any, gateway_timeouts: Timeouts) -> ModelConfig:
     r = Reader(source, path, node)
     name = r.require("name", str)
-    deployments = read_list(r, "deployments", _read_deployment)
+    timeouts = _read_timeouts(r, gateway_timeouts)
+    deployments = read_list(
+        r, "deployments", partial(_read_deployment, model_timeouts=timeouts or gateway_timeouts)
+    )
     if deployments:
         for key in ("provider", "upstream_model"):
             if r.node.get(key) is not None:
@@ -227,12 +231,15 @@ def _read_model(source: str, path: str, node: Any) -> ModelConfig:
         fallbacks=str_list(r, "fallbacks") or (),
         deployments=tuple(deployments),
         routing=r.choice("routing", get_args(Routing), "weighted"),  # type: ignore[arg-type]
+        timeouts=timeouts,
     )
     r.done()
     return model
 
 
-def _read_deployment(source: str, path: str, node: Any) -> DeploymentConfig:
+def _read_deployment(
+    source: str, path: str, node: Any, model_timeouts: Timeouts
+) -> DeploymentConfig:
     r = Reader(source, path, node)
     limits = Reader(source, r.at("limits"), r.take("limits", dict, {}))
     deployment = DeploymentConfig(
@@ -241,10 +248,25 @@ def _read_deployment(source: str, path: str, node: Any) -> DeploymentConfig:
         weight=r.positive("weight", int, 1),
         limits=Limits(rpm=limits.positive("rpm", int), tpm=limits.positive("tpm", int)),
         name=r.take("name", str, ""),
+        timeouts=_read_timeouts(r, model_timeouts),
     )
     limits.done()
     r.done()
     return deployment
+
+
+def _read_timeouts(r: Reader, inherited: Timeouts) -> Timeouts | None:
+    """The `timeouts:` of `r`'s mapping, whole: each field written there, the others
+    `inherited`; None when there is none, or it changes nothing (then `inherited` applies,
+    the same object: the relay tells a changed one by identity)."""
+    node = r.take("timeouts", dict)
+    if node is None:
+        return None
+    t = Reader(r.source, r.at("timeouts"), node)
+    written = {f.name: t.positive(f.name, float) for f in fields(Timeouts)}
+    t.done()
+    timeouts = replace(inherited, **{k: v for k, v in written.items() if v is not None})
+    return None if timeouts == inherited else timeouts
 
 
 def _read_limits(source: str, path: str, node: Any) -> Limits:
@@ -337,7 +359,8 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
             # The message names the problem, never the URL (it may hold a password).
             raise r.fail("redis_url", str(exc).removeprefix("redis_url: ")) from None
     providers = read_list(r, "providers", _read_provider)
-    models = read_list(r, "models", _read_model)
+    timeouts = _read_timeouts(r, Timeouts()) or Timeouts()
+    models = read_list(r, "models", partial(_read_model, gateway_timeouts=timeouts))
     keys = read_list(r, "keys", _read_key)
     config = GatewayConfig(
         providers=tuple(providers),
@@ -350,7 +373,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         concurrency_lease_ttl=r.positive(
             "concurrency_lease_ttl", float, GatewayConfig.concurrency_lease_ttl
         ),
-        timeouts=read_section(Timeouts, source, "timeouts", r.take("timeouts", dict, {})),
+        timeouts=timeouts,
         logging=_read_logging(source, r),
         health=_read_health(source, r),
         log_bodies=r.take("log_bodies", bool, False),

@@ -59,6 +59,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """Seconds. The gateway's (`timeouts:`), or a model's or deployment's own, whole: the
+    config reads a model's `timeouts:` over the gateway's, a deployment's over its model's,
+    once at load (`gateway.config`), so a request merges nothing."""
+
+    connect: float = 5.0
+    first_token: float = 60.0
+    idle: float = 30.0
+    total: float = 600.0
+    """From the request's start, across its retries and fallbacks; the limit is the one of
+    the deployment being tried (then streaming)."""
+    keepalive: float = 15.0
+    """Seconds of upstream silence after which an SSE comment keeps proxies open."""
+
+
+@dataclass(frozen=True)
 class DeploymentConfig:
     """One upstream that serves a model: a provider, its name for the model, a weight and
     the upstream account's own limits (only `rpm` and `tpm`)."""
@@ -69,6 +85,8 @@ class DeploymentConfig:
     limits: Limits = field(default_factory=Limits)
     name: str = ""
     """The `deployment` label of metrics and logs; default `PROVIDER/UPSTREAM_MODEL`."""
+    timeouts: Timeouts | None = None
+    """Its attempts' timeouts, whole; None: its model's."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -85,6 +103,8 @@ class ModelConfig:
     deployments: tuple[DeploymentConfig, ...] = ()
     """Never empty once built: a model written with `provider` is one deployment."""
     routing: Routing = "weighted"
+    timeouts: Timeouts | None = None
+    """Its deployments' timeouts, whole (but a deployment's own); None: the gateway's."""
     deployments_derived: bool = field(default=False, init=False, compare=False, repr=False)
     """Its one deployment was made from `provider` (no `deployments` written): config errors
     about it name the model's `provider`, not `deployments[0]`."""
@@ -156,16 +176,6 @@ class KeyConfig:
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float = 5.0
-    first_token: float = 60.0
-    idle: float = 30.0
-    total: float = 600.0
-    keepalive: float = 15.0
-    """Seconds of upstream silence after which an SSE comment keeps proxies open."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +268,11 @@ class GatewayConfig:
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def timeouts_of(self, model: ModelConfig, deployment: DeploymentConfig) -> Timeouts:
+        """The timeouts of the attempts on one deployment of a model: the deployment's own,
+        else the model's, else the gateway's (looked up once, by the router at start-up)."""
+        return deployment.timeouts or model.timeouts or self.timeouts
 
 
 def hash_key(secret: str) -> str:

@@ -144,7 +144,8 @@ class CountTokens:
                 call = UpstreamCall(
                     route="chat.completions",
                     body=req.body,
-                    model=model,
+                    # as the router sends its first deployment: with that one's timeouts
+                    model=rt.relay.router.deployments(model.name)[0].call_model,
                     stream=False,
                     include_usage=False,
                     request_id=rec.request_id,

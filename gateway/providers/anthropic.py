@@ -325,7 +325,11 @@ class AnthropicProvider:
         """A stream's upstream request: in bytes over the native transport."""
         content = self._content(call, stream=True)
         return self._requests.stream(
-            self._messages_target(), content, traceparent=call.traceparent, extra=self._passed(call)
+            self._messages_target(),
+            content,
+            traceparent=call.traceparent,
+            extra=self._passed(call),
+            timeouts=call.model.timeouts,
         )
 
     def _plain_request(self, call: UpstreamCall) -> httpx.Request:
@@ -336,6 +340,7 @@ class AnthropicProvider:
             stream=False,
             traceparent=call.traceparent,
             extra=self._passed(call),
+            timeouts=call.model.timeouts,
         )
 
     def _messages_target(self) -> Target:
@@ -435,7 +440,9 @@ class AnthropicProvider:
         body = {k: v for k, v in call.body.items() if k not in _NOT_COUNTED}
         body["model"] = call.model.upstream_model or call.model.name
         url = httpx.URL(self._url_text + "/count_tokens")
-        request = self._requests.build(url, orjson.dumps(body), stream=False)
+        request = self._requests.build(
+            url, orjson.dumps(body), stream=False, timeouts=call.model.timeouts
+        )
         for name, value in call.passed_headers:
             if name not in self._pinned:
                 request.headers[name] = value

@@ -398,9 +398,14 @@ class OpenAIProvider:
     def _request(self, call: UpstreamCall, api: Api = "chat") -> httpx.Request | NativeRequest:
         """The upstream request; a stream's is in bytes over the native transport."""
         target, content = self._body(call, api)
+        timeouts = call.model.timeouts
         if call.stream:
-            return self._requests.stream(target, content, traceparent=call.traceparent)
-        return self._requests.build(target.url, content, stream=False, traceparent=call.traceparent)
+            return self._requests.stream(
+                target, content, traceparent=call.traceparent, timeouts=timeouts
+            )
+        return self._requests.build(
+            target.url, content, stream=False, traceparent=call.traceparent, timeouts=timeouts
+        )
 
     def _body(self, call: UpstreamCall, api: Api) -> tuple[Target, bytes]:
         """Where the request goes, and its body's bytes."""
@@ -464,7 +469,11 @@ class OpenAIProvider:
         headers: dict[str, str] = {}
         target, content = self._body(call, api)
         request = self._requests.build(
-            target.url, content, stream=call.stream, traceparent=call.traceparent
+            target.url,
+            content,
+            stream=call.stream,
+            traceparent=call.traceparent,
+            timeouts=call.model.timeouts,
         )
         body, data = await fetch_json(
             self._transport,

@@ -59,6 +59,8 @@ class UpstreamRequests:
     an API version a config may pin differently), then the config's `headers`, then
     `auth` (the configured key). Streams ask for SSE, unencoded; plain calls take JSON.
     Streams are timed by the relay (first token, idle, total); a plain call by httpx.
+    Each request takes the timeouts of the model (deployment) it is for (`timeouts`; None:
+    the gateway's, given here); those of a model with its own are made on its first call.
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class UpstreamRequests:
         layers = [_DEFAULT_HEADERS, _JSON, defaults or {}, config.headers, auth or {}]
         # Names are case-insensitive: a config's "Authorization" replaces the default one.
         self._headers = {name.lower(): value for layer in layers for name, value in layer.items()}
-        self._stream_timeout = httpx.Timeout(timeouts.connect, read=None).as_dict()
-        self._call_timeout = httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
+        self._timeouts = timeouts
+        self._stream_timeout, self._call_timeout = _extensions(timeouts)
+        self._others: dict[Timeouts, tuple[dict[str, float | None], dict[str, float | None]]] = {}
+        """The timeout extensions of models with timeouts of their own."""
         self._cache: dict[tuple[httpx.URL, bool], httpx.Headers] = {}
         self._native = transport if isinstance(transport, NativeTransport) else None
         self._connect = timeouts.connect
@@ -94,12 +98,18 @@ class UpstreamRequests:
         *,
         traceparent: str = "",
         extra: Iterable[tuple[str, str]] = (),
+        timeouts: Timeouts | None = None,
     ) -> httpx.Request | NativeRequest:
         """A streaming request; `extra` fields replace the same-named ones (a client's own
         `anthropic-version`). In bytes when the native transport takes them (`Target`)."""
         if target.origin is None:
             return self.build(
-                target.url, content, stream=True, traceparent=traceparent, extra=extra
+                target.url,
+                content,
+                stream=True,
+                traceparent=traceparent,
+                extra=extra,
+                timeouts=timeouts,
             )
         head = target.head
         if extra:
@@ -110,7 +120,9 @@ class UpstreamRequests:
             head = _head(target.url, fields)
         trace = b"traceparent: %s\r\n" % traceparent.encode("ascii") if traceparent else b""
         data = b"".join((head, b"content-length: %d\r\n" % len(content), trace, b"\r\n", content))
-        return NativeRequest(target.origin, data, self._connect)
+        return NativeRequest(
+            target.origin, data, self._connect if timeouts is None else timeouts.connect
+        )
 
     def build(
         self,
@@ -120,6 +132,7 @@ class UpstreamRequests:
         stream: bool,
         traceparent: str = "",
         extra: Iterable[tuple[str, str]] = (),
+        timeouts: Timeouts | None = None,
     ) -> httpx.Request:
         """An `httpx.Request`; `extra` fields replace the same-named ones, as in `stream`."""
         # `content=` would make httpx parse, encode and complete the headers on every
@@ -134,12 +147,19 @@ class UpstreamRequests:
         # 3,000 open streams that was 12 MB, 15% of their memory (docs/performance.md,
         # "Thousands of streams"). A copy is exactly as long.
         content = bytes(memoryview(content))
+        if timeouts is None or timeouts is self._timeouts:
+            timeout = self._stream_timeout if stream else self._call_timeout
+        else:
+            own = self._others.get(timeouts)
+            if own is None:
+                own = self._others[timeouts] = _extensions(timeouts)
+            timeout = own[0] if stream else own[1]
         request = httpx.Request(
             "POST",
             url,
             headers=headers,
             stream=httpx.ByteStream(content),
-            extensions={"timeout": self._stream_timeout if stream else self._call_timeout},
+            extensions={"timeout": timeout},
         )
         request.headers["content-length"] = str(len(content))
         if traceparent:  # a traced request: the attempt's span is the upstream's parent
@@ -156,6 +176,15 @@ class UpstreamRequests:
         if stream:
             headers |= _STREAM
         return headers
+
+
+def _extensions(
+    timeouts: Timeouts,
+) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """The `timeout` extensions of a stream's request (no read timeout: the relay times it)
+    and of a plain call's (its reads within the first-token timeout)."""
+    stream = httpx.Timeout(timeouts.connect, read=None).as_dict()
+    return stream, httpx.Timeout(timeouts.connect, read=timeouts.first_token).as_dict()
 
 
 def _ascii(fields: Mapping[str, str]) -> dict[bytes, bytes]:

@@ -84,8 +84,10 @@ class RelayContext:
 
 class Relay:
     """Relays answers from the providers: built once by the runtime with what every request
-    shares (the providers, the metrics, the timeouts, the open requests' watches); each
-    request brings its own `RelayContext`.
+    shares (the providers, the metrics, the gateway's timeouts, the open requests'
+    watches); each request brings its own `RelayContext`. A request's watch starts under
+    the gateway's timeouts; each attempt times it by its deployment's (`call.model.timeouts`,
+    see `gateway.relay.watch`).
 
     A failure before the answer started is raised (a `GatewayError`, or `ClientGone`) for
     the edge to answer in its API's shape; after that, the stream ends with an SSE error
@@ -164,8 +166,9 @@ class Relay:
         self, provider: Provider, call: UpstreamCall, watch: StreamWatch
     ) -> tuple[EventStream, bytes]:
         """Open the upstream stream and wait for its first event under the first-token
-        timeout (the watch's timer: `StreamWatch.expect_first_token`)."""
-        watch.expect_first_token()
+        timeout of the attempt's deployment (the watch's timer:
+        `StreamWatch.expect_first_token`)."""
+        watch.expect_first_token(call.model.timeouts)
         stream: EventStream | None = None
         opened = False
         try:
@@ -176,9 +179,9 @@ class Relay:
         except asyncio.CancelledError:
             if not watch.first_token_late():
                 raise
-            raise self._first_token_timeout(provider) from None
+            raise _first_token_timeout(provider, watch) from None
         except TimeoutError:  # a timeout of the transport's that escaped unconverted
-            raise self._first_token_timeout(provider) from None
+            raise _first_token_timeout(provider, watch) from None
         except StopAsyncIteration:
             raise UpstreamError(
                 f"provider {provider.config.name!r} ended the stream before its first event",
@@ -189,13 +192,6 @@ class Relay:
             watch.first_token_seen()
             if stream is not None and not opened:
                 await _close_quietly(stream)
-
-    def _first_token_timeout(self, provider: Provider) -> UpstreamTimeout:
-        return UpstreamTimeout(
-            f"provider {provider.config.name!r} sent no first token within "
-            f"{self.timeouts.first_token:g} s",
-            kind="first_token_timeout",
-        )
 
     async def _relay(
         self,
@@ -262,6 +258,8 @@ class Relay:
                 if _answered(upstream, watch):
                     client_left = outcome == "client_cancelled"
                     outcome = "completed"
+                elif outcome != "client_cancelled":
+                    error = _ended_error(outcome, watch.timeouts)
             except GatewayError as exc:
                 if not started:
                     raise
@@ -341,7 +339,7 @@ class Relay:
                     kind="truncated",
                 )
             else:
-                error = self._ended_error(outcome)
+                error = _ended_error(outcome, self.timeouts)
         if isinstance(error, UpstreamError):
             self.metrics.upstream_error(rec.provider, error.kind)
         rec.error = error.message
@@ -410,33 +408,46 @@ class Relay:
         outcome = self._stopped(watch)
         if outcome == "client_cancelled":
             return ClientGone()
-        return self._ended_error(outcome)
+        return _ended_error(outcome, watch.timeouts)
 
-    def _ended_error(self, outcome: Outcome) -> GatewayError:
-        if outcome == "idle_timeout":
-            return StreamEnded(
-                f"the upstream sent nothing for {self.timeouts.idle:g} s",
-                outcome=outcome,
-                code="idle_timeout",
-            )
-        if outcome == "slow_client":
-            return StreamEnded(
-                "the client did not read the stream for too long",
-                outcome=outcome,
-                code="slow_client",
-            )
-        if outcome == "shutdown":
-            return StreamEnded(
-                "the gateway is shutting down and the grace period ran out",
-                outcome=outcome,
-                code="shutdown",
-            )
-        return UpstreamTimeout(
-            "the request ran past the gateway's total timeout", kind="total_timeout"
+
+def _first_token_timeout(provider: Provider, watch: StreamWatch) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"provider {provider.config.name!r} sent no first token within "
+        f"{watch.timeouts.first_token:g} s",
+        kind="first_token_timeout",
+    )
+
+
+def _ended_error(outcome: Outcome, timeouts: Timeouts) -> GatewayError:
+    """The error of a request the watch ended, worded with the timeouts it ran under."""
+    if outcome == "idle_timeout":
+        return StreamEnded(
+            f"the upstream sent nothing for {timeouts.idle:g} s",
+            outcome=outcome,
+            code="idle_timeout",
         )
+    if outcome == "slow_client":
+        return StreamEnded(
+            "the client did not read the stream for too long",
+            outcome=outcome,
+            code="slow_client",
+        )
+    if outcome == "shutdown":
+        return StreamEnded(
+            "the gateway is shutting down and the grace period ran out",
+            outcome=outcome,
+            code="shutdown",
+        )
+    return UpstreamTimeout(
+        f"the request ran past its total timeout ({timeouts.total:g} s)", kind="total_timeout"
+    )
 
 
-async def _complete(provider: Provider, call: UpstreamCall, _watch: StreamWatch) -> Completion:
+async def _complete(provider: Provider, call: UpstreamCall, watch: StreamWatch) -> Completion:
+    timeouts = call.model.timeouts
+    if timeouts is not None and timeouts is not watch.timeouts:
+        watch.use(timeouts)  # the total of this attempt's deployment
     return await provider.complete(call)
 
 

@@ -23,6 +23,14 @@ cancellation, asks `first_token_late()` whether it was this (then it is a timeou
 cancellation is taken back, as `asyncio.timeout` does). The same timer as the others, rather
 than an `asyncio.timeout` scope per attempt: that scope cost a timer, an object and its
 context manager per request, for a deadline that almost never passes.
+
+Each attempt runs under its deployment's timeouts (a model's or deployment's own, else the
+gateway's, resolved at config load: `ModelConfig.timeouts`): the attempt hands them over
+(`expect_first_token`, `use`), and only when they are not the watch's own object does
+anything change. Its first-token window is timed by them, then, once it answered, the
+stream's idle and keep-alive. `total` counts from the request's start across every attempt,
+as it always did; its length is the attempt's in flight, so a fallback model with a longer
+`total` gets it, and one with a shorter one that already ran out ends the request.
 """
 
 from __future__ import annotations
@@ -140,7 +148,6 @@ class StreamWatch:
         "_keepalive_task",
         "_last_keepalive",
         "_send",
-        "_timeouts",
         "_timer",
         "_timer_at",
         "deadline",
@@ -150,6 +157,7 @@ class StreamWatch:
         "relaying",
         "sending_since",
         "task",
+        "timeouts",
     )
 
     def __init__(self, send: Send, timeouts: Timeouts, alarms: Alarms | None = None) -> None:
@@ -162,7 +170,8 @@ class StreamWatch:
         assert task is not None
         self.task = task
         self._send = send
-        self._timeouts = timeouts
+        self.timeouts = timeouts
+        """The attempt's in flight, then the answer's (`use`); until the first, these."""
         now = perf_counter()
         self.deadline = now + timeouts.total
         self.last_read = now
@@ -202,10 +211,22 @@ class StreamWatch:
         else:
             self._arm(self.deadline)
 
-    def expect_first_token(self) -> None:
-        """An upstream attempt starts: its first event is due within the first-token
-        timeout. Close the window with `first_token_seen()` on every way out."""
-        by = perf_counter() + self._timeouts.first_token
+    def use(self, timeouts: Timeouts) -> None:
+        """An attempt under other timeouts starts (another model's or deployment's): its
+        first token, idle and keep-alive are timed by them from now on, and the request's
+        total by theirs, still from its start."""
+        self.deadline += timeouts.total - self.timeouts.total
+        self.timeouts = timeouts
+        if self._timer is not None and self._timer_at > self.deadline:
+            self._arm(self.deadline)
+
+    def expect_first_token(self, timeouts: Timeouts | None = None) -> None:
+        """An upstream attempt starts, under `timeouts` (its deployment's; None: the
+        watch's): its first event is due within their first-token timeout. Close the
+        window with `first_token_seen()` on every way out."""
+        if timeouts is not None and timeouts is not self.timeouts:
+            self.use(timeouts)
+        by = perf_counter() + self.timeouts.first_token
         self._first_token_by = by
         self._first_token_late = False
         self._cancelling = self.task.cancelling()
@@ -233,7 +254,8 @@ class StreamWatch:
     def start_relaying(self) -> None:
         self.relaying = True
         now = self.last_read = self._last_keepalive = perf_counter()
-        due = now + min(self._timeouts.keepalive, self._timeouts.idle)
+        t = self.timeouts
+        due = now + min(t.keepalive, t.idle)
         if self._timer is None or self._timer_at > due:
             self._arm(due)
 
@@ -279,7 +301,7 @@ class StreamWatch:
                 by = 0.0
             self._arm(min(self.deadline, by) if by else self.deadline)
             return
-        t = self._timeouts
+        t = self.timeouts
         if self.sending_since and now - self.sending_since >= t.idle:
             self.end("slow_client")
             return

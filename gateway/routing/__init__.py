@@ -75,7 +75,9 @@ class Deployment:
     """The configured model it serves."""
     config: DeploymentConfig
     call_model: ModelConfig
-    """The model as the provider reads it: this deployment's provider and upstream name."""
+    """The model as the provider and the relay read it: this deployment's provider, upstream
+    name and timeouts (never None here: the gateway's when neither it nor its model has
+    its own, the same object)."""
     health: Health
     only: bool
     """Its model's only deployment: then it is retried on its provider's `max_retries`."""
@@ -136,7 +138,11 @@ class Router:
                     model=m.name,
                     config=d,
                     call_model=replace(
-                        m, provider=d.provider, upstream_model=d.upstream_model, deployments=(d,)
+                        m,
+                        provider=d.provider,
+                        upstream_model=d.upstream_model,
+                        deployments=(d,),
+                        timeouts=config.timeouts_of(m, d),
                     ),
                     health=Health(config.health),
                     only=only,

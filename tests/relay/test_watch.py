@@ -167,6 +167,83 @@ def test_the_servers_cancellation_in_the_window_is_not_a_timeout() -> None:
     assert (late, cancelling, ended) == (False, 1, None)
 
 
+async def _attempt_under(
+    request: Timeouts, attempts: list[Timeouts], wait: float, before: float = 0.01
+) -> tuple[bool | None, str | None, float]:
+    """A request's watch under `request` timeouts, whose attempts run one after another
+    under `attempts` (each a model's or deployment's), each waiting `before` seconds but
+    the last, which waits `wait` seconds for its first event. Whether that last attempt was late, the watch's outcome, and when the
+    task was cancelled (seconds from the watch's start; 0: never)."""
+
+    async def run() -> tuple[bool | None, str | None, float]:
+        watch = StreamWatch(_send, request)
+        started = time.perf_counter()
+        watch.start(_never, DisconnectHook(), first_check_s(request))
+        late: bool | None = None
+        cancelled_at = 0.0
+        try:
+            for i, timeouts in enumerate(attempts):
+                watch.expect_first_token(timeouts)
+                try:
+                    await asyncio.sleep(wait if i == len(attempts) - 1 else before)
+                except asyncio.CancelledError:
+                    cancelled_at = time.perf_counter() - started
+                    late = watch.first_token_late()
+                    if not late:
+                        raise
+                finally:
+                    watch.first_token_seen()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            watch.stop()
+        return late, watch.ended, cancelled_at
+
+    return await asyncio.wait_for(run(), 5.0)
+
+
+def test_an_attempt_is_timed_by_its_own_first_token_timeout() -> None:
+    # The request's (the gateway's) 60 s would let it wait; its model's 0.05 s does not.
+    late, ended, at = asyncio.run(
+        _attempt_under(Timeouts(), [Timeouts(first_token=0.05)], wait=1.0)
+    )
+    assert (late, ended) == (True, None)
+    assert 0.05 <= at < 0.5
+
+
+def test_a_fallback_attempt_is_timed_by_its_own_not_the_first_ones() -> None:
+    # The first attempt's model is strict (0.05 s); the fallback's waits 0.3 s for a first
+    # event that takes 0.15 s.
+    late, ended, at = asyncio.run(
+        _attempt_under(
+            Timeouts(first_token=0.05),
+            [Timeouts(first_token=0.05), Timeouts(first_token=0.3)],
+            wait=0.15,
+        )
+    )
+    assert (late, ended, at) == (None, None, 0.0)
+
+
+def test_an_attempts_total_counts_from_the_requests_start() -> None:
+    # The gateway's total is 60 s; the second attempt's model has 0.35 s, counted from the
+    # watch's start (the first attempt's 0.2 s included): at 0.35 s, not 0.55 s.
+    late, ended, at = asyncio.run(
+        _attempt_under(
+            Timeouts(), [Timeouts(), Timeouts(first_token=30, total=0.35)], wait=1.0, before=0.2
+        )
+    )
+    # Not the attempt's timeout: the request's end (the relay words it as the total timeout).
+    assert (late, ended) == (False, "upstream_error")
+    assert 0.35 <= at < 0.5, at
+
+
+def test_a_longer_total_of_the_attempt_lets_it_run_past_the_requests() -> None:
+    late, ended, at = asyncio.run(
+        _attempt_under(Timeouts(total=0.1), [Timeouts(first_token=30, total=30)], wait=0.3)
+    )
+    assert (late, ended, at) == (None, None, 0.0)
+
+
 def test_watches_due_within_a_grain_share_one_loop_timer() -> None:
     """The watches' shared timers (`Alarms`): one loop timer per `GRAIN` of time, its
     watches checked when it fires (never before their moment), cancelled when the last
