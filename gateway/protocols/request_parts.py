@@ -123,8 +123,11 @@ def chat_function(tool: Any, where: str) -> dict[str, Any]:
 def chat_tool_calls(message: dict[str, Any], where: str) -> list[tuple[str, str, Any, str]]:
     """An assistant message's `tool_calls`, each checked: (call id, function name, raw
     arguments, the call's path for the next message)."""
+    given = message.get("tool_calls")
+    if not given:
+        return []
     calls = []
-    for j, call in enumerate(message.get("tool_calls") or ()):
+    for j, call in enumerate(list_of(given, f"{where}.tool_calls")):
         at = f"{where}.tool_calls[{j}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):

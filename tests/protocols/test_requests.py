@@ -493,6 +493,18 @@ def test_a_responses_request_refused_by_messages_names_the_responses_field(
     assert refused({"model": "m", "input": "hi", **extra}, "responses", "messages").param == param
 
 
+@pytest.mark.parametrize("upstream", ["messages", "responses"])
+def test_tool_calls_that_are_not_a_list_are_refused_not_a_crash(upstream: str) -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": 5},
+        ],
+    }
+    assert refused(body, "chat", upstream).param == "messages[1].tool_calls"
+
+
 def test_stop_sequences_to_a_responses_upstream_are_refused_by_their_messages_name() -> None:
     body = {
         "model": "m",
