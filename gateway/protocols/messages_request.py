@@ -3,11 +3,34 @@
 Messages -> Chat: `system` becomes a system message, `tool_result` blocks tool messages
 (placed first: Chat wants them right after the assistant's calls), `tool_use` blocks tool
 calls, thinking blocks the pivot's `PIVOT_REASONING`, custom tools function tools,
-`thinking` a reasoning effort. Chat -> Messages: system and developer messages become
-`system`, consecutive same-role turns are merged (Anthropic wants them alternating),
-`max_tokens` is always set (Anthropic requires it), a reasoning effort becomes a thinking
-budget, a `temperature` above 1 (OpenAI allows 2) is capped at 1, Anthropic's maximum.
-What the other API cannot say is refused naming the field (see `requests`).
+`thinking` a reasoning effort.
+
+Chat -> Messages (`messages_from_chat`) is the one such translator: provider type
+`anthropic` uses it for Chat clients, the pivot for Responses clients. System and
+developer messages become `system` (each message and each text part a paragraph),
+consecutive same-role turns are merged and empty ones left out (Anthropic wants them
+alternating and non-empty), tool calls become `tool_use` blocks, tool messages
+`tool_result` blocks (images in them kept), `tools` / `tool_choice` /
+`parallel_tool_calls: false` their Anthropic forms, `stop` `stop_sequences`, `user`
+`metadata.user_id`, a `temperature` above 1 (OpenAI allows 2) is capped at 1, Anthropic's
+maximum. `max_tokens` is always set (Anthropic requires it): the client's
+`max_completion_tokens` or `max_tokens`, else 4096. `reasoning_effort` becomes a thinking
+budget (`EFFORT_BUDGETS`) inside `max_tokens`: the client's limit must exceed it, and
+without one the default is 4096 on top of it. One exception: a request whose last
+assistant turn called tools without its thinking (a Chat client cannot hand it back)
+goes without thinking, which Anthropic would otherwise refuse for that turn.
+
+Refused, naming the field: `n` other than 1, penalties, `logit_bias`, `logprobs`,
+`top_logprobs`, `response_format` other than text, `verbosity` other than medium,
+`modalities` other than text, `audio`, `prediction`, `web_search_options`, the legacy
+`functions`, content parts other than text and images (text and refusals for assistants),
+tool arguments that are not a JSON object, tools that are not functions, a `tool_choice`
+that forces a call with no `tools`. Each such field at its default (`n: 1`, a penalty of
+0, `logprobs: false`...) passes. Dropped, as carrying no meaning for the answer (and as
+Anthropic's own OpenAI compatibility layer drops them): `seed`, `store`, `metadata`,
+`service_tier`, `stream_options` (Anthropic always reports usage), `prompt_cache_key`,
+`safety_identifier`, a message's `name`, a function's `strict`, an image's `detail`, and
+members neither API knows.
 """
 
 from __future__ import annotations
@@ -15,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.protocols.request_parts import (
+    CHAT_ONLY,
     DEFAULT_MAX_TOKENS,
     PIVOT_REASONING,
     chat_function,
@@ -238,15 +262,13 @@ def _chat_tool_of_messages(tool: Any, where: str) -> dict[str, Any]:
 # --- Chat -> Messages ---------------------------------------------------------------------
 
 
-def messages_from_chat(body: dict[str, Any]) -> dict[str, Any]:
-    """A Chat request (or the pivot) as a Messages request: system messages become `system`,
-    tool calls `tool_use` blocks, tool messages `tool_result` blocks, consecutive same-role
-    turns are merged (Anthropic wants them alternating), `max_tokens` is always set."""
-    refuse_chat_only(body, "messages")
-    for param in ("response_format", "verbosity"):
-        value = body.get(param)
-        if value is not None and not (isinstance(value, dict) and value.get("type") == "text"):
-            raise invalid(param, f"`{param}` cannot be translated to the upstream's messages API")
+def messages_from_chat(body: dict[str, Any], *, reasoning: bool = True) -> dict[str, Any]:
+    """A Chat request (or the pivot) as a Messages request (the model and `stream` as the
+    body says; the caller sets its own). `reasoning`: carry the pivot's earlier reasoning
+    (`PIVOT_REASONING`) as thinking blocks; False for a Chat client's own body, where that
+    key is nobody's and is ignored like any unknown member."""
+    if not _NOT_MESSAGES.isdisjoint(body):
+        _refuse_not_messages(body)
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     for i, message in enumerate(list_of(body.get("messages"), "messages")):
@@ -256,37 +278,34 @@ def messages_from_chat(body: dict[str, Any]) -> dict[str, Any]:
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            text = chat_text(content, f"{where}.content")
-            if text:
-                system.append(text)
+            _system_texts(content, f"{where}.content", system)
             continue
         if role == "user":
             blocks = _anthropic_blocks(content, f"{where}.content")
         elif role == "assistant":
-            blocks = _anthropic_assistant(message, where)
+            blocks = _anthropic_assistant(message, where, reasoning)
         elif role == "tool":
             role = "user"
-            blocks = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": string(message.get("tool_call_id"), f"{where}.tool_call_id"),
-                    "content": chat_text(content, f"{where}.content"),
-                }
-            ]
+            blocks = [_tool_result(message, where)]
         else:
-            raise invalid(f"{where}.role", f"role {role!r} is not supported")
+            raise invalid(
+                f"{where}.role",
+                f"role {role!r} is not supported (system, developer, user, assistant or tool)",
+            )
         if not blocks:
-            continue
+            continue  # Anthropic refuses empty turns; an empty message says nothing anyway
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
+            turns[-1]["content"].extend(blocks)  # Anthropic wants the roles alternating
         else:
             turns.append({"role": role, "content": blocks})
-    max_tokens = (
-        positive(body, "max_completion_tokens")
-        or positive(body, "max_tokens")
-        or DEFAULT_MAX_TOKENS
-    )
-    out: dict[str, Any] = {"model": body.get("model"), "max_tokens": max_tokens}
+    limit = positive(body, "max_completion_tokens") if "max_completion_tokens" in body else None
+    if limit is None:
+        limit = positive(body, "max_tokens")
+    effort = body.get("reasoning_effort")
+    budget = None if effort is None else thinking_budget(effort, limit, "reasoning_effort")
+    if limit is None:
+        limit = DEFAULT_MAX_TOKENS if budget is None else DEFAULT_MAX_TOKENS + budget
+    out: dict[str, Any] = {"model": body.get("model"), "max_tokens": limit}
     if system:
         out["system"] = "\n\n".join(system)
     out["messages"] = turns
@@ -300,25 +319,57 @@ def messages_from_chat(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-    if isinstance(body.get("user"), str):
-        out["metadata"] = {"user_id": body["user"]}
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
     tools = body.get("tools")
-    if tools:
-        out["tools"] = [
-            _anthropic_tool(tool, f"tools[{k}]") for k, tool in enumerate(list_of(tools, "tools"))
-        ]
     choice = body.get("tool_choice")
-    if choice is not None or body.get("parallel_tool_calls") is False:
-        anthropic_choice = _anthropic_tool_choice(choice)
-        if body.get("parallel_tool_calls") is False and anthropic_choice["type"] != "none":
-            anthropic_choice["disable_parallel_tool_use"] = True
-        out["tool_choice"] = anthropic_choice
-    budget = thinking_budget(body.get("reasoning_effort"), max_tokens, "reasoning_effort")
-    if budget is not None:
+    if tools:
+        out["tools"] = [_anthropic_tool(tool, k) for k, tool in enumerate(list_of(tools, "tools"))]
+        serial = body.get("parallel_tool_calls") is False
+        if choice is not None or serial:
+            anthropic_choice = _anthropic_tool_choice(choice)
+            if serial and anthropic_choice["type"] != "none":
+                anthropic_choice["disable_parallel_tool_use"] = True
+            out["tool_choice"] = anthropic_choice
+    elif choice is not None and _anthropic_tool_choice(choice)["type"] not in ("auto", "none"):
+        raise invalid("tool_choice", "`tool_choice` asks for a tool call but there are no `tools`")
+    if budget is not None and not _tool_loop_without_thinking(turns):
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+_NOT_MESSAGES = CHAT_ONLY | {"response_format", "verbosity"}
+"""What a Messages request cannot say, or says only at its default: most bodies have none."""
+
+
+def _refuse_not_messages(body: dict[str, Any]) -> None:
+    refuse_chat_only(body, "messages")
+    response_format = body.get("response_format")
+    if response_format is not None and not (
+        isinstance(response_format, dict) and response_format.get("type") == "text"
+    ):
+        raise invalid(
+            "response_format",
+            "`response_format` cannot be translated to the upstream's messages API "
+            "(it has no output formats; ask for JSON in the prompt or use a tool)",
+        )
+    if body.get("verbosity") not in (None, "medium"):
+        raise invalid("verbosity", "the upstream's messages API has no verbosity")
+
+
+def _system_texts(content: Any, where: str, into: list[str]) -> None:
+    # Each text part is a paragraph of `system`, as each system message is.
+    if content is None or isinstance(content, str):
+        if content:
+            into.append(content)
+        return
+    for j, part in enumerate(list_of(content, where)):
+        text = part_text(part, f"{where}[{j}]", ("text",))
+        if text:
+            into.append(text)
 
 
 def _anthropic_blocks(content: Any, where: str) -> list[dict[str, Any]]:
@@ -327,21 +378,45 @@ def _anthropic_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(list_of(content, where)):
         at = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "image_url":
+        if isinstance(part, dict) and part.get("type") == "image_url":
             image = part.get("image_url")
             url = string(
                 image.get("url") if isinstance(image, dict) else image, f"{at}.image_url.url"
             )
             blocks.append({"type": "image", "source": image_source(url, f"{at}.image_url.url")})
-        else:
-            blocks.append({"type": "text", "text": part_text(part, at, ("text",))})
+            continue
+        text = part_text(part, at, ("text",))
+        if text:  # Anthropic refuses empty text blocks
+            blocks.append({"type": "text", "text": text})
     return blocks
 
 
-def _anthropic_assistant(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str):
+        raise invalid(f"{where}.tool_call_id", f"`{where}.tool_call_id` must be a string")
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    content = message.get("content")
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+        return block
+    if isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type") == "image_url" for part in content
+    ):
+        block["content"] = _anthropic_blocks(content, f"{where}.content")  # Anthropic takes them
+    else:
+        text = chat_text(content, f"{where}.content")
+        if text:
+            block["content"] = text
+    return block
+
+
+def _anthropic_assistant(
+    message: dict[str, Any], where: str, reasoning: bool
+) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    for item in message.get(PIVOT_REASONING) or ():
+    for item in (reasoning and message.get(PIVOT_REASONING)) or ():
         if item.get("redacted"):
             blocks.append({"type": "redacted_thinking", "data": item.get("signature") or ""})
         else:
@@ -352,31 +427,60 @@ def _anthropic_assistant(message: dict[str, Any], where: str) -> list[dict[str, 
                     "signature": item.get("signature") or "",
                 }
             )
-    text = chat_text(message.get("content"), f"{where}.content")
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        text = content
+    else:
+        text = chat_text(content, f"{where}.content")
     if text:
         blocks.append({"type": "text", "text": text})
+    if not message.get("tool_calls"):
+        return blocks
     for call_id, name, arguments, at in chat_tool_calls(message, where):
         blocks.append(
             {
                 "type": "tool_use",
                 "id": call_id,
                 "name": name,
-                "input": tool_arguments(arguments, f"{at}.function.arguments"),
+                "input": tool_arguments(arguments, at, ".function.arguments"),
             }
         )
     return blocks
 
 
-def _anthropic_tool(tool: Any, where: str) -> dict[str, Any]:
+def _tool_loop_without_thinking(turns: list[dict[str, Any]]) -> bool:
+    """The last assistant turn called tools and holds no thinking: the request continues a
+    tool-use loop whose thinking the client did not hand back (a Chat client cannot).
+    Anthropic refuses thinking on such a request (the loop is one assistant turn, which
+    must start with its thinking), so it goes without; the loop's first request thought."""
+    for turn in reversed(turns):
+        if turn["role"] == "assistant":
+            kinds = {block["type"] for block in turn["content"]}
+            return "tool_use" in kinds and not kinds & {"thinking", "redacted_thinking"}
+    return False
+
+
+def _anthropic_tool(tool: Any, k: int) -> dict[str, Any]:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if isinstance(function, dict) and tool.get("type", "function") == "function":
+        name = function.get("name")
+        description = function.get("description")
+        if isinstance(name, str) and (description is None or isinstance(description, str)):
+            out: dict[str, Any] = {"name": name}
+            if description is not None:
+                out["description"] = description
+            parameters = function.get("parameters")
+            out["input_schema"] = (
+                parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}}
+            )
+            return out
+    # Something is wrong: only now the path of the field at fault (this runs per tool).
+    where = f"tools[{k}]"
     function = chat_function(tool, where)
-    out: dict[str, Any] = {"name": string(function.get("name"), f"{where}.function.name")}
-    if function.get("description") is not None:
-        out["description"] = function["description"]
-    parameters = function.get("parameters")
-    out["input_schema"] = (
-        parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}}
+    string(function.get("name"), f"{where}.function.name")
+    raise invalid(
+        f"{where}.function.description", f"`{where}.function.description` must be a string"
     )
-    return out
 
 
 def _anthropic_tool_choice(choice: Any) -> dict[str, Any]:
@@ -386,9 +490,17 @@ def _anthropic_tool_choice(choice: Any) -> dict[str, Any]:
         return {"type": "any"}
     if choice == "none":
         return {"type": "none"}
-    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+    if (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(choice.get("function"), dict)
+    ):
         return {
             "type": "tool",
             "name": string(choice["function"].get("name"), "tool_choice.function.name"),
         }
-    raise invalid("tool_choice", '`tool_choice` must be "auto", "required", "none" or a function')
+    raise invalid(
+        "tool_choice",
+        '`tool_choice` must be "auto", "required", "none" or '
+        '{"type": "function", "function": {"name": ...}}',
+    )

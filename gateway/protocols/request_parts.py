@@ -17,7 +17,8 @@ PIVOT_REASONING = "_gateway_reasoning"
 `{"text", "signature", "redacted"}`; never sent upstream."""
 
 DEFAULT_MAX_TOKENS = 4096
-"""Anthropic requires `max_tokens`; Chat and Responses clients usually leave it out."""
+"""Anthropic requires `max_tokens`; Chat and Responses clients usually leave it out. With
+thinking on, the default is this much on top of the thinking budget."""
 
 EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 """Reasoning effort -> Anthropic thinking budget (tokens), and back by nearest budget."""
@@ -87,7 +88,30 @@ def chat_text(content: Any, where: str) -> str:
     )
 
 
+CHAT_ONLY = frozenset(
+    {
+        "n",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "functions",
+        "modalities",
+    }
+)
+"""The parameters `refuse_chat_only` reads: a body with none of them (most) is let through
+by one set operation instead of a lookup each."""
+
+
 def refuse_chat_only(body: dict[str, Any], upstream: str) -> None:
+    """Chat parameters neither other API has; their default values (`n: 1`, a penalty of 0,
+    `logprobs: false`, `modalities: ["text"]`...) change nothing and pass."""
+    if CHAT_ONLY.isdisjoint(body):
+        return
     n = body.get("n")
     if n is not None and n != 1:
         raise invalid("n", f"the upstream's {upstream} API returns one answer: `n` must be 1")
@@ -101,6 +125,10 @@ def refuse_chat_only(body: dict[str, Any], upstream: str) -> None:
     if body.get("logprobs"):
         raise invalid(
             "logprobs", f"`logprobs` cannot be translated to the upstream's {upstream} API"
+        )
+    if body.get("top_logprobs") not in (None, 0):
+        raise invalid(
+            "top_logprobs", f"`top_logprobs` cannot be translated to the upstream's {upstream} API"
         )
     refuse(body, upstream, "audio", "prediction", "web_search_options", "functions")
     modalities = body.get("modalities")
@@ -123,14 +151,20 @@ def chat_function(tool: Any, where: str) -> dict[str, Any]:
 def chat_tool_calls(message: dict[str, Any], where: str) -> list[tuple[str, str, Any, str]]:
     """An assistant message's `tool_calls`, each checked: (call id, function name, raw
     arguments, the call's path for the next message)."""
+    given = message.get("tool_calls")
+    if not given:
+        return []
     calls = []
-    for j, call in enumerate(message.get("tool_calls") or ()):
+    for j, call in enumerate(list_of(given, f"{where}.tool_calls")):
         at = f"{where}.tool_calls[{j}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             raise invalid(at, f"`{at}` must be a function call")
-        call_id = string(call.get("id"), f"{at}.id")
-        name = string(function.get("name"), f"{at}.function.name")
+        call_id, name = call.get("id"), function.get("name")
+        if not isinstance(call_id, str):  # paths made only for the error: this is per call
+            raise invalid(f"{at}.id", f"`{at}.id` must be a string")
+        if not isinstance(name, str):
+            raise invalid(f"{at}.function.name", f"`{at}.function.name` must be a string")
         calls.append((call_id, name, function.get("arguments"), at))
     return calls
 
@@ -157,27 +191,34 @@ def image_source(url: str, where: str) -> dict[str, Any]:
     raise invalid(where, "an image URL must be an http(s) or a base64 data: URL")
 
 
-def tool_arguments(arguments: Any, where: str) -> dict[str, Any]:
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        return {}
+def tool_arguments(arguments: Any, where: str, field: str = "") -> dict[str, Any]:
+    """A tool call's JSON `arguments` as the object they hold; `where` + `field` names them
+    in an error (joined only then)."""
+    if not isinstance(arguments, str):
+        if arguments is None:
+            return {}
+        raise invalid(where + field, f"`{where}{field}` must be a string")
     try:
-        value = orjson.loads(string(arguments, where))
+        value = orjson.loads(arguments)
     except orjson.JSONDecodeError:
-        raise invalid(where, f"`{where}` is not valid JSON") from None
+        if not arguments.strip():
+            return {}  # a function without parameters; OpenAI sends "" or "{}"
+        raise invalid(where + field, f"`{where}{field}` is not valid JSON") from None
     if not isinstance(value, dict):
-        raise invalid(where, f"`{where}` must be a JSON object")
+        raise invalid(where + field, f"`{where}{field}` must be a JSON object")
     return value
 
 
-def thinking_budget(effort: Any, max_tokens: int, param: str) -> int | None:
-    """The Anthropic thinking budget for a reasoning `effort`, which the output limit must
-    exceed (Anthropic counts thinking in `max_tokens`); None for no thinking."""
+def thinking_budget(effort: Any, max_tokens: int | None, param: str) -> int | None:
+    """The Anthropic thinking budget for a reasoning `effort`, which the client's output
+    limit, when it set one, must exceed (Anthropic counts thinking in `max_tokens`); None
+    for no thinking."""
     if effort is None or effort == "none":
         return None
     if not isinstance(effort, str):
         raise invalid(param, f"`{param}` must be a string")
     budget = EFFORT_BUDGETS.get(effort, EFFORT_BUDGETS["high"])
-    if max_tokens <= budget:
+    if max_tokens is not None and max_tokens <= budget:
         raise invalid(
             param,
             f"reasoning effort {effort!r} is a thinking budget of {budget} tokens, which "

@@ -12,8 +12,10 @@ What the upstream's API cannot say is refused with `InvalidRequest` (400) naming
 (`param`), never dropped: stored state (`previous_response_id`, `store: true`,
 `conversation`, `background`, `prompt`, `item_reference` items), built-in or server tools,
 file and audio inputs, `top_k`, stop sequences to Responses, penalties, `logit_bias`,
-logprobs, `n` other than 1, unknown input item or content part types. What carries no
-meaning for the answer is dropped, as each API's own compatibility layer does:
+logprobs, `n` other than 1, output formats and verbosity (other than their defaults) to
+Messages, unknown input item or content part types (Chat -> Messages in full:
+`messages_request`). What carries no meaning for the answer is dropped, as each API's own
+compatibility layer does:
 `cache_control`, `metadata` (labels for stored objects), `include`, `truncation`,
 `service_tier` across vendors, `seed` (best effort by definition), `stream_options`
 (every upstream reports usage; the gateway asks for it), a tool result's `is_error`
@@ -53,7 +55,7 @@ def translate_request(body: dict[str, Any], client: str, upstream: str) -> dict[
     else:
         pivot = chat_from_messages(body, upstream)
     if upstream == "messages":
-        return messages_from_chat(pivot)
+        return messages_from_chat(pivot, reasoning=client != "chat")
     if upstream == "responses":
         return responses_from_chat(pivot)
     return without_pivot(pivot)

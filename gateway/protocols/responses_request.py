@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.protocols.request_parts import (
-    DEFAULT_MAX_TOKENS,
     PIVOT_REASONING,
     SHARED_PARAMS,
     chat_function,
@@ -104,11 +103,11 @@ def _check_for_messages(body: dict[str, Any], pivot: dict[str, Any]) -> None:
         fmt = text.get("format")
         if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
             raise invalid("text.format", "the upstream's messages API has no output formats")
-        if text.get("verbosity") is not None:
+        if text.get("verbosity") not in (None, "medium"):
             raise invalid("text.verbosity", "the upstream's messages API has no verbosity")
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict):
-        max_tokens = pivot.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+        max_tokens = pivot.get("max_completion_tokens")
         thinking_budget(reasoning.get("effort"), max_tokens, "reasoning.effort")
     items = body.get("input")
     for i, item in enumerate(items if isinstance(items, list) else ()):

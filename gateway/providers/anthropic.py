@@ -1,6 +1,7 @@
 """Anthropic's Messages API behind the OpenAI chat.completions interface.
 
-The client's request is rewritten as a Messages request (`anthropic_format`), sent to
+The client's request is rewritten as a Messages request (`gateway.protocols`, the one
+Chat -> Messages translator every client API goes through), sent to
 `{base_url}/v1/messages`, and the answer translated back: each Anthropic stream event
 becomes at most one `chat.completion.chunk` event, written the moment it is translated
 (no coalescing), so the client's SDK sees an OpenAI stream: a role chunk, content and
@@ -10,11 +11,13 @@ becomes a `chat.completion`. Anthropic's error bodies are rewritten in OpenAI's 
 400 reaches the client with Anthropic's own words; a 529 (overloaded) is a retryable 503.
 
 Deliberately dropped: `thinking` / `redacted_thinking` blocks and their deltas (OpenAI's
-chat format has no place for them), signature and citation deltas, server-tool blocks
-(`server_tool_use`, web search results: the upstream ran them, the client has nothing to
-call), `ping` events (the relay sends its own keep-alives), and event types this module
-does not know (Anthropic adds them; ignoring them is forward compatible). Only the
-chat.completions route is served: Anthropic has no completions or embeddings API.
+chat format has no place for them: a Chat client's `reasoning_effort` turns thinking on,
+and, as from OpenAI's own reasoning models, only its token count comes back), signature
+and citation deltas, server-tool blocks (`server_tool_use`, web search results: the
+upstream ran them, the client has nothing to call), `ping` events (the relay sends its
+own keep-alives), and event types this module does not know (Anthropic adds them;
+ignoring them is forward compatible). Only the chat.completions route is served:
+Anthropic has no completions or embeddings API.
 
 A Messages client (`UpstreamCall.api`) is relayed: its body goes as it came (the model
 set, its `anthropic-version` / `anthropic-beta` headers passed on) and the answer's events
@@ -42,7 +45,6 @@ from gateway.providers.anthropic_format import (
     cache_counts,
     chat_completion,
     finish_reason,
-    messages_body,
     openai_error_body,
 )
 from gateway.providers.base import (
@@ -361,13 +363,12 @@ class AnthropicProvider:
                 f"type anthropic, which does not serve {path}; use /v1/chat/completions",
                 status=400,
             )
-        model = call.model.upstream_model or call.model.name
-        if call.api == "chat":
-            body = messages_body(call.body, model, stream=stream)
+        if call.api == "messages":
+            body = dict(call.body)  # relayed as it came: the client's own dict stays as it was
         else:
-            body = dict(translate_request(call.body, call.api, "messages"))
-            body["model"] = model
-            body["stream"] = stream
+            body = translate_request(call.body, call.api, "messages")  # a new dict
+        body["model"] = call.model.upstream_model or call.model.name
+        body["stream"] = stream
         try:
             return orjson.dumps(body)
         except orjson.JSONEncodeError:

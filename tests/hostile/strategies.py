@@ -58,6 +58,26 @@ PLACES: list[tuple[str | int, ...]] = [
 ]
 """Where in a body a mutation lands (skipped when the body no longer has that place)."""
 
+TRANSLATED_KEYS = [
+    *KEYS, "reasoning_effort", "response_format", "verbosity", "parallel_tool_calls",
+    "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
+    "modalities", "description", "refusal", "detail", "_gateway_reasoning",
+]  # fmt: skip
+"""What the Chat -> Messages translator reads besides what the edge reads (and the pivot's
+own key, which a Chat client's body must not get to act on)."""
+
+translated_mutations = st.lists(
+    st.tuples(
+        st.sampled_from([*PLACES, ("messages", 1), ("messages", 2)]),
+        st.sampled_from(TRANSLATED_KEYS) | st.text(max_size=8),
+        json_values,
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=3,
+)
+"""`mutations` for the translation fuzz: its keys too, and the assistant and tool messages."""
+
 mutations = st.lists(
     st.tuples(
         st.sampled_from(PLACES),

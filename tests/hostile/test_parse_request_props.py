@@ -17,10 +17,17 @@ from hypothesis import strategies as st
 
 from gateway.edge.requests import parse_request
 from gateway.errors import InvalidRequest
-from gateway.providers.anthropic_format import messages_body
+from gateway.protocols import translate_request
 from gateway.providers.base import Route
 from gateway.relay.request import ClientRequest
-from tests.hostile.strategies import TOOL_CHAT, VALID, json_values, mutate, mutations
+from tests.hostile.strategies import (
+    TOOL_CHAT,
+    VALID,
+    json_values,
+    mutate,
+    mutations,
+    translated_mutations,
+)
 
 ROUTES: list[Route] = ["chat.completions", "completions", "embeddings"]
 FUZZ = settings(
@@ -80,22 +87,25 @@ def test_mutated_valid_bodies_are_a_request_or_a_400(
 
 
 @settings(FUZZ, max_examples=700)
-@given(changes=mutations)
+@given(changes=translated_mutations)
 def test_anthropic_translation_of_a_valid_chat_request_is_a_body_or_a_400(
     changes: Any, fuzz_counts: Counter[str]
 ) -> None:
-    """What the edge lets through, the Anthropic translation turns into a Messages body or
-    refuses with a 400: it never raises anything else (that would be a 500)."""
-    fuzz_counts["anthropic messages_body: mutated valid chats"] += 1
+    """What the edge lets through, the Chat -> Messages translation (provider type
+    anthropic's) turns into a Messages body or refuses with a 400: it never raises anything
+    else (that would be a 500)."""
+    fuzz_counts["anthropic messages_from_chat: mutated valid chats"] += 1
     result = check("chat.completions", mutate(TOOL_CHAT, changes))
     if isinstance(result, InvalidRequest):
         return
     try:
-        out = messages_body(result.body, "claude-3-5-haiku-latest", stream=result.stream)
+        out = translate_request(result.body, "chat", "messages")
     except InvalidRequest as exc:
         assert exc.status == 400 and exc.message and exc.param
         return
     assert out["messages"] is not None and type(out["max_tokens"]) is int
+    kinds = {block["type"] for message in out["messages"] for block in message["content"]}
+    assert not kinds & {"thinking", "redacted_thinking"}  # never from a Chat client's body
     # The provider refuses what orjson cannot write (tool arguments nested past 254 levels).
     with contextlib.suppress(orjson.JSONEncodeError):
         orjson.dumps(out)
@@ -106,7 +116,7 @@ def test_the_valid_bodies_are_valid() -> None:
         assert isinstance(check(route, orjson.dumps(VALID[route])), ClientRequest)
     req = check("chat.completions", orjson.dumps(TOOL_CHAT))
     assert isinstance(req, ClientRequest)
-    assert messages_body(req.body, "claude", stream=False)["tools"]
+    assert translate_request(req.body, "chat", "messages")["tools"]
 
 
 def nested(depth: int, leaf: bytes = b"1") -> bytes:

@@ -184,6 +184,45 @@ def test_bad_input_gets_openai_shaped_400s(gateway: GatewayProcess) -> None:
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_chat_to_anthropic_thinks_when_asked_and_refuses_what_it_cannot_say(
+    gateway: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    """`reasoning_effort` reaches Anthropic as a thinking budget (inside `max_tokens`), a
+    tool loop the client continues goes without it (the client cannot hand thinking back),
+    and a parameter Anthropic has no equivalent for is a 400 naming it, nothing sent."""
+    text, _ = stream_text(gateway, "claude-test", reasoning_effort="low")
+    assert text == "".join(text_tokens(12))
+    seen = upstream.seen[-1]
+    assert seen.path == "/v1/messages"
+    assert seen.body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert seen.body["max_tokens"] == 4096 + 2048
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    loop = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]
+    client(gateway).chat.completions.create(
+        model="claude-test",
+        messages=loop,  # type: ignore[arg-type]
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        reasoning_effort="low",
+    )
+    seen = upstream.seen[-1]
+    assert "thinking" not in seen.body
+    assert seen.body["messages"][1]["content"][0]["type"] == "tool_use"
+    sent = len(upstream.seen)
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gateway).chat.completions.create(
+            model="claude-test",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            response_format={"type": "json_object"},
+        )
+    assert info.value.status_code == 400
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "response_format"
+    assert len(upstream.seen) == sent
+
+
 def test_models_lists_only_what_the_key_may_use(gateway: GatewayProcess) -> None:
     ids = [m.id for m in client(gateway, KEY_B).models.list()]
     assert ids == ["gpt-test"]

@@ -358,10 +358,12 @@ def test_a_chat_request_becomes_an_alternating_messages_request() -> None:
                 ],
             },
             {"role": "tool", "tool_call_id": "c1", "content": "r"},
+            {"role": "assistant", "content": [{"type": "text", "text": "done"}]},
             {"role": "user", "content": "next"},
         ],
         "max_completion_tokens": 30000,
         "reasoning_effort": "high",
+        "tools": [{"type": "function", "function": {"name": "f"}}],
         "tool_choice": "none",
         "user": "u",
     }
@@ -380,13 +382,13 @@ def test_a_chat_request_becomes_an_alternating_messages_request() -> None:
             },
             {
                 "role": "user",
-                "content": [
-                    {"type": "tool_result", "tool_use_id": "c1", "content": "r"},
-                    {"type": "text", "text": "next"},
-                ],
+                "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "r"}],
             },
+            {"role": "assistant", "content": [{"type": "text", "text": "done"}]},
+            {"role": "user", "content": [{"type": "text", "text": "next"}]},
         ],
         "metadata": {"user_id": "u"},
+        "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}}],
         "tool_choice": {"type": "none"},
         "thinking": {"type": "enabled", "budget_tokens": EFFORT_BUDGETS["high"]},
     }
@@ -493,6 +495,33 @@ def test_a_responses_request_refused_by_messages_names_the_responses_field(
     assert refused({"model": "m", "input": "hi", **extra}, "responses", "messages").param == param
 
 
+def test_a_responses_reasoning_effort_without_a_limit_gets_room_to_think() -> None:
+    """No `max_output_tokens`: the default answer length on top of the thinking budget (it
+    used to be a 400, the default 4096 not exceeding the budget); the default verbosity
+    passes."""
+    body = {
+        "model": "m",
+        "input": "hi",
+        "reasoning": {"effort": "medium"},
+        "text": {"verbosity": "medium"},
+    }
+    out = translate_request(body, "responses", "messages")
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": EFFORT_BUDGETS["medium"]}
+    assert out["max_tokens"] == 4096 + EFFORT_BUDGETS["medium"]
+
+
+@pytest.mark.parametrize("upstream", ["messages", "responses"])
+def test_tool_calls_that_are_not_a_list_are_refused_not_a_crash(upstream: str) -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": 5},
+        ],
+    }
+    assert refused(body, "chat", upstream).param == "messages[1].tool_calls"
+
+
 def test_stop_sequences_to_a_responses_upstream_are_refused_by_their_messages_name() -> None:
     body = {
         "model": "m",
@@ -576,6 +605,12 @@ def messages_requests(draw: st.DrawFn) -> dict[str, Any]:
         body["system"] = draw(_text)
     if draw(st.booleans()):
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        # As Anthropic requires: a tool-use loop's assistant turn starts with its thinking.
+        last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
+        kinds = {block["type"] for block in last["content"]} if last else set()
+        if last and "tool_use" in kinds and "thinking" not in kinds:
+            thought = {"type": "thinking", "thinking": draw(_text), "signature": draw(_name)}
+            last["content"].insert(0, thought)
     if draw(st.booleans()):
         body["tools"] = [{"name": draw(_name), "description": draw(_text), "input_schema": WEATHER}]
         body["tool_choice"] = draw(

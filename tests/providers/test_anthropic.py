@@ -19,8 +19,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.config import ModelConfig, ProviderConfig, Timeouts
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamRejected
+from gateway.protocols import translate_request
+from gateway.protocols.request_parts import PIVOT_REASONING
 from gateway.providers.anthropic import AnthropicProvider, AnthropicStream
-from gateway.providers.anthropic_format import messages_body
 from gateway.providers.base import Completion, UpstreamCall
 
 BASE_URL = "https://api.anthropic.test"
@@ -511,7 +512,7 @@ def test_request_sent_upstream_is_an_anthropic_messages_request() -> None:
         "parallel_tool_calls": False,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "presence_penalty": 0.5,
+        "presence_penalty": 0,
         "temperature": 1.5,
         "stop": "END",
         "user": "user-42",
@@ -547,16 +548,8 @@ def test_request_sent_upstream_is_an_anthropic_messages_request() -> None:
             {
                 "role": "user",
                 "content": [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": "call_1",
-                        "content": [{"type": "text", "text": "64F, sunny"}],
-                    },
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": "call_2",
-                        "content": [{"type": "text", "text": "9:41"}],
-                    },
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "64F, sunny"},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": "9:41"},
                 ],
             },
         ],
@@ -591,8 +584,9 @@ def test_routes_anthropic_does_not_serve_are_refused_before_any_call() -> None:
 
 
 def translate(**body: Any) -> dict[str, Any]:
+    """What a Chat client's body becomes for provider type anthropic."""
     body.setdefault("messages", [{"role": "user", "content": "Hi"}])
-    return messages_body(body, "claude-x", stream=False)
+    return translate_request(body, "chat", "messages")
 
 
 def test_max_tokens_prefers_max_completion_tokens() -> None:
@@ -674,7 +668,7 @@ def test_consecutive_same_role_messages_are_merged() -> None:
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
-            "messages[0].content[0]",
+            "messages[0].content[0].type",
         ),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
         ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
@@ -692,6 +686,158 @@ def test_requests_anthropic_cannot_honour_are_refused(body: dict[str, Any], para
         translate(**body)
     assert caught.value.status == 400
     assert caught.value.param == param
+
+
+# One translator serves Chat clients and the pivot alike (`gateway.protocols`); these are
+# the cases where the provider's own translator, before the merge, dropped or did otherwise.
+
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": -1}, "frequency_penalty"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format",
+        ),
+        ({"verbosity": "low"}, "verbosity"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"reasoning_effort": 3}, "reasoning_effort"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "description": 7}}]},
+            "tools[0].function.description",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "x", "tool_calls": 5}]},
+            "messages[0].tool_calls",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "refusal", "refusal": "x"}]}]},
+            "messages[0].content[0].type",
+        ),
+    ],
+)
+def test_what_anthropic_cannot_say_is_refused_not_dropped(body: dict[str, Any], param: str) -> None:
+    """SPEC 9: a 400 naming the field, where the provider used to drop it silently."""
+    with pytest.raises(InvalidRequest) as caught:
+        translate(**body)
+    assert caught.value.status == 400
+    assert caught.value.param == param
+
+
+def test_default_values_that_change_nothing_are_not_refused() -> None:
+    plain = translate()
+    defaults = translate(
+        n=1,
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        logit_bias={},
+        logprobs=False,
+        top_logprobs=0,
+        response_format={"type": "text"},
+        verbosity="medium",
+        modalities=["text"],
+        parallel_tool_calls=True,
+        tool_choice="auto",
+        reasoning_effort="none",
+        # No Anthropic equivalent and no effect on the answer: dropped, as documented.
+        seed=7,
+        store=False,
+        metadata={"app": "x"},
+        service_tier="auto",
+        stream_options={"include_usage": True},
+        prompt_cache_key="k",
+    )
+    assert defaults == plain
+    assert "tool_choice" not in translate(tool_choice="none")  # no tools: nothing to choose
+    assert "tool_choice" not in translate(parallel_tool_calls=False)
+
+
+def test_reasoning_effort_becomes_a_thinking_budget_inside_max_tokens() -> None:
+    low = translate(reasoning_effort="low")  # the provider used to drop it
+    assert low["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert low["max_tokens"] == 4096 + 2048  # no limit given: the answer keeps its default
+    given = translate(reasoning_effort="medium", max_completion_tokens=10000)
+    assert given["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert given["max_tokens"] == 10000
+    with pytest.raises(InvalidRequest) as caught:
+        translate(reasoning_effort="medium", max_tokens=8192)
+    assert caught.value.param == "reasoning_effort"
+    assert "8192" in caught.value.message
+
+
+def test_a_tool_loop_a_chat_client_continues_goes_without_thinking() -> None:
+    """Chat cannot hand Anthropic's thinking back, and Anthropic refuses thinking on a
+    request whose tool-use turn lacks it: the continuation goes without (no 400)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    loop = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    body = translate(messages=loop, tools=TOOLS, reasoning_effort="high")
+    assert "thinking" not in body
+    assert body["max_tokens"] == 4096 + 24576  # as the loop's first request had
+    done = [*loop, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "Ok"}]
+    after = translate(messages=done, tools=TOOLS, reasoning_effort="high")
+    assert after["thinking"] == {"type": "enabled", "budget_tokens": 24576}
+
+
+def test_the_pivots_reasoning_key_in_a_chat_body_is_nobodys() -> None:
+    """A Chat client cannot make thinking blocks (or a crash) out of the gateway's own key."""
+    for forged in ([1], "x", [{"text": "t", "signature": "s"}]):
+        body = translate(
+            messages=[
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello", PIVOT_REASONING: forged},
+                {"role": "user", "content": "Bye"},
+            ]
+        )
+        assert body["messages"][1]["content"] == [{"type": "text", "text": "Hello"}]
+
+
+def test_content_parts_become_blocks_anthropic_accepts() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.test/a.png"}}
+    body = translate(
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]},
+            {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "x"}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "see"}, image]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c2", "type": "function", "function": {"name": "f", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "c2", "content": ""},
+        ]
+    )  # fmt: skip
+    assert body["system"] == "A\n\nB"  # each part a paragraph, as each system message is
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "x"}]  # no empty block
+    assert body["messages"][2]["content"] == [
+        {
+            "type": "tool_result",
+            "tool_use_id": "c1",
+            "content": [
+                {"type": "text", "text": "see"},
+                {"type": "image", "source": {"type": "url", "url": "https://example.test/a.png"}},
+            ],
+        }
+    ]
+    assert body["messages"][4]["content"] == [{"type": "tool_result", "tool_use_id": "c2"}]
 
 
 # --- not streaming ------------------------------------------------------------------------
