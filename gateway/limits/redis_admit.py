@@ -195,11 +195,13 @@ class AdmitBatches:
             if len(futures) == 1:
                 if not futures[0].done():
                     futures[0].set_result(reply)
-            else:
+                return
+            if isinstance(reply, list) and len(reply) == len(futures):
                 for member, one in zip(futures, reply, strict=True):
                     if not member.done():
                         member.set_result(one)
-            return
+                return
+            exc = ResponseError(f"ADMIT_MANY answered {len(futures)} admissions with {reply!r:.80}")
         if retry and is_noscript(exc):
             # Redis lost its scripts (a restart, SCRIPT FLUSH); nothing ran: loaded, again.
             again = asyncio.get_running_loop().create_task(script.run_again(command))

@@ -359,3 +359,37 @@ def test_a_failed_batch_fails_each_admission_and_each_settle_it_carried(
             assert errors == ["error"] * (5 + 2)
 
     run_with(scenario())
+
+
+@pytest.mark.parametrize("waiting", [1, 3])
+def test_waiting_settles_ride_in_a_batch_and_run_first(redis_url: str, waiting: int) -> None:
+    """Settles waiting when a batch leaves ride in its call (ADMIT_MANY's, or ADMIT's for a
+    lone admission) and run before its admissions: the slots they free are free for them."""
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        limiter = RedisLimiter(redis_url, on_backend_error=lambda: errors.append("error"))
+        async with running(limiter):
+            k = _key(f"ride-{waiting}", Case({"max_concurrent": 2, "tpm": 10_000}, [], 0))
+            held = [await limiter.admit(k, 100, f"h{i}") for i in range(2)]
+            with redis.Redis.from_url(redis_url) as probe:
+                before = int(probe.info("commandstats")["cmdstat_evalsha"]["calls"])
+                ping = limiter._client.send_nowait(PING)
+                for admission in held:
+                    assert admission.reservation is not None
+                    limiter.settle_soon(admission.reservation, 10)
+                results = await asyncio.gather(
+                    *(limiter.admit(k, 100, f"r{i}") for i in range(waiting))
+                )
+                assert ping is not None and await ping == "PONG"
+                await asyncio.sleep(0.05)  # past the settle delay: nothing else leaves
+                calls = int(probe.info("commandstats")["cmdstat_evalsha"]["calls"]) - before
+            assert calls == 1
+            assert [r.allowed for r in results] == [True, True, False][:waiting]
+            assert results[0].state.used_tokens == 2 * 10 + 100
+            (usage,) = await limiter.usage((k,))
+            assert usage.concurrent == min(waiting, 2)
+            assert usage.tokens_minute == 2 * 10 + 100 * min(waiting, 2)
+        assert errors == []
+
+    run_with(scenario())
