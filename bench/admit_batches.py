@@ -24,14 +24,17 @@ from typing import Any
 
 import redis
 
-from gateway.config import KeyConfig, Limits
+from gateway.config import Budget, KeyConfig, Limits
 from gateway.limits.redis_store import RedisLimiter
 from tests.support.redis_server import RedisServer
 
 LIMITS = Limits(
     rpm=10**9, tpm=10**12, max_concurrent=10**6, daily_tokens=10**12, monthly_tokens=10**13
 )
-"""Every limit set (so every check runs) and none reached (so every admission writes)."""
+BUDGET = Budget(daily_usd=1e6, monthly_usd=1e6)
+"""Every limit and budget set (so every check runs) and none reached (so every admission
+writes), as on `bench.procs`' key; each admission reserves `COST` nano-USD."""
+COST = 2_500
 
 
 def _server_cpu(probe: redis.Redis) -> tuple[float, float]:
@@ -46,20 +49,22 @@ async def _round(url: str, way: str, admissions: int, burst: int, n: int) -> tup
     """µs per admission: EVALSHA, the Redis server, this process."""
     limiter = RedisLimiter(url, on_backend_error=lambda: None, lease_ttl=3600)
     limiter._batching = way == "batched"
-    key = KeyConfig(id=f"bench-{way}-{n}", key_sha256="0" * 64, limits=LIMITS)
+    key = KeyConfig(id=f"bench-{way}-{n}", key_sha256="0" * 64, limits=LIMITS, budget=BUDGET)
     await limiter.start()
     try:
         for _ in range(20):  # connection, scripts, the key's cached call parts
-            await limiter.admit(key, 1, "warm")
+            await limiter.admit(key, 1, "warm", COST)
         with redis.Redis.from_url(url) as probe:
             before, cpu_before = _server_cpu(probe)
             start = time.process_time()
             if way == "one at a time":
                 for _ in range(admissions):
-                    await limiter.admit(key, 1, "bench")
+                    await limiter.admit(key, 1, "bench", COST)
             else:
                 for _ in range(admissions // burst):
-                    await asyncio.gather(*(limiter.admit(key, 1, "bench") for _ in range(burst)))
+                    await asyncio.gather(
+                        *(limiter.admit(key, 1, "bench", COST) for _ in range(burst))
+                    )
             own = time.process_time() - start
             after, cpu_after = _server_cpu(probe)
         return (

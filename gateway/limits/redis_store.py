@@ -1,7 +1,9 @@
 """Per-key limits and quotas in Redis, shared by any number of gateway processes and hosts.
 
 Each call is one round trip running one Lua script (over `gateway.limits.resp`: one
-pipelined connection, so concurrent admissions share writes; settles, which nobody waits
+pipelined connection, so concurrent admissions share writes; admissions of one key made
+while the connection is busy leave as one script call per key and loop turn, with the
+results of calls made in turn: `gateway.limits.redis_admit`; settles, which nobody waits
 for, wait up to `SETTLE_DELAY_S` and leave as one script call settling them all, or ride in
 the next admission's call: `gateway.limits.redis_settle`), so check-and-reserve is
 atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the
