@@ -42,11 +42,12 @@ packed start of its single-admission call, its packed keys and its packed fixed 
 class _Batch:
     """Admissions of one key waiting for the same call, oldest first."""
 
-    __slots__ = ("futures", "head", "members", "override")
+    __slots__ = ("futures", "head", "loop", "members", "override")
 
-    def __init__(self, head: Head, override: str) -> None:
+    def __init__(self, head: Head, override: str, loop: asyncio.AbstractEventLoop) -> None:
         self.head = head
         self.override = override
+        self.loop = loop
         self.members: list[tuple[int, int, str]] = []
         """(tokens, cost in nano-USD, lease id) of each admission."""
         self.futures: list[asyncio.Future[Any]] = []
@@ -94,11 +95,12 @@ class AdmitBatches:
             or batch.override != override
             or len(batch.members) >= ADMITS_PER_CALL
         ):
-            batch = self._open[key_id] = _Batch(head, override)
+            # The loop asked once a batch (a getpid() system call on 3.11), not per member.
+            batch = self._open[key_id] = _Batch(head, override, asyncio.get_running_loop())
             self._pending.append(batch)
             if self._handle is None:
-                self._handle = asyncio.get_running_loop().call_soon(self.send)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._handle = batch.loop.call_soon(self.send)
+        future: asyncio.Future[Any] = batch.loop.create_future()
         batch.members.append((tokens, cost, lease))
         batch.futures.append(future)
         return future
@@ -170,7 +172,7 @@ class AdmitBatches:
         answered = functools.partial(self._answered, True, script, command, batch, len(settles))
         future = self._client.send_nowait(command)
         if future is None:  # no connection open: a task opens one
-            future = asyncio.get_running_loop().create_task(script.run(command))
+            future = batch.loop.create_task(script.run(command))
         self._sent.add(future)
         future.add_done_callback(answered)
 
@@ -204,7 +206,7 @@ class AdmitBatches:
             exc = ResponseError(f"ADMIT_MANY answered {len(futures)} admissions with {reply!r:.80}")
         if retry and is_noscript(exc):
             # Redis lost its scripts (a restart, SCRIPT FLUSH); nothing ran: loaded, again.
-            again = asyncio.get_running_loop().create_task(script.run_again(command))
+            again = batch.loop.create_task(script.run_again(command))
             self._sent.add(again)
             again.add_done_callback(
                 functools.partial(self._answered, False, script, command, batch, settled)
