@@ -75,13 +75,27 @@ class AdmitBatches:
         self._many = many
         self._settles = settles
         self._settles_failed = settles_failed
-        self._open: dict[str, _Batch] = {}
-        """key id -> its batch that admissions can still join."""
+        self._open: dict[str, _Batch | None] = {}
+        """key id -> its batch that admissions can still join, None while the key's first
+        admission of this loop turn is the only one (it went as a plain ADMIT)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The limiter's loop, asked once (a getpid() system call on 3.11)."""
         self._pending: list[_Batch] = []
         """Batches to send at the next loop turn, in the order they were started."""
         self._handle: asyncio.Handle | None = None
         self._sent: set[asyncio.Future[Any]] = set()
         """Calls sent and not answered yet (`aclose` waits for them)."""
+
+    def first(self, key_id: str) -> bool:
+        """True for the key's first admission of this loop turn, which the caller sends at
+        once as a plain ADMIT (a lone admission's path and cost, busy connection or not);
+        the key's next ones this turn `join` a batch."""
+        if key_id in self._open:
+            return False
+        self._open[key_id] = None
+        if self._handle is None:
+            self._handle = self._running_loop().call_soon(self.send)
+        return True
 
     def join(
         self, key_id: str, head: Head, override: str, tokens: int, cost: int, lease: str
@@ -95,8 +109,7 @@ class AdmitBatches:
             or batch.override != override
             or len(batch.members) >= ADMITS_PER_CALL
         ):
-            # The loop asked once a batch (a getpid() system call on 3.11), not per member.
-            batch = self._open[key_id] = _Batch(head, override, asyncio.get_running_loop())
+            batch = self._open[key_id] = _Batch(head, override, self._running_loop())
             self._pending.append(batch)
             if self._handle is None:
                 self._handle = batch.loop.call_soon(self.send)
@@ -129,6 +142,12 @@ class AdmitBatches:
         if self._resp is not None:
             # Written now, not at the turn after (the connection's own flush).
             self._resp.flush()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def aclose(self) -> None:
         """Send what waits, and wait (within the client's timeout) for every reply."""

@@ -306,10 +306,10 @@ class RedisLimiter:
             cached = (limits, budget, head, pack_items(names), pack_items(static))
             self._admit_heads[key.id] = cached
         lease = self._lease_prefix + str(next(self._lease_ids))
-        if self._batching and not self._client.idle():
-            # The connection is busy (a burst): this admission waits for the next loop
-            # turn with the others of its key, and they leave as one script call
-            # (gateway.limits.redis_admit); alone, it leaves as it would have here.
+        if self._batching and not self._client.idle() and not self._batches.first(key.id):
+            # The connection is busy (a burst) and this key sent an admission this loop
+            # turn already: this one waits for the next turn with the key's others, and
+            # they leave as one script call (gateway.limits.redis_admit).
             try:
                 reply = await self._batches.join(
                     key.id, cached, self._time_override(), tokens, cost, lease
