@@ -2,13 +2,16 @@
 
 Every admission of one API key runs on one Redis (one Cluster slot), a single thread, so
 what Redis spends per admission bounds admissions per second per key across every
-replica. Admissions made while the connection is busy (a burst: the server starts up to 48
-requests per loop turn) are queued here (`AdmitBatches.join`) by API key and leave at the
-next loop turn as one `ADMIT_MANY` call per key (`gateway.limits.redis_lua`: the counts
-kept in Lua locals, each hash read and written once), at most `ADMITS_PER_CALL` a call; a
-key with one waiting sends the plain `ADMIT`. Each admission gets its own reply, the one
-`ADMIT` would have given it called in turn. An admission on an idle connection does not
-come here: `RedisLimiter.admit` sends it at once, as before.
+replica. While the connection is busy (a burst: the server starts up to 48 requests per
+loop turn), a key's first admission of a turn still leaves at once as `ADMIT`
+(`AdmitBatches.first`), and its next ones that turn are queued here (`AdmitBatches.join`)
+and leave at the next turn as one `ADMIT_MANY` call per key (`gateway.limits.redis_lua`:
+the counts kept in Lua locals, each hash read and written once), at most
+`ADMITS_PER_CALL` a call; a key with one waiting sends the plain `ADMIT`. Each admission
+gets its own reply, the one `ADMIT` would have given it called in turn. An admission on an
+idle connection, or the first of its key in a turn, takes `RedisLimiter.admit`'s own path
+as before: most batches would be of one, each paying a future and a callback for nothing
+(docs/performance.md, session 15).
 
 A call carries the settles waiting to leave (they run first, as in `ADMIT`). A call that
 fails fails each of its admissions (each then counts one backend error and follows
