@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 import yaml
 
 from bench.procs import (
@@ -98,6 +99,7 @@ def burst(
     cpu0 = service.cpu_seconds()
     sys0 = system_seconds(service)
     others0 = {name: other.cpu_seconds() for name, other in others.items()}
+    scripts0 = _script_calls(others)
     with Sampler(service, {}, interval=0.05) as rss:
         for p in procs:
             assert p.stdin is not None
@@ -114,6 +116,7 @@ def burst(
         cpu = service.cpu_seconds() - cpu0
         sys_cpu = system_seconds(service) - sys0
         others_cpu = {n: o.cpu_seconds() - others0[n] for n, o in others.items()}
+        scripts = [b - a for a, b in zip(scripts0, _script_calls(others), strict=True)]
     after = netstat("ListenOverflows", "ListenDrops")
     for p in procs:
         p.wait(10)
@@ -136,11 +139,21 @@ def burst(
         "sys_share": sys_cpu / cpu if cpu else None,
         # The services beside the relay, on the same cores (Redis works for the gateway only).
         **{f"{n}_cpu_s": round(c, 3) for n, c in others_cpu.items()},
+        # Redis's script calls (admissions and settles) and their own time, during the burst.
+        "redis_evalsha_calls": scripts[0],
+        "redis_evalsha_s": round(scripts[1] / 1e6, 4),
         "peak_rss_mb": rss.peak / 2**20,
         "rss_per_stream_kb": (rss.peak - base_rss) / args.streams / 1024,
         "overflows": after["ListenOverflows"] - before["ListenOverflows"],
         "drops": after["ListenDrops"] - before["ListenDrops"],
     }
+
+
+def _script_calls(others: dict[str, Service]) -> tuple[int, float]:
+    """Redis's EVALSHA calls so far and their µs (`INFO commandstats`)."""
+    with redis.Redis(port=others["redis"].port) as probe:
+        stats = probe.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), float(stats.get("usec", 0))
 
 
 def main() -> None:

@@ -304,3 +304,208 @@ redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl + 1000))
 return 1
 """
 )
+
+ADMIT_MANY = (
+    PRELUDE
+    + SETTLE_MANY
+    + """
+-- Admissions of one API key waiting at the same moment, in order, with the results and the
+-- Redis state of ADMIT called for each in turn at one instant. The counts live in locals
+-- across the batch: each hash is read once and written once, at the end.
+-- KEYS: ADMIT's (rpm, tpm, quota, leases, seconds, then those of any settles)
+-- ARGV: ADMIT's first eight (the key's limits and lease ttl ms), the time override ('' :
+--       the server's TIME), the number of admissions n, then tokens, cost in nano-USD and
+--       lease id of each in turn, then the settles' (see SETTLE_MANY)
+-- Returns one ADMIT reply per admission, in order.
+-- What no admission's checks depend on: they read only counts, never the admission's own
+-- tokens or cost, so the first denial leaves the counts as they were and every later
+-- admission is denied with the same reply; the batch is a run of admitted ones, then
+-- denied ones. Exact while counts stay below 2^53 (nano-USD sums are added as doubles).
+local n = tonumber(ARGV[10])
+if #KEYS > 5 then settle_many(5, 10 + 3 * n) end
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local daily, monthly = tonumber(ARGV[4]), tonumber(ARGV[5])
+local daily_usd, monthly_usd, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local now = clock(ARGV[9])
+local now_s = math.floor(now)
+local now_ms = now * 1000
+local second = string.format('%d', now_s)
+
+-- the window's seconds as they were before the batch (it adds none but `second`, merged
+-- in at its place by `wait_below_here`), oldest first, read 8 at a time as walks need them,
+-- and each window's counts of them (one HMGET per window and 8 seconds)
+local secs, secs_all = {}, false
+local function secs_to(i)
+  while i > #secs and not secs_all do
+    local more = redis.call('ZRANGE', KEYS[5], #secs, #secs + 7)
+    for j = 1, #more do secs[#secs + 1] = more[j] end
+    if #more < 8 then secs_all = true end
+  end
+  return secs[i]
+end
+local counts = {{}, {}}
+local function count_at(w, i)
+  local c = counts[w]
+  if c[i] == nil then
+    local from = i - (i - 1) % 8
+    local names = {}
+    for j = from, math.min(from + 7, #secs) do names[#names + 1] = secs[j] end
+    local got = redis.call('HMGET', KEYS[w], unpack(names))
+    for j = 1, #names do c[from + j - 1] = tonumber(got[j]) or 0 end
+  end
+  return c[i]
+end
+
+-- PRELUDE's wait_below for window w (1 rpm, 2 tpm) whose current second holds `cur`: the
+-- same walk from the oldest bucket. The current second is walked at its place whether or
+-- not it has a bucket: with none its count is 0, and a walk stops only where a count
+-- brings the total below the threshold, so a 0 changes nothing.
+local function wait_below_here(w, total, threshold, cur)
+  if total < threshold then return 0 end
+  local left, i, merged = total, 1, false
+  while true do
+    local s = secs_to(i)
+    if not merged and (s == nil or tonumber(s) >= now_s) then
+      merged = true
+      if s ~= nil and tonumber(s) == now_s then i = i + 1 end
+      left = left - cur
+      if left < threshold then return now_s + 60 - now end
+    elseif s == nil then
+      return 0
+    else
+      left = left - count_at(w, i)
+      if left < threshold then return tonumber(s) + 60 - now end
+      i = i + 1
+    end
+  end
+end
+
+local function reset(w, count, limit, cur)
+  if limit < 0 or count <= 0 then return 0 end
+  return wait_below_here(w, count, math.min(limit, count), cur)
+end
+
+local function us(x)
+  return (string.gsub(string.format('%.6f', x), '%.', '', 1))
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
+local open = redis.call('ZCARD', KEYS[4])
+local first = secs_to(1)
+if first ~= nil and tonumber(first) < now_s - 59 then
+  slide(KEYS[5], {KEYS[1], KEYS[2]}, now_s)
+  secs, secs_all = {}, false
+end
+local r = redis.call('HMGET', KEYS[1], 'sum', second)
+local t = redis.call('HMGET', KEYS[2], 'sum', second)
+local rt, tt = tonumber(r[1]) or 0, tonumber(t[1]) or 0
+local r_now, t_now = tonumber(r[2]) or 0, tonumber(t[2]) or 0
+local r_was = r_now
+local day_f, day_end, month_f, month_end = periods(now)
+local usd_day_f, usd_month_f = 'usd:' .. day_f, 'usd:' .. month_f
+local used = redis.call('HMGET', KEYS[3], day_f, month_f, usd_day_f, usd_month_f)
+local day_used, month_used = tonumber(used[1]) or 0, tonumber(used[2]) or 0
+local day_spent, month_spent = tonumber(used[3]) or 0, tonumber(used[4]) or 0
+-- what this batch has not written to the quota hash yet: the token totals (HSET) and the
+-- spend since the last write (HINCRBY of its sum, when any admission had a cost)
+local quota_dirty, spend_dirty, unspent = false, false, 0
+local function write_quota()
+  if quota_dirty then
+    redis.call('HSET', KEYS[3], day_f, day_used, month_f, month_used)
+    quota_dirty = false
+  end
+  if spend_dirty then
+    local by = string.format('%d', unspent)
+    redis.call('HINCRBY', KEYS[3], usd_day_f, by)
+    redis.call('HINCRBY', KEYS[3], usd_month_f, by)
+    spend_dirty, unspent = false, 0
+  end
+end
+
+local denied, wait = '', 0
+-- the binding limit keeps the caller out longest; on a tie the first checked wins
+local function deny(name, seconds)
+  if denied == '' or seconds > wait then denied, wait = name, seconds end
+end
+
+local replies, leases = {}, {}
+local i = 0
+while i < n do
+  local a = 10 + 3 * i
+  i = i + 1
+  if conc >= 0 and open >= conc then deny('max_concurrent', 1) end
+  if rpm >= 0 and rt >= rpm then deny('rpm', reset(1, rt, rpm, r_now)) end
+  if tpm >= 0 and tt >= tpm then deny('tpm', reset(2, tt, tpm, t_now)) end
+  if daily >= 0 and day_used >= daily then deny('daily_tokens', day_end - now) end
+  if monthly >= 0 and month_used >= monthly then deny('monthly_tokens', month_end - now) end
+  if daily_usd >= 0 and day_spent >= daily_usd then deny('daily_usd', day_end - now) end
+  if monthly_usd >= 0 and month_spent >= monthly_usd then
+    deny('monthly_usd', month_end - now)
+  end
+  if denied ~= '' then
+    -- nothing changes from here on: every later admission gets this same reply
+    local reply = string.format('0 %s %s %s %d %s %d %s', denied, us(wait), us(now), rt,
+                                us(reset(1, rt, rpm, r_now)), tt, us(reset(2, tt, tpm, t_now)))
+    for j = i, n do replies[j] = reply end
+    break
+  end
+  local tokens, cost = tonumber(ARGV[a + 1]), ARGV[a + 2]
+  rt, tt = rt + 1, tt + tokens
+  r_now, t_now = r_now + 1, t_now + tokens
+  local day_was = day_used
+  day_used, month_used = day_used + tokens, month_used + tokens
+  quota_dirty = true
+  if cost ~= '0' then
+    cost = tonumber(cost)
+    day_spent, month_spent = day_spent + cost, month_spent + cost
+    spend_dirty, unspent = true, unspent + cost
+  end
+  if day_was == 0 then
+    -- ADMIT's first admission of a day, at the same point: the fields written so far are
+    -- there for HLEN to count
+    write_quota()
+    if redis.call('HLEN', KEYS[3]) > 4 then
+      local prev_day = periods(now - 86400)
+      local y, m = civil(math.floor(now / 86400))
+      local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
+      local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true,
+                    [usd_day_f] = true, [usd_month_f] = true, ['usd:' .. prev_day] = true,
+                    ['usd:' .. prev_month] = true}
+      local old = {}
+      for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+        if not keep[field] then old[#old + 1] = field end
+      end
+      if #old > 0 then redis.call('HDEL', KEYS[3], unpack(old)) end
+    end
+    redis.call('EXPIRE', KEYS[3], string.format('%d', math.ceil(month_end + 86400 - now)))
+  end
+  open = open + 1
+  leases[#leases + 1] = string.format('%.3f', now_ms + ttl)
+  leases[#leases + 1] = ARGV[a + 3]
+  -- ADMIT's reset of the requests (admitted under an rpm, rt <= rpm): from the oldest
+  -- second after its write, the set's or this one's
+  local reset_r = 0
+  if rpm >= 0 then
+    local oldest = secs_to(1)
+    reset_r = ((oldest == nil or tonumber(oldest) >= now_s) and now_s or tonumber(oldest))
+              + 60 - now
+  end
+  replies[i] = string.format('1  %s %s %d %s %d %s', us(0), us(now), rt, us(reset_r), tt,
+                             us(reset(2, tt, tpm, t_now)))
+end
+
+if #leases > 0 then
+  redis.call('HSET', KEYS[1], second, r_now, 'sum', rt)
+  redis.call('HSET', KEYS[2], second, t_now, 'sum', tt)
+  if r_was == 0 then
+    redis.call('ZADD', KEYS[5], now_s, second)
+    for w = 1, 2 do redis.call('EXPIRE', KEYS[w], 61) end
+    redis.call('EXPIRE', KEYS[5], 61)
+  end
+  write_quota()
+  redis.call('ZADD', KEYS[4], unpack(leases))
+  redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl + 1000))
+end
+return replies
+"""
+)

@@ -1,7 +1,9 @@
 """Per-key limits and quotas in Redis, shared by any number of gateway processes and hosts.
 
 Each call is one round trip running one Lua script (over `gateway.limits.resp`: one
-pipelined connection, so concurrent admissions share writes; settles, which nobody waits
+pipelined connection, so concurrent admissions share writes; admissions of one key made
+while the connection is busy leave as one script call per key and loop turn, with the
+results of calls made in turn: `gateway.limits.redis_admit`; settles, which nobody waits
 for, wait up to `SETTLE_DELAY_S` and leave as one script call settling them all, or ride in
 the next admission's call: `gateway.limits.redis_settle`), so check-and-reserve is
 atomic across every replica: `admit` checks max_concurrent, rpm, tpm, the daily and the
@@ -81,6 +83,8 @@ from gateway.limits.base import (
     Reservation,
 )
 from gateway.limits.cluster import ClusterClient
+from gateway.limits.redis_admit import AdmitBatches
+from gateway.limits.redis_admit import admit_args as _admit_args
 from gateway.limits.redis_settle import (
     BACKEND_ERRORS,
     SETTLES_PER_CALL,
@@ -164,6 +168,7 @@ class RedisLimiter:
         """A plain URL reached a Cluster node: admissions do not try Redis (they would be
         exact for that node's slots only) until readiness finds a plain server again."""
         self._admit_script = Script(self._client, redis_lua.ADMIT)
+        self._admit_many_script = Script(self._client, redis_lua.ADMIT_MANY)
         self._settle_script = Script(self._client, redis_lua.SETTLE)
         self._usage_script = Script(self._client, redis_lua.USAGE)
         self._renew_script = Script(self._client, redis_lua.RENEW)
@@ -187,6 +192,17 @@ class RedisLimiter:
             recovered=self._recovered,
         )
         """Settles not sent yet (or not answered yet)."""
+        self._batches = AdmitBatches(
+            self._client,
+            self._admit_script,
+            self._admit_many_script,
+            self._settles,
+            self._count_errors,
+        )
+        """Admissions waiting to leave as one call per key (or not answered yet)."""
+        self._batching = self._lease_ttl_ms > 0
+        """ADMIT_MANY counts each lease it grants as open for the next admission, which
+        holds for leases that outlive the instant of the batch (a ttl of 1 ms or more)."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -199,6 +215,7 @@ class RedisLimiter:
             # Loading the scripts now spares the first requests a NOSCRIPT round trip.
             scripts = (
                 self._admit_script,
+                self._admit_many_script,
                 self._settle_script,
                 self._usage_script,
                 self._renew_script,
@@ -216,6 +233,7 @@ class RedisLimiter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._batches.aclose()
         await self._settles.aclose()
         await self._client.aclose()
 
@@ -288,53 +306,64 @@ class RedisLimiter:
             cached = (limits, budget, head, pack_items(names), pack_items(static))
             self._admit_heads[key.id] = cached
         lease = self._lease_prefix + str(next(self._lease_ids))
-        args = _admit_args(tokens, cost, lease, self._time_override())
-        settled = 0
-        waiting = self._settles.waiting
-        if not waiting:
-            command = cached[2] + args
-        elif len(waiting) <= SETTLES_PER_CALL and self._resp and self._resp.connected():
-            # The waiting settles ride in this call, run first: this process never counts
-            # its own finished requests as open, and Redis runs one script, not two.
-            # (Connected: the call is queued before this task can be cancelled.)
-            settles = self._settles.take()
-            settled = len(settles)
-            numkeys = b"%d" % (5 + 3 * settled)
-            command = b"".join(
-                (
-                    b"*%d\r\n" % (3 + 5 + 12 + 7 * settled),
-                    self._admit_script.evalsha,
-                    b"$%d\r\n%b\r\n" % (len(numkeys), numkeys),
-                    cached[3],
-                    b"".join([settle[1] for settle in settles]),
-                    cached[4],
-                    args,
-                    b"".join([settle[2] for settle in settles]),
+        if self._batching and not self._client.idle() and not self._batches.first(key.id):
+            # The connection is busy (a burst) and this key sent an admission this loop
+            # turn already: this one waits for the next turn with the key's others, and
+            # they leave as one script call (gateway.limits.redis_admit).
+            try:
+                reply = await self._batches.join(
+                    key.id, cached, self._time_override(), tokens, cost, lease
                 )
-            )
+            except BACKEND_ERRORS as exc:
+                self._failed(exc, "admit")
+                return self._unavailable(key.id, tokens, request_id)
         else:
-            # Ahead of this admission, in the same write, for the same reason.
-            self._settles.send()
-            command = cached[2] + args
-        resp = self._resp
-        try:
-            # On one Redis the call is queued here and its reply awaited (two coroutines
-            # fewer than `Script.run`'s way, on every request).
-            future = resp.send_nowait(command) if resp is not None else None
-            if future is None:
-                reply = await self._admit_script.run(command)
+            args = _admit_args(tokens, cost, lease, self._time_override())
+            settled = 0
+            waiting = self._settles.waiting
+            if not waiting:
+                command = cached[2] + args
+            elif len(waiting) <= SETTLES_PER_CALL and self._resp and self._resp.connected():
+                # The waiting settles ride in this call, run first: this process never
+                # counts its own finished requests as open, and Redis runs one script, not
+                # two. (Connected: the call is queued before this task can be cancelled.)
+                settles = self._settles.take()
+                settled = len(settles)
+                numkeys = b"%d" % (5 + 3 * settled)
+                command = b"".join(
+                    (
+                        b"*%d\r\n" % (3 + 5 + 12 + 7 * settled),
+                        self._admit_script.evalsha,
+                        b"$%d\r\n%b\r\n" % (len(numkeys), numkeys),
+                        cached[3],
+                        b"".join([settle[1] for settle in settles]),
+                        cached[4],
+                        args,
+                        b"".join([settle[2] for settle in settles]),
+                    )
+                )
             else:
-                try:
-                    reply = await future
-                except ResponseError as exc:
-                    if not is_noscript(exc):
-                        raise
-                    reply = await self._admit_script.run_again(command)
-        except BACKEND_ERRORS as exc:
-            self._failed(exc, "admit")
-            for _ in range(settled):
-                self._on_backend_error()
-            return self._unavailable(key.id, tokens, request_id)
+                # Ahead of this admission, in the same write, for the same reason.
+                self._settles.send()
+                command = cached[2] + args
+            resp = self._resp
+            try:
+                # On one Redis the call is queued here and its reply awaited (two coroutines
+                # fewer than `Script.run`'s way, on every request).
+                future = resp.send_nowait(command) if resp is not None else None
+                if future is None:
+                    reply = await self._admit_script.run(command)
+                else:
+                    try:
+                        reply = await future
+                    except ResponseError as exc:
+                        if not is_noscript(exc):
+                            raise
+                        reply = await self._admit_script.run_again(command)
+            except BACKEND_ERRORS as exc:
+                self._failed(exc, "admit")
+                self._count_errors(settled)
+                return self._unavailable(key.id, tokens, request_id)
         if self._skip_until:
             self._recovered()
         # Times come as whole µs (redis_lua.ADMIT's reply): int / 1e6 is the double that
@@ -396,6 +425,10 @@ class RedisLimiter:
             self._on_backend_error()
             return False
         return True
+
+    def _count_errors(self, count: int) -> None:
+        for _ in range(count):
+            self._on_backend_error()
 
     def _settle_failed(self, exc: BaseException, count: int = 1) -> None:
         """`count` settles failed: each is a request that met the backend unreachable."""
@@ -500,17 +533,6 @@ class RedisLimiter:
                 for key_id, ids in snapshot
             )
         )
-
-
-def _admit_args(tokens: int, cost: int, lease: str, override: str) -> bytes:
-    """`pack_items((tokens, cost, lease, override))`, for the types they always have."""
-    t, ls = b"%d" % tokens, lease.encode()
-    if not cost and not override:  # production without prices: two of the four are fixed
-        return b"$%d\r\n%b\r\n$1\r\n0\r\n$%d\r\n%b\r\n$0\r\n\r\n" % (len(t), t, len(ls), ls)
-    c, o = b"%d" % cost, override.encode()
-    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-        len(t), t, len(c), c, len(ls), ls, len(o), o
-    )  # fmt: skip
 
 
 def _rate_state(
