@@ -22,8 +22,9 @@ as httpx's own pool does; the relay's attempts retry that.
 The providers' streams skip httpx's objects (`send_raw`), which cost about as much CPU as
 the rest of the transport and held ~2 KB per open stream: their bytes come whole from
 `gateway.providers.requests` (a head made once per URL, the body's length added), and the
-answer is a `NativeResponse`: the status, the head's fields as they came (`httpx.Headers`
-made only if something reads them) and the body. Such a request goes where its bytes need
+answer is a `NativeResponse`: the status, the head's fields as they came (`FieldHeaders`:
+read as `httpx.Headers` reads them, made into anything only if something reads them) and
+the body. Such a request goes where its bytes need
 no change: straight to the origin, or through a proxy's tunnel (https); an http origin
 behind a proxy takes the `httpx.Request` path (`raw_origin`). The same connections, pool,
 bounds, timeouts and exceptions serve both.
@@ -50,7 +51,7 @@ import httpx
 
 from gateway.egress import EgressProxies, Proxy
 from gateway.transports.errors import MalformedResponse
-from gateway.transports.http11 import Connection, Origin, encode
+from gateway.transports.http11 import Connection, Origin, encode, field_pairs
 from gateway.transports.proxy import connect_through, proxy_refused
 from gateway.transports.resolve import Resolver, connect_first
 
@@ -156,11 +157,11 @@ class NativeTransport(httpx.AsyncBaseTransport):
         try:
             # `conn.send`, without its coroutine: the head's future awaited from here.
             await conn.start(request.data, request.read_timeout)
-            status, fields = conn.head()
+            status, lines = conn.head()
         except BaseException:
             conn.close()
             raise
-        return NativeResponse(status, fields, NativeBody(conn, request.read_timeout))
+        return NativeResponse(status, lines, NativeBody(conn, request.read_timeout))
 
     async def aclose(self) -> None:
         for conn in list(self._open):
@@ -404,9 +405,9 @@ class NativeResponse:
 
     __slots__ = ("headers", "status_code", "stream")
 
-    def __init__(self, status: int, fields: list[tuple[bytes, bytes]], body: NativeBody) -> None:
+    def __init__(self, status: int, lines: list[bytes], body: NativeBody) -> None:
         self.status_code = status
-        self.headers = FieldHeaders(fields)
+        self.headers = FieldHeaders(lines)
         self.stream = body
 
     def as_httpx(self) -> httpx.Response:
@@ -424,50 +425,80 @@ class NativeResponse:
 
 
 class FieldHeaders(Mapping[str, str]):
-    """A response head's fields as they came, read as `httpx.Headers` (case-insensitive
-    names, several values joined): those are made on the first read, so an answer whose
-    headers nobody reads (most streams) never pays for them."""
+    """A response head's fields as they came (`Connection.head`'s lines), read as
+    `httpx.Headers` reads them: names case-insensitive, several values joined with ", ", text
+    in ASCII, else UTF-8, else Latin-1. Nothing is made until something reads them (most
+    streams read one field, by `raw`); a read by name makes one dict of them all, so the
+    upstream limiter's ~18 lookups cost a pass over the fields, not an `httpx.Headers`
+    (which makes three objects a field and scans them all for each lookup)."""
 
-    __slots__ = ("_headers", "fields")
+    __slots__ = ("_by_name", "_pairs", "lines")
 
-    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
-        self.fields = fields
-        self._headers: httpx.Headers | None = None
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self._pairs: list[tuple[bytes, bytes]] | None = None
+        self._by_name: dict[str, str] | None = None
+
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        """The (name, value) pairs, in order, as they came."""
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self._pairs = field_pairs(self.lines)
+        return pairs
 
     def raw(self, name: bytes) -> bytes | None:
         """A field's value by its lower-case name, as it came (several joined with ", ",
         as httpx joins them); None if absent."""
         found = None
         size = len(name)
-        for key, value in self.fields:
-            # By length first (lower() keeps it): most fields are not the one asked for,
-            # and need no lower-cased copy (OpenAI's streams come with about 20 fields).
-            if len(key) == size and key.lower() == name:
+        for line in self.lines:
+            # The colon first: most lines are not the field asked for, and need no
+            # lower-cased copy (OpenAI's streams come with about 24 fields).
+            if len(line) > size and line[size] == 58 and line[:size].lower() == name:
+                value = line[size + 1 :].lstrip(b" \t")
                 found = value if found is None else found + b", " + value
         return found
 
-    @property
-    def _all(self) -> httpx.Headers:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = httpx.Headers(self.fields)
-        return headers
+    def _names(self) -> dict[str, str]:
+        by_name = self._by_name
+        if by_name is None:
+            by_name = self._by_name = {}
+            encoding = _encoding(self.fields)
+            for name, value in self.fields:
+                key = name.lower().decode(encoding)
+                text = value.decode(encoding)
+                old = by_name.get(key)
+                by_name[key] = text if old is None else f"{old}, {text}"
+        return by_name
 
     def __getitem__(self, name: str) -> str:
-        return self._all[name]
+        return self._names()[name.lower()]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._all
+        return isinstance(name, str) and name.lower() in self._names()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._all)
+        return iter(httpx.Headers(self.fields))
 
     def __len__(self) -> int:
-        return len(self._all)
+        return len(self.fields)  # as httpx.Headers counts: each field, repeated names too
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        value: str | None = self._all.get(name, default)
-        return value
+        return self._names().get(name.lower(), default)
 
     def __repr__(self) -> str:
-        return repr(self._all)
+        return repr(httpx.Headers(self.fields))
+
+
+def _encoding(fields: list[tuple[bytes, bytes]]) -> str:
+    """The text encoding `httpx.Headers` reads these fields in."""
+    if all(name.isascii() and value.isascii() for name, value in fields):
+        return "ascii"
+    try:
+        for name, value in fields:
+            name.decode("utf-8")
+            value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "iso-8859-1"
+    return "utf-8"
