@@ -428,16 +428,18 @@ class FieldHeaders(Mapping[str, str]):
     """A response head's fields as they came (`Connection.head`'s lines), read as
     `httpx.Headers` reads them: names case-insensitive, several values joined with ", ", text
     in ASCII, else UTF-8, else Latin-1. Nothing is made until something reads them (most
-    streams read one field, by `raw`); a read by name makes one dict of them all, so the
-    upstream limiter's ~18 lookups cost a pass over the fields, not an `httpx.Headers`
-    (which makes three objects a field and scans them all for each lookup)."""
+    streams read one field, by `raw`). A read by name makes one dict of them all, in bytes
+    (a value is decoded when asked for): the upstream limiter's ~18 lookups cost a pass
+    over the fields, not an `httpx.Headers`, which makes three objects a field, decodes them
+    all, and scans them all for each lookup (a miss raising a KeyError inside)."""
 
-    __slots__ = ("_by_name", "_pairs", "lines")
+    __slots__ = ("_by_name", "_encoding", "_pairs", "lines")
 
     def __init__(self, lines: list[bytes]) -> None:
         self.lines = lines
         self._pairs: list[tuple[bytes, bytes]] | None = None
-        self._by_name: dict[str, str] | None = None
+        self._by_name: dict[bytes, bytes] | None = None
+        self._encoding = ""
 
     @property
     def fields(self) -> list[tuple[bytes, bytes]]:
@@ -460,23 +462,32 @@ class FieldHeaders(Mapping[str, str]):
                 found = value if found is None else found + b", " + value
         return found
 
-    def _names(self) -> dict[str, str]:
+    def _find(self, name: str) -> bytes | None:
+        """`name`'s value, still in bytes, looked up as `httpx.Headers` looks it up (which
+        raises UnicodeEncodeError for a name its encoding cannot write, as this does)."""
         by_name = self._by_name
         if by_name is None:
+            # In bytes, decoded only when asked for: the upstream limiter asks for ~18
+            # names, of which a real answer has ~6, among ~24 fields.
             by_name = self._by_name = {}
-            encoding = _encoding(self.fields)
-            for name, value in self.fields:
-                key = name.lower().decode(encoding)
-                text = value.decode(encoding)
-                old = by_name.get(key)
-                by_name[key] = text if old is None else f"{old}, {text}"
-        return by_name
+            for line in self.lines:
+                key, _, value = line.partition(b":")
+                key = key.lower()
+                if key in by_name:  # several fields of a name: joined, as httpx does
+                    by_name[key] = by_name[key].lstrip(b" \t") + b", " + value.lstrip(b" \t")
+                else:
+                    by_name[key] = value
+            self._encoding = _encoding(self.lines)
+        return by_name.get(name.lower().encode(self._encoding))
 
     def __getitem__(self, name: str) -> str:
-        return self._names()[name.lower()]
+        value = self._find(name)
+        if value is None:
+            raise KeyError(name)
+        return value.lstrip(b" \t").decode(self._encoding)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._names()
+        return isinstance(name, str) and self._find(name) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(httpx.Headers(self.fields))
@@ -485,20 +496,25 @@ class FieldHeaders(Mapping[str, str]):
         return len(self.fields)  # as httpx.Headers counts: each field, repeated names too
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return self._names().get(name.lower(), default)
+        value = self._find(name)
+        if value is None:
+            return default
+        return value.lstrip(b" \t").decode(self._encoding)
 
     def __repr__(self) -> str:
         return repr(httpx.Headers(self.fields))
 
 
-def _encoding(fields: list[tuple[bytes, bytes]]) -> str:
-    """The text encoding `httpx.Headers` reads these fields in."""
-    if all(name.isascii() and value.isascii() for name, value in fields):
+def _encoding(lines: list[bytes]) -> str:
+    """The text encoding `httpx.Headers` reads these fields in: the first of ASCII and UTF-8
+    every name and value decode in, else Latin-1. A whole line decodes exactly when its name
+    and value do: what joins them (the colon, spaces, tabs) is ASCII, which in UTF-8 is never
+    part of another character."""
+    if all(map(bytes.isascii, lines)):
         return "ascii"
     try:
-        for name, value in fields:
-            name.decode("utf-8")
-            value.decode("utf-8")
+        for line in lines:
+            line.decode("utf-8")
     except UnicodeDecodeError:
         return "iso-8859-1"
     return "utf-8"
