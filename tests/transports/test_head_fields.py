@@ -253,3 +253,35 @@ def test_field_headers_read_as_httpx_headers(fields: list[tuple[bytes, bytes]]) 
     assert len(ours) == len(theirs)
     assert list(ours) == list(theirs)
     assert dict(ours.items()) == dict(theirs.items())
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nA: 1\nB: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\nA: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nA: 1\rB: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nA: 1\r\n folded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nA: 1\r\n\tfolded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nA : 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nA: x\x01y\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nA: 1\r\n\n",
+    ],
+    ids=[
+        "bare-lf-in-fields",
+        "bare-lf-after-status",
+        "bare-cr",
+        "obs-fold",
+        "obs-fold-tab",
+        "space-before-colon",
+        "empty-name",
+        "control-byte",
+        "bare-lf-end",
+    ],
+)
+def test_llhttp_refuses_every_head_the_split_would_read_wrong(head: bytes) -> None:
+    # The split relies on llhttp's strictness (httptools' defaults): a release that let
+    # any of these through would have the fields read differently from llhttp's view.
+    with pytest.raises(MalformedResponse):
+        fields_read([head + b"hello"])
