@@ -43,6 +43,7 @@ under the origin it serves, not the proxy's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -480,6 +481,27 @@ class FieldHeaders(Mapping[str, str]):
             self._encoding = _encoding(self.lines)
         return by_name.get(name.lower().encode(self._encoding))
 
+    def starting_with(self, prefixes: tuple[bytes, ...]) -> dict[str, str]:
+        """The fields whose lower-cased names begin with one of `prefixes` (lower-case),
+        by lower-cased name, read as `get` reads them: what the upstream limiter looks up
+        (`gateway.limits.upstream.PrefixedFields`), without a dict of all the fields."""
+        firsts = _first_bytes(prefixes)
+        found: dict[bytes, bytes] = {}
+        for line in self.lines:
+            # By the first byte first: most fields begin with none of the prefixes'.
+            if line[0] in firsts:
+                key, _, value = line.partition(b":")
+                key = key.lower()
+                if key.startswith(prefixes):
+                    old = found.get(key)
+                    value = value.lstrip(b" \t")
+                    found[key] = value if old is None else old + b", " + value
+        if not found:
+            return {}
+        encoding = self._encoding or _encoding(self.lines)
+        self._encoding = encoding
+        return {key.decode(encoding): value.decode(encoding) for key, value in found.items()}
+
     def __getitem__(self, name: str) -> str:
         value = self._find(name)
         if value is None:
@@ -503,6 +525,13 @@ class FieldHeaders(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return repr(httpx.Headers(self.fields))
+
+
+@functools.cache
+def _first_bytes(prefixes: tuple[bytes, ...]) -> frozenset[int]:
+    """The bytes a name beginning with one of `prefixes` (lower-case) can begin with."""
+    firsts = {prefix[0] for prefix in prefixes}
+    return frozenset(firsts | {byte - 32 for byte in firsts if 97 <= byte <= 122})
 
 
 def _encoding(lines: list[bytes]) -> str:

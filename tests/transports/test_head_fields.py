@@ -285,3 +285,25 @@ def test_llhttp_refuses_every_head_the_split_would_read_wrong(head: bytes) -> No
     # any of these through would have the fields read differently from llhttp's view.
     with pytest.raises(MalformedResponse):
         fields_read([head + b"hello"])
+
+
+def test_the_fields_of_some_prefixes_read_as_httpx_headers_reads_them() -> None:
+    fields = [
+        (b"X-RateLimit-Remaining-Requests", b"9999"),
+        (b"x-ratelimit-reset-requests", b"6ms "),  # trailing whitespace kept
+        (b"x-request-id", b"req_1"),  # an x- name of no prefix
+        (b"anthropic-ratelimit-tokens-limit", b"1"),
+        (b"Anthropic-Ratelimit-Tokens-Limit", b"2"),  # repeated: joined
+        (b"alt-svc", b"h3"),
+        (b"content-type", b"text/event-stream"),
+        (b"x-ratelimit-odd", b"caf\xc3\xa9"),  # past ASCII: the whole head reads as UTF-8
+    ]
+    prefixes = (b"x-ratelimit-", b"anthropic-ratelimit-")
+    found = native.FieldHeaders([b"%s: %s" % pair for pair in fields]).starting_with(prefixes)
+    theirs = httpx.Headers(fields)
+    expected = {
+        key: theirs[key] for key in theirs if key.encode().startswith(prefixes)
+    }  # fmt: skip
+    assert found == expected
+    assert len(found) == 4 and found["anthropic-ratelimit-tokens-limit"] == "1, 2"
+    assert native.FieldHeaders([b"A: 1", b"x-b: 2"]).starting_with(prefixes) == {}
