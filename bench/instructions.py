@@ -1,6 +1,7 @@
 """Instructions per request and per relayed chunk in the real server, counted by callgrind.
 
     python -m bench.instructions [--tree DIR ...] [--streams 200] [--chunks 40] [--set K=V]
+        [--upstream-headers minimal|openai|anthropic] [--deployments N]
 
 Wall-clock CPU on a shared 2-core box moves by 5-10% from run to run; an instruction count
 does not depend on what else the machine does. For each gateway tree (default: this
@@ -13,6 +14,11 @@ from `bench.client` each time:
 - A: one-chunk streams (`bench-n1-p200`), `streams` of them;
 - B: the same, twice as many;
 - C: `streams` streams of `chunks + 1` chunks 200 ms apart.
+
+`--upstream-headers openai` has the fake upstream answer with the 24 header fields of a real
+OpenAI stream instead of 3 (`bench.upstream --headers`); `--deployments 2` gives each model
+two deployments on the same provider, so the router reads the upstream's rate-limit headers
+(`Deployment.observed`).
 
 Per request = (B - A) / streams; per chunk = (C - A) / (streams x chunks): start-up, the
 warm-up streams and the shutdown cancel out. Each run takes 20-60 s; the figures move by
@@ -44,6 +50,7 @@ from bench.procs import (
     raise_nofile,
     redis_service,
 )
+from bench.upstream import HEADS
 
 _TOTALS = re.compile(rb"^totals: (\d+)", re.MULTILINE)
 _PACE_MS = 200
@@ -109,12 +116,31 @@ def one_run(tree: Path, config: Path, tmp: Path, label: str, model: str, streams
     return total_instructions(out)
 
 
+def with_deployments(model: dict[str, str], n: int) -> dict[str, object]:
+    """A bench model served by `n` deployments of its provider (one model, n routes)."""
+    deployment = {"provider": model["provider"], "upstream_model": model["name"]}
+    return {
+        "name": model["name"],
+        "deployments": [dict(deployment, name=f"d{i}") for i in range(n)],
+    }
+
+
 def measure(
-    tree: Path, tmp: Path, streams: int, chunks: int, settings: dict[str, object]
+    tree: Path,
+    tmp: Path,
+    streams: int,
+    chunks: int,
+    settings: dict[str, object],
+    upstream_headers: str = "minimal",
+    deployments: int = 1,
 ) -> Counts:
     upstream_port = free_port()
     upstream = python_service(
-        "upstream", "bench.upstream", ["--port", str(upstream_port)], tmp, upstream_port
+        "upstream",
+        "bench.upstream",
+        ["--port", str(upstream_port), "--headers", upstream_headers],
+        tmp,
+        upstream_port,
     ).start()
     redis = redis_service(tmp).start()
     one = f"bench-n1-p{_PACE_MS}"
@@ -127,8 +153,10 @@ def measure(
             f"redis://127.0.0.1:{redis.port}/0",
             [one, long],
         )
-        if settings:
+        if settings or deployments > 1:
             data = yaml.safe_load(config.read_text())
+            if deployments > 1:
+                data["models"] = [with_deployments(m, deployments) for m in data["models"]]
             data.update(settings)
             config.write_text(yaml.safe_dump(data))
         return Counts(
@@ -149,6 +177,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=40, help="more chunks per stream in C")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE (YAML)")
+    parser.add_argument(
+        "--upstream-headers",
+        choices=sorted(HEADS),
+        default="minimal",
+        help="the fake upstream's head fields (bench.upstream --headers)",
+    )
+    parser.add_argument(
+        "--deployments", type=int, default=1, help="deployments of each model (2+: observed)"
+    )
     args = parser.parse_args()
     raise_nofile()
     settings = {}
@@ -158,7 +195,15 @@ def main() -> None:
     trees = [tree.resolve() for tree in args.tree] or [REPO]
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         for tree in trees:
-            counts = measure(tree, Path(tmp), args.streams, args.chunks, settings)
+            counts = measure(
+                tree,
+                Path(tmp),
+                args.streams,
+                args.chunks,
+                settings,
+                args.upstream_headers,
+                args.deployments,
+            )
             print(
                 f"{tree}: {counts.per_request:,.0f} instructions per request, "
                 f"{counts.per_chunk:,.0f} per relayed chunk "

@@ -42,6 +42,76 @@ _HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
 )
+_COOKIE_TAIL = b"; path=/; domain=.api.openai.com; HttpOnly; Secure; SameSite=None"
+_OPENAI_HEAD = (
+    # The 25 fields of an api.openai.com streaming answer, in its order and casing, with
+    # values of their real shape and length (the two cookies are Cloudflare's).
+    b"HTTP/1.1 200 OK\r\n"
+    b"Date: Sun, 06 Dec 2026 16:00:00 GMT\r\n"
+    b"Content-Type: text/event-stream; charset=utf-8\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+    b"Connection: keep-alive\r\n"
+    b"access-control-expose-headers: X-Request-ID\r\n"
+    b"openai-organization: user-k2v9q8x1m4n7b3c6z5a0s2d8\r\n"
+    b"openai-processing-ms: 187\r\n"
+    b"openai-project: proj_Qm3Xv8Kp2Lr7Tn4Wd9Yb6Hs1\r\n"
+    b"openai-version: 2020-10-01\r\n"
+    b"x-ratelimit-limit-requests: 10000\r\n"
+    b"x-ratelimit-limit-tokens: 30000000\r\n"
+    b"x-ratelimit-remaining-requests: 9999\r\n"
+    b"x-ratelimit-remaining-tokens: 29999975\r\n"
+    b"x-ratelimit-reset-requests: 6ms\r\n"
+    b"x-ratelimit-reset-tokens: 0s\r\n"
+    b"x-request-id: req_7f3a9c1e5b2d4f6a8c0e2b4d6f8a1c3e\r\n"
+    b"strict-transport-security: max-age=31536000; includeSubDomains; preload\r\n"
+    b"cf-cache-status: DYNAMIC\r\n"
+    b"set-cookie: __cf_bm="
+    + b"Zx7Qp2Lk9Vm4Nb8Hc3Jd6Fg1Sa5Wr0Ty.Ue7Io2Pa9Sd4Fg8Hj3Kl6Zx1Cv5Bn" * 2
+    + b"-1765036800-1.0.1.1-"
+    + b"Qw8Er3Ty6Ui1Op4As9Df2Gh7Jk0Lz5Xc8Vb3Nm6" * 2
+    + b"; path=/; expires=Sun, 06-Dec-26 16:30:00 GMT; domain=.api.openai.com; HttpOnly;"
+    b" Secure; SameSite=None\r\n"
+    b"set-cookie: _cfuvid=Hk4Lm9Np2Qr7St1Uv6Wx0Yz3Ab8Cd5Ef.Gh2Ij7Kl1Mn-1765036800123-0.0.1.1-604800000"
+    + _COOKIE_TAIL
+    + b"\r\n"
+    b"X-Content-Type-Options: nosniff\r\n"
+    b"Server: cloudflare\r\n"
+    b"CF-RAY: 8f1a2b3c4d5e6f70-AMS\r\n"
+    b'alt-svc: h3=":443"; ma=86400\r\n'
+    b"\r\n"
+)
+_ANTHROPIC_HEAD = (
+    # An api.anthropic.com streaming answer's fields, its rate-limit set included.
+    b"HTTP/1.1 200 OK\r\n"
+    b"Date: Sun, 06 Dec 2026 16:00:00 GMT\r\n"
+    b"Content-Type: text/event-stream; charset=utf-8\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"anthropic-ratelimit-requests-limit: 4000\r\n"
+    b"anthropic-ratelimit-requests-remaining: 3999\r\n"
+    b"anthropic-ratelimit-requests-reset: 2026-12-06T16:00:01Z\r\n"
+    b"anthropic-ratelimit-input-tokens-limit: 2000000\r\n"
+    b"anthropic-ratelimit-input-tokens-remaining: 1999000\r\n"
+    b"anthropic-ratelimit-input-tokens-reset: 2026-12-06T16:00:01Z\r\n"
+    b"anthropic-ratelimit-output-tokens-limit: 400000\r\n"
+    b"anthropic-ratelimit-output-tokens-remaining: 399000\r\n"
+    b"anthropic-ratelimit-output-tokens-reset: 2026-12-06T16:00:01Z\r\n"
+    b"anthropic-ratelimit-tokens-limit: 2400000\r\n"
+    b"anthropic-ratelimit-tokens-remaining: 2398000\r\n"
+    b"anthropic-ratelimit-tokens-reset: 2026-12-06T16:00:01Z\r\n"
+    b"request-id: req_011CQ7h3Vx9Kp2Lr7Tn4Wd9Y\r\n"
+    b"anthropic-organization-id: 8c3e5a7f-1b2d-4f6a-9c0e-2b4d6f8a1c3e\r\n"
+    b"via: 1.1 google\r\n"
+    b"cf-cache-status: DYNAMIC\r\n"
+    b"X-Robots-Tag: none\r\n"
+    b"Server: cloudflare\r\n"
+    b"CF-RAY: 8f1a2b3c4d5e6f71-AMS\r\n"
+    b"\r\n"
+)
+HEADS = {"minimal": _HEAD, "openai": _OPENAI_HEAD, "anthropic": _ANTHROPIC_HEAD}
+"""`--headers`: what each answer's head holds. `minimal` (3 fields) costs the gateway least;
+`openai` and `anthropic` are a real provider's (25 fields), whose cost users pay."""
 _NOT_FOUND = (
     b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 )
@@ -233,7 +303,8 @@ def _event(name: bytes, data: object) -> bytes:
 class UpstreamProtocol(asyncio.Protocol):
     """One client connection: HTTP/1.1 keep-alive, one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, head: bytes = _HEAD) -> None:
+        self._head = head
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -315,7 +386,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self, transport: asyncio.Transport, plan: StreamPlan | MessagesPlan | ResponsesPlan
     ) -> None:
         loop = asyncio.get_running_loop()
-        transport.write(_HEAD)
+        transport.write(self._head)
         start = loop.time()
         for i in range(plan.n):
             if plan.pace and i:
@@ -334,13 +405,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--headers", choices=sorted(HEADS), default="minimal", help="the answers' head fields"
+    )
     args = parser.parse_args()
     raise_nofile()  # thousands of concurrent streams (the scale scenarios)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
+        head = HEADS[args.headers]
         server = await loop.create_server(
-            UpstreamProtocol, args.host, args.port, backlog=4096, reuse_address=True
+            lambda: UpstreamProtocol(head), args.host, args.port, backlog=4096, reuse_address=True
         )
         print(f"upstream listening on {args.host}:{args.port}", flush=True)
         async with server:

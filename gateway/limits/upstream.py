@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
@@ -156,6 +157,18 @@ def parse_reset(value: str, now: float) -> float | None:
     if moment.tzinfo is None:
         return None
     return max(moment.timestamp() - now, 0.0)
+
+
+RATE_LIMIT_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
+"""The lower-cased beginnings of every field `observe` reads."""
+
+
+class PrefixedFields(Protocol):
+    """Headers that can hand over just the fields whose lower-cased names begin with one of
+    some prefixes (the native transport's `FieldHeaders`): `observe` then looks its names
+    up in those few, not in all of a real answer's ~24 fields."""
+
+    def starting_with(self, prefixes: tuple[bytes, ...]) -> Mapping[str, str]: ...
 
 
 def _count(value: str | None) -> int | None:
@@ -350,6 +363,11 @@ class UpstreamLimits:
         """Take in an upstream response's rate-limit headers (OpenAI's or Anthropic's;
         `headers` looked up by lower-case name, as httpx.Headers or a dict of lower-cased
         names allow). Unreadable values are ignored."""
+        narrow: Callable[[tuple[bytes, ...]], Mapping[str, str]] | None = getattr(
+            headers, "starting_with", None
+        )
+        if narrow is not None:
+            headers = narrow(RATE_LIMIT_PREFIXES)
         found: list[tuple[str, int, int | None, float | None]] = []
         for table in (_OPENAI, _ANTHROPIC):
             for dimension, remaining_name, limit_name, reset_name in table:

@@ -5,13 +5,23 @@ reading the responses: one request at a time, status and headers handed over onc
 ended, then each socket read's body bytes as they arrive, never re-chunked. `encode` writes
 a request's bytes (in absolute form for an http origin reached through a proxy).
 
+The head's fields are not taken from llhttp one by one (its `on_header` callback cost ~2,200
+instructions a field, a real provider's answer has ~24): the reads since the request are
+kept until the head ended, and its field lines are then cut from them in one `split`, as
+`Field: value` lines (`field_pairs` makes them pairs, for whoever reads them all). llhttp
+has checked the head by then, strictly: CRLF line ends only, no obs-fold, no whitespace
+before a colon, a token for a name; so the lines are exactly the fields llhttp saw, and a
+value is what follows the colon and its spaces and tabs (trailing whitespace kept, as llhttp
+keeps it). Trailers are not kept at all.
+
 Reads pause the socket (`pause_reading`) when more than `HIGH_WATER` bytes wait unread, so
 a slow reader holds at most that much per connection. A response's head is bounded:
 `MAX_HEAD` bytes, httpx's bound (status line and header fields, informational answers'
-heads included), and `MAX_FIELDS` fields of at most `MAX_FIELD` bytes each; so are the
-bytes between two body parts (chunk framing, extensions, trailers). Past a bound the
-response fails with `MalformedResponse` and the connection closes; llhttp bounds none of
-these itself.
+heads included), and `MAX_FIELDS` fields of at most `MAX_FIELD` bytes each (checked when
+the head ended: until then it is only bytes, bounded by `MAX_HEAD`); so are the bytes
+between two body parts (chunk framing, extensions, trailers). Past a bound the response
+fails with `MalformedResponse` and the connection closes; llhttp bounds none of these
+itself.
 
 What it leaves to others: pooling and timeouts' defaults (`gateway.transports.native`),
 proxies' tunnels (`gateway.transports.proxy`), and `HEAD` (a response to it has no body,
@@ -74,15 +84,16 @@ class Connection(asyncio.Protocol):
         "_feeding",
         "_fields",
         "_head",
+        "_head_at",
         "_head_ended",
         "_head_left",
-        "_headers",
         "_heard",
         "_informational",
         "_loop",
         "_over",
         "_parser",
         "_paused",
+        "_reads",
         "_started",
         "_status",
         "_transport",
@@ -115,10 +126,13 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
-        """The fields being read: the head's, then the trailers' (which are dropped)."""
-        self._fields: list[tuple[bytes, bytes]] = []
-        """The head's fields, once the head ended."""
+        self._reads: list[bytes] = []
+        """The reads since the request, until its answer's head ended (see the module
+        docstring): at most `MAX_HEAD` bytes and one read."""
+        self._head_at = 0
+        """Where in the joined `_reads` the next head starts (past informational answers)."""
+        self._fields: list[bytes] = []
+        """The head's field lines (`name: value`), once the head ended."""
         self._status = 0
         self._informational = False
         self._started = False
@@ -149,16 +163,18 @@ class Connection(asyncio.Protocol):
     async def send(
         self, data: bytes, read_timeout: float | None
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Write one request; the response's status and headers once they arrived."""
+        """Write one request; the response's status and header fields once they arrived."""
         await self.start(data, read_timeout)
-        return self.head()
+        status, lines = self.head()
+        return status, field_pairs(lines)
 
     def start(self, data: bytes, read_timeout: float | None) -> Awaitable[None]:
         """`send` in two steps, without a coroutine of its own: write one request, and give
         what to await until the response's head arrived; then `head()`. (The native
         transport's `send_raw` awaits it straight from the request's task.)"""
         assert self._transport is not None
-        self._headers = []
+        self._reads.clear()
+        self._head_at = 0
         self._head_left = MAX_HEAD
         self._started = self.complete = self.reusable = self._head_ended = False
         self.error = None
@@ -170,9 +186,9 @@ class Connection(asyncio.Protocol):
             return head
         return self._wait(head, read_timeout)
 
-    def head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """After `start`'s awaitable: the response's status and headers, or the failure
-        that ended the wait."""
+    def head(self) -> tuple[int, list[bytes]]:
+        """After `start`'s awaitable: the response's status and its head's field lines (see
+        `field_pairs`), or the failure that ended the wait."""
         if self.error is not None:
             raise self.error
         return self._status, self._fields
@@ -262,6 +278,8 @@ class Connection(asyncio.Protocol):
         # it. (A body part or a head's end restarts the count mid-read: the rest of that read
         # is not counted, so the bound holds to within one read.)
         error: MalformedResponse | None = None
+        if not self._head_ended:
+            self._reads.append(data)  # the head's bytes, cut into fields once it ended
         left = self._head_left
         self._feeding = True
         try:
@@ -349,28 +367,20 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._started = True
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        if len(headers) >= MAX_FIELDS or len(name) + len(value) > MAX_FIELD:
-            many = len(headers) >= MAX_FIELDS
-            self._over = (
-                f"more than {MAX_FIELDS} header fields"
-                if many
-                else f"a header field over {MAX_FIELD} bytes"
-            )
-            raise _OverBound  # stops the parser; data_received fails the response
-        headers.append((name, value))
+    # No `on_header`: without it httptools asks llhttp for no field callbacks at all.
 
     def on_headers_complete(self) -> None:
+        lines = self._head_lines()
+        if lines is None:
+            raise _OverBound  # stops the parser; data_received fails the response
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._informational = True  # its end is skipped; the real answer follows
-            self._headers = []
             return  # its head counts towards the real answer's
         self._head_left = MAX_HEAD
         self._status = status
-        # Trailers that come in the same read as the head must not join its fields.
-        self._fields, self._headers = self._headers, []
+        self._fields = lines
+        self._reads = []  # not clear(): `lines` came from them, nothing else needs them
         # Whether the body has a length is asked only if the connection closes before it
         # ended (`_has_length`): looking through the fields here cost every answer ~2.4k
         # instructions (callgrind, three fields).
@@ -384,7 +394,7 @@ class Connection(asyncio.Protocol):
         its status): if not, the body ends where the connection does."""
         if self._status in (204, 304):
             return True
-        for name, value in self._fields:
+        for name, value in field_pairs(self._fields):
             # By length first: most fields are neither, and need no lower-cased copy.
             size = len(name)
             if (size == 14 and name.lower() == b"content-length") or (
@@ -392,6 +402,38 @@ class Connection(asyncio.Protocol):
             ):
                 return True
         return False
+
+    def _head_lines(self) -> list[bytes] | None:
+        """The field lines of the head llhttp just ended, cut from the reads since the
+        request; None, with `_over` saying why, past a field bound."""
+        reads = self._reads
+        data = reads[0] if len(reads) == 1 else b"".join(reads)
+        at = self._head_at
+        end = -1
+        if self._started and at < len(data):
+            if data[at] != 72:  # not b"H": llhttp skips CR and LF before a status line
+                while data[at] in (10, 13):
+                    at += 1
+            # llhttp took the head: its first empty line ends it (CRLF only, no folding).
+            end = data.find(b"\r\n\r\n", at)
+        if end < 0:
+            # The answer began before this request was written (unasked-for bytes on an
+            # idle connection): its head is not in the reads.
+            self._over = "an answer that began before its request"
+            return None
+        self._head_at = end + 4
+        lines = data[at:end].split(b"\r\n")
+        del lines[0]  # the status line
+        if len(lines) > MAX_FIELDS:
+            self._over = f"more than {MAX_FIELDS} header fields"
+            return None
+        if end - at > MAX_FIELD and any(
+            len(name) + len(value.lstrip(b" \t")) > MAX_FIELD
+            for name, _, value in (line.partition(b":") for line in lines if len(line) > MAX_FIELD)
+        ):
+            self._over = f"a header field over {MAX_FIELD} bytes"
+            return None
+        return lines
 
     def on_body(self, body: bytes) -> None:
         self._head_left = MAX_HEAD
@@ -421,6 +463,16 @@ class Connection(asyncio.Protocol):
         if head is not None and not head.done():
             head.set_result(None)
         self._notify()
+
+
+def field_pairs(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """A head's field lines (`Connection.head`) as (name, value) pairs, as llhttp reads
+    them: the name up to the colon, the value past the spaces and tabs after it."""
+    pairs = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        pairs.append((name, value.lstrip(b" \t")))
+    return pairs
 
 
 def encode(request: httpx.Request, body: bytes, proxy: Proxy | None = None) -> bytes:

@@ -22,8 +22,9 @@ as httpx's own pool does; the relay's attempts retry that.
 The providers' streams skip httpx's objects (`send_raw`), which cost about as much CPU as
 the rest of the transport and held ~2 KB per open stream: their bytes come whole from
 `gateway.providers.requests` (a head made once per URL, the body's length added), and the
-answer is a `NativeResponse`: the status, the head's fields as they came (`httpx.Headers`
-made only if something reads them) and the body. Such a request goes where its bytes need
+answer is a `NativeResponse`: the status, the head's fields as they came (`FieldHeaders`:
+read as `httpx.Headers` reads them, made into anything only if something reads them) and
+the body. Such a request goes where its bytes need
 no change: straight to the origin, or through a proxy's tunnel (https); an http origin
 behind a proxy takes the `httpx.Request` path (`raw_origin`). The same connections, pool,
 bounds, timeouts and exceptions serve both.
@@ -42,6 +43,7 @@ under the origin it serves, not the proxy's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -50,7 +52,7 @@ import httpx
 
 from gateway.egress import EgressProxies, Proxy
 from gateway.transports.errors import MalformedResponse
-from gateway.transports.http11 import Connection, Origin, encode
+from gateway.transports.http11 import Connection, Origin, encode, field_pairs
 from gateway.transports.proxy import connect_through, proxy_refused
 from gateway.transports.resolve import Resolver, connect_first
 
@@ -156,11 +158,11 @@ class NativeTransport(httpx.AsyncBaseTransport):
         try:
             # `conn.send`, without its coroutine: the head's future awaited from here.
             await conn.start(request.data, request.read_timeout)
-            status, fields = conn.head()
+            status, lines = conn.head()
         except BaseException:
             conn.close()
             raise
-        return NativeResponse(status, fields, NativeBody(conn, request.read_timeout))
+        return NativeResponse(status, lines, NativeBody(conn, request.read_timeout))
 
     async def aclose(self) -> None:
         for conn in list(self._open):
@@ -404,9 +406,9 @@ class NativeResponse:
 
     __slots__ = ("headers", "status_code", "stream")
 
-    def __init__(self, status: int, fields: list[tuple[bytes, bytes]], body: NativeBody) -> None:
+    def __init__(self, status: int, lines: list[bytes], body: NativeBody) -> None:
         self.status_code = status
-        self.headers = FieldHeaders(fields)
+        self.headers = FieldHeaders(lines)
         self.stream = body
 
     def as_httpx(self) -> httpx.Response:
@@ -424,50 +426,124 @@ class NativeResponse:
 
 
 class FieldHeaders(Mapping[str, str]):
-    """A response head's fields as they came, read as `httpx.Headers` (case-insensitive
-    names, several values joined): those are made on the first read, so an answer whose
-    headers nobody reads (most streams) never pays for them."""
+    """A response head's fields as they came (`Connection.head`'s lines), read as
+    `httpx.Headers` reads them: names case-insensitive, several values joined with ", ", text
+    in ASCII, else UTF-8, else Latin-1. Nothing is made until something reads them (most
+    streams read one field, by `raw`). A read by name makes one dict of them all, in bytes
+    (a value is decoded when asked for): the upstream limiter's ~18 lookups cost a pass
+    over the fields, not an `httpx.Headers`, which makes three objects a field, decodes them
+    all, and scans them all for each lookup (a miss raising a KeyError inside)."""
 
-    __slots__ = ("_headers", "fields")
+    __slots__ = ("_by_name", "_encoding", "_pairs", "lines")
 
-    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
-        self.fields = fields
-        self._headers: httpx.Headers | None = None
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+        self._pairs: list[tuple[bytes, bytes]] | None = None
+        self._by_name: dict[bytes, bytes] | None = None
+        self._encoding = ""
+
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        """The (name, value) pairs, in order, as they came."""
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self._pairs = field_pairs(self.lines)
+        return pairs
 
     def raw(self, name: bytes) -> bytes | None:
         """A field's value by its lower-case name, as it came (several joined with ", ",
         as httpx joins them); None if absent."""
         found = None
         size = len(name)
-        for key, value in self.fields:
-            # By length first (lower() keeps it): most fields are not the one asked for,
-            # and need no lower-cased copy (OpenAI's streams come with about 20 fields).
-            if len(key) == size and key.lower() == name:
+        for line in self.lines:
+            # The colon first: most lines are not the field asked for, and need no
+            # lower-cased copy (OpenAI's streams come with about 24 fields).
+            if len(line) > size and line[size] == 58 and line[:size].lower() == name:
+                value = line[size + 1 :].lstrip(b" \t")
                 found = value if found is None else found + b", " + value
         return found
 
-    @property
-    def _all(self) -> httpx.Headers:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = httpx.Headers(self.fields)
-        return headers
+    def _find(self, name: str) -> bytes | None:
+        """`name`'s value, still in bytes, looked up as `httpx.Headers` looks it up (which
+        raises UnicodeEncodeError for a name its encoding cannot write, as this does)."""
+        by_name = self._by_name
+        if by_name is None:
+            # In bytes, decoded only when asked for: the upstream limiter asks for ~18
+            # names, of which a real answer has ~6, among ~24 fields.
+            by_name = self._by_name = {}
+            for line in self.lines:
+                key, _, value = line.partition(b":")
+                key = key.lower()
+                if key in by_name:  # several fields of a name: joined, as httpx does
+                    by_name[key] = by_name[key].lstrip(b" \t") + b", " + value.lstrip(b" \t")
+                else:
+                    by_name[key] = value
+            self._encoding = _encoding(self.lines)
+        return by_name.get(name.lower().encode(self._encoding))
+
+    def starting_with(self, prefixes: tuple[bytes, ...]) -> dict[str, str]:
+        """The fields whose lower-cased names begin with one of `prefixes` (lower-case),
+        by lower-cased name, read as `get` reads them: what the upstream limiter looks up
+        (`gateway.limits.upstream.PrefixedFields`), without a dict of all the fields."""
+        firsts = _first_bytes(prefixes)
+        found: dict[bytes, bytes] = {}
+        for line in self.lines:
+            # By the first byte first: most fields begin with none of the prefixes'.
+            if line[0] in firsts:
+                key, _, value = line.partition(b":")
+                key = key.lower()
+                if key.startswith(prefixes):
+                    old = found.get(key)
+                    value = value.lstrip(b" \t")
+                    found[key] = value if old is None else old + b", " + value
+        if not found:
+            return {}
+        encoding = self._encoding or _encoding(self.lines)
+        self._encoding = encoding
+        return {key.decode(encoding): value.decode(encoding) for key, value in found.items()}
 
     def __getitem__(self, name: str) -> str:
-        return self._all[name]
+        value = self._find(name)
+        if value is None:
+            raise KeyError(name)
+        return value.lstrip(b" \t").decode(self._encoding)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._all
+        return isinstance(name, str) and self._find(name) is not None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._all)
+        return iter(httpx.Headers(self.fields))
 
     def __len__(self) -> int:
-        return len(self._all)
+        return len(self.fields)  # as httpx.Headers counts: each field, repeated names too
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        value: str | None = self._all.get(name, default)
-        return value
+        value = self._find(name)
+        if value is None:
+            return default
+        return value.lstrip(b" \t").decode(self._encoding)
 
     def __repr__(self) -> str:
-        return repr(self._all)
+        return repr(httpx.Headers(self.fields))
+
+
+@functools.cache
+def _first_bytes(prefixes: tuple[bytes, ...]) -> frozenset[int]:
+    """The bytes a name beginning with one of `prefixes` (lower-case) can begin with."""
+    firsts = {prefix[0] for prefix in prefixes}
+    return frozenset(firsts | {byte - 32 for byte in firsts if 97 <= byte <= 122})
+
+
+def _encoding(lines: list[bytes]) -> str:
+    """The text encoding `httpx.Headers` reads these fields in: the first of ASCII and UTF-8
+    every name and value decode in, else Latin-1. A whole line decodes exactly when its name
+    and value do: what joins them (the colon, spaces, tabs) is ASCII, which in UTF-8 is never
+    part of another character."""
+    if all(map(bytes.isascii, lines)):
+        return "ascii"
+    try:
+        for line in lines:
+            line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "iso-8859-1"
+    return "utf-8"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from redis.crc import key_slot
 
@@ -20,6 +21,7 @@ from gateway.limits.base import Limiter, LimiterUnavailable
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis_store import RedisLimiter, key_names
 from gateway.limits.upstream import UpstreamLimits, UpstreamTicket, account_id, parse_reset
+from gateway.transports.native import FieldHeaders
 from tests.limits.limits_support import run_with, running
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
@@ -293,6 +295,36 @@ def test_observed_openai_headers_steer_remaining_and_block_until_their_reset() -
         assert up.remaining("odd") is None
 
     run_with(scenario())
+
+
+def test_a_native_answers_fields_are_observed_as_the_same_fields_in_a_dict() -> None:
+    # `FieldHeaders` hands `observe` only the rate-limit fields (`starting_with`): the
+    # outcome must be what the whole head, looked up name by name, gives.
+    lines = [
+        b"Date: Sun, 06 Dec 2026 16:00:00 GMT",
+        b"X-RateLimit-Limit-Requests: 100",
+        b"x-ratelimit-remaining-requests:  25",
+        b"x-ratelimit-reset-requests: 6m0s",
+        b"x-ratelimit-remaining-tokens: 0",
+        b"x-ratelimit-reset-tokens: 20ms",
+        b"anthropic-ratelimit-output-tokens-remaining: 40",
+        b"anthropic-ratelimit-output-tokens-limit: 400",
+        b"set-cookie: a=1",
+    ]
+    native_up, dict_up = UpstreamLimits(None), UpstreamLimits(None)
+    native_up.observe(DEP, FieldHeaders(lines))
+    dict_up.observe(DEP, dict(httpx.Headers([line.split(b": ", 1) for line in lines])))
+    ours, theirs = native_up._deployments[DEP].observed, dict_up._deployments[DEP].observed
+    assert ours.keys() == theirs.keys() == {"requests", "tokens", "output-tokens"}
+    for dimension, report in ours.items():
+        expected = theirs[dimension]
+        assert (report.remaining, report.limit, report.reset) == (
+            expected.remaining,
+            expected.limit,
+            expected.reset,
+        )
+        assert report.until == pytest.approx(expected.until, abs=0.5)
+    assert native_up.remaining(DEP) == dict_up.remaining(DEP) == 0.0
 
 
 def test_observed_anthropic_headers_block_until_their_rfc3339_reset() -> None:

@@ -1201,7 +1201,7 @@ def test_a_raw_field_is_found_by_its_lower_case_name_whatever_its_neighbours() -
         (b"Set-Cookie", b"a=1"),
         (b"set-cookie", b"b=2"),
     ]
-    headers = native.FieldHeaders(fields)
+    headers = native.FieldHeaders([b"%s: %s" % field for field in fields])
     assert headers.raw(b"content-type") == b"text/event-stream"
     assert headers.raw(b"set-cookie") == b"a=1, b=2"
     assert headers.raw(b"x-request-id") == b"req_1"
