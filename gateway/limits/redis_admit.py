@@ -163,31 +163,14 @@ class AdmitBatches:
         count = len(members)
         if count == 1 and not settles:
             return self._single, head[2] + admit_args(*members[0], override)
-        settled = len(settles)
-        numkeys = b"%d" % (5 + 3 * settled)
         if count == 1:
-            script = self._single
-            args = admit_args(*members[0], override)
-            items = 3 + 5 + 12 + 7 * settled
-        else:
-            script = self._many
-            args = pack_items((override, count)) + b"".join(
-                [member_args(*member) for member in members]
+            return self._single, call_with_settles(
+                self._single, head, admit_args(*members[0], override), 4, settles
             )
-            items = 3 + 5 + 10 + 3 * count + 7 * settled
-        command = b"".join(
-            (
-                b"*%d\r\n" % items,
-                script.evalsha,
-                b"$%d\r\n%b\r\n" % (len(numkeys), numkeys),
-                head[3],
-                b"".join([settle[1] for settle in settles]),
-                head[4],
-                args,
-                b"".join([settle[2] for settle in settles]),
-            )
+        args = pack_items((override, count)) + b"".join(
+            [member_args(*member) for member in members]
         )
-        return script, command
+        return self._many, call_with_settles(self._many, head, args, 2 + 3 * count, settles)
 
     def _send_call(self, batch: _Batch, settles: list[Settle]) -> None:
         script, command = self._command(batch, settles)
@@ -247,6 +230,28 @@ def _copy(exc: BaseException) -> BaseException:
         return type(exc)(*exc.args)
     except Exception:
         return ResponseError(str(exc))
+
+
+def call_with_settles(
+    script: Script, head: Head, args: bytes, arg_items: int, settles: list[Settle]
+) -> bytes:
+    """An ADMIT or ADMIT_MANY call on `head`'s key with `args` (`arg_items` items after the
+    key's fixed eight) and the waiting `settles` riding in it: their keys after the
+    key's five, their args after all the admissions' (`redis_lua.SETTLE_MANY`)."""
+    settled = len(settles)
+    numkeys = b"%d" % (5 + 3 * settled)
+    return b"".join(
+        (
+            b"*%d\r\n" % (3 + 5 + 8 + arg_items + 7 * settled),
+            script.evalsha,
+            b"$%d\r\n%b\r\n" % (len(numkeys), numkeys),
+            head[3],
+            b"".join([settle[1] for settle in settles]),
+            head[4],
+            args,
+            b"".join([settle[2] for settle in settles]),
+        )
+    )
 
 
 def admit_args(tokens: int, cost: int, lease: str, override: str) -> bytes:

@@ -55,6 +55,28 @@ local function periods(t)
          string.format('month:%04d-%02d', y, m), days_from_civil(ny, nm, 1) * 86400
 end
 
+-- a key's first admission of a day (or of a settle-emptied one; either way harmless): drop
+-- the quota hash's fields of older periods, keeping this and the previous day and month
+-- for settles that straddle midnight, and let the hash live to a day past the month's end
+local function new_day(quota_key, now)
+  local day_f, _, month_f, month_end = periods(now)
+  if redis.call('HLEN', quota_key) > 4 then
+    local prev_day = periods(now - 86400)
+    local y, m = civil(math.floor(now / 86400))
+    local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
+    local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true,
+                  ['usd:' .. day_f] = true, ['usd:' .. month_f] = true,
+                  ['usd:' .. prev_day] = true, ['usd:' .. prev_month] = true}
+    local old = {}
+    for _, field in ipairs(redis.call('HKEYS', quota_key)) do
+      if not keep[field] then old[#old + 1] = field end
+    end
+    if #old > 0 then redis.call('HDEL', quota_key, unpack(old)) end
+  end
+  -- relative, so a test's clock override gets the same lifetime as the server's TIME
+  redis.call('EXPIRE', quota_key, string.format('%d', math.ceil(month_end + 86400 - now)))
+end
+
 -- rpm / tpm windows: a hash each (unix second -> count, 'sum' -> the count of the whole
 -- window) and one sorted set of the seconds that have buckets (both windows get theirs
 -- together, at admission). Moving the window on reads only the buckets that left it, and
@@ -225,22 +247,7 @@ if denied == '' then
   end
   if day_used == 0 then
     -- the first admission of a day (or of a settle-emptied one; either way harmless)
-    if redis.call('HLEN', KEYS[3]) > 4 then
-      -- keep this and the previous day and month, for settles that straddle midnight
-      local prev_day = periods(now - 86400)
-      local y, m = civil(math.floor(now / 86400))
-      local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
-      local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true,
-                    [usd_day_f] = true, [usd_month_f] = true, ['usd:' .. prev_day] = true,
-                    ['usd:' .. prev_month] = true}
-      local old = {}
-      for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
-        if not keep[field] then old[#old + 1] = field end
-      end
-      if #old > 0 then redis.call('HDEL', KEYS[3], unpack(old)) end
-    end
-    -- relative, so a test's clock override gets the same lifetime as the server's TIME
-    redis.call('EXPIRE', KEYS[3], string.format('%d', math.ceil(month_end + 86400 - now)))
+    new_day(KEYS[3], now)
   end
   redis.call('ZADD', KEYS[4], string.format('%.3f', now_ms + ttl), lease)
   redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl + 1000))
@@ -464,20 +471,7 @@ while i < n do
     -- ADMIT's first admission of a day, at the same point: the fields written so far are
     -- there for HLEN to count
     write_quota()
-    if redis.call('HLEN', KEYS[3]) > 4 then
-      local prev_day = periods(now - 86400)
-      local y, m = civil(math.floor(now / 86400))
-      local _, _, prev_month = periods((days_from_civil(y, m, 1) - 1) * 86400)
-      local keep = {[day_f] = true, [month_f] = true, [prev_day] = true, [prev_month] = true,
-                    [usd_day_f] = true, [usd_month_f] = true, ['usd:' .. prev_day] = true,
-                    ['usd:' .. prev_month] = true}
-      local old = {}
-      for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
-        if not keep[field] then old[#old + 1] = field end
-      end
-      if #old > 0 then redis.call('HDEL', KEYS[3], unpack(old)) end
-    end
-    redis.call('EXPIRE', KEYS[3], string.format('%d', math.ceil(month_end + 86400 - now)))
+    new_day(KEYS[3], now)
   end
   open = open + 1
   leases[#leases + 1] = string.format('%.3f', now_ms + ttl)

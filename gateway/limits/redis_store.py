@@ -83,7 +83,7 @@ from gateway.limits.base import (
     Reservation,
 )
 from gateway.limits.cluster import ClusterClient
-from gateway.limits.redis_admit import AdmitBatches
+from gateway.limits.redis_admit import AdmitBatches, call_with_settles
 from gateway.limits.redis_admit import admit_args as _admit_args
 from gateway.limits.redis_settle import (
     BACKEND_ERRORS,
@@ -329,19 +329,7 @@ class RedisLimiter:
                 # two. (Connected: the call is queued before this task can be cancelled.)
                 settles = self._settles.take()
                 settled = len(settles)
-                numkeys = b"%d" % (5 + 3 * settled)
-                command = b"".join(
-                    (
-                        b"*%d\r\n" % (3 + 5 + 12 + 7 * settled),
-                        self._admit_script.evalsha,
-                        b"$%d\r\n%b\r\n" % (len(numkeys), numkeys),
-                        cached[3],
-                        b"".join([settle[1] for settle in settles]),
-                        cached[4],
-                        args,
-                        b"".join([settle[2] for settle in settles]),
-                    )
-                )
+                command = call_with_settles(self._admit_script, cached, args, 4, settles)
             else:
                 # Ahead of this admission, in the same write, for the same reason.
                 self._settles.send()

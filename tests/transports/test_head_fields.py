@@ -21,36 +21,7 @@ import pytest
 
 from gateway.transports import http11, native
 from gateway.transports.errors import MalformedResponse
-
-
-class _Pool:
-    def lost(self, conn: http11.Connection) -> None:
-        pass
-
-    def release(self, conn: http11.Connection) -> None:
-        pass
-
-
-class _Wire:
-    """A stand-in asyncio transport: requests are dropped, a close is remembered."""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from tests.transports.stand_ins import StandInPool, StandInWire
 
 
 class _FieldByField:
@@ -79,8 +50,8 @@ def llhttp_fields(head: bytes) -> list[tuple[bytes, bytes]]:
 
 async def _fields_read(pieces: list[bytes]) -> list[tuple[bytes, bytes]]:
     """What `Connection.send` hands over when the answer comes in these reads."""
-    conn = http11.Connection(cast(Any, _Pool()), (b"http", "upstream", 80))
-    conn.connection_made(cast(Any, _Wire()))
+    conn = http11.Connection(cast(Any, StandInPool()), (b"http", "upstream", 80))
+    conn.connection_made(cast(Any, StandInWire()))
     sent = asyncio.ensure_future(conn.send(b"GET / HTTP/1.1\r\nhost: upstream\r\n\r\n", None))
     await asyncio.sleep(0)
     for piece in pieces:
@@ -183,8 +154,8 @@ def test_a_head_one_past_a_field_bound_fails_as_it_did_field_by_field(
 
 def test_an_answer_that_began_before_its_request_fails_as_malformed() -> None:
     async def scenario() -> None:
-        conn = http11.Connection(cast(Any, _Pool()), (b"http", "upstream", 80))
-        wire = _Wire()
+        conn = http11.Connection(cast(Any, StandInPool()), (b"http", "upstream", 80))
+        wire = StandInWire()
         conn.connection_made(cast(Any, wire))
         conn.data_received(b"HTTP/1.1 200 OK\r\nx-unasked: 1\r\n")  # before any request
         sent = asyncio.ensure_future(conn.send(b"GET / HTTP/1.1\r\nhost: u\r\n\r\n", None))

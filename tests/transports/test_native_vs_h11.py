@@ -30,6 +30,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from gateway.transports import http11, native
+from tests.transports.stand_ins import StandInPool, StandInWire
 
 Verdict = Literal["complete", "malformed", "truncated", "waiting"]
 
@@ -56,41 +57,9 @@ class Response:
 # --- the native side ------------------------------------------------------------------------
 
 
-class _Pool:
-    """What a `_Connection` asks of its transport."""
-
-    def lost(self, conn: http11.Connection) -> None:
-        pass
-
-    def release(self, conn: http11.Connection) -> None:
-        pass
-
-
-class _Wire:
-    """A stand-in asyncio transport: requests are dropped, a close is remembered."""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 async def _native(pieces: list[bytes], eof: bool) -> Outcome:
-    conn = http11.Connection(cast(Any, _Pool()), (b"http", "upstream", 80))
-    wire = _Wire()
+    conn = http11.Connection(cast(Any, StandInPool()), (b"http", "upstream", 80))
+    wire = StandInWire()
     conn.connection_made(cast(Any, wire))
     head = asyncio.ensure_future(conn.send(b"GET / HTTP/1.1\r\nhost: upstream\r\n\r\n", None))
     await asyncio.sleep(0)
