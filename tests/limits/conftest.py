@@ -27,6 +27,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, free to be paused, killed and restarted."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The session's Redis, emptied for this test."""
     redis_server.start()  # in case an earlier test left it stopped

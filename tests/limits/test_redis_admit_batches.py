@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,13 +315,6 @@ def test_a_batch_answered_noscript_is_loaded_sent_again_and_counted_once(redis_u
         assert errors == []
 
     run_with(scenario())
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis of the test's own, free to be paused."""
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])

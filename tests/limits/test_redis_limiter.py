@@ -506,13 +506,6 @@ def test_a_dead_process_frees_its_slots_when_its_leases_expire(redis_url: str) -
     run_with(scenario())
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis of the test's own, free to be killed and restarted."""
-    with RedisServer() as server:
-        yield server
-
-
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_an_outage_is_counted_obeys_the_failure_mode_and_heals_by_itself(
     own_redis: RedisServer, mode: BackendFailure
