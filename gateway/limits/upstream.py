@@ -123,6 +123,12 @@ _UNIT_S = {
 }
 _MAX_VALUE_CHARS = 64
 """Longer header values are not rate-limit values: ignored, never parsed."""
+_DURATIONS: dict[str, float] = {}
+"""Go durations read before, and their seconds: they do not depend on `now`, and a failed
+`float()` plus the pattern cost 1.4-2.1 µs a value against ~50 ns for the lookup (a timing
+loop; two values per answer of an observed deployment). Kept stripped, so only a value
+that came stripped is found here; at most `_DURATIONS_KEPT` of them."""
+_DURATIONS_KEPT = 1024
 
 
 def parse_reset(value: str, now: float) -> float | None:
@@ -131,6 +137,9 @@ def parse_reset(value: str, now: float) -> float | None:
     Reads Go durations as OpenAI writes them (`20ms`, `1s`, `6m0s`, `1h2m3.5s`), plain
     seconds (`12`, `0.5`), unix times (a number past 10^9) and RFC 3339 times as Anthropic
     writes them (`2025-01-15T14:24:00Z`)."""
+    known = _DURATIONS.get(value)
+    if known is not None:  # OpenAI's `6m0s`, `20ms`: a few values that repeat
+        return known
     value = value.strip()
     if not value or len(value) > _MAX_VALUE_CHARS:
         return None
@@ -149,6 +158,8 @@ def parse_reset(value: str, now: float) -> float | None:
         total += float(match.group(1)) * _UNIT_S[match.group(2)]
         pos = match.end()
     if pos and pos == len(value):
+        if len(_DURATIONS) < _DURATIONS_KEPT:
+            _DURATIONS[value] = total
         return total
     try:
         moment = datetime.fromisoformat(value)

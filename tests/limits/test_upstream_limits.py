@@ -17,6 +17,7 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.config import KeyConfig, Limits
+from gateway.limits import upstream
 from gateway.limits.base import Limiter, LimiterUnavailable
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis_store import RedisLimiter, key_names
@@ -382,6 +383,28 @@ def test_reset_headers_are_read_in_every_format_providers_send(
 ) -> None:
     got = parse_reset(value, now=1_000_000_000.0)
     assert got == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_a_reset_duration_read_again_is_remembered_and_nothing_else_is() -> None:
+    """Go durations are remembered (they do not depend on the time); unix times and RFC 3339
+    moments, which do, are read afresh each time, and the memory stops at its bound."""
+    upstream._DURATIONS.clear()
+    try:
+        assert parse_reset("6m0s", now=1_000_000_000.0) == 360.0
+        assert upstream._DURATIONS == {"6m0s": 360.0}
+        assert parse_reset("6m0s", now=2_000_000_000.0) == 360.0  # the same, from memory
+        assert parse_reset(" 20ms ", now=0.0) == pytest.approx(0.02)  # read, kept stripped
+        assert " 20ms " not in upstream._DURATIONS and "20ms" in upstream._DURATIONS
+        assert parse_reset("1000000060", now=1_000_000_000.0) == 60.0
+        assert parse_reset("1000000060", now=1_000_000_030.0) == 30.0
+        assert parse_reset("2001-09-09T01:46:50Z", now=1_000_000_000.0) == 10.0
+        assert parse_reset("2001-09-09T01:46:50Z", now=1_000_000_005.0) == 5.0
+        assert set(upstream._DURATIONS) == {"6m0s", "20ms"}
+        for n in range(2 * upstream._DURATIONS_KEPT):
+            assert parse_reset(f"{n}s", now=0.0) == n
+        assert len(upstream._DURATIONS) == upstream._DURATIONS_KEPT
+    finally:
+        upstream._DURATIONS.clear()
 
 
 def test_a_deployment_without_limits_gets_a_ticket_without_counting() -> None:
