@@ -645,6 +645,9 @@ def test_consecutive_same_role_messages_are_merged() -> None:
     assert "system" not in body
 
 
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -679,24 +682,9 @@ def test_consecutive_same_role_messages_are_merged() -> None:
             },
             "tool_choice",
         ),
-    ],
-)
-def test_requests_anthropic_cannot_honour_are_refused(body: dict[str, Any], param: str) -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        translate(**body)
-    assert caught.value.status == 400
-    assert caught.value.param == param
-
-
-# One translator serves Chat clients and the pivot alike (`gateway.protocols`); these are
-# the cases where the provider's own translator, before the merge, dropped or did otherwise.
-
-TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-
-
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
+        # One translator serves Chat clients and the pivot alike (`gateway.protocols`); from
+        # here, the cases the provider's own translator, before the merge, dropped silently
+        # or did otherwise.
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": -1}, "frequency_penalty"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
@@ -730,8 +718,8 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "
         ),
     ],
 )
-def test_what_anthropic_cannot_say_is_refused_not_dropped(body: dict[str, Any], param: str) -> None:
-    """SPEC 9: a 400 naming the field, where the provider used to drop it silently."""
+def test_requests_anthropic_cannot_honour_are_refused(body: dict[str, Any], param: str) -> None:
+    """SPEC 9: a 400 naming the field, never a silent drop."""
     with pytest.raises(InvalidRequest) as caught:
         translate(**body)
     assert caught.value.status == 400
