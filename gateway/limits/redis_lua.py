@@ -77,6 +77,20 @@ local function new_day(quota_key, now)
   redis.call('EXPIRE', quota_key, string.format('%d', math.ceil(month_end + 86400 - now)))
 end
 
+-- an admission's reply (ADMIT's, and each of ADMIT_MANY's): one bulk string,
+-- space-separated (cheaper to read than an array of eight replies): admitted (1 or 0), the
+-- denying limit ('' when admitted), its wait, now, the rpm window's count and reset, the
+-- tpm window's count and reset; times as whole microseconds: the digits of '%.6f' without
+-- its point, which Python reads as int / 1e6, the same double as float('%.6f') (both the
+-- correctly rounded quotient) at a third of the cost
+local function us(x)
+  return (string.gsub(string.format('%.6f', x), '%.', '', 1))
+end
+local function admit_reply(denied, wait, now, rt, reset_r, tt, reset_t)
+  return string.format('%d %s %s %s %d %s %d %s', denied == '' and 1 or 0, denied, us(wait),
+                       us(now), rt, us(reset_r), tt, us(reset_t))
+end
+
 -- rpm / tpm windows: a hash each (unix second -> count, 'sum' -> the count of the whole
 -- window) and one sorted set of the seconds that have buckets (both windows get theirs
 -- together, at admission). Moving the window on reads only the buckets that left it, and
@@ -259,16 +273,7 @@ if denied == '' then
 end
 reset_r = reset_r or reset(KEYS[1], rt, rpm)
 reset_t = reset(KEYS[2], tt, tpm)
-
--- one bulk string, space-separated (cheaper to read than an array of eight replies); times
--- as whole microseconds: the digits of '%.6f' without its point, which Python reads as
--- int / 1e6, the same double as float('%.6f') (both the correctly rounded quotient) at a
--- third of the cost
-local function us(x)
-  return (string.gsub(string.format('%.6f', x), '%.', '', 1))
-end
-return string.format('%d %s %s %s %d %s %d %s', denied == '' and 1 or 0, denied, us(wait),
-                     us(now), rt, us(reset_r), tt, us(reset_t))
+return admit_reply(denied, wait, now, rt, reset_r, tt, reset_t)
 """
 )
 
@@ -392,10 +397,6 @@ local function reset(w, count, limit, cur)
   return wait_below_here(w, count, math.min(limit, count), cur)
 end
 
-local function us(x)
-  return (string.gsub(string.format('%.6f', x), '%.', '', 1))
-end
-
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
 local open = redis.call('ZCARD', KEYS[4])
 local first = secs_to(1)
@@ -451,8 +452,8 @@ while i < n do
   end
   if denied ~= '' then
     -- nothing changes from here on: every later admission gets this same reply
-    local reply = string.format('0 %s %s %s %d %s %d %s', denied, us(wait), us(now), rt,
-                                us(reset(1, rt, rpm, r_now)), tt, us(reset(2, tt, tpm, t_now)))
+    local reply = admit_reply(denied, wait, now, rt, reset(1, rt, rpm, r_now), tt,
+                              reset(2, tt, tpm, t_now))
     for j = i, n do replies[j] = reply end
     break
   end
@@ -484,8 +485,7 @@ while i < n do
     reset_r = ((oldest == nil or tonumber(oldest) >= now_s) and now_s or tonumber(oldest))
               + 60 - now
   end
-  replies[i] = string.format('1  %s %s %d %s %d %s', us(0), us(now), rt, us(reset_r), tt,
-                             us(reset(2, tt, tpm, t_now)))
+  replies[i] = admit_reply('', 0, now, rt, reset_r, tt, reset(2, tt, tpm, t_now))
 end
 
 if #leases > 0 then
