@@ -40,9 +40,11 @@ import httptools
 import orjson
 import uvloop
 
+from bench.procs import UPSTREAM_IDLE
+
 RUNGS = ("parse", "task", "redis", "sse")
-MAX_IDLE = 256
-"""Idle upstream connections kept, as the gateway's native transport (the rest closed)."""
+MAX_IDLE = UPSTREAM_IDLE
+"""Idle upstream connections kept, as the other relays (the rest closed)."""
 
 
 class Upstream(asyncio.Protocol):

@@ -89,6 +89,9 @@ from gateway.config_types import (
     Transport as Transport,
 )
 from gateway.config_types import (
+    UpstreamPoolConfig as UpstreamPoolConfig,
+)
+from gateway.config_types import (
     hash_key as hash_key,
 )
 from gateway.egress import EgressProxies
@@ -385,6 +388,7 @@ def parse_config(data: Any, source: str, env: Mapping[str, str]) -> GatewayConfi
         upstream_transport=r.choice(  # type: ignore[arg-type]
             "upstream_transport", get_args(Transport), GatewayConfig.upstream_transport
         ),
+        upstream_pool=_read_upstream_pool(source, r),
         shutdown_grace=r.take("shutdown_grace", float, GatewayConfig.shutdown_grace),
         max_requests_per_loop_turn=r.at_least(
             "max_requests_per_loop_turn", int, 0, GatewayConfig.max_requests_per_loop_turn
@@ -428,6 +432,16 @@ def _read_health(source: str, r: Reader) -> HealthConfig:
         if getattr(health, f.name) <= 0:
             raise ConfigError(source, f"health.{f.name}", "must be greater than 0")
     return health
+
+
+def _read_upstream_pool(source: str, r: Reader) -> UpstreamPoolConfig:
+    node = r.take("upstream_pool", dict, {})
+    pool: UpstreamPoolConfig = read_section(UpstreamPoolConfig, source, "upstream_pool", node)
+    if pool.max_idle < 0:
+        raise ConfigError(source, "upstream_pool.max_idle", "must be 0 or more")
+    if pool.idle_timeout <= 0:
+        raise ConfigError(source, "upstream_pool.idle_timeout", "must be greater than 0")
+    return pool
 
 
 def _read_database_url(r: Reader, env: Mapping[str, str]) -> str:

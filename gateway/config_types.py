@@ -190,6 +190,18 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamPoolConfig:
+    """Idle upstream connections kept for the next requests (`gateway.transports`)."""
+
+    max_idle: int = 1024
+    """Idle connections kept, at most, by one process (0: none, every request connects).
+    A burst of concurrent streams opens one connection each; those kept spare the next
+    burst a TCP (and TLS) handshake each. `aiohttp` keeps every idle connection."""
+    idle_timeout: float = 30.0
+    """Seconds an idle connection is kept; keep it below the provider's own idle timeout."""
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     file: str = ""
     """Empty: JSON lines on stdout."""
@@ -240,6 +252,7 @@ class GatewayConfig:
     cors_origins: tuple[str, ...] = ()
     upstream_transport: Transport = "native"
     """What carries httpx's requests upstream (docs/performance.md)."""
+    upstream_pool: UpstreamPoolConfig = field(default_factory=UpstreamPoolConfig)
     stream_buffer_bytes: int = 64 * 1024
     """High-water mark of bytes queued towards one client. Past it the relay stops reading
     the upstream until the client catches up (backpressure); a client that reads nothing

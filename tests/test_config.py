@@ -11,12 +11,15 @@ import pytest
 from gateway.config import (
     ConfigError,
     GatewayConfig,
+    UpstreamPoolConfig,
     hash_key,
     load_config,
     parse_config,
     resolve_config,
 )
 from gateway.runtime import start_budget
+from gateway.transports import build_transport
+from gateway.transports.native import NativeTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 HASH = hash_key("secret")
@@ -73,6 +76,10 @@ def test_variables_expand_with_defaults() -> None:
         ({"redis_url": "redis://h/zero"}, "redis_url", "database 'zero' is not a number"),
         ({"max_requests_per_loop_turn": -1}, "max_requests_per_loop_turn", "must be 0 or more"),
         ({"upstream_transport": "curl"}, "upstream_transport", "one of native, aiohttp, httpx"),
+        ({"upstream_pool": {"max_idle": -1}}, "upstream_pool.max_idle", "must be 0 or more"),
+        ({"upstream_pool": {"idle_timeout": 0}}, "upstream_pool.idle_timeout", "greater than 0"),
+        ({"upstream_pool": {"max_idle": "all"}}, "upstream_pool.max_idle", "expected"),
+        ({"upstream_pool": {"size": 8}}, "upstream_pool.size", "unknown key"),
         (
             {"providers": [{"name": "p", "type": "openai", "base_url": "api.openai.com/v1"}]},
             "providers[0].base_url",
@@ -155,6 +162,18 @@ def test_a_file_gets_the_same_defaults_as_the_dataclass() -> None:
     for given in (8, 0):
         parsed = parse_config(minimal(max_requests_per_loop_turn=given), "gw.yaml", {})
         assert parsed.max_requests_per_loop_turn == given
+
+
+def test_upstream_pool_defaults_and_settings_reach_every_transport() -> None:
+    config = parse_config(minimal(), "gw.yaml", {})
+    assert config.upstream_pool == UpstreamPoolConfig(max_idle=1024, idle_timeout=30.0)
+    pool = {"max_idle": 0, "idle_timeout": 5}
+    native = build_transport(parse_config(minimal(upstream_pool=pool), "gw.yaml", {}))
+    assert isinstance(native, NativeTransport)
+    assert (native._max_keepalive, native._expiry) == (0, 5.0)
+    via_httpx = parse_config(minimal(upstream_pool=pool, upstream_transport="httpx"), "g", {})
+    limits = build_transport(via_httpx)._pool  # type: ignore[attr-defined]  # httpcore's
+    assert (limits._max_keepalive_connections, limits._keepalive_expiry) == (0, 5.0)
 
 
 def test_requests_start_48_per_loop_turn_unless_the_config_says_0() -> None:

@@ -16,13 +16,23 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import GatewayConfig, HealthConfig, parse_config
+from gateway.config import GatewayConfig, HealthConfig, UpstreamPoolConfig, parse_config
 from tests.test_config import HASH
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _BLOCK = re.compile(r"```ya?ml\n(.*?)```", re.S)
 _CONFIG_KEYS = frozenset(
-    {"providers", "models", "keys", "pricing", "tracing", "health", "limits", "logging"}
+    {
+        "providers",
+        "models",
+        "keys",
+        "pricing",
+        "tracing",
+        "health",
+        "limits",
+        "logging",
+        "upstream_pool",
+    }
 )
 
 
@@ -75,5 +85,7 @@ def test_each_readme_config_block_loads(line: int, block: str) -> None:
     written = yaml.safe_load(block)
     if "health" in written:  # what the block sets is what was read
         assert config.health == HealthConfig(**written["health"])
+    if "upstream_pool" in written:
+        assert config.upstream_pool == UpstreamPoolConfig(**written["upstream_pool"])
     if "tracing" in written:
         assert config.tracing.otlp_endpoint == written["tracing"]["otlp_endpoint"]

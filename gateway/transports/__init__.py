@@ -29,30 +29,28 @@ from gateway.transports.errors import MalformedResponse
 from gateway.transports.native import NativeTransport
 from gateway.transports.proxy import ProxyRouter
 
-__all__ = ["KEEPALIVE_S", "MAX_IDLE", "MalformedResponse", "build_transport"]
-
-MAX_IDLE = 1024
-"""Idle connections kept, at most, by each transport's pool."""
-KEEPALIVE_S = 30.0
-"""How long an idle connection is kept."""
+__all__ = ["MalformedResponse", "build_transport"]
 
 
 def build_transport(config: GatewayConfig) -> AsyncBaseTransport:
     """One pooled transport for every provider; the app closes it. It has no default
     timeouts: providers set them on each request (`extensions={"timeout": ...}`)."""
-    # Idle connections are kept up to the number a burst of concurrent streams opened: one
-    # costs a socket, a new one costs a TCP and TLS handshake on the next stream's path.
+    # Idle connections are kept up to `upstream_pool.max_idle`: one costs a socket, a new
+    # one costs a TCP and TLS handshake on the next stream's path.
     egress = config.egress
+    pool = config.upstream_pool
     if config.upstream_transport == "native":
-        return NativeTransport(max_keepalive=MAX_IDLE, keepalive_expiry=KEEPALIVE_S, proxies=egress)
+        return NativeTransport(
+            max_keepalive=pool.max_idle, keepalive_expiry=pool.idle_timeout, proxies=egress
+        )
     if config.upstream_transport == "httpx":
         from gateway.transports.httpx import httpx_transports
 
-        via = httpx_transports(MAX_IDLE, KEEPALIVE_S)
+        via = httpx_transports(pool.max_idle, pool.idle_timeout)
     else:
         from gateway.transports.aiohttp import aiohttp_transports
 
-        via = aiohttp_transports(KEEPALIVE_S)
+        via = aiohttp_transports(pool.idle_timeout)
     if not egress.active:
         return via(None)
     return ProxyRouter(egress, via)

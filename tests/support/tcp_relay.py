@@ -19,6 +19,8 @@ class TcpRelay:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.accepted = 0
+        """Connections accepted since the relay was made."""
 
     def start(self) -> None:
         listener = socket.socket()
@@ -34,6 +36,7 @@ class TcpRelay:
                 client, _ = listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
