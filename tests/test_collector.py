@@ -1,5 +1,6 @@
 """The cycle collector run from the server's tick (gateway.server.collector): CPython's
-thresholds and generations, put off while the process is busy, never past its bounds."""
+thresholds and generations; while the process is busy, a freeze in place of a collection,
+and what was frozen collected at the next quiet moment or after `max_frozen` seconds."""
 
 from __future__ import annotations
 
@@ -22,15 +23,23 @@ class Box:
         self.cpu = 10.0
         self.count = (0, 0, 0)
         self.collected: list[int] = []
+        self.calls: list[str] = []
 
     def collector(self, **kw: Any) -> Collector:
         return Collector(
             clock=lambda: self.wall,
             cpu=lambda: self.cpu,
             get_count=lambda: self.count,
-            collect=lambda generation: self.collected.append(generation) or 0,
+            collect=self.collect,
+            freeze=lambda: self.calls.append("freeze"),
+            unfreeze=lambda: self.calls.append("unfreeze"),
             **kw,
         )
+
+    def collect(self, generation: int) -> int:
+        self.collected.append(generation)
+        self.calls.append(f"collect {generation}")
+        return 0
 
     def later(self, seconds: float, busy: float) -> None:
         """`seconds` pass, `busy` of them on the CPU."""
@@ -66,40 +75,68 @@ def test_the_oldest_generation_past_its_threshold_is_collected_as_cpython_does()
     assert box.collected == [0, 1, 2, 2]
 
 
-def test_a_busy_process_puts_a_due_collection_off_until_it_has_time() -> None:
+def test_a_busy_process_freezes_instead_and_collects_all_at_its_next_quiet_moment() -> None:
     box = Box()
-    collector = box.collector(busy=0.6)
+    collector = box.collector(busy=0.6, idle=0.1)
     box.count = (THRESHOLDS[0] * 3, 0, 0)
-    for _ in range(4):  # a burst: 90% of each tick on the CPU
+    for _ in range(3):  # a burst: 90% of each tick on the CPU, a collection due each tick
         box.later(0.1, 0.9)
         assert collector.tick() is None
-    assert collector.deferred == 4 and box.collected == []
-    box.later(0.1, 0.3)  # the burst is over
-    assert collector.tick() == 0
-
-
-def test_a_collection_is_put_off_at_most_max_delay_seconds() -> None:
-    box = Box()
-    collector = box.collector(max_delay=1.0)
+    assert collector.frozen == 3 and box.collected == []
+    assert box.calls == ["freeze"] * 3
     box.count = (THRESHOLDS[0] + 1, 0, 0)
-    ticks = 1
-    box.later(0.1, 1.0)  # busy throughout
-    while collector.tick() is None:
-        box.later(0.1, 1.0)
-        ticks += 1
-        assert ticks < 20
-    assert 10 <= ticks <= 12 and box.collected == [0]
-
-
-def test_a_collection_is_not_put_off_past_the_cap_however_busy() -> None:
-    box = Box()
-    collector = box.collector(cap=100_000)
-    box.count = (99_999, 0, 0)
-    box.later(0.1, 1.0)
+    box.later(0.1, 0.3)  # streams still relayed: neither busy nor quiet
+    assert collector.tick() == 0  # a young collection of what came since, as usual
+    box.count = (5, 0, 0)
+    box.later(0.1, 0.3)
     assert collector.tick() is None
-    box.count = (100_000, 0, 0)
+    box.later(0.1, 0.05)  # quiet: what was frozen is thawed and collected in full
+    assert collector.tick() == 2
+    assert box.calls[3:] == ["collect 0", "unfreeze", "collect 2"]
+    box.later(0.1, 0.0)  # and only once
+    assert collector.tick() is None
+
+
+def test_what_was_frozen_is_collected_after_max_frozen_seconds_however_busy() -> None:
+    box = Box()
+    collector = box.collector(max_frozen=5.0)
+    box.count = (THRESHOLDS[0] + 1, 0, 0)
     box.later(0.1, 1.0)
-    assert collector.tick() == 0
+    assert collector.tick() is None and box.calls == ["freeze"]
+    box.count = (0, 0, 0)
+    ticks = 1
+    while True:
+        box.later(0.1, 1.0)  # busy throughout
+        ticks += 1
+        if collector.tick() is not None:
+            break
+        assert ticks < 100
+    assert 50 <= ticks <= 52 and box.calls == ["freeze", "unfreeze", "collect 2"]
+
+
+def test_a_cycle_frozen_in_a_burst_is_freed_at_the_next_quiet_moment() -> None:
+    """The real `gc`: a reference cycle that was young when a busy tick froze it outlives
+    young collections, and the quiet tick's full collection frees it."""
+    box = Box()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        collector = Collector(clock=lambda: box.wall, cpu=lambda: box.cpu)
+        cycle = Cycle()
+        dead = weakref.ref(cycle)
+        del cycle
+        alive = [[] for _ in range(THRESHOLDS[0] + 1000)]  # the young count past its threshold
+        box.later(0.1, 1.0)
+        assert collector.tick() is None and collector.frozen == 1
+        gc.collect(0)
+        assert dead() is not None  # frozen: no young collection sees it
+        box.later(0.1, 0.0)
+        assert collector.tick() == 2
+        assert dead() is None
+        del alive
+    finally:
+        gc.unfreeze()
+        gc.enable() if was_enabled else gc.disable()
 
 
 async def plain(scope: Any, receive: Any, send: Any) -> None:
