@@ -401,7 +401,9 @@ class UpstreamLimits:
         observed: dict[str, _Observed] | None = None
         now = time.monotonic()
         wall = self._wall_clock()
-        for remaining_name in counts:
+        # OpenAI's names first (x- after anthropic-, reversed): when an answer carries both
+        # sets (never seen), Anthropic's report of a dimension is the one kept, as ever.
+        for remaining_name in sorted(counts, reverse=True):
             remaining = _count(headers.get(remaining_name))
             if remaining is None:
                 continue

@@ -544,3 +544,24 @@ def test_nothing_readable_observed_leaves_no_state_and_limits_stand_in() -> None
     assert up.remaining(DEP) == pytest.approx(0.1)
     up.observe(DEP, {"x-ratelimit-remaining-requests": "0"})  # 0: spent, limit or not
     assert up.remaining(DEP) == 0.0
+
+
+def test_of_both_providers_sets_anthropics_report_of_a_dimension_is_kept() -> None:
+    fields = {
+        "anthropic-ratelimit-requests-remaining": "7",
+        "anthropic-ratelimit-requests-limit": "70",
+        "x-ratelimit-remaining-requests": "9",
+        "x-ratelimit-limit-requests": "90",
+        "x-ratelimit-remaining-tokens": "5",
+        "x-ratelimit-limit-tokens": "50",
+    }
+    for order in (fields, dict(reversed(fields.items()))):
+        up = UpstreamLimits(None)
+        up.observe(DEP, order)
+        up.observe(
+            "native", FieldHeaders([b"%s: %s" % (k.encode(), v.encode()) for k, v in order.items()])
+        )
+        for key in (DEP, "native"):
+            observed = up._deployments[key].observed
+            assert (observed["requests"].remaining, observed["requests"].limit) == (7, 70)
+            assert (observed["tokens"].remaining, observed["tokens"].limit) == (5, 50)
