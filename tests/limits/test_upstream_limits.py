@@ -474,3 +474,94 @@ def test_rpm_is_exact_across_two_replicas_on_a_redis_cluster(
                 await a.settle(ticket, 1)
 
     run_with(scenario())
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_real_head_is_observed_alike_in_every_mapping_that_carries_it(provider: str) -> None:
+    # `observe` finds the remaining counts that came with one `keys() &` and reads only
+    # their dimensions: `FieldHeaders`, `httpx.Headers` (mixed-case names) and a dict of
+    # lower-cased names must all give the reports the names, looked up one by one, give.
+    from bench.upstream import HEADS
+
+    lines = HEADS[provider][:-4].split(b"\r\n")[1:]
+    pairs = [line.split(b": ", 1) for line in lines]
+    wall = datetime(2026, 12, 6, 16, tzinfo=UTC).timestamp()  # a second before the resets
+    heads = {
+        "fields": FieldHeaders(lines),
+        "httpx": httpx.Headers(pairs),
+        "dict": {name.decode().lower(): value.decode() for name, value in pairs},
+    }
+    seen = {}
+    for kind, headers in heads.items():
+        up = UpstreamLimits(None, wall_clock=lambda: wall)
+        up.observe(DEP, headers)
+        seen[kind] = {
+            dimension: (report.remaining, report.limit, report.reset, report.until)
+            for dimension, report in up._deployments[DEP].observed.items()
+        }
+    dimensions = (
+        {"requests", "tokens"}
+        if provider == "openai"
+        else {"requests", "tokens", "input-tokens", "output-tokens"}
+    )
+    expected = {}
+    for dimension in dimensions:
+        prefix, names = (
+            ("x-ratelimit-", ("remaining-{}", "limit-{}"))
+            if provider == "openai"
+            else ("anthropic-ratelimit-", ("{}-remaining", "{}-limit"))
+        )
+        remaining, limit = (int(heads["dict"][prefix + n.format(dimension)]) for n in names)
+        expected[dimension] = (remaining, limit, True)
+    for kind, reports in seen.items():
+        assert {d: r[:3] for d, r in reports.items()} == expected, kind
+        for dimension, report in reports.items():
+            assert report[3] == pytest.approx(seen["dict"][dimension][3], abs=0.5)
+    if provider == "anthropic":  # an RFC 3339 reset a second after the wall clock
+        now = time.monotonic()
+        assert seen["fields"]["requests"][3] == pytest.approx(now + 1.0, abs=0.5)
+
+
+def test_nothing_readable_observed_leaves_no_state_and_limits_stand_in() -> None:
+    up = UpstreamLimits(None)
+    # limits and resets without a remaining count, or an unreadable count: nothing kept
+    up.observe(DEP, FieldHeaders([b"x-ratelimit-limit-requests: 10", b"Server: x"]))
+    up.observe(DEP, {"x-ratelimit-remaining-tokens": "many", "x-ratelimit-limit-tokens": "9"})
+    up.observe(DEP, FieldHeaders([b"content-type: text/event-stream"]))
+    assert DEP not in up._deployments
+    # without limit headers the configured rpm / tpm stand in, for those two dimensions
+    # only (an input-tokens count without its limit says nothing)
+    up._deployment(DEP).limits = Limits(rpm=100, tpm=1000)
+    up.observe(
+        DEP,
+        {
+            "anthropic-ratelimit-tokens-remaining": "500",
+            "anthropic-ratelimit-input-tokens-remaining": "1",
+        },
+    )
+    assert up.remaining(DEP) == pytest.approx(0.5)
+    up.observe(DEP, {"x-ratelimit-remaining-requests": "10"})
+    assert up.remaining(DEP) == pytest.approx(0.1)
+    up.observe(DEP, {"x-ratelimit-remaining-requests": "0"})  # 0: spent, limit or not
+    assert up.remaining(DEP) == 0.0
+
+
+def test_of_both_providers_sets_anthropics_report_of_a_dimension_is_kept() -> None:
+    fields = {
+        "anthropic-ratelimit-requests-remaining": "7",
+        "anthropic-ratelimit-requests-limit": "70",
+        "x-ratelimit-remaining-requests": "9",
+        "x-ratelimit-limit-requests": "90",
+        "x-ratelimit-remaining-tokens": "5",
+        "x-ratelimit-limit-tokens": "50",
+    }
+    for order in (fields, dict(reversed(fields.items()))):
+        up = UpstreamLimits(None)
+        up.observe(DEP, order)
+        up.observe(
+            "native", FieldHeaders([b"%s: %s" % (k.encode(), v.encode()) for k, v in order.items()])
+        )
+        for key in (DEP, "native"):
+            observed = up._deployments[key].observed
+            assert (observed["requests"].remaining, observed["requests"].limit) == (7, 70)
+            assert (observed["tokens"].remaining, observed["tokens"].limit) == (5, 50)

@@ -78,6 +78,22 @@ def test_the_plan_is_the_pick_then_the_other_deployments_then_the_fallbacks() ->
     assert sorted(plan[:3]) == ["a/u", "b/u", "c/u"] and plan[3:] == ["a/f"]
 
 
+def test_after_the_pick_the_others_follow_by_weight_ties_in_their_order() -> None:
+    # Two deployments have nothing to sort behind the pick; three are sorted, stably.
+    router, _, _, config = build(weights=(1, 3, 1))
+    plans = [names(router.plan([config.model("m")])) for _ in range(5)]
+    assert plans == [
+        ["b/u", "a/u", "c/u"],
+        ["a/u", "b/u", "c/u"],
+        ["b/u", "a/u", "c/u"],
+        ["c/u", "b/u", "a/u"],
+        ["b/u", "a/u", "c/u"],
+    ]
+    router, _, _, config = build(weights=(1, 2))
+    plans = [names(router.plan([config.model("m")])) for _ in range(3)]
+    assert plans == [["b/u", "a/u"], ["a/u", "b/u"], ["b/u", "a/u"]]
+
+
 def test_a_cooled_deployment_gets_no_traffic_then_exactly_one_probe() -> None:
     router, clock, metrics, config = build(weights=(1, 1))
     a = router.deployments("m")[0]
