@@ -97,6 +97,18 @@ def test_a_busy_process_freezes_instead_and_collects_all_at_its_next_quiet_momen
     assert collector.tick() is None
 
 
+def test_young_objects_far_past_the_threshold_are_frozen_before_the_cpu_shows_a_burst() -> None:
+    box = Box()
+    collector = box.collector(burst=2)
+    box.count = (THRESHOLDS[0] * 2, 0, 0)
+    box.later(0.1, 0.2)  # the tick before: not busy
+    assert collector.tick() == 0  # past the threshold, not twice past it: collected
+    box.count = (THRESHOLDS[0] * 2 + 1, 0, 0)
+    box.later(0.1, 0.2)
+    assert collector.tick() is None and collector.frozen == 1
+    assert box.calls == ["collect 0", "freeze"]
+
+
 def test_what_was_frozen_is_collected_after_max_frozen_seconds_however_busy() -> None:
     box = Box()
     collector = box.collector(max_frozen=5.0)
