@@ -30,7 +30,8 @@ def relay(upstream: FakeUpstream) -> Iterator[TcpRelay]:
 
 def streams(gateway: GatewayProcess, count: int, *, at_once: bool = False) -> None:
     """`count` chat streams read to their end: one after the other, or (`at_once`) all open
-    together upstream (each lasts ~0.5 s) before any is read."""
+    together upstream (each lasts ~2 s: opened well within that, even on a busy box) before
+    any is read."""
     body = {**BODY, "model": "gpt-held"} if at_once else BODY
     client = httpx.Client(base_url=gateway.url, headers=AUTH, timeout=10)
     with client, contextlib.ExitStack() as opened:
@@ -50,7 +51,7 @@ def streams(gateway: GatewayProcess, count: int, *, at_once: bool = False) -> No
 def served(relay: TcpRelay, tmp: Path, pool: dict[str, Any] | None) -> GatewayProcess:
     config = test_config(f"http://127.0.0.1:{relay.port}")
     config["models"].append(
-        {"name": "gpt-held", "provider": "fake", "upstream_model": "text?n=10&pace_ms=50"}
+        {"name": "gpt-held", "provider": "fake", "upstream_model": "text?n=40&pace_ms=50"}
     )
     if pool is not None:
         config["upstream_pool"] = pool
@@ -80,9 +81,10 @@ def test_at_most_max_idle_connections_outlive_a_burst(relay: TcpRelay, tmp: Path
 
 
 def test_an_idle_connection_is_closed_after_idle_timeout(relay: TcpRelay, tmp: Path) -> None:
-    with served(relay, tmp, {"idle_timeout": 0.3}) as gateway:
+    # 1.5 s: two streams one after the other reuse the connection even on a busy box.
+    with served(relay, tmp, {"idle_timeout": 1.5}) as gateway:
         streams(gateway, 2)
         assert relay.accepted == 1
-        time.sleep(0.6)
+        time.sleep(2.0)
         streams(gateway, 1)
         assert relay.accepted == 2
