@@ -91,6 +91,13 @@ local function admit_reply(denied, wait, now, rt, reset_r, tt, reset_t)
                        us(now), rt, us(reset_r), tt, us(reset_t))
 end
 
+-- an admission's denial (ADMIT's, and ADMIT_MANY's, which stops at its first): the binding
+-- limit keeps the caller out longest; on a tie the first checked wins
+local denied, wait = '', 0
+local function deny(name, seconds)
+  if denied == '' or seconds > wait then denied, wait = name, seconds end
+end
+
 -- rpm / tpm windows: a hash each (unix second -> count, 'sum' -> the count of the whole
 -- window) and one sorted set of the seconds that have buckets (both windows get theirs
 -- together, at admission). Moving the window on reads only the buckets that left it, and
@@ -208,12 +215,6 @@ end
 local function reset(key, count, limit)
   if limit < 0 or count <= 0 then return 0 end
   return wait_below(KEYS[5], key, count, math.min(limit, count), now, first_seconds())
-end
-
-local denied, wait = '', 0
--- the binding limit keeps the caller out longest; on a tie the first checked wins
-local function deny(name, seconds)
-  if denied == '' or seconds > wait then denied, wait = name, seconds end
 end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
@@ -428,12 +429,6 @@ local function write_quota()
     redis.call('HINCRBY', KEYS[3], usd_month_f, by)
     spend_dirty, unspent = false, 0
   end
-end
-
-local denied, wait = '', 0
--- the binding limit keeps the caller out longest; on a tie the first checked wins
-local function deny(name, seconds)
-  if denied == '' or seconds > wait then denied, wait = name, seconds end
 end
 
 local replies, leases = {}, {}
